@@ -1,0 +1,36 @@
+//! no_std helpers shared by every tool's kernel programs.
+//!
+//! - [`target`]: the in-kernel target filter (tgid set, cgroup subtree, comm), set up by the
+//!   userspace loader before load (globals) and after load (the tgid map).
+//! - [`log2_slot`]: bcc-style power-of-two histogram slots.
+//! - `atomic_add` (BPF target only): `lock xadd` on the BPF target, which lacks `AtomicU64::fetch_add`.
+#![no_std]
+// `atomic_xadd` is the only way to emit BPF `lock xadd` from Rust today.
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+
+pub mod target;
+
+/// Number of slots in a log2 histogram (covers the whole u64 range).
+pub const LOG2_SLOTS: usize = 64;
+
+/// Index of the power-of-two bucket of `v`: 0 for 0 and 1, 1 for 2..=3, 2 for 4..=7, ...
+/// (bcc's `bpf_log2l`, written without loops so the verifier sees a straight line).
+#[inline(always)]
+pub fn log2_slot(v: u64) -> u32 {
+    if v <= 1 { 0 } else { 63 - v.leading_zeros() }
+}
+
+/// Atomically adds `v` to `*dst` (BPF `lock xadd`).
+///
+/// # Safety
+/// `dst` must point into a map value (or other memory the program may write).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! In-kernel target filter shared by all tools (`--pid`, `--container`/`--cgroup`, `--comm`).
+//!
+//! The loader sets the globals before load (`pgbpf_common::target::KernelFilter`) and fills
+//! [`PGBPF_TARGET_TGIDS`] after load. Names are prefixed so they cannot clash with a tool's own.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::map,
+    maps::HashMap,
+};
+
+/// 1 when only the tgids in [`PGBPF_TARGET_TGIDS`] are traced.
+#[unsafe(no_mangle)]
+static PGBPF_FILTER_TGID: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// cgroup v2 id of the target cgroup, 0 for none. Descendants match too.
+#[unsafe(no_mangle)]
+static PGBPF_FILTER_CGROUP_ID: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
+/// Depth of that cgroup below the v2 root (the root is level 0).
+#[unsafe(no_mangle)]
+static PGBPF_FILTER_CGROUP_LEVEL: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// 1 when the current task's comm must equal [`PGBPF_FILTER_COMM`].
+#[unsafe(no_mangle)]
+static PGBPF_FILTER_COMM_ON: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// The comm to match, NUL padded to 16 bytes.
+#[unsafe(no_mangle)]
+static PGBPF_FILTER_COMM: aya_ebpf::Global<[u8; 16]> = aya_ebpf::Global::new([0; 16]);
+
+/// Traced processes by tgid (value unused) when `PGBPF_FILTER_TGID` is 1.
+#[map]
+pub static PGBPF_TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// True when the current task belongs to the target given on the command line.
+#[inline(always)]
+pub fn current_is_target() -> bool {
+    if PGBPF_FILTER_TGID.load() != 0 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // SAFETY: the value is only tested for presence, never read through.
+        if unsafe { PGBPF_TARGET_TGIDS.get(&tgid) }.is_none() {
+            return false;
+        }
+    }
+    let cgroup_id = PGBPF_FILTER_CGROUP_ID.load();
+    if cgroup_id != 0 {
+        let level = PGBPF_FILTER_CGROUP_LEVEL.load() as i32;
+        // SAFETY: a plain helper call; returns 0 when the task is above that level.
+        if unsafe { bpf_get_current_ancestor_cgroup_id(level) } != cgroup_id {
+            return false;
+        }
+    }
+    if PGBPF_FILTER_COMM_ON.load() != 0 {
+        let Ok(comm) = bpf_get_current_comm() else {
+            return false;
+        };
+        if comm != PGBPF_FILTER_COMM.load() {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,432 @@
+//! cgroup v2: where the hierarchy is mounted, cgroup ids and paths, and finding a container's
+//! cgroup from its id (docker, containerd/CRI, CRI-O, podman; a unique prefix is enough).
+//!
+//! `bpf_get_current_cgroup_id()` returns the v2 id of a task's cgroup, which is the inode
+//! number of the cgroup's directory in the v2 mount. That mount is /sys/fs/cgroup on pure v2
+//! nodes and /sys/fs/cgroup/unified on hybrid ones; /proc/self/mountinfo tells which.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+/// Finds the cgroup2 mount point in the text of /proc/self/mountinfo.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "36 25 0:31 / /sys/fs/cgroup/unified rw,... shared:9 - cgroup2 cgroup2 rw"
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(unescape_mount_path))?
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mount_path(s: &str) -> PathBuf {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(d) = octal {
+            let value = d.iter().fold(0u16, |acc, c| acc * 8 + u16::from(c - b'0'));
+            out.push(value as u8); // \377 at most: fits
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The cgroup v2 mount point of this machine.
+pub fn v2_mount() -> anyhow::Result<PathBuf> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    parse_cgroup2_mount(&text).ok_or_else(|| {
+        anyhow!(
+            "no cgroup v2 hierarchy is mounted (needed for cgroup and container filters); \
+             mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+        )
+    })
+}
+
+/// One cgroup of the v2 hierarchy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Path inside the hierarchy, "/" for the root, e.g. "/libpod_parent/libpod-3f2a…".
+    pub path: String,
+    /// Its directory on this machine.
+    pub dir: PathBuf,
+    /// cgroup id (the directory's inode), as `bpf_get_current_cgroup_id()` reports it.
+    pub id: u64,
+    /// Depth below the root (root = 0), for `bpf_get_current_ancestor_cgroup_id()`.
+    pub level: u32,
+}
+
+impl Cgroup {
+    /// `path` is either inside the hierarchy ("/kubepods/pod1") or a directory under `mount`.
+    pub fn open(mount: &Path, path: &str) -> anyhow::Result<Cgroup> {
+        let p = Path::new(path);
+        let rel = p.strip_prefix(mount).unwrap_or(p);
+        let rel = rel.strip_prefix("/").unwrap_or(rel);
+        let dir = mount.join(rel);
+        let meta = std::fs::metadata(&dir)
+            .map_err(|e| anyhow!("no cgroup {path} (looked for {}): {e}", dir.display()))?;
+        if !meta.is_dir() || !dir.join("cgroup.procs").exists() {
+            bail!("{} is not a cgroup v2 directory", dir.display());
+        }
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .filter(|c| !c.is_empty() && c != ".")
+            .collect();
+        Ok(Cgroup {
+            path: format!("/{}", parts.join("/")),
+            dir,
+            id: meta.ino(),
+            level: parts.len() as u32,
+        })
+    }
+}
+
+/// The container runtimes whose cgroup names we recognise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Docker,
+    Containerd,
+    CriO,
+    Podman,
+    /// A bare 64-hex directory (cgroupfs drivers: /docker/ID, /kubepods/.../ID).
+    Unknown,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "cri-o",
+            Runtime::Podman => "podman",
+            Runtime::Unknown => "container",
+        }
+    }
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The container id in a cgroup directory name, if it is one a runtime creates:
+/// `docker-ID.scope`, `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID[.scope]`, or a
+/// bare ID (under /docker, /kubepods, ...). `parent` tells a docker cgroupfs id apart.
+pub fn container_id<'a>(dir_name: &'a str, parent: &str) -> Option<(Runtime, &'a str)> {
+    let strip_scope = |s: &'static str, rt: Runtime| {
+        let rest = dir_name.strip_prefix(s)?;
+        let id = rest.strip_suffix(".scope").unwrap_or(rest);
+        is_container_id(id).then_some((rt, id))
+    };
+    strip_scope("docker-", Runtime::Docker)
+        .or_else(|| strip_scope("cri-containerd-", Runtime::Containerd))
+        .or_else(|| strip_scope("crio-", Runtime::CriO))
+        .or_else(|| strip_scope("libpod-", Runtime::Podman))
+        .or_else(|| {
+            is_container_id(dir_name).then(|| {
+                (
+                    if parent == "docker" {
+                        Runtime::Docker
+                    } else {
+                        Runtime::Unknown
+                    },
+                    dir_name,
+                )
+            })
+        })
+}
+
+/// A container found in the cgroup tree.
+#[derive(Clone, Debug)]
+pub struct ContainerCgroup {
+    pub id: String,
+    pub runtime: Runtime,
+    pub cgroup: Cgroup,
+}
+
+/// Every container cgroup under `mount` (the shallowest cgroup per container id).
+pub fn list_containers(mount: &Path) -> Vec<ContainerCgroup> {
+    let mut found: HashMap<String, ContainerCgroup> = HashMap::new();
+    let mut stack = vec![(mount.to_path_buf(), String::new())];
+    while let Some((dir, parent)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if let Some((runtime, id)) = container_id(&name, &parent) {
+                let rel = path
+                    .strip_prefix(mount)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                if let Ok(cgroup) = Cgroup::open(mount, &rel) {
+                    let keep = found.get(id).is_none_or(|c| c.cgroup.level > cgroup.level);
+                    if keep {
+                        found.insert(
+                            id.to_string(),
+                            ContainerCgroup {
+                                id: id.to_string(),
+                                runtime,
+                                cgroup,
+                            },
+                        );
+                    }
+                }
+            }
+            stack.push((path, name));
+        }
+    }
+    let mut v: Vec<_> = found.into_values().collect();
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
+}
+
+/// Finds the container whose id starts with `query` (case-insensitive).
+pub fn find_container(mount: &Path, query: &str) -> anyhow::Result<ContainerCgroup> {
+    let q = query.trim().to_ascii_lowercase();
+    if q.is_empty() || !q.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("container id {query:?} is not a hexadecimal id or prefix");
+    }
+    let all = list_containers(mount);
+    let mut hits: Vec<_> = all
+        .iter()
+        .filter(|c| c.id.starts_with(&q))
+        .cloned()
+        .collect();
+    match hits.len() {
+        1 => Ok(hits.remove(0)),
+        0 => {
+            let known = if all.is_empty() {
+                "none is running".to_string()
+            } else {
+                format!("running: {}", describe_list(&all))
+            };
+            bail!(
+                "no container matches {query:?} (searched docker, containerd, CRI-O and podman \
+                 cgroups under {}); {known}",
+                mount.display()
+            )
+        }
+        _ => bail!(
+            "container id {query:?} is ambiguous, it matches {}: give more characters",
+            describe_list(&hits)
+        ),
+    }
+}
+
+fn describe_list(list: &[ContainerCgroup]) -> String {
+    list.iter()
+        .map(|c| format!("{} ({})", &c.id[..12], c.runtime.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The v2 cgroup path of a process ("0::/path" in /proc/PID/cgroup).
+pub fn cgroup_of_pid(pid: u32) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .ok_or_else(|| anyhow!("process {pid} has no cgroup v2 entry"))
+}
+
+/// Maps cgroup ids (from the kernel) back to readable names, walking the tree on a miss.
+#[derive(Default)]
+pub struct CgroupNames {
+    mount: Option<PathBuf>,
+    names: HashMap<u64, String>,
+}
+
+impl CgroupNames {
+    pub fn new() -> Self {
+        CgroupNames {
+            mount: v2_mount().ok(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// A short readable name: "podman:3f2a1b2c3d4e" for a container, else the cgroup path,
+    /// or "cgroup#ID" for a cgroup that is gone.
+    pub fn name(&mut self, id: u64) -> String {
+        if let Some(n) = self.names.get(&id) {
+            return n.clone();
+        }
+        if let Some(mount) = &self.mount {
+            self.rescan(&mount.clone());
+        }
+        self.names
+            .entry(id)
+            .or_insert_with(|| format!("cgroup#{id}"))
+            .clone()
+    }
+
+    fn rescan(&mut self, mount: &Path) {
+        let mut stack = vec![(mount.to_path_buf(), String::new())];
+        while let Some((dir, parent)) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let label = match container_id(&name, &parent) {
+                Some((rt, cid)) => format!("{}:{}", rt.name(), &cid[..12]),
+                None => {
+                    let rel = dir
+                        .strip_prefix(mount)
+                        .unwrap_or(&dir)
+                        .to_string_lossy()
+                        .into_owned();
+                    format!("/{rel}")
+                }
+            };
+            self.names.insert(meta.ino(), label);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push((e.path(), name.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f2a9c0d5b8e4f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192";
+
+    #[test]
+    fn mountinfo_hybrid_and_pure() {
+        let hybrid = "25 30 0:23 / /sys/fs/cgroup ro - tmpfs tmpfs ro\n\
+                      26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let pure = "35 24 0:30 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            parse_cgroup2_mount(pure),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let escaped = "35 24 0:30 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(escaped),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+        assert_eq!(parse_cgroup2_mount("garbage\n\n - \n"), None);
+    }
+
+    #[test]
+    fn container_names_of_each_runtime() {
+        assert_eq!(
+            container_id(&format!("docker-{ID}.scope"), "system.slice"),
+            Some((Runtime::Docker, ID))
+        );
+        assert_eq!(container_id(ID, "docker"), Some((Runtime::Docker, ID)));
+        assert_eq!(
+            container_id(&format!("cri-containerd-{ID}.scope"), "kubepods-pod1.slice"),
+            Some((Runtime::Containerd, ID))
+        );
+        assert_eq!(
+            container_id(&format!("crio-{ID}.scope"), "x"),
+            Some((Runtime::CriO, ID))
+        );
+        assert_eq!(
+            container_id(&format!("libpod-{ID}"), "libpod_parent"),
+            Some((Runtime::Podman, ID))
+        );
+        assert_eq!(
+            container_id(&format!("libpod-{ID}.scope"), "machine.slice"),
+            Some((Runtime::Podman, ID))
+        );
+        assert_eq!(container_id(ID, "pod1234"), Some((Runtime::Unknown, ID)));
+        assert_eq!(container_id("libpod-conmon-abc", "x"), None);
+        assert_eq!(container_id("docker-short.scope", "x"), None);
+        assert_eq!(container_id("system.slice", "/"), None);
+    }
+
+    fn fake_tree(ids: &[&str]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.procs"), "").unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let dir = if i % 2 == 0 {
+                root.path()
+                    .join("libpod_parent")
+                    .join(format!("libpod-{id}"))
+            } else {
+                root.path()
+                    .join("system.slice")
+                    .join(format!("docker-{id}.scope"))
+            };
+            std::fs::create_dir_all(dir.join("inner")).unwrap();
+            std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+            std::fs::write(dir.join("inner/cgroup.procs"), "").unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn finds_a_container_by_unique_prefix() {
+        let other = ID.replace("3f2a", "3fbb");
+        let tree = fake_tree(&[ID, &other]);
+        let c = find_container(tree.path(), "3F2A").unwrap();
+        assert_eq!(c.id, ID);
+        assert_eq!(c.runtime, Runtime::Podman);
+        assert_eq!(c.cgroup.path, format!("/libpod_parent/libpod-{ID}"));
+        assert_eq!(c.cgroup.level, 2);
+        let d = find_container(tree.path(), "3fbb").unwrap();
+        assert_eq!(d.runtime, Runtime::Docker);
+    }
+
+    #[test]
+    fn unknown_and_ambiguous_containers_list_candidates() {
+        let other = ID.replace("3f2a", "3fbb");
+        let tree = fake_tree(&[ID, &other]);
+        let e = find_container(tree.path(), "3f").unwrap_err().to_string();
+        assert!(
+            e.contains("ambiguous") && e.contains("3f2a9c0d5b8e") && e.contains("3fbb9c0d5b8e"),
+            "{e}"
+        );
+        let e = find_container(tree.path(), "abcd").unwrap_err().to_string();
+        assert!(
+            e.contains("no container matches") && e.contains("3f2a9c0d5b8e (podman)"),
+            "{e}"
+        );
+        let e = find_container(tree.path(), "zz!").unwrap_err().to_string();
+        assert!(e.contains("not a hexadecimal"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_paths_inside_or_on_the_mount() {
+        let tree = fake_tree(&[ID]);
+        let rel = format!("/libpod_parent/libpod-{ID}");
+        let a = Cgroup::open(tree.path(), &rel).unwrap();
+        let b = Cgroup::open(tree.path(), tree.path().join(&rel[1..]).to_str().unwrap()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(Cgroup::open(tree.path(), "/").unwrap().level, 0);
+        assert!(Cgroup::open(tree.path(), "/nope").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! pgbpf's userspace library, shared by every tool.
+//!
+//! - [`loader`]: load the embedded eBPF object, set globals, attach hooks, explain failures.
+//! - [`tracefs`]: find or mount tracefs, read tracepoint field offsets.
+//! - [`cgroup`]: cgroup v2 mount, ids, paths and container lookup.
+//! - [`target`]: `--pid` / `--container` / `--cgroup` / `--comm` → the in-kernel filter.
+//! - [`output`]: sizes, durations, log2 histograms, tables, NDJSON, timestamps.
+//! - [`system`]: page size and other facts about this machine.
+//! - [`cli`]: shared command-line arguments, the interval loop, error reporting in `main`.
+pub mod cgroup;
+pub mod cli;
+pub mod loader;
+pub mod output;
+pub mod system;
+pub mod target;
+pub mod tracefs;

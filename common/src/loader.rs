@@ -1,0 +1,239 @@
+//! Loading a tool's embedded eBPF object and attaching its programs, with errors that name
+//! the hook and the remedy (privileges, tracefs, kernel support, the verifier).
+
+use std::{
+    io,
+    sync::Once,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
+    programs::{
+        PerfEvent, ProgramError, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
+    },
+    util::online_cpus,
+};
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Fails with a clear message unless this process may load and attach tracing programs:
+/// root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN.
+pub fn check_privileges() -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| cap_eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "permission denied: tracing needs root (or CAP_BPF and CAP_PERFMON); run it with sudo"
+    ))
+}
+
+/// Kernels >= 5.11 charge BPF memory to the cgroup and ignore RLIMIT_MEMLOCK. Older ones need
+/// it raised, which fails without CAP_SYS_RESOURCE: then warn once and carry on.
+pub fn raise_memlock_rlimit(tool: &str) {
+    static ONCE: Once = Once::new();
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        let err = io::Error::last_os_error();
+        ONCE.call_once(|| {
+            eprintln!(
+                "{tool}: warning: cannot raise RLIMIT_MEMLOCK ({err}); continuing, kernels >= 5.11 \
+                 account BPF memory to the cgroup instead"
+            )
+        });
+    }
+}
+
+/// A loaded object and how long each startup step took.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub started: Instant,
+    pub verbose: bool,
+    tool: String,
+}
+
+/// Loads `object` (embedded with `aya::include_bytes_aligned!`) after `configure` set its
+/// globals. Checks privileges and makes sure tracefs is there first.
+pub fn load<'a>(
+    tool: &str,
+    object: &[u8],
+    verbose: bool,
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
+) -> anyhow::Result<Loaded> {
+    let started = Instant::now();
+    check_privileges()?;
+    crate::tracefs::ensure_mounted()?;
+    raise_memlock_rlimit(tool);
+    let mut loader = EbpfLoader::new();
+    if verbose {
+        loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
+    }
+    configure(&mut loader);
+    let ebpf = loader
+        .load(object)
+        .map_err(|e| explain_load_error(e, verbose))?;
+    if verbose {
+        eprintln!("{tool}: object loaded in {:.1} ms", ms(started.elapsed()));
+    }
+    Ok(Loaded {
+        ebpf,
+        started,
+        verbose,
+        tool: tool.to_string(),
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn explain_load_error(e: EbpfError, verbose: bool) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        return anyhow!(
+            "the kernel refused to create BPF maps ({text}); run as root (or with CAP_BPF and \
+             CAP_PERFMON); in a container, run it privileged"
+        );
+    }
+    if verbose {
+        anyhow!("loading the eBPF object failed: {text}")
+    } else {
+        anyhow!(
+            "loading the eBPF object failed: {}; rerun with -v for details",
+            first_line(&text)
+        )
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// What went wrong loading or attaching one program, in words a user can act on.
+fn explain_program_error(hook: &str, e: ProgramError, verbose: bool) -> anyhow::Error {
+    let raw_os = find_os_error(&e);
+    match (&e, raw_os) {
+        (ProgramError::LoadError { verifier_log, .. }, _) => {
+            if verbose {
+                anyhow!("the kernel's verifier rejected the program for {hook}:\n{verifier_log}")
+            } else {
+                anyhow!(
+                    "the kernel's verifier rejected the program for {hook}; rerun with -v to see \
+                     the verifier log"
+                )
+            }
+        }
+        (_, Some(libc::EPERM)) | (_, Some(libc::EACCES)) => anyhow!(
+            "permission denied attaching {hook}: run as root (or with CAP_BPF and CAP_PERFMON)"
+        ),
+        (_, Some(libc::ENOENT)) => anyhow!("{hook} does not exist on this kernel ({e})"),
+        (_, Some(libc::EINVAL)) | (_, Some(libc::EOPNOTSUPP)) => {
+            anyhow!("this kernel does not support the program type needed for {hook} ({e})")
+        }
+        _ => anyhow!("cannot attach {hook}: {e}"),
+    }
+}
+
+fn find_os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return Some(code);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+impl Loaded {
+    fn program<'p, T>(&'p mut self, name: &str) -> anyhow::Result<&'p mut T>
+    where
+        &'p mut T: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+    {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+        prog.try_into()
+            .map_err(|e: ProgramError| anyhow!("program {name}: {e}"))
+    }
+
+    /// Loads program `prog` and attaches it to the tracepoint `category:event`.
+    pub fn attach_tracepoint(
+        &mut self,
+        prog: &str,
+        category: &str,
+        event: &str,
+    ) -> anyhow::Result<()> {
+        let verbose = self.verbose;
+        let hook = format!("tracepoint {category}:{event}");
+        let p: &mut TracePoint = self.program(prog)?;
+        p.load()
+            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        p.attach(category, event)
+            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        self.note_attached(&hook);
+        Ok(())
+    }
+
+    /// Loads program `prog` and attaches it to `config` on every online CPU, for all processes.
+    pub fn attach_perf_event_all_cpus(
+        &mut self,
+        prog: &str,
+        what: &str,
+        config: PerfEventConfig,
+        policy: SamplePolicy,
+    ) -> anyhow::Result<()> {
+        let verbose = self.verbose;
+        let hook = format!("perf event {what}");
+        let cpus = online_cpus()
+            .map_err(|(_, e)| e)
+            .context("reading online CPUs")?;
+        let p: &mut PerfEvent = self.program(prog)?;
+        p.load()
+            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        for cpu in cpus {
+            p.attach(
+                config,
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                policy,
+                false,
+            )
+            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        }
+        self.note_attached(&hook);
+        Ok(())
+    }
+
+    fn note_attached(&self, hook: &str) {
+        if self.verbose {
+            eprintln!(
+                "{}: attached {hook} at {:.1} ms",
+                self.tool,
+                ms(self.started.elapsed())
+            );
+        }
+    }
+
+    /// Time from the start of `load` until now (call it once everything is attached).
+    pub fn startup_ms(&self) -> f64 {
+        ms(self.started.elapsed())
+    }
+}

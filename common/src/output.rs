@@ -1,0 +1,190 @@
+//! Presentation helpers: human sizes and durations, bcc-style log2 histograms, tables that
+//! fit the terminal, NDJSON lines, timestamps.
+
+use std::io::{self, Write as _};
+
+use tabled::{
+    builder::Builder,
+    settings::{Style, Width, peaker::Priority},
+};
+
+/// Bytes as postgres-bcc prints them: `0B`, `928K`, `1.5M`, `72M`, `3.1G`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else if value < 9.95 {
+        format!("{value:.1}{}", UNITS[unit])
+    } else {
+        format!("{value:.0}{}", UNITS[unit])
+    }
+}
+
+/// A duration in nanoseconds as `850ns`, `12.3us`, `35.2ms`, `1.24s`, `2m03s`.
+pub fn human_ns(ns: u64) -> String {
+    let f = ns as f64;
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", f / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}ms", f / 1e6),
+        1_000_000_000..60_000_000_000 => format!("{:.2}s", f / 1e9),
+        _ => format!("{}m{:02}s", ns / 60_000_000_000, (ns / 1_000_000_000) % 60),
+    }
+}
+
+/// Renders a log2 histogram like bcc's `print_log2_hist`: slot i holds values in
+/// [2^i, 2^(i+1)) (slot 0 holds 0 and 1). Leading and trailing empty slots are left out.
+pub fn log2_histogram(unit: &str, slots: &[u64]) -> String {
+    let Some(last) = slots.iter().rposition(|&c| c != 0) else {
+        return String::new();
+    };
+    let max = slots.iter().copied().max().unwrap_or(0).max(1);
+    let mut out = format!("{:>24} : count     distribution\n", unit);
+    for (i, &count) in slots.iter().enumerate().take(last + 1) {
+        let lo = if i == 0 { 0 } else { 1u64 << i };
+        let hi = if i >= 63 {
+            u64::MAX
+        } else {
+            (1u64 << (i + 1)) - 1
+        };
+        let stars = (count as u128 * 40 / max as u128) as usize;
+        out.push_str(&format!(
+            "{:>12} -> {:<10}: {:<9} |{:<40}|\n",
+            lo,
+            hi,
+            count,
+            "*".repeat(stars)
+        ));
+    }
+    out
+}
+
+/// Width available for tables: the terminal's, or none (no cutting) when stdout is not one.
+pub fn terminal_width() -> Option<usize> {
+    terminal_size::terminal_size_of(io::stdout()).map(|(w, _)| w.0 as usize)
+}
+
+/// A plain table with `header`, cut to `width` by shrinking the widest columns first.
+pub fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>) -> String {
+    let mut b = Builder::default();
+    b.push_record(header.iter().map(|h| h.to_string()));
+    for r in rows {
+        b.push_record(r.clone());
+    }
+    let mut t = b.build();
+    t.with(Style::blank());
+    if let Some(w) = width {
+        t.with(Width::truncate(w).priority(Priority::max(true)).suffix("…"));
+    }
+    t.to_string()
+}
+
+/// Writes one NDJSON line to stdout. Returns false when stdout is gone (closed pipe).
+pub fn json_line(value: &serde_json::Value) -> bool {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value).is_ok()
+        && out.write_all(b"\n").is_ok()
+        && out.flush().is_ok()
+}
+
+/// Writes text to stdout. Returns false when stdout is gone (closed pipe).
+pub fn print(text: &str) -> bool {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
+}
+
+/// Local wall-clock time as HH:MM:SS, for `-T` and interval headers.
+pub fn hms_now() -> String {
+    // SAFETY: time(NULL) and localtime_r with a zeroed out-parameter we own.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return "??:??:??".into();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the timestamp of every NDJSON record.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A NUL-padded kernel string (comm) as text.
+pub fn c_str(bytes: &[u8]) -> String {
+    let n = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..n]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_like_postgres_bcc() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(56), "56B");
+        assert_eq!(human_bytes(928 * 1024), "928K");
+        assert_eq!(human_bytes(1024 * 1024), "1.0M");
+        assert_eq!(human_bytes(72 * 1024 * 1024), "72M");
+        assert_eq!(human_bytes(u64::MAX), "16384P");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_ns(850), "850ns");
+        assert_eq!(human_ns(12_340), "12.3us");
+        assert_eq!(human_ns(35_200_000), "35.2ms");
+        assert_eq!(human_ns(1_240_000_000), "1.24s");
+        assert_eq!(human_ns(123_000_000_000), "2m03s");
+    }
+
+    #[test]
+    fn histogram_matches_bcc_layout() {
+        let mut slots = [0u64; 64];
+        slots[1] = 4;
+        slots[5] = 8;
+        let h = log2_histogram("usecs", &slots);
+        let lines: Vec<&str> = h.lines().collect();
+        assert_eq!(lines.len(), 1 + 6, "{h}");
+        assert!(lines[0].ends_with("usecs : count     distribution"));
+        assert!(
+            lines[2].contains("2 -> 3") && lines[2].contains(&"*".repeat(20)),
+            "{h}"
+        );
+        assert!(
+            lines[6].contains("32 -> 63") && lines[6].contains(&"*".repeat(40)),
+            "{h}"
+        );
+        assert_eq!(log2_histogram("usecs", &[0; 64]), "");
+        // The last slot must not overflow.
+        let mut top = [0u64; 64];
+        top[63] = 1;
+        assert!(log2_histogram("ns", &top).contains("9223372036854775808 -> 18446744073709551615"));
+    }
+
+    #[test]
+    fn tables_fit_the_width() {
+        let rows = vec![vec!["1".to_string(), "x".repeat(200)]];
+        let t = table(&["PID", "QUERY"], &rows, Some(60));
+        assert!(t.lines().all(|l| l.chars().count() <= 60), "{t}");
+        assert!(t.contains('…'));
+        let wide = table(&["PID", "QUERY"], &rows, None);
+        assert!(wide.contains(&"x".repeat(200)));
+    }
+
+    #[test]
+    fn comm_strings() {
+        assert_eq!(c_str(b"postgres\0\0\0"), "postgres");
+        assert_eq!(c_str(b"exactly16bytes!!"), "exactly16bytes!!");
+    }
+}

@@ -1,0 +1,190 @@
+//! What to trace: `--pid` / `--container` / `--cgroup` (and `--comm`), resolved to the
+//! in-kernel filter of `pgbpf_common_ebpf::target` (tgid set, cgroup subtree, comm).
+//!
+//! Filtering happens in the kernel so untargeted events cost a few instructions and never
+//! reach userspace.
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{Ebpf, EbpfLoader, maps::HashMap};
+
+use crate::cgroup::{self, Cgroup, ContainerCgroup};
+
+/// Target selection arguments shared by every tool.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TargetArgs {
+    /// Trace only this process, all its threads (repeatable)
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace only this container: a docker, containerd, CRI-O or podman id, or a unique prefix
+    #[arg(long, value_name = "ID", conflicts_with = "pids")]
+    pub container: Option<String>,
+    /// Trace only this cgroup (a cgroup v2 path such as /kubepods.slice/x) and those below it
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pids", "container"])]
+    pub cgroup: Option<String>,
+}
+
+/// The comm filter, for tools where a process name is a natural selector.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CommArg {
+    /// Trace only tasks with this name (as in /proc/PID/comm, e.g. postgres)
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+}
+
+/// A resolved target.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// Thread-group ids to trace; empty means no pid filter.
+    pub tgids: Vec<u32>,
+    /// cgroup subtree to trace.
+    pub cgroup: Option<Cgroup>,
+    /// Set when the cgroup came from `--container`.
+    pub container: Option<ContainerCgroup>,
+    /// Task name filter, NUL padded as the kernel keeps it.
+    pub comm: Option<[u8; 16]>,
+    // Globals handed to the loader by reference, so they must live here.
+    tgid_filter_on: u32,
+    cgroup_id: u64,
+    cgroup_level: u32,
+    comm_on: u32,
+    comm_bytes: [u8; 16],
+}
+
+impl Target {
+    pub fn resolve(args: &TargetArgs, comm: Option<&str>) -> anyhow::Result<Target> {
+        let mut t = Target::default();
+        for &pid in &args.pids {
+            let tgid = tgid_of(pid)?;
+            if !t.tgids.contains(&tgid) {
+                t.tgids.push(tgid);
+            }
+        }
+        if let Some(query) = &args.container {
+            let mount = cgroup::v2_mount()?;
+            let c = cgroup::find_container(&mount, query)?;
+            t.cgroup = Some(c.cgroup.clone());
+            t.container = Some(c);
+        } else if let Some(path) = &args.cgroup {
+            let mount = cgroup::v2_mount()?;
+            t.cgroup = Some(Cgroup::open(&mount, path)?);
+        }
+        if let Some(name) = comm {
+            if name.is_empty() {
+                bail!("--comm needs a name");
+            }
+            let mut bytes = [0u8; 16];
+            // The kernel keeps 15 bytes of a task name plus the NUL.
+            let n = name.len().min(15);
+            bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+            t.comm = Some(bytes);
+        }
+        t.tgid_filter_on = u32::from(!t.tgids.is_empty());
+        t.cgroup_id = t.cgroup.as_ref().map_or(0, |c| c.id);
+        t.cgroup_level = t.cgroup.as_ref().map_or(0, |c| c.level);
+        t.comm_on = u32::from(t.comm.is_some());
+        t.comm_bytes = t.comm.unwrap_or([0; 16]);
+        Ok(t)
+    }
+
+    /// "PID 4242", "container 3f2a1b2c3d4e (podman)", "cgroup /x", or "all processes",
+    /// with ", comm postgres" when a comm filter is set.
+    pub fn describe(&self) -> String {
+        let mut s = if let Some(c) = &self.container {
+            format!(
+                "container {} ({}, cgroup {})",
+                &c.id[..12],
+                c.runtime.name(),
+                c.cgroup.path
+            )
+        } else if let Some(c) = &self.cgroup {
+            format!("cgroup {}", c.path)
+        } else if !self.tgids.is_empty() {
+            let pids: Vec<String> = self.tgids.iter().map(u32::to_string).collect();
+            format!("PID {}", pids.join(", "))
+        } else {
+            "all processes".to_string()
+        };
+        if let Some(c) = &self.comm {
+            let n = c.iter().position(|&b| b == 0).unwrap_or(16);
+            s.push_str(&format!(", comm {}", String::from_utf8_lossy(&c[..n])));
+        }
+        s
+    }
+
+    /// Sets the filter globals of `pgbpf_common_ebpf::target` before the object is loaded.
+    pub fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader
+            .override_global("PGBPF_FILTER_TGID", &self.tgid_filter_on, true)
+            .override_global("PGBPF_FILTER_CGROUP_ID", &self.cgroup_id, true)
+            .override_global("PGBPF_FILTER_CGROUP_LEVEL", &self.cgroup_level, true)
+            .override_global("PGBPF_FILTER_COMM_ON", &self.comm_on, true)
+            .override_global("PGBPF_FILTER_COMM", &self.comm_bytes, true);
+    }
+
+    /// Fills the tgid map after load.
+    pub fn fill_maps(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        if self.tgids.is_empty() {
+            return Ok(());
+        }
+        let map = ebpf
+            .map_mut("PGBPF_TARGET_TGIDS")
+            .ok_or_else(|| anyhow!("the eBPF object has no PGBPF_TARGET_TGIDS map"))?;
+        let mut map: HashMap<_, u32, u8> = HashMap::try_from(map)?;
+        for &tgid in &self.tgids {
+            map.insert(&tgid, &1, 0)
+                .with_context(|| format!("adding PID {tgid} to the filter"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The thread-group id of `pid` (itself for a process, its process for a thread).
+pub fn tgid_of(pid: u32) -> anyhow::Result<u32> {
+    if pid == 0 {
+        bail!("cannot attach to PID 0: not a process");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| anyhow!("cannot attach to PID {pid}: no such process"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("cannot attach to PID {pid}: unreadable /proc/{pid}/status"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_pid_resolves_and_missing_pid_is_a_clear_error() {
+        let me = std::process::id();
+        let t = Target::resolve(
+            &TargetArgs {
+                pids: vec![me, me],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.tgids, vec![me]);
+        assert_eq!(t.describe(), format!("PID {me}"));
+        let e = Target::resolve(
+            &TargetArgs {
+                pids: vec![999_999_999],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "cannot attach to PID 999999999: no such process");
+    }
+
+    #[test]
+    fn comm_is_truncated_like_the_kernel_does() {
+        let t = Target::resolve(&TargetArgs::default(), Some("a-very-long-process-name")).unwrap();
+        assert_eq!(&t.comm.unwrap()[..16], b"a-very-long-pro\0");
+        assert_eq!(t.describe(), "all processes, comm a-very-long-pro");
+    }
+}
