@@ -127,18 +127,18 @@ impl Ticker {
                 self.done = true;
                 return Tick::Final;
             }
-            if let (Some(due), Some(interval)) = (self.next_due, self.interval) {
-                if now >= due {
-                    self.next_due = Some(due + interval);
-                    if let Some(r) = self.remaining.as_mut() {
-                        *r -= 1;
-                        if *r == 0 {
-                            // The last interval's report is this one; then the summary.
-                            self.stop.store(true, Ordering::SeqCst);
-                        }
+            if let (Some(due), Some(interval)) = (self.next_due, self.interval)
+                && now >= due
+            {
+                self.next_due = Some(due + interval);
+                if let Some(r) = self.remaining.as_mut() {
+                    *r -= 1;
+                    if *r == 0 {
+                        // The last interval's report is this one; then the summary.
+                        self.stop.store(true, Ordering::SeqCst);
                     }
-                    return Tick::Interval;
                 }
+                return Tick::Interval;
             }
             if now >= until {
                 return Tick::Idle;

@@ -39,24 +39,45 @@ pub fn check_privileges() -> anyhow::Result<()> {
     ))
 }
 
-/// Kernels >= 5.11 charge BPF memory to the cgroup and ignore RLIMIT_MEMLOCK. Older ones need
-/// it raised, which fails without CAP_SYS_RESOURCE: then warn once and carry on.
-pub fn raise_memlock_rlimit(tool: &str) {
+/// Kernels >= 5.11 charge BPF memory to the cgroup and ignore RLIMIT_MEMLOCK; older ones need
+/// it raised, which fails without CAP_SYS_RESOURCE. On failure warn once (on new kernels, where
+/// it is harmless, only with `-v`) and carry on: if the limit matters, map creation says so.
+pub fn raise_memlock_rlimit(tool: &str, verbose: bool) {
     static ONCE: Once = Once::new();
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        let err = io::Error::last_os_error();
-        ONCE.call_once(|| {
-            eprintln!(
-                "{tool}: warning: cannot raise RLIMIT_MEMLOCK ({err}); continuing, kernels >= 5.11 \
-                 account BPF memory to the cgroup instead"
-            )
-        });
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return;
     }
+    let err = io::Error::last_os_error();
+    let harmless = kernel_at_least(5, 11);
+    if harmless && !verbose {
+        return;
+    }
+    ONCE.call_once(|| {
+        let why = if harmless {
+            "harmless: this kernel accounts BPF memory to the cgroup"
+        } else {
+            "this kernel charges BPF maps to it, so loading may fail"
+        };
+        eprintln!("{tool}: warning: cannot raise RLIMIT_MEMLOCK ({err}); continuing ({why})");
+    });
+}
+
+/// True when the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(u) = nix::sys::utsname::uname() else {
+        return true;
+    };
+    let release = u.release().to_string_lossy().into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
 }
 
 /// A loaded object and how long each startup step took.
@@ -78,7 +99,7 @@ pub fn load<'a>(
     let started = Instant::now();
     check_privileges()?;
     crate::tracefs::ensure_mounted()?;
-    raise_memlock_rlimit(tool);
+    raise_memlock_rlimit(tool, verbose);
     let mut loader = EbpfLoader::new();
     if verbose {
         loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
@@ -152,10 +173,11 @@ fn explain_program_error(hook: &str, e: ProgramError, verbose: bool) -> anyhow::
 fn find_os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            if let Some(code) = io.raw_os_error() {
-                return Some(code);
-            }
+        if let Some(code) = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(code);
         }
         cur = err.source();
     }

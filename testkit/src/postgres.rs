@@ -1,0 +1,308 @@
+//! A throwaway PostgreSQL cluster made with Debian's binaries in a temporary directory: on the
+//! host (TCP on 127.0.0.1 and a private socket) or in a podman container (socket in a volume).
+//! Stopped and deleted on drop.
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::{
+    container::{Container, ContainerSpec},
+    run,
+};
+
+/// How to start the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct PgOptions {
+    /// Extra server settings, `-c name=value` each.
+    pub settings: Vec<(String, String)>,
+    /// Preload and create pg_stat_statements.
+    pub pg_stat_statements: bool,
+    /// Run the server in a podman container with these limits (command and volumes are ours).
+    pub container: Option<ContainerSpec>,
+}
+
+/// A running cluster.
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// Directory of the server's unix socket, as the host sees it.
+    pub socket_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    child: Option<Child>,
+    pub container: Option<Container>,
+}
+
+/// Debian's newest installed server, e.g. /usr/lib/postgresql/15/bin.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (/usr/lib/postgresql); run scripts/setup.sh")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort();
+    let v = versions
+        .last()
+        .ok_or_else(|| anyhow!("no server under /usr/lib/postgresql"))?;
+    Ok(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
+}
+
+fn postgres_ids() -> anyhow::Result<(u32, u32)> {
+    let u = nix::unistd::User::from_name("postgres")?
+        .ok_or_else(|| anyhow!("no postgres user; install the postgresql package"))?;
+    Ok((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Postgres {
+    pub fn start() -> anyhow::Result<Postgres> {
+        Postgres::start_with(&PgOptions::default())
+    }
+
+    pub fn start_with(opts: &PgOptions) -> anyhow::Result<Postgres> {
+        let bin_dir = bin_dir()?;
+        let (uid, gid) = postgres_ids()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgbpf-pg-")
+            .tempdir_in("/tmp")?;
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir(&socket_dir)?;
+        for p in [dir.path(), &socket_dir] {
+            nix::unistd::chown(p, Some(uid.into()), Some(gid.into()))?;
+        }
+        let data = dir.path().join("data");
+        let mut initdb = Command::new(bin_dir.join("initdb"));
+        initdb
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+                "-D",
+            ])
+            .arg(&data)
+            .uid(uid)
+            .gid(gid);
+        run(&mut initdb).context("initdb")?;
+
+        let port = free_port()?;
+        let mut settings: Vec<(String, String)> = vec![
+            ("fsync".into(), "off".into()),
+            ("shared_buffers".into(), "32MB".into()),
+            ("max_connections".into(), "50".into()),
+            ("log_min_messages".into(), "warning".into()),
+        ];
+        if opts.pg_stat_statements {
+            settings.push((
+                "shared_preload_libraries".into(),
+                "pg_stat_statements".into(),
+            ));
+            settings.push(("pg_stat_statements.track".into(), "all".into()));
+        }
+        settings.extend(opts.settings.iter().cloned());
+        let mut pg = Postgres {
+            dir,
+            port,
+            socket_dir,
+            bin_dir,
+            child: None,
+            container: None,
+        };
+        match &opts.container {
+            None => pg.spawn_on_host(uid, gid, &settings)?,
+            Some(spec) => pg.spawn_in_container(spec, &settings)?,
+        }
+        pg.wait_ready(Duration::from_secs(60))?;
+        if opts.pg_stat_statements {
+            pg.psql("create extension if not exists pg_stat_statements")?;
+        }
+        Ok(pg)
+    }
+
+    fn server_args(&self, data: &Path, sock: &Path, settings: &[(String, String)]) -> Vec<String> {
+        let mut a = vec![
+            "-D".to_string(),
+            data.display().to_string(),
+            "-k".into(),
+            sock.display().to_string(),
+            "-p".into(),
+            self.port.to_string(),
+        ];
+        for (k, v) in settings {
+            a.push("-c".into());
+            a.push(format!("{k}={v}"));
+        }
+        a
+    }
+
+    fn spawn_on_host(
+        &mut self,
+        uid: u32,
+        gid: u32,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let mut settings = settings.to_vec();
+        settings.push(("listen_addresses".into(), "127.0.0.1".into()));
+        let log = std::fs::File::create(self.server_log_path())?;
+        nix::unistd::chown(&self.server_log_path(), Some(uid.into()), Some(gid.into()))?;
+        let args = self.server_args(&self.dir.path().join("data"), &self.socket_dir, &settings);
+        let child = Command::new(self.bin_dir.join("postgres"))
+            .args(args)
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn spawn_in_container(
+        &mut self,
+        spec: &ContainerSpec,
+        settings: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let mut settings = settings.to_vec();
+        settings.push(("listen_addresses".into(), String::new()));
+        let args = self.server_args(
+            Path::new("/pgbpf/data"),
+            Path::new("/pgbpf/sock"),
+            &settings,
+        );
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let mut spec = spec.clone();
+        spec.volumes
+            .push((self.dir.path().display().to_string(), "/pgbpf".into()));
+        spec.user = Some("postgres".into());
+        spec.command = format!(
+            "exec {} {} >>/pgbpf/server.log 2>&1",
+            self.bin_dir.join("postgres").display(),
+            quoted.join(" ")
+        );
+        self.container = Some(Container::run(&spec)?);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.psql("select 1").is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "postgres exited ({status}) during startup:\n{}",
+                    self.server_log()
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "postgres did not accept connections within {timeout:?}:\n{}",
+                    self.server_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn server_log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.server_log_path()).unwrap_or_default()
+    }
+
+    /// libpq connection arguments: socket directory, port, user, database.
+    pub fn conn_args(&self) -> Vec<String> {
+        vec![
+            "-h".into(),
+            self.socket_dir.display().to_string(),
+            "-p".into(),
+            self.port.to_string(),
+            "-U".into(),
+            "postgres".into(),
+        ]
+    }
+
+    /// Runs SQL with psql (unaligned, tuples only) and returns its output.
+    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        run(Command::new("psql").args(self.conn_args()).args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]))
+    }
+
+    /// Runs pgbench with `args` against the `postgres` database.
+    pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(Command::new("pgbench")
+            .args(self.conn_args())
+            .args(args)
+            .arg("postgres"))
+    }
+
+    /// Host pid of the postmaster.
+    pub fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))?;
+        let in_ns: u32 = text.lines().next().unwrap_or("").trim().parse()?;
+        match &self.container {
+            // postmaster.pid holds the pid inside the container's namespace; the container's
+            // first process is the postmaster (exec'd by sh).
+            Some(c) => c.host_pid(),
+            None => Ok(in_ns),
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGQUIT: immediate shutdown, no checkpoint.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Container drop removes it; the temp dir goes after.
+        self.container.take();
+    }
+}
