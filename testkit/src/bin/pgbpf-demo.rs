@@ -1,0 +1,62 @@
+//! The README's demo: a throwaway PostgreSQL under pgbench load with pgbpf's tools attached,
+//! printing their real output. Run by scripts/demo.sh after the tools are installed on PATH.
+
+use std::{
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+use pgbpf_testkit::{
+    container::ContainerSpec,
+    postgres::{PgOptions, Postgres},
+};
+
+fn say(text: &str) {
+    eprintln!("\n== {text}");
+}
+
+fn demo() -> anyhow::Result<()> {
+    say("starting a throwaway PostgreSQL in a podman container limited to 160 MB of memory");
+    let pg = Postgres::start_with(&PgOptions {
+        container: Some(ContainerSpec {
+            memory: Some("160m".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })?;
+    let container = pg
+        .container
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no container"))?;
+    let short = &container.id[..12];
+    eprintln!("container {short}, postmaster pid {}", pg.postmaster_pid()?);
+
+    say(&format!(
+        "page_reclaim --container {short} 5 5   (a report every 5 s while pgbench runs)"
+    ));
+    let mut tool = Command::new("page_reclaim")
+        .args(["--container", short, "5", "5"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -i -s 20 (300 MB of data, more than the container may keep in memory)");
+    pg.pgbench(&["-i", "-s", "20", "-q"])?;
+    eprintln!("pgbench -S -c 4 -T 12 (random reads: the kernel must keep reclaiming page cache)");
+    let out = pg.pgbench(&["-S", "-c", "4", "-j", "2", "-T", "12"])?;
+    if let Some(tps) = out.lines().find(|l| l.starts_with("tps")) {
+        eprintln!("pgbench: {tps}");
+    }
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "page_reclaim exited with {status}");
+    say("done; the container and its data are removed");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match demo() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgbpf-demo: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
