@@ -6,13 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/setup.sh
-echo "building release binaries (first time: a few minutes)..." >&2
-log=$(mktemp)
-if ! cargo build --release --locked >"$log" 2>&1; then tail -40 "$log" >&2; exit 1; fi
-rm -f "$log"
+echo "building static release binaries (first time: a few minutes)..." >&2
+bin=$(scripts/build-release.sh)
 for dir in tools/*/; do
     tool=$(basename "$dir")
-    install -m 0755 "target/release/$tool" /usr/local/bin/
-    echo "installed /usr/local/bin/$tool" >&2
+    install -m 0755 "$bin/$tool" /usr/local/bin/
+    echo "installed /usr/local/bin/$tool ($(du -h "$bin/$tool" | cut -f1), static)" >&2
 done
-exec target/release/pgbpf-demo
+exec "$bin/pgbpf-demo"

@@ -26,9 +26,10 @@ step setup scripts/setup.sh || true
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --all-targets --locked -- -D warnings
-step clippy-ebpf cargo +nightly-2026-08-01 clippy --locked -p pgbpf-common-ebpf -p page_reclaim-ebpf \
+step clippy-ebpf cargo +nightly-2026-08-01 clippy --locked -p pgbpf-common-ebpf -p page_reclaim-ebpf -p pgbpf-selftest-ebpf \
     --target bpfel-unknown-none -Z build-std=core --target-dir target/ebpf-clippy -- -D warnings
 step build cargo test --locked --no-run
+step static-release scripts/build-release.sh
 # Default members only: the eBPF crates are built by aya-build, not for the host.
 # Test binaries run one after another; privileged tests also take a machine-wide lock.
 cargo test --locked --no-fail-fast >"$logs/tests.log" 2>&1

@@ -1,1 +1,50 @@
-fn main() {}
+//! pgbpf-bench: measures a tool's cost side by side in one run, with interleaved repetitions
+//! (these machines are noisy): pgbench -S TPS with no tracing, with the tool attached and with
+//! the equivalent bpftrace script; time from start to attached; peak RSS. Prints the ratios
+//! and writes the tool's section of docs/PERFORMANCE.md. Not part of the test suite.
+
+mod measure;
+mod report;
+mod scenario;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+/// Overhead of a pgbpf tool against no tracing and against bpftrace, measured side by side.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgbpf-bench",
+    after_help = "Example:\n  sudo target/release/pgbpf-bench page_reclaim --reps 5 --seconds 15"
+)]
+pub struct Args {
+    /// The tool to measure
+    #[arg(value_parser = scenario::names())]
+    pub tool: String,
+    /// Repetitions of each variant (interleaved: none, tool, bpftrace, then rotated)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: u32,
+    /// Length of each pgbench run, seconds
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seconds: u64,
+    /// pgbench clients (and threads)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub clients: u32,
+    /// Directory of the tool binaries
+    #[arg(long, default_value = "target/release")]
+    pub bin_dir: PathBuf,
+    /// Where to write the results (the tool's section is replaced, the rest kept)
+    #[arg(long, default_value = "docs/PERFORMANCE.md")]
+    pub out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match measure::run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgbpf-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -11,8 +11,9 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
     programs::{
-        PerfEvent, ProgramError, TracePoint,
+        PerfEvent, ProgramError, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
+        uprobe::{UProbeAttachLocation, UProbeScope},
     },
     util::online_cpus,
 };
@@ -210,6 +211,27 @@ impl Loaded {
         p.load()
             .map_err(|e| explain_program_error(&hook, e, verbose))?;
         p.attach(category, event)
+            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        self.note_attached(&hook);
+        Ok(())
+    }
+
+    /// Loads program `prog` (a uprobe or uretprobe) and attaches it to `location` in `binary`
+    /// for every process that runs it (filtering is the kernel program's job).
+    pub fn attach_uprobe(
+        &mut self,
+        prog: &str,
+        binary: &std::path::Path,
+        location: UProbeAttachLocation<'_>,
+    ) -> anyhow::Result<()> {
+        let verbose = self.verbose;
+        let hook = format!("uprobe {}:{location:?}", binary.display());
+        let p: &mut UProbe = self.program(prog)?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        }
+        p.attach([location], binary, UProbeScope::AllProcesses)
             .map_err(|e| explain_program_error(&hook, e, verbose))?;
         self.note_attached(&hook);
         Ok(())

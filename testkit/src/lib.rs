@@ -21,15 +21,16 @@ use std::{fs::File, path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 /// Holds the machine-wide test lock until dropped.
-pub struct Exclusive(#[allow(dead_code)] File);
+pub struct Exclusive(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
-/// Waits for the machine-wide lock that privileged tests take.
+/// Waits for the machine-wide lock that privileged tests take (across test binaries and
+/// within one: flock locks belong to the open file, and each call opens its own).
 pub fn exclusive() -> Exclusive {
     let f = File::create("/tmp/pgbpf-tests.lock").expect("creating /tmp/pgbpf-tests.lock");
-    nix::fcntl::Flock::lock(f.try_clone().unwrap(), nix::fcntl::FlockArg::LockExclusive)
-        .map(std::mem::forget)
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
         .expect("locking /tmp/pgbpf-tests.lock");
-    Exclusive(f)
+    Exclusive(lock)
 }
 
 /// Fails a test that needs root with the reason, instead of skipping it silently.

@@ -1,8 +1,8 @@
-//! Runs a pgbpf tool the way a user does: start it, wait for its "Hit Ctrl-C" line (it has
-//! attached), do something, press Ctrl-C (SIGINT), read what it printed.
+//! Runs a tracing tool the way a user does: start it, wait for the line saying it is attached
+//! ("Hit Ctrl-C to end"), do something, press Ctrl-C (SIGINT), read what it printed.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -10,12 +10,21 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+/// The line pgbpf tools print on stderr once every hook is attached.
+pub const ATTACHED: &str = "Hit Ctrl-C to end";
+
+enum Line {
+    Out(String),
+    Err(String),
+}
+
 /// A tool that is running and attached.
 pub struct Traced {
     child: Child,
-    stderr_lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<Line>,
+    stdout: Vec<String>,
     stderr: Vec<String>,
-    /// Time from spawn to the "Hit Ctrl-C" line.
+    /// Time from spawn to the attached line.
     pub startup: Duration,
 }
 
@@ -40,56 +49,92 @@ impl Finished {
     }
 }
 
+fn forward(stream: impl Read + Send + 'static, tx: mpsc::Sender<Line>, wrap: fn(String) -> Line) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(wrap(line)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 impl Traced {
-    /// Starts `bin` with `args` and waits (up to 60 s) until it says it is tracing.
+    /// Starts a pgbpf tool and waits (up to 60 s) until it says it is tracing.
     pub fn start(bin: &str, args: &[&str]) -> anyhow::Result<Traced> {
+        Traced::start_until(Command::new(bin).args(args), ATTACHED)
+    }
+
+    /// Starts `cmd` and waits (up to 60 s) for a line on stdout or stderr containing `marker`.
+    pub fn start_until(cmd: &mut Command, marker: &str) -> anyhow::Result<Traced> {
         let started = Instant::now();
-        let mut child = Command::new(bin)
-            .args(args)
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {bin}"))?;
-        let stderr = child.stderr.take().context("no stderr pipe")?;
+            .with_context(|| format!("starting {cmd:?}"))?;
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        forward(
+            child.stdout.take().context("no stdout pipe")?,
+            tx.clone(),
+            Line::Out,
+        );
+        forward(
+            child.stderr.take().context("no stderr pipe")?,
+            tx,
+            Line::Err,
+        );
         let mut t = Traced {
             child,
-            stderr_lines: rx,
+            lines: rx,
+            stdout: vec![],
             stderr: vec![],
             startup: Duration::ZERO,
         };
         loop {
-            match t.stderr_lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    let attached = line.contains("Hit Ctrl-C to end");
-                    t.stderr.push(line);
-                    if attached {
-                        t.startup = started.elapsed();
-                        return Ok(t);
-                    }
-                }
-                Err(_) => {
-                    let _ = t.child.kill();
-                    let status = t.child.wait()?;
-                    bail!(
-                        "{bin} {args:?} did not attach ({status}); stderr:\n{}",
-                        t.stderr.join("\n")
-                    );
-                }
+            let Ok(line) = t.lines.recv_timeout(Duration::from_secs(60)) else {
+                let _ = t.child.kill();
+                let status = t.child.wait()?;
+                bail!(
+                    "{cmd:?} did not attach ({status}); stderr:\n{}",
+                    t.stderr.join("\n")
+                );
+            };
+            if t.keep(line).contains(marker) {
+                t.startup = started.elapsed();
+                return Ok(t);
+            }
+        }
+    }
+
+    fn keep(&mut self, line: Line) -> String {
+        match line {
+            Line::Out(l) => {
+                self.stdout.push(l);
+                self.stdout.last().cloned().unwrap_or_default()
+            }
+            Line::Err(l) => {
+                self.stderr.push(l);
+                self.stderr.last().cloned().unwrap_or_default()
             }
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// Presses Ctrl-C and waits (up to 60 s) for the tool to print its summary and exit.
@@ -101,14 +146,11 @@ impl Traced {
 
     /// Waits for the tool to exit by itself (e.g. at the end of `-d`).
     pub fn wait(mut self, timeout: Duration) -> anyhow::Result<Finished> {
-        let mut stdout = self.child.stdout.take().context("no stdout pipe")?;
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
-        });
         let start = Instant::now();
         let status = loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.keep(line);
+            }
             if let Some(s) = self.child.try_wait()? {
                 break s;
             }
@@ -118,14 +160,15 @@ impl Traced {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stdout = reader.join().unwrap_or_default();
-        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
-            self.stderr.push(line);
+        // The readers end at EOF, which follows the exit.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.keep(line);
         }
+        let join = |v: &[String]| v.iter().map(|l| format!("{l}\n")).collect::<String>();
         Ok(Finished {
             status,
-            stdout,
-            stderr: self.stderr.join("\n"),
+            stdout: join(&self.stdout),
+            stderr: join(&self.stderr),
         })
     }
 }

@@ -34,3 +34,21 @@ pub unsafe fn atomic_add(dst: *mut u64, v: u64) {
         );
     }
 }
+
+/// What every tool's kernel object needs besides its programs: the license section (GPL
+/// compatible, for GPL-only helpers) and a panic handler (panics cannot happen in verified
+/// code, but `no_std` binaries must name one). Invoke once in each eBPF `main.rs`.
+#[macro_export]
+macro_rules! program_support {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}

@@ -211,3 +211,78 @@ fn container_reclaim_is_attributed_and_matches_vmstat() {
         "histogram counts every memcg episode"
     );
 }
+
+#[test]
+fn pid_and_comm_filters_split_two_readers() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.bin");
+    run(Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", "count=200", "status=none", "conv=fsync"]))
+    .unwrap();
+    let cg =
+        MemoryCgroup::create(&format!("pgbpf-filters-{}", std::process::id()), 48 << 20).unwrap();
+    // Both readers wait for the go file, so the tools can attach to their pids first; exec
+    // keeps the pid.
+    let go = dir.path().join("go");
+    let wait_go = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let f = file.display();
+    let mut cat = cg
+        .spawn(&format!("{wait_go}; exec cat {f} {f} > /dev/null"))
+        .unwrap();
+    let mut dd = cg
+        .spawn(&format!(
+            "{wait_go}; exec dd if={f} of=/dev/null bs=1M status=none"
+        ))
+        .unwrap();
+    let cat_pid = cat.id().to_string();
+    let by_pid = Traced::start(BIN, &["-p", &cat_pid, "--json"]).unwrap();
+    let by_comm = Traced::start(BIN, &["--comm", "dd", "--json"]).unwrap();
+
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("sync; echo 1 > /proc/sys/vm/drop_caches"))
+    .unwrap();
+    let before = vmstat(&PGSTEAL);
+    std::fs::write(&go, "").unwrap();
+    assert!(cat.wait().unwrap().success() && dd.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let after = vmstat(&PGSTEAL);
+    let (p, c) = (
+        by_pid.stop().unwrap().json(),
+        by_comm.stop().unwrap().json(),
+    );
+
+    let pid_rows = total_rows(&p, "process");
+    let comm_rows = total_rows(&c, "process");
+    assert!(
+        !pid_rows.is_empty() && !comm_rows.is_empty(),
+        "{p:?}\n{c:?}"
+    );
+    for r in &pid_rows {
+        assert_eq!(
+            r["pid"].to_string(),
+            cat_pid,
+            "--pid let another process in: {r}"
+        );
+    }
+    for r in &comm_rows {
+        assert_eq!(r["comm"], "dd", "--comm let another task in: {r}");
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(dd.id())));
+    }
+    let by_pid_pages = summary(&p)["reclaimed_pages"].as_u64().unwrap();
+    let by_comm_pages = summary(&c)["reclaimed_pages"].as_u64().unwrap();
+    eprintln!(
+        "cat {by_pid_pages} + dd {by_comm_pages} pages, vmstat {}",
+        after - before
+    );
+    assert_within(
+        "cat + dd",
+        by_pid_pages + by_comm_pages,
+        after - before,
+        0.10,
+    );
+}

@@ -147,12 +147,4 @@ pub fn wakeup_kswapd(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+pgbpf_common_ebpf::program_support!();

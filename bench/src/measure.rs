@@ -1,0 +1,186 @@
+//! Runs the interleaved repetitions and collects TPS, startup time and peak RSS per variant.
+
+use std::{
+    collections::HashSet,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use aya::programs::loaded_programs;
+
+use anyhow::{Context as _, anyhow, bail};
+use pgbpf_testkit::{postgres::Postgres, tool::Traced};
+
+use crate::{Args, report, scenario};
+
+/// What runs beside pgbench.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    NoTracing,
+    Tool,
+    Bpftrace,
+}
+
+pub const VARIANTS: [Variant; 3] = [Variant::NoTracing, Variant::Tool, Variant::Bpftrace];
+
+/// The samples of one variant.
+#[derive(Debug, Default, Clone)]
+pub struct Samples {
+    pub tps: Vec<f64>,
+    pub startup_ms: Vec<f64>,
+    pub peak_rss_kib: Vec<u64>,
+    /// Events per second the tool reported handling (its `--json` summary).
+    pub events_per_s: Vec<f64>,
+    /// Kernel-side cost of the tracer's BPF programs (kernel.bpf_stats): ns per program run.
+    pub bpf_ns_per_run: Vec<f64>,
+    /// ... and the share of one CPU they used over the run, in percent.
+    pub bpf_cpu_pct: Vec<f64>,
+}
+
+/// Run time and run count of the BPF programs loaded since `before` was taken.
+fn bpf_cost(before: &HashSet<u32>) -> (Duration, u64) {
+    loaded_programs()
+        .flatten()
+        .filter(|p| !before.contains(&p.id()))
+        .fold((Duration::ZERO, 0), |(t, n), p| {
+            (t + p.run_time(), n + p.run_count())
+        })
+}
+
+fn program_ids() -> HashSet<u32> {
+    loaded_programs().flatten().map(|p| p.id()).collect()
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark attaches BPF programs and starts containers: run it as root");
+    }
+    let scenario =
+        scenario::find(&args.tool).ok_or_else(|| anyhow!("no scenario for {}", args.tool))?;
+    let tool_bin = args.bin_dir.join(scenario.tool);
+    if !tool_bin.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release)",
+            tool_bin.display()
+        );
+    }
+    which("bpftrace")?;
+
+    eprintln!(
+        "starting PostgreSQL and loading pgbench scale {}...",
+        scenario.scale
+    );
+    let pg = Postgres::start_with(&(scenario.pg)())?;
+    pg.pgbench(&["-i", "-s", &scenario.scale.to_string(), "-q"])?;
+    let tool_args = (scenario.tool_args)(&pg)?;
+    let script = tempfile_with((scenario.bpftrace)(&pg)?)?;
+    eprintln!("warming up...");
+    pgbench_tps(&pg, args, 5)?;
+
+    // Count run time and runs of every BPF program while the benchmark runs (kernel.bpf_stats).
+    let _stats =
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?;
+    let mut samples = vec![Samples::default(); VARIANTS.len()];
+    for rep in 0..args.reps as usize {
+        for i in 0..VARIANTS.len() {
+            let v = (rep + i) % VARIANTS.len(); // rotate the order each repetition
+            let programs_before = program_ids();
+            let tracer = match VARIANTS[v] {
+                Variant::NoTracing => None,
+                Variant::Tool => Some(Traced::start_until(
+                    Command::new(&tool_bin).args(&tool_args).arg("--json"),
+                    pgbpf_testkit::tool::ATTACHED,
+                )?),
+                Variant::Bpftrace => Some(Traced::start_until(
+                    Command::new("bpftrace").arg(script.path()),
+                    pgbpf_testkit::tool::ATTACHED,
+                )?),
+            };
+            let ran_from = Instant::now();
+            let tps = pgbench_tps(&pg, args, args.seconds)?;
+            let s = &mut samples[v];
+            s.tps.push(tps);
+            if let Some(t) = tracer {
+                let (bpf_time, runs) = bpf_cost(&programs_before);
+                if runs > 0 {
+                    s.bpf_ns_per_run
+                        .push(bpf_time.as_nanos() as f64 / runs as f64);
+                }
+                s.bpf_cpu_pct
+                    .push(100.0 * bpf_time.as_secs_f64() / ran_from.elapsed().as_secs_f64());
+                s.startup_ms.push(t.startup.as_secs_f64() * 1e3);
+                s.peak_rss_kib.extend(t.peak_rss_kib());
+                let out = t.stop()?;
+                if !out.status.success() {
+                    bail!(
+                        "{:?} exited with {}: {}",
+                        VARIANTS[v],
+                        out.status,
+                        out.stderr
+                    );
+                }
+                if VARIANTS[v] == Variant::Tool {
+                    s.events_per_s
+                        .push(events_per_second(&out.json(), scenario.events_field)?);
+                }
+            }
+            eprintln!(
+                "rep {}/{} {:?}: {tps:.0} tps",
+                rep + 1,
+                args.reps,
+                VARIANTS[v]
+            );
+        }
+    }
+    let results = report::Results::new(scenario, args, samples);
+    print!("{}", results.summary());
+    results.write(&args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn events_per_second(records: &[serde_json::Value], field: &str) -> anyhow::Result<f64> {
+    let summary = records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .ok_or_else(|| anyhow!("the tool printed no summary record"))?;
+    let events = summary[field]
+        .as_f64()
+        .ok_or_else(|| anyhow!("summary has no {field}"))?;
+    let secs = summary["duration_s"].as_f64().unwrap_or(1.0).max(0.001);
+    Ok(events / secs)
+}
+
+fn pgbench_tps(pg: &Postgres, args: &Args, seconds: u64) -> anyhow::Result<f64> {
+    let c = args.clients.to_string();
+    let out = pg.pgbench(&["-S", "-n", "-c", &c, "-j", &c, "-T", &seconds.to_string()])?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no tps line in pgbench output:\n{out}"))
+}
+
+fn which(bin: &str) -> anyhow::Result<()> {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()?
+        .status
+        .success();
+    if !ok {
+        bail!("{bin} is not installed (scripts/setup.sh installs it)");
+    }
+    Ok(())
+}
+
+fn tempfile_with(text: String) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write as _;
+    let mut f = tempfile::Builder::new()
+        .suffix(".bt")
+        .tempfile()
+        .context("temp file")?;
+    f.write_all(text.as_bytes())?;
+    f.flush()?;
+    Ok(f)
+}

@@ -1,0 +1,202 @@
+//! Medians, ratios and the markdown section written to docs/PERFORMANCE.md.
+
+use std::path::Path;
+
+use crate::{
+    Args,
+    measure::{Samples, VARIANTS, Variant},
+    scenario::Scenario,
+};
+
+pub struct Results {
+    tool: &'static str,
+    description: &'static str,
+    events: &'static str,
+    reps: u32,
+    seconds: u64,
+    clients: u32,
+    samples: Vec<Samples>,
+}
+
+/// The median of `v` (mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn label(v: Variant, tool: &str) -> String {
+    match v {
+        Variant::NoTracing => "no tracing".into(),
+        Variant::Tool => tool.to_string(),
+        Variant::Bpftrace => "bpftrace script".into(),
+    }
+}
+
+impl Results {
+    pub fn new(s: &Scenario, args: &Args, samples: Vec<Samples>) -> Results {
+        Results {
+            tool: s.tool,
+            description: s.description,
+            events: s.events_field,
+            reps: args.reps,
+            seconds: args.seconds,
+            clients: args.clients,
+            samples,
+        }
+    }
+
+    fn rows(&self) -> Vec<[String; 8]> {
+        let base = median(&self.samples[0].tps);
+        VARIANTS
+            .iter()
+            .zip(&self.samples)
+            .map(|(&v, s)| {
+                let tps = median(&s.tps);
+                let rss: Vec<f64> = s.peak_rss_kib.iter().map(|&k| k as f64 / 1024.0).collect();
+                let all: Vec<String> = s.tps.iter().map(|t| format!("{t:.0}")).collect();
+                [
+                    label(v, self.tool),
+                    format!("{tps:.0}"),
+                    format!("{:.3}", tps / base),
+                    if s.startup_ms.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{:.0}", median(&s.startup_ms))
+                    },
+                    if rss.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{:.1}", median(&rss))
+                    },
+                    if s.bpf_ns_per_run.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{:.0}", median(&s.bpf_ns_per_run))
+                    },
+                    if s.bpf_cpu_pct.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{:.3}", median(&s.bpf_cpu_pct))
+                    },
+                    all.join(", "),
+                ]
+            })
+            .collect()
+    }
+
+    /// The table printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "\n{}: pgbench -S, {} clients, {} x {} s each\n",
+            self.tool, self.clients, self.reps, self.seconds
+        );
+        for r in self.rows() {
+            out.push_str(&format!(
+                "  {:<16} median {:>8} tps  ratio {}  startup {:>5} ms  peak RSS {:>6} MiB  BPF {:>5} ns/run, {:>6}% CPU\n",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6]
+            ));
+        }
+        out.push_str(&format!(
+            "  {} handled {:.0} {} per second\n",
+            self.tool,
+            median(&self.samples[1].events_per_s),
+            self.events
+        ));
+        out
+    }
+
+    fn section(&self) -> String {
+        let machine = machine();
+        let mut s = format!("<!-- bench:{t} -->\n## {t}\n\n", t = self.tool);
+        s.push_str(&format!(
+            "Measured {} on {machine} with `pgbpf-bench {} --reps {} --seconds {} --clients {}`.\n\n{}\n\n",
+            today(),
+            self.tool,
+            self.reps,
+            self.seconds,
+            self.clients,
+            self.description
+        ));
+        let rate = median(&self.samples[1].events_per_s);
+        s.push_str(&format!(
+            "While attached, {} handled a median of {rate:.0} {} per second.\n\n",
+            self.tool, self.events
+        ));
+        s.push_str("| variant | median TPS | ratio to no tracing | startup to attached (ms) | peak RSS (MiB) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
+        for r in self.rows() {
+            s.push_str(&format!("| {} |\n", r.join(" | ")));
+        }
+        s.push_str(&format!("<!-- /bench:{} -->\n", self.tool));
+        s
+    }
+
+    /// Replaces this tool's section of `path` (creating the file with the method if needed).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let old = std::fs::read_to_string(path).unwrap_or_else(|_| METHOD.to_string());
+        let start = format!("<!-- bench:{} -->", self.tool);
+        let end = format!("<!-- /bench:{} -->\n", self.tool);
+        let new = match (old.find(&start), old.find(&end)) {
+            (Some(a), Some(b)) if b > a => {
+                format!("{}{}{}", &old[..a], self.section(), &old[b + end.len()..])
+            }
+            _ => format!("{}\n{}", old.trim_end(), "\n") + &self.section(),
+        };
+        std::fs::write(path, new)?;
+        Ok(())
+    }
+}
+
+const METHOD: &str = "# Performance
+
+Written by `bench/` (`pgbpf-bench TOOL`); not part of the test suite. These machines are
+noisy, so every number comes from one run in which the variants alternate: each repetition
+runs pgbench -S once with no tracing, once with the pgbpf tool attached and once with the
+equivalent bpftrace script attached, rotating the order from one repetition to the next. The
+tables give the median over the repetitions and every run's TPS, so the spread is visible.
+
+- **ratio to no tracing**: median TPS of the variant / median TPS with no tracing.
+- **startup to attached**: from spawning the tracer to its line saying it is attached (the
+  pgbpf tools print it after the last hook is attached; the bpftrace scripts print it from
+  `BEGIN`, which runs after bpftrace has attached its probes).
+- **peak RSS**: VmHWM of the tracer process at the end of its run.
+- **BPF ns per run** and **BPF CPU**: the kernel's own accounting of the tracer's BPF
+  programs (`kernel.bpf_stats_enabled`, run time and run count of every program the tracer
+  loaded): the in-kernel cost per hook invocation, and that time as a share of one CPU over
+  the run. Unlike TPS, these do not drown in the machine's noise.
+";
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{cores} cores, Linux {kernel}")
+}
+
+fn today() -> String {
+    let out = std::process::Command::new("date").arg("+%Y-%m-%d").output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}

@@ -1,0 +1,69 @@
+//! What each tool is benchmarked under: the PostgreSQL set-up that makes its hooks fire, the
+//! tool's arguments and the equivalent bpftrace script.
+
+use pgbpf_testkit::{
+    container::ContainerSpec,
+    postgres::{PgOptions, Postgres},
+};
+
+/// One benchmark scenario.
+pub struct Scenario {
+    pub tool: &'static str,
+    /// Said in docs/PERFORMANCE.md: what load and why.
+    pub description: &'static str,
+    pub pg: fn() -> PgOptions,
+    /// pgbench -i scale.
+    pub scale: u32,
+    /// Field of the tool's `--json` summary that counts the events it handled.
+    pub events_field: &'static str,
+    /// The tool's arguments for a running cluster.
+    pub tool_args: fn(&Postgres) -> anyhow::Result<Vec<String>>,
+    /// The bpftrace script, with placeholders filled in for a running cluster.
+    pub bpftrace: fn(&Postgres) -> anyhow::Result<String>,
+}
+
+fn container_cgroup(pg: &Postgres) -> anyhow::Result<(String, String)> {
+    let c = pg
+        .container
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("scenario needs a container"))?;
+    let path = c.cgroup_path()?;
+    let mount = pgbpf_common::cgroup::v2_mount()?;
+    let dir = mount
+        .join(path.trim_start_matches('/'))
+        .display()
+        .to_string();
+    Ok((path, dir))
+}
+
+pub const SCENARIOS: &[Scenario] = &[Scenario {
+    tool: "page_reclaim",
+    description: "PostgreSQL in a podman container limited to 160 MB, pgbench scale 20 (about \
+                  300 MB): every pgbench -S read that misses the page cache makes the container \
+                  reclaim, so reclaim episodes (two tracepoint hits each) run hundreds of times a \
+                  second.",
+    pg: || PgOptions {
+        container: Some(ContainerSpec {
+            memory: Some("160m".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    },
+    scale: 20,
+    events_field: "episodes",
+    tool_args: |pg| Ok(vec!["--cgroup".into(), container_cgroup(pg)?.0]),
+    bpftrace: |pg| {
+        let (path, dir) = container_cgroup(pg)?;
+        Ok(include_str!("../bpftrace/page_reclaim.bt")
+            .replace("@CGROUP_DIR@", &dir)
+            .replace("@CGROUP@", &path))
+    },
+}];
+
+pub fn names() -> Vec<&'static str> {
+    SCENARIOS.iter().map(|s| s.tool).collect()
+}
+
+pub fn find(tool: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.tool == tool)
+}
