@@ -5,12 +5,20 @@
 //! - [`cgroup`]: cgroup v2 mount, ids, paths and container lookup.
 //! - [`target`]: `--pid` / `--container` / `--cgroup` / `--comm` → the in-kernel filter.
 //! - [`output`]: sizes, durations, log2 histograms, tables, NDJSON, timestamps.
+//! - [`elf`]: symbols (also from separate debug files), file offsets, build-ids.
+//! - [`perf`]: uprobe perf events with semaphores and BPF links with cookies (for USDT).
+//! - [`usdt`]: USDT notes, semaphores and argument specs.
+//! - [`postgres`]: finding the postgres binary of a process or of the machine.
 //! - [`system`]: page size and other facts about this machine.
 //! - [`cli`]: shared command-line arguments, the interval loop, error reporting in `main`.
 pub mod cgroup;
 pub mod cli;
+pub mod elf;
 pub mod loader;
 pub mod output;
+pub mod perf;
+pub mod postgres;
 pub mod system;
 pub mod target;
 pub mod tracefs;
+pub mod usdt;

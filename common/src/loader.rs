@@ -3,13 +3,24 @@
 
 use std::{
     io,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     sync::Once,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow};
+use pgbpf_common_ebpf::usdt::{
+    ARG_CONST, ARG_GLOBAL, ARG_NONE, ARG_REG, ARG_REG_DEREF, USDT_MAX_ARGS, USDT_MAX_SPECS,
+    UsdtArgSpec, UsdtSpec,
+};
+
+use crate::{
+    perf,
+    usdt::{ArgLocation, UsdtProbe},
+};
 use aya::{
     Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
+    maps::Array,
     programs::{
         PerfEvent, ProgramError, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
@@ -17,6 +28,41 @@ use aya::{
     },
     util::online_cpus,
 };
+
+/// The kernel-side description of a USDT site: how to read each argument.
+pub fn usdt_spec(probe: &UsdtProbe, probe_id: u32) -> UsdtSpec {
+    let mut spec = UsdtSpec {
+        site_vaddr: probe.address,
+        probe_id,
+        ..Default::default()
+    };
+    spec.arg_count = probe.args.len().min(USDT_MAX_ARGS) as u32;
+    for (slot, arg) in spec.args.iter_mut().zip(&probe.args) {
+        let (kind, reg_off, value) = match arg.location {
+            ArgLocation::Immediate(v) => (ARG_CONST, 0, v),
+            ArgLocation::Register { reg } => (ARG_REG, reg, 0),
+            ArgLocation::Memory {
+                base,
+                disp,
+                index: None,
+            } => (ARG_REG_DEREF, base, disp),
+            ArgLocation::Global { vaddr } => (ARG_GLOBAL, 0, vaddr as i64),
+            // Indexed memory and unresolved globals read as "absent" in the kernel.
+            ArgLocation::Memory { index: Some(_), .. } | ArgLocation::Unsupported => {
+                (ARG_NONE, 0, 0)
+            }
+        };
+        *slot = UsdtArgSpec {
+            kind,
+            size: arg.size,
+            signed: u8::from(arg.signed),
+            reg_off,
+            value,
+            ..Default::default()
+        };
+    }
+    spec
+}
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
@@ -84,6 +130,10 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
 /// A loaded object and how long each startup step took.
 pub struct Loaded {
     pub ebpf: Ebpf,
+    /// Perf events and BPF links of USDT probes (closing them detaches and lowers semaphores).
+    usdt_links: Vec<OwnedFd>,
+    /// Next free slot of PGBPF_USDT_SPECS.
+    usdt_specs: u32,
     pub started: Instant,
     pub verbose: bool,
     tool: String,
@@ -114,6 +164,8 @@ pub fn load<'a>(
     }
     Ok(Loaded {
         ebpf,
+        usdt_links: vec![],
+        usdt_specs: 0,
         started,
         verbose,
         tool: tool.to_string(),
@@ -233,6 +285,62 @@ impl Loaded {
         }
         p.attach([location], binary, UProbeScope::AllProcesses)
             .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        self.note_attached(&hook);
+        Ok(())
+    }
+
+    /// Attaches program `prog` (a `#[uprobe]`) to one USDT probe site of `binary`, system-wide,
+    /// with the kernel managing the probe's semaphore. `probe_id` is handed to the program in
+    /// the site's [`UsdtSpec`] (read it with `pgbpf_common_ebpf::usdt::usdt_spec`).
+    pub fn attach_usdt(
+        &mut self,
+        prog: &str,
+        binary: &std::path::Path,
+        probe: &UsdtProbe,
+        probe_id: u32,
+    ) -> anyhow::Result<()> {
+        let verbose = self.verbose;
+        let hook = format!(
+            "USDT {}:{} in {} at {:#x}",
+            probe.provider,
+            probe.name,
+            binary.display(),
+            probe.address
+        );
+        let index = self.usdt_specs;
+        if index >= USDT_MAX_SPECS {
+            return Err(anyhow!(
+                "too many USDT probe sites (at most {USDT_MAX_SPECS})"
+            ));
+        }
+        let spec = usdt_spec(probe, probe_id);
+        {
+            let map = self
+                .ebpf
+                .map_mut("PGBPF_USDT_SPECS")
+                .ok_or_else(|| anyhow!("the eBPF object has no PGBPF_USDT_SPECS map"))?;
+            let mut specs: Array<_, UsdtSpec> = Array::try_from(map)?;
+            specs
+                .set(index, &spec, 0)
+                .context("storing the USDT spec")?;
+        }
+        let p: &mut UProbe = self.program(prog)?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        }
+        let prog_fd = p
+            .fd()
+            .map_err(|e| anyhow!("program {prog}: {e}"))?
+            .as_fd()
+            .as_raw_fd();
+        let event = perf::open_uprobe(binary, probe.offset, probe.semaphore_offset, false)
+            .with_context(|| format!("cannot attach {hook}"))?;
+        let link = perf::link_with_cookie(prog_fd, &event, u64::from(index))
+            .with_context(|| format!("cannot attach {hook}"))?;
+        self.usdt_links.push(link);
+        self.usdt_links.push(event);
+        self.usdt_specs += 1;
         self.note_attached(&hook);
         Ok(())
     }

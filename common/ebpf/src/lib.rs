@@ -2,6 +2,7 @@
 //!
 //! - [`target`]: the in-kernel target filter (tgid set, cgroup subtree, comm), set up by the
 //!   userspace loader before load (globals) and after load (the tgid map).
+//! - [`usdt`]: USDT argument specs (shared with userspace) and their evaluation.
 //! - [`log2_slot`]: bcc-style power-of-two histogram slots.
 //! - `atomic_add` (BPF target only): `lock xadd` on the BPF target, which lacks `AtomicU64::fetch_add`.
 #![no_std]
@@ -9,7 +10,11 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
+// Kernel-only: its #[no_mangle] globals must not end up in host binaries (they would be
+// exported and break static-pie start-up).
+#[cfg(target_arch = "bpf")]
 pub mod target;
+pub mod usdt;
 
 /// Number of slots in a log2 histogram (covers the whole u64 range).
 pub const LOG2_SLOTS: usize = 64;
