@@ -48,6 +48,8 @@ pub struct Target {
     cgroup_level: u32,
     comm_on: u32,
     comm_bytes: [u8; 16],
+    follow_forks: u32,
+    fork_child_offset: u32,
 }
 
 impl Target {
@@ -111,6 +113,33 @@ impl Target {
         s
     }
 
+    /// Makes `--pid` cover descendants too (a postmaster's backends, also those started
+    /// later): the current ones from /proc now, new ones in the kernel as they fork. The tool
+    /// must then call [`Target::attach_fork_tracking`] after load.
+    pub fn follow_descendants(&mut self) -> anyhow::Result<()> {
+        if self.tgids.is_empty() {
+            return Ok(());
+        }
+        self.fork_child_offset =
+            crate::tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
+        self.follow_forks = 1;
+        for d in descendants(&self.tgids) {
+            if !self.tgids.contains(&d) {
+                self.tgids.push(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the fork/exit tracking programs when [`Target::follow_descendants`] asked for it.
+    pub fn attach_fork_tracking(&self, loaded: &mut crate::loader::Loaded) -> anyhow::Result<()> {
+        if self.follow_forks == 0 {
+            return Ok(());
+        }
+        loaded.attach_tracepoint("pgbpf_follow_fork", "sched", "sched_process_fork")?;
+        loaded.attach_tracepoint("pgbpf_forget_exit", "sched", "sched_process_exit")
+    }
+
     /// Sets the filter globals of `pgbpf_common_ebpf::target` before the object is loaded.
     pub fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         loader
@@ -118,7 +147,9 @@ impl Target {
             .override_global("PGBPF_FILTER_CGROUP_ID", &self.cgroup_id, true)
             .override_global("PGBPF_FILTER_CGROUP_LEVEL", &self.cgroup_level, true)
             .override_global("PGBPF_FILTER_COMM_ON", &self.comm_on, true)
-            .override_global("PGBPF_FILTER_COMM", &self.comm_bytes, true);
+            .override_global("PGBPF_FILTER_COMM", &self.comm_bytes, true)
+            .override_global("PGBPF_FOLLOW_FORKS", &self.follow_forks, true)
+            .override_global("PGBPF_FORK_CHILD_OFFSET", &self.fork_child_offset, true);
     }
 
     /// Fills the tgid map after load.
@@ -136,6 +167,41 @@ impl Target {
         }
         Ok(())
     }
+}
+
+/// Every process below `roots` in the process tree, from /proc (parents read from `stat`).
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = vec![];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            if let Some(ppid) = parse_ppid(&stat) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out: Vec<u32> = vec![];
+    let mut frontier: Vec<u32> = roots.to_vec();
+    while let Some(p) = frontier.pop() {
+        for &(child, parent) in &parent_of {
+            if parent == p && !out.contains(&child) && !roots.contains(&child) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// The parent pid in the text of /proc/PID/stat (the comm may contain spaces and parens).
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The thread-group id of `pid` (itself for a process, its process for a thread).
@@ -179,6 +245,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(e, "cannot attach to PID 999999999: no such process");
+    }
+
+    #[test]
+    fn ppid_from_stat_with_awkward_comm() {
+        assert_eq!(parse_ppid("42 (post gres) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parse_ppid("42 (a) b) R 9 1"), Some(9));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn children_of_this_process_are_found() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = descendants(&[std::process::id()]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
     }
 
     #[test]

@@ -163,3 +163,33 @@ fn missing_tracepoint_names_the_hook() {
         "{e}"
     );
 }
+
+#[test]
+fn descendants_started_after_attach_are_followed() {
+    require_root();
+    let _lock = exclusive();
+    let args = TargetArgs {
+        pids: vec![std::process::id()],
+        ..Default::default()
+    };
+    let mut target = Target::resolve(&args, None).unwrap();
+    target.follow_descendants().unwrap();
+    let mut loaded = loader::load("selftest", OBJECT, false, |l| target.set_globals(l)).unwrap();
+    target.fill_maps(&mut loaded.ebpf).unwrap();
+    target.attach_fork_tracking(&mut loaded).unwrap();
+    loaded
+        .attach_tracepoint("getpid_enter", "syscalls", "sys_enter_getpid")
+        .unwrap();
+    // A grandchild, forked after the attach: sh forks python3.
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg("python3 -c 'import os\nfor _ in range(500): os.getpid()'")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let n = count(&loaded, GETPID);
+    assert!(
+        (500..600).contains(&n),
+        "counted {n} getpid calls of descendants, they made 500 (+ startup)"
+    );
+}

@@ -30,6 +30,13 @@ pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf_package.manifest_path))?;
+    // aya-build watches the eBPF crate's own directory; its path dependencies (common/ebpf)
+    // must be watched too, or a change there leaves a stale object embedded.
+    for dep in &ebpf_package.dependencies {
+        if let Some(path) = &dep.path {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
     let toolchain = std::env::var("PGBPF_EBPF_TOOLCHAIN").unwrap_or_else(|_| EBPF_NIGHTLY.into());
     // aya-build wants a 'static toolchain name; build scripts are short-lived.
     let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());

@@ -4,9 +4,11 @@
 //! [`PGBPF_TARGET_TGIDS`] after load. Names are prefixed so they cannot clash with a tool's own.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::map,
+    macros::{map, tracepoint},
     maps::HashMap,
+    programs::TracePointContext,
 };
 
 /// 1 when only the tgids in [`PGBPF_TARGET_TGIDS`] are traced.
@@ -56,4 +58,39 @@ pub fn current_is_target() -> bool {
         }
     }
     true
+}
+
+/// 1 when children of traced processes become traced too (a postmaster's backends).
+#[unsafe(no_mangle)]
+static PGBPF_FOLLOW_FORKS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// Offset of `child_pid` in sched:sched_process_fork (from its format file).
+#[unsafe(no_mangle)]
+static PGBPF_FORK_CHILD_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(20);
+
+/// sched:sched_process_fork: a child of a traced process is traced from its first instruction.
+/// (Threads are added too, by tid; harmless, and removed when they exit.)
+#[tracepoint]
+pub fn pgbpf_follow_fork(ctx: TracePointContext) -> u32 {
+    if PGBPF_FOLLOW_FORKS.load() == 0 {
+        return 0;
+    }
+    // The forking task is current; its process (not the thread in `parent_pid`) is what the
+    // filter holds.
+    let parent = ctx.tgid();
+    // SAFETY: offset from the tracepoint's format file.
+    let child: u32 = unsafe { ctx.read_at(PGBPF_FORK_CHILD_OFFSET.load() as usize) }.unwrap_or(0);
+    // SAFETY: presence test only.
+    if child != 0 && unsafe { PGBPF_TARGET_TGIDS.get(&parent) }.is_some() {
+        let _ = PGBPF_TARGET_TGIDS.insert(&child, &1, 0);
+    }
+    0
+}
+
+/// sched:sched_process_exit: forget an exiting task so its pid can be reused safely.
+#[tracepoint]
+pub fn pgbpf_forget_exit(ctx: TracePointContext) -> u32 {
+    if PGBPF_FOLLOW_FORKS.load() != 0 {
+        let _ = PGBPF_TARGET_TGIDS.remove(&ctx.pid());
+    }
+    0
 }
