@@ -74,6 +74,17 @@ impl ElfFile {
         Ok(found)
     }
 
+    /// Address and size of a named function or object: .symtab first, then .dynsym.
+    pub fn symbol_range(&self, name: &str) -> anyhow::Result<Option<(u64, u64)>> {
+        let f = self.parse()?;
+        let found = f
+            .symbols()
+            .chain(f.dynamic_symbols())
+            .find(|s| s.name() == Ok(name) && s.address() != 0)
+            .map(|s| (s.address(), s.size()));
+        Ok(found)
+    }
+
     /// True when the file has a full symbol table (not stripped).
     pub fn has_symtab(&self) -> bool {
         self.parse()
@@ -164,6 +175,17 @@ impl Symbols {
         }
         match &self.debug {
             Some(d) => d.symbol(name),
+            None => Ok(None),
+        }
+    }
+
+    /// Address and size of `name`: the binary's own tables, then the debug file's.
+    pub fn range(&self, name: &str) -> anyhow::Result<Option<(u64, u64)>> {
+        if let Some(r) = self.binary.symbol_range(name)? {
+            return Ok(Some(r));
+        }
+        match &self.debug {
+            Some(d) => d.symbol_range(name),
             None => Ok(None),
         }
     }

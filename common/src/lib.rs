@@ -8,6 +8,7 @@
 //! - [`elf`]: symbols (also from separate debug files), file offsets, build-ids.
 //! - [`perf`]: uprobe perf events with semaphores and BPF links with cookies (for USDT).
 //! - [`usdt`]: USDT notes, semaphores and argument specs.
+//! - [`query`]: userspace view of the query context (each backend's current statement).
 //! - [`postgres`]: finding the postgres binary of a process or of the machine.
 //! - [`system`]: page size and other facts about this machine.
 //! - [`cli`]: shared command-line arguments, the interval loop, error reporting in `main`.
@@ -18,6 +19,7 @@ pub mod loader;
 pub mod output;
 pub mod perf;
 pub mod postgres;
+pub mod query;
 pub mod system;
 pub mod target;
 pub mod tracefs;

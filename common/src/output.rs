@@ -38,6 +38,16 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
+/// The log2 histogram slot of `v` (0 for 0 and 1, i for [2^i, 2^(i+1))), as the kernel side's
+/// `pgbpf_common_ebpf::log2_slot` computes it.
+pub fn log2_slot(v: u64) -> usize {
+    if v <= 1 {
+        0
+    } else {
+        63 - v.leading_zeros() as usize
+    }
+}
+
 /// Renders a log2 histogram like bcc's `print_log2_hist`: slot i holds values in
 /// [2^i, 2^(i+1)) (slot 0 holds 0 and 1). Leading and trailing empty slots are left out.
 pub fn log2_histogram(unit: &str, slots: &[u64]) -> String {

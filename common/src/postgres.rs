@@ -57,6 +57,61 @@ pub fn is_postgres_binary(path: &Path) -> bool {
     matches!(name, "postgres" | "postmaster")
 }
 
+/// The postgres binary to probe for a target: `--postgres PATH` if given; else the binary of
+/// the first `--pid`; else of a postgres process in the container or cgroup; else the one
+/// installed on this machine. Returns the path to open and the root it lives under.
+pub fn binary_for_target(
+    target: &crate::target::Target,
+    override_path: Option<&Path>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if let Some(p) = override_path {
+        if !p.is_file() {
+            bail!("--postgres {}: no such file", p.display());
+        }
+        return Ok((p.to_path_buf(), PathBuf::from("/")));
+    }
+    if let Some(&pid) = target.tgids.first() {
+        return postgres_binary_of_pid(pid);
+    }
+    if let Some(cg) = &target.cgroup {
+        let what = match &target.container {
+            Some(c) => format!("container {}", &c.id[..12]),
+            None => format!("cgroup {}", cg.path),
+        };
+        for pid in procs_below(&cg.dir) {
+            if let Ok((exe, root)) = binary_of_pid(pid)
+                && is_postgres_binary(&exe)
+            {
+                return Ok((exe, root));
+            }
+        }
+        bail!(
+            "{what} runs no PostgreSQL server process (looked for a process whose executable is named postgres)"
+        );
+    }
+    Ok((installed_bin_dir()?.join("postgres"), PathBuf::from("/")))
+}
+
+/// Pids in a cgroup directory and the cgroups below it.
+fn procs_below(dir: &Path) -> Vec<u32> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,39 @@
+//! Types shared by query_latency's kernel programs and its userspace (feature `user`).
+#![no_std]
+
+pub use pgbpf_common_ebpf::query::{PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, QUERY_TEXT_CAP};
+
+/// probe ids given to attach_usdt: which PostgreSQL probe a site belongs to.
+pub const PROBE_QUERY_START: u32 = 1;
+pub const PROBE_QUERY_DONE: u32 = 2;
+pub const PROBE_EXECUTE_START: u32 = 3;
+pub const PROBE_EXECUTE_DONE: u32 = 4;
+
+/// One finished statement, sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct QueryEvent {
+    pub pid: u32,
+    pub protocol: u8,
+    pub truncated: u8,
+    pub _pad: u16,
+    pub text_len: u32,
+    pub _pad2: u32,
+    pub duration_ns: u64,
+    pub text: [u8; QUERY_TEXT_CAP],
+}
+
+/// Indexes of the COUNTERS per-CPU array.
+pub mod counter {
+    /// A finished statement could not be sent (ring buffer full).
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A statement could not be tracked (query context map full).
+    pub const CONTEXT_FULL: u32 = 1;
+    /// A statement ended that started before the tool attached.
+    pub const DONE_WITHOUT_START: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] plain data, every bit pattern valid.
+unsafe impl aya::Pod for QueryEvent {}

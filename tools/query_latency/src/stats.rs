@@ -1,0 +1,135 @@
+//! Latency aggregation: per statement (or per backend and statement) calls, total, max and
+//! percentiles from a log-linear histogram (1 % wide buckets), and the overall log2 histogram.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Width of a percentile bucket: values within 1 % share one.
+const GROWTH: f64 = 1.01;
+
+fn bucket(ns: u64) -> u32 {
+    ((ns as f64 + 1.0).ln() / GROWTH.ln()) as u32
+}
+
+fn bucket_value(b: u32) -> f64 {
+    GROWTH.powf(b as f64 + 0.5) - 1.0
+}
+
+/// Latencies of one statement.
+#[derive(Clone, Debug, Default)]
+pub struct Latencies {
+    pub calls: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub truncated: bool,
+    buckets: BTreeMap<u32, u64>,
+}
+
+impl Latencies {
+    pub fn add(&mut self, ns: u64) {
+        self.calls += 1;
+        self.total_ns = self.total_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+        *self.buckets.entry(bucket(ns)).or_default() += 1;
+    }
+
+    pub fn mean_ns(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.total_ns as f64 / self.calls as f64
+        }
+    }
+
+    /// The `p`-th percentile (0..=100), within 1 %; the maximum for p = 100.
+    pub fn percentile_ns(&self, p: f64) -> f64 {
+        if self.calls == 0 {
+            return 0.0;
+        }
+        if p >= 100.0 {
+            return self.max_ns as f64;
+        }
+        let rank = ((p / 100.0) * self.calls as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (&b, &n) in &self.buckets {
+            seen += n;
+            if seen >= rank {
+                return bucket_value(b).min(self.max_ns as f64);
+            }
+        }
+        self.max_ns as f64
+    }
+}
+
+/// What a report groups by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// 0 unless per-backend.
+    pub pid: u32,
+    pub statement: String,
+}
+
+/// All statements seen in one period.
+#[derive(Clone, Debug, Default)]
+pub struct Period {
+    pub by_key: HashMap<Key, Latencies>,
+    /// log2 histogram of microseconds.
+    pub log2_us: Vec<u64>,
+    pub calls: u64,
+}
+
+impl Period {
+    pub fn add(&mut self, key: Key, ns: u64, truncated: bool) {
+        let l = self.by_key.entry(key).or_default();
+        l.add(ns);
+        l.truncated |= truncated;
+        let slot = pgbpf_common::output::log2_slot(ns / 1000);
+        if self.log2_us.len() <= slot {
+            self.log2_us.resize(slot + 1, 0);
+        }
+        self.log2_us[slot] += 1;
+        self.calls += 1;
+    }
+
+    /// Statements by total time, largest first.
+    pub fn sorted(&self) -> Vec<(&Key, &Latencies)> {
+        let mut v: Vec<_> = self.by_key.iter().collect();
+        v.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_within_one_percent() {
+        let mut l = Latencies::default();
+        for v in 1..=1000u64 {
+            l.add(v * 1000);
+        }
+        assert_eq!(l.calls, 1000);
+        assert!((l.mean_ns() - 500_500.0).abs() < 1.0);
+        for (p, want) in [(50.0, 500_000.0), (95.0, 950_000.0), (99.0, 990_000.0)] {
+            let got = l.percentile_ns(p);
+            assert!((got - want).abs() <= 0.011 * want, "p{p}: {got} vs {want}");
+        }
+        assert_eq!(l.percentile_ns(100.0), 1_000_000.0);
+        assert_eq!(Latencies::default().percentile_ns(50.0), 0.0);
+    }
+
+    #[test]
+    fn a_50ms_sleep_lands_in_the_32_to_64ms_bucket() {
+        let mut p = Period::default();
+        p.add(
+            Key {
+                pid: 0,
+                statement: "select pg_sleep($1)".into(),
+            },
+            50_300_000,
+            false,
+        );
+        // bucket i holds [2^i, 2^(i+1)) microseconds; 32768..65535 us is i = 15
+        assert_eq!(p.log2_us.iter().position(|&c| c == 1), Some(15));
+    }
+}

@@ -1,0 +1,312 @@
+//! query_latency against a real PostgreSQL with pg_stat_statements: call counts per statement
+//! equal pg_stat_statements' for the simple, extended and prepared protocols; means agree
+//! within a stated tolerance; a 50 ms sleep lands in the 32-64 ms bucket; probe semaphores are
+//! back to zero after the tool exits; bad targets get clear errors.
+//!
+//! Spans: query_latency times PortalRun (query__execute__start/done) for the extended
+//! protocol and the whole simple query (query__start/done: parse, plan, execute) for the
+//! simple one; pg_stat_statements' mean_exec_time covers only the executor, and
+//! mean_plan_time the planner (track_planning = on). Hence the comparison below:
+//! 0.8 x pgss <= query_latency <= 1.5 x pgss + 30 us, with pgss = exec (+ plan for simple).
+
+// Helpers of a test binary: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use pgbpf_testkit::{
+    container::{Container, ContainerSpec},
+    exclusive,
+    postgres::{PgOptions, Postgres},
+    require_root,
+    tool::{Traced, run_tool},
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_query_latency");
+
+fn cluster() -> Postgres {
+    let pg = Postgres::start_with(&PgOptions {
+        pg_stat_statements: true,
+        settings: vec![("pg_stat_statements.track_planning".into(), "on".into())],
+        ..Default::default()
+    })
+    .expect("a PostgreSQL cluster");
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    pg
+}
+
+/// Statement text as both sides can agree on it.
+fn key(q: &str) -> String {
+    q.trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Calls and mean time of one statement text (several query ids can share a text, e.g. a
+/// constant in one and a parameter in another: merged, means weighted by calls).
+#[derive(Default, Debug, Clone, Copy)]
+struct Timing {
+    calls: u64,
+    mean_us: f64,
+}
+
+impl Timing {
+    fn merge(&mut self, calls: u64, mean_us: f64) {
+        let total = self.calls + calls;
+        if total > 0 {
+            self.mean_us =
+                (self.mean_us * self.calls as f64 + mean_us * calls as f64) / total as f64;
+        }
+        self.calls = total;
+    }
+}
+
+/// pg_stat_statements: text → calls and mean (exec, plus plan when `with_plan`).
+fn pgss(pg: &Postgres, with_plan: bool) -> HashMap<String, Timing> {
+    let out = pg
+        .psql("select calls, mean_exec_time, mean_plan_time, query from pg_stat_statements where toplevel")
+        .unwrap();
+    let mut m: HashMap<String, Timing> = HashMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.splitn(4, '|').collect();
+        let calls: u64 = f[0].parse().unwrap();
+        let exec: f64 = f[1].parse().unwrap();
+        let plan: f64 = f[2].parse().unwrap();
+        let mean_ms = if with_plan { exec + plan } else { exec };
+        m.entry(key(f[3]))
+            .or_default()
+            .merge(calls, mean_ms * 1000.0);
+    }
+    m
+}
+
+/// query_latency's NDJSON totals: text → calls and mean.
+fn ours(records: &[Value]) -> HashMap<String, Timing> {
+    let mut m: HashMap<String, Timing> = HashMap::new();
+    for r in records
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["scope"] == "total")
+    {
+        let calls = r["calls"].as_u64().unwrap();
+        let mean_us = r["mean_ns"].as_f64().unwrap() / 1000.0;
+        m.entry(key(r["query"].as_str().unwrap()))
+            .or_default()
+            .merge(calls, mean_us);
+    }
+    m
+}
+
+fn summary(records: &[Value]) -> &Value {
+    records
+        .iter()
+        .find(|r| r["type"] == "summary")
+        .expect("a summary record")
+}
+
+fn run_protocol(mode: &str) {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json"]).unwrap();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    // pgbench's backends are forked after the tool attached: they must be covered.
+    pg.pgbench(&["-M", mode, "-t", "200", "-c", "2", "-n"])
+        .unwrap();
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    let theirs = pgss(&pg, mode == "simple");
+    let ours = ours(&records);
+    let mut compared = 0;
+    for (text, t) in theirs.iter().filter(|(t, _)| {
+        t.starts_with("SELECT abalance")
+            || t.starts_with("UPDATE pgbench")
+            || t.starts_with("INSERT INTO pgbench")
+    }) {
+        let o = ours
+            .get(text)
+            .unwrap_or_else(|| panic!("{mode}: no {text:?} in query_latency's output: {ours:?}"));
+        assert_eq!(o.calls, t.calls, "{mode}: calls of {text:?}");
+        assert_eq!(o.calls, 400, "{mode}: pgbench ran {text:?} 400 times");
+        assert!(
+            o.mean_us >= 0.8 * t.mean_us && o.mean_us <= 1.5 * t.mean_us + 30.0,
+            "{mode}: mean of {text:?}: query_latency {:.1} us, pg_stat_statements {:.1} us",
+            o.mean_us,
+            t.mean_us
+        );
+        compared += 1;
+    }
+    assert_eq!(
+        compared, 5,
+        "{mode}: the five statements of pgbench's TPC-B script"
+    );
+    let lost = &summary(&records)["lost"];
+    assert_eq!(lost["ringbuf_full"], 0);
+    assert_eq!(lost["context_full"], 0);
+}
+
+#[test]
+fn simple_protocol_counts_match_pg_stat_statements() {
+    run_protocol("simple");
+}
+
+#[test]
+fn extended_protocol_counts_match_pg_stat_statements() {
+    run_protocol("extended");
+}
+
+#[test]
+fn prepared_statements_count_match_pg_stat_statements() {
+    run_protocol("prepared");
+}
+
+#[test]
+fn a_50ms_sleep_is_in_the_32_to_64ms_bucket_and_reported_slow() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "40"]).unwrap();
+    pg.psql("select pg_sleep(0.05)").unwrap();
+    let records = tool.stop().unwrap().json();
+    let hist: Vec<u64> = summary(&records)["hist_log2_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    // slot 15 holds 32768..65535 us
+    assert_eq!(hist.get(15), Some(&1), "{hist:?}");
+    let slow: Vec<&Value> = records.iter().filter(|r| r["type"] == "slow").collect();
+    assert_eq!(slow.len(), 1, "{records:?}");
+    assert_eq!(slow[0]["query"], "select pg_sleep(0.05)");
+    let ns = slow[0]["duration_ns"].as_u64().unwrap();
+    assert!((50_000_000..64_000_000).contains(&ns), "{ns}");
+}
+
+/// The semaphore of query__start in a running backend, read from its memory.
+fn query_start_semaphore(pid: u32) -> u16 {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let bin = pgbpf_common::postgres::installed_bin_dir()
+        .unwrap()
+        .join("postgres");
+    let probe = pgbpf_common::usdt::probes(&bin)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name == "query__start")
+        .unwrap();
+    let sema_off = probe.semaphore_offset.unwrap();
+    // The mapping of the file page holding the semaphore gives its address in this process.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    for line in maps.lines().filter(|l| l.ends_with("/bin/postgres")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (lo, hi) = f[0].split_once('-').unwrap();
+        let (lo, hi) = (
+            u64::from_str_radix(lo, 16).unwrap(),
+            u64::from_str_radix(hi, 16).unwrap(),
+        );
+        let file_off = u64::from_str_radix(f[2], 16).unwrap();
+        if sema_off >= file_off && sema_off < file_off + (hi - lo) {
+            let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+            mem.seek(SeekFrom::Start(lo + sema_off - file_off)).unwrap();
+            let mut b = [0u8; 2];
+            mem.read_exact(&mut b).unwrap();
+            return u16::from_ne_bytes(b);
+        }
+    }
+    panic!("no mapping of the semaphore in {pid}");
+}
+
+#[test]
+fn semaphores_are_zero_again_after_exit() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    // A backend that lives across the tool's whole run.
+    let mut psql = Command::new("psql")
+        .args(pg.conn_args())
+        .args(["-X", "-d", "postgres", "-c", "select pg_sleep(8)"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let backend: u32 = loop {
+        let out = pg
+            .psql("select pid from pg_stat_activity where query = 'select pg_sleep(8)'")
+            .unwrap();
+        if let Ok(pid) = out.trim().parse() {
+            break pid;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        query_start_semaphore(backend),
+        0,
+        "semaphore raised before the tool ran"
+    );
+    let tool = Traced::start(BIN, &["-p", &pg.postmaster_pid().unwrap().to_string()]).unwrap();
+    assert!(
+        query_start_semaphore(backend) >= 1,
+        "the tool did not raise the semaphore"
+    );
+    assert!(tool.stop().unwrap().status.success());
+    assert_eq!(
+        query_start_semaphore(backend),
+        0,
+        "semaphore left raised after the tool exited"
+    );
+    let _ = psql.kill();
+    let _ = psql.wait();
+}
+
+#[test]
+fn a_pid_that_is_not_postgres_is_refused() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = run_tool(BIN, &["-p", &sleeper.id().to_string()]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("is not a PostgreSQL process"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn a_binary_without_probes_is_refused() {
+    let out = run_tool(BIN, &["--postgres", "/bin/ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr
+            .contains("/bin/ls has no USDT probe query__start"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--enable-dtrace"), "{}", out.stderr);
+}
+
+#[test]
+fn a_container_without_postgres_is_refused() {
+    require_root();
+    let c = Container::run(&ContainerSpec {
+        command: "sleep 60".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let out = run_tool(BIN, &["--container", &c.id[..12]]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr.contains("runs no PostgreSQL server process"),
+        "{}",
+        out.stderr
+    );
+}
