@@ -299,7 +299,6 @@ impl Loaded {
         probe: &UsdtProbe,
         probe_id: u32,
     ) -> anyhow::Result<()> {
-        let verbose = self.verbose;
         let hook = format!(
             "USDT {}:{} in {} at {:#x}",
             probe.provider,
@@ -307,6 +306,41 @@ impl Loaded {
             binary.display(),
             probe.address
         );
+        self.attach_site(prog, binary, probe, probe_id, false, &hook)
+    }
+
+    /// Like [`Loaded::attach_usdt`] for a plain function: a uprobe at its entry (`retprobe`
+    /// false) or a uretprobe at its return. `site` describes it as a probe whose arguments
+    /// are where the calling convention puts them; its address is the function's.
+    pub fn attach_function(
+        &mut self,
+        prog: &str,
+        binary: &std::path::Path,
+        site: &UsdtProbe,
+        probe_id: u32,
+        retprobe: bool,
+    ) -> anyhow::Result<()> {
+        let kind = if retprobe { "uretprobe" } else { "uprobe" };
+        let hook = format!(
+            "{kind} {}:{} at {:#x}",
+            binary.display(),
+            site.name,
+            site.address
+        );
+        self.attach_site(prog, binary, site, probe_id, retprobe, &hook)
+    }
+
+    fn attach_site(
+        &mut self,
+        prog: &str,
+        binary: &std::path::Path,
+        probe: &UsdtProbe,
+        probe_id: u32,
+        retprobe: bool,
+        hook: &str,
+    ) -> anyhow::Result<()> {
+        let verbose = self.verbose;
+        let hook = hook.to_string();
         let index = self.usdt_specs;
         if index >= USDT_MAX_SPECS {
             return Err(anyhow!(
@@ -334,7 +368,7 @@ impl Loaded {
             .map_err(|e| anyhow!("program {prog}: {e}"))?
             .as_fd()
             .as_raw_fd();
-        let event = perf::open_uprobe(binary, probe.offset, probe.semaphore_offset, false)
+        let event = perf::open_uprobe(binary, probe.offset, probe.semaphore_offset, retprobe)
             .with_context(|| format!("cannot attach {hook}"))?;
         let link = perf::link_with_cookie(prog_fd, &event, u64::from(index))
             .with_context(|| format!("cannot attach {hook}"))?;

@@ -193,3 +193,47 @@ fn probes_without_semaphores_attach_too() {
     assert_eq!(counter(&loaded, GUARDED_FIRED), 40);
     assert_eq!(counter(&loaded, PLAIN_ARG0_SUM), 2 * (0..40).sum::<u64>());
 }
+
+#[test]
+fn symbols_from_symtab_or_a_separate_debug_file() {
+    use pgbpf_common::elf::Symbols;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fixture(dir.path(), true);
+    // Not stripped: main is in .symtab (an executable exports nothing in .dynsym).
+    let full = Symbols::open(&bin, Path::new("/")).unwrap();
+    assert!(full.binary.has_symtab());
+    let main = full.address("main").unwrap().expect("main in .symtab");
+    // Stripped, with its debug file installed by build-id under a root (as in a container).
+    let root = dir.path().join("root");
+    let id: String = full
+        .binary
+        .build_id()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let debug_dir = root.join("usr/lib/debug/.build-id").join(&id[..2]);
+    std::fs::create_dir_all(&debug_dir).unwrap();
+    let debug_file = debug_dir.join(format!("{}.debug", &id[2..]));
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&bin)
+        .arg(&debug_file))
+    .unwrap();
+    let stripped = dir.path().join("stripped");
+    run(Command::new("strip").arg("-o").arg(&stripped).arg(&bin)).unwrap();
+    let without = Symbols::open(&stripped, Path::new("/")).unwrap();
+    assert_eq!(
+        without.address("main").unwrap(),
+        None,
+        "strip left the symbol"
+    );
+    let e = without.require("main").unwrap_err().to_string();
+    assert!(e.contains("no debug file installed"), "{e}");
+    let with_debug = Symbols::open(&stripped, &root).unwrap();
+    assert_eq!(
+        with_debug.debug.as_ref().map(|d| d.path.clone()),
+        Some(debug_file)
+    );
+    assert_eq!(with_debug.address("main").unwrap(), Some(main));
+}

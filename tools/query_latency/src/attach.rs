@@ -13,17 +13,53 @@ use pgbpf_common::{
     usdt::{self, ArgLocation, UsdtArg, UsdtProbe},
 };
 use query_latency_ebpf::{
-    PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_QUERY_DONE, PROBE_QUERY_START, QueryEvent,
-    counter,
+    PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_PORTAL_DONE, PROBE_PORTAL_START,
+    PROBE_QUERY_DONE, PROBE_QUERY_START, QueryEvent, counter,
 };
 
 use crate::{Args, report::Reporter};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/query_latency"));
 
-/// The probe sites to attach, with the probe id the kernel program dispatches on.
+/// The probe sites to attach, with the probe id the kernel program dispatches on and
+/// whether the site is a function return (uretprobe).
 pub struct Plan {
     pub sites: Vec<(UsdtProbe, u32)>,
+    /// "USDT" or "uprobes".
+    pub source: &'static str,
+    pub returns: Vec<bool>,
+}
+
+/// Without USDT probes: uprobes on the exported PortalRun, entry and return, which every
+/// statement of either protocol runs through; the text from debug_query_string.
+pub fn plan_uprobes(binary: &Path, root: &Path) -> anyhow::Result<Plan> {
+    let symbols = Symbols::open(binary, root)?;
+    let dqs = symbols
+        .require("debug_query_string")
+        .context("the statement text")?;
+    let portal_run = symbols.require("PortalRun")?;
+    let offset = symbols.binary.vaddr_to_offset(portal_run)?;
+    let site = |args: Vec<UsdtArg>| UsdtProbe {
+        provider: "uprobe".into(),
+        name: "PortalRun".into(),
+        address: portal_run,
+        offset,
+        semaphore_offset: None,
+        args,
+    };
+    let text = UsdtArg {
+        size: 8,
+        signed: false,
+        location: ArgLocation::Global { vaddr: dqs },
+    };
+    Ok(Plan {
+        sites: vec![
+            (site(vec![text]), PROBE_PORTAL_START),
+            (site(vec![]), PROBE_PORTAL_DONE),
+        ],
+        source: "uprobes",
+        returns: vec![false, true],
+    })
 }
 
 /// Chooses the USDT sites of `binary` and prepares their arguments.
@@ -42,8 +78,10 @@ pub fn plan(binary: &Path, root: &Path) -> anyhow::Result<Plan> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "{} has no USDT probe {} (searched its .note.stapsdt: {} probes); query_latency needs a \
-             PostgreSQL built with --enable-dtrace, as Debian's and Ubuntu's packages are",
+            "{} has no USDT probe {} (searched its .note.stapsdt: {} probes) and no symbols PortalRun \
+             and debug_query_string for uprobes (searched .symtab, .dynsym and debug files); \
+             query_latency needs a PostgreSQL built with --enable-dtrace, as Debian's and Ubuntu's \
+             packages are, or one with symbols (install its -dbgsym package)",
             binary.display(),
             missing.join(", "),
             probes.len()
@@ -80,7 +118,12 @@ pub fn plan(binary: &Path, root: &Path) -> anyhow::Result<Plan> {
             sites.push((p, id));
         }
     }
-    Ok(Plan { sites })
+    let returns = vec![false; sites.len()];
+    Ok(Plan {
+        sites,
+        source: "USDT",
+        returns,
+    })
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -89,7 +132,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for &pid in &target.tgids {
         postgres::postgres_binary_of_pid(pid)?;
     }
-    let plan = plan(&binary, &root)?;
+    let plan = if args.uprobes {
+        plan_uprobes(&binary, &root)?
+    } else {
+        plan(&binary, &root)?
+    };
     loader::check_privileges()?;
     // A postmaster's backends are its children, also those forked later.
     target.follow_descendants()?;
@@ -100,14 +147,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
-    for (site, id) in &plan.sites {
-        loaded.attach_usdt("pg_probe", &binary, site, *id)?;
+    for ((site, id), &ret) in plan.sites.iter().zip(&plan.returns) {
+        if plan.source == "USDT" {
+            loaded.attach_usdt("pg_probe", &binary, site, *id)?;
+        } else {
+            loaded.attach_function("pg_probe", &binary, site, *id, ret)?;
+        }
     }
     eprintln!(
-        "Tracing statements of {} in {} ({} USDT sites, attached in {:.0} ms)... Hit Ctrl-C to end.",
+        "Tracing statements of {} in {} ({} {} sites, attached in {:.0} ms)... Hit Ctrl-C to end.",
         target.describe(),
         binary.display(),
         plan.sites.len(),
+        plan.source,
         loaded.startup_ms()
     );
     event_loop(args, &mut loaded)

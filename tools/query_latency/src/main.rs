@@ -44,6 +44,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(16..=512))]
     pub text_bytes: u32,
+    /// Use uprobes on PortalRun even where USDT probes exist (both protocols, execution only)
+    #[arg(long)]
+    pub uprobes: bool,
     /// Show at most this many statements in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,

@@ -310,3 +310,36 @@ fn a_container_without_postgres_is_refused() {
         out.stderr
     );
 }
+
+#[test]
+fn uprobe_fallback_counts_match_too() {
+    // Debian's binary has USDT, but --uprobes takes the path used for builds without it:
+    // uprobe and uretprobe on the exported PortalRun, text from debug_query_string.
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "--uprobes"]).unwrap();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    pg.pgbench(&["-M", "extended", "-t", "100", "-c", "2", "-n"])
+        .unwrap();
+    pg.pgbench(&["-M", "simple", "-S", "-t", "100", "-c", "1", "-n"])
+        .unwrap();
+    let out = tool.stop().unwrap();
+    assert!(out.stderr.contains("2 uprobes sites"), "{}", out.stderr);
+    let ours = ours(&out.json());
+    let theirs = pgss(&pg, false);
+    for text in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+    ] {
+        let (o, t) = (
+            ours.get(text).map(|t| t.calls),
+            theirs.get(text).map(|t| t.calls),
+        );
+        assert!(
+            o.is_some() && o == t,
+            "{text}: query_latency {o:?}, pg_stat_statements {t:?}"
+        );
+    }
+}

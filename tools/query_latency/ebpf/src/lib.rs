@@ -8,6 +8,11 @@ pub const PROBE_QUERY_START: u32 = 1;
 pub const PROBE_QUERY_DONE: u32 = 2;
 pub const PROBE_EXECUTE_START: u32 = 3;
 pub const PROBE_EXECUTE_DONE: u32 = 4;
+/// uprobe/uretprobe on PortalRun (no USDT): both protocols, which cannot be told apart.
+pub const PROBE_PORTAL_START: u32 = 5;
+pub const PROBE_PORTAL_DONE: u32 = 6;
+/// Protocol of statements timed by the PortalRun uprobes.
+pub const PROTOCOL_UNKNOWN: u8 = 0;
 
 /// One finished statement, sent through the ring buffer.
 #[repr(C)]

@@ -16,8 +16,8 @@ use pgbpf_common_ebpf::{
     usdt::{usdt_arg, usdt_spec},
 };
 use query_latency_ebpf::{
-    PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_QUERY_DONE, PROBE_QUERY_START, QueryEvent,
-    counter,
+    PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_PORTAL_DONE, PROBE_PORTAL_START,
+    PROBE_QUERY_DONE, PROBE_QUERY_START, PROTOCOL_UNKNOWN, QueryEvent, counter,
 };
 
 #[map]
@@ -99,6 +99,11 @@ pub fn pg_probe(ctx: ProbeContext) -> u32 {
             );
         }
         PROBE_EXECUTE_DONE => finish(PROTOCOL_EXTENDED),
+        PROBE_PORTAL_START => begin(
+            PROTOCOL_UNKNOWN,
+            usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64,
+        ),
+        PROBE_PORTAL_DONE => finish(PROTOCOL_UNKNOWN),
         _ => {}
     }
     0
