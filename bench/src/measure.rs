@@ -92,7 +92,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     pgbpf_testkit::tool::ATTACHED,
                 )?),
                 Variant::Bpftrace => Some(Traced::start_until(
-                    Command::new("bpftrace").arg(script.path()),
+                    Command::new("bpftrace")
+                        .arg("--usdt-file-activation")
+                        .arg(script.path()),
                     pgbpf_testkit::tool::ATTACHED,
                 )?),
             };

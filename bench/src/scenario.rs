@@ -36,29 +36,49 @@ fn container_cgroup(pg: &Postgres) -> anyhow::Result<(String, String)> {
     Ok((path, dir))
 }
 
-pub const SCENARIOS: &[Scenario] = &[Scenario {
-    tool: "page_reclaim",
-    description: "PostgreSQL in a podman container limited to 160 MB, pgbench scale 20 (about \
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        tool: "page_reclaim",
+        description: "PostgreSQL in a podman container limited to 160 MB, pgbench scale 20 (about \
                   300 MB): every pgbench -S read that misses the page cache makes the container \
                   reclaim, so reclaim episodes (two tracepoint hits each) run hundreds of times a \
                   second.",
-    pg: || PgOptions {
-        container: Some(ContainerSpec {
-            memory: Some("160m".into()),
+        pg: || PgOptions {
+            container: Some(ContainerSpec {
+                memory: Some("160m".into()),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
+        },
+        scale: 20,
+        events_field: "episodes",
+        tool_args: |pg| Ok(vec!["--cgroup".into(), container_cgroup(pg)?.0]),
+        bpftrace: |pg| {
+            let (path, dir) = container_cgroup(pg)?;
+            Ok(include_str!("../bpftrace/page_reclaim.bt")
+                .replace("@CGROUP_DIR@", &dir)
+                .replace("@CGROUP@", &path))
+        },
     },
-    scale: 20,
-    events_field: "episodes",
-    tool_args: |pg| Ok(vec!["--cgroup".into(), container_cgroup(pg)?.0]),
-    bpftrace: |pg| {
-        let (path, dir) = container_cgroup(pg)?;
-        Ok(include_str!("../bpftrace/page_reclaim.bt")
-            .replace("@CGROUP_DIR@", &dir)
-            .replace("@CGROUP@", &path))
+    Scenario {
+        tool: "query_latency",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): every \
+                  statement fires query__start and query__done (and PortalRun's \
+                  query__execute__start/done), four USDT hits per statement for query_latency; \
+                  the bpftrace script attaches query__start/done only, with \
+                  --usdt-file-activation to raise the semaphores.",
+        pg: PgOptions::default,
+        scale: 10,
+        events_field: "calls",
+        tool_args: |pg| Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()]),
+        bpftrace: |pg| {
+            Ok(include_str!("../bpftrace/query_latency.bt").replace(
+                "@POSTGRES@",
+                &pg.bin_dir.join("postgres").display().to_string(),
+            ))
+        },
     },
-}];
+];
 
 pub fn names() -> Vec<&'static str> {
     SCENARIOS.iter().map(|s| s.tool).collect()

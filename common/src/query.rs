@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use aya::{Ebpf, maps::HashMap};
 pub use pgbpf_common_ebpf::query::{
-    PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, QUERY_TEXT_CAP, QueryContext,
+    PROTOCOL_EXTENDED, PROTOCOL_NONE, PROTOCOL_SIMPLE, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP,
+    QueryContext,
 };
 
 /// A statement in progress.
@@ -22,7 +23,8 @@ pub fn protocol_name(p: u8) -> &'static str {
     match p {
         PROTOCOL_SIMPLE => "simple",
         PROTOCOL_EXTENDED => "extended",
-        _ => "unknown",
+        PROTOCOL_UNKNOWN => "unknown",
+        _ => "none",
     }
 }
 
@@ -50,6 +52,7 @@ pub fn active_queries(ebpf: &Ebpf) -> anyhow::Result<Vec<ActiveQuery>> {
     let mut out: Vec<ActiveQuery> = map
         .iter()
         .flatten()
+        .filter(|(_, q)| q.protocol != PROTOCOL_NONE)
         .map(|(pid, q)| ActiveQuery {
             pid,
             elapsed: Duration::from_nanos(now.saturating_sub(q.start_ns)),

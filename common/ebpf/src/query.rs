@@ -6,8 +6,12 @@
 /// Bytes of statement text the map can hold per backend.
 pub const QUERY_TEXT_CAP: usize = 512;
 
+/// No statement running (the backend is idle).
+pub const PROTOCOL_NONE: u8 = 0;
 pub const PROTOCOL_SIMPLE: u8 = 1;
 pub const PROTOCOL_EXTENDED: u8 = 2;
+/// Timed without protocol-specific probes (uprobes on PortalRun).
+pub const PROTOCOL_UNKNOWN: u8 = 3;
 
 /// One backend's current statement.
 #[repr(C)]
@@ -39,7 +43,7 @@ mod kernel {
         maps::{HashMap, PerCpuArray},
     };
 
-    use super::{QUERY_TEXT_CAP, QueryContext};
+    use super::{PROTOCOL_NONE, QUERY_TEXT_CAP, QueryContext};
 
     /// Current statement by backend (thread id; PostgreSQL backends are single-threaded).
     #[map]
@@ -61,11 +65,27 @@ mod kernel {
     /// Returns false when the map is full (the statement is then not tracked).
     #[inline(always)]
     pub fn query_begin(protocol: u8, text: u64) -> bool {
-        let Some(scratch) = PGBPF_QUERY_SCRATCH.get_ptr_mut(0) else {
-            return false;
+        let tid = tid();
+        // A backend keeps its entry from statement to statement: overwrite it in place
+        // (cheaper than a delete and an insert of a 528-byte value each time).
+        let q = match PGBPF_QUERIES.get_ptr_mut(&tid) {
+            Some(q) => q,
+            None => {
+                let Some(scratch) = PGBPF_QUERY_SCRATCH.get_ptr_mut(0) else {
+                    return false;
+                };
+                // SAFETY: this CPU's scratch slot, used only while this program runs.
+                if PGBPF_QUERIES.insert(&tid, unsafe { &*scratch }, 0).is_err() {
+                    return false;
+                }
+                match PGBPF_QUERIES.get_ptr_mut(&tid) {
+                    Some(q) => q,
+                    None => return false,
+                }
+            }
         };
-        // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
-        let q = unsafe { &mut *scratch };
+        // SAFETY: a map value pointer, valid while this program runs; one backend, one CPU.
+        let q = unsafe { &mut *q };
         // SAFETY: helper without arguments.
         q.start_ns = unsafe { bpf_ktime_get_ns() };
         q.protocol = protocol;
@@ -82,18 +102,27 @@ mod kernel {
         q.text_len = len as u32;
         // The helper stops at the buffer's end (keeping a NUL): a full buffer means cut text.
         q.truncated = u8::from(len + 1 >= max);
-        PGBPF_QUERIES.insert(&tid(), q, 0).is_ok()
+        true
     }
 
-    /// This backend's current statement, if one is being tracked.
+    /// This backend's current statement, if one is running and tracked.
     #[inline(always)]
     pub fn query_current() -> Option<*mut QueryContext> {
-        PGBPF_QUERIES.get_ptr_mut(&tid())
+        let q = PGBPF_QUERIES.get_ptr_mut(&tid())?;
+        // SAFETY: a map value pointer, valid while this program runs.
+        (unsafe { (*q).protocol } != PROTOCOL_NONE).then_some(q)
     }
 
-    /// Forgets this backend's current statement.
+    /// Marks this backend's statement as finished (the entry stays for the next one).
     #[inline(always)]
-    pub fn query_end() {
-        let _ = PGBPF_QUERIES.remove(&tid());
+    pub fn query_end(q: *mut QueryContext) {
+        // SAFETY: a map value pointer from query_current.
+        unsafe { (*q).protocol = PROTOCOL_NONE };
+    }
+
+    /// Forgets a backend that exited.
+    #[inline(always)]
+    pub fn query_forget(tid: u32) {
+        let _ = PGBPF_QUERIES.remove(&tid);
     }
 }

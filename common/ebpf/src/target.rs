@@ -92,5 +92,7 @@ pub fn pgbpf_forget_exit(ctx: TracePointContext) -> u32 {
     if PGBPF_FOLLOW_FORKS.load() != 0 {
         let _ = PGBPF_TARGET_TGIDS.remove(&ctx.pid());
     }
+    // A backend that exits leaves its query context behind otherwise.
+    crate::query::query_forget(ctx.pid());
     0
 }

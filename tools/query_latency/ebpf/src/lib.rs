@@ -1,7 +1,9 @@
 //! Types shared by query_latency's kernel programs and its userspace (feature `user`).
 #![no_std]
 
-pub use pgbpf_common_ebpf::query::{PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, QUERY_TEXT_CAP};
+pub use pgbpf_common_ebpf::query::{
+    PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP,
+};
 
 /// probe ids given to attach_usdt: which PostgreSQL probe a site belongs to.
 pub const PROBE_QUERY_START: u32 = 1;
@@ -11,8 +13,6 @@ pub const PROBE_EXECUTE_DONE: u32 = 4;
 /// uprobe/uretprobe on PortalRun (no USDT): both protocols, which cannot be told apart.
 pub const PROBE_PORTAL_START: u32 = 5;
 pub const PROBE_PORTAL_DONE: u32 = 6;
-/// Protocol of statements timed by the PortalRun uprobes.
-pub const PROTOCOL_UNKNOWN: u8 = 0;
 
 /// One finished statement, sent through the ring buffer.
 #[repr(C)]

@@ -17,8 +17,10 @@ use pgbpf_common_ebpf::{
 };
 use query_latency_ebpf::{
     PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_PORTAL_DONE, PROBE_PORTAL_START,
-    PROBE_QUERY_DONE, PROBE_QUERY_START, PROTOCOL_UNKNOWN, QueryEvent, counter,
+    PROBE_QUERY_DONE, PROBE_QUERY_START, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP, QueryEvent, counter,
 };
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
@@ -43,12 +45,12 @@ fn begin(protocol: u8, text: u64) {
 /// Sends the current statement of `protocol`, if it is the one being tracked, and forgets it.
 #[inline(always)]
 fn finish(protocol: u8) {
-    let Some(q) = query_current() else {
+    let Some(qp) = query_current() else {
         bump(counter::DONE_WITHOUT_START);
         return;
     };
     // SAFETY: a map value pointer, valid while this program runs.
-    let q = unsafe { &*q };
+    let q = unsafe { &*qp };
     if q.protocol != protocol {
         // PortalRun inside a simple query: the simple query's own probes time it.
         return;
@@ -63,15 +65,20 @@ fn finish(protocol: u8) {
                 (*ev).truncated = q.truncated;
                 (*ev).text_len = q.text_len;
                 (*ev).duration_ns = bpf_ktime_get_ns().saturating_sub(q.start_ns);
-                if bpf_probe_read_kernel_buf(q.text.as_ptr(), &mut (*ev).text).is_err() {
+                // Copy only the text in use.
+                let n = (q.text_len as usize + 1).min(QUERY_TEXT_CAP);
+                let dst = &mut (*ev).text;
+                if bpf_probe_read_kernel_buf(q.text.as_ptr(), &mut dst[..n]).is_err() {
                     (*ev).text_len = 0;
                 }
             }
-            slot.submit(0);
+            // No wakeup per statement (that costs more than the rest of the program): userspace
+            // drains the buffer every 50 ms anyway.
+            slot.submit(BPF_RB_NO_WAKEUP);
         }
         None => bump(counter::RINGBUF_FULL),
     }
-    query_end();
+    query_end(qp);
 }
 
 #[uprobe]
