@@ -47,6 +47,22 @@ fn demo() -> anyhow::Result<()> {
     }
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "page_reclaim exited with {status}");
+
+    let postmaster = pg.postmaster_pid()?.to_string();
+    say(&format!(
+        "query_latency -p {postmaster} -d 12   (the postmaster: every backend, also those started later)"
+    ));
+    let mut tool = Command::new("query_latency")
+        .args(["-p", &postmaster, "-d", "12"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!(
+        "pgbench -M extended -c 2 -T 8 (TPC-B: three UPDATEs, a SELECT, an INSERT per transaction)"
+    );
+    pg.pgbench(&["-M", "extended", "-c", "2", "-j", "2", "-T", "8", "-n"])?;
+    pg.psql("select pg_sleep(0.05)")?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "query_latency exited with {status}");
     say("done; the container and its data are removed");
     Ok(())
 }
