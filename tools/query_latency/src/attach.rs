@@ -8,7 +8,7 @@ use pgbpf_common::{
     cli::{Tick, Ticker},
     elf::Symbols,
     loader::{self, Loaded},
-    postgres,
+    postgres, query,
     target::Target,
     usdt::{self, ArgLocation, UsdtArg, UsdtProbe},
 };
@@ -196,11 +196,17 @@ fn event_loop(args: &Args, loaded: &mut Loaded) -> anyhow::Result<()> {
         match ticker.next(Duration::ZERO) {
             Tick::Idle => {}
             Tick::Interval => {
+                if args.active && !reporter.active(&query::active_queries(&loaded.ebpf)?) {
+                    ticker.request_stop();
+                }
                 if !reporter.interval(&counters(loaded)?) {
                     ticker.request_stop();
                 }
             }
             Tick::Final => {
+                if args.active {
+                    reporter.active(&query::active_queries(&loaded.ebpf)?);
+                }
                 reporter.summary(&counters(loaded)?);
                 return Ok(());
             }

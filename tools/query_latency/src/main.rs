@@ -44,6 +44,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(16..=512))]
     pub text_bytes: u32,
+    /// With each report, list the statements running at that moment (from the query context)
+    #[arg(long)]
+    pub active: bool,
     /// Use uprobes on PortalRun even where USDT probes exist (both protocols, execution only)
     #[arg(long)]
     pub uprobes: bool,

@@ -80,6 +80,49 @@ impl Reporter {
         output::print(&cut(&line, self.width))
     }
 
+    /// Statements running right now, longest first. Returns false once stdout is gone.
+    pub fn active(&self, running: &[query::ActiveQuery]) -> bool {
+        if self.json {
+            let ts = output::unix_ms();
+            return running.iter().all(|a| {
+                output::json_line(&json!({
+                    "type": "active",
+                    "ts_ms": ts,
+                    "pid": a.pid,
+                    "elapsed_ns": a.elapsed.as_nanos() as u64,
+                    "protocol": a.protocol,
+                    "query": a.text,
+                    "truncated": a.truncated,
+                }))
+            });
+        }
+        let rows: Vec<Vec<String>> = running
+            .iter()
+            .map(|a| {
+                vec![
+                    a.pid.to_string(),
+                    output::human_ns(a.elapsed.as_nanos() as u64),
+                    a.protocol.to_string(),
+                    one_line(&a.text),
+                ]
+            })
+            .collect();
+        let mut out = format!(
+            "{}{} statements running now\n",
+            self.prefix(),
+            running.len()
+        );
+        if !rows.is_empty() {
+            out.push_str(&output::table(
+                &["PID", "RUNNING", "PROTOCOL", "QUERY"],
+                &rows,
+                self.width,
+            ));
+            out.push('\n');
+        }
+        output::print(&out)
+    }
+
     pub fn interval(&mut self, counters: &[u64; counter::COUNT as usize]) -> bool {
         let secs = self.last_report.elapsed().as_secs_f64();
         self.last_report = Instant::now();

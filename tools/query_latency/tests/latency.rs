@@ -343,3 +343,58 @@ fn uprobe_fallback_counts_match_too() {
         );
     }
 }
+
+#[test]
+fn active_statements_come_from_the_query_context() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "--active", "1"]).unwrap();
+    pg.psql("select pg_sleep(1.6)").unwrap();
+    let records = tool.stop().unwrap().json();
+    let active: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "active" && r["query"] == "select pg_sleep(1.6)")
+        .collect();
+    assert!(
+        !active.is_empty(),
+        "the sleeping statement was never seen running: {records:?}"
+    );
+    assert!(active.iter().all(|a| a["protocol"] == "simple"));
+    let longest = active
+        .iter()
+        .map(|a| a["elapsed_ns"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!((500_000_000..1_700_000_000).contains(&longest), "{longest}");
+}
+
+#[test]
+fn container_postgres_is_traced_by_container_id() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with(&PgOptions {
+        pg_stat_statements: true,
+        container: Some(ContainerSpec::default()),
+        ..Default::default()
+    })
+    .unwrap();
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let id = pg.container.as_ref().unwrap().id[..12].to_string();
+    let tool = Traced::start(BIN, &["--container", &id, "--json"]).unwrap();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    pg.pgbench(&["-M", "simple", "-S", "-t", "150", "-c", "2", "-n"])
+        .unwrap();
+    let out = tool.stop().unwrap();
+    assert!(
+        out.stderr.contains(&format!("container {id}")),
+        "{}",
+        out.stderr
+    );
+    let ours = ours(&out.json());
+    let theirs = pgss(&pg, false);
+    let text = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+    assert_eq!(ours.get(text).map(|t| t.calls), Some(300), "{ours:?}");
+    assert_eq!(theirs.get(text).map(|t| t.calls), Some(300));
+}
