@@ -115,9 +115,8 @@ mod kernel {
 
     /// Marks this backend's statement as finished (the entry stays for the next one).
     #[inline(always)]
-    pub fn query_end(q: *mut QueryContext) {
-        // SAFETY: a map value pointer from query_current.
-        unsafe { (*q).protocol = PROTOCOL_NONE };
+    pub fn query_end(q: &mut QueryContext) {
+        q.protocol = PROTOCOL_NONE;
     }
 
     /// Forgets a backend that exited.

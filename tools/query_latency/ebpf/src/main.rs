@@ -78,7 +78,8 @@ fn finish(protocol: u8) {
         }
         None => bump(counter::RINGBUF_FULL),
     }
-    query_end(qp);
+    // SAFETY: the same map value; `q` is not used after this.
+    query_end(unsafe { &mut *qp });
 }
 
 #[uprobe]
