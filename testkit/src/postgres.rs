@@ -38,20 +38,6 @@ pub struct Postgres {
     pub container: Option<Container>,
 }
 
-/// Debian's newest installed server, e.g. /usr/lib/postgresql/15/bin.
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
-        .context("PostgreSQL is not installed (/usr/lib/postgresql); run scripts/setup.sh")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    versions.sort();
-    let v = versions
-        .last()
-        .ok_or_else(|| anyhow!("no server under /usr/lib/postgresql"))?;
-    Ok(PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
-}
-
 fn postgres_ids() -> anyhow::Result<(u32, u32)> {
     let u = nix::unistd::User::from_name("postgres")?
         .ok_or_else(|| anyhow!("no postgres user; install the postgresql package"))?;
@@ -70,7 +56,7 @@ impl Postgres {
     }
 
     pub fn start_with(opts: &PgOptions) -> anyhow::Result<Postgres> {
-        let bin_dir = bin_dir()?;
+        let bin_dir = pgbpf_common::postgres::installed_bin_dir()?;
         let (uid, gid) = postgres_ids()?;
         let dir = tempfile::Builder::new()
             .prefix("pgbpf-pg-")

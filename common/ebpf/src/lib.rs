@@ -18,6 +18,16 @@ pub mod query;
 pub mod target;
 pub mod usdt;
 
+/// Adds one to slot `index` of a per-CPU counter array (the tools' lost-event counters).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub fn bump(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
+    if let Some(c) = counters.get_ptr_mut(index) {
+        // SAFETY: this CPU's own slot; nothing else writes it while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
 /// Number of slots in a log2 histogram (covers the whole u64 range).
 pub const LOG2_SLOTS: usize = 64;
 

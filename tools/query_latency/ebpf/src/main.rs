@@ -29,10 +29,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 #[inline(always)]
 fn bump(index: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot.
-        unsafe { *c += 1 };
-    }
+    pgbpf_common_ebpf::bump(&COUNTERS, index)
 }
 
 #[inline(always)]
