@@ -1,0 +1,359 @@
+//! Framing: one direction of a connection's bytes → whole messages.
+//!
+//! Every message after start-up is a type byte, a big-endian length that counts itself, and
+//! a body. The client's first message (start-up, SSL/GSS request, cancel) has no type byte.
+//! A tracer may attach mid-connection and may capture only the first bytes of a big
+//! write: [`Framer::feed_gap`] records missing bytes, and the framer keeps the message
+//! boundaries from the length fields, marking bodies it could not see whole as truncated.
+//! When it does not know where a message starts (attached mid-stream, or after a gap it
+//! could not bridge) it resynchronizes: a position counts as a boundary only when the header
+//! there is plausible *and* the next message's header is too, so garbage is skipped rather
+//! than decoded into invented messages.
+
+/// Which side sent the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client to server.
+    Frontend,
+    /// Server to client.
+    Backend,
+}
+
+/// Longest body accepted as plausible (PostgreSQL's own limit for most messages is 1 GB).
+pub const MAX_MESSAGE: u32 = 1 << 30;
+
+/// One framed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The type byte, or 0 for an untyped start-up-phase message.
+    pub tag: u8,
+    /// The body (after the length), possibly cut short.
+    pub body: Vec<u8>,
+    /// Declared body length (from the length field).
+    pub len: u32,
+    /// True when some of the body was not captured (`body.len() < len`).
+    pub truncated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// At the first byte of a connection: the client starts untyped.
+    Start,
+    /// At a known message boundary.
+    Synced,
+    /// Position unknown: look for two consecutive plausible headers.
+    Lost,
+}
+
+/// Frames one direction of one connection.
+#[derive(Debug)]
+pub struct Framer {
+    direction: Direction,
+    state: State,
+    buf: Vec<u8>,
+    /// A message whose body is partly missing: (tag, declared len, body so far, bytes still
+    /// to skip or collect).
+    partial: Option<(u8, u32, Vec<u8>, u32)>,
+    /// Bytes skipped while resynchronizing (for the caller's statistics).
+    pub skipped: u64,
+    /// Cap on how much of a body is kept (bodies beyond it are marked truncated).
+    keep: usize,
+}
+
+fn plausible_tag(direction: Direction, tag: u8) -> bool {
+    match direction {
+        Direction::Frontend => b"BCdcfDEHFPpQSX".contains(&tag),
+        Direction::Backend => b"R123cCdDEGHWIKnNAtsSTVvZ".contains(&tag),
+    }
+}
+
+fn be32(b: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
+}
+
+/// The untyped start-up messages are recognized by their request code.
+fn untyped_start(buf: &[u8]) -> Option<u32> {
+    let len = be32(buf)?;
+    let code = be32(buf.get(4..)?)?;
+    let known = matches!(code, 196_608 | 80_877_102 | 80_877_103 | 80_877_104) || (code >> 16) == 3;
+    (known && (8..=10_000).contains(&len)).then_some(len)
+}
+
+impl Framer {
+    /// A framer for a connection seen from its first byte (`from_start`) or joined midway.
+    pub fn new(direction: Direction, from_start: bool) -> Framer {
+        Framer {
+            direction,
+            state: if from_start {
+                State::Start
+            } else {
+                State::Lost
+            },
+            buf: Vec::new(),
+            partial: None,
+            skipped: 0,
+            keep: 64 << 10,
+        }
+    }
+
+    /// Keep at most this many bytes of each body.
+    pub fn keep_at_most(mut self, bytes: usize) -> Framer {
+        self.keep = bytes;
+        self
+    }
+
+    /// After an SSLRequest/GSSENCRequest answered 'N', the client starts again untyped.
+    pub fn expect_startup(&mut self) {
+        if self.state == State::Synced && self.buf.is_empty() && self.partial.is_none() {
+            self.state = State::Start;
+        }
+    }
+
+    /// `n` bytes of the stream were not captured.
+    pub fn feed_gap(&mut self, n: u64, out: &mut Vec<Frame>) {
+        if let Some((tag, len, body, mut rest)) = self.partial.take() {
+            // Inside a body we know the length of: the gap is part of it.
+            let in_body = n.min(u64::from(rest)) as u32;
+            rest -= in_body;
+            let left = n - u64::from(in_body);
+            if rest == 0 {
+                out.push(Frame {
+                    tag,
+                    len,
+                    truncated: true,
+                    body,
+                });
+                if left > 0 {
+                    self.lose(left);
+                }
+            } else {
+                self.partial = Some((tag, len, body, rest));
+            }
+            return;
+        }
+        if n > 0 {
+            self.lose(n);
+        }
+    }
+
+    fn lose(&mut self, n: u64) {
+        self.skipped += n + self.buf.len() as u64;
+        self.buf.clear();
+        self.state = State::Lost;
+    }
+
+    /// Captured bytes, in order. Whole messages are appended to `out`.
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<Frame>) {
+        if let Some((tag, len, mut body, rest)) = self.partial.take() {
+            let take = data.len().min(rest as usize);
+            let room = self.keep.saturating_sub(body.len());
+            body.extend_from_slice(&data[..take.min(room)]);
+            data = &data[take..];
+            let rest = rest - take as u32;
+            if rest > 0 {
+                self.partial = Some((tag, len, body, rest));
+                return;
+            }
+            let truncated = (body.len() as u64) < u64::from(len);
+            out.push(Frame {
+                tag,
+                len,
+                truncated,
+                body,
+            });
+        }
+        self.buf.extend_from_slice(data);
+        self.drain(out);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Frame>) {
+        let mut pos = 0usize;
+        loop {
+            let avail = &self.buf[pos..];
+            match self.state {
+                State::Start => {
+                    if self.direction == Direction::Backend {
+                        self.state = State::Synced;
+                        continue;
+                    }
+                    if avail.len() < 8 {
+                        break;
+                    }
+                    match untyped_start(avail) {
+                        Some(len) => {
+                            if avail.len() < len as usize {
+                                break;
+                            }
+                            out.push(Frame {
+                                tag: 0,
+                                len: len - 4,
+                                truncated: false,
+                                body: avail[4..len as usize].to_vec(),
+                            });
+                            pos += len as usize;
+                            self.state = State::Synced;
+                        }
+                        // Not a start-up message: the stream was joined after it.
+                        None => self.state = State::Lost,
+                    }
+                }
+                State::Synced => {
+                    if avail.len() < 5 {
+                        break;
+                    }
+                    let (tag, len) = (avail[0], be32(&avail[1..]).unwrap_or(0));
+                    if !plausible_tag(self.direction, tag) || !(4..=MAX_MESSAGE).contains(&len) {
+                        self.state = State::Lost;
+                        continue;
+                    }
+                    let total = 1 + len as usize;
+                    if avail.len() >= total {
+                        out.push(Frame {
+                            tag,
+                            len: len - 4,
+                            truncated: false,
+                            body: avail[5..total].to_vec(),
+                        });
+                        pos += total;
+                    } else if len as usize > self.keep + 4 {
+                        // A body larger than we keep: collect what fits, skip the rest.
+                        let have = avail[5..].to_vec();
+                        let rest = (len - 4) - have.len() as u32;
+                        let mut body = have;
+                        body.truncate(self.keep);
+                        self.partial = Some((tag, len - 4, body, rest));
+                        pos = self.buf.len();
+                        break;
+                    } else {
+                        break;
+                    }
+                }
+                State::Lost => {
+                    // Find a position where this header and the next one are plausible.
+                    let mut found = None;
+                    for i in 0..avail.len().saturating_sub(4) {
+                        let (tag, len) = (avail[i], be32(&avail[i + 1..]).unwrap_or(0));
+                        if !plausible_tag(self.direction, tag) || !(4..=MAX_MESSAGE).contains(&len)
+                        {
+                            continue;
+                        }
+                        let next = i + 1 + len as usize;
+                        if next + 5 > avail.len() {
+                            continue;
+                        }
+                        let (t2, l2) = (avail[next], be32(&avail[next + 1..]).unwrap_or(0));
+                        if plausible_tag(self.direction, t2) && (4..=MAX_MESSAGE).contains(&l2) {
+                            found = Some(i);
+                            break;
+                        }
+                    }
+                    match found {
+                        Some(i) => {
+                            self.skipped += i as u64;
+                            pos += i;
+                            self.state = State::Synced;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.buf.drain(..pos.min(self.buf.len()));
+        if self.state == State::Lost && self.buf.len() > (1 << 20) {
+            // Do not hoard undecodable bytes.
+            self.skipped += self.buf.len() as u64;
+            self.buf.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn startup() -> Vec<u8> {
+        let body = b"\x00\x03\x00\x00user\0postgres\0database\0postgres\0\0";
+        let mut v = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn startup_then_typed_messages_split_anywhere() {
+        let mut stream = startup();
+        stream.extend(msg(b'Q', b"select 1\0"));
+        stream.extend(msg(b'X', b""));
+        for split in 0..stream.len() {
+            let mut f = Framer::new(Direction::Frontend, true);
+            let mut out = vec![];
+            f.feed(&stream[..split], &mut out);
+            f.feed(&stream[split..], &mut out);
+            let tags: Vec<u8> = out.iter().map(|m| m.tag).collect();
+            assert_eq!(tags, vec![0, b'Q', b'X'], "split at {split}");
+            assert_eq!(out[1].body, b"select 1\0");
+        }
+    }
+
+    #[test]
+    fn several_messages_in_one_read() {
+        let mut stream = msg(b'1', b"");
+        stream.extend(msg(b'2', b""));
+        stream.extend(msg(b'C', b"SELECT 1\0"));
+        stream.extend(msg(b'Z', b"I"));
+        let mut f = Framer::new(Direction::Backend, true);
+        let mut out = vec![];
+        f.feed(&stream, &mut out);
+        assert_eq!(
+            out.iter().map(|m| m.tag).collect::<Vec<_>>(),
+            b"12CZ".to_vec()
+        );
+    }
+
+    #[test]
+    fn joining_midway_resyncs_without_inventing() {
+        let mut stream = msg(b'Q', b"select 'Q\x00\x00\x00\x05 looks like a header'\0");
+        stream.extend(msg(b'Q', b"select 2\0"));
+        stream.extend(msg(b'Q', b"select 3\0"));
+        // Join 3 bytes into the first message.
+        let mut f = Framer::new(Direction::Frontend, false);
+        let mut out = vec![];
+        f.feed(&stream[3..], &mut out);
+        let bodies: Vec<&[u8]> = out.iter().map(|m| m.body.as_slice()).collect();
+        assert_eq!(bodies, vec![&b"select 2\0"[..], b"select 3\0"]);
+        assert!(f.skipped > 0);
+    }
+
+    #[test]
+    fn a_gap_inside_a_body_keeps_the_framing() {
+        let big = vec![b'x'; 10_000];
+        let mut q = big.clone();
+        q.push(0);
+        let first = msg(b'Q', &q);
+        let second = msg(b'Q', b"select 2\0");
+        let mut f = Framer::new(Direction::Frontend, false).keep_at_most(100);
+        let mut out = vec![];
+        // Resync needs the next header: feed a synced start instead.
+        f.state = State::Synced;
+        f.feed(&first[..200], &mut out);
+        f.feed_gap((first.len() - 200) as u64, &mut out);
+        f.feed(&second, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].truncated && out[0].body.len() == 100 && out[0].len == q.len() as u32);
+        assert_eq!(out[1].body, b"select 2\0");
+    }
+
+    #[test]
+    fn garbage_is_skipped() {
+        let mut f = Framer::new(Direction::Backend, false);
+        let mut out = vec![];
+        f.feed(&[0xffu8; 5000], &mut out);
+        assert!(out.is_empty());
+    }
+}
