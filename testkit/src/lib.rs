@@ -72,3 +72,44 @@ pub fn vmstat(names: &[&str]) -> u64 {
         .map(|(_, v)| v.trim().parse::<u64>().unwrap())
         .sum()
 }
+
+/// The 2-byte USDT semaphore at file offset `file_offset` of the binary whose path ends with
+/// `binary_suffix`, as process `pid` sees it now (read from /proc/PID/mem).
+pub fn read_semaphore(pid: u32, binary_suffix: &str, file_offset: u64) -> anyhow::Result<u16> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    for line in maps.lines().filter(|l| l.ends_with(binary_suffix)) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some((lo, hi)) = f.first().and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let (lo, hi) = (u64::from_str_radix(lo, 16)?, u64::from_str_radix(hi, 16)?);
+        let off = u64::from_str_radix(f.get(2).copied().unwrap_or("0"), 16)?;
+        if file_offset >= off && file_offset < off + (hi - lo) {
+            let mut mem = File::open(format!("/proc/{pid}/mem"))?;
+            mem.seek(SeekFrom::Start(lo + file_offset - off))?;
+            let mut b = [0u8; 2];
+            mem.read_exact(&mut b)?;
+            return Ok(u16::from_ne_bytes(b));
+        }
+    }
+    bail!("no mapping of {binary_suffix} at file offset {file_offset:#x} in process {pid}")
+}
+
+/// Waits up to 5 s for `pid`'s semaphore to read `want`. The kernel lowers semaphores when
+/// the perf event is finally released, which happens asynchronously after the fd is closed.
+pub fn wait_semaphore(
+    pid: u32,
+    binary_suffix: &str,
+    file_offset: u64,
+    want: u16,
+) -> anyhow::Result<u16> {
+    let start = std::time::Instant::now();
+    loop {
+        let v = read_semaphore(pid, binary_suffix, file_offset)?;
+        if v == want || start.elapsed() > std::time::Duration::from_secs(5) {
+            return Ok(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -192,9 +192,9 @@ fn a_50ms_sleep_is_in_the_32_to_64ms_bucket_and_reported_slow() {
     assert!((50_000_000..64_000_000).contains(&ns), "{ns}");
 }
 
-/// The semaphore of query__start in a running backend, read from its memory.
-fn query_start_semaphore(pid: u32) -> u16 {
-    use std::io::{Read as _, Seek as _, SeekFrom};
+/// The semaphore of query__start in a running backend, read from its memory; waits up to
+/// 5 s for it to become `want` (the kernel lowers it asynchronously after detach).
+fn query_start_semaphore(pid: u32, want: u16) -> u16 {
     let bin = pgbpf_common::postgres::installed_bin_dir()
         .unwrap()
         .join("postgres");
@@ -203,26 +203,8 @@ fn query_start_semaphore(pid: u32) -> u16 {
         .into_iter()
         .find(|p| p.name == "query__start")
         .unwrap();
-    let sema_off = probe.semaphore_offset.unwrap();
-    // The mapping of the file page holding the semaphore gives its address in this process.
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    for line in maps.lines().filter(|l| l.ends_with("/bin/postgres")) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (lo, hi) = f[0].split_once('-').unwrap();
-        let (lo, hi) = (
-            u64::from_str_radix(lo, 16).unwrap(),
-            u64::from_str_radix(hi, 16).unwrap(),
-        );
-        let file_off = u64::from_str_radix(f[2], 16).unwrap();
-        if sema_off >= file_off && sema_off < file_off + (hi - lo) {
-            let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-            mem.seek(SeekFrom::Start(lo + sema_off - file_off)).unwrap();
-            let mut b = [0u8; 2];
-            mem.read_exact(&mut b).unwrap();
-            return u16::from_ne_bytes(b);
-        }
-    }
-    panic!("no mapping of the semaphore in {pid}");
+    pgbpf_testkit::wait_semaphore(pid, "/bin/postgres", probe.semaphore_offset.unwrap(), want)
+        .unwrap()
 }
 
 #[test]
@@ -247,18 +229,18 @@ fn semaphores_are_zero_again_after_exit() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(
-        query_start_semaphore(backend),
+        query_start_semaphore(backend, 0),
         0,
         "semaphore raised before the tool ran"
     );
     let tool = Traced::start(BIN, &["-p", &pg.postmaster_pid().unwrap().to_string()]).unwrap();
     assert!(
-        query_start_semaphore(backend) >= 1,
+        query_start_semaphore(backend, 1) >= 1,
         "the tool did not raise the semaphore"
     );
     assert!(tool.stop().unwrap().status.success());
     assert_eq!(
-        query_start_semaphore(backend),
+        query_start_semaphore(backend, 0),
         0,
         "semaphore left raised after the tool exited"
     );
