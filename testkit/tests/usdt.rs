@@ -172,6 +172,21 @@ fn semaphores_are_raised_counted_and_lowered() {
     assert_eq!(counter(&loaded, GUARDED_FIRED), 300);
 
     drop(loaded);
+    // Detaching is asynchronous in the kernel: wait for the semaphores to come down.
+    let probes = usdt::probes(&bin).unwrap();
+    let sema = probes
+        .iter()
+        .find(|p| p.name == "guarded")
+        .unwrap()
+        .semaphore_offset
+        .unwrap();
+    let suffix = bin.file_name().unwrap().to_str().unwrap().to_string();
+    for f in [&running, &later] {
+        assert_eq!(
+            pgbpf_testkit::wait_semaphore(f.child.id(), &suffix, sema, 0).unwrap(),
+            0
+        );
+    }
     assert_eq!(
         running.go(),
         "semaphore 0",
