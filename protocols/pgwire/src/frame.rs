@@ -80,6 +80,18 @@ fn untyped_start(buf: &[u8]) -> Option<u32> {
 }
 
 impl Framer {
+    fn tiles_exactly(&self, b: &[u8]) -> bool {
+        let mut i = 0usize;
+        while i + 5 <= b.len() {
+            let (tag, len) = (b[i], be32(&b[i + 1..]).unwrap_or(0));
+            if !plausible_tag(self.direction, tag) || !(4..=MAX_MESSAGE).contains(&len) {
+                return false;
+            }
+            i += 1 + len as usize;
+        }
+        i == b.len() && i > 0
+    }
+
     /// A framer for a connection seen from its first byte (`from_start`) or joined midway.
     pub fn new(direction: Direction, from_start: bool) -> Framer {
         Framer {
@@ -229,7 +241,14 @@ impl Framer {
                     }
                 }
                 State::Lost => {
-                    // Find a position where this header and the next one are plausible.
+                    // Bytes that tile exactly into plausible messages up to their end are taken
+                    // as a boundary (a read that starts where a message starts, as writes of
+                    // whole messages do); otherwise find a position where this header and the
+                    // next one are both plausible.
+                    if self.tiles_exactly(avail) {
+                        self.state = State::Synced;
+                        continue;
+                    }
                     let mut found = None;
                     for i in 0..avail.len().saturating_sub(4) {
                         let (tag, len) = (avail[i], be32(&avail[i + 1..]).unwrap_or(0));

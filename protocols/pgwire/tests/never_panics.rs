@@ -24,3 +24,22 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn connections_survive_arbitrary_traffic(events in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 0..200), 0u64..3), 0..20),
+                                            from_start: bool) {
+        let mut c = pgbpf_pgwire::conn::Connection::new(from_start);
+        for (ts, (client, bytes, missing)) in events.iter().enumerate() {
+            if *client {
+                c.client_bytes(ts as u64, bytes, *missing);
+            } else {
+                for done in c.server_bytes(ts as u64, bytes, *missing) {
+                    prop_assert!(done.finished_ns >= done.started_ns || done.started_ns > 0);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! One connection, both directions: framing, SSL/GSS negotiation, prepared statements and
+//! portals, and stitching each request to its response — simple queries (also several
+//! statements in one Query), the extended protocol, and pipelining (several Sync batches in
+//! flight). A statement is reported when its CommandComplete, EmptyQueryResponse or
+//! ErrorResponse arrives.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::{
+    frame::{Direction, Frame, Framer},
+    message::{Backend, Frontend},
+};
+
+/// A finished statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completed {
+    pub sql: String,
+    pub extended: bool,
+    /// Bind parameters (None for NULL), for the extended protocol.
+    pub params: Vec<Option<Vec<u8>>>,
+    /// Name of the prepared statement, if not the unnamed one.
+    pub statement: Option<String>,
+    /// Timestamp of the bytes that carried the request, and of the response.
+    pub started_ns: u64,
+    pub finished_ns: u64,
+    /// SQLSTATE of the error, None when it succeeded.
+    pub sqlstate: Option<String>,
+    pub error: Option<String>,
+    /// The CommandComplete tag ("SELECT 5") and the rows it reports.
+    pub tag: Option<String>,
+    pub rows: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    /// A statement sent and not answered yet.
+    Statement {
+        sql: String,
+        extended: bool,
+        params: Vec<Option<Vec<u8>>>,
+        statement: Option<String>,
+        started_ns: u64,
+    },
+    /// A Sync (or the end of a simple Query): the server answers ReadyForQuery there.
+    Boundary,
+}
+
+/// A bound portal: the statement's SQL, its parameters, the prepared statement's name.
+#[derive(Clone, Debug, Default)]
+struct Portal {
+    sql: String,
+    params: Vec<Option<Vec<u8>>>,
+    statement: Option<String>,
+}
+
+/// Decoding state of one connection.
+#[derive(Debug)]
+pub struct Connection {
+    client: Framer,
+    server: Framer,
+    statements: HashMap<String, String>,
+    portals: HashMap<String, Portal>,
+    pending: VecDeque<Pending>,
+    /// After an error in an extended batch the server skips everything up to Sync.
+    skipping: bool,
+    awaiting_encryption_answer: bool,
+    /// True once the connection switched to TLS or GSS encryption: payload not visible.
+    pub encrypted: bool,
+    /// Start-up parameters (user, database, application_name, ...).
+    pub startup: Vec<(String, String)>,
+    /// Last ReadyForQuery status: b'I', b'T' or b'E'.
+    pub transaction: u8,
+    /// Messages that could not be decoded.
+    pub malformed: u64,
+}
+
+/// Splits a simple query into its statements at top-level semicolons (outside quotes,
+/// identifiers, dollar quotes and comments).
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let b = sql.as_bytes();
+    let (mut out, mut start, mut i) = (vec![], 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'$' => {
+                // $tag$ ... $tag$
+                if let Some(end) = b[i + 1..].iter().position(|&c| c == b'$') {
+                    let tag = &b[i..i + end + 2];
+                    if tag[1..tag.len() - 1]
+                        .iter()
+                        .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                    {
+                        let body_start = i + tag.len();
+                        if let Some(p) = b[body_start..].windows(tag.len()).position(|w| w == tag) {
+                            i = body_start + p + tag.len() - 1;
+                        }
+                    }
+                }
+            }
+            b';' => {
+                let s = sql[start..i].trim();
+                if !s.is_empty() {
+                    out.push(s.to_string());
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let s = sql.get(start..).unwrap_or("").trim();
+    if !s.is_empty() {
+        out.push(s.to_string());
+    }
+    out
+}
+
+impl Connection {
+    /// A connection seen from its first byte (`from_start`) or joined midway.
+    pub fn new(from_start: bool) -> Connection {
+        Connection {
+            client: Framer::new(Direction::Frontend, from_start),
+            server: Framer::new(Direction::Backend, from_start),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            skipping: false,
+            awaiting_encryption_answer: false,
+            encrypted: false,
+            startup: vec![],
+            transaction: 0,
+            malformed: 0,
+        }
+    }
+
+    /// Bytes the client sent (at `ts_ns`); `missing` bytes after them were not captured.
+    pub fn client_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64) {
+        if self.encrypted {
+            return;
+        }
+        let mut frames = vec![];
+        self.client.feed(data, &mut frames);
+        if missing > 0 {
+            self.client.feed_gap(missing, &mut frames);
+        }
+        for f in frames {
+            self.on_client(ts_ns, &f);
+        }
+    }
+
+    /// Bytes the server sent; returns the statements they completed.
+    pub fn server_bytes(&mut self, ts_ns: u64, mut data: &[u8], missing: u64) -> Vec<Completed> {
+        let mut done = vec![];
+        if self.encrypted {
+            return done;
+        }
+        if self.awaiting_encryption_answer {
+            let Some((&answer, rest)) = data.split_first() else {
+                return done;
+            };
+            self.awaiting_encryption_answer = false;
+            if answer == b'S' || answer == b'G' {
+                self.encrypted = true;
+                return done;
+            }
+            self.client.expect_startup();
+            data = rest;
+        }
+        let mut frames = vec![];
+        self.server.feed(data, &mut frames);
+        if missing > 0 {
+            self.server.feed_gap(missing, &mut frames);
+        }
+        for f in frames {
+            self.on_server(ts_ns, &f, &mut done);
+        }
+        done
+    }
+
+    fn on_client(&mut self, ts: u64, f: &Frame) {
+        let Ok(m) = Frontend::decode(f) else {
+            self.malformed += 1;
+            return;
+        };
+        match m {
+            Frontend::Startup { params, .. } => self.startup = params,
+            Frontend::SslRequest | Frontend::GssEncRequest => {
+                self.awaiting_encryption_answer = true
+            }
+            Frontend::Query { sql } => {
+                for s in split_statements(&sql) {
+                    self.pending.push_back(Pending::Statement {
+                        sql: s,
+                        extended: false,
+                        params: vec![],
+                        statement: None,
+                        started_ns: ts,
+                    });
+                }
+                self.pending.push_back(Pending::Boundary);
+            }
+            Frontend::Parse { statement, sql, .. } => {
+                self.statements.insert(statement, sql);
+            }
+            Frontend::Bind {
+                portal,
+                statement,
+                params,
+                ..
+            } => {
+                let sql = self.statements.get(&statement).cloned().unwrap_or_default();
+                let name = (!statement.is_empty()).then_some(statement);
+                self.portals.insert(
+                    portal,
+                    Portal {
+                        sql,
+                        params,
+                        statement: name,
+                    },
+                );
+            }
+            Frontend::Execute { portal, .. } => {
+                let Portal {
+                    sql,
+                    params,
+                    statement,
+                } = self.portals.get(&portal).cloned().unwrap_or_default();
+                self.pending.push_back(Pending::Statement {
+                    sql,
+                    extended: true,
+                    params,
+                    statement,
+                    started_ns: ts,
+                });
+            }
+            Frontend::Close { kind: b'S', name } => {
+                self.statements.remove(&name);
+            }
+            Frontend::Sync => self.pending.push_back(Pending::Boundary),
+            _ => {}
+        }
+    }
+
+    fn finish(
+        &mut self,
+        ts: u64,
+        tag: Option<String>,
+        error: Option<(String, String)>,
+    ) -> Option<Completed> {
+        // The oldest statement not yet answered, before the next boundary.
+        let idx = self
+            .pending
+            .iter()
+            .position(|p| matches!(p, Pending::Statement { .. } | Pending::Boundary))?;
+        let Pending::Statement {
+            sql,
+            extended,
+            params,
+            statement,
+            started_ns,
+        } = self.pending.get(idx)?.clone()
+        else {
+            return None;
+        };
+        self.pending.remove(idx);
+        let rows = tag.as_deref().and_then(Backend::rows_from_tag);
+        let (sqlstate, error) = match error {
+            Some((s, m)) => (Some(s), Some(m)),
+            None => (None, None),
+        };
+        Some(Completed {
+            sql,
+            extended,
+            params,
+            statement,
+            started_ns,
+            finished_ns: ts,
+            sqlstate,
+            error,
+            tag,
+            rows,
+        })
+    }
+
+    fn on_server(&mut self, ts: u64, f: &Frame, done: &mut Vec<Completed>) {
+        let Ok(m) = Backend::decode(f) else {
+            self.malformed += 1;
+            return;
+        };
+        match m {
+            Backend::CommandComplete { tag } => done.extend(self.finish(ts, Some(tag), None)),
+            Backend::EmptyQueryResponse => done.extend(self.finish(ts, None, None)),
+            Backend::Error(n) => {
+                done.extend(self.finish(ts, None, Some((n.sqlstate, n.message))));
+                // The rest of this batch is not executed: drop it up to the boundary.
+                while let Some(Pending::Statement { .. }) = self.pending.front() {
+                    self.pending.pop_front();
+                }
+                self.skipping = true;
+            }
+            Backend::ReadyForQuery { status } => {
+                self.transaction = status;
+                self.skipping = false;
+                // Everything up to the first boundary is answered (or was never executed).
+                while let Some(p) = self.pending.pop_front() {
+                    if matches!(p, Pending::Boundary) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+    fn cstr(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = cstr(name);
+        b.extend(cstr(sql));
+        b.extend([0, 0]);
+        msg(b'P', &b)
+    }
+    fn bind(stmt: &str, param: &str) -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend(cstr(stmt));
+        b.extend([0, 0, 0, 1]);
+        b.extend((param.len() as u32).to_be_bytes());
+        b.extend(param.as_bytes());
+        b.extend([0, 0]);
+        msg(b'B', &b)
+    }
+    fn execute() -> Vec<u8> {
+        let mut b = cstr("");
+        b.extend([0, 0, 0, 0]);
+        msg(b'E', &b)
+    }
+    fn error(code: &str, text: &str) -> Vec<u8> {
+        let mut b = b"SERROR\0VERROR\0C".to_vec();
+        b.extend(cstr(code));
+        b.push(b'M');
+        b.extend(cstr(text));
+        b.push(0);
+        msg(b'E', &b)
+    }
+
+    #[test]
+    fn statements_split_outside_quotes() {
+        assert_eq!(
+            split_statements("select 1; select ';'; select $x$;$x$ -- ;\n;"),
+            vec!["select 1", "select ';'", "select $x$;$x$ -- ;"]
+        );
+        assert_eq!(split_statements("  "), Vec::<String>::new());
+    }
+
+    #[test]
+    fn multi_statement_simple_query_with_an_error() {
+        let mut c = Connection::new(false);
+        c.client_bytes(10, &msg(b'Q', &cstr("select 1; select 1/0; select 3")), 0);
+        let mut resp = msg(b'C', &cstr("SELECT 1"));
+        resp.extend(error("22012", "division by zero"));
+        resp.extend(msg(b'Z', b"I"));
+        let done = c.server_bytes(20, &resp, 0);
+        assert_eq!(done.len(), 2);
+        assert_eq!((done[0].sql.as_str(), done[0].rows), ("select 1", Some(1)));
+        assert_eq!(done[1].sqlstate.as_deref(), Some("22012"));
+        assert_eq!(done[1].finished_ns - done[1].started_ns, 10);
+        assert_eq!(c.transaction, b'I');
+    }
+
+    #[test]
+    fn pipelined_extended_batches_are_matched_in_order() {
+        let mut c = Connection::new(false);
+        let mut req = parse("s1", "select $1");
+        req.extend(bind("s1", "7"));
+        req.extend(execute());
+        req.extend(msg(b'S', b""));
+        req.extend(bind("s1", "8"));
+        req.extend(execute());
+        req.extend(bind("s1", "9"));
+        req.extend(execute());
+        req.extend(msg(b'S', b""));
+        c.client_bytes(1, &req, 0);
+        let mut resp = msg(b'1', b"");
+        resp.extend(msg(b'2', b""));
+        resp.extend(msg(b'C', &cstr("SELECT 1")));
+        resp.extend(msg(b'Z', b"I"));
+        resp.extend(msg(b'2', b""));
+        resp.extend(error("57014", "canceling statement"));
+        resp.extend(msg(b'Z', b"I"));
+        let done = c.server_bytes(5, &resp, 0);
+        // The third execute was skipped by the server after the error: never reported.
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].params, vec![Some(b"7".to_vec())]);
+        assert_eq!(done[0].statement.as_deref(), Some("s1"));
+        assert_eq!(done[1].params, vec![Some(b"8".to_vec())]);
+        assert_eq!(done[1].sqlstate.as_deref(), Some("57014"));
+        assert!(c.pending.is_empty());
+    }
+
+    #[test]
+    fn ssl_accepted_hides_the_payload_and_refused_continues() {
+        let ssl = [0u8, 0, 0, 8, 4, 210, 22, 47];
+        let mut c = Connection::new(true);
+        c.client_bytes(0, &ssl, 0);
+        assert!(c.server_bytes(1, b"S", 0).is_empty());
+        assert!(c.encrypted);
+        let mut c = Connection::new(true);
+        c.client_bytes(0, &ssl, 0);
+        c.server_bytes(1, b"N", 0);
+        let body = b"\x00\x03\x00\x00user\0bob\0\0";
+        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        c.client_bytes(2, &startup, 0);
+        assert_eq!(c.startup, vec![("user".to_string(), "bob".to_string())]);
+        assert!(!c.encrypted);
+    }
+}
