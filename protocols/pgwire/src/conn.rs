@@ -327,13 +327,8 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::msg;
 
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
     fn cstr(s: &str) -> Vec<u8> {
         let mut v = s.as_bytes().to_vec();
         v.push(0);

@@ -289,13 +289,7 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::test_support::msg;
 
     fn startup() -> Vec<u8> {
         let body = b"\x00\x03\x00\x00user\0postgres\0database\0postgres\0\0";

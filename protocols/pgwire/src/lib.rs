@@ -14,3 +14,15 @@ pub mod message;
 
 pub use frame::{Direction, Frame, Framer};
 pub use message::{Backend, DecodeError, Frontend};
+
+/// Builders shared by the unit tests.
+#[cfg(test)]
+mod test_support {
+    /// A typed message: tag, length (counting itself), body.
+    pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+}
