@@ -93,6 +93,28 @@ impl Cgroup {
             level: parts.len() as u32,
         })
     }
+
+    /// Processes (tgids) in this cgroup and every cgroup below it, now.
+    pub fn processes(&self) -> Vec<u32> {
+        let mut out = vec![];
+        let mut dirs = vec![self.dir.clone()];
+        while let Some(d) = dirs.pop() {
+            if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                dirs.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 /// The container runtimes whose cgroup names we recognise.

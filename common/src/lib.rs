@@ -11,15 +11,19 @@
 //! - [`query`]: userspace view of the query context (each backend's current statement).
 //! - [`postgres`]: finding the postgres binary of a process or of the machine.
 //! - [`system`]: page size and other facts about this machine.
+//! - [`sql`]: statement normalization (constants → `$n`), as pg_stat_statements does.
+//! - [`latency`]: latency aggregation with percentiles.
 //! - [`cli`]: shared command-line arguments, the interval loop, error reporting in `main`.
 pub mod cgroup;
 pub mod cli;
 pub mod elf;
+pub mod latency;
 pub mod loader;
 pub mod output;
 pub mod perf;
 pub mod postgres;
 pub mod query;
+pub mod sql;
 pub mod system;
 pub mod target;
 pub mod tracefs;

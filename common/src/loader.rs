@@ -250,7 +250,8 @@ impl Loaded {
             .map_err(|e: ProgramError| anyhow!("program {name}: {e}"))
     }
 
-    /// Loads program `prog` and attaches it to the tracepoint `category:event`.
+    /// Loads program `prog` (once: it may serve several tracepoints) and attaches it to the
+    /// tracepoint `category:event`.
     pub fn attach_tracepoint(
         &mut self,
         prog: &str,
@@ -260,8 +261,10 @@ impl Loaded {
         let verbose = self.verbose;
         let hook = format!("tracepoint {category}:{event}");
         let p: &mut TracePoint = self.program(prog)?;
-        p.load()
-            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        }
         p.attach(category, event)
             .map_err(|e| explain_program_error(&hook, e, verbose))?;
         self.note_attached(&hook);

@@ -111,9 +111,15 @@ pub fn print(text: &str) -> bool {
 
 /// Local wall-clock time as HH:MM:SS, for `-T` and interval headers.
 pub fn hms_now() -> String {
-    // SAFETY: time(NULL) and localtime_r with a zeroed out-parameter we own.
+    // SAFETY: time(NULL).
+    hms_of(unsafe { libc::time(std::ptr::null_mut()) })
+}
+
+/// Local time of `unix_secs` as HH:MM:SS.
+pub fn hms_of(unix_secs: i64) -> String {
+    // SAFETY: localtime_r with a zeroed out-parameter we own.
     unsafe {
-        let t = libc::time(std::ptr::null_mut());
+        let t = unix_secs as libc::time_t;
         let mut tm: libc::tm = std::mem::zeroed();
         if libc::localtime_r(&t, &mut tm).is_null() {
             return "??:??:??".into();

@@ -16,8 +16,8 @@ use crate::{
 pub struct Completed {
     pub sql: String,
     pub extended: bool,
-    /// Bind parameters (None for NULL), for the extended protocol.
-    pub params: Vec<Option<Vec<u8>>>,
+    /// Bind parameters, for the extended protocol.
+    pub params: Params,
     /// Name of the prepared statement, if not the unnamed one.
     pub statement: Option<String>,
     /// Timestamp of the bytes that carried the request, and of the response.
@@ -29,6 +29,37 @@ pub struct Completed {
     /// The CommandComplete tag ("SELECT 5") and the rows it reports.
     pub tag: Option<String>,
     pub rows: Option<u64>,
+    /// Transaction state the server reported at the end of the request's batch
+    /// (ReadyForQuery: b'I' idle, b'T' in a transaction, b'E' failed); None when the
+    /// connection ended before it.
+    pub transaction: Option<u8>,
+}
+
+/// The parameters of one Bind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// Values, None for NULL.
+    pub values: Vec<Option<Vec<u8>>>,
+    /// Format codes: none (all text), one for all, or one per value (0 text, 1 binary).
+    pub formats: Vec<i16>,
+    /// Type OIDs the Parse declared (0 or missing: left to the server).
+    pub types: Vec<u32>,
+}
+
+impl Params {
+    /// Format code of value `i`.
+    pub fn format(&self, i: usize) -> i16 {
+        match self.formats.len() {
+            0 => 0,
+            1 => self.formats[0],
+            _ => self.formats.get(i).copied().unwrap_or(0),
+        }
+    }
+
+    /// Declared type of value `i` (0 when unknown).
+    pub fn type_oid(&self, i: usize) -> u32 {
+        self.types.get(i).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -37,7 +68,7 @@ enum Pending {
     Statement {
         sql: String,
         extended: bool,
-        params: Vec<Option<Vec<u8>>>,
+        params: Params,
         statement: Option<String>,
         started_ns: u64,
     },
@@ -49,7 +80,7 @@ enum Pending {
 #[derive(Clone, Debug, Default)]
 struct Portal {
     sql: String,
-    params: Vec<Option<Vec<u8>>>,
+    params: Params,
     statement: Option<String>,
 }
 
@@ -58,7 +89,8 @@ struct Portal {
 pub struct Connection {
     client: Framer,
     server: Framer,
-    statements: HashMap<String, String>,
+    /// Prepared statements: name → (SQL, declared parameter types).
+    statements: HashMap<String, (String, Vec<u32>)>,
     portals: HashMap<String, Portal>,
     pending: VecDeque<Pending>,
     /// After an error in an extended batch the server skips everything up to Sync.
@@ -72,6 +104,15 @@ pub struct Connection {
     pub transaction: u8,
     /// Messages that could not be decoded.
     pub malformed: u64,
+    /// Answers that could not be matched to their request because bytes were missing:
+    /// after a gap that lost message boundaries nothing is reported until the connection is
+    /// back in step, rather than pairing a response with the wrong request.
+    pub unmatched: u64,
+    /// Statements answered, waiting for the ReadyForQuery that gives their transaction state.
+    answered: Vec<Completed>,
+    /// Bytes went missing and message boundaries with them: pairing is unsure until an idle
+    /// point (a ReadyForQuery with nothing else asked since).
+    unsure: bool,
 }
 
 /// Splits a simple query into its statements at top-level semicolons (outside quotes,
@@ -141,7 +182,32 @@ impl Connection {
             startup: vec![],
             transaction: 0,
             malformed: 0,
+            unmatched: 0,
+            answered: vec![],
+            // Joined midway, a response may belong to a request never seen: pair nothing
+            // until the first quiet ReadyForQuery.
+            unsure: !from_start,
         }
+    }
+
+    /// Ends the connection: statements answered but not yet followed by ReadyForQuery.
+    pub fn close(&mut self) -> Vec<Completed> {
+        std::mem::take(&mut self.answered)
+    }
+
+    /// Statements sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|p| matches!(p, Pending::Statement { .. }))
+            .count()
+    }
+
+    /// A framer lost the message boundaries: forget what is pending, stop pairing.
+    fn lost_step(&mut self) {
+        self.unmatched += self.in_flight() as u64;
+        self.pending.clear();
+        self.unsure = true;
     }
 
     /// Bytes the client sent (at `ts_ns`); `missing` bytes after them were not captured.
@@ -150,12 +216,16 @@ impl Connection {
             return;
         }
         let mut frames = vec![];
+        let was_synced = self.client.synced();
         self.client.feed(data, &mut frames);
         if missing > 0 {
             self.client.feed_gap(missing, &mut frames);
         }
         for f in frames {
             self.on_client(ts_ns, &f);
+        }
+        if (was_synced || missing > 0) && !self.client.synced() {
+            self.lost_step();
         }
     }
 
@@ -178,12 +248,16 @@ impl Connection {
             data = rest;
         }
         let mut frames = vec![];
+        let was_synced = self.server.synced();
         self.server.feed(data, &mut frames);
         if missing > 0 {
             self.server.feed_gap(missing, &mut frames);
         }
         for f in frames {
             self.on_server(ts_ns, &f, &mut done);
+        }
+        if (was_synced || missing > 0) && !self.server.synced() {
+            self.lost_step();
         }
         done
     }
@@ -203,29 +277,38 @@ impl Connection {
                     self.pending.push_back(Pending::Statement {
                         sql: s,
                         extended: false,
-                        params: vec![],
+                        params: Params::default(),
                         statement: None,
                         started_ns: ts,
                     });
                 }
                 self.pending.push_back(Pending::Boundary);
             }
-            Frontend::Parse { statement, sql, .. } => {
-                self.statements.insert(statement, sql);
+            Frontend::Parse {
+                statement,
+                sql,
+                param_types,
+            } => {
+                self.statements.insert(statement, (sql, param_types));
             }
             Frontend::Bind {
                 portal,
                 statement,
                 params,
+                param_formats,
                 ..
             } => {
-                let sql = self.statements.get(&statement).cloned().unwrap_or_default();
+                let (sql, types) = self.statements.get(&statement).cloned().unwrap_or_default();
                 let name = (!statement.is_empty()).then_some(statement);
                 self.portals.insert(
                     portal,
                     Portal {
                         sql,
-                        params,
+                        params: Params {
+                            values: params,
+                            formats: param_formats,
+                            types,
+                        },
                         statement: name,
                     },
                 );
@@ -247,7 +330,10 @@ impl Connection {
             Frontend::Close { kind: b'S', name } => {
                 self.statements.remove(&name);
             }
-            Frontend::Sync => self.pending.push_back(Pending::Boundary),
+            // Both are answered by a ReadyForQuery.
+            Frontend::Sync | Frontend::FunctionCall { .. } => {
+                self.pending.push_back(Pending::Boundary)
+            }
             _ => {}
         }
     }
@@ -290,7 +376,19 @@ impl Connection {
             error,
             tag,
             rows,
+            transaction: None,
         })
+    }
+
+    /// A statement's answer arrived: kept until ReadyForQuery, or dropped when unsure.
+    fn answered(&mut self, c: Option<Completed>) {
+        if let Some(c) = c {
+            if self.unsure {
+                self.unmatched += 1;
+            } else {
+                self.answered.push(c);
+            }
+        }
     }
 
     fn on_server(&mut self, ts: u64, f: &Frame, done: &mut Vec<Completed>) {
@@ -299,10 +397,17 @@ impl Connection {
             return;
         };
         match m {
-            Backend::CommandComplete { tag } => done.extend(self.finish(ts, Some(tag), None)),
-            Backend::EmptyQueryResponse => done.extend(self.finish(ts, None, None)),
+            Backend::CommandComplete { tag } => {
+                let c = self.finish(ts, Some(tag), None);
+                self.answered(c);
+            }
+            Backend::EmptyQueryResponse => {
+                let c = self.finish(ts, None, None);
+                self.answered(c);
+            }
             Backend::Error(n) => {
-                done.extend(self.finish(ts, None, Some((n.sqlstate, n.message))));
+                let c = self.finish(ts, None, Some((n.sqlstate, n.message)));
+                self.answered(c);
                 // The rest of this batch is not executed: drop it up to the boundary.
                 while let Some(Pending::Statement { .. }) = self.pending.front() {
                     self.pending.pop_front();
@@ -312,11 +417,27 @@ impl Connection {
             Backend::ReadyForQuery { status } => {
                 self.transaction = status;
                 self.skipping = false;
+                for mut c in self.answered.drain(..) {
+                    c.transaction = Some(status);
+                    done.push(c);
+                }
                 // Everything up to the first boundary is answered (or was never executed).
                 while let Some(p) = self.pending.pop_front() {
-                    if matches!(p, Pending::Boundary) {
-                        break;
+                    match p {
+                        Pending::Boundary => break,
+                        Pending::Statement { .. } if self.unsure => self.unmatched += 1,
+                        Pending::Statement { .. } => {}
                     }
+                }
+                // After a gap, back in step only where no request can be outstanding: nothing
+                // queued behind this ReadyForQuery and both directions framed again. A client
+                // that does not pipeline gets there at its next ReadyForQuery.
+                if self.unsure
+                    && self.pending.is_empty()
+                    && self.client.synced()
+                    && self.server.synced()
+                {
+                    self.unsure = false;
                 }
             }
             _ => {}
@@ -363,6 +484,31 @@ mod tests {
         msg(b'E', &b)
     }
 
+    /// A connection followed from its start-up, now idle.
+    fn in_step() -> Connection {
+        let mut c = Connection::new(true);
+        let body = b"\x00\x03\x00\x00user\0bob\0\0";
+        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        c.client_bytes(0, &startup, 0);
+        let mut resp = msg(b'R', &[0, 0, 0, 0]);
+        resp.extend(msg(b'Z', b"I"));
+        assert!(c.server_bytes(0, &resp, 0).is_empty());
+        c
+    }
+
+    #[test]
+    fn joined_midway_nothing_is_paired_until_a_quiet_point() {
+        let mut c = Connection::new(false);
+        c.client_bytes(1, &msg(b'Q', &cstr("select 2")), 0);
+        // This answer may be to a request sent before we joined.
+        let mut resp = msg(b'C', &cstr("SELECT 1"));
+        resp.extend(msg(b'Z', b"I"));
+        assert!(c.server_bytes(2, &resp, 0).is_empty());
+        c.client_bytes(3, &msg(b'Q', &cstr("select 3")), 0);
+        assert_eq!(c.server_bytes(4, &resp, 0).len(), 1);
+    }
+
     #[test]
     fn statements_split_outside_quotes() {
         assert_eq!(
@@ -374,7 +520,7 @@ mod tests {
 
     #[test]
     fn multi_statement_simple_query_with_an_error() {
-        let mut c = Connection::new(false);
+        let mut c = in_step();
         c.client_bytes(10, &msg(b'Q', &cstr("select 1; select 1/0; select 3")), 0);
         let mut resp = msg(b'C', &cstr("SELECT 1"));
         resp.extend(error("22012", "division by zero"));
@@ -389,7 +535,7 @@ mod tests {
 
     #[test]
     fn pipelined_extended_batches_are_matched_in_order() {
-        let mut c = Connection::new(false);
+        let mut c = in_step();
         let mut req = parse("s1", "select $1");
         req.extend(bind("s1", "7"));
         req.extend(execute());
@@ -410,11 +556,34 @@ mod tests {
         let done = c.server_bytes(5, &resp, 0);
         // The third execute was skipped by the server after the error: never reported.
         assert_eq!(done.len(), 2);
-        assert_eq!(done[0].params, vec![Some(b"7".to_vec())]);
+        assert_eq!(done[0].params.values, vec![Some(b"7".to_vec())]);
         assert_eq!(done[0].statement.as_deref(), Some("s1"));
-        assert_eq!(done[1].params, vec![Some(b"8".to_vec())]);
+        assert_eq!(done[1].params.values, vec![Some(b"8".to_vec())]);
         assert_eq!(done[1].sqlstate.as_deref(), Some("57014"));
         assert!(c.pending.is_empty());
+    }
+
+    #[test]
+    fn a_gap_that_loses_boundaries_never_pairs_wrongly_and_recovers() {
+        let mut c = Connection::new(true);
+        c.client_bytes(1, &msg(b'Q', &cstr("select 1")), 0);
+        // The answer to it is lost, boundaries and all.
+        assert!(c.server_bytes(2, b"", 40).is_empty());
+        c.client_bytes(3, &msg(b'Q', &cstr("select 2")), 0);
+        let mut resp = msg(b'C', &cstr("SELECT 1"));
+        resp.extend(msg(b'Z', b"I"));
+        // Could be the lost answer or this one: not reported.
+        assert!(c.server_bytes(4, &resp, 0).is_empty());
+        assert_eq!(c.unmatched, 2);
+        c.client_bytes(5, &msg(b'Q', &cstr("select 3")), 0);
+        let mut resp = msg(b'C', &cstr("SELECT 3"));
+        resp.extend(msg(b'Z', b"T"));
+        let done = c.server_bytes(6, &resp, 0);
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            (done[0].sql.as_str(), done[0].transaction),
+            ("select 3", Some(b'T'))
+        );
     }
 
     #[test]

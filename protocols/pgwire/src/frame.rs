@@ -108,6 +108,12 @@ impl Framer {
         }
     }
 
+    /// False while the position of the next message is unknown (joined midway, or after a
+    /// gap or garbage), until two consecutive plausible headers are found again.
+    pub fn synced(&self) -> bool {
+        self.state != State::Lost
+    }
+
     /// Keep at most this many bytes of each body.
     pub fn keep_at_most(mut self, bytes: usize) -> Framer {
         self.keep = bytes;

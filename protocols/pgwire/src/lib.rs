@@ -6,11 +6,13 @@
 //! - [`message`]: those messages, typed, in both directions.
 //! - [`conn`]: a whole connection: negotiation, prepared statements, request/response
 //!   stitching with pipelining.
+//! - [`value`]: Bind parameters rendered for people (text, binary by type OID, hex).
 #![forbid(unsafe_code)]
 
 pub mod conn;
 pub mod frame;
 pub mod message;
+pub mod value;
 
 pub use frame::{Direction, Frame, Framer};
 pub use message::{Backend, DecodeError, Frontend};

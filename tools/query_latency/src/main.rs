@@ -2,7 +2,6 @@
 //! (postgres-bcc's latency, bcc's dbslower/dbstat). Manual: docs/query_latency.md.
 
 mod attach;
-mod normalize;
 mod report;
 mod stats;
 

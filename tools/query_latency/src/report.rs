@@ -3,13 +3,12 @@
 
 use std::time::Instant;
 
-use pgbpf_common::{output, query};
+use pgbpf_common::{output, query, sql::normalize};
 use query_latency_ebpf::{QueryEvent, counter};
 use serde_json::json;
 
 use crate::{
     Args,
-    normalize::normalize,
     stats::{Key, Latencies, Period},
 };
 

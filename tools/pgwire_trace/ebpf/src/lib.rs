@@ -1,0 +1,110 @@
+//! Types shared by pgwire_trace's kernel programs and its userspace (feature `user`): the
+//! socket table that says which file descriptors carry PostgreSQL connections, and the
+//! records sent through the ring buffer.
+#![no_std]
+
+/// Most payload bytes one record can carry (read/write/recvfrom/sendto).
+pub const CAPTURE_MAX: usize = 16384;
+/// Most payload bytes of a vectored call (readv/writev/recvmsg/sendmsg): each iovec is
+/// copied at a variable offset, which the verifier bounds by half the scratch buffer.
+pub const CAPTURE_MAX_VECTORED: usize = 8192;
+/// iovecs looked at in one vectored call.
+pub const MAX_IOVECS: u32 = 8;
+/// Bytes of a socket address kept (a sockaddr_un is 110).
+pub const ADDR_BYTES: usize = 112;
+
+/// The side of the connection the traced process is on.
+pub const ROLE_SERVER: u8 = 1;
+pub const ROLE_CLIENT: u8 = 2;
+
+/// Record kinds.
+pub const KIND_DATA: u8 = 1;
+/// A connection accepted (server side) or connected (client side); payload: socket address.
+pub const KIND_OPEN: u8 = 2;
+/// The traced process closed the connection's descriptor.
+pub const KIND_CLOSE: u8 = 3;
+
+/// The direction of data as the traced process sees it.
+pub const DIR_READ: u8 = 0;
+pub const DIR_WRITE: u8 = 1;
+
+/// A file descriptor of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// What the kernel knows of a PostgreSQL connection's descriptor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub conn_id: u64,
+    /// Bytes read/written that could not be sent (ring buffer full) since the last record.
+    pub lost: [u64; 2],
+    pub role: u8,
+    /// Set on the postmaster's copy once a forked backend took the connection over: its
+    /// close is then not the end of the connection.
+    pub handed_off: u8,
+    pub _pad: [u8; 2],
+    /// Server port of the connection (0 for Unix sockets of unknown port).
+    pub port: u32,
+}
+
+/// Header of every ring buffer record; `captured` payload bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordHeader {
+    pub ts_ns: u64,
+    pub conn_id: u64,
+    /// Bytes the syscall moved (DATA); the payload holds the first `captured` of them.
+    pub len: u64,
+    /// Bytes lost (ring buffer full) before this record, per direction.
+    pub lost: [u64; 2],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub captured: u32,
+    pub port: u32,
+    pub kind: u8,
+    pub role: u8,
+    pub dir: u8,
+    pub _pad: u8,
+}
+
+pub const HEADER_BYTES: usize = core::mem::size_of::<RecordHeader>();
+
+/// The per-CPU buffer a record is assembled in before it goes to the ring buffer.
+#[repr(C)]
+pub struct Scratch {
+    pub header: RecordHeader,
+    pub data: [u8; CAPTURE_MAX],
+}
+
+/// Indexes of the COUNTERS per-CPU array.
+pub mod counter {
+    /// Records that did not fit in the ring buffer.
+    pub const LOST_RECORDS: u32 = 0;
+    /// Payload bytes of those records.
+    pub const LOST_BYTES: u32 = 1;
+    /// Syscalls whose bytes were cut at the capture limit.
+    pub const TRUNCATED: u32 = 2;
+    /// Connections not tracked because the socket table was full.
+    pub const SOCKETS_FULL: u32 = 3;
+    /// Records sent.
+    pub const RECORDS: u32 = 4;
+    /// Vectored calls with more iovecs than looked at.
+    pub const IOVECS_SKIPPED: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] plain data, every bit pattern valid.
+    unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RecordHeader {}
+}

@@ -1,0 +1,642 @@
+//! pgwire_trace's kernel programs: syscall tracepoints that copy the bytes of PostgreSQL
+//! connections to a ring buffer.
+//!
+//! Which descriptors are PostgreSQL connections is kept in SOCKS, keyed by (tgid, fd):
+//! filled by userspace for connections open at start, by accept() on a PostgreSQL listener
+//! (server side; the backend forked right after inherits the entry), and by connect() to a
+//! PostgreSQL port or socket path (client side). Every other read or write costs one hash
+//! lookup.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use pgbpf_common_ebpf::{atomic_add, target::current_is_target};
+use pgwire_trace_ebpf::{
+    ADDR_BYTES, CAPTURE_MAX, CAPTURE_MAX_VECTORED, DIR_READ, DIR_WRITE, HEADER_BYTES, KIND_CLOSE,
+    KIND_DATA, KIND_OPEN, MAX_IOVECS, ROLE_CLIENT, ROLE_SERVER, RecordHeader, Scratch, SockInfo,
+    SockKey, counter,
+};
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const EINPROGRESS: i64 = 115;
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Bytes copied per syscall (set by the loader from --capture).
+#[unsafe(no_mangle)]
+static CAPTURE_LIMIT: aya_ebpf::Global<u32> = aya_ebpf::Global::new(8192);
+/// 1: track connect() of target processes to PostgreSQL ports (client side).
+#[unsafe(no_mangle)]
+static TRACK_CLIENTS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// 1: track bind() of target processes to PostgreSQL ports (servers started later).
+#[unsafe(no_mangle)]
+static TRACK_SERVERS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// Offset of child_pid in sched_process_fork (from tracefs).
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(44);
+/// Ring buffer size: past a quarter full, a record wakes userspace up.
+#[unsafe(no_mangle)]
+static RING_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(16 << 20);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// PostgreSQL connections: which (tgid, fd) to capture.
+#[map]
+static SOCKS: LruHashMap<SockKey, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+/// Listening sockets of PostgreSQL servers → their port.
+#[map]
+static LISTENERS: HashMap<SockKey, u32> = HashMap::with_max_entries(1024, 0);
+/// Server ports (TCP port numbers, also the NNNN of Unix socket paths .s.PGSQL.NNNN).
+#[map]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+/// A syscall between its enter and exit, by thread.
+#[map]
+static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+/// The connection a process accepted last, handed to the child it forks next.
+#[map]
+static LAST_ACCEPT: HashMap<u32, Accepted> = HashMap::with_max_entries(1024, 0);
+/// Connection id allocator.
+#[map]
+static NEXT_CONN: Array<u64> = Array::with_max_entries(1, 0);
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Pending {
+    ts_ns: u64,
+    /// Buffer, iovec array or msghdr, or the socket address for accept/connect.
+    ptr: u64,
+    /// iovec count, or the socket address length.
+    count: u64,
+    fd: u32,
+    op: u8,
+    _pad: [u8; 3],
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Accepted {
+    key: SockKey,
+    info: SockInfo,
+}
+
+const OP_BUF: u8 = 1;
+const OP_IOV: u8 = 2;
+const OP_MSG: u8 = 3;
+const OP_ACCEPT: u8 = 4;
+const OP_CONNECT: u8 = 5;
+
+#[inline(always)]
+fn bump(index: u32) {
+    pgbpf_common_ebpf::bump(&COUNTERS, index)
+}
+
+#[inline(always)]
+fn add(index: u32, v: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's own slot.
+        unsafe { *c += v };
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: syscall tracepoint arguments are 8-byte fields from offset 16 (format files).
+    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: `ret` of every sys_exit_* tracepoint, at offset 16.
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+#[inline(always)]
+fn key_of(tgid: u32, fd: u64) -> SockKey {
+    SockKey {
+        tgid,
+        fd: fd as u32,
+    }
+}
+
+#[inline(always)]
+fn ids() -> (u64, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id, (id >> 32) as u32)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Remembers a data syscall on a PostgreSQL socket until its exit.
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, op: u8) -> u32 {
+    let (id, tgid) = ids();
+    let fd = arg(ctx, 0);
+    if SOCKS.get_ptr(&key_of(tgid, fd)).is_none() {
+        return 0;
+    }
+    let p = Pending {
+        ts_ns: now(),
+        ptr: arg(ctx, 1),
+        count: arg(ctx, 2),
+        fd: fd as u32,
+        op,
+        _pad: [0; 3],
+    };
+    let _ = PENDING.insert(&id, &p, 0);
+    0
+}
+
+#[inline(always)]
+fn take_pending(id: u64) -> Option<Pending> {
+    // SAFETY: copied out before removal.
+    let p = unsafe { PENDING.get(&id) }.copied()?;
+    let _ = PENDING.remove(&id);
+    Some(p)
+}
+
+/// Fills the scratch header for a record of `kind` on `key`.
+#[inline(always)]
+fn header(s: *mut Scratch, kind: u8, key: &SockKey, tid: u32, info: &SockInfo, ts: u64) {
+    // SAFETY: `s` is this CPU's scratch value.
+    unsafe {
+        let h = &mut (*s).header;
+        *h = RecordHeader::default();
+        h.ts_ns = ts;
+        h.conn_id = info.conn_id;
+        h.tgid = key.tgid;
+        h.tid = tid;
+        h.fd = key.fd;
+        h.port = info.port;
+        h.kind = kind;
+        h.role = info.role;
+    }
+}
+
+/// Sends the scratch record with `captured` payload bytes; false when the ring is full.
+#[inline(always)]
+fn send(s: *mut Scratch, captured: u32) -> bool {
+    let mut n = captured as usize;
+    if n > CAPTURE_MAX {
+        n = CAPTURE_MAX;
+    }
+    // No wakeup per record (that costs more than the capture): userspace drains the ring
+    // every 50 ms, or sooner once it is a quarter full.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > RING_BYTES.load() / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    // SAFETY: HEADER_BYTES + n <= size_of::<Scratch>(), all inside this CPU's scratch value.
+    let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, HEADER_BYTES + n) };
+    if EVENTS.output(bytes, flags).is_ok() {
+        bump(counter::RECORDS);
+        true
+    } else {
+        false
+    }
+}
+
+/// Copies `len` bytes of user memory at `src` to the payload at `off`.
+#[inline(always)]
+fn copy_user(s: *mut Scratch, off: usize, src: u64, len: usize) -> bool {
+    // Masks bound both numbers for the verifier: off < 8192 and len <= 8192 keep the copy
+    // inside the 16 KiB payload.
+    let off = off & (CAPTURE_MAX_VECTORED - 1);
+    if len > CAPTURE_MAX_VECTORED || len == 0 {
+        return len == 0;
+    }
+    // SAFETY: destination inside the scratch payload (bounds above); source is user memory.
+    unsafe {
+        let dst = (*s).data.as_mut_ptr().add(off);
+        probe_read_user_raw(dst.cast(), len as u32, src as *const _) == 0
+    }
+}
+
+#[inline(always)]
+fn exit_data(ctx: &TracePointContext, dir: u8) -> u32 {
+    let (id, tgid) = ids();
+    let Some(p) = take_pending(id) else {
+        return 0;
+    };
+    let moved = ret(ctx);
+    if moved <= 0 {
+        return 0;
+    }
+    let moved = moved as u64;
+    let key = key_of(tgid, p.fd as u64);
+    let Some(info) = SOCKS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // Reads are stamped when the data arrived, writes when the process began sending.
+    let ts = if dir == DIR_READ { now() } else { p.ts_ns };
+    // SAFETY: `info` is a map value pointer, valid during this program.
+    let snapshot = unsafe { *info };
+    header(s, KIND_DATA, &key, id as u32, &snapshot, ts);
+    let limit = CAPTURE_LIMIT.load() as u64;
+    let mut captured: u64 = 0;
+    match p.op {
+        OP_BUF => {
+            let mut n = moved.min(limit);
+            if n > CAPTURE_MAX as u64 {
+                n = CAPTURE_MAX as u64;
+            }
+            // SAFETY: n <= CAPTURE_MAX, the payload's size.
+            let ok = unsafe {
+                probe_read_user_raw((*s).data.as_mut_ptr().cast(), n as u32, p.ptr as *const _)
+            } == 0;
+            if ok {
+                captured = n;
+            }
+        }
+        OP_IOV | OP_MSG => {
+            let (iov, count) = if p.op == OP_MSG {
+                // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+                // SAFETY: user memory, read by helper.
+                let iov = unsafe { bpf_probe_read_user((p.ptr + 16) as *const u64) }.unwrap_or(0);
+                // SAFETY: as above.
+                let n = unsafe { bpf_probe_read_user((p.ptr + 24) as *const u64) }.unwrap_or(0);
+                (iov, n)
+            } else {
+                (p.ptr, p.count)
+            };
+            let want = moved.min(limit).min(CAPTURE_MAX_VECTORED as u64);
+            let mut i = 0u32;
+            while i < MAX_IOVECS {
+                if (i as u64) >= count || captured >= want {
+                    break;
+                }
+                let at = iov + 16 * i as u64;
+                // SAFETY: user memory (struct iovec { base, len }), read by helper.
+                let base = unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0);
+                // SAFETY: as above.
+                let len = unsafe { bpf_probe_read_user((at + 8) as *const u64) }.unwrap_or(0);
+                let n = len.min(want - captured);
+                if !copy_user(s, captured as usize, base, n as usize) {
+                    break;
+                }
+                captured += n;
+                i += 1;
+            }
+            if i == MAX_IOVECS && (i as u64) < count && captured < want {
+                bump(counter::IOVECS_SKIPPED);
+            }
+        }
+        _ => return 0,
+    }
+    if captured < moved {
+        bump(counter::TRUNCATED);
+    }
+    // SAFETY: this CPU's scratch header.
+    unsafe {
+        (*s).header.dir = dir;
+        (*s).header.len = moved;
+        (*s).header.captured = captured as u32;
+        (*s).header.lost = snapshot.lost;
+    }
+    if send(s, captured as u32) {
+        // The lost bytes travelled with this record: take them off the connection.
+        // SAFETY: map value pointer; atomic adds of the negated amounts.
+        unsafe {
+            if snapshot.lost[0] != 0 {
+                atomic_add(&mut (*info).lost[0], snapshot.lost[0].wrapping_neg());
+            }
+            if snapshot.lost[1] != 0 {
+                atomic_add(&mut (*info).lost[1], snapshot.lost[1].wrapping_neg());
+            }
+        }
+    } else {
+        bump(counter::LOST_RECORDS);
+        add(counter::LOST_BYTES, moved);
+        // SAFETY: map value pointer.
+        unsafe { atomic_add(&mut (*info).lost[(dir & 1) as usize], moved) };
+    }
+    0
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $op:expr, $dir:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_data(&ctx, $op)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_data(&ctx, $dir)
+        }
+    };
+}
+
+data_syscall!(enter_read, exit_read, OP_BUF, DIR_READ);
+data_syscall!(enter_write, exit_write, OP_BUF, DIR_WRITE);
+data_syscall!(enter_recvfrom, exit_recvfrom, OP_BUF, DIR_READ);
+data_syscall!(enter_sendto, exit_sendto, OP_BUF, DIR_WRITE);
+data_syscall!(enter_readv, exit_readv, OP_IOV, DIR_READ);
+data_syscall!(enter_writev, exit_writev, OP_IOV, DIR_WRITE);
+data_syscall!(enter_recvmsg, exit_recvmsg, OP_MSG, DIR_READ);
+data_syscall!(enter_sendmsg, exit_sendmsg, OP_MSG, DIR_WRITE);
+
+/// Sends an OPEN record with the socket address at `addr` (user memory).
+#[inline(always)]
+fn send_open(key: &SockKey, tid: u32, info: &SockInfo, addr: u64, addr_len: u64) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    header(s, KIND_OPEN, key, tid, info, now());
+    let mut n = addr_len.min(ADDR_BYTES as u64) as u32;
+    // SAFETY: n <= ADDR_BYTES, inside the payload; source is user memory.
+    if addr == 0
+        || unsafe { probe_read_user_raw((*s).data.as_mut_ptr().cast(), n, addr as *const _) } != 0
+    {
+        n = 0;
+    }
+    // SAFETY: this CPU's scratch header.
+    unsafe { (*s).header.captured = n };
+    if !send(s, n) {
+        bump(counter::LOST_RECORDS);
+    }
+}
+
+#[inline(always)]
+fn new_conn_id() -> u64 {
+    let Some(p) = NEXT_CONN.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the one map value; atomic increment, then read (ids need only be unique per
+    // connection, and two CPUs racing here each see their own increment reflected).
+    unsafe {
+        atomic_add(p, 1);
+        *p
+    }
+}
+
+#[tracepoint]
+pub fn enter_accept(ctx: TracePointContext) -> u32 {
+    let (id, tgid) = ids();
+    let fd = arg(&ctx, 0);
+    if LISTENERS.get_ptr(&key_of(tgid, fd)).is_none() {
+        return 0;
+    }
+    let p = Pending {
+        ts_ns: 0,
+        ptr: arg(&ctx, 1),
+        count: arg(&ctx, 2),
+        fd: fd as u32,
+        op: OP_ACCEPT,
+        _pad: [0; 3],
+    };
+    let _ = PENDING.insert(&id, &p, 0);
+    0
+}
+
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    let (id, tgid) = ids();
+    let Some(p) = take_pending(id) else {
+        return 0;
+    };
+    let fd = ret(&ctx);
+    if p.op != OP_ACCEPT || fd < 0 {
+        return 0;
+    }
+    // SAFETY: copied out.
+    let port = unsafe { LISTENERS.get(&key_of(tgid, p.fd as u64)) }
+        .copied()
+        .unwrap_or(0);
+    let key = key_of(tgid, fd as u64);
+    let info = SockInfo {
+        conn_id: new_conn_id(),
+        role: ROLE_SERVER,
+        port,
+        ..SockInfo::default()
+    };
+    if SOCKS.insert(&key, &info, 0).is_err() {
+        bump(counter::SOCKETS_FULL);
+        return 0;
+    }
+    let _ = LAST_ACCEPT.insert(&tgid, &Accepted { key, info }, 0);
+    // The peer address: accept's addrlen argument points at its length.
+    let len = if p.count != 0 {
+        // SAFETY: user memory, read by helper.
+        unsafe { bpf_probe_read_user(p.count as *const u32) }.unwrap_or(0) as u64
+    } else {
+        0
+    };
+    send_open(&key, id as u32, &info, p.ptr, len);
+    0
+}
+
+/// The server port a socket address points at, if it is a PostgreSQL one (TCP port in
+/// PORTS, or a Unix socket path ending in .s.PGSQL.NNNN with NNNN in PORTS).
+#[inline(always)]
+fn pg_port_of(addr: u64, addr_len: u64) -> Option<u32> {
+    // SAFETY: user memory, read by helper.
+    let family = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
+    let port = match family {
+        AF_INET | AF_INET6 => {
+            // SAFETY: as above; sin_port/sin6_port at offset 2, network byte order.
+            let p = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
+            u16::from_be(p)
+        }
+        AF_UNIX => unix_pg_port(addr, addr_len)?,
+        _ => return None,
+    };
+    PORTS.get_ptr(&port).map(|_| port as u32)
+}
+
+/// NNNN of a Unix socket path ending in ".s.PGSQL.NNNN".
+#[inline(always)]
+fn unix_pg_port(addr: u64, addr_len: u64) -> Option<u16> {
+    let mut path = [0u8; 128];
+    // SAFETY: user memory into a stack buffer of 128 bytes (sun_path is 108).
+    let ok = unsafe { probe_read_user_raw(path.as_mut_ptr().cast(), 110, addr as *const _) };
+    if ok != 0 {
+        return None;
+    }
+    // Path bytes start at 2; its end is the first NUL or addr_len.
+    let mut end = 2usize;
+    let limit = (addr_len as usize).min(110);
+    while end < limit && end < 110 {
+        if path[end & 127] == 0 {
+            break;
+        }
+        end += 1;
+    }
+    // Digits backwards from the end.
+    let mut port: u32 = 0;
+    let mut scale: u32 = 1;
+    let mut i = end;
+    let mut digits = 0;
+    while digits < 5 && i > 2 {
+        let c = path[(i - 1) & 127];
+        if !c.is_ascii_digit() {
+            break;
+        }
+        port += (c - b'0') as u32 * scale;
+        scale *= 10;
+        i -= 1;
+        digits += 1;
+    }
+    if digits == 0 || i < 11 || port > 65535 {
+        return None;
+    }
+    let marker = b".s.PGSQL.";
+    let mut j = 0;
+    while j < 9 {
+        if path[(i - 9 + j) & 127] != marker[j] {
+            return None;
+        }
+        j += 1;
+    }
+    Some(port as u16)
+}
+
+#[tracepoint]
+pub fn enter_connect(ctx: TracePointContext) -> u32 {
+    if TRACK_CLIENTS.load() == 0 || !current_is_target() {
+        return 0;
+    }
+    let (id, tgid) = ids();
+    let fd = arg(&ctx, 0);
+    let (addr, addr_len) = (arg(&ctx, 1), arg(&ctx, 2));
+    let Some(port) = pg_port_of(addr, addr_len) else {
+        return 0;
+    };
+    let key = key_of(tgid, fd);
+    let info = SockInfo {
+        conn_id: new_conn_id(),
+        role: ROLE_CLIENT,
+        port,
+        ..SockInfo::default()
+    };
+    // Marked now, so no byte is missed; a failed connect() unmarks it at exit.
+    if SOCKS.insert(&key, &info, 0).is_err() {
+        bump(counter::SOCKETS_FULL);
+        return 0;
+    }
+    let p = Pending {
+        ts_ns: 0,
+        ptr: addr,
+        count: addr_len,
+        fd: fd as u32,
+        op: OP_CONNECT,
+        _pad: [0; 3],
+    };
+    let _ = PENDING.insert(&id, &p, 0);
+    send_open(&key, id as u32, &info, addr, addr_len);
+    0
+}
+
+#[tracepoint]
+pub fn exit_connect(ctx: TracePointContext) -> u32 {
+    let (id, tgid) = ids();
+    let Some(p) = take_pending(id) else {
+        return 0;
+    };
+    let r = ret(&ctx);
+    if p.op == OP_CONNECT && r < 0 && r != -EINPROGRESS {
+        close_fd(tgid, id as u32, p.fd as u64);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn enter_bind(ctx: TracePointContext) -> u32 {
+    if TRACK_SERVERS.load() == 0 || !current_is_target() {
+        return 0;
+    }
+    let (_, tgid) = ids();
+    let fd = arg(&ctx, 0);
+    if let Some(port) = pg_port_of(arg(&ctx, 1), arg(&ctx, 2)) {
+        let _ = LISTENERS.insert(&key_of(tgid, fd), &port, 0);
+    }
+    0
+}
+
+/// Forgets a descriptor; a CLOSE record ends the connection unless a child took it over.
+#[inline(always)]
+fn close_fd(tgid: u32, tid: u32, fd: u64) {
+    let key = key_of(tgid, fd);
+    let _ = LISTENERS.remove(&key);
+    // SAFETY: copied out before removal.
+    let Some(info) = (unsafe { SOCKS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = SOCKS.remove(&key);
+    // SAFETY: copied out.
+    if let Some(a) = unsafe { LAST_ACCEPT.get(&tgid) }.copied()
+        && a.key.fd == key.fd
+    {
+        let _ = LAST_ACCEPT.remove(&tgid);
+    }
+    if info.handed_off != 0 {
+        return;
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    header(s, KIND_CLOSE, &key, tid, &info, now());
+    if !send(s, 0) {
+        bump(counter::LOST_RECORDS);
+    }
+}
+
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let (id, tgid) = ids();
+    close_fd(tgid, id as u32, arg(&ctx, 0));
+    0
+}
+
+/// A postmaster forks the backend for the connection it just accepted: the child gets the
+/// descriptor's entry.
+#[tracepoint]
+pub fn on_fork(ctx: TracePointContext) -> u32 {
+    let (_, parent) = ids();
+    // SAFETY: copied out.
+    let Some(a) = (unsafe { LAST_ACCEPT.get(&parent) }).copied() else {
+        return 0;
+    };
+    let _ = LAST_ACCEPT.remove(&parent);
+    // SAFETY: offset from the tracepoint's format file.
+    let child = unsafe { ctx.read_at::<u32>(FORK_CHILD_PID_OFFSET.load() as usize) }.unwrap_or(0);
+    if child == 0 {
+        return 0;
+    }
+    let key = SockKey {
+        tgid: child,
+        fd: a.key.fd,
+    };
+    if SOCKS.insert(&key, &a.info, 0).is_err() {
+        bump(counter::SOCKETS_FULL);
+        return 0;
+    }
+    if let Some(info) = SOCKS.get_ptr_mut(&a.key) {
+        // SAFETY: map value pointer.
+        unsafe { (*info).handed_off = 1 };
+    }
+    0
+}
+
+pgbpf_common_ebpf::program_support!();

@@ -1,0 +1,529 @@
+//! Live capture: load and attach the syscall tracepoints, tell the kernel which sockets are
+//! PostgreSQL connections, then drain the ring buffer into the decoder (and `--record`).
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fs::File,
+    io::BufWriter,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, anyhow};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use pgbpf_common::{
+    cli::{Tick, Ticker},
+    loader::{self, Loaded},
+    postgres,
+    target::Target,
+    tracefs,
+};
+use pgwire_trace_ebpf::{
+    HEADER_BYTES, KIND_CLOSE, KIND_DATA, KIND_OPEN, ROLE_CLIENT, ROLE_SERVER, RecordHeader,
+    SockInfo, SockKey, counter,
+};
+
+use crate::{
+    Args,
+    decode::Decoder,
+    record::{Kind, Record, Writer},
+    report::Reporter,
+    sockets::{self, SocketState},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pgwire_trace"));
+
+/// Connection ids given by userspace to connections open at start (the kernel counts up
+/// from 1, these from 2^63).
+const EXISTING_ID_BASE: u64 = 1 << 63;
+
+/// The data syscalls: (enter program, exit program, syscall names).
+const DATA_SYSCALLS: &[(&str, &str, &str)] = &[
+    ("enter_read", "exit_read", "read"),
+    ("enter_write", "exit_write", "write"),
+    ("enter_recvfrom", "exit_recvfrom", "recvfrom"),
+    ("enter_sendto", "exit_sendto", "sendto"),
+    ("enter_readv", "exit_readv", "readv"),
+    ("enter_writev", "exit_writev", "writev"),
+    ("enter_recvmsg", "exit_recvmsg", "recvmsg"),
+    ("enter_sendmsg", "exit_sendmsg", "sendmsg"),
+    ("enter_accept", "exit_accept", "accept"),
+    ("enter_accept", "exit_accept", "accept4"),
+    ("enter_connect", "exit_connect", "connect"),
+];
+
+/// A process found at start and what it is.
+struct Process {
+    pid: u32,
+    is_postgres: bool,
+}
+
+/// The processes whose sockets to look at: the target's, or every process.
+fn processes_of(target: &Target) -> Vec<Process> {
+    let pids: Vec<u32> = if !target.tgids.is_empty() {
+        target.tgids.clone()
+    } else if let Some(c) = &target.cgroup {
+        c.processes()
+    } else {
+        all_pids()
+    };
+    pids.into_iter()
+        .map(|pid| Process {
+            pid,
+            is_postgres: postgres::binary_of_pid(pid)
+                .is_ok_and(|(exe, _)| postgres::is_postgres_binary(&exe)),
+        })
+        .collect()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sockets of the target found at start.
+#[derive(Default)]
+struct Found {
+    listeners: Vec<(SockKey, u16)>,
+    connections: Vec<(SockKey, SockInfo, String)>,
+}
+
+/// Reads every target process's sockets; `ports` are the PostgreSQL server ports.
+fn find_sockets(procs: &[Process], ports: &HashSet<u16>, clients: bool) -> Found {
+    let mut by_netns: StdHashMap<String, StdHashMap<u64, SocketState>> = StdHashMap::new();
+    let mut found = Found::default();
+    let mut next_id = EXISTING_ID_BASE;
+    for p in procs {
+        let fds = sockets::socket_fds(p.pid);
+        if fds.is_empty() {
+            continue;
+        }
+        let ns = std::fs::read_link(format!("/proc/{}/ns/net", p.pid))
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let table = by_netns
+            .entry(ns)
+            .or_insert_with(|| sockets::sockets_seen_by(p.pid));
+        for (fd, inode) in fds {
+            let key = SockKey { tgid: p.pid, fd };
+            let (role, port, peer) = match (table.get(&inode), p.is_postgres) {
+                (Some(SocketState::Listening { port }), true) if ports.contains(port) => {
+                    found.listeners.push((key, *port));
+                    continue;
+                }
+                (
+                    Some(SocketState::Tcp {
+                        local_port,
+                        remote,
+                        remote_port,
+                        ..
+                    }),
+                    true,
+                ) if ports.contains(local_port) => {
+                    (ROLE_SERVER, *local_port, format!("{remote}:{remote_port}"))
+                }
+                (Some(SocketState::Unix { path: Some(path) }), true) => {
+                    match sockets::pg_socket_port(path) {
+                        Some(port) if ports.contains(&port) => {
+                            (ROLE_SERVER, port, "[local]".to_string())
+                        }
+                        _ => continue,
+                    }
+                }
+                (
+                    Some(SocketState::Tcp {
+                        remote,
+                        remote_port,
+                        ..
+                    }),
+                    false,
+                ) if clients && ports.contains(remote_port) => {
+                    (ROLE_CLIENT, *remote_port, format!("{remote}:{remote_port}"))
+                }
+                _ => continue,
+            };
+            next_id += 1;
+            let info = SockInfo {
+                conn_id: next_id,
+                role,
+                port: u32::from(port),
+                ..SockInfo::default()
+            };
+            found.connections.push((key, info, peer));
+        }
+    }
+    found
+}
+
+/// The server ports: `--port`, else those PostgreSQL servers on this machine listen on.
+fn server_ports(args: &Args) -> HashSet<u16> {
+    if !args.port.is_empty() {
+        return args.port.iter().copied().collect();
+    }
+    let mut ports: HashSet<u16> = HashSet::from([5432]);
+    let all: Vec<Process> = all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            postgres::binary_of_pid(pid).is_ok_and(|(exe, _)| postgres::is_postgres_binary(&exe))
+        })
+        .map(|pid| Process {
+            pid,
+            is_postgres: true,
+        })
+        .collect();
+    let any_port: HashSet<u16> = (1..=u16::MAX).collect();
+    for (_, port) in find_sockets(&all, &any_port, false).listeners {
+        ports.insert(port);
+    }
+    ports
+}
+
+fn wall_offset_ns() -> i64 {
+    use nix::time::{ClockId, clock_gettime};
+    let ns = |c| clock_gettime(c).map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
+}
+
+fn now_mono_ns() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+/// A ring buffer item → a record (OPEN payloads become address text).
+pub fn parse_item(item: &[u8]) -> Option<Record> {
+    if item.len() < HEADER_BYTES {
+        return None;
+    }
+    // SAFETY: at least a whole header (checked), plain data, read unaligned.
+    let h: RecordHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+    let payload = &item[HEADER_BYTES..];
+    let payload = &payload[..(h.captured as usize).min(payload.len())];
+    let kind = match h.kind {
+        KIND_DATA => Kind::Data,
+        KIND_OPEN => Kind::Open,
+        KIND_CLOSE => Kind::Close,
+        _ => return None,
+    };
+    let payload = if kind == Kind::Open {
+        sockets::sockaddr_label(payload).into_bytes()
+    } else {
+        payload.to_vec()
+    };
+    Some(Record {
+        kind,
+        role: h.role,
+        dir: h.dir,
+        tgid: h.tgid,
+        tid: h.tid,
+        fd: h.fd,
+        port: h.port,
+        conn_id: h.conn_id,
+        ts_ns: h.ts_ns,
+        len: h.len,
+        lost: h.lost,
+        payload,
+    })
+}
+
+/// Decoding, reporting and recording of records, shared by the live loop's steps.
+struct Sink {
+    decoder: Decoder,
+    reporter: Reporter,
+    recorder: Option<Writer<BufWriter<File>>>,
+    stdout_gone: bool,
+}
+
+impl Sink {
+    fn feed(&mut self, r: &Record) -> anyhow::Result<()> {
+        if let Some(w) = &mut self.recorder {
+            w.write(r).context("writing the capture file")?;
+        }
+        for e in self.decoder.feed(r) {
+            if !self.reporter.event(&e) {
+                self.stdout_gone = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let mut target = Target::resolve(&args.target, None)?;
+    loader::check_privileges()?;
+    // A postmaster's backends are its children, also those forked later.
+    target.follow_descendants()?;
+    let procs = processes_of(&target);
+    let targeted = !target.tgids.is_empty() || target.cgroup.is_some();
+    let has_postgres = procs.iter().any(|p| p.is_postgres);
+    let track_servers = u32::from(!targeted || has_postgres);
+    let track_clients = u32::from(targeted && procs.iter().any(|p| !p.is_postgres));
+    if targeted && procs.is_empty() {
+        anyhow::bail!("no process in {}", target.describe());
+    }
+    let ports = server_ports(args);
+    let capture = args.capture;
+    let ring_bytes: u64 = u64::from(args.buffer_mb) << 20;
+    let fork_offset = tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
+    let mut loaded = loader::load("pgwire_trace", OBJECT, args.out.verbose, |l| {
+        target.set_globals(l);
+        l.override_global("CAPTURE_LIMIT", &capture, true)
+            .override_global("TRACK_CLIENTS", &track_clients, true)
+            .override_global("TRACK_SERVERS", &track_servers, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_offset, true)
+            .override_global("RING_BYTES", &ring_bytes, true)
+            .map_max_entries("EVENTS", ring_bytes as u32);
+    })?;
+    target.fill_maps(&mut loaded.ebpf)?;
+    {
+        let mut map: HashMap<_, u16, u8> = HashMap::try_from(
+            loaded
+                .ebpf
+                .map_mut("PORTS")
+                .ok_or_else(|| anyhow!("no PORTS map"))?,
+        )?;
+        for p in &ports {
+            map.insert(p, &1, 0)?;
+        }
+    }
+    target.attach_fork_tracking(&mut loaded)?;
+    loaded.attach_tracepoint("on_fork", "sched", "sched_process_fork")?;
+    loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
+    loaded.attach_tracepoint("enter_bind", "syscalls", "sys_enter_bind")?;
+    for (enter, exit, name) in DATA_SYSCALLS {
+        loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
+        loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
+    }
+    // Attached first, then told about existing sockets: a connection accepted in between is
+    // either in /proc already or seen by accept().
+    let found = find_sockets(&procs, &ports, track_clients == 1);
+    let wall = wall_offset_ns();
+    let mut sink = Sink {
+        decoder: Decoder::new(wall),
+        reporter: Reporter::new(crate::style(args)),
+        recorder: match &args.record {
+            Some(path) => Some(Writer::new(
+                BufWriter::new(
+                    File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                ),
+                wall,
+            )?),
+            None => None,
+        },
+        stdout_gone: false,
+    };
+    {
+        let mut listeners: HashMap<_, SockKey, u32> = HashMap::try_from(
+            loaded
+                .ebpf
+                .map_mut("LISTENERS")
+                .ok_or_else(|| anyhow!("no LISTENERS map"))?,
+        )?;
+        for (key, port) in &found.listeners {
+            listeners.insert(key, &u32::from(*port), 0)?;
+        }
+    }
+    {
+        let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(
+            loaded
+                .ebpf
+                .map_mut("SOCKS")
+                .ok_or_else(|| anyhow!("no SOCKS map"))?,
+        )?;
+        let now = now_mono_ns();
+        for (key, info, peer) in &found.connections {
+            socks.insert(key, info, 0)?;
+            sink.feed(&Record {
+                kind: Kind::Existing,
+                role: info.role,
+                dir: 0,
+                tgid: key.tgid,
+                tid: key.tgid,
+                fd: key.fd,
+                port: info.port,
+                conn_id: info.conn_id,
+                ts_ns: now,
+                len: 0,
+                lost: [0, 0],
+                payload: peer.clone().into_bytes(),
+            })?;
+        }
+    }
+    let mut ports_sorted: Vec<u16> = ports.iter().copied().collect();
+    ports_sorted.sort_unstable();
+    eprintln!(
+        "Tracing PostgreSQL connections of {} (ports {}; {} listening sockets, {} open \
+         connections; attached in {:.0} ms)... Hit Ctrl-C to end.",
+        target.describe(),
+        ports_sorted
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        found.listeners.len(),
+        found.connections.len(),
+        loaded.startup_ms()
+    );
+    event_loop(args, &mut loaded, &mut sink)
+}
+
+fn event_loop(args: &Args, loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Result<()> {
+    let mut ring = RingBuf::try_from(
+        loaded
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("no EVENTS map"))?,
+    )?;
+    let mut ticker = Ticker::start(&args.out)?;
+    let mut last_prune = Instant::now();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd. The kernel wakes us only when the buffer fills past a
+        // quarter; otherwise this is a 50 ms nap between drains.
+        unsafe { libc::poll(&mut pfd, 1, 50) };
+        // Processes gone before this drain have sent all they will send.
+        let prune = last_prune.elapsed() >= Duration::from_secs(1);
+        let alive_before: Option<(u64, HashSet<u32>)> =
+            prune.then(|| (now_mono_ns(), all_pids().into_iter().collect()));
+        drain(&mut ring, sink)?;
+        stop_capturing(loaded, sink)?;
+        if let Some((sampled_ns, alive)) = alive_before {
+            last_prune = Instant::now();
+            let (events, gone) = sink
+                .decoder
+                .close_exited(sampled_ns, |pid| alive.contains(&pid));
+            let gone: Vec<SockKey> = gone
+                .into_iter()
+                .map(|(tgid, fd)| SockKey { tgid, fd })
+                .collect();
+            for e in events {
+                if !sink.reporter.event(&e) {
+                    sink.stdout_gone = true;
+                }
+            }
+            forget_sockets(loaded, &gone)?;
+        }
+        if sink.stdout_gone {
+            ticker.request_stop();
+        }
+        match ticker.next(Duration::ZERO) {
+            Tick::Idle => {}
+            Tick::Interval => {
+                let kernel = counters(loaded)?;
+                if !sink.reporter.interval(&sink.decoder.stats, &kernel) {
+                    ticker.request_stop();
+                }
+            }
+            Tick::Final => {
+                drain(&mut ring, sink)?;
+                let kernel = counters(loaded)?;
+                for e in sink.decoder.finish() {
+                    sink.reporter.event(&e);
+                }
+                if let Some(w) = sink.recorder.take() {
+                    let mut w = w;
+                    w.write(&Record {
+                        kind: Kind::Counters,
+                        role: 0,
+                        dir: 0,
+                        tgid: 0,
+                        tid: 0,
+                        fd: 0,
+                        port: 0,
+                        conn_id: 0,
+                        ts_ns: now_mono_ns(),
+                        len: 0,
+                        lost: [0, 0],
+                        payload: kernel.iter().flat_map(|c| c.to_le_bytes()).collect(),
+                    })?;
+                    w.finish().context("writing the capture file")?;
+                }
+                sink.reporter.finish(&sink.decoder.stats, &kernel);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, sink: &mut Sink) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        if let Some(r) = parse_item(&item) {
+            sink.feed(&r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Encrypted connections: nothing to decode, so the kernel stops copying them.
+fn stop_capturing(loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Result<()> {
+    let keys: Vec<SockKey> = sink
+        .decoder
+        .stop_capturing
+        .drain(..)
+        .map(|(tgid, fd)| SockKey { tgid, fd })
+        .collect();
+    forget_sockets(loaded, &keys)
+}
+
+fn forget_sockets(loaded: &mut Loaded, keys: &[SockKey]) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(
+        loaded
+            .ebpf
+            .map_mut("SOCKS")
+            .ok_or_else(|| anyhow!("no SOCKS map"))?,
+    )?;
+    for k in keys {
+        // Already gone (closed, evicted) is fine.
+        let _ = socks.remove(k);
+    }
+    Ok(())
+}
+
+fn counters(loaded: &Loaded) -> anyhow::Result<Vec<u64>> {
+    let map = loaded
+        .ebpf
+        .map("COUNTERS")
+        .ok_or_else(|| anyhow!("no COUNTERS map"))?;
+    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+    (0..counter::COUNT)
+        .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_items_become_records() {
+        let h = RecordHeader {
+            ts_ns: 5,
+            conn_id: 9,
+            len: 10,
+            captured: 3,
+            kind: KIND_DATA,
+            role: ROLE_SERVER,
+            ..RecordHeader::default()
+        };
+        let mut item = vec![0u8; HEADER_BYTES];
+        // SAFETY: writing a plain-data header into a buffer of its size.
+        unsafe { std::ptr::write_unaligned(item.as_mut_ptr().cast(), h) };
+        item.extend(b"abcpadding");
+        let r = parse_item(&item).unwrap();
+        assert_eq!((r.payload.as_slice(), r.missing()), (&b"abc"[..], 7));
+        assert!(parse_item(&item[..HEADER_BYTES - 1]).is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! pgwire_trace: every request and response between PostgreSQL clients and servers, from
+//! syscall tracepoints and a userspace protocol decoder. Manual: docs/pgwire_trace.md.
+
+mod capture;
+mod decode;
+mod offline;
+mod record;
+mod report;
+mod sockets;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use pgbpf_common::{
+    cli::{OutputArgs, report_errors},
+    target::TargetArgs,
+};
+
+const EXAMPLES: &str = "\
+Examples:
+  pgwire_trace                          # every PostgreSQL server on this machine
+  pgwire_trace -p 4242                  # a postmaster (all its backends) or one backend
+  pgwire_trace --container 3f2a -T      # the server in a container, with times
+  pgwire_trace -p 5150                  # an application's connections (client side)
+  pgwire_trace --summary 10             # per-statement table every 10 seconds
+  pgwire_trace --json --redact          # NDJSON without parameters or literals
+  pgwire_trace --record cap.pgw -d 60   # keep a capture; later:
+  pgwire_trace --read cap.pgw --summary # decode it (no root needed)";
+
+/// Trace PostgreSQL's wire protocol from the kernel: each statement with its parameters,
+/// duration, rows and status (SQLSTATE), for simple and extended protocol, pipelining and
+/// prepared statements, on the server side or the client side.
+#[derive(Parser, Debug)]
+#[command(name = "pgwire_trace", version, after_help = EXAMPLES)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Server port to trace (repeatable; default: the ports PostgreSQL listens on here, and 5432)
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Print a table per normalized statement (every INTERVAL and at the end) instead of lines
+    #[arg(long)]
+    pub summary: bool,
+    /// Hide parameters, literals (statements normalized) and error messages
+    #[arg(long)]
+    pub redact: bool,
+    /// Bytes captured per read or write (the rest of bigger ones is skipped, framing kept)
+    #[arg(long, value_name = "BYTES", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(64..=16384))]
+    pub capture: u32,
+    /// Ring buffer size in MiB (a power of two)
+    #[arg(long, value_name = "MIB", default_value_t = 16,
+          value_parser = parse_buffer_mb)]
+    pub buffer_mb: u32,
+    /// Also write every captured record to FILE (read it back with --read)
+    #[arg(long, value_name = "FILE", conflicts_with = "read")]
+    pub record: Option<PathBuf>,
+    /// Decode a capture written by --record instead of tracing (no root needed)
+    #[arg(long, value_name = "FILE")]
+    pub read: Option<PathBuf>,
+    /// Show at most this many statements in each summary table
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+}
+
+fn parse_buffer_mb(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
+        return Err("the ring buffer size must be a power of two from 1 to 1024 MiB".into());
+    }
+    Ok(n)
+}
+
+/// The output options of `args`.
+pub fn style(args: &Args) -> report::Style {
+    report::Style {
+        json: args.out.json,
+        timestamp: args.out.timestamp,
+        summary: args.summary,
+        redact: args.redact,
+        top: args.top,
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match &args.read {
+        Some(path) => offline::run(&args, path),
+        None => capture::run(&args),
+    };
+    report_errors("pgwire_trace", result)
+}

@@ -1,0 +1,43 @@
+//! `--read FILE`: decode a capture written by `--record`, with the same decoder and report
+//! as live tracing; no root, no kernel. A cut or corrupt file is reported after everything
+//! before the damage has been decoded and printed.
+
+use std::{fs::File, io::BufReader, path::Path};
+
+use anyhow::Context;
+
+use crate::{Args, decode::Decoder, record::Reader, report::Reporter};
+
+pub fn run(args: &Args, path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader =
+        Reader::new(BufReader::new(file)).with_context(|| format!("reading {}", path.display()))?;
+    let mut decoder = Decoder::new(reader.wall_offset_ns);
+    let mut reporter = Reporter::new(crate::style(args));
+    let damage = loop {
+        match reader.next_record() {
+            Ok(Some(r)) => {
+                for e in decoder.feed(&r) {
+                    if !reporter.event(&e) {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    for e in decoder.finish() {
+        reporter.event(&e);
+    }
+    let kernel = decoder.kernel_counters.clone().unwrap_or_default();
+    reporter.finish(&decoder.stats, &kernel);
+    match damage {
+        None => Ok(()),
+        Some(e) => Err(e.context(format!(
+            "{}: decoded the {} records before the damage",
+            path.display(),
+            reader.count
+        ))),
+    }
+}
