@@ -37,6 +37,9 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
         "bpf-linker@$BPF_LINKER_VERSION" --no-default-features --features llvm-22
 fi
 
+# cargo-fuzz runs the wire decoder's fuzz target (scripts/test.sh gives it 20 seconds).
+cargo fuzz --version 2>/dev/null | grep -q "0.13.2" || step quiet cargo +"$STABLE" install --locked cargo-fuzz@0.13.2
+
 # tracefs: the tools mount it themselves when missing, but bpftrace (bench/) wants it too.
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 echo "setup: ready in ${SECONDS}s (rust $STABLE, eBPF $EBPF_NIGHTLY, bpf-linker $BPF_LINKER_VERSION)" >&2

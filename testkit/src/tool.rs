@@ -125,6 +125,14 @@ impl Traced {
         self.child.id()
     }
 
+    /// What the tool printed on stderr up to now (the start-up line, warnings).
+    pub fn stderr_so_far(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.keep(line);
+        }
+        self.stderr.join("\n")
+    }
+
     /// Peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;

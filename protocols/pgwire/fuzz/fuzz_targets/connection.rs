@@ -1,0 +1,35 @@
+//! Arbitrary bytes as a connection's traffic: chunks for either side, capture gaps, joined at
+//! the start or midway. The decoder must never panic or hang, and what it reports must be
+//! consistent (a statement finishes after it started; parameters render).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pgbpf_pgwire::{conn::Connection, value::render_all};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, mut rest)) = data.split_first() else {
+        return;
+    };
+    let mut c = Connection::new(flags & 1 == 1);
+    let mut ts = 0u64;
+    // Each chunk: a control byte (bit 0: server side, bits 1-2: a gap follows, bits 3-7: the
+    // chunk's length in units of 4 bytes), then the bytes.
+    while let Some((&ctl, tail)) = rest.split_first() {
+        let len = (usize::from(ctl >> 3) * 4).min(tail.len());
+        let (chunk, tail) = tail.split_at(len);
+        rest = tail;
+        ts += 1;
+        let missing = u64::from((ctl >> 1) & 3) * 7;
+        if ctl & 1 == 0 {
+            c.client_bytes(ts, chunk, missing);
+        } else {
+            for done in c.server_bytes(ts, chunk, missing) {
+                assert!(done.finished_ns >= done.started_ns);
+                let _ = render_all(&done.params, false);
+            }
+        }
+    }
+    for done in c.close() {
+        let _ = render_all(&done.params, flags & 2 == 2);
+    }
+});

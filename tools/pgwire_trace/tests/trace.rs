@@ -1,0 +1,482 @@
+//! pgwire_trace against a real PostgreSQL: what it reports is checked against
+//! pg_stat_statements (calls per statement) and the server log (ERROR lines), for psql
+//! sessions, pgbench in every protocol mode, pipelines, a container, a trace joined while
+//! connections are busy, the client side, and a capture read back offline.
+
+// Helpers of a test binary: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use pgbpf_testkit::{
+    container::ContainerSpec,
+    exclusive,
+    postgres::{PgOptions, Postgres},
+    require_root,
+    tool::{Traced, run_tool},
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgwire_trace");
+
+fn cluster() -> Postgres {
+    let pg = Postgres::start_with(&PgOptions {
+        pg_stat_statements: true,
+        ..Default::default()
+    })
+    .expect("a PostgreSQL cluster");
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    pg
+}
+
+fn requests(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["event"] == "request").collect()
+}
+
+fn stats(records: &[Value]) -> &Value {
+    records
+        .iter()
+        .find(|r| r["event"] == "stats")
+        .expect("a stats record at the end")
+}
+
+fn server_log_errors(pg: &Postgres) -> usize {
+    pg.server_log()
+        .lines()
+        .filter(|l| l.contains("ERROR:"))
+        .count()
+}
+
+/// Runs psql with `script` on stdin (each statement its own Query message).
+fn psql_script(pg: &Postgres, host: &str, script: &str) -> String {
+    let mut args = pg.conn_args();
+    args[1] = host.to_string();
+    let mut child = Command::new("psql")
+        .args(&args)
+        .args(["-X", "-q", "-d", "postgres"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+const SESSION: &str = "\
+create table t (a int, b text);
+select 1 as one;
+selec 2;
+select 1/0;
+copy t from stdin;
+1\tx
+2\ty
+3\tz
+\\.
+copy t to stdout;
+select 'several'; select a from t where a > 1; select 3
+";
+
+fn find<'a>(reqs: &[&'a Value], sql_prefix: &str) -> Vec<&'a Value> {
+    reqs.iter()
+        .copied()
+        .filter(|r| r["sql"].as_str().unwrap().starts_with(sql_prefix))
+        .collect()
+}
+
+fn check_session(records: &[Value], pg: &Postgres) {
+    let reqs = requests(records);
+    let one = |p: &str| {
+        let v = find(&reqs, p);
+        assert_eq!(v.len(), 1, "{p:?} once in {reqs:#?}");
+        v[0]
+    };
+    assert_eq!(one("select 1 as one")["rows"], 1);
+    assert_eq!(one("select 1 as one")["status"], "ok");
+    assert_eq!(one("selec 2")["status"], "42601");
+    assert_eq!(one("select 1/0")["status"], "22012");
+    assert_eq!(one("select 1/0")["error"], "division by zero");
+    assert_eq!(one("copy t from stdin")["rows"], 3);
+    assert_eq!(one("copy t from stdin")["tag"], "COPY 3");
+    assert_eq!(one("copy t to stdout")["rows"], 3);
+    // The multi-statement Query: three requests, each with its own result.
+    assert_eq!(one("select 'several'")["rows"], 1);
+    assert_eq!(one("select a from t where a > 1")["rows"], 2);
+    assert_eq!(one("select 3")["rows"], 1);
+    for r in &reqs {
+        assert_eq!(r["pid"], reqs[0]["pid"]);
+        assert_eq!(r["user"], "postgres");
+        assert_eq!(r["database"], "postgres");
+        assert_eq!(r["application"], "psql");
+        assert!(r["duration_us"].as_f64().unwrap() > 0.0);
+    }
+    let errors = reqs.iter().filter(|r| r["status"] != "ok").count();
+    assert_eq!(errors, 2);
+    assert_eq!(errors, server_log_errors(pg), "{}", pg.server_log());
+    assert_eq!(stats(records)["errors"], 2);
+    assert_eq!(stats(records)["lost_records"], 0);
+    assert_eq!(stats(records)["malformed"], 0);
+}
+
+#[test]
+fn psql_session_with_errors_copy_and_multi_statement_query() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json"]).unwrap();
+    let out = psql_script(&pg, &pg.socket_dir.display().to_string(), SESSION);
+    assert!(out.contains("division by zero"), "{out}");
+    let records = tool.stop().unwrap().json();
+    check_session(&records, &pg);
+    let reqs = requests(&records);
+    assert_eq!(reqs[0]["peer"], "[local]");
+}
+
+#[test]
+fn record_then_read_gives_the_same_report_over_tcp() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session.pgw");
+    let file_s = file.display().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "--record", &file_s]).unwrap();
+    psql_script(&pg, "127.0.0.1", SESSION);
+    let live = tool.stop().unwrap();
+    assert!(live.status.success(), "{}", live.stderr);
+    let live = live.json();
+    check_session(&live, &pg);
+    assert!(
+        requests(&live)[0]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{:?}",
+        requests(&live)[0]
+    );
+    // Offline, as a user without privileges would: the same requests, field for field.
+    let offline = run_tool(BIN, &["--read", &file_s, "--json"]);
+    assert!(offline.status.success(), "{}", offline.stderr);
+    let offline = offline.json();
+    assert_eq!(requests(&offline), requests(&live));
+    assert_eq!(stats(&offline), stats(&live));
+    // A damaged capture: what comes before the damage is still reported, then the error.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let cut = run_tool(BIN, &["--read", &file_s, "--json"]);
+    assert_eq!(cut.status.code(), Some(1));
+    assert!(cut.stderr.contains("cut short"), "{}", cut.stderr);
+    assert!(!requests(&cut.json()).is_empty());
+}
+
+/// pg_stat_statements calls grouped by statement kind.
+fn pgss_calls(pg: &Postgres) -> HashMap<&'static str, u64> {
+    let out = pg
+        .psql("select calls, query from pg_stat_statements where toplevel")
+        .unwrap();
+    let mut m = HashMap::new();
+    for line in out.lines() {
+        let (calls, q) = line.split_once('|').unwrap();
+        if let Some(k) = kind(q) {
+            *m.entry(k).or_default() += calls.parse::<u64>().unwrap();
+        }
+    }
+    m
+}
+
+/// pgbench's TPC-B statements, by what they do.
+fn kind(sql: &str) -> Option<&'static str> {
+    let s = sql.trim_start().to_ascii_lowercase();
+    [
+        ("update pgbench_accounts", "update accounts"),
+        ("select abalance", "select abalance"),
+        ("update pgbench_tellers", "update tellers"),
+        ("update pgbench_branches", "update branches"),
+        ("insert into pgbench_history", "insert history"),
+        ("begin", "begin"),
+        ("end", "end"),
+    ]
+    .iter()
+    .find(|(p, _)| s.starts_with(p))
+    .map(|(_, k)| *k)
+}
+
+fn run_pgbench_mode(mode: &str) {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json"]).unwrap();
+    pg.pgbench(&["-M", mode, "-t", "200", "-c", "2", "-n"])
+        .unwrap();
+    let records = tool.stop().unwrap().json();
+    let mut ours: HashMap<&str, u64> = HashMap::new();
+    for r in requests(&records) {
+        if let Some(k) = kind(r["sql"].as_str().unwrap()) {
+            *ours.entry(k).or_default() += 1;
+        }
+        if mode == "prepared" && r["protocol"] == "extended" {
+            // A named statement's Execute reports the SQL its Parse gave.
+            assert!(r["statement_name"].is_string(), "{r}");
+        }
+    }
+    let theirs = pgss_calls(&pg);
+    for k in [
+        "update accounts",
+        "select abalance",
+        "update tellers",
+        "update branches",
+        "insert history",
+    ] {
+        assert_eq!(ours.get(k), Some(&400), "{mode}: {k}: {ours:?}");
+        assert_eq!(
+            ours.get(k),
+            theirs.get(k),
+            "{mode}: {k} vs pg_stat_statements"
+        );
+    }
+    let reqs = requests(&records);
+    let protocol = if mode == "simple" {
+        "simple"
+    } else {
+        "extended"
+    };
+    assert!(
+        reqs.iter()
+            .filter(|r| kind(r["sql"].as_str().unwrap()).is_some())
+            .all(|r| r["protocol"] == protocol)
+    );
+    if mode != "simple" {
+        // Parameters are shown: the SELECT's one parameter is an account id.
+        let sel = reqs
+            .iter()
+            .find(|r| kind(r["sql"].as_str().unwrap()) == Some("select abalance"))
+            .unwrap();
+        let p = sel["params"][0].as_str().unwrap();
+        assert!(p.trim_matches('\'').parse::<u64>().is_ok(), "{sel}");
+    }
+    let errors = reqs.iter().filter(|r| r["status"] != "ok").count();
+    assert_eq!(errors, server_log_errors(&pg), "{mode}");
+    let s = stats(&records);
+    assert_eq!(s["lost_records"], 0, "{s}");
+    assert_eq!(s["unmatched"], 0, "{s}");
+    assert_eq!(s["malformed"], 0, "{s}");
+}
+
+#[test]
+fn pgbench_simple_counts_match_pg_stat_statements() {
+    run_pgbench_mode("simple");
+}
+
+#[test]
+fn pgbench_extended_counts_match_pg_stat_statements() {
+    run_pgbench_mode("extended");
+}
+
+#[test]
+fn pgbench_prepared_counts_match_pg_stat_statements() {
+    run_pgbench_mode("prepared");
+}
+
+#[test]
+fn pipelined_statements_are_each_matched_to_their_own_response() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let script = pg.dir.path().join("pipeline.sql");
+    // Each statement returns a different number of rows: a response paired with the wrong
+    // request shows up as a wrong row count.
+    std::fs::write(
+        &script,
+        "\\startpipeline\n\
+         select generate_series(1, 1);\n\
+         select generate_series(1, 2);\n\
+         select generate_series(1, 3);\n\
+         \\endpipeline\n",
+    )
+    .unwrap();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json"]).unwrap();
+    let s = script.display().to_string();
+    pg.pgbench(&["-M", "extended", "-t", "50", "-c", "2", "-n", "-f", &s])
+        .unwrap();
+    let records = tool.stop().unwrap().json();
+    let reqs = requests(&records);
+    for n in 1..=3 {
+        let sql = format!("select generate_series(1, {n});");
+        let mine: Vec<_> = reqs.iter().filter(|r| r["sql"] == sql).collect();
+        assert_eq!(mine.len(), 100, "{sql}: {:?}", &reqs[..reqs.len().min(5)]);
+        assert!(mine.iter().all(|r| r["rows"] == n), "{sql}: {mine:?}");
+    }
+    let calls = pg
+        .psql(
+            "select sum(calls) from pg_stat_statements where query like 'select generate_series%'",
+        )
+        .unwrap();
+    assert_eq!(calls.trim(), "300");
+    assert_eq!(stats(&records)["unmatched"], 0);
+}
+
+#[test]
+fn joined_while_connections_are_busy_invents_nothing() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let mut bench = Command::new("pgbench")
+        .args(pg.conn_args())
+        .args(["-T", "6", "-c", "2", "-n", "postgres"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut tool = Traced::start(BIN, &["-p", &postmaster, "--json"]).unwrap();
+    assert!(
+        tool.stderr_so_far().contains("2 open connections"),
+        "{}",
+        tool.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let records = tool.stop().unwrap().json();
+    bench.wait().unwrap();
+    let reqs = requests(&records);
+    assert!(reqs.len() > 50, "{}", reqs.len());
+    for r in &reqs {
+        let k = kind(r["sql"].as_str().unwrap());
+        assert!(k.is_some(), "not a pgbench statement: {r}");
+        assert_eq!(r["status"], "ok", "{r}");
+        let rows = r["rows"].as_u64();
+        match k.unwrap() {
+            "begin" | "end" => assert_eq!(rows, None, "{r}"),
+            _ => assert_eq!(rows, Some(1), "{r}"),
+        }
+    }
+    assert_eq!(stats(&records)["malformed"], 0);
+}
+
+#[test]
+fn client_side_by_application_pid_over_tcp_and_unix_socket() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let port = pg.port.to_string();
+    let sock = pg.socket_dir.display().to_string();
+    // The application: a shell that waits, then runs two psql clients.
+    let mut app = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "sleep 2; psql -X -h 127.0.0.1 -p {port} -U postgres -d postgres -c 'select 41 as tcp'; \
+                 psql -X -h {sock} -p {port} -U postgres -d postgres -c 'select 42 as unix'"
+            ),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = app.id().to_string();
+    let tool = Traced::start(BIN, &["-p", &pid, "--json"]).unwrap();
+    app.wait().unwrap();
+    let records = tool.stop().unwrap().json();
+    let reqs = requests(&records);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0]["sql"], "select 41 as tcp");
+    assert_eq!(reqs[0]["peer"], format!("127.0.0.1:{port}"));
+    assert_eq!(reqs[1]["sql"], "select 42 as unix");
+    assert_eq!(reqs[1]["peer"], format!("{sock}/.s.PGSQL.{port}"));
+    assert!(reqs.iter().all(|r| r["rows"] == 1 && r["pid"] != 0));
+}
+
+#[test]
+fn container_option_sees_that_server_only() {
+    require_root();
+    let _lock = exclusive();
+    let host = cluster();
+    let boxed = Postgres::start_with(&PgOptions {
+        container: Some(ContainerSpec::default()),
+        ..Default::default()
+    })
+    .expect("a PostgreSQL in a podman container");
+    let id = boxed.container.as_ref().unwrap().id.clone();
+    let tool = Traced::start(BIN, &["--container", &id[..12], "--json"]).unwrap();
+    boxed.psql("select 'in the container'").unwrap();
+    host.psql("select 'on the host'").unwrap();
+    boxed.psql("select 'in the container again'").unwrap();
+    let records = tool.stop().unwrap().json();
+    let sqls: Vec<&str> = requests(&records)
+        .iter()
+        .map(|r| r["sql"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sqls,
+        vec![
+            "select 'in the container'",
+            "select 'in the container again'"
+        ]
+    );
+}
+
+#[test]
+fn summary_redact_and_bad_arguments() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--summary", "--redact"]).unwrap();
+    pg.psql("select 'secret-value' as s").unwrap();
+    pg.psql("select 'other-value' as s").unwrap();
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(!out.stdout.contains("secret-value"), "{}", out.stdout);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("select $1 as s"))
+        .unwrap_or_else(|| panic!("no normalized row in {}", out.stdout));
+    // CALLS ERRORS ROWS ...: both calls merged under one normalized statement.
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..3], &["2", "0", "2"], "{row}");
+    let bad = run_tool(BIN, &["--capture", "10"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = run_tool(BIN, &["--read", "/nonexistent.pgw"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        bad.stderr.contains("cannot open /nonexistent.pgw"),
+        "{}",
+        bad.stderr
+    );
+    let bad = run_tool(BIN, &["--read", "/etc/passwd"]);
+    assert!(
+        bad.stderr.contains("not a pgwire_trace capture"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn help_and_a_one_second_trace() {
+    let help = run_tool(BIN, &["--help"]);
+    assert!(help.status.success());
+    assert!(help.stdout.contains("--record"), "{}", help.stdout);
+    require_root();
+    let _lock = exclusive();
+    let out = run_tool(BIN, &["-d", "1"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("Hit Ctrl-C to end"), "{}", out.stderr);
+    assert!(out.stdout.contains("requests ("), "{}", out.stdout);
+}
