@@ -35,6 +35,8 @@ pub struct Samples {
     pub bpf_ns_per_run: Vec<f64>,
     /// ... and the share of one CPU they used over the run, in percent.
     pub bpf_cpu_pct: Vec<f64>,
+    /// Events the tool reported lost (`lost_records` of its summary, when it has one).
+    pub lost: Vec<f64>,
 }
 
 /// Run time and run count of the BPF programs loaded since `before` was taken.
@@ -122,8 +124,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     );
                 }
                 if VARIANTS[v] == Variant::Tool {
+                    let records = out.json();
                     s.events_per_s
-                        .push(events_per_second(&out.json(), scenario.events_field)?);
+                        .push(events_per_second(&records, scenario.events_field)?);
+                    if let Some(lost) = summary_of(&records)?["lost_records"].as_f64() {
+                        s.lost.push(lost);
+                    }
                 }
             }
             eprintln!(
@@ -134,18 +140,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
         }
     }
-    let results = report::Results::new(scenario, args, samples);
+    let extra = match scenario.extra {
+        Some(f) => f(&pg, args, &tool_bin)?,
+        None => String::new(),
+    };
+    let results = report::Results::new(scenario, args, samples, extra);
     print!("{}", results.summary());
     results.write(&args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
 
-fn events_per_second(records: &[serde_json::Value], field: &str) -> anyhow::Result<f64> {
-    let summary = records
+/// The tool's final record: `"type": "summary"`, or pgwire_trace's `"event": "stats"`.
+fn summary_of(records: &[serde_json::Value]) -> anyhow::Result<&serde_json::Value> {
+    records
         .iter()
-        .find(|r| r["type"] == "summary")
-        .ok_or_else(|| anyhow!("the tool printed no summary record"))?;
+        .find(|r| r["type"] == "summary" || r["event"] == "stats")
+        .ok_or_else(|| anyhow!("the tool printed no summary record"))
+}
+
+fn events_per_second(records: &[serde_json::Value], field: &str) -> anyhow::Result<f64> {
+    let summary = summary_of(records)?;
     let events = summary[field]
         .as_f64()
         .ok_or_else(|| anyhow!("summary has no {field}"))?;
@@ -185,4 +200,49 @@ fn tempfile_with(text: String) -> anyhow::Result<tempfile::NamedTempFile> {
     f.write_all(text.as_bytes())?;
     f.flush()?;
     Ok(f)
+}
+
+/// pgwire_trace only: records a capture under the same load, then times `--read` of it.
+pub fn decoder_throughput(
+    pg: &Postgres,
+    args: &Args,
+    tool_bin: &std::path::Path,
+) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("bench.pgw");
+    let tracer = Traced::start_until(
+        Command::new(tool_bin)
+            .args([
+                "-p",
+                &pg.postmaster_pid()?.to_string(),
+                "--summary",
+                "--record",
+            ])
+            .arg(&file),
+        pgbpf_testkit::tool::ATTACHED,
+    )?;
+    pgbench_tps(pg, args, args.seconds)?;
+    tracer.stop()?;
+    let bytes = std::fs::metadata(&file)?.len();
+    let mut secs = vec![];
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = Command::new(tool_bin)
+            .args(["--summary", "--read"])
+            .arg(&file)
+            .output()?;
+        if !out.status.success() {
+            bail!("--read failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    let s = report::median(&secs);
+    let mb = bytes as f64 / 1e6;
+    eprintln!("decoder: {mb:.1} MB in {s:.2} s");
+    Ok(format!(
+        "Decoder throughput: `pgwire_trace --read --summary` of a {mb:.1} MB capture recorded \
+         under the same load takes a median of {s:.2} s over 3 runs: {:.0} MB/s (records, \
+         framing, decoding, pairing, normalization and aggregation, one core).\n\n",
+        mb / s
+    ))
 }

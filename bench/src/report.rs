@@ -16,6 +16,7 @@ pub struct Results {
     seconds: u64,
     clients: u32,
     samples: Vec<Samples>,
+    extra: String,
 }
 
 /// The median of `v` (mean of the middle two for an even count).
@@ -42,7 +43,7 @@ fn label(v: Variant, tool: &str) -> String {
 }
 
 impl Results {
-    pub fn new(s: &Scenario, args: &Args, samples: Vec<Samples>) -> Results {
+    pub fn new(s: &Scenario, args: &Args, samples: Vec<Samples>, extra: String) -> Results {
         Results {
             tool: s.tool,
             description: s.description,
@@ -51,6 +52,7 @@ impl Results {
             seconds: args.seconds,
             clients: args.clients,
             samples,
+            extra,
         }
     }
 
@@ -128,9 +130,18 @@ impl Results {
         ));
         let rate = median(&self.samples[1].events_per_s);
         s.push_str(&format!(
-            "While attached, {} handled a median of {rate:.0} {} per second.\n\n",
+            "While attached, {} handled a median of {rate:.0} {} per second",
             self.tool, self.events
         ));
+        let lost = &self.samples[1].lost;
+        if !lost.is_empty() {
+            s.push_str(&format!(
+                " and lost {:.0} events in all runs together",
+                lost.iter().sum::<f64>()
+            ));
+        }
+        s.push_str(".\n\n");
+        s.push_str(&self.extra);
         s.push_str("| variant | median TPS | ratio to no tracing | startup to attached (ms) | peak RSS (MiB) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
         for r in self.rows() {

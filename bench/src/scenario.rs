@@ -6,6 +6,9 @@ use pgbpf_testkit::{
     postgres::{PgOptions, Postgres},
 };
 
+/// A measurement of a scenario's own after the repetitions: markdown for its section.
+pub type ExtraMeasurement = fn(&Postgres, &crate::Args, &std::path::Path) -> anyhow::Result<String>;
+
 /// One benchmark scenario.
 pub struct Scenario {
     pub tool: &'static str,
@@ -20,6 +23,8 @@ pub struct Scenario {
     pub tool_args: fn(&Postgres) -> anyhow::Result<Vec<String>>,
     /// The bpftrace script, with placeholders filled in for a running cluster.
     pub bpftrace: fn(&Postgres) -> anyhow::Result<String>,
+    /// A measurement of its own after the repetitions (markdown for the section).
+    pub extra: Option<ExtraMeasurement>,
 }
 
 fn container_cgroup(pg: &Postgres) -> anyhow::Result<(String, String)> {
@@ -59,6 +64,7 @@ pub const SCENARIOS: &[Scenario] = &[
                 .replace("@CGROUP_DIR@", &dir)
                 .replace("@CGROUP@", &path))
         },
+        extra: None,
     },
     Scenario {
         tool: "query_latency",
@@ -77,6 +83,27 @@ pub const SCENARIOS: &[Scenario] = &[
                 &pg.bin_dir.join("postgres").display().to_string(),
             ))
         },
+        extra: None,
+    },
+    Scenario {
+        tool: "pgwire_trace",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol, one \
+                  Query and one response per transaction, over the Unix socket): pgwire_trace -p \
+                  POSTMASTER --summary copies every request and response to userspace and \
+                  decodes it; the bpftrace script copies the first 64 bytes of every recvfrom/\
+                  sendto of postgres processes to userspace (printf) without decoding.",
+        pg: PgOptions::default,
+        scale: 10,
+        events_field: "requests",
+        tool_args: |pg| {
+            Ok(vec![
+                "-p".into(),
+                pg.postmaster_pid()?.to_string(),
+                "--summary".into(),
+            ])
+        },
+        bpftrace: |_| Ok(include_str!("../bpftrace/pgwire_trace.bt").to_string()),
+        extra: Some(crate::measure::decoder_throughput),
     },
 ];
 

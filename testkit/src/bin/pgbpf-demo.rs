@@ -63,6 +63,35 @@ fn demo() -> anyhow::Result<()> {
     pg.psql("select pg_sleep(0.05)")?;
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "query_latency exited with {status}");
+
+    say(&format!(
+        "pgwire_trace --container {short} -T -d 4   (every request and response, from the kernel)"
+    ));
+    let mut tool = Command::new("pgwire_trace")
+        .args(["--container", short, "-T", "-d", "4"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    for sql in [
+        "select count(*) from pgbench_branches",
+        "select 1/0",
+        "update pgbench_tellers set tbalance = tbalance where tid < 4",
+    ] {
+        // The error is the point of the second one.
+        let _ = pg.psql(sql);
+    }
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "pgwire_trace exited with {status}");
+
+    say(&format!(
+        "pgwire_trace --container {short} --summary -d 8   (per statement, pgbench -M prepared)"
+    ));
+    let mut tool = Command::new("pgwire_trace")
+        .args(["--container", short, "--summary", "-d", "8"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    pg.pgbench(&["-M", "prepared", "-c", "2", "-j", "2", "-T", "5", "-n"])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "pgwire_trace exited with {status}");
     say("done; the container and its data are removed");
     Ok(())
 }

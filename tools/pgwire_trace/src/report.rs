@@ -33,6 +33,7 @@ pub struct Reporter {
     header_done: bool,
     period: HashMap<String, StatementStats>,
     total: HashMap<String, StatementStats>,
+    started: std::time::Instant,
 }
 
 fn one_line(sql: &str) -> String {
@@ -65,6 +66,7 @@ impl Reporter {
             header_done: false,
             period: HashMap::new(),
             total: HashMap::new(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -98,11 +100,11 @@ impl Reporter {
             s.errors += u64::from(d.sqlstate.is_some());
             s.rows += d.rows.unwrap_or(0);
         }
-        if self.style.json {
-            return output::json_line(&self.request_json(r));
-        }
         if self.style.summary {
             return true;
+        }
+        if self.style.json {
+            return output::json_line(&self.request_json(r));
         }
         self.line(r, ns)
     }
@@ -289,7 +291,9 @@ impl Reporter {
             if self.style.summary {
                 self.summary_json(&self.total, true);
             }
-            output::json_line(&stats_json(stats, kernel));
+            let mut j = stats_json(stats, kernel);
+            j["duration_s"] = json!(self.started.elapsed().as_secs_f64());
+            output::json_line(&j);
             return;
         }
         if self.style.summary {
