@@ -92,7 +92,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>) -> Str
     if let Some(w) = width {
         t.with(Width::truncate(w).priority(Priority::max(true)).suffix("…"));
     }
+    // The last column is padded to its widest cell: no trailing blanks on every line.
     t.to_string()
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Writes one NDJSON line to stdout. Returns false when stdout is gone (closed pipe).
