@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd, OwnedFd},
     sync::Once,
     time::{Duration, Instant},
 };
@@ -137,6 +137,19 @@ pub struct Loaded {
     pub started: Instant,
     pub verbose: bool,
     tool: String,
+}
+
+/// Waits up to `timeout_ms` for `fd` (a ring buffer) to become readable. The tools' kernel
+/// sides do not wake userspace per event (that costs more than the event), so this is mostly
+/// a nap between drains.
+pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd that lives across the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
 }
 
 /// Loads `object` (embedded with `aya::include_bytes_aligned!`) after `configure` set its
@@ -422,6 +435,26 @@ impl Loaded {
     }
 
     /// Time from the start of `load` until now (call it once everything is attached).
+    /// The map `name` of the object, for typed access (`HashMap::try_from(...)`).
+    pub fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    }
+
+    /// Slots 0..`count` of the per-CPU u64 array `name`, each summed over CPUs (the tools'
+    /// COUNTERS of lost events).
+    pub fn counter_sums(&self, name: &str, count: u32) -> anyhow::Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+        let map: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+        (0..count)
+            .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+
     pub fn startup_ms(&self) -> f64 {
         ms(self.started.elapsed())
     }

@@ -5,12 +5,11 @@ use std::{
     collections::{HashMap as StdHashMap, HashSet},
     fs::File,
     io::BufWriter,
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, anyhow};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
 use pgbpf_common::{
     cli::{Tick, Ticker},
     loader::{self, Loaded},
@@ -93,8 +92,8 @@ struct Found {
     connections: Vec<(SockKey, SockInfo, String)>,
 }
 
-/// Reads every target process's sockets; `ports` are the PostgreSQL server ports.
-fn find_sockets(procs: &[Process], ports: &HashSet<u16>, clients: bool) -> Found {
+/// Reads every target process's sockets; `is_pg_port` says which are PostgreSQL server ports.
+fn find_sockets(procs: &[Process], is_pg_port: impl Fn(u16) -> bool, clients: bool) -> Found {
     let mut by_netns: StdHashMap<String, StdHashMap<u64, SocketState>> = StdHashMap::new();
     let mut found = Found::default();
     let mut next_id = EXISTING_ID_BASE;
@@ -112,7 +111,7 @@ fn find_sockets(procs: &[Process], ports: &HashSet<u16>, clients: bool) -> Found
         for (fd, inode) in fds {
             let key = SockKey { tgid: p.pid, fd };
             let (role, port, peer) = match (table.get(&inode), p.is_postgres) {
-                (Some(SocketState::Listening { port }), true) if ports.contains(port) => {
+                (Some(SocketState::Listening { port }), true) if is_pg_port(*port) => {
                     found.listeners.push((key, *port));
                     continue;
                 }
@@ -124,12 +123,12 @@ fn find_sockets(procs: &[Process], ports: &HashSet<u16>, clients: bool) -> Found
                         ..
                     }),
                     true,
-                ) if ports.contains(local_port) => {
+                ) if is_pg_port(*local_port) => {
                     (ROLE_SERVER, *local_port, format!("{remote}:{remote_port}"))
                 }
                 (Some(SocketState::Unix { path: Some(path) }), true) => {
                     match sockets::pg_socket_port(path) {
-                        Some(port) if ports.contains(&port) => {
+                        Some(port) if is_pg_port(port) => {
                             (ROLE_SERVER, port, "[local]".to_string())
                         }
                         _ => continue,
@@ -142,7 +141,7 @@ fn find_sockets(procs: &[Process], ports: &HashSet<u16>, clients: bool) -> Found
                         ..
                     }),
                     false,
-                ) if clients && ports.contains(remote_port) => {
+                ) if clients && is_pg_port(*remote_port) => {
                     (ROLE_CLIENT, *remote_port, format!("{remote}:{remote_port}"))
                 }
                 _ => continue,
@@ -176,8 +175,7 @@ fn server_ports(args: &Args) -> HashSet<u16> {
             is_postgres: true,
         })
         .collect();
-    let any_port: HashSet<u16> = (1..=u16::MAX).collect();
-    for (_, port) in find_sockets(&all, &any_port, false).listeners {
+    for (_, port) in find_sockets(&all, |_| true, false).listeners {
         ports.insert(port);
     }
     ports
@@ -282,12 +280,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     {
-        let mut map: HashMap<_, u16, u8> = HashMap::try_from(
-            loaded
-                .ebpf
-                .map_mut("PORTS")
-                .ok_or_else(|| anyhow!("no PORTS map"))?,
-        )?;
+        let mut map: HashMap<_, u16, u8> = HashMap::try_from(loaded.map_mut("PORTS")?)?;
         for p in &ports {
             map.insert(p, &1, 0)?;
         }
@@ -302,7 +295,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     // Attached first, then told about existing sockets: a connection accepted in between is
     // either in /proc already or seen by accept().
-    let found = find_sockets(&procs, &ports, track_clients == 1);
+    let found = find_sockets(&procs, |p| ports.contains(&p), track_clients == 1);
     let wall = wall_offset_ns();
     let mut sink = Sink {
         decoder: Decoder::new(wall),
@@ -319,23 +312,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         stdout_gone: false,
     };
     {
-        let mut listeners: HashMap<_, SockKey, u32> = HashMap::try_from(
-            loaded
-                .ebpf
-                .map_mut("LISTENERS")
-                .ok_or_else(|| anyhow!("no LISTENERS map"))?,
-        )?;
+        let mut listeners: HashMap<_, SockKey, u32> =
+            HashMap::try_from(loaded.map_mut("LISTENERS")?)?;
         for (key, port) in &found.listeners {
             listeners.insert(key, &u32::from(*port), 0)?;
         }
     }
     {
-        let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(
-            loaded
-                .ebpf
-                .map_mut("SOCKS")
-                .ok_or_else(|| anyhow!("no SOCKS map"))?,
-        )?;
+        let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(loaded.map_mut("SOCKS")?)?;
         let now = now_mono_ns();
         for (key, info, peer) in &found.connections {
             socks.insert(key, info, 0)?;
@@ -383,14 +367,8 @@ fn event_loop(args: &Args, loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Resu
     let mut ticker = Ticker::start(&args.out)?;
     let mut last_prune = Instant::now();
     loop {
-        let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. The kernel wakes us only when the buffer fills past a
-        // quarter; otherwise this is a 50 ms nap between drains.
-        unsafe { libc::poll(&mut pfd, 1, 50) };
+        // The kernel wakes us early only when the buffer fills past a quarter.
+        loader::wait_readable(&ring, 50);
         // Processes gone before this drain have sent all they will send.
         let prune = last_prune.elapsed() >= Duration::from_secs(1);
         let alive_before: Option<(u64, HashSet<u32>)> =
@@ -479,12 +457,7 @@ fn forget_sockets(loaded: &mut Loaded, keys: &[SockKey]) -> anyhow::Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
-    let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(
-        loaded
-            .ebpf
-            .map_mut("SOCKS")
-            .ok_or_else(|| anyhow!("no SOCKS map"))?,
-    )?;
+    let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(loaded.map_mut("SOCKS")?)?;
     for k in keys {
         // Already gone (closed, evicted) is fine.
         let _ = socks.remove(k);
@@ -493,14 +466,7 @@ fn forget_sockets(loaded: &mut Loaded, keys: &[SockKey]) -> anyhow::Result<()> {
 }
 
 fn counters(loaded: &Loaded) -> anyhow::Result<Vec<u64>> {
-    let map = loaded
-        .ebpf
-        .map("COUNTERS")
-        .ok_or_else(|| anyhow!("no COUNTERS map"))?;
-    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-    (0..counter::COUNT)
-        .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
-        .collect()
+    loaded.counter_sums("COUNTERS", counter::COUNT)
 }
 
 #[cfg(test)]

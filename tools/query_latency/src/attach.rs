@@ -1,9 +1,9 @@
 //! Finds the postgres binary and its probes, attaches them, and runs the event loop.
 
-use std::{os::fd::AsRawFd as _, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::maps::{PerCpuArray, RingBuf};
+use aya::maps::RingBuf;
 use pgbpf_common::{
     cli::{Tick, Ticker},
     elf::Symbols,
@@ -175,14 +175,8 @@ fn event_loop(args: &Args, loaded: &mut Loaded) -> anyhow::Result<()> {
     let mut reporter = Reporter::new(args);
     let mut ticker = Ticker::start(&args.out)?;
     loop {
-        let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. The kernel side does not wake us per event, so this is a
-        // 50 ms nap between drains (8 MiB of buffer holds far more than 50 ms of statements).
-        unsafe { libc::poll(&mut pfd, 1, 50) };
+        // 8 MiB of buffer holds far more than 50 ms of statements.
+        loader::wait_readable(&ring, 50);
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<QueryEvent>() {
                 continue;
@@ -215,15 +209,9 @@ fn event_loop(args: &Args, loaded: &mut Loaded) -> anyhow::Result<()> {
 }
 
 fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {
-    let map = loaded
-        .ebpf
-        .map("COUNTERS")
-        .ok_or_else(|| anyhow!("no COUNTERS map"))?;
-    let map: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+    let sums = loaded.counter_sums("COUNTERS", counter::COUNT)?;
     let mut out = [0u64; counter::COUNT as usize];
-    for (i, c) in out.iter_mut().enumerate() {
-        *c = map.get(&(i as u32), 0)?.iter().sum();
-    }
+    out.copy_from_slice(&sums);
     Ok(out)
 }
 
