@@ -15,6 +15,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completed {
     pub sql: String,
+    /// The statement text or its parameters were cut at the capture limit.
+    pub truncated: bool,
     pub extended: bool,
     /// Bind parameters, for the extended protocol.
     pub params: Params,
@@ -67,6 +69,7 @@ enum Pending {
     /// A statement sent and not answered yet.
     Statement {
         sql: String,
+        truncated: bool,
         extended: bool,
         params: Params,
         statement: Option<String>,
@@ -80,6 +83,7 @@ enum Pending {
 #[derive(Clone, Debug, Default)]
 struct Portal {
     sql: String,
+    truncated: bool,
     params: Params,
     statement: Option<String>,
 }
@@ -89,8 +93,9 @@ struct Portal {
 pub struct Connection {
     client: Framer,
     server: Framer,
-    /// Prepared statements: name → (SQL, declared parameter types).
-    statements: HashMap<String, (String, Vec<u32>)>,
+    /// Prepared statements: name → (SQL, declared parameter types, SQL cut at the capture
+    /// limit).
+    statements: HashMap<String, (String, Vec<u32>, bool)>,
     portals: HashMap<String, Portal>,
     pending: VecDeque<Pending>,
     /// After an error in an extended batch the server skips everything up to Sync.
@@ -273,9 +278,13 @@ impl Connection {
                 self.awaiting_encryption_answer = true
             }
             Frontend::Query { sql } => {
-                for s in split_statements(&sql) {
+                let statements = split_statements(&sql);
+                let last = statements.len().saturating_sub(1);
+                for (i, s) in statements.into_iter().enumerate() {
                     self.pending.push_back(Pending::Statement {
                         sql: s,
+                        // Only the last statement of a cut Query lost its tail.
+                        truncated: f.truncated && i == last,
                         extended: false,
                         params: Params::default(),
                         statement: None,
@@ -289,7 +298,8 @@ impl Connection {
                 sql,
                 param_types,
             } => {
-                self.statements.insert(statement, (sql, param_types));
+                self.statements
+                    .insert(statement, (sql, param_types, f.truncated));
             }
             Frontend::Bind {
                 portal,
@@ -298,12 +308,14 @@ impl Connection {
                 param_formats,
                 ..
             } => {
-                let (sql, types) = self.statements.get(&statement).cloned().unwrap_or_default();
+                let (sql, types, sql_cut) =
+                    self.statements.get(&statement).cloned().unwrap_or_default();
                 let name = (!statement.is_empty()).then_some(statement);
                 self.portals.insert(
                     portal,
                     Portal {
                         sql,
+                        truncated: sql_cut || f.truncated,
                         params: Params {
                             values: params,
                             formats: param_formats,
@@ -316,11 +328,13 @@ impl Connection {
             Frontend::Execute { portal, .. } => {
                 let Portal {
                     sql,
+                    truncated,
                     params,
                     statement,
                 } = self.portals.get(&portal).cloned().unwrap_or_default();
                 self.pending.push_back(Pending::Statement {
                     sql,
+                    truncated,
                     extended: true,
                     params,
                     statement,
@@ -351,6 +365,7 @@ impl Connection {
             .position(|p| matches!(p, Pending::Statement { .. } | Pending::Boundary))?;
         let Pending::Statement {
             sql,
+            truncated,
             extended,
             params,
             statement,
@@ -367,6 +382,7 @@ impl Connection {
         };
         Some(Completed {
             sql,
+            truncated,
             extended,
             params,
             statement,
@@ -495,6 +511,46 @@ mod tests {
         resp.extend(msg(b'Z', b"I"));
         assert!(c.server_bytes(0, &resp, 0).is_empty());
         c
+    }
+
+    #[test]
+    fn statements_cut_at_the_capture_limit_are_reported_truncated() {
+        let mut c = in_step();
+        let long = format!("select '{}'", "x".repeat(5000));
+        let query = msg(b'Q', &cstr(&long));
+        // Only the first 1000 bytes were captured; the rest arrives as a gap.
+        c.client_bytes(1, &query[..1000], (query.len() - 1000) as u64);
+        let mut resp = msg(b'C', &cstr("SELECT 1"));
+        resp.extend(msg(b'Z', b"I"));
+        let done = c.server_bytes(2, &resp, 0);
+        assert_eq!(
+            done.len(),
+            1,
+            "the cut Query is still paired with its answer"
+        );
+        assert!(done[0].truncated && long.starts_with(&done[0].sql));
+        assert_eq!((done[0].rows, c.malformed, c.unmatched), (Some(1), 0, 0));
+
+        // Extended: the Parse is cut, the Bind/Execute/Sync after it arrive whole.
+        let parse = parse("s1", &long);
+        c.client_bytes(3, &parse[..700], (parse.len() - 700) as u64);
+        let mut rest = bind("s1", "7");
+        rest.extend(execute());
+        rest.extend(msg(b'S', b""));
+        c.client_bytes(3, &rest, 0);
+        let mut resp = msg(b'1', b"");
+        resp.extend(msg(b'2', b""));
+        resp.extend(msg(b'C', &cstr("SELECT 1")));
+        resp.extend(msg(b'Z', b"I"));
+        let done = c.server_bytes(4, &resp, 0);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].truncated && done[0].extended);
+        assert_eq!(done[0].params.values, vec![Some(b"7".to_vec())]);
+        // A later statement that fits is not marked.
+        c.client_bytes(5, &msg(b'Q', &cstr("select 2")), 0);
+        let done = c.server_bytes(6, &resp[resp.len() - 20..], 0);
+        assert_eq!(done.len(), 1);
+        assert!(!done[0].truncated);
     }
 
     #[test]

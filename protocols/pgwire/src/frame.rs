@@ -45,15 +45,28 @@ enum State {
     Lost,
 }
 
+/// A message whose body is being collected or skipped.
+#[derive(Debug)]
+struct Partial {
+    tag: u8,
+    /// Declared body length.
+    len: u32,
+    /// The body's first bytes, contiguous.
+    body: Vec<u8>,
+    /// Bytes of the body still to come (collected or skipped).
+    rest: u32,
+    /// A gap fell inside the body: bytes after it are skipped, so `body` stays contiguous.
+    cut: bool,
+}
+
 /// Frames one direction of one connection.
 #[derive(Debug)]
 pub struct Framer {
     direction: Direction,
     state: State,
     buf: Vec<u8>,
-    /// A message whose body is partly missing: (tag, declared len, body so far, bytes still
-    /// to skip or collect).
-    partial: Option<(u8, u32, Vec<u8>, u32)>,
+    /// A message too long to keep whole, or cut by a gap.
+    partial: Option<Partial>,
     /// Bytes skipped while resynchronizing (for the caller's statistics).
     pub skipped: u64,
     /// Cap on how much of a body is kept (bodies beyond it are marked truncated).
@@ -129,23 +142,43 @@ impl Framer {
 
     /// `n` bytes of the stream were not captured.
     pub fn feed_gap(&mut self, n: u64, out: &mut Vec<Frame>) {
-        if let Some((tag, len, body, mut rest)) = self.partial.take() {
-            // Inside a body we know the length of: the gap is part of it.
-            let in_body = n.min(u64::from(rest)) as u32;
-            rest -= in_body;
-            let left = n - u64::from(in_body);
-            if rest == 0 {
-                out.push(Frame {
-                    tag,
-                    len,
-                    truncated: true,
+        // A message whose header was seen and whose body is still buffered: the gap falls
+        // inside that body (a syscall cut at the capture limit), so its length still tells
+        // where the next message starts.
+        if self.partial.is_none() && self.state == State::Synced && self.buf.len() >= 5 {
+            let len = be32(&self.buf[1..]).unwrap_or(0);
+            let have = (self.buf.len() - 5) as u32;
+            if len >= 4 && have < len - 4 {
+                let mut body = self.buf[5..].to_vec();
+                body.truncate(self.keep);
+                self.partial = Some(Partial {
+                    tag: self.buf[0],
+                    len: len - 4,
                     body,
+                    rest: len - 4 - have,
+                    cut: false,
+                });
+                self.buf.clear();
+            }
+        }
+        if let Some(mut p) = self.partial.take() {
+            // Inside a body we know the length of: the gap is part of it.
+            let in_body = n.min(u64::from(p.rest)) as u32;
+            p.rest -= in_body;
+            p.cut = true;
+            let left = n - u64::from(in_body);
+            if p.rest == 0 {
+                out.push(Frame {
+                    tag: p.tag,
+                    len: p.len,
+                    truncated: true,
+                    body: p.body,
                 });
                 if left > 0 {
                     self.lose(left);
                 }
             } else {
-                self.partial = Some((tag, len, body, rest));
+                self.partial = Some(p);
             }
             return;
         }
@@ -162,22 +195,24 @@ impl Framer {
 
     /// Captured bytes, in order. Whole messages are appended to `out`.
     pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<Frame>) {
-        if let Some((tag, len, mut body, rest)) = self.partial.take() {
-            let take = data.len().min(rest as usize);
-            let room = self.keep.saturating_sub(body.len());
-            body.extend_from_slice(&data[..take.min(room)]);
+        if let Some(mut p) = self.partial.take() {
+            let take = data.len().min(p.rest as usize);
+            if !p.cut {
+                let room = self.keep.saturating_sub(p.body.len());
+                p.body.extend_from_slice(&data[..take.min(room)]);
+            }
             data = &data[take..];
-            let rest = rest - take as u32;
-            if rest > 0 {
-                self.partial = Some((tag, len, body, rest));
+            p.rest -= take as u32;
+            if p.rest > 0 {
+                self.partial = Some(p);
                 return;
             }
-            let truncated = (body.len() as u64) < u64::from(len);
+            let truncated = (p.body.len() as u64) < u64::from(p.len);
             out.push(Frame {
-                tag,
-                len,
+                tag: p.tag,
+                len: p.len,
                 truncated,
-                body,
+                body: p.body,
             });
         }
         self.buf.extend_from_slice(data);
@@ -239,7 +274,13 @@ impl Framer {
                         let rest = (len - 4) - have.len() as u32;
                         let mut body = have;
                         body.truncate(self.keep);
-                        self.partial = Some((tag, len - 4, body, rest));
+                        self.partial = Some(Partial {
+                            tag,
+                            len: len - 4,
+                            body,
+                            rest,
+                            cut: false,
+                        });
                         pos = self.buf.len();
                         break;
                     } else {
@@ -365,6 +406,30 @@ mod tests {
         f.feed(&second, &mut out);
         assert_eq!(out.len(), 2);
         assert!(out[0].truncated && out[0].body.len() == 100 && out[0].len == q.len() as u32);
+        assert_eq!(out[1].body, b"select 2\0");
+    }
+
+    #[test]
+    fn reads_cut_at_the_capture_limit_keep_a_contiguous_prefix() {
+        // A 20 000-byte Query read in 8 KiB pieces, of which only the first 1 KiB of each
+        // was captured: the body is the first piece's bytes only, never pieces glued together.
+        let mut q: Vec<u8> = (0..20_000).map(|i| b'a' + (i % 26) as u8).collect();
+        q.push(0);
+        let stream = [msg(b'Q', &q), msg(b'Q', b"select 2\0")].concat();
+        let mut f = Framer::new(Direction::Frontend, false);
+        f.state = State::Synced;
+        let mut out = vec![];
+        let first_len = 1 + 4 + q.len();
+        for piece in stream[..first_len].chunks(8192) {
+            let seen = piece.len().min(1024);
+            f.feed(&piece[..seen], &mut out);
+            f.feed_gap((piece.len() - seen) as u64, &mut out);
+        }
+        f.feed(&stream[first_len..], &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].truncated && out[0].len == q.len() as u32);
+        assert_eq!(out[0].body, q[..1019]);
+        assert!(f.synced());
         assert_eq!(out[1].body, b"select 2\0");
     }
 

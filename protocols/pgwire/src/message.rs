@@ -22,13 +22,30 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Reads the fields of a body in order.
+/// Reads the fields of a body in order. A body cut at the capture limit (`truncated`) is read
+/// leniently: its last string or value ends where the bytes end, and counts are capped by
+/// what is left, so a long statement is still reported (marked truncated) instead of lost.
 struct Reader<'a> {
     b: &'a [u8],
     tag: u8,
+    truncated: bool,
 }
 
 impl<'a> Reader<'a> {
+    fn of(f: &'a Frame) -> Reader<'a> {
+        Reader {
+            b: &f.body,
+            tag: f.tag,
+            truncated: f.truncated,
+        }
+    }
+    /// The rest of a cut body was not needed: fields missing past the cut are not an error.
+    fn tolerate(&self, r: Result<(), DecodeError>) -> Result<(), DecodeError> {
+        match r {
+            Err(_) if self.truncated => Ok(()),
+            r => r,
+        }
+    }
     fn err(&self, reason: &'static str) -> DecodeError {
         DecodeError {
             tag: self.tag,
@@ -55,11 +72,14 @@ impl<'a> Reader<'a> {
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn cstr(&mut self) -> Result<String, DecodeError> {
-        let end = self
-            .b
-            .iter()
-            .position(|&c| c == 0)
-            .ok_or_else(|| self.err("unterminated string"))?;
+        let Some(end) = self.b.iter().position(|&c| c == 0) else {
+            if self.truncated {
+                let s = String::from_utf8_lossy(self.b).into_owned();
+                self.b = &[];
+                return Ok(s);
+            }
+            return Err(self.err("unterminated string"));
+        };
         let s = String::from_utf8_lossy(&self.b[..end]).into_owned();
         self.b = &self.b[end + 1..];
         Ok(s)
@@ -68,7 +88,14 @@ impl<'a> Reader<'a> {
     /// `min_size` bytes (so a corrupt count cannot make us allocate gigabytes).
     fn count(&mut self, min_size: usize) -> Result<usize, DecodeError> {
         let n = self.i16()?;
-        if n < 0 || n as usize * min_size > self.b.len() {
+        if n < 0 {
+            return Err(self.err("negative count"));
+        }
+        let fits = self.b.len() / min_size.max(1);
+        if n as usize > fits {
+            if self.truncated {
+                return Ok(fits);
+            }
             return Err(self.err("count larger than the message"));
         }
         Ok(n as usize)
@@ -78,6 +105,9 @@ impl<'a> Reader<'a> {
         let len = self.i32()?;
         if len < 0 {
             return Ok(None);
+        }
+        if self.truncated && len as usize > self.b.len() {
+            return Ok(Some(self.take(self.b.len())?.to_vec()));
         }
         Ok(Some(self.take(len as usize)?.to_vec()))
     }
@@ -217,10 +247,7 @@ pub struct Notice {
 impl Frontend {
     /// Decodes a client frame. Untyped frames (tag 0) are start-up-phase messages.
     pub fn decode(f: &Frame) -> Result<Frontend, DecodeError> {
-        let mut r = Reader {
-            b: &f.body,
-            tag: f.tag,
-        };
+        let mut r = Reader::of(f);
         Ok(match f.tag {
             0 => {
                 let code = r.i32()? as u32;
@@ -249,10 +276,14 @@ impl Frontend {
             b'P' => {
                 let statement = r.cstr()?;
                 let sql = r.cstr()?;
-                let n = r.count(4)?;
-                let param_types = (0..n)
-                    .map(|_| r.i32().map(|v| v as u32))
-                    .collect::<Result<_, _>>()?;
+                let mut param_types = vec![];
+                let rest = (|| {
+                    for _ in 0..r.count(4)? {
+                        param_types.push(r.i32()? as u32);
+                    }
+                    Ok(())
+                })();
+                r.tolerate(rest)?;
                 Frontend::Parse {
                     statement,
                     sql,
@@ -262,12 +293,21 @@ impl Frontend {
             b'B' => {
                 let portal = r.cstr()?;
                 let statement = r.cstr()?;
-                let nf = r.count(2)?;
-                let param_formats = (0..nf).map(|_| r.i16()).collect::<Result<_, _>>()?;
-                let np = r.count(4)?;
-                let params = (0..np).map(|_| r.value()).collect::<Result<_, _>>()?;
-                let nr = r.count(2)?;
-                let result_formats = (0..nr).map(|_| r.i16()).collect::<Result<_, _>>()?;
+                let (mut param_formats, mut params, mut result_formats) = (vec![], vec![], vec![]);
+                // A cut Bind keeps the parameters (the last one possibly cut) it carried.
+                let rest = (|| {
+                    for _ in 0..r.count(2)? {
+                        param_formats.push(r.i16()?);
+                    }
+                    for _ in 0..r.count(4)? {
+                        params.push(r.value()?);
+                    }
+                    for _ in 0..r.count(2)? {
+                        result_formats.push(r.i16()?);
+                    }
+                    Ok(())
+                })();
+                r.tolerate(rest)?;
                 Frontend::Bind {
                     portal,
                     statement,
@@ -332,10 +372,7 @@ fn notice(r: &mut Reader<'_>) -> Result<Notice, DecodeError> {
 impl Backend {
     /// Decodes a server frame.
     pub fn decode(f: &Frame) -> Result<Backend, DecodeError> {
-        let mut r = Reader {
-            b: &f.body,
-            tag: f.tag,
-        };
+        let mut r = Reader::of(f);
         Ok(match f.tag {
             b'R' => Backend::Authentication { kind: r.i32()? },
             b'S' => Backend::ParameterStatus {
@@ -521,6 +558,42 @@ mod tests {
                 columns: vec!["abalance".into()]
             }
         );
+    }
+
+    #[test]
+    fn bodies_cut_at_the_capture_limit_keep_what_was_seen() {
+        let cut = |tag: u8, body: &[u8], len: u32| Frame {
+            tag,
+            body: body.to_vec(),
+            len,
+            truncated: true,
+        };
+        assert_eq!(
+            Frontend::decode(&cut(b'Q', b"select 'xxxx", 20_000)).unwrap(),
+            Frontend::Query {
+                sql: "select 'xxxx".into()
+            }
+        );
+        assert_eq!(
+            Frontend::decode(&cut(b'P', b"s1\0insert into t values ($1, 'ab", 9000)).unwrap(),
+            Frontend::Parse {
+                statement: "s1".into(),
+                sql: "insert into t values ($1, 'ab".into(),
+                param_types: vec![]
+            }
+        );
+        // Two parameters announced, the second cut after 3 of its 5000 bytes.
+        let bind = cut(
+            b'B',
+            b"\x00s1\x00\x00\x00\x00\x02\x00\x00\x00\x0242\x00\x00\x13\x88abc",
+            6000,
+        );
+        let Frontend::Bind { params, .. } = Frontend::decode(&bind).unwrap() else {
+            panic!()
+        };
+        assert_eq!(params, vec![Some(b"42".to_vec()), Some(b"abc".to_vec())]);
+        // The same bytes whole-but-short (not cut) are still malformed.
+        assert!(Frontend::decode(&frame(b'Q', b"select 'xxxx")).is_err());
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl Reporter {
             "protocol": if d.extended { "extended" } else { "simple" },
             "statement_name": d.statement,
             "sql": statement_text(r, self.style.redact),
+            "truncated": d.truncated,
             "params": params,
             "duration_us": r.end_unix_ns.saturating_sub(r.start_unix_ns) as f64 / 1000.0,
             "status": d.sqlstate.as_deref().unwrap_or("ok"),
@@ -180,6 +181,10 @@ impl Reporter {
             rows,
             statement_text(r, self.style.redact)
         ));
+        if d.truncated {
+            // The statement (or its parameters) was longer than --capture.
+            line.push('…');
+        }
         let params = render_all(&d.params, self.style.redact);
         if !params.is_empty() {
             line.push_str(&format!(" [{params}]"));

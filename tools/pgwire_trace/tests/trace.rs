@@ -488,3 +488,133 @@ fn help_and_a_one_second_trace() {
     assert!(out.stderr.contains("Hit Ctrl-C to end"), "{}", out.stderr);
     assert!(out.stdout.contains("requests ("), "{}", out.stdout);
 }
+
+#[test]
+fn port_alone_and_statements_longer_than_the_capture_limit() {
+    require_root();
+    let _lock = exclusive();
+    let traced = cluster();
+    let other = Postgres::start_with(&PgOptions::default()).expect("a second cluster");
+    let port = traced.port.to_string();
+    // No target: every process, selected by the server port only.
+    let tool = Traced::start(BIN, &["--port", &port, "--capture", "1024", "--json"]).unwrap();
+    traced.psql("select pg_stat_statements_reset()").unwrap();
+    let long = format!("select length('{}') as n", "x".repeat(20_000));
+    assert_eq!(traced.psql(&long).unwrap().trim(), "20000");
+    traced.psql("select 'after' as s").unwrap();
+    other.psql("select 'on the other port'").unwrap();
+    let records = tool.stop().unwrap().json();
+    let reqs = requests(&records);
+    let sqls: Vec<&str> = reqs.iter().map(|r| r["sql"].as_str().unwrap()).collect();
+    assert!(!sqls.iter().any(|s| s.contains("other port")), "{sqls:?}");
+    let cut = find(&reqs, "select length('xxx");
+    assert_eq!(cut.len(), 1, "{sqls:?}");
+    let text = cut[0]["sql"].as_str().unwrap();
+    // The 1024-byte capture holds the message header and the first 1019 bytes of the body.
+    assert!(
+        long.starts_with(text) && text.len() < 1024,
+        "{}",
+        text.len()
+    );
+    assert_eq!(
+        (&cut[0]["truncated"], &cut[0]["rows"]),
+        (&Value::Bool(true), &Value::from(1))
+    );
+    let after = find(&reqs, "select 'after' as s");
+    assert_eq!(after.len(), 1, "{sqls:?}");
+    assert_eq!(after[0]["truncated"], false);
+    let s = stats(&records);
+    assert_eq!(
+        (&s["malformed"], &s["unmatched"]),
+        (&Value::from(0), &Value::from(0))
+    );
+    // Each 8 KiB read of the 20 KB message kept 1 KiB.
+    assert!(
+        s["truncated_bytes"].as_u64().unwrap() >= 20_000 - 3 * 1024,
+        "{s}"
+    );
+    let calls = traced
+        .psql("select calls from pg_stat_statements where query like 'select length(%'")
+        .unwrap();
+    assert_eq!(calls.trim(), "1");
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_and_never_mispairs() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    // 1 MiB of ring buffer against result sets of tens of MB: records must be dropped.
+    let tool = Traced::start(
+        BIN,
+        &[
+            "-p",
+            &postmaster,
+            "--buffer-mb",
+            "1",
+            "--capture",
+            "16384",
+            "--json",
+        ],
+    )
+    .unwrap();
+    let script: String = (0..10)
+        .map(|i| {
+            format!(
+                "select repeat('x', 8000) from generate_series(1, {});\n",
+                3000 + i
+            )
+        })
+        .collect();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let pg_args = pg.conn_args();
+            let script = script.clone();
+            std::thread::spawn(move || {
+                let mut child = Command::new("psql")
+                    .args(&pg_args)
+                    .args(["-X", "-q", "-o", "/dev/null", "-d", "postgres"])
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(script.as_bytes())
+                    .unwrap();
+                assert!(child.wait().unwrap().success());
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let out = tool.stop().unwrap();
+    let records = out.json();
+    let s = stats(&records);
+    assert!(s["lost_records"].as_u64().unwrap() > 0, "nothing lost: {s}");
+    assert!(s["lost_bytes"].as_u64().unwrap() > 0, "{s}");
+    // Whatever is reported was paired with its own answer: the row count matches the
+    // series length written in the statement.
+    let reqs = find(&requests(&records), "select repeat");
+    for r in &reqs {
+        let sql = r["sql"].as_str().unwrap();
+        let n: u64 = sql
+            .rsplit(", ")
+            .next()
+            .and_then(|t| t.trim_end_matches([')', ';']).parse().ok())
+            .unwrap_or_else(|| panic!("{sql}"));
+        assert_eq!(r["rows"], n, "{r}");
+    }
+    // After a loss the decoder is back in step at the next idle point, so statements are
+    // still reported.
+    assert!(!reqs.is_empty(), "nothing reported: {s}");
+    let unmatched = s["unmatched"].as_u64().unwrap();
+    assert!(
+        reqs.len() as u64 + unmatched <= 20,
+        "{} reported + {unmatched} unmatched of 20 sent: {s}",
+        reqs.len()
+    );
+}
