@@ -411,7 +411,7 @@ fn client_side_by_application_pid_over_tcp_and_unix_socket() {
 }
 
 #[test]
-fn container_option_sees_that_server_only() {
+fn container_and_cgroup_options_see_that_server_only() {
     require_root();
     let _lock = exclusive();
     let host = cluster();
@@ -422,21 +422,26 @@ fn container_option_sees_that_server_only() {
     .expect("a PostgreSQL in a podman container");
     let id = boxed.container.as_ref().unwrap().id.clone();
     let tool = Traced::start(BIN, &["--container", &id[..12], "--json"]).unwrap();
+    // The same processes named by their cgroup instead.
+    let cgroup = boxed.container.as_ref().unwrap().cgroup_path().unwrap();
+    let by_cgroup = Traced::start(BIN, &["--cgroup", &cgroup, "--json"]).unwrap();
     boxed.psql("select 'in the container'").unwrap();
     host.psql("select 'on the host'").unwrap();
     boxed.psql("select 'in the container again'").unwrap();
-    let records = tool.stop().unwrap().json();
-    let sqls: Vec<&str> = requests(&records)
-        .iter()
-        .map(|r| r["sql"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        sqls,
-        vec![
-            "select 'in the container'",
-            "select 'in the container again'"
-        ]
-    );
+    for tool in [tool, by_cgroup] {
+        let records = tool.stop().unwrap().json();
+        let sqls: Vec<&str> = requests(&records)
+            .iter()
+            .map(|r| r["sql"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            sqls,
+            vec![
+                "select 'in the container'",
+                "select 'in the container again'"
+            ]
+        );
+    }
 }
 
 #[test]
