@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, anyhow};
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use pgbpf_common::{
     cli::{Tick, Ticker},
     loader::{self, Loaded},
@@ -37,15 +37,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pg
 const EXISTING_ID_BASE: u64 = 1 << 63;
 
 /// The data syscalls: (enter program, exit program, syscall names).
-const DATA_SYSCALLS: &[(&str, &str, &str)] = &[
-    ("enter_read", "exit_read", "read"),
-    ("enter_write", "exit_write", "write"),
-    ("enter_recvfrom", "exit_recvfrom", "recvfrom"),
-    ("enter_sendto", "exit_sendto", "sendto"),
-    ("enter_readv", "exit_readv", "readv"),
-    ("enter_writev", "exit_writev", "writev"),
-    ("enter_recvmsg", "exit_recvmsg", "recvmsg"),
-    ("enter_sendmsg", "exit_sendmsg", "sendmsg"),
+/// Reads and writes: one program at the exit (arguments come from the saved registers).
+const DATA_SYSCALLS: &[&str] = &[
+    "read", "write", "recvfrom", "sendto", "readv", "writev", "recvmsg", "sendmsg",
+];
+
+/// Syscalls whose enter and exit are both traced.
+const PAIRED_SYSCALLS: &[(&str, &str, &str)] = &[
     ("enter_accept", "exit_accept", "accept"),
     ("enter_accept", "exit_accept", "accept4"),
     ("enter_connect", "exit_connect", "connect"),
@@ -269,6 +267,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let capture = args.capture;
     let ring_bytes: u64 = u64::from(args.buffer_mb) << 20;
     let fork_offset = tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
+    let pid_max = pid_max();
+    let arg_offsets = syscall_arg_offsets()?;
     let mut loaded = loader::load("pgwire_trace", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
         l.override_global("CAPTURE_LIMIT", &capture, true)
@@ -276,7 +276,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .override_global("TRACK_SERVERS", &track_servers, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_offset, true)
             .override_global("RING_BYTES", &ring_bytes, true)
-            .map_max_entries("EVENTS", ring_bytes as u32);
+            .override_global("ARG_OFFSETS", &arg_offsets, true)
+            .map_max_entries("EVENTS", ring_bytes as u32)
+            .map_max_entries("HAS_SOCKS", pid_max);
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     {
@@ -289,7 +291,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     loaded.attach_tracepoint("on_fork", "sched", "sched_process_fork")?;
     loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
     loaded.attach_tracepoint("enter_bind", "syscalls", "sys_enter_bind")?;
-    for (enter, exit, name) in DATA_SYSCALLS {
+    for name in DATA_SYSCALLS {
+        loaded.attach_tracepoint(&format!("exit_{name}"), "syscalls", &format!("sys_exit_{name}"))?;
+    }
+    for (enter, exit, name) in PAIRED_SYSCALLS {
         loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
         loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
     }
@@ -316,6 +321,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             HashMap::try_from(loaded.map_mut("LISTENERS")?)?;
         for (key, port) in &found.listeners {
             listeners.insert(key, &u32::from(*port), 0)?;
+        }
+    }
+    {
+        let mut has: Array<_, u8> = Array::try_from(loaded.map_mut("HAS_SOCKS")?)?;
+        let holders = found.listeners.iter().map(|(k, _)| k.tgid);
+        for tgid in holders.chain(found.connections.iter().map(|(k, _, _)| k.tgid)) {
+            // A pid beyond the array (pid_max raised since) is looked up in SOCKS anyway.
+            let _ = has.set(tgid, &1, 0);
         }
     }
     {
@@ -463,6 +476,25 @@ fn forget_sockets(loaded: &mut Loaded, keys: &[SockKey]) -> anyhow::Result<()> {
         let _ = socks.remove(k);
     }
     Ok(())
+}
+
+/// Offsets in `struct pt_regs` of a syscall's first three arguments as they are at its exit.
+fn syscall_arg_offsets() -> anyhow::Result<[u32; 3]> {
+    match std::env::consts::ARCH {
+        // di, si, dx.
+        "x86_64" => Ok([112, 104, 96]),
+        // orig_x0 (x0 holds the return value by then), x1, x2.
+        "aarch64" => Ok([272, 8, 16]),
+        arch => anyhow::bail!("pgwire_trace does not know the syscall registers of {arch}"),
+    }
+}
+
+/// Highest pid + 1 the kernel hands out (sizes the per-process filter array).
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304)
 }
 
 fn counters(loaded: &Loaded) -> anyhow::Result<Vec<u64>> {

@@ -4,15 +4,18 @@
 //! Which descriptors are PostgreSQL connections is kept in SOCKS, keyed by (tgid, fd):
 //! filled by userspace for connections open at start, by accept() on a PostgreSQL listener
 //! (server side; the backend forked right after inherits the entry), and by connect() to a
-//! PostgreSQL port or socket path (client side). Every other read or write costs one hash
-//! lookup.
+//! PostgreSQL port or socket path (client side). A read or write of a process that holds
+//! none of them costs one array load (HAS_SOCKS); any other costs one hash lookup.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw,
+            bpf_task_pt_regs,
+        },
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -45,6 +48,10 @@ static TRACK_SERVERS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// Offset of child_pid in sched_process_fork (from tracefs).
 #[unsafe(no_mangle)]
 static FORK_CHILD_PID_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(44);
+/// Offsets in the architecture's `struct pt_regs` of the registers holding a syscall's first
+/// three arguments at its exit (set by the loader; x86_64 defaults: di, si, dx).
+#[unsafe(no_mangle)]
+static ARG_OFFSETS: aya_ebpf::Global<[u32; 3]> = aya_ebpf::Global::new([112, 104, 96]);
 /// Ring buffer size: past a quarter full, a record wakes userspace up.
 #[unsafe(no_mangle)]
 static RING_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(16 << 20);
@@ -68,6 +75,10 @@ static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 /// The connection a process accepted last, handed to the child it forks next.
 #[map]
 static LAST_ACCEPT: HashMap<u32, Accepted> = HashMap::with_max_entries(1024, 0);
+/// Per tgid: 1 once the process may hold a PostgreSQL connection or listener. Never cleared
+/// (a stale 1 after pid reuse only costs a SOCKS lookup); sized to pid_max by the loader.
+#[map]
+static HAS_SOCKS: Array<u8> = Array::with_max_entries(32768, 0);
 /// Connection id allocator.
 #[map]
 static NEXT_CONN: Array<u64> = Array::with_max_entries(1, 0);
@@ -125,6 +136,20 @@ fn ret(ctx: &TracePointContext) -> i64 {
     unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
 }
 
+/// False only when `tgid` certainly holds no PostgreSQL socket (the common case, cheap).
+#[inline(always)]
+fn may_have_socks(tgid: u32) -> bool {
+    HAS_SOCKS.get(tgid).is_none_or(|&v| v != 0)
+}
+
+#[inline(always)]
+fn mark_has_socks(tgid: u32) {
+    if let Some(v) = HAS_SOCKS.get_ptr_mut(tgid) {
+        // SAFETY: array value pointer.
+        unsafe { *v = 1 };
+    }
+}
+
 #[inline(always)]
 fn key_of(tgid: u32, fd: u64) -> SockKey {
     SockKey {
@@ -145,24 +170,26 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Remembers a data syscall on a PostgreSQL socket until its exit.
+/// A syscall's first three arguments, read at its exit from the task's saved user registers.
+/// The exit tracepoint carries only the return value; reading them here spares an enter
+/// program and a per-thread map update for every read and write.
 #[inline(always)]
-fn enter_data(ctx: &TracePointContext, op: u8) -> u32 {
-    let (id, tgid) = ids();
-    let fd = arg(ctx, 0);
-    if SOCKS.get_ptr(&key_of(tgid, fd)).is_none() {
-        return 0;
+fn syscall_args() -> Option<[u64; 3]> {
+    // SAFETY: helpers on the current task; the registers are read by probe_read_kernel.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        if regs == 0 {
+            return None;
+        }
+        let off = ARG_OFFSETS.load();
+        let mut args = [0u64; 3];
+        let mut i = 0;
+        while i < 3 {
+            args[i] = bpf_probe_read_kernel((regs + off[i] as u64) as *const u64).ok()?;
+            i += 1;
+        }
+        Some(args)
     }
-    let p = Pending {
-        ts_ns: now(),
-        ptr: arg(ctx, 1),
-        count: arg(ctx, 2),
-        fd: fd as u32,
-        op,
-        _pad: [0; 3],
-    };
-    let _ = PENDING.insert(&id, &p, 0);
-    0
 }
 
 #[inline(always)]
@@ -232,31 +259,34 @@ fn copy_user(s: *mut Scratch, off: usize, src: u64, len: usize) -> bool {
 }
 
 #[inline(always)]
-fn exit_data(ctx: &TracePointContext, dir: u8) -> u32 {
+fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
     let (id, tgid) = ids();
-    let Some(p) = take_pending(id) else {
+    if !may_have_socks(tgid) {
         return 0;
-    };
+    }
     let moved = ret(ctx);
     if moved <= 0 {
         return 0;
     }
     let moved = moved as u64;
-    let key = key_of(tgid, p.fd as u64);
+    let Some([fd, ptr, count]) = syscall_args() else {
+        return 0;
+    };
+    let key = key_of(tgid, fd);
     let Some(info) = SOCKS.get_ptr_mut(&key) else {
         return 0;
     };
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    // Reads are stamped when the data arrived, writes when the process began sending.
-    let ts = if dir == DIR_READ { now() } else { p.ts_ns };
     // SAFETY: `info` is a map value pointer, valid during this program.
     let snapshot = unsafe { *info };
-    header(s, KIND_DATA, &key, id as u32, &snapshot, ts);
+    // Stamped at the end of the call: when a read's data arrived, when a write was handed to
+    // the kernel (PostgreSQL's sockets are non-blocking, so that is also when it began).
+    header(s, KIND_DATA, &key, id as u32, &snapshot, now());
     let limit = CAPTURE_LIMIT.load() as u64;
     let mut captured: u64 = 0;
-    match p.op {
+    match op {
         OP_BUF => {
             let mut n = moved.min(limit);
             if n > CAPTURE_MAX as u64 {
@@ -264,22 +294,22 @@ fn exit_data(ctx: &TracePointContext, dir: u8) -> u32 {
             }
             // SAFETY: n <= CAPTURE_MAX, the payload's size.
             let ok = unsafe {
-                probe_read_user_raw((*s).data.as_mut_ptr().cast(), n as u32, p.ptr as *const _)
+                probe_read_user_raw((*s).data.as_mut_ptr().cast(), n as u32, ptr as *const _)
             } == 0;
             if ok {
                 captured = n;
             }
         }
         OP_IOV | OP_MSG => {
-            let (iov, count) = if p.op == OP_MSG {
+            let (iov, count) = if op == OP_MSG {
                 // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
                 // SAFETY: user memory, read by helper.
-                let iov = unsafe { bpf_probe_read_user((p.ptr + 16) as *const u64) }.unwrap_or(0);
+                let iov = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.unwrap_or(0);
                 // SAFETY: as above.
-                let n = unsafe { bpf_probe_read_user((p.ptr + 24) as *const u64) }.unwrap_or(0);
+                let n = unsafe { bpf_probe_read_user((ptr + 24) as *const u64) }.unwrap_or(0);
                 (iov, n)
             } else {
-                (p.ptr, p.count)
+                (ptr, count)
             };
             let want = moved.min(limit).min(CAPTURE_MAX_VECTORED as u64);
             let mut i = 0u32;
@@ -336,26 +366,22 @@ fn exit_data(ctx: &TracePointContext, dir: u8) -> u32 {
 }
 
 macro_rules! data_syscall {
-    ($enter:ident, $exit:ident, $op:expr, $dir:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            enter_data(&ctx, $op)
-        }
+    ($exit:ident, $op:expr, $dir:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_data(&ctx, $dir)
+            exit_data(&ctx, $op, $dir)
         }
     };
 }
 
-data_syscall!(enter_read, exit_read, OP_BUF, DIR_READ);
-data_syscall!(enter_write, exit_write, OP_BUF, DIR_WRITE);
-data_syscall!(enter_recvfrom, exit_recvfrom, OP_BUF, DIR_READ);
-data_syscall!(enter_sendto, exit_sendto, OP_BUF, DIR_WRITE);
-data_syscall!(enter_readv, exit_readv, OP_IOV, DIR_READ);
-data_syscall!(enter_writev, exit_writev, OP_IOV, DIR_WRITE);
-data_syscall!(enter_recvmsg, exit_recvmsg, OP_MSG, DIR_READ);
-data_syscall!(enter_sendmsg, exit_sendmsg, OP_MSG, DIR_WRITE);
+data_syscall!(exit_read, OP_BUF, DIR_READ);
+data_syscall!(exit_write, OP_BUF, DIR_WRITE);
+data_syscall!(exit_recvfrom, OP_BUF, DIR_READ);
+data_syscall!(exit_sendto, OP_BUF, DIR_WRITE);
+data_syscall!(exit_readv, OP_IOV, DIR_READ);
+data_syscall!(exit_writev, OP_IOV, DIR_WRITE);
+data_syscall!(exit_recvmsg, OP_MSG, DIR_READ);
+data_syscall!(exit_sendmsg, OP_MSG, DIR_WRITE);
 
 /// Sends an OPEN record with the socket address at `addr` (user memory).
 #[inline(always)]
@@ -435,6 +461,7 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
         bump(counter::SOCKETS_FULL);
         return 0;
     }
+    mark_has_socks(tgid);
     let _ = LAST_ACCEPT.insert(&tgid, &Accepted { key, info }, 0);
     // The peer address: accept's addrlen argument points at its length.
     let len = if p.count != 0 {
@@ -535,6 +562,7 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
         bump(counter::SOCKETS_FULL);
         return 0;
     }
+    mark_has_socks(tgid);
     let p = Pending {
         ts_ns: 0,
         ptr: addr,
@@ -570,6 +598,7 @@ pub fn enter_bind(ctx: TracePointContext) -> u32 {
     let fd = arg(&ctx, 0);
     if let Some(port) = pg_port_of(arg(&ctx, 1), arg(&ctx, 2)) {
         let _ = LISTENERS.insert(&key_of(tgid, fd), &port, 0);
+        mark_has_socks(tgid);
     }
     0
 }
@@ -577,6 +606,9 @@ pub fn enter_bind(ctx: TracePointContext) -> u32 {
 /// Forgets a descriptor; a CLOSE record ends the connection unless a child took it over.
 #[inline(always)]
 fn close_fd(tgid: u32, tid: u32, fd: u64) {
+    if !may_have_socks(tgid) {
+        return;
+    }
     let key = key_of(tgid, fd);
     let _ = LISTENERS.remove(&key);
     // SAFETY: copied out before removal.
@@ -632,6 +664,7 @@ pub fn on_fork(ctx: TracePointContext) -> u32 {
         bump(counter::SOCKETS_FULL);
         return 0;
     }
+    mark_has_socks(child);
     if let Some(info) = SOCKS.get_ptr_mut(&a.key) {
         // SAFETY: map value pointer.
         unsafe { (*info).handed_off = 1 };
