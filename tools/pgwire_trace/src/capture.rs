@@ -292,7 +292,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
     loaded.attach_tracepoint("enter_bind", "syscalls", "sys_enter_bind")?;
     for name in DATA_SYSCALLS {
-        loaded.attach_tracepoint(&format!("exit_{name}"), "syscalls", &format!("sys_exit_{name}"))?;
+        loaded.attach_tracepoint(
+            &format!("exit_{name}"),
+            "syscalls",
+            &format!("sys_exit_{name}"),
+        )?;
     }
     for (enter, exit, name) in PAIRED_SYSCALLS {
         loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
