@@ -118,6 +118,8 @@ pub struct Connection {
     /// Bytes went missing and message boundaries with them: pairing is unsure until an idle
     /// point (a ReadyForQuery with nothing else asked since).
     unsure: bool,
+    /// Frames of the bytes being handled, kept between calls to save an allocation each.
+    frames: Vec<Frame>,
 }
 
 /// Splits a simple query into its statements at top-level semicolons (outside quotes,
@@ -192,6 +194,7 @@ impl Connection {
             // Joined midway, a response may belong to a request never seen: pair nothing
             // until the first quiet ReadyForQuery.
             unsure: !from_start,
+            frames: Vec::new(),
         }
     }
 
@@ -220,15 +223,16 @@ impl Connection {
         if self.encrypted {
             return;
         }
-        let mut frames = vec![];
+        let mut frames = std::mem::take(&mut self.frames);
         let was_synced = self.client.synced();
         self.client.feed(data, &mut frames);
         if missing > 0 {
             self.client.feed_gap(missing, &mut frames);
         }
-        for f in frames {
+        for f in frames.drain(..) {
             self.on_client(ts_ns, &f);
         }
+        self.frames = frames;
         if (was_synced || missing > 0) && !self.client.synced() {
             self.lost_step();
         }
@@ -252,15 +256,16 @@ impl Connection {
             self.client.expect_startup();
             data = rest;
         }
-        let mut frames = vec![];
+        let mut frames = std::mem::take(&mut self.frames);
         let was_synced = self.server.synced();
         self.server.feed(data, &mut frames);
         if missing > 0 {
             self.server.feed_gap(missing, &mut frames);
         }
-        for f in frames {
+        for f in frames.drain(..) {
             self.on_server(ts_ns, &f, &mut done);
         }
+        self.frames = frames;
         if (was_synced || missing > 0) && !self.server.synced() {
             self.lost_step();
         }

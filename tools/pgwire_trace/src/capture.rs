@@ -268,7 +268,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let ring_bytes: u64 = u64::from(args.buffer_mb) << 20;
     let fork_offset = tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
     let pid_max = pid_max();
-    let arg_offsets = syscall_arg_offsets()?;
+    check_architecture()?;
     let mut loaded = loader::load("pgwire_trace", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
         l.override_global("CAPTURE_LIMIT", &capture, true)
@@ -276,7 +276,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .override_global("TRACK_SERVERS", &track_servers, true)
             .override_global("FORK_CHILD_PID_OFFSET", &fork_offset, true)
             .override_global("RING_BYTES", &ring_bytes, true)
-            .override_global("ARG_OFFSETS", &arg_offsets, true)
             .map_max_entries("EVENTS", ring_bytes as u32)
             .map_max_entries("HAS_SOCKS", pid_max);
     })?;
@@ -482,13 +481,11 @@ fn forget_sockets(loaded: &mut Loaded, keys: &[SockKey]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Offsets in `struct pt_regs` of a syscall's first three arguments as they are at its exit.
-fn syscall_arg_offsets() -> anyhow::Result<[u32; 3]> {
+/// The kernel programs read syscall arguments from saved registers, whose layout they know
+/// for these architectures only.
+fn check_architecture() -> anyhow::Result<()> {
     match std::env::consts::ARCH {
-        // di, si, dx.
-        "x86_64" => Ok([112, 104, 96]),
-        // orig_x0 (x0 holds the return value by then), x1, x2.
-        "aarch64" => Ok([272, 8, 16]),
+        "x86_64" | "aarch64" => Ok(()),
         arch => anyhow::bail!("pgwire_trace does not know the syscall registers of {arch}"),
     }
 }

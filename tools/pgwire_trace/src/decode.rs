@@ -1,7 +1,9 @@
 //! Records → requests: one `pgbpf_pgwire::conn::Connection` per captured connection, fed
 //! with each direction's bytes and gaps; the same path for live tracing and `--read`.
 
-use std::collections::HashMap;
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use pgbpf_pgwire::conn::{Completed, Connection};
 use pgwire_trace_ebpf::{DIR_READ, DIR_WRITE, ROLE_SERVER};
@@ -14,14 +16,22 @@ pub struct Request {
     pub pid: u32,
     pub conn_id: u64,
     /// Client address (server side) or server address (client side).
-    pub peer: String,
-    pub user: Option<String>,
-    pub database: Option<String>,
-    pub application: Option<String>,
+    /// Who is talking: shared by every request of the connection.
+    pub meta: Arc<ConnMeta>,
     /// Wall-clock ns of the first request byte and of the completion.
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub done: Completed,
+}
+
+/// The identity of a connection, as its requests report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnMeta {
+    /// Client address (server side) or server address (client side).
+    pub peer: String,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application: Option<String>,
 }
 
 /// What the decoder tells the reporter.
@@ -63,6 +73,8 @@ struct Conn {
     role: u8,
     /// Counted into the stats already.
     seen_encrypted: bool,
+    /// Built once the start-up parameters are known (rebuilt if they change).
+    meta: Option<(usize, Arc<ConnMeta>)>,
     malformed: u64,
     unmatched: u64,
 }
@@ -110,6 +122,7 @@ impl Decoder {
                 peer,
                 role: r.role,
                 seen_encrypted: false,
+                meta: None,
                 malformed: 0,
                 unmatched: 0,
             }
@@ -196,33 +209,41 @@ impl Decoder {
     }
 
     fn requests(&mut self, conn_id: u64, done: Vec<Completed>) -> Vec<Event> {
-        let Some(conn) = self.conns.get(&conn_id) else {
+        if done.is_empty() {
+            return vec![];
+        }
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
             return vec![];
         };
-        let startup = |key: &str| {
-            conn.c
-                .startup
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
+        let meta = match &conn.meta {
+            Some((n, m)) if *n == conn.c.startup.len() => m.clone(),
+            _ => {
+                let startup = |key: &str| {
+                    conn.c
+                        .startup
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.clone())
+                };
+                let m = Arc::new(ConnMeta {
+                    peer: conn.peer.clone(),
+                    user: startup("user"),
+                    database: startup("database").or_else(|| startup("user")),
+                    application: startup("application_name"),
+                });
+                conn.meta = Some((conn.c.startup.len(), m.clone()));
+                m
+            }
         };
-        let (user, database, application) = (
-            startup("user"),
-            startup("database").or_else(|| startup("user")),
-            startup("application_name"),
-        );
-        let (pid, peer) = (conn.pid, conn.peer.clone());
-        let mut out = vec![];
+        let pid = conn.pid;
+        let mut out = Vec::with_capacity(done.len());
         for d in done {
             self.stats.requests += 1;
             self.stats.errors += u64::from(d.sqlstate.is_some());
             out.push(Event::Request(Box::new(Request {
                 pid,
                 conn_id,
-                peer: peer.clone(),
-                user: user.clone(),
-                database: database.clone(),
-                application: application.clone(),
+                meta: meta.clone(),
                 start_unix_ns: self.wall(d.started_ns),
                 end_unix_ns: self.wall(d.finished_ns),
                 done: d,
@@ -332,7 +353,7 @@ mod tests {
             d.feed(&rec(Kind::Data, role, req_dir, 10, &q));
             let r = requests(d.feed(&rec(Kind::Data, role, resp_dir, 30, &resp)));
             assert_eq!(r.len(), 1);
-            assert_eq!(r[0].peer, "[local]");
+            assert_eq!(r[0].meta.peer, "[local]");
             assert_eq!((r[0].start_unix_ns, r[0].end_unix_ns), (1_010, 1_030));
             assert_eq!(r[0].done.rows, Some(1));
             assert_eq!(d.stats.requests, 1);
@@ -389,7 +410,7 @@ mod tests {
         let out = requests(d.feed(&rec(Kind::Close, ROLE_SERVER, 0, 3, b"")));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].done.transaction, None);
-        assert_eq!(out[0].peer, "fd 7");
+        assert_eq!(out[0].meta.peer, "fd 7");
         assert_eq!(d.open_connections(), 0);
     }
 

@@ -1,7 +1,7 @@
 //! What pgwire_trace prints: a line per request as it completes (or NDJSON), and with
 //! `--summary` a table per normalized statement every INTERVAL and at the end.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use pgbpf_common::{latency::Latencies, output, sql::normalize};
 use pgbpf_pgwire::value::render_all;
@@ -95,7 +95,11 @@ impl Reporter {
         let ns = r.end_unix_ns.saturating_sub(r.start_unix_ns);
         let key = normalize(&d.sql);
         for map in [&mut self.period, &mut self.total] {
-            let s = map.entry(key.clone()).or_default();
+            // Look up before inserting: a statement seen before costs no key copy.
+            let s = match map.get_mut(key.as_str()) {
+                Some(s) => s,
+                None => map.entry(key.clone()).or_default(),
+            };
             s.latency.add(ns);
             s.errors += u64::from(d.sqlstate.is_some());
             s.rows += d.rows.unwrap_or(0);
@@ -130,10 +134,10 @@ impl Reporter {
             "ts_ms": r.start_unix_ns / 1_000_000,
             "pid": r.pid,
             "conn_id": r.conn_id,
-            "peer": r.peer,
-            "user": r.user,
-            "database": r.database,
-            "application": r.application,
+            "peer": r.meta.peer,
+            "user": r.meta.user,
+            "database": r.meta.database,
+            "application": r.meta.application,
             "protocol": if d.extended { "extended" } else { "simple" },
             "statement_name": d.statement,
             "sql": statement_text(r, self.style.redact),
@@ -166,7 +170,7 @@ impl Reporter {
             line.push_str(&output::hms_of((r.start_unix_ns / 1_000_000_000) as i64));
             line.push(' ');
         }
-        let mut peer = r.peer.clone();
+        let mut peer = r.meta.peer.clone();
         if peer.chars().count() > 22 {
             let skip = peer.chars().count() - 21;
             peer = format!("…{}", peer.chars().skip(skip).collect::<String>());

@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{
             bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
@@ -47,10 +47,6 @@ static TRACK_SERVERS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// Offset of child_pid in sched_process_fork (from tracefs).
 #[unsafe(no_mangle)]
 static FORK_CHILD_PID_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(44);
-/// Offsets in the architecture's `struct pt_regs` of the registers holding a syscall's first
-/// three arguments at its exit (set by the loader; x86_64 defaults: di, si, dx).
-#[unsafe(no_mangle)]
-static ARG_OFFSETS: aya_ebpf::Global<[u32; 3]> = aya_ebpf::Global::new([112, 104, 96]);
 /// Ring buffer size: past a quarter full, a record wakes userspace up.
 #[unsafe(no_mangle)]
 static RING_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(16 << 20);
@@ -169,25 +165,32 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Offsets in `struct pt_regs` of the registers that hold a syscall's first three arguments
+/// at its exit (aya-build sets `bpf_target_arch` to the host's architecture). Constants,
+/// because the verifier checks loads from a BTF-typed pointer at fixed offsets only.
+#[cfg(bpf_target_arch = "aarch64")]
+const SYSCALL_ARG_OFFSETS: [usize; 3] = [272, 8, 16]; // orig_x0 (x0 holds the result), x1, x2
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const SYSCALL_ARG_OFFSETS: [usize; 3] = [112, 104, 96]; // x86_64: di, si, dx
+
 /// A syscall's first three arguments, read at its exit from the task's saved user registers.
 /// The exit tracepoint carries only the return value; reading them here spares an enter
 /// program and a per-thread map update for every read and write.
 #[inline(always)]
 fn syscall_args() -> Option<[u64; 3]> {
-    // SAFETY: helpers on the current task; the registers are read by probe_read_kernel.
+    // SAFETY: helpers on the current task. The verifier types `regs` as the kernel's
+    // struct pt_regs (BTF), so plain loads of its fields are allowed and checked; they cost
+    // far less than a probe_read per register.
     unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
-        if regs == 0 {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        if regs.is_null() {
             return None;
         }
-        let off = ARG_OFFSETS.load();
-        let mut args = [0u64; 3];
-        let mut i = 0;
-        while i < 3 {
-            args[i] = bpf_probe_read_kernel((regs + off[i] as u64) as *const u64).ok()?;
-            i += 1;
-        }
-        Some(args)
+        Some([
+            core::ptr::read_volatile(regs.add(SYSCALL_ARG_OFFSETS[0]).cast::<u64>()),
+            core::ptr::read_volatile(regs.add(SYSCALL_ARG_OFFSETS[1]).cast::<u64>()),
+            core::ptr::read_volatile(regs.add(SYSCALL_ARG_OFFSETS[2]).cast::<u64>()),
+        ])
     }
 }
 
