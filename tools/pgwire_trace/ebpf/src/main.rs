@@ -64,7 +64,7 @@ static LISTENERS: HashMap<SockKey, u32> = HashMap::with_max_entries(1024, 0);
 /// Server ports (TCP port numbers, also the NNNN of Unix socket paths .s.PGSQL.NNNN).
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
-/// A syscall between its enter and exit, by thread.
+/// An accept() or connect() between its enter and exit, by thread.
 #[map]
 static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 /// The connection a process accepted last, handed to the child it forks next.
@@ -83,10 +83,9 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Pending {
-    ts_ns: u64,
-    /// Buffer, iovec array or msghdr, or the socket address for accept/connect.
+    /// The socket address.
     ptr: u64,
-    /// iovec count, or the socket address length.
+    /// connect(): the address length; accept(): a pointer to it.
     count: u64,
     fd: u32,
     op: u8,
@@ -427,7 +426,6 @@ pub fn enter_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let p = Pending {
-        ts_ns: 0,
         ptr: arg(&ctx, 1),
         count: arg(&ctx, 2),
         fd: fd as u32,
@@ -566,7 +564,6 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
     }
     mark_has_socks(tgid);
     let p = Pending {
-        ts_ns: 0,
         ptr: addr,
         count: addr_len,
         fd: fd as u32,
