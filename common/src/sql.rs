@@ -2,6 +2,8 @@
 //! pg_stat_statements) and runs of white space one space, so `where aid = 5` and
 //! `where aid = 7` aggregate. Works on bytes, never panics, keeps unknown input as it is.
 
+use std::fmt::Write as _;
+
 /// The normalized form of `sql`. Existing `$n` parameters are kept; new numbering starts
 /// after the highest one present.
 pub fn normalize(sql: &str) -> String {
@@ -16,6 +18,15 @@ pub fn normalize(sql: &str) -> String {
         }
         *pending = false;
         out.push_str(s);
+    };
+    // `$n` written in place: formatting into a new String per constant showed in profiles.
+    let push_param = |out: &mut String, n: u32, pending: &mut bool| {
+        if *pending && !out.is_empty() {
+            out.push(' ');
+        }
+        *pending = false;
+        out.push('$');
+        let _ = write!(out, "{n}");
     };
     while i < b.len() {
         let c = b[i];
@@ -42,7 +53,7 @@ pub fn normalize(sql: &str) -> String {
                     i += 1;
                 }
             }
-            push(&mut out, &format!("${next_param}"), &mut pending_space);
+            push_param(&mut out, next_param, &mut pending_space);
             next_param += 1;
         } else if c == b'"' {
             // a quoted identifier: keep it
@@ -71,7 +82,7 @@ pub fn normalize(sql: &str) -> String {
                 }
                 i += 1;
             }
-            push(&mut out, &format!("${next_param}"), &mut pending_space);
+            push_param(&mut out, next_param, &mut pending_space);
             next_param += 1;
         } else {
             // anything else up to the next space, quote, or start of a constant
