@@ -434,7 +434,6 @@ impl Loaded {
         }
     }
 
-    /// Time from the start of `load` until now (call it once everything is attached).
     /// The map `name` of the object, for typed access (`HashMap::try_from(...)`).
     pub fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
         self.ebpf
@@ -455,6 +454,19 @@ impl Loaded {
             .collect()
     }
 
+    /// The ring buffer `name`, taken out of the object for the event loop to own.
+    pub fn take_ring_buffer(
+        &mut self,
+        name: &str,
+    ) -> anyhow::Result<aya::maps::RingBuf<aya::maps::MapData>> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
+    }
+
+    /// Time from the start of `load` until now (call it once everything is attached).
     pub fn startup_ms(&self) -> f64 {
         ms(self.started.elapsed())
     }

@@ -218,22 +218,36 @@ impl Connection {
         self.unsure = true;
     }
 
+    /// Frames one direction's bytes and the gap of `missing` bytes after them, into the
+    /// reused frame buffer (hand it back in `self.frames`). True when the framer lost the
+    /// message boundaries here.
+    fn frame(&mut self, client: bool, data: &[u8], missing: u64) -> (Vec<Frame>, bool) {
+        let mut frames = std::mem::take(&mut self.frames);
+        let framer = if client {
+            &mut self.client
+        } else {
+            &mut self.server
+        };
+        let was_synced = framer.synced();
+        framer.feed(data, &mut frames);
+        if missing > 0 {
+            framer.feed_gap(missing, &mut frames);
+        }
+        let lost = (was_synced || missing > 0) && !framer.synced();
+        (frames, lost)
+    }
+
     /// Bytes the client sent (at `ts_ns`); `missing` bytes after them were not captured.
     pub fn client_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64) {
         if self.encrypted {
             return;
         }
-        let mut frames = std::mem::take(&mut self.frames);
-        let was_synced = self.client.synced();
-        self.client.feed(data, &mut frames);
-        if missing > 0 {
-            self.client.feed_gap(missing, &mut frames);
-        }
+        let (mut frames, lost_step) = self.frame(true, data, missing);
         for f in frames.drain(..) {
             self.on_client(ts_ns, &f);
         }
         self.frames = frames;
-        if (was_synced || missing > 0) && !self.client.synced() {
+        if lost_step {
             self.lost_step();
         }
     }
@@ -256,17 +270,12 @@ impl Connection {
             self.client.expect_startup();
             data = rest;
         }
-        let mut frames = std::mem::take(&mut self.frames);
-        let was_synced = self.server.synced();
-        self.server.feed(data, &mut frames);
-        if missing > 0 {
-            self.server.feed_gap(missing, &mut frames);
-        }
+        let (mut frames, lost_step) = self.frame(false, data, missing);
         for f in frames.drain(..) {
             self.on_server(ts_ns, &f, &mut done);
         }
         self.frames = frames;
-        if (was_synced || missing > 0) && !self.server.synced() {
+        if lost_step {
             self.lost_step();
         }
         done

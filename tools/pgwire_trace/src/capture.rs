@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use pgbpf_common::{
     cli::{Tick, Ticker},
@@ -374,12 +374,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn event_loop(args: &Args, loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Result<()> {
-    let mut ring = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow!("no EVENTS map"))?,
-    )?;
+    let mut ring = loaded.take_ring_buffer("EVENTS")?;
     let mut ticker = Ticker::start(&args.out)?;
     let mut last_prune = Instant::now();
     loop {

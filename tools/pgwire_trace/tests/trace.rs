@@ -550,7 +550,7 @@ fn a_full_ring_buffer_is_counted_and_never_mispairs() {
     let _lock = exclusive();
     let pg = cluster();
     let postmaster = pg.postmaster_pid().unwrap().to_string();
-    // 1 MiB of ring buffer against result sets of tens of MB: records must be dropped.
+    // 1 MiB of ring buffer against result sets of tens of MB: records are dropped.
     let tool = Traced::start(
         BIN,
         &[
@@ -593,6 +593,22 @@ fn a_full_ring_buffer_is_counted_and_never_mispairs() {
             })
         })
         .collect();
+    // The tool is fast enough to keep up at times: stopping it for half a second while the
+    // clients pull rows makes the ring buffer overflow for certain.
+    let signal = |sig: &str| {
+        let pid = tool.pid().to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(500));
+    signal("-CONT");
     for c in clients {
         c.join().unwrap();
     }

@@ -2,8 +2,7 @@
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, anyhow, bail};
-use aya::maps::RingBuf;
+use anyhow::{Context as _, bail};
 use pgbpf_common::{
     cli::{Tick, Ticker},
     elf::Symbols,
@@ -166,12 +165,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn event_loop(args: &Args, loaded: &mut Loaded) -> anyhow::Result<()> {
-    let mut ring = RingBuf::try_from(
-        loaded
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or_else(|| anyhow!("no EVENTS map"))?,
-    )?;
+    let mut ring = loaded.take_ring_buffer("EVENTS")?;
     let mut reporter = Reporter::new(args);
     let mut ticker = Ticker::start(&args.out)?;
     loop {

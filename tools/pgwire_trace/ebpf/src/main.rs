@@ -418,6 +418,28 @@ fn new_conn_id() -> u64 {
     }
 }
 
+/// A new connection's entry with a fresh id.
+#[inline(always)]
+fn new_connection(role: u8, port: u32) -> SockInfo {
+    SockInfo {
+        conn_id: new_conn_id(),
+        role,
+        port,
+        ..SockInfo::default()
+    }
+}
+
+/// Puts a descriptor in the socket table; false (and counted) when the table is full.
+#[inline(always)]
+fn track(key: &SockKey, info: &SockInfo) -> bool {
+    if SOCKS.insert(key, info, 0).is_err() {
+        bump(counter::SOCKETS_FULL);
+        return false;
+    }
+    mark_has_socks(key.tgid);
+    true
+}
+
 #[tracepoint]
 pub fn enter_accept(ctx: TracePointContext) -> u32 {
     let (id, tgid) = ids();
@@ -451,17 +473,10 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
         .copied()
         .unwrap_or(0);
     let key = key_of(tgid, fd as u64);
-    let info = SockInfo {
-        conn_id: new_conn_id(),
-        role: ROLE_SERVER,
-        port,
-        ..SockInfo::default()
-    };
-    if SOCKS.insert(&key, &info, 0).is_err() {
-        bump(counter::SOCKETS_FULL);
+    let info = new_connection(ROLE_SERVER, port);
+    if !track(&key, &info) {
         return 0;
     }
-    mark_has_socks(tgid);
     let _ = LAST_ACCEPT.insert(&tgid, &Accepted { key, info }, 0);
     // The peer address: accept's addrlen argument points at its length.
     let len = if p.count != 0 {
@@ -551,18 +566,11 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let key = key_of(tgid, fd);
-    let info = SockInfo {
-        conn_id: new_conn_id(),
-        role: ROLE_CLIENT,
-        port,
-        ..SockInfo::default()
-    };
+    let info = new_connection(ROLE_CLIENT, port);
     // Marked now, so no byte is missed; a failed connect() unmarks it at exit.
-    if SOCKS.insert(&key, &info, 0).is_err() {
-        bump(counter::SOCKETS_FULL);
+    if !track(&key, &info) {
         return 0;
     }
-    mark_has_socks(tgid);
     let p = Pending {
         ptr: addr,
         count: addr_len,
@@ -659,11 +667,9 @@ pub fn on_fork(ctx: TracePointContext) -> u32 {
         tgid: child,
         fd: a.key.fd,
     };
-    if SOCKS.insert(&key, &a.info, 0).is_err() {
-        bump(counter::SOCKETS_FULL);
+    if !track(&key, &a.info) {
         return 0;
     }
-    mark_has_socks(child);
     if let Some(info) = SOCKS.get_ptr_mut(&a.key) {
         // SAFETY: map value pointer.
         unsafe { (*info).handed_off = 1 };
