@@ -5,6 +5,7 @@
 //! - [`cgroup`]: cgroup v2 mount, ids, paths and container lookup.
 //! - [`target`]: `--pid` / `--container` / `--cgroup` / `--comm` → the in-kernel filter.
 //! - [`output`]: sizes, durations, log2 histograms, tables, NDJSON, timestamps.
+//! - [`kernel_btf`]: offsets of kernel struct members, from the running kernel's BTF.
 //! - [`elf`]: symbols (also from separate debug files), file offsets, build-ids.
 //! - [`perf`]: uprobe perf events with semaphores and BPF links with cookies (for USDT).
 //! - [`usdt`]: USDT notes, semaphores and argument specs.
@@ -17,6 +18,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod elf;
+pub mod kernel_btf;
 pub mod latency;
 pub mod loader;
 pub mod output;

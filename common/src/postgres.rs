@@ -93,7 +93,7 @@ pub fn binary_for_target(
 }
 
 /// Pids in a cgroup directory and the cgroups below it.
-fn procs_below(dir: &Path) -> Vec<u32> {
+pub fn procs_below(dir: &Path) -> Vec<u32> {
     let mut out = vec![];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -112,9 +112,100 @@ fn procs_below(dir: &Path) -> Vec<u32> {
     out
 }
 
+/// Background process types as PostgreSQL names them in its process titles (15 and later).
+const BACKGROUND_TYPES: &[&str] = &[
+    "autovacuum launcher",
+    "autovacuum worker",
+    "logical replication launcher",
+    "logical replication worker",
+    "parallel worker",
+    "background writer",
+    "checkpointer",
+    "walwriter",
+    "walreceiver",
+    "walsender",
+    "archiver",
+    "startup",
+    "logger",
+    "stats collector",
+];
+
+/// What a PostgreSQL process is, from its title (/proc/PID/cmdline, which PostgreSQL rewrites
+/// as "postgres: [cluster_name: ]what"): "postmaster", "checkpointer", "parallel worker",
+/// "client backend", ... A title that is not PostgreSQL's gives None.
+pub fn backend_type(title: &str) -> Option<&'static str> {
+    let title = title.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    let Some(rest) = title.strip_prefix("postgres: ") else {
+        // The postmaster keeps its command line: ".../postgres -D ..." or "postgres".
+        let exe = title.split(['\0', ' ']).next().unwrap_or("");
+        return is_postgres_binary(Path::new(exe)).then_some("postmaster");
+    };
+    let known = |s: &str| BACKGROUND_TYPES.iter().copied().find(|t| s.starts_with(t));
+    if let Some(t) = known(rest) {
+        return Some(t);
+    }
+    // With cluster_name set, the title is "postgres: 15/main: checkpointer".
+    if let Some((_, after)) = rest.split_once(": ")
+        && let Some(t) = known(after)
+    {
+        return Some(t);
+    }
+    Some("client backend")
+}
+
+/// The leader's pid in a parallel worker's title ("... parallel worker for PID 4242").
+pub fn parallel_leader(title: &str) -> Option<u32> {
+    let rest = &title[title.find("parallel worker for PID ")? + 24..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_types_from_titles() {
+        let cases = [
+            (
+                "/usr/lib/postgresql/15/bin/postgres -D /var/lib/x -c config_file=y",
+                Some("postmaster"),
+            ),
+            ("postgres: 15/main: checkpointer ", Some("checkpointer")),
+            ("postgres: background writer", Some("background writer")),
+            (
+                "postgres: 15/main: parallel worker for PID 4242",
+                Some("parallel worker"),
+            ),
+            (
+                "postgres: parallel worker for PID 7 ",
+                Some("parallel worker"),
+            ),
+            (
+                "postgres: 15/main: postgres bench [local] SELECT",
+                Some("client backend"),
+            ),
+            (
+                "postgres: app db 10.0.0.1(5432) idle",
+                Some("client backend"),
+            ),
+            (
+                "postgres: 15/main: autovacuum launcher",
+                Some("autovacuum launcher"),
+            ),
+            ("python3 -c x", None),
+            ("", None),
+        ];
+        for (title, want) in cases {
+            assert_eq!(backend_type(title), want, "{title:?}");
+        }
+        assert_eq!(
+            parallel_leader("postgres: 15/main: parallel worker for PID 4242"),
+            Some(4242)
+        );
+        assert_eq!(parallel_leader("postgres: checkpointer"), None);
+        assert_eq!(parallel_leader("parallel worker for PID "), None);
+    }
 
     #[test]
     fn a_shell_is_not_postgres() {

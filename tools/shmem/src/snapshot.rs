@@ -1,0 +1,646 @@
+//! What shared memory there is now, from /proc: per PostgreSQL instance the main segment,
+//! the SysV header segment, DSM segments in /dev/shm, /dev/shm's size and use as the instance
+//! sees it (its own mount namespace), huge pages, and per process the resident shared memory
+//! (RSS, PSS) from smaps with its backend type. Other processes get the same view without
+//! PostgreSQL's meaning.
+
+use std::path::{Path, PathBuf};
+
+use pgbpf_common::postgres::{backend_type, is_postgres_binary};
+use serde_json::{Value, json};
+
+/// One shared mapping of a process (smaps entry with the `s` permission).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub path: String,
+    pub size: u64,
+    pub rss: u64,
+    pub pss: u64,
+    pub page_size: u64,
+}
+
+/// What a shared mapping is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// mmap(MAP_SHARED|MAP_ANONYMOUS): PostgreSQL's main segment.
+    Anonymous,
+    /// A SysV segment, with its key.
+    SysV(u32),
+    /// A PostgreSQL DSM segment in /dev/shm (the name as PostgreSQL prints it: /PostgreSQL.N).
+    Dsm(String),
+    /// Any other shared file mapping (other /dev/shm files, memfd, regular files).
+    File(String),
+}
+
+pub fn classify(path: &str) -> Segment {
+    let p = path.strip_suffix(" (deleted)").unwrap_or(path);
+    if p == "/dev/zero" || p == "/anon_hugepage" || p.is_empty() || p == "[anon_shmem]" {
+        return Segment::Anonymous;
+    }
+    if let Some(hex) = p.strip_prefix("/SYSV")
+        && let Ok(key) = u32::from_str_radix(hex, 16)
+    {
+        return Segment::SysV(key);
+    }
+    if let Some(name) = p.strip_prefix("/dev/shm/")
+        && name.starts_with("PostgreSQL.")
+    {
+        return Segment::Dsm(format!("/{name}"));
+    }
+    Segment::File(p.to_string())
+}
+
+/// The shared mappings in the text of /proc/PID/smaps. Malformed lines are skipped.
+pub fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut out = vec![];
+    let mut current: Option<Mapping> = None;
+    let mut hugetlb = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) =
+                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            if let Some(mut m) = current.take() {
+                m.rss += hugetlb;
+                out.push(m);
+            }
+            hugetlb = 0;
+            let perms = fields.next().unwrap_or("");
+            // offset, device, inode, then the path (which may contain spaces)
+            let path: Vec<&str> = fields.skip(3).collect();
+            if perms.as_bytes().get(3) == Some(&b's') {
+                current = Some(Mapping {
+                    path: path.join(" "),
+                    size: end.saturating_sub(start),
+                    rss: 0,
+                    pss: 0,
+                    page_size: 4096,
+                });
+            }
+            continue;
+        }
+        let Some(m) = current.as_mut() else { continue };
+        let kib = || {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        match first {
+            "Rss:" => m.rss = kib(),
+            "Pss:" => m.pss = kib(),
+            "KernelPageSize:" => m.page_size = kib(),
+            // Huge pages of hugetlbfs are not in Rss.
+            "Shared_Hugetlb:" | "Private_Hugetlb:" => hugetlb += kib(),
+            _ => {}
+        }
+    }
+    if let Some(mut m) = current {
+        m.rss += hugetlb;
+        out.push(m);
+    }
+    out
+}
+
+/// A process's shared memory by kind.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessShared {
+    pub pid: u32,
+    pub backend: String,
+    pub rss: u64,
+    pub pss: u64,
+    pub main_rss: u64,
+    pub dsm_rss: u64,
+    pub sysv_rss: u64,
+    pub mappings: Vec<Mapping>,
+}
+
+fn title_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Reads one process; None when it is gone or unreadable.
+pub fn process_shared(pid: u32) -> Option<ProcessShared> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mappings = parse_smaps(&text);
+    let title = title_of(pid);
+    let backend = backend_type(&title)
+        .map(str::to_string)
+        .unwrap_or_else(|| comm_of(pid));
+    let mut p = ProcessShared {
+        pid,
+        backend,
+        ..Default::default()
+    };
+    for m in &mappings {
+        p.rss += m.rss;
+        p.pss += m.pss;
+        match classify(&m.path) {
+            Segment::Anonymous => p.main_rss += m.rss,
+            Segment::Dsm(_) => p.dsm_rss += m.rss,
+            Segment::SysV(_) => p.sysv_rss += m.rss,
+            Segment::File(_) => {}
+        }
+    }
+    p.mappings = mappings;
+    Some(p)
+}
+
+/// Size and use of a filesystem, from statvfs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    pub used: u64,
+    pub free: u64,
+}
+
+pub fn space_of(path: &Path) -> Option<Space> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let frsize = s.fragment_size() as u64;
+    let total = s.blocks() as u64 * frsize;
+    let free_all = s.blocks_free() as u64 * frsize;
+    Some(Space {
+        total,
+        used: total.saturating_sub(free_all),
+        free: s.blocks_available() as u64 * frsize,
+    })
+}
+
+/// A file in /dev/shm.
+#[derive(Clone, Debug)]
+pub struct ShmFile {
+    pub name: String,
+    pub size: u64,
+    pub allocated: u64,
+}
+
+/// PostgreSQL's DSM segments in the /dev/shm that `root` sees.
+pub fn dsm_files(root: &Path) -> Vec<ShmFile> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out: Vec<ShmFile> = std::fs::read_dir(root.join("dev/shm"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("PostgreSQL.") {
+                return None;
+            }
+            let md = e.metadata().ok()?;
+            Some(ShmFile {
+                name: format!("/{name}"),
+                size: md.len(),
+                allocated: md.blocks() * 512,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.allocated.cmp(&a.allocated).then(a.name.cmp(&b.name)));
+    out
+}
+
+/// Huge pages of the machine, from /proc/meminfo (bytes; counts for HugePages_*).
+#[derive(Clone, Debug, Default)]
+pub struct HugePages {
+    pub total: u64,
+    pub free: u64,
+    pub reserved: u64,
+    pub page_size: u64,
+    pub shmem_huge_bytes: u64,
+}
+
+pub fn parse_meminfo(text: &str) -> HugePages {
+    let mut h = HugePages::default();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(name), Some(v)) = (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) else {
+            continue;
+        };
+        let kb = f.next() == Some("kB");
+        let v = if kb { v * 1024 } else { v };
+        match name {
+            "HugePages_Total:" => h.total = v,
+            "HugePages_Free:" => h.free = v,
+            "HugePages_Rsvd:" => h.reserved = v,
+            "Hugepagesize:" => h.page_size = v,
+            "ShmemHugePages:" => h.shmem_huge_bytes = v,
+            _ => {}
+        }
+    }
+    h
+}
+
+/// The SysV segment as /proc/sysvipc/shm has it (only when in our IPC namespace).
+#[derive(Clone, Debug, Default)]
+pub struct SysvSegment {
+    pub key: u32,
+    pub id: Option<u64>,
+    pub size: u64,
+    pub attached: Option<u64>,
+}
+
+fn sysv_table(pid: u32) -> Option<String> {
+    let ours = std::fs::read_link("/proc/self/ns/ipc").ok()?;
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/ipc")).ok()?;
+    if ours != theirs {
+        return None;
+    }
+    std::fs::read_to_string("/proc/sysvipc/shm").ok()
+}
+
+/// Finds `key` in the text of /proc/sysvipc/shm: (shmid, size, nattch).
+pub fn parse_sysvipc(text: &str, key: u32) -> Option<(u64, u64, u64)> {
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let k: i64 = f.first()?.parse().ok()?;
+        (k as u32 == key).then_some(())?;
+        Some((
+            f.get(1)?.parse().ok()?,
+            f.get(3)?.parse().ok()?,
+            f.get(6)?.parse().ok()?,
+        ))
+    })
+}
+
+/// One PostgreSQL instance: its postmaster and the processes below it.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub postmaster: u32,
+    pub data_dir: String,
+    pub main_size: u64,
+    pub main_page_size: u64,
+    pub sysv: Option<SysvSegment>,
+    pub dsm: Vec<ShmFile>,
+    pub dev_shm: Option<Space>,
+    pub processes: Vec<ProcessShared>,
+}
+
+/// Everything the snapshot shows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub instances: Vec<Instance>,
+    /// Processes that are not part of a PostgreSQL instance, with their /dev/shm.
+    pub others: Vec<(ProcessShared, Option<Space>)>,
+    pub huge: HugePages,
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    pgbpf_common::target::parse_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn root_of(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root"))
+}
+
+fn is_postgres(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| is_postgres_binary(&e))
+}
+
+/// Takes the snapshot of `pids` (processes that vanish meanwhile are left out).
+pub fn take(pids: &[u32]) -> Snapshot {
+    let mut snap = Snapshot {
+        huge: parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default()),
+        ..Default::default()
+    };
+    let mut procs: Vec<ProcessShared> = pids.iter().filter_map(|&p| process_shared(p)).collect();
+    procs.sort_by_key(|p| p.pid);
+    // Postmasters first: a postgres process whose parent is not a postgres process.
+    let postmasters: Vec<u32> = procs
+        .iter()
+        .filter(|p| is_postgres(p.pid) && !parent_of(p.pid).is_some_and(is_postgres))
+        .map(|p| p.pid)
+        .collect();
+    for pm in postmasters {
+        let members: Vec<ProcessShared> = procs
+            .iter()
+            .filter(|p| p.pid == pm || parent_of(p.pid) == Some(pm))
+            .cloned()
+            .collect();
+        procs.retain(|p| !members.iter().any(|m| m.pid == p.pid));
+        snap.instances.push(instance(pm, members));
+    }
+    snap.others = procs
+        .into_iter()
+        .map(|p| {
+            let space = space_of(&root_of(p.pid).join("dev/shm"));
+            (p, space)
+        })
+        .collect();
+    snap
+}
+
+fn instance(pm: u32, mut processes: Vec<ProcessShared>) -> Instance {
+    let root = root_of(pm);
+    let mut main_size = 0;
+    let mut main_page_size = 0;
+    let mut sysv = None;
+    if let Some(p) = processes.iter().find(|p| p.pid == pm) {
+        for m in &p.mappings {
+            match classify(&m.path) {
+                Segment::Anonymous if m.size > main_size => {
+                    main_size = m.size;
+                    main_page_size = m.page_size;
+                }
+                Segment::SysV(key) => {
+                    let mut s = SysvSegment {
+                        key,
+                        size: m.size,
+                        ..Default::default()
+                    };
+                    if let Some((id, size, natt)) =
+                        sysv_table(pm).and_then(|t| parse_sysvipc(&t, key))
+                    {
+                        s.id = Some(id);
+                        s.size = size;
+                        s.attached = Some(natt);
+                    }
+                    sysv = Some(s);
+                }
+                _ => {}
+            }
+        }
+    }
+    processes.sort_by_key(|p| (p.pid != pm, p.pid));
+    Instance {
+        postmaster: pm,
+        data_dir: std::fs::read_link(format!("/proc/{pm}/cwd"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        main_size,
+        main_page_size,
+        sysv,
+        dsm: dsm_files(&root),
+        dev_shm: space_of(&root.join("dev/shm")),
+        processes,
+    }
+}
+
+fn space_json(s: &Option<Space>) -> Value {
+    match s {
+        Some(s) => json!({"size": s.total, "used": s.used, "free": s.free}),
+        None => Value::Null,
+    }
+}
+
+fn process_json(p: &ProcessShared) -> Value {
+    json!({
+        "pid": p.pid, "backend": p.backend, "shared_rss": p.rss, "shared_pss": p.pss,
+        "main_rss": p.main_rss, "dsm_rss": p.dsm_rss, "sysv_rss": p.sysv_rss,
+    })
+}
+
+impl Snapshot {
+    /// One NDJSON object per instance and per other process.
+    pub fn to_json(&self) -> Vec<Value> {
+        let huge = json!({
+            "total": self.huge.total, "free": self.huge.free, "reserved": self.huge.reserved,
+            "page_size": self.huge.page_size, "shmem_huge_bytes": self.huge.shmem_huge_bytes,
+        });
+        let mut out = vec![];
+        for i in &self.instances {
+            out.push(json!({
+                "type": "snapshot",
+                "postgres": true,
+                "pid": i.postmaster,
+                "data_dir": i.data_dir,
+                "main_segment": {"size": i.main_size, "page_size": i.main_page_size},
+                "sysv": i.sysv.as_ref().map(|s| json!({
+                    "key": format!("{:#010x}", s.key), "id": s.id, "size": s.size, "attached": s.attached,
+                })),
+                "dsm": i.dsm.iter().map(|f| json!({"name": f.name, "size": f.size, "allocated": f.allocated})).collect::<Vec<_>>(),
+                "dev_shm": space_json(&i.dev_shm),
+                "huge_pages": huge,
+                "processes": i.processes.iter().map(process_json).collect::<Vec<_>>(),
+            }));
+        }
+        for (p, space) in &self.others {
+            out.push(json!({
+                "type": "snapshot",
+                "postgres": false,
+                "pid": p.pid,
+                "note": note_for(p),
+                "process": process_json(p),
+                "mappings": p.mappings.iter().map(|m| json!({
+                    "path": m.path, "size": m.size, "rss": m.rss, "pss": m.pss, "page_size": m.page_size,
+                })).collect::<Vec<_>>(),
+                "dev_shm": space_json(space),
+            }));
+        }
+        out
+    }
+
+    /// The human-readable view.
+    pub fn render(&self, width: Option<usize>) -> String {
+        use pgbpf_common::output::{human_bytes as hb, table};
+        let mut out = String::new();
+        for i in &self.instances {
+            out.push_str(&format!(
+                "PostgreSQL {} (data {})\n",
+                i.postmaster, i.data_dir
+            ));
+            out.push_str(&format!(
+                "  main segment  {} anonymous shared mapping ({} pages)\n",
+                hb(i.main_size),
+                hb(i.main_page_size)
+            ));
+            if let Some(s) = &i.sysv {
+                out.push_str(&format!(
+                    "  SysV segment  key {:#010x}{}, {}{}\n",
+                    s.key,
+                    s.id.map(|id| format!(" id {id}")).unwrap_or_default(),
+                    hb(s.size),
+                    s.attached
+                        .map(|n| format!(", {n} attached"))
+                        .unwrap_or_default()
+                ));
+            }
+            let dsm_total: u64 = i.dsm.iter().map(|f| f.allocated).sum();
+            out.push_str(&format!(
+                "  DSM segments  {} in /dev/shm, {} allocated{}\n",
+                i.dsm.len(),
+                hb(dsm_total),
+                if i.dsm.is_empty() { "" } else { ":" }
+            ));
+            for f in i.dsm.iter().take(10) {
+                out.push_str(&format!(
+                    "                {:<24} {:>7} (size {})\n",
+                    f.name,
+                    hb(f.allocated),
+                    hb(f.size)
+                ));
+            }
+            out.push_str(&format!("  /dev/shm      {}\n", space_line(&i.dev_shm)));
+            out.push_str(&format!("  huge pages    {}\n", self.huge_line(i)));
+            let rows: Vec<Vec<String>> = i
+                .processes
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.pid.to_string(),
+                        p.backend.clone(),
+                        hb(p.rss),
+                        hb(p.pss),
+                        hb(p.main_rss),
+                        hb(p.dsm_rss),
+                    ]
+                })
+                .collect();
+            out.push_str(&indent(&table(
+                &[
+                    "PID",
+                    "BACKEND",
+                    "SHARED RSS",
+                    "SHARED PSS",
+                    "MAIN RSS",
+                    "DSM RSS",
+                ],
+                &rows,
+                width.map(|w| w.saturating_sub(2)),
+            )));
+            out.push('\n');
+        }
+        for (p, space) in &self.others {
+            out.push_str(&format!("PID {} ({}): {}\n", p.pid, p.backend, note_for(p)));
+            let rows: Vec<Vec<String>> = p
+                .mappings
+                .iter()
+                .map(|m| vec![hb(m.size), hb(m.rss), hb(m.pss), m.path.clone()])
+                .collect();
+            if !rows.is_empty() {
+                out.push_str(&indent(&table(
+                    &["SIZE", "RSS", "PSS", "MAPPING"],
+                    &rows,
+                    width.map(|w| w.saturating_sub(2)),
+                )));
+            }
+            out.push_str(&format!("  /dev/shm      {}\n", space_line(space)));
+            out.push('\n');
+        }
+        out
+    }
+
+    fn huge_line(&self, i: &Instance) -> String {
+        use pgbpf_common::output::human_bytes as hb;
+        let h = &self.huge;
+        if i.main_page_size > 4096 {
+            format!(
+                "in use: the main segment has {} pages (HugePages_Total {}, Free {}, Rsvd {})",
+                hb(i.main_page_size),
+                h.total,
+                h.free,
+                h.reserved
+            )
+        } else {
+            format!(
+                "not used by the main segment (HugePages_Total {}, Free {}; ShmemHugePages {})",
+                h.total,
+                h.free,
+                hb(h.shmem_huge_bytes)
+            )
+        }
+    }
+}
+
+fn note_for(p: &ProcessShared) -> String {
+    format!(
+        "not a PostgreSQL process ({}): its shared mappings, without PostgreSQL's meaning",
+        p.backend
+    )
+}
+
+fn space_line(s: &Option<Space>) -> String {
+    use pgbpf_common::output::human_bytes as hb;
+    match s {
+        Some(s) => format!(
+            "{} tmpfs, {} used, {} free (the target's own mount namespace)",
+            hb(s.total),
+            hb(s.used),
+            hb(s.free)
+        ),
+        None => "not mounted or not readable".to_string(),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d0c0a00000-55d0c0b00000 r-xp 00000000 08:01 123   /usr/lib/postgresql/15/bin/postgres
+Rss:                 100 kB
+Pss:                 100 kB
+7f2416027000-7f241eebf000 rw-s 00000000 00:01 5310   /dev/zero (deleted)
+Size:             146016 kB
+KernelPageSize:        4 kB
+Rss:               23456 kB
+Pss:                3000 kB
+Shared_Hugetlb:        0 kB
+7f2421230000-7f2421237000 rw-s 00000000 00:1b 5573   /dev/shm/PostgreSQL.2702238638
+Rss:                  28 kB
+Pss:                  14 kB
+7f2421237000-7f2421238000 rw-s 00000000 00:01 1310780   /SYSV0005d4a2 (deleted)
+Rss:                   4 kB
+Pss:                   1 kB
+garbage line
+7f0000000000-7f0000200000 rw-s 00000000 00:10 42   /anon_hugepage (deleted)
+KernelPageSize:     2048 kB
+Rss:                   0 kB
+Shared_Hugetlb:     2048 kB
+";
+
+    #[test]
+    fn shared_mappings_from_smaps() {
+        let m = parse_smaps(SMAPS);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert_eq!(m[0].path, "/dev/zero (deleted)");
+        assert_eq!(m[0].size, 0x7f241eebf000 - 0x7f2416027000);
+        assert_eq!((m[0].rss, m[0].pss), (23456 * 1024, 3000 * 1024));
+        assert_eq!(classify(&m[0].path), Segment::Anonymous);
+        assert_eq!(
+            classify(&m[1].path),
+            Segment::Dsm("/PostgreSQL.2702238638".into())
+        );
+        assert_eq!(classify(&m[2].path), Segment::SysV(0x0005d4a2));
+        assert_eq!((m[3].page_size, m[3].rss), (2 << 20, 2 << 20));
+        assert_eq!(
+            classify("/dev/shm/other"),
+            Segment::File("/dev/shm/other".into())
+        );
+        // Garbage never panics.
+        assert!(parse_smaps("x-y rw-s\n-\nRss: kB\n\u{0}").is_empty());
+    }
+
+    #[test]
+    fn meminfo_and_sysvipc() {
+        let h = parse_meminfo(
+            "HugePages_Total:      10\nHugePages_Free:        4\nHugePages_Rsvd:  1\nHugepagesize:    2048 kB\nShmemHugePages: 0 kB\nbad",
+        );
+        assert_eq!(
+            (h.total, h.free, h.reserved, h.page_size),
+            (10, 4, 1, 2 << 20)
+        );
+        let t = "       key      shmid perms   size  cpid  lpid nattch   uid\n    382114    1310780   600     56 19625 19625      7   101\n";
+        assert_eq!(parse_sysvipc(t, 382114), Some((1310780, 56, 7)));
+        assert_eq!(parse_sysvipc(t, 1), None);
+        assert_eq!(parse_sysvipc("junk\n-1 x", 0xffff_ffff), None);
+    }
+}

@@ -1,0 +1,327 @@
+//! Resolves the target, prints the snapshot, loads and attaches the kernel programs (syscall
+//! tracepoints, uprobes on PostgreSQL's dsm_create / PGSharedMemoryCreate), and runs the loop.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::{maps::HashMap, programs::uprobe::UProbeAttachLocation};
+use pgbpf_common::{
+    cli::{Tick, Ticker},
+    elf::Symbols,
+    kernel_btf::KernelTypes,
+    loader::{self, Loaded},
+    output, postgres, system,
+    target::Target,
+    tracefs,
+};
+use shmem_ebpf::{ShmEvent, counter};
+
+use crate::{Args, event, report::Reporter, snapshot};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shmem"));
+
+/// Syscalls traced at entry and exit: (enter program, exit program, syscall).
+const SYSCALLS: &[(&str, &str, &str)] = &[
+    ("enter_openat", "exit_openat", "openat"),
+    ("enter_memfd_create", "exit_memfd_create", "memfd_create"),
+    ("enter_ftruncate", "exit_ftruncate", "ftruncate"),
+    ("enter_fallocate", "exit_fallocate", "fallocate"),
+    ("enter_unlink", "exit_unlink", "unlink"),
+    ("enter_unlinkat", "exit_unlink", "unlinkat"),
+    ("enter_mmap", "exit_mmap", "mmap"),
+    ("enter_shmget", "exit_shmget", "shmget"),
+    ("enter_shmat", "exit_shmat", "shmat"),
+    ("enter_shmdt", "exit_shmdt", "shmdt"),
+    ("enter_shmctl", "exit_shmctl", "shmctl"),
+];
+
+/// PostgreSQL functions with uprobes: (program, symbol).
+const FUNCTIONS: &[(&str, &str)] = &[
+    ("dsm_create", "dsm_create"),
+    ("pg_shmem_create", "PGSharedMemoryCreate"),
+];
+
+/// The kernel layout and namespace facts the programs need, kept alive for the loader.
+#[derive(Default)]
+struct Globals {
+    have_offsets: u32,
+    offsets: [u32; 11],
+    page_bytes: u64,
+    pidns_dev: u64,
+    pidns_ino: u64,
+    fork_child_offset: u32,
+}
+
+const OFFSET_NAMES: [&str; 11] = [
+    "OFF_TASK_FILES",
+    "OFF_FILES_FDT",
+    "OFF_FDT_FD",
+    "OFF_FILE_INODE",
+    "OFF_INODE_SB",
+    "OFF_SB_MAGIC",
+    "OFF_SB_FS_INFO",
+    "OFF_SBI_MAX_BLOCKS",
+    "OFF_SBI_USED_BLOCKS",
+    "OFF_TASK_MM",
+    "OFF_MM_ARG_START",
+];
+
+fn kernel_offsets() -> anyhow::Result<[u32; 11]> {
+    let k = KernelTypes::running()?;
+    Ok([
+        k.offset("task_struct", "files")?,
+        k.offset("files_struct", "fdt")?,
+        k.offset("fdtable", "fd")?,
+        k.offset("file", "f_inode")?,
+        k.offset("inode", "i_sb")?,
+        k.offset("super_block", "s_magic")?,
+        k.offset("super_block", "s_fs_info")?,
+        k.offset("shmem_sb_info", "max_blocks")?,
+        k.offset("shmem_sb_info", "used_blocks.count")?,
+        k.offset("task_struct", "mm")?,
+        k.offset("mm_struct", "arg_start")?,
+    ])
+}
+
+/// Processes the snapshot covers: the target's, or every postgres process without a target.
+fn snapshot_pids(target: &Target) -> Vec<u32> {
+    if !target.tgids.is_empty() {
+        return target.tgids.clone();
+    }
+    if let Some(cg) = &target.cgroup {
+        return postgres::procs_below(&cg.dir);
+    }
+    all_pids()
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .is_ok_and(|e| postgres::is_postgres_binary(&e))
+        })
+        .collect()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Load bias of the postgres binary in `pid`: where its mapping at file offset 0 starts,
+/// minus the page-aligned address of its first loadable segment (0 for a PIE).
+fn load_bias(pid: u32, first_vaddr: u64) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if !postgres::is_postgres_binary(Path::new(f.get(5)?))
+            || u64::from_str_radix(f.get(2)?, 16).ok()? != 0
+        {
+            return None;
+        }
+        let start = u64::from_str_radix(f.first()?.split_once('-')?.0, 16).ok()?;
+        start.checked_sub(first_vaddr & !0xfff)
+    })
+}
+
+/// The pid namespace the user thinks in: the first target process's.
+fn pid_namespace(pids: &[u32]) -> Option<(u64, u64)> {
+    let md = std::fs::metadata(format!("/proc/{}/ns/pid", pids.first()?)).ok()?;
+    Some((md.dev(), md.ino()))
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let mut target = Target::resolve(&args.target, None)?;
+    let roots = target.tgids.clone();
+    let not_postgres: Vec<u32> = roots
+        .iter()
+        .copied()
+        .filter(|&p| postgres::postgres_binary_of_pid(p).is_err())
+        .collect();
+    for &p in &not_postgres {
+        eprintln!(
+            "shmem: note: PID {p} is not a PostgreSQL process: showing its shared memory \
+             without PostgreSQL's meaning (no backend types, statements or DSM)"
+        );
+    }
+    if !target.tgids.is_empty() {
+        target.follow_descendants()?;
+    }
+    let pids = snapshot_pids(&target);
+    let snap = snapshot::take(&pids);
+    if args.out.json {
+        for v in snap.to_json() {
+            output::json_line(&v);
+        }
+    } else {
+        output::print(&snap.render(output::terminal_width()));
+    }
+    if args.snapshot {
+        return Ok(());
+    }
+
+    let binary = if not_postgres.len() == roots.len() && !roots.is_empty() {
+        None
+    } else {
+        postgres::binary_for_target(&target, args.postgres.as_deref()).ok()
+    };
+    let mut g = Globals {
+        page_bytes: system::page_size(),
+        fork_child_offset: tracefs::field("sched", "sched_process_fork", "child_pid")?.offset,
+        ..Default::default()
+    };
+    match kernel_offsets() {
+        Ok(o) => {
+            g.offsets = o;
+            g.have_offsets = 1;
+        }
+        Err(e) => eprintln!(
+            "shmem: note: without this kernel's struct layout ({e:#}), events show no backend \
+             type and failures no free space"
+        ),
+    }
+    if let Some((dev, ino)) = pid_namespace(&pids) {
+        g.pidns_dev = dev;
+        g.pidns_ino = ino;
+    }
+    let mut loaded = loader::load("shmem", OBJECT, args.out.verbose, |l| {
+        target.set_globals(l);
+        l.override_global("HAVE_OFFSETS", &g.have_offsets, true)
+            .override_global("PAGE_BYTES", &g.page_bytes, true)
+            .override_global("PIDNS_DEV", &g.pidns_dev, true)
+            .override_global("PIDNS_INO", &g.pidns_ino, true)
+            .override_global("FORK_CHILD_OFFSET", &g.fork_child_offset, true);
+        for (name, value) in OFFSET_NAMES.iter().zip(&g.offsets) {
+            l.override_global(name, value, true);
+        }
+    })?;
+    target.fill_maps(&mut loaded.ebpf)?;
+    let mut functions = 0;
+    if let Some((bin, root)) = &binary {
+        fill_query_addrs(&mut loaded, bin, root, &pids)?;
+        functions = attach_functions(&mut loaded, bin)?;
+    }
+    target.attach_fork_tracking(&mut loaded)?;
+    loaded.attach_tracepoint("inherit_query_addr", "sched", "sched_process_fork")?;
+    loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
+    for (enter, exit, name) in SYSCALLS {
+        loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
+        loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
+    }
+    eprintln!(
+        "Tracing shared memory of {} ({} syscalls, {} PostgreSQL functions, attached in {:.0} ms)... Hit Ctrl-C to end.",
+        target.describe(),
+        SYSCALLS.len() + 1,
+        functions,
+        loaded.startup_ms()
+    );
+    event_loop(args, &mut loaded, &roots)
+}
+
+fn fill_query_addrs(
+    loaded: &mut Loaded,
+    binary: &Path,
+    root: &Path,
+    pids: &[u32],
+) -> anyhow::Result<()> {
+    let symbols = Symbols::open(binary, root)?;
+    let Some(vaddr) = symbols.address("debug_query_string")? else {
+        eprintln!(
+            "shmem: note: {} has no symbol debug_query_string: events show no statement",
+            binary.display()
+        );
+        return Ok(());
+    };
+    // A .bss variable: no file offset, so the address is the load bias plus its vaddr.
+    let first_vaddr = symbols
+        .binary
+        .segments()?
+        .iter()
+        .map(|s| s.vaddr)
+        .min()
+        .unwrap_or(0);
+    let mut map: HashMap<_, u32, u64> = HashMap::try_from(loaded.map_mut("QUERY_ADDR")?)?;
+    for &pid in pids {
+        if let Some(bias) = load_bias(pid, first_vaddr) {
+            let addr = bias + vaddr;
+            map.insert(&pid, &addr, 0)
+                .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
+        }
+    }
+    Ok(())
+}
+
+fn attach_functions(loaded: &mut Loaded, binary: &Path) -> anyhow::Result<usize> {
+    let symbols = Symbols::open(binary, Path::new("/"))?;
+    let mut n = 0;
+    for (prog, symbol) in FUNCTIONS {
+        if symbols.address(symbol)?.is_none() {
+            eprintln!(
+                "shmem: note: {} has no symbol {symbol}: its calls are seen as syscalls only",
+                binary.display()
+            );
+            continue;
+        }
+        loaded.attach_uprobe(prog, binary, UProbeAttachLocation::Symbol(symbol))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn event_loop(args: &Args, loaded: &mut Loaded, roots: &[u32]) -> anyhow::Result<()> {
+    let mut ring = loaded.take_ring_buffer("EVENTS")?;
+    let mut reporter = Reporter::new(args.out.json, args.out.timestamp, args.failures);
+    let mut ticker = Ticker::start(&args.out)?;
+    let mut gone: Vec<u32> = vec![];
+    loop {
+        loader::wait_readable(&ring, 50);
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<ShmEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole ShmEvent (checked length), read unaligned.
+            let raw: ShmEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if !reporter.event(&event::decode(&raw)) {
+                ticker.request_stop();
+            }
+        }
+        for &pid in roots {
+            if !gone.contains(&pid) && !PathBuf::from(format!("/proc/{pid}")).exists() {
+                gone.push(pid);
+                eprintln!(
+                    "shmem: PID {pid} exited at {}; {}",
+                    output::hms_now(),
+                    if gone.len() == roots.len() {
+                        "nothing left to trace: the summary of what was seen follows"
+                    } else {
+                        "still tracing the others"
+                    }
+                );
+            }
+        }
+        if !roots.is_empty() && gone.len() == roots.len() {
+            ticker.request_stop();
+        }
+        match ticker.next(Duration::ZERO) {
+            Tick::Idle => {}
+            Tick::Interval => {
+                if !reporter.interval(&counters(loaded)?) {
+                    ticker.request_stop();
+                }
+            }
+            Tick::Final => {
+                reporter.finish(&counters(loaded)?);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn counters(loaded: &Loaded) -> anyhow::Result<Vec<u64>> {
+    loaded.counter_sums("COUNTERS", counter::COUNT)
+}
