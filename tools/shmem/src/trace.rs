@@ -1,11 +1,7 @@
 //! Resolves the target, prints the snapshot, loads and attaches the kernel programs (syscall
 //! tracepoints, uprobes on PostgreSQL's dsm_create / PGSharedMemoryCreate), and runs the loop.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use aya::{maps::HashMap, programs::uprobe::UProbeAttachLocation};
@@ -291,7 +287,7 @@ fn event_loop(args: &Args, loaded: &mut Loaded, roots: &[u32]) -> anyhow::Result
             }
         }
         for &pid in roots {
-            if !gone.contains(&pid) && !PathBuf::from(format!("/proc/{pid}")).exists() {
+            if !gone.contains(&pid) && !alive(pid) {
                 gone.push(pid);
                 eprintln!(
                     "shmem: PID {pid} exited at {}; {}",
@@ -320,6 +316,16 @@ fn event_loop(args: &Args, loaded: &mut Loaded, roots: &[u32]) -> anyhow::Result
             }
         }
     }
+}
+
+/// A process that exited but was not reaped yet (a zombie) counts as gone.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        !matches!(state, Some("Z") | Some("X"))
+    })
 }
 
 fn counters(loaded: &Loaded) -> anyhow::Result<Vec<u64>> {

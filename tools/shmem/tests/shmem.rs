@@ -52,7 +52,12 @@ fn resize_error(log: &str) -> Option<(u32, String, String, u64)> {
         let (pid, backend) = head.split_once(' ')?;
         let (segment, rest) = msg.split_once("\" to ")?;
         let bytes = rest.split_once(" bytes")?.0.parse().ok()?;
-        Some((pid.parse().ok()?, backend.to_string(), segment.to_string(), bytes))
+        Some((
+            pid.parse().ok()?,
+            backend.to_string(),
+            segment.to_string(),
+            bytes,
+        ))
     })
 }
 
@@ -111,7 +116,10 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     assert!((60 << 20..=64 << 20).contains(&size), "{size}");
     assert_eq!(f["dev_shm_size"], size);
     let free = f["dev_shm_free"].as_u64().unwrap();
-    assert!(free < bytes, "free {free} must be less than the {bytes} asked");
+    assert!(
+        free < bytes,
+        "free {free} must be less than the {bytes} asked"
+    );
     // The snapshot saw the same /dev/shm.
     let snap = records.iter().find(|r| r["type"] == "snapshot").unwrap();
     assert_eq!(snap["dev_shm"]["size"], size);
@@ -122,4 +130,250 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
         .unwrap();
     assert!(!total["failures"].as_array().unwrap().is_empty());
     assert_eq!(total["lost"]["ringbuf_full"], 0);
+}
+
+/// Resident bytes of the postmaster's main segment, read from smaps by hand.
+fn main_segment_from_smaps(pid: u32) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut lines = smaps.lines();
+    while let Some(l) = lines.next() {
+        if l.contains(" rw-s ") && l.ends_with("/dev/zero (deleted)") {
+            let range = l.split_whitespace().next().unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let size = u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
+            let rss = lines
+                .find_map(|l| l.strip_prefix("Rss:"))
+                .unwrap()
+                .trim()
+                .trim_end_matches(" kB")
+                .parse::<u64>()
+                .unwrap();
+            return (size, rss * 1024);
+        }
+    }
+    panic!("no main segment in /proc/{pid}/smaps");
+}
+
+#[test]
+fn snapshot_agrees_with_show_shared_memory_size_smaps_and_df() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start().unwrap();
+    let pm = pg.postmaster_pid().unwrap();
+    let out = run_tool(BIN, &["-p", &pm.to_string(), "--snapshot", "--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    assert_eq!(records.len(), 1, "one instance: {records:#?}");
+    let s = &records[0];
+    assert_eq!(s["postgres"], true);
+    assert_eq!(s["pid"], pm);
+    // SHOW shared_memory_size is the main segment in MB, rounded up.
+    let shown = pg.psql("show shared_memory_size").unwrap();
+    let mb: u64 = shown.trim().trim_end_matches("MB").parse().unwrap();
+    let main = s["main_segment"]["size"].as_u64().unwrap();
+    assert_eq!(main.div_ceil(1 << 20), mb, "main segment {main} vs {shown}");
+    let (smaps_size, smaps_rss) = main_segment_from_smaps(pm);
+    assert_eq!(main, smaps_size);
+    let postmaster = &s["processes"][0];
+    assert_eq!(postmaster["pid"], pm);
+    assert_eq!(postmaster["backend"], "postmaster");
+    // Resident pages move a little between the two reads: within 1 MiB.
+    let ours = postmaster["main_rss"].as_u64().unwrap();
+    assert!(ours.abs_diff(smaps_rss) <= 1 << 20, "{ours} vs {smaps_rss}");
+    let types: Vec<&str> = s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["backend"].as_str().unwrap())
+        .collect();
+    for t in ["checkpointer", "background writer", "walwriter"] {
+        assert!(types.contains(&t), "{types:?}");
+    }
+    // PostgreSQL's SysV header segment: 56 bytes on 64-bit Linux (sizeof(PGShmemHeader)).
+    assert_eq!(s["sysv"]["size"], 56);
+    // /dev/shm as df sees it.
+    let df_out =
+        pgbpf_testkit::run(std::process::Command::new("df").args(["-B1", "/dev/shm"])).unwrap();
+    let (size, used) = df(&df_out);
+    assert_eq!(s["dev_shm"]["size"], size);
+    let ours = s["dev_shm"]["used"].as_u64().unwrap();
+    assert!(ours.abs_diff(used) <= 1 << 20, "{ours} vs df {used}");
+    // The DSM control segment every instance has is listed.
+    assert!(!s["dsm"].as_array().unwrap().is_empty(), "{s}");
+}
+
+#[test]
+fn pid_covers_backends_started_later_and_a_postmaster_that_exits() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with(&PgOptions {
+        settings: parallel_hash(),
+        ..Default::default()
+    })
+    .unwrap();
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let pm = pg.postmaster_pid().unwrap();
+    let mut tool = Traced::start(BIN, &["-p", &pm.to_string(), "--json"]).unwrap();
+    // A new connection, whose parallel workers are forked after the tool attached.
+    let plan = pg
+        .psql("explain (analyze, costs off, timing off) select count(*) from pgbench_accounts")
+        .unwrap();
+    let launched: usize = plan
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Workers Launched: "))
+        .unwrap_or_else(|| panic!("not a parallel plan:\n{plan}"))
+        .parse()
+        .unwrap();
+    assert!(launched > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    // Fast shutdown: the tool notices and ends with what it saw.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pm as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = tool.wait(Duration::from_secs(20)).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("PID {pm} exited")),
+        "{}",
+        out.stderr
+    );
+    let records = out.json();
+    let evs = events(&records);
+    let mut workers: Vec<u64> = evs
+        .iter()
+        .filter(|e| e["backend"] == "parallel worker" && e["call"] == "open")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect();
+    workers.sort_unstable();
+    workers.dedup();
+    assert_eq!(
+        workers.len(),
+        launched,
+        "EXPLAIN ANALYZE's Workers Launched"
+    );
+    // The leader created the query's segment, with the statement attached.
+    let created = evs
+        .iter()
+        .find(|e| e["call"] == "dsm_create" && e["backend"] == "client backend")
+        .unwrap_or_else(|| panic!("no dsm_create: {evs:#?}"));
+    assert!(
+        created["query"]
+            .as_str()
+            .unwrap()
+            .contains("pgbench_accounts"),
+        "{created}"
+    );
+    let total = records
+        .iter()
+        .find(|r| r["type"] == "summary" && r["scope"] == "total")
+        .expect("the summary after the postmaster exited");
+    assert_eq!(total["events"].as_u64().unwrap(), evs.len() as u64);
+    tool_stderr_is_quiet(&out.stderr);
+}
+
+/// Nothing but the start-up line, notes and the exit notice on stderr.
+fn tool_stderr_is_quiet(stderr: &str) {
+    for l in stderr.lines() {
+        assert!(
+            l.starts_with("Tracing ")
+                || l.starts_with("shmem: PID ")
+                || l.starts_with("shmem: note"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_process_that_is_not_postgres_gets_the_generic_view() {
+    require_root();
+    let _lock = exclusive();
+    // 8 MiB of shared anonymous memory (Python's anonymous mmap is MAP_SHARED), 4 MiB touched.
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import mmap,time,sys\nm=mmap.mmap(-1, 8<<20)\nm.write(b'x'*(4<<20))\nprint('ready',flush=True)\ntime.sleep(30)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid = child.id().to_string();
+    let out = run_tool(BIN, &["-p", &pid, "--json", "-d", "1"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not a PostgreSQL process"),
+        "{}",
+        out.stderr
+    );
+    let records = out.json();
+    let s = records.iter().find(|r| r["type"] == "snapshot").unwrap();
+    assert_eq!(s["postgres"], false);
+    let m = s["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["size"] == 8 << 20)
+        .unwrap_or_else(|| panic!("no 8 MiB shared mapping: {s}"));
+    assert_eq!(m["rss"], 4 << 20);
+    // It traced and summarized too.
+    assert!(records.iter().any(|r| r["type"] == "summary"));
+}
+
+#[test]
+fn bad_pid_is_a_clear_error() {
+    let out = run_tool(BIN, &["-p", "999999999", "--snapshot"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.stderr.trim(),
+        "shmem: error: cannot attach to PID 999999999: no such process"
+    );
+}
+
+#[test]
+fn a_server_starting_under_trace_shows_its_main_segment_being_created() {
+    require_root();
+    let _lock = exclusive();
+    // No target: every process, so the postmaster is seen from its first call.
+    let tool = Traced::start(BIN, &["--json"]).unwrap();
+    let pg = Postgres::start().unwrap();
+    let pm = pg.postmaster_pid().unwrap() as u64;
+    let shown = pg.psql("show shared_memory_size").unwrap();
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    let mine: Vec<&Value> = events(&records)
+        .into_iter()
+        .filter(|e| e["pid"] == pm)
+        .collect();
+    let created = mine
+        .iter()
+        .find(|e| e["call"] == "PGSharedMemoryCreate")
+        .unwrap_or_else(|| panic!("no PGSharedMemoryCreate from {pm}: {mine:#?}"));
+    let mapped = mine
+        .iter()
+        .find(|e| e["call"] == "mmap" && e["segment"] == "anonymous" && e["failed"] == false)
+        .unwrap_or_else(|| panic!("no anonymous shared mmap from {pm}: {mine:#?}"));
+    let mb: u64 = shown.trim().trim_end_matches("MB").parse().unwrap();
+    let size = mapped["size"].as_u64().unwrap();
+    assert_eq!(size.div_ceil(1 << 20), mb, "mmap of {size} vs {shown}");
+    assert_eq!(
+        created["size"], size,
+        "the size PostgreSQL asked for is mapped"
+    );
+    // The SysV header segment: shmget of sizeof(PGShmemHeader).
+    let shmget = mine
+        .iter()
+        .find(|e| e["call"] == "shmget" && e["failed"] == false)
+        .unwrap_or_else(|| panic!("no shmget from {pm}: {mine:#?}"));
+    assert_eq!(shmget["size"], 56);
+    assert_eq!(mine[0]["backend"], "postmaster");
 }
