@@ -213,7 +213,7 @@ fn pid_covers_backends_started_later_and_a_postmaster_that_exits() {
     .unwrap();
     pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     let pm = pg.postmaster_pid().unwrap();
-    let mut tool = Traced::start(BIN, &["-p", &pm.to_string(), "--json"]).unwrap();
+    let tool = Traced::start(BIN, &["-p", &pm.to_string(), "--json"]).unwrap();
     // A new connection, whose parallel workers are forked after the tool attached.
     let plan = pg
         .psql("explain (analyze, costs off, timing off) select count(*) from pgbench_accounts")
