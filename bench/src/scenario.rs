@@ -105,6 +105,37 @@ pub const SCENARIOS: &[Scenario] = &[
         bpftrace: |_| Ok(include_str!("../bpftrace/pgwire_trace.bt").to_string()),
         extra: Some(crate::measure::decoder_throughput),
     },
+    Scenario {
+        tool: "shmem",
+        description: "PostgreSQL on the host with force_parallel_mode = on and parallel costs 0, \
+                  pgbench scale 10, pgbench -S: every SELECT runs under a Gather, so every \
+                  transaction creates a DSM segment (dsm_create, open, ftruncate, fallocate, \
+                  mmap, unlink) and starts a parallel worker that attaches it: shmem's worst \
+                  case, dozens of events per transaction. shmem -p POSTMASTER --json prints \
+                  every event with backend type and statement; the bpftrace script prints the \
+                  same calls with pid and size.",
+        pg: || PgOptions {
+            settings: [
+                ("force_parallel_mode", "on"),
+                ("parallel_setup_cost", "0"),
+                ("parallel_tuple_cost", "0"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Default::default()
+        },
+        scale: 10,
+        events_field: "events",
+        tool_args: |pg| Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()]),
+        bpftrace: |pg| {
+            Ok(include_str!("../bpftrace/shmem.bt").replace(
+                "@POSTGRES@",
+                &pg.bin_dir.join("postgres").display().to_string(),
+            ))
+        },
+        extra: None,
+    },
 ];
 
 pub fn names() -> Vec<&'static str> {

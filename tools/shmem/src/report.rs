@@ -59,6 +59,8 @@ pub struct Reporter {
     /// Wall clock minus CLOCK_MONOTONIC, to print event times.
     wall_offset_ns: i64,
     header_done: bool,
+    started: std::time::Instant,
+    last_report: std::time::Instant,
     interval: Period,
     total: Period,
 }
@@ -80,6 +82,8 @@ impl Reporter {
             wall_offset_ns: now_ns(nix::time::ClockId::CLOCK_REALTIME)
                 - now_ns(nix::time::ClockId::CLOCK_MONOTONIC),
             header_done: false,
+            started: std::time::Instant::now(),
+            last_report: std::time::Instant::now(),
             interval: Period::default(),
             total: Period::default(),
         }
@@ -176,16 +180,18 @@ impl Reporter {
     /// The interval summary. Returns false once stdout is gone.
     pub fn interval(&mut self, lost: &[u64]) -> bool {
         let p = std::mem::take(&mut self.interval);
-        self.summary_of(&p, "interval", lost)
+        let secs = self.last_report.elapsed().as_secs_f64();
+        self.last_report = std::time::Instant::now();
+        self.summary_of(&p, "interval", secs, lost)
     }
 
     /// The summary of the whole run.
     pub fn finish(&mut self, lost: &[u64]) -> bool {
         let p = std::mem::take(&mut self.total);
-        self.summary_of(&p, "total", lost)
+        self.summary_of(&p, "total", self.started.elapsed().as_secs_f64(), lost)
     }
 
-    fn summary_of(&self, p: &Period, scope: &str, lost: &[u64]) -> bool {
+    fn summary_of(&self, p: &Period, scope: &str, secs: f64, lost: &[u64]) -> bool {
         let lost_at = |i: u32| lost.get(i as usize).copied().unwrap_or(0);
         if self.json {
             let per_pid = |m: &BTreeMap<(u32, String), (u64, u64)>| -> Vec<Value> {
@@ -200,6 +206,7 @@ impl Reporter {
                 "scope": scope,
                 "ts_ms": output::unix_ms(),
                 "events": p.events,
+                "duration_s": secs,
                 "mmap": per_pid(&p.mmap),
                 "anon_shm": per_pid(&p.anon_shm),
                 "shm": p.shm.iter().map(|(s, b)| json!({"segment": s, "bytes": b})).collect::<Vec<_>>(),

@@ -82,6 +82,8 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     let id = &container.id[..12];
 
     let tool = Traced::start(BIN, &["--container", id, "--json"]).unwrap();
+    // The same trace as a user reads it: failures only, highlighted, with time.
+    let human = Traced::start(BIN, &["--container", id, "-T", "--failures"]).unwrap();
     let err = pg
         .psql(BIG_JOIN)
         .expect_err("the join must fail for lack of /dev/shm");
@@ -93,6 +95,12 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     let records = out.json();
+    let human = human.stop().unwrap();
+    // Kept for the manual's example.
+    let _ = std::fs::write(
+        pgbpf_testkit::repo_root().join("target/shmem-enospc-example.txt"),
+        &human.stdout,
+    );
 
     let log = pg.server_log();
     let (log_pid, log_backend, segment, bytes) =
@@ -110,6 +118,18 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     assert_eq!(f["ns_pid"], log_pid, "the pid the server log names");
     assert_eq!(f["backend"], log_backend.as_str());
     assert_eq!(f["query"], BIG_JOIN);
+    let line = human
+        .stdout
+        .lines()
+        .find(|l| l.contains(&segment) && l.contains("fallocate"))
+        .unwrap_or_else(|| panic!("no failure line for {segment}:\n{}", human.stdout));
+    assert!(line.contains("ENOSPC") && line.contains(BIG_JOIN), "{line}");
+    assert!(
+        human.stdout.contains("fallocate asked for")
+            && human.stdout.contains("free when the call began"),
+        "{}",
+        human.stdout
+    );
     // The container's /dev/shm, as df inside it reports it.
     let (size, _) = df(&container.exec("postgres", "df -B1 /dev/shm").unwrap());
     // podman's default: 64000 KiB.
