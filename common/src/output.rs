@@ -100,6 +100,23 @@ pub fn table(header: &[&str], rows: &[Vec<String>], width: Option<usize>) -> Str
         .join("\n")
 }
 
+/// A statement on one line: runs of whitespace (newlines too) become one space.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A line cut to `width` characters, ending in `…` when cut; unchanged without a width.
+pub fn cut_to_width(line: &str, width: Option<usize>) -> String {
+    match width {
+        Some(w) if line.chars().count() > w => {
+            let mut s: String = line.chars().take(w.saturating_sub(1)).collect();
+            s.push('…');
+            s
+        }
+        _ => line.to_string(),
+    }
+}
+
 /// Writes one NDJSON line to stdout. Returns false when stdout is gone (closed pipe).
 pub fn json_line(value: &serde_json::Value) -> bool {
     let mut out = io::stdout().lock();
@@ -149,6 +166,14 @@ pub fn c_str(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_flattened_and_cut() {
+        assert_eq!(one_line(" select\n  1\t; "), "select 1 ;");
+        assert_eq!(cut_to_width("abcdef", Some(4)), "abc…");
+        assert_eq!(cut_to_width("abcd", Some(4)), "abcd");
+        assert_eq!(cut_to_width("abcdef", None), "abcdef");
+    }
 
     #[test]
     fn sizes_like_postgres_bcc() {

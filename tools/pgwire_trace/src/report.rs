@@ -36,10 +36,6 @@ pub struct Reporter {
     started: std::time::Instant,
 }
 
-fn one_line(sql: &str) -> String {
-    sql.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 fn transaction_name(t: Option<u8>) -> &'static str {
     match t {
         Some(b'I') => "idle",
@@ -54,7 +50,7 @@ pub fn statement_text(r: &Request, redact: bool) -> String {
     if redact {
         normalize(&r.done.sql)
     } else {
-        one_line(&r.done.sql)
+        output::one_line(&r.done.sql)
     }
 }
 
@@ -227,7 +223,7 @@ impl Reporter {
                     ms(s.latency.mean_ns()),
                     ms(s.latency.percentile_ns(50.0)),
                     ms(s.latency.percentile_ns(99.0)),
-                    one_line(sql),
+                    output::one_line(sql),
                 ]
             })
             .collect();

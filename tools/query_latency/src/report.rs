@@ -74,9 +74,13 @@ impl Reporter {
             self.prefix(),
             ev.pid,
             ev.duration_ns as f64 / 1e6,
-            one_line(text)
+            output::one_line(text)
         );
-        output::print(&cut(&line, self.width))
+        // The line ends in a newline, which the width does not count.
+        output::print(&format!(
+            "{}\n",
+            output::cut_to_width(line.trim_end_matches('\n'), self.width)
+        ))
     }
 
     /// Statements running right now, longest first. Returns false once stdout is gone.
@@ -102,7 +106,7 @@ impl Reporter {
                     a.pid.to_string(),
                     output::human_ns(a.elapsed.as_nanos() as u64),
                     a.protocol.to_string(),
-                    one_line(&a.text),
+                    output::one_line(&a.text),
                 ]
             })
             .collect();
@@ -204,7 +208,7 @@ impl Reporter {
             r.push(k.pid.to_string());
         }
         let mark = if l.truncated { "…" } else { "" };
-        r.push(format!("{}{mark}", one_line(&k.statement)));
+        r.push(format!("{}{mark}", output::one_line(&k.statement)));
         r
     }
 
@@ -250,19 +254,4 @@ fn lost_text(c: &[u64; counter::COUNT as usize]) -> String {
         c[counter::CONTEXT_FULL as usize],
         c[counter::DONE_WITHOUT_START as usize]
     )
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn cut(line: &str, width: Option<usize>) -> String {
-    match width {
-        Some(w) if line.chars().count() > w + 1 => {
-            let mut s: String = line.chars().take(w.saturating_sub(1)).collect();
-            s.push_str("…\n");
-            s
-        }
-        _ => line.to_string(),
-    }
 }

@@ -135,9 +135,9 @@ impl Reporter {
             e.segment,
             size,
             e.result(),
-            one_line(&e.query)
+            output::one_line(&e.query)
         );
-        let line = cut(&line, self.width);
+        let line = output::cut_to_width(&line, self.width);
         if e.failed() {
             let (start, end) = if self.color {
                 ("\x1b[1;31m", "\x1b[0m")
@@ -287,19 +287,4 @@ fn failure_text(e: &Event) -> String {
         s.push_str(&format!("; PID {ns} in its container"));
     }
     s
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn cut(line: &str, width: Option<usize>) -> String {
-    match width {
-        Some(w) if line.chars().count() > w => {
-            let mut s: String = line.chars().take(w.saturating_sub(1)).collect();
-            s.push('…');
-            s
-        }
-        _ => line.to_string(),
-    }
 }

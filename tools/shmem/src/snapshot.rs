@@ -307,7 +307,8 @@ fn root_of(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root"))
 }
 
-fn is_postgres(pid: u32) -> bool {
+/// A process running a postgres binary.
+pub fn is_postgres(pid: u32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| is_postgres_binary(&e))
 }
 
@@ -319,16 +320,20 @@ pub fn take(pids: &[u32]) -> Snapshot {
     };
     let mut procs: Vec<ProcessShared> = pids.iter().filter_map(|&p| process_shared(p)).collect();
     procs.sort_by_key(|p| p.pid);
+    // Each process's parent, read once.
+    let parents: std::collections::HashMap<u32, Option<u32>> =
+        procs.iter().map(|p| (p.pid, parent_of(p.pid))).collect();
+    let parent = |pid: u32| parents.get(&pid).copied().flatten();
     // Postmasters first: a postgres process whose parent is not a postgres process.
     let postmasters: Vec<u32> = procs
         .iter()
-        .filter(|p| is_postgres(p.pid) && !parent_of(p.pid).is_some_and(is_postgres))
+        .filter(|p| is_postgres(p.pid) && !parent(p.pid).is_some_and(is_postgres))
         .map(|p| p.pid)
         .collect();
     for pm in postmasters {
         let members: Vec<ProcessShared> = procs
             .iter()
-            .filter(|p| p.pid == pm || parent_of(p.pid) == Some(pm))
+            .filter(|p| p.pid == pm || parent(p.pid) == Some(pm))
             .cloned()
             .collect();
         procs.retain(|p| !members.iter().any(|m| m.pid == p.pid));

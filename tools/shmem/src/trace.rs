@@ -93,10 +93,7 @@ fn snapshot_pids(target: &Target) -> Vec<u32> {
     }
     all_pids()
         .into_iter()
-        .filter(|&p| {
-            std::fs::read_link(format!("/proc/{p}/exe"))
-                .is_ok_and(|e| postgres::is_postgres_binary(&e))
-        })
+        .filter(|&p| snapshot::is_postgres(p))
         .collect()
 }
 
