@@ -10,6 +10,7 @@
 //! - [`perf`]: uprobe perf events with semaphores and BPF links with cookies (for USDT).
 //! - [`usdt`]: USDT notes, semaphores and argument specs.
 //! - [`query`]: userspace view of the query context (each backend's current statement).
+//! - [`query_probes`]: the PostgreSQL probe sites that keep the query context, and attaching them.
 //! - [`postgres`]: finding the postgres binary of a process or of the machine.
 //! - [`system`]: page size and other facts about this machine.
 //! - [`sql`]: statement normalization (constants → `$n`), as pg_stat_statements does.
@@ -25,6 +26,7 @@ pub mod output;
 pub mod perf;
 pub mod postgres;
 pub mod query;
+pub mod query_probes;
 pub mod sql;
 pub mod system;
 pub mod target;

@@ -131,12 +131,12 @@ impl Target {
         Ok(())
     }
 
-    /// Attaches the fork/exit tracking programs when [`Target::follow_descendants`] asked for it.
+    /// Attaches the exit tracking program (it also forgets exited backends' query context,
+    /// whatever the target) and, when [`Target::follow_descendants`] asked for it, the fork one.
     pub fn attach_fork_tracking(&self, loaded: &mut crate::loader::Loaded) -> anyhow::Result<()> {
-        if self.follow_forks == 0 {
-            return Ok(());
+        if self.follow_forks != 0 {
+            loaded.attach_tracepoint("pgbpf_follow_fork", "sched", "sched_process_fork")?;
         }
-        loaded.attach_tracepoint("pgbpf_follow_fork", "sched", "sched_process_fork")?;
         loaded.attach_tracepoint("pgbpf_forget_exit", "sched", "sched_process_exit")
     }
 

@@ -13,6 +13,27 @@ pub const PROTOCOL_EXTENDED: u8 = 2;
 /// Timed without protocol-specific probes (uprobes on PortalRun).
 pub const PROTOCOL_UNKNOWN: u8 = 3;
 
+/// Probe ids handed to the loader with each site (`pgbpf_common::query_probes`): which
+/// PostgreSQL probe fired, for [`track_probe`].
+pub const PROBE_QUERY_START: u32 = 1;
+pub const PROBE_QUERY_DONE: u32 = 2;
+pub const PROBE_EXECUTE_START: u32 = 3;
+pub const PROBE_EXECUTE_DONE: u32 = 4;
+/// uprobe/uretprobe on PortalRun (no USDT): both protocols, which cannot be told apart.
+pub const PROBE_PORTAL_START: u32 = 5;
+pub const PROBE_PORTAL_DONE: u32 = 6;
+
+/// What [`track_probe`] did, for the tool's lost-event counters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    /// A statement began or ended, or the probe was not one to act on.
+    Done,
+    /// A statement could not be tracked: the context map is full.
+    ContextFull,
+    /// A statement ended that began before the tool attached.
+    DoneWithoutStart,
+}
+
 /// One backend's current statement.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -43,7 +64,11 @@ mod kernel {
         maps::{HashMap, PerCpuArray},
     };
 
-    use super::{PROTOCOL_NONE, QUERY_TEXT_CAP, QueryContext};
+    use super::{
+        PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_PORTAL_DONE, PROBE_PORTAL_START,
+        PROBE_QUERY_DONE, PROBE_QUERY_START, PROTOCOL_EXTENDED, PROTOCOL_NONE, PROTOCOL_SIMPLE,
+        PROTOCOL_UNKNOWN, QUERY_TEXT_CAP, QueryContext, Tracked,
+    };
 
     /// Current statement by backend (thread id; PostgreSQL backends are single-threaded).
     #[map]
@@ -123,5 +148,51 @@ mod kernel {
     #[inline(always)]
     pub fn query_forget(tid: u32) {
         let _ = PGBPF_QUERIES.remove(&tid);
+    }
+
+    /// Keeps the query context from one of PostgreSQL's probes (`probe_id`, a `PROBE_*`):
+    /// a start records the statement whose text `text` yields (called only for starts), a
+    /// done calls `finished` with the statement, if it is the one of that protocol being
+    /// tracked, then marks the backend idle.
+    #[inline(always)]
+    pub fn track_probe(
+        probe_id: u32,
+        text: impl FnOnce() -> u64,
+        finished: impl FnOnce(&QueryContext),
+    ) -> Tracked {
+        let (starting, protocol) = match probe_id {
+            PROBE_QUERY_START => (true, PROTOCOL_SIMPLE),
+            PROBE_EXECUTE_START => (true, PROTOCOL_EXTENDED),
+            PROBE_PORTAL_START => (true, PROTOCOL_UNKNOWN),
+            PROBE_QUERY_DONE => (false, PROTOCOL_SIMPLE),
+            PROBE_EXECUTE_DONE => (false, PROTOCOL_EXTENDED),
+            PROBE_PORTAL_DONE => (false, PROTOCOL_UNKNOWN),
+            _ => return Tracked::Done,
+        };
+        if starting {
+            if protocol == PROTOCOL_EXTENDED
+                && let Some(q) = query_current()
+                // SAFETY: map value pointer.
+                && unsafe { (*q).protocol } == PROTOCOL_SIMPLE
+            {
+                // PortalRun inside a simple query: the simple query's own probes time it.
+                return Tracked::Done;
+            }
+            return if query_begin(protocol, text()) {
+                Tracked::Done
+            } else {
+                Tracked::ContextFull
+            };
+        }
+        let Some(qp) = query_current() else {
+            return Tracked::DoneWithoutStart;
+        };
+        // SAFETY: a map value pointer, valid while this program runs; one backend, one CPU.
+        let q = unsafe { &mut *qp };
+        if q.protocol == protocol {
+            finished(q);
+            query_end(q);
+        }
+        Tracked::Done
     }
 }

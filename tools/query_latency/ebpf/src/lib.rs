@@ -5,15 +5,6 @@ pub use pgbpf_common_ebpf::query::{
     PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP,
 };
 
-/// probe ids given to attach_usdt: which PostgreSQL probe a site belongs to.
-pub const PROBE_QUERY_START: u32 = 1;
-pub const PROBE_QUERY_DONE: u32 = 2;
-pub const PROBE_EXECUTE_START: u32 = 3;
-pub const PROBE_EXECUTE_DONE: u32 = 4;
-/// uprobe/uretprobe on PortalRun (no USDT): both protocols, which cannot be told apart.
-pub const PROBE_PORTAL_START: u32 = 5;
-pub const PROBE_PORTAL_DONE: u32 = 6;
-
 /// One finished statement, sent through the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -11,14 +11,11 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use pgbpf_common_ebpf::{
-    query::{PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, query_begin, query_current, query_end},
+    query::{QueryContext, Tracked, track_probe},
     target::current_is_target,
     usdt::{usdt_arg, usdt_spec},
 };
-use query_latency_ebpf::{
-    PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_PORTAL_DONE, PROBE_PORTAL_START,
-    PROBE_QUERY_DONE, PROBE_QUERY_START, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP, QueryEvent, counter,
-};
+use query_latency_ebpf::{QUERY_TEXT_CAP, QueryEvent, counter};
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 
@@ -32,26 +29,9 @@ fn bump(index: u32) {
     pgbpf_common_ebpf::bump(&COUNTERS, index)
 }
 
+/// Sends one finished statement.
 #[inline(always)]
-fn begin(protocol: u8, text: u64) {
-    if !query_begin(protocol, text) {
-        bump(counter::CONTEXT_FULL);
-    }
-}
-
-/// Sends the current statement of `protocol`, if it is the one being tracked, and forgets it.
-#[inline(always)]
-fn finish(protocol: u8) {
-    let Some(qp) = query_current() else {
-        bump(counter::DONE_WITHOUT_START);
-        return;
-    };
-    // SAFETY: a map value pointer, valid while this program runs.
-    let q = unsafe { &*qp };
-    if q.protocol != protocol {
-        // PortalRun inside a simple query: the simple query's own probes time it.
-        return;
-    }
+fn send(q: &QueryContext) {
     match EVENTS.reserve::<QueryEvent>(0) {
         Some(mut slot) => {
             let ev = slot.as_mut_ptr();
@@ -75,8 +55,6 @@ fn finish(protocol: u8) {
         }
         None => bump(counter::RINGBUF_FULL),
     }
-    // SAFETY: the same map value; `q` is not used after this.
-    query_end(unsafe { &mut *qp });
 }
 
 #[uprobe]
@@ -87,29 +65,13 @@ pub fn pg_probe(ctx: ProbeContext) -> u32 {
     let Some(spec) = usdt_spec(&ctx) else {
         return 0;
     };
-    match spec.probe_id {
-        PROBE_QUERY_START => begin(PROTOCOL_SIMPLE, usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64),
-        PROBE_QUERY_DONE => finish(PROTOCOL_SIMPLE),
-        PROBE_EXECUTE_START => {
-            if let Some(q) = query_current() {
-                // SAFETY: map value pointer.
-                if unsafe { (*q).protocol } == PROTOCOL_SIMPLE {
-                    return 0;
-                }
-            }
-            // Argument 0 was added by the loader: the value of debug_query_string.
-            begin(
-                PROTOCOL_EXTENDED,
-                usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64,
-            );
-        }
-        PROBE_EXECUTE_DONE => finish(PROTOCOL_EXTENDED),
-        PROBE_PORTAL_START => begin(
-            PROTOCOL_UNKNOWN,
-            usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64,
-        ),
-        PROBE_PORTAL_DONE => finish(PROTOCOL_UNKNOWN),
-        _ => {}
+    // Argument 0 of a start: the statement text (for the extended protocol and PortalRun the
+    // loader made it the value of debug_query_string).
+    let text = || usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64;
+    match track_probe(spec.probe_id, text, send) {
+        Tracked::ContextFull => bump(counter::CONTEXT_FULL),
+        Tracked::DoneWithoutStart => bump(counter::DONE_WITHOUT_START),
+        Tracked::Done => {}
     }
     0
 }
