@@ -1,7 +1,8 @@
-//! The two kernel calls aya 0.16 does not offer and USDT needs: a uprobe perf event with a
-//! `ref_ctr_offset` (the kernel then raises the probe's semaphore in every process that maps
-//! the binary, forks and later starts included, and lowers it when the event is closed), and a
-//! BPF link to that event carrying a cookie (which site fired).
+//! The kernel calls aya 0.16 does not offer: a uprobe perf event with a `ref_ctr_offset` (the
+//! kernel then raises the probe's semaphore in every process that maps the binary, forks and
+//! later starts included, and lowers it when the event is closed), a BPF link to that event
+//! carrying a cookie (which site fired), both for USDT; and a trial open of a counter, to tell
+//! "this machine has no such counter" from other failures before anything is loaded.
 
 use std::{
     ffi::CString,
@@ -27,6 +28,11 @@ struct PerfEventAttr {
     config1: u64,
     config2: u64,
 }
+
+/// perf_event_attr flag bits: disabled, exclude_kernel, exclude_hv.
+const ATTR_DISABLED: u64 = 1;
+const ATTR_EXCLUDE_KERNEL: u64 = 1 << 5;
+const ATTR_EXCLUDE_HV: u64 = 1 << 6;
 
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
@@ -85,6 +91,36 @@ pub fn open_uprobe(
     }
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Opens and closes a disabled counting event `(type_, config)` on this process, user space
+/// only (allowed at any perf_event_paranoid up to 2): `Err` is perf_event_open's error, e.g.
+/// ENOENT when the machine has no PMU for a hardware event.
+pub fn try_open_counter(type_: u32, config: u64) -> std::io::Result<()> {
+    let attr = PerfEventAttr {
+        type_,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        config,
+        flags: ATTR_DISABLED | ATTR_EXCLUDE_KERNEL | ATTR_EXCLUDE_HV,
+        ..Default::default()
+    };
+    // SAFETY: attr outlives the call; pid 0 with cpu -1 is this process on any CPU.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const PerfEventAttr,
+            0,
+            -1,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own; dropping it closes the event.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
 }
 
 /// Links the loaded program `prog_fd` to the perf event with `cookie`, then enables the event.

@@ -257,6 +257,37 @@ impl Postgres {
             .arg("postgres"))
     }
 
+    /// A psql connection kept open, for statements run one at a time on one backend.
+    pub fn session(&self) -> anyhow::Result<Session> {
+        let mut child = Command::new("psql")
+            .args(self.conn_args())
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting psql")?;
+        let stdin = child.stdin.take().context("no stdin pipe")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("no stdout pipe")?);
+        let mut s = Session {
+            child,
+            stdin,
+            stdout,
+            backend_pid: 0,
+        };
+        s.backend_pid = s.run("select pg_backend_pid()")?.trim().parse()?;
+        Ok(s)
+    }
+
     /// Host pid of the postmaster.
     pub fn postmaster_pid(&self) -> anyhow::Result<u32> {
         let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))?;
@@ -290,5 +321,46 @@ impl Drop for Postgres {
         }
         // Container drop removes it; the temp dir goes after.
         self.container.take();
+    }
+}
+
+/// An open psql connection (see [`Postgres::session`]); psql ends when it is dropped.
+pub struct Session {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Pid of the server process serving this connection.
+    pub backend_pid: u32,
+}
+
+impl Session {
+    /// Runs one statement (its own Query message) and returns its output, once it finished.
+    pub fn run(&mut self, sql: &str) -> anyhow::Result<String> {
+        use std::io::{BufRead as _, Write as _};
+        const DONE: &str = "--pgbpf-session-done--";
+        writeln!(
+            self.stdin,
+            "{};\n\\echo {DONE}",
+            sql.trim().trim_end_matches(';')
+        )?;
+        self.stdin.flush()?;
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("psql ended while running {sql:?}");
+            }
+            if line.trim_end() == DONE {
+                return Ok(out);
+            }
+            out.push_str(&line);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,337 @@
+//! Sample tables by (process, statement, CPU): interval and final reports with the totals line
+//! of bcc's llcstat, or NDJSON.
+
+use std::{collections::HashMap, time::Instant};
+
+use llcache_per_query_ebpf::{
+    KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, SampleCounts, SampleKey, counter,
+};
+use pgbpf_common::{output, postgres, query, sql::normalize};
+use serde_json::json;
+
+use crate::{Args, events::Event};
+
+/// Width of the QUERY column when stdout is not a terminal (JSON carries the whole text).
+const QUERY_COLUMN_MAX: usize = 60;
+
+/// One row of the table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RowKey {
+    pid: u32,
+    /// Normalized statement, or "[no statement: <process type>]".
+    query: String,
+    cpu: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Row {
+    samples: [u64; MAX_EVENTS],
+    /// A statement (not time between statements).
+    statement: bool,
+    truncated: bool,
+}
+
+#[derive(Debug, Default)]
+struct Period {
+    rows: HashMap<RowKey, Row>,
+}
+
+impl Period {
+    fn add(&mut self, key: &RowKey, counts: &SampleCounts, statement: bool, truncated: bool) {
+        let row = self.rows.entry(key.clone()).or_default();
+        for (sum, n) in row.samples.iter_mut().zip(counts.samples) {
+            *sum += n;
+        }
+        row.statement = statement;
+        row.truncated |= truncated;
+    }
+
+    fn totals(&self) -> [u64; MAX_EVENTS] {
+        let mut t = [0u64; MAX_EVENTS];
+        for row in self.rows.values() {
+            for (sum, n) in t.iter_mut().zip(row.samples) {
+                *sum += n;
+            }
+        }
+        t
+    }
+
+    /// Rows by the first event's samples, most first (then by pid and CPU, for stable output).
+    fn sorted(&self) -> Vec<(&RowKey, &Row)> {
+        let mut rows: Vec<_> = self.rows.iter().collect();
+        rows.sort_by(|a, b| {
+            b.1.samples[0]
+                .cmp(&a.1.samples[0])
+                .then(
+                    b.1.samples
+                        .iter()
+                        .sum::<u64>()
+                        .cmp(&a.1.samples.iter().sum()),
+                )
+                .then(a.0.pid.cmp(&b.0.pid))
+                .then(a.0.cpu.cmp(&b.0.cpu))
+                .then(a.0.query.cmp(&b.0.query))
+        });
+        rows
+    }
+}
+
+pub struct Reporter {
+    events: Vec<Event>,
+    json: bool,
+    timestamp: bool,
+    top: usize,
+    width: Option<usize>,
+    interval: Period,
+    total: Period,
+    /// "[no statement: checkpointer]" by pid, read from /proc once per process.
+    idle_labels: HashMap<u32, String>,
+    started: Instant,
+    last_report: Instant,
+}
+
+impl Reporter {
+    pub fn new(args: &Args, events: Vec<Event>) -> Reporter {
+        Reporter {
+            events,
+            json: args.out.json,
+            timestamp: args.out.timestamp,
+            top: args.top.max(1),
+            width: output::terminal_width(),
+            interval: Period::default(),
+            total: Period::default(),
+            idle_labels: HashMap::new(),
+            started: Instant::now(),
+            last_report: Instant::now(),
+        }
+    }
+
+    /// Adds samples drained from the kernel.
+    pub fn add(&mut self, entries: &[(SampleKey, SampleCounts)]) {
+        for (k, counts) in entries {
+            let statement = k.protocol != PROTOCOL_NONE;
+            let query = if statement {
+                normalize(&query::text_of(&k.text, KEY_TEXT as u32))
+            } else {
+                self.idle_label(k.tgid)
+            };
+            let key = RowKey {
+                pid: k.tgid,
+                query,
+                cpu: k.cpu,
+            };
+            let truncated = k.truncated != 0;
+            self.interval.add(&key, counts, statement, truncated);
+            self.total.add(&key, counts, statement, truncated);
+        }
+    }
+
+    fn idle_label(&mut self, pid: u32) -> String {
+        self.idle_labels
+            .entry(pid)
+            .or_insert_with(|| match process_kind(pid) {
+                Some(kind) => format!("[no statement: {kind}]"),
+                None => "[no statement]".to_string(),
+            })
+            .clone()
+    }
+
+    /// Prints the interval's table. Returns false once stdout is gone.
+    pub fn interval(&mut self, counters: &[u64; counter::COUNT as usize]) -> bool {
+        let secs = self.last_report.elapsed().as_secs_f64();
+        self.last_report = Instant::now();
+        let period = std::mem::take(&mut self.interval);
+        self.report(
+            "interval",
+            &format!("in the last {secs:.0}s"),
+            &period,
+            counters,
+        )
+    }
+
+    /// Prints the table of the whole run.
+    pub fn summary(&mut self, counters: &[u64; counter::COUNT as usize]) {
+        let secs = self.started.elapsed().as_secs_f64();
+        let total = std::mem::take(&mut self.total);
+        self.report("total", &format!("in {secs:.0}s"), &total, counters);
+    }
+
+    fn report(
+        &self,
+        scope: &str,
+        when: &str,
+        p: &Period,
+        counters: &[u64; counter::COUNT as usize],
+    ) -> bool {
+        if self.json {
+            return self.json_report(scope, p, counters);
+        }
+        let samples: u64 = p.totals().iter().sum();
+        let mut out = format!("{}{samples} samples {when}\n", self.prefix());
+        let sorted = p.sorted();
+        if !sorted.is_empty() {
+            let mut header = vec!["PID", "QUERY", "CPU"];
+            header.extend(self.events.iter().map(|e| e.kind.column));
+            let hit = self.hit_columns();
+            if hit.is_some() {
+                header.push("HIT%");
+            }
+            let rows: Vec<Vec<String>> = sorted
+                .iter()
+                .take(self.top)
+                .map(|(k, r)| self.row(k, r))
+                .collect();
+            out.push_str(&output::table(&header, &rows, self.width));
+            out.push('\n');
+            if sorted.len() > self.top {
+                out.push_str(&format!("({} more rows)\n", sorted.len() - self.top));
+            }
+        }
+        out.push('\n');
+        out.push_str(&self.totals_line(&p.totals()));
+        out.push_str(&format!("\n{}\n\n", lost_text(counters)));
+        output::print(&out)
+    }
+
+    /// Slots of cache-references and cache-misses, when both are sampled.
+    fn hit_columns(&self) -> Option<(usize, usize)> {
+        let slot = |name: &str| self.events.iter().position(|e| e.kind.name == name);
+        Some((slot("cache-references")?, slot("cache-misses")?))
+    }
+
+    fn hit_pct(&self, samples: &[u64; MAX_EVENTS]) -> Option<f64> {
+        let (r, m) = self.hit_columns()?;
+        let refs = self.events[r].estimate(samples[r]);
+        let misses = self.events[m].estimate(samples[m]);
+        // Sampling can put more misses than references in a small row: clamp at 0 %.
+        (refs > 0.0).then(|| 100.0 * (refs - misses.min(refs)) / refs)
+    }
+
+    fn value(&self, slot: usize, samples: u64) -> String {
+        let e = &self.events[slot];
+        let v = e.estimate(samples);
+        if e.kind.is_cpu_clock() {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.0}")
+        }
+    }
+
+    fn row(&self, k: &RowKey, r: &Row) -> Vec<String> {
+        let mut query = output::one_line(&k.query);
+        if r.truncated {
+            query.push('…');
+        }
+        if self.width.is_none() {
+            query = output::cut_to_width(&query, Some(QUERY_COLUMN_MAX));
+        }
+        let mut cells = vec![k.pid.to_string(), query, k.cpu.to_string()];
+        cells.extend((0..self.events.len()).map(|slot| self.value(slot, r.samples[slot])));
+        if self.hit_columns().is_some() {
+            cells.push(match self.hit_pct(&r.samples) {
+                Some(h) => format!("{h:.2}%"),
+                None => "-".to_string(),
+            });
+        }
+        cells
+    }
+
+    /// "Total References: 3303100 Total Misses: 599100 Hit Rate: 81.86%", as llcstat prints it.
+    fn totals_line(&self, totals: &[u64; MAX_EVENTS]) -> String {
+        let mut parts: Vec<String> = self
+            .events
+            .iter()
+            .enumerate()
+            .map(|(slot, e)| {
+                format!(
+                    "Total {}: {}",
+                    e.kind.total_title,
+                    self.value(slot, totals[slot])
+                )
+            })
+            .collect();
+        if self.hit_columns().is_some() {
+            parts.push(match self.hit_pct(totals) {
+                Some(h) => format!("Hit Rate: {h:.2}%"),
+                None => "Hit Rate: -".to_string(),
+            });
+        }
+        parts.join(" ")
+    }
+
+    fn json_report(
+        &self,
+        scope: &str,
+        p: &Period,
+        counters: &[u64; counter::COUNT as usize],
+    ) -> bool {
+        let ts = output::unix_ms();
+        let events_json = |samples: &[u64; MAX_EVENTS]| {
+            let mut m = serde_json::Map::new();
+            for (slot, e) in self.events.iter().enumerate() {
+                m.insert(
+                    e.kind.name.to_string(),
+                    json!({"samples": samples[slot], "period": e.period, "estimate": e.estimate(samples[slot])}),
+                );
+            }
+            serde_json::Value::Object(m)
+        };
+        let mut ok = true;
+        for (k, r) in p.sorted() {
+            ok &= output::json_line(&json!({
+                "type": "row",
+                "scope": scope,
+                "ts_ms": ts,
+                "pid": k.pid,
+                "cpu": k.cpu,
+                "query": k.query,
+                "statement": r.statement,
+                "truncated": r.truncated,
+                "events": events_json(&r.samples),
+                "hit_pct": self.hit_pct(&r.samples),
+            }));
+        }
+        let totals = p.totals();
+        ok && output::json_line(&json!({
+            "type": "totals",
+            "scope": scope,
+            "ts_ms": ts,
+            "duration_s": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            "events": events_json(&totals),
+            "hit_pct": self.hit_pct(&totals),
+            "lost": {
+                "map_full": counters[counter::MAP_FULL as usize],
+                "context_full": counters[counter::CONTEXT_FULL as usize],
+                "began_before_attach": counters[counter::DONE_WITHOUT_START as usize],
+            },
+        }))
+    }
+
+    fn prefix(&self) -> String {
+        if self.timestamp {
+            format!("{} ", output::hms_now())
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// What process `pid` is: its PostgreSQL backend type from the title, else its comm.
+fn process_kind(pid: u32) -> Option<String> {
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let title = String::from_utf8_lossy(&title).replace('\0', " ");
+    if let Some(kind) = postgres::backend_type(&title) {
+        return Some(kind.to_string());
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim().to_string()).filter(|c| !c.is_empty())
+}
+
+fn lost_text(c: &[u64; counter::COUNT as usize]) -> String {
+    format!(
+        "lost: {} samples (sample map full), {} statements untracked (context map full, their samples count as no statement); {} statements had begun before tracing",
+        c[counter::MAP_FULL as usize],
+        c[counter::CONTEXT_FULL as usize],
+        c[counter::DONE_WITHOUT_START as usize]
+    )
+}

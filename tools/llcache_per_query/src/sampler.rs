@@ -1,0 +1,156 @@
+//! Loads the programs, attaches the query probes and one perf event per chosen event on every
+//! CPU, and runs the loop that drains the kernel's sample maps into the report.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::perf_event::SamplePolicy,
+};
+use llcache_per_query_ebpf::{SampleCounts, SampleKey, counter};
+use pgbpf_common::{
+    cli::{Tick, Ticker},
+    loader::{self, Loaded},
+    postgres, query_probes,
+    target::Target,
+};
+
+use crate::{Args, events, report::Reporter};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llcache_per_query"));
+
+/// The kernel maps fill between drains: drain at least this often.
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let events = events::parse(&args.events, args.period)?;
+    // Before anything is loaded: no PMU is the common failure in VMs, and it deserves one line.
+    events::check_counters(&events)?;
+    let no_target = args.target.pids.is_empty()
+        && args.target.container.is_none()
+        && args.target.cgroup.is_none();
+    // Without a target, postgres processes only: samples of anything else have no statement.
+    let comm = args.comm.as_deref().or(no_target.then_some("postgres"));
+    let mut target = Target::resolve(&args.target, comm)?;
+    let (binary, root) = postgres::binary_for_target(&target, args.postgres.as_deref())?;
+    for &pid in &target.tgids {
+        postgres::postgres_binary_of_pid(pid)?;
+    }
+    let plan = if args.uprobes {
+        query_probes::plan_uprobes(&binary, &root)?
+    } else {
+        query_probes::plan(&binary, &root, "llcache_per_query")?
+    };
+    loader::check_privileges()?;
+    target.follow_descendants()?;
+    let text_bytes = args.text_bytes;
+    let mut loaded = loader::load("llcache_per_query", OBJECT, args.out.verbose, |l| {
+        target.set_globals(l);
+        l.override_global("PGBPF_QUERY_TEXT_MAX", &text_bytes, true);
+    })?;
+    target.fill_maps(&mut loaded.ebpf)?;
+    target.attach_fork_tracking(&mut loaded)?;
+    plan.attach(&mut loaded, "pg_probe", &binary)?;
+    for (slot, e) in events.iter().enumerate() {
+        loaded.attach_perf_event_all_cpus(
+            &format!("sample_{slot}"),
+            e.kind.name,
+            e.kind.perf_config(),
+            SamplePolicy::Period(e.period),
+        )?;
+    }
+    let list: Vec<String> = events
+        .iter()
+        .map(|e| format!("{} every {}", e.kind.name, e.period))
+        .collect();
+    eprintln!(
+        "Sampling {} of {} by statement ({} {} sites in {}, attached in {:.0} ms)... Hit Ctrl-C to end.",
+        list.join(", "),
+        target.describe(),
+        plan.sites.len(),
+        plan.source,
+        binary.display(),
+        loaded.startup_ms()
+    );
+    let mut reporter = Reporter::new(args, events);
+    event_loop(args, &mut loaded, &mut reporter)
+}
+
+fn event_loop(args: &Args, loaded: &mut Loaded, reporter: &mut Reporter) -> anyhow::Result<()> {
+    let mut maps = SampleMaps::take(loaded)?;
+    let mut ticker = Ticker::start(&args.out)?;
+    let mut last_drain = Instant::now();
+    loop {
+        let tick = ticker.next(Duration::from_millis(200));
+        if tick != Tick::Idle || last_drain.elapsed() >= DRAIN_EVERY {
+            reporter.add(&maps.drain()?);
+            last_drain = Instant::now();
+        }
+        match tick {
+            Tick::Idle => {}
+            Tick::Interval => {
+                if !reporter.interval(&counters(loaded)?) {
+                    ticker.request_stop();
+                }
+            }
+            Tick::Final => {
+                reporter.summary(&counters(loaded)?);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {
+    let sums = loaded.counter_sums("COUNTERS", counter::COUNT)?;
+    let mut out = [0u64; counter::COUNT as usize];
+    out.copy_from_slice(&sums);
+    Ok(out)
+}
+
+/// The two sample maps and the switch between them (see the kernel program's header).
+struct SampleMaps {
+    maps: [HashMap<MapData, SampleKey, SampleCounts>; 2],
+    active_switch: Array<MapData, u32>,
+    active: u32,
+}
+
+impl SampleMaps {
+    fn take(loaded: &mut Loaded) -> anyhow::Result<SampleMaps> {
+        let mut take = |name: &str| {
+            loaded
+                .ebpf
+                .take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        };
+        let a = HashMap::try_from(take("SAMPLES_A")?)?;
+        let b = HashMap::try_from(take("SAMPLES_B")?)?;
+        let active_switch = Array::try_from(take("ACTIVE")?)?;
+        Ok(SampleMaps {
+            maps: [a, b],
+            active_switch,
+            active: 0,
+        })
+    }
+
+    /// Points new samples at the other map, then empties the one that was in use and returns
+    /// its contents.
+    fn drain(&mut self) -> anyhow::Result<Vec<(SampleKey, SampleCounts)>> {
+        let old = self.active as usize;
+        self.active ^= 1;
+        self.active_switch
+            .set(0, &self.active, 0)
+            .context("switching sample maps")?;
+        // A perf_event program runs with interrupts off for a microsecond or so: one that read
+        // the old switch value has long finished after this.
+        std::thread::sleep(Duration::from_millis(2));
+        let map = &mut self.maps[old];
+        let entries: Vec<(SampleKey, SampleCounts)> = map.iter().filter_map(Result::ok).collect();
+        for (key, _) in &entries {
+            // Nothing writes this map now; a key that vanished is not an error worth stopping for.
+            let _ = map.remove(key);
+        }
+        Ok(entries)
+    }
+}
