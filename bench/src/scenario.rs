@@ -136,6 +136,34 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         extra: None,
     },
+    Scenario {
+        tool: "llcache_per_query",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
+                  llcache_per_query -p POSTMASTER -e cpu-clock keeps the query context from four \
+                  USDT hits per statement and takes a cpu-clock sample every ms on each CPU, \
+                  charged to (process, statement, CPU) in the kernel (this VM has no PMU, so \
+                  cpu-clock stands in for the cache events: the same program per sample); the \
+                  bpftrace script keeps the text from query__start/done and counts profile:hz:1000 \
+                  samples of postgres processes by pid, text and CPU.",
+        pg: PgOptions::default,
+        scale: 10,
+        events_field: "samples",
+        tool_args: |pg| {
+            Ok(vec![
+                "-p".into(),
+                pg.postmaster_pid()?.to_string(),
+                "-e".into(),
+                "cpu-clock".into(),
+            ])
+        },
+        bpftrace: |pg| {
+            Ok(include_str!("../bpftrace/llcache_per_query.bt").replace(
+                "@POSTGRES@",
+                &pg.bin_dir.join("postgres").display().to_string(),
+            ))
+        },
+        extra: None,
+    },
 ];
 
 pub fn names() -> Vec<&'static str> {

@@ -292,9 +292,12 @@ impl Reporter {
             }));
         }
         let totals = p.totals();
+        // The whole run's totals are the summary record, as in every tool.
+        let kind = if scope == "total" { "summary" } else { "totals" };
         ok && output::json_line(&json!({
-            "type": "totals",
+            "type": kind,
             "scope": scope,
+            "samples": totals.iter().sum::<u64>(),
             "ts_ms": ts,
             "duration_s": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
             "events": events_json(&totals),
