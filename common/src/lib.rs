@@ -11,6 +11,7 @@
 //! - [`usdt`]: USDT notes, semaphores and argument specs.
 //! - [`query`]: userspace view of the query context (each backend's current statement).
 //! - [`query_probes`]: the PostgreSQL probe sites that keep the query context, and attaching them.
+//! - [`query_string`]: where each PostgreSQL process keeps `debug_query_string`, for reading the statement at an event.
 //! - [`postgres`]: finding the postgres binary of a process or of the machine.
 //! - [`system`]: page size and other facts about this machine.
 //! - [`sql`]: statement normalization (constants → `$n`), as pg_stat_statements does.
@@ -27,6 +28,7 @@ pub mod perf;
 pub mod postgres;
 pub mod query;
 pub mod query_probes;
+pub mod query_string;
 pub mod sql;
 pub mod system;
 pub mod target;

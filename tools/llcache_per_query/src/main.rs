@@ -46,14 +46,20 @@ pub struct Args {
     #[arg(short = 'c', long = "sample-period", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub period: Option<u64>,
-    /// The postgres binary to probe (default: the target's, or the installed one)
+    /// The postgres binary to probe with --usdt (default: the target's, or the installed one)
     #[arg(long, value_name = "PATH")]
     pub postgres: Option<PathBuf>,
     /// Bytes of statement text to capture (at most 256)
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(16..=256))]
     pub text_bytes: u32,
-    /// Use uprobes on PortalRun even where USDT probes exist (both protocols, execution only)
+    /// Take statements from PostgreSQL's USDT statement probes (the query context
+    /// query_latency keeps) instead of reading each process's debug_query_string at the
+    /// sample: an extended-protocol statement then counts from PortalRun only, and every
+    /// statement pays four probe hits
+    #[arg(long)]
+    pub usdt: bool,
+    /// With --usdt semantics, from uprobes on PortalRun (for builds without USDT probes)
     #[arg(long)]
     pub uprobes: bool,
     /// Show at most this many rows in each table (the totals count every row)

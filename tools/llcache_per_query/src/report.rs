@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use llcache_per_query_ebpf::{
-    KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, SampleCounts, SampleKey, counter,
+    KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, PROTOCOL_UNREADABLE, SampleCounts, SampleKey, counter,
 };
 use pgbpf_common::{output, postgres, query, sql::normalize};
 use serde_json::json;
@@ -109,9 +109,12 @@ impl Reporter {
     /// Adds samples drained from the kernel.
     pub fn add(&mut self, entries: &[(SampleKey, SampleCounts)]) {
         for (k, counts) in entries {
-            let statement = k.protocol != PROTOCOL_NONE;
+            let statement = k.protocol != PROTOCOL_NONE && k.protocol != PROTOCOL_UNREADABLE;
             let query = if statement {
                 normalize(&query::text_of(&k.text, KEY_TEXT as u32))
+            } else if k.protocol == PROTOCOL_UNREADABLE {
+                // Sampled before the tool had located the process's statement pointer.
+                "[statement not read]".to_string()
             } else {
                 self.idle_label(k.tgid)
             };
@@ -293,7 +296,11 @@ impl Reporter {
         }
         let totals = p.totals();
         // The whole run's totals are the summary record, as in every tool.
-        let kind = if scope == "total" { "summary" } else { "totals" };
+        let kind = if scope == "total" {
+            "summary"
+        } else {
+            "totals"
+        };
         ok && output::json_line(&json!({
             "type": kind,
             "scope": scope,
@@ -306,6 +313,7 @@ impl Reporter {
                 "map_full": counters[counter::MAP_FULL as usize],
                 "context_full": counters[counter::CONTEXT_FULL as usize],
                 "began_before_attach": counters[counter::DONE_WITHOUT_START as usize],
+                "statement_not_read": counters[counter::UNREADABLE as usize],
             },
         }))
     }
@@ -331,10 +339,20 @@ fn process_kind(pid: u32) -> Option<String> {
 }
 
 fn lost_text(c: &[u64; counter::COUNT as usize]) -> String {
-    format!(
-        "lost: {} samples (sample map full), {} statements untracked (context map full, their samples count as no statement); {} statements had begun before tracing",
+    let mut s = format!(
+        "lost: {} samples (sample map full); {} samples with statement not read",
         c[counter::MAP_FULL as usize],
+        c[counter::UNREADABLE as usize],
+    );
+    // Only the probes (--usdt) keep a context that can fill up or miss a start.
+    let (full, before) = (
         c[counter::CONTEXT_FULL as usize],
-        c[counter::DONE_WITHOUT_START as usize]
-    )
+        c[counter::DONE_WITHOUT_START as usize],
+    );
+    if full + before > 0 {
+        s.push_str(&format!(
+            "; {full} statements untracked (context map full); {before} had begun before tracing"
+        ));
+    }
+    s
 }

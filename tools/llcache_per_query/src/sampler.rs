@@ -8,12 +8,14 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::perf_event::SamplePolicy,
 };
-use llcache_per_query_ebpf::{SampleCounts, SampleKey, counter};
+use llcache_per_query_ebpf::{NO_QUERY_STRING, SampleCounts, SampleKey, counter};
 use pgbpf_common::{
     cli::{Tick, Ticker},
     loader::{self, Loaded},
     postgres, query_probes,
+    query_string::QueryStringLocator,
     target::Target,
+    tracefs,
 };
 
 use crate::{Args, events, report::Reporter};
@@ -22,6 +24,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ll
 
 /// The kernel maps fill between drains: drain at least this often.
 const DRAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Where statements come from.
+enum Statements {
+    /// Each process's debug_query_string, read at the sample.
+    QueryString(QueryStringLocator),
+    /// The query context kept by USDT probes (or PortalRun uprobes).
+    Probes,
+}
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let events = events::parse(&args.events, args.period)?;
@@ -33,25 +43,54 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // Without a target, postgres processes only: samples of anything else have no statement.
     let comm = args.comm.as_deref().or(no_target.then_some("postgres"));
     let mut target = Target::resolve(&args.target, comm)?;
-    let (binary, root) = postgres::binary_for_target(&target, args.postgres.as_deref())?;
     for &pid in &target.tgids {
         postgres::postgres_binary_of_pid(pid)?;
     }
-    let plan = if args.uprobes {
-        query_probes::plan_uprobes(&binary, &root)?
+    let probes = if args.usdt || args.uprobes {
+        let (binary, root) = postgres::binary_for_target(&target, args.postgres.as_deref())?;
+        let plan = if args.uprobes {
+            query_probes::plan_uprobes(&binary, &root)?
+        } else {
+            query_probes::plan(&binary, &root, "llcache_per_query")?
+        };
+        Some((binary, plan))
     } else {
-        query_probes::plan(&binary, &root, "llcache_per_query")?
+        None
     };
     loader::check_privileges()?;
     target.follow_descendants()?;
     let text_bytes = args.text_bytes;
+    let read_query_string = u32::from(probes.is_none());
+    let fork_child_offset = tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
     let mut loaded = loader::load("llcache_per_query", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
-        l.override_global("PGBPF_QUERY_TEXT_MAX", &text_bytes, true);
+        l.override_global("PGBPF_QUERY_TEXT_MAX", &text_bytes, true)
+            .override_global("TEXT_MAX", &text_bytes, true)
+            .override_global("READ_QUERY_STRING", &read_query_string, true)
+            .override_global("FORK_CHILD_OFFSET", &fork_child_offset, true);
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
-    plan.attach(&mut loaded, "pg_probe", &binary)?;
+    let (statements, source) = match &probes {
+        Some((binary, plan)) => {
+            plan.attach(&mut loaded, "pg_probe", binary)?;
+            let source = format!(
+                "statements from {} {} sites in {}",
+                plan.sites.len(),
+                plan.source,
+                binary.display()
+            );
+            (Statements::Probes, source)
+        }
+        None => {
+            let mut locator = QueryStringLocator::new();
+            let located = locate(&mut loaded, &mut locator, &candidates(&target, comm))?;
+            loaded.attach_tracepoint("inherit_query_addr", "sched", "sched_process_fork")?;
+            loaded.attach_tracepoint("forget_query_addr", "sched", "sched_process_exec")?;
+            let source = format!("statements from debug_query_string, {located} processes located");
+            (Statements::QueryString(locator), source)
+        }
+    };
     for (slot, e) in events.iter().enumerate() {
         loaded.attach_perf_event_all_cpus(
             &format!("sample_{slot}"),
@@ -65,19 +104,74 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .map(|e| format!("{} every {}", e.kind.name, e.period))
         .collect();
     eprintln!(
-        "Sampling {} of {} by statement ({} {} sites in {}, attached in {:.0} ms)... Hit Ctrl-C to end.",
+        "Sampling {} of {} ({source}, attached in {:.0} ms)... Hit Ctrl-C to end.",
         list.join(", "),
         target.describe(),
-        plan.sites.len(),
-        plan.source,
-        binary.display(),
         loaded.startup_ms()
     );
     let mut reporter = Reporter::new(args, events);
-    event_loop(args, &mut loaded, &mut reporter)
+    event_loop(args, &mut loaded, statements, &mut reporter)
 }
 
-fn event_loop(args: &Args, loaded: &mut Loaded, reporter: &mut Reporter) -> anyhow::Result<()> {
+/// Processes that may be sampled now: the target's, else those with the comm filter's name.
+fn candidates(target: &Target, comm: Option<&str>) -> Vec<u32> {
+    if !target.tgids.is_empty() {
+        return target.tgids.clone();
+    }
+    if let Some(cg) = &target.cgroup {
+        return postgres::procs_below(&cg.dir);
+    }
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    pids.filter(|pid| match comm {
+        Some(c) => {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|s| s.trim_end() == c)
+        }
+        None => true,
+    })
+    .collect()
+}
+
+/// Records where each of `pids` keeps debug_query_string (or that it has none). Returns how
+/// many have one.
+fn locate(
+    loaded: &mut Loaded,
+    locator: &mut QueryStringLocator,
+    pids: &[u32],
+) -> anyhow::Result<usize> {
+    let mut map: HashMap<_, u32, u64> = HashMap::try_from(loaded.map_mut("QUERY_ADDR")?)?;
+    let mut found = 0;
+    for &pid in pids {
+        let addr = locator.address(pid);
+        found += usize::from(addr.is_some());
+        map.insert(&pid, &addr.unwrap_or(NO_QUERY_STRING), 0)
+            .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
+    }
+    Ok(found)
+}
+
+/// Locates the processes the kernel sampled without knowing where their statement is.
+fn locate_wanted(loaded: &mut Loaded, locator: &mut QueryStringLocator) -> anyhow::Result<()> {
+    let mut wanted: HashMap<_, u32, u8> = HashMap::try_from(loaded.map_mut("ADDR_WANTED")?)?;
+    let pids: Vec<u32> = wanted.keys().filter_map(Result::ok).collect();
+    for pid in &pids {
+        let _ = wanted.remove(pid);
+    }
+    if !pids.is_empty() {
+        locate(loaded, locator, &pids)?;
+    }
+    Ok(())
+}
+
+fn event_loop(
+    args: &Args,
+    loaded: &mut Loaded,
+    mut statements: Statements,
+    reporter: &mut Reporter,
+) -> anyhow::Result<()> {
     let mut maps = SampleMaps::take(loaded)?;
     let mut ticker = Ticker::start(&args.out)?;
     let mut last_drain = Instant::now();
@@ -86,6 +180,9 @@ fn event_loop(args: &Args, loaded: &mut Loaded, reporter: &mut Reporter) -> anyh
         if tick != Tick::Idle || last_drain.elapsed() >= DRAIN_EVERY {
             reporter.add(&maps.drain()?);
             last_drain = Instant::now();
+            if let Statements::QueryString(locator) = &mut statements {
+                locate_wanted(loaded, locator)?;
+            }
         }
         match tick {
             Tick::Idle => {}

@@ -10,7 +10,9 @@ use pgbpf_common::{
     elf::Symbols,
     kernel_btf::KernelTypes,
     loader::{self, Loaded},
-    output, postgres, system,
+    output, postgres,
+    query_string::QueryStringLocator,
+    system,
     target::Target,
     tracefs,
 };
@@ -106,22 +108,6 @@ fn all_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Load bias of the postgres binary in `pid`: where its mapping at file offset 0 starts,
-/// minus the page-aligned address of its first loadable segment (0 for a PIE).
-fn load_bias(pid: u32, first_vaddr: u64) -> Option<u64> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if !postgres::is_postgres_binary(Path::new(f.get(5)?))
-            || u64::from_str_radix(f.get(2)?, 16).ok()? != 0
-        {
-            return None;
-        }
-        let start = u64::from_str_radix(f.first()?.split_once('-')?.0, 16).ok()?;
-        start.checked_sub(first_vaddr & !0xfff)
-    })
-}
-
 /// The pid namespace the user thinks in: the first target process's.
 fn pid_namespace(pids: &[u32]) -> Option<(u64, u64)> {
     let md = std::fs::metadata(format!("/proc/{}/ns/pid", pids.first()?)).ok()?;
@@ -195,8 +181,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     let mut functions = 0;
-    if let Some((bin, root)) = &binary {
-        fill_query_addrs(&mut loaded, bin, root, &pids)?;
+    if let Some((bin, _)) = &binary {
+        fill_query_addrs(&mut loaded, bin, &pids)?;
         functions = attach_functions(&mut loaded, bin)?;
     }
     target.attach_fork_tracking(&mut loaded)?;
@@ -216,35 +202,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     event_loop(args, &mut loaded, &roots)
 }
 
-fn fill_query_addrs(
-    loaded: &mut Loaded,
-    binary: &Path,
-    root: &Path,
-    pids: &[u32],
-) -> anyhow::Result<()> {
-    let symbols = Symbols::open(binary, root)?;
-    let Some(vaddr) = symbols.address("debug_query_string")? else {
-        eprintln!(
-            "shmem: note: {} has no symbol debug_query_string: events show no statement",
-            binary.display()
-        );
-        return Ok(());
-    };
-    // A .bss variable: no file offset, so the address is the load bias plus its vaddr.
-    let first_vaddr = symbols
-        .binary
-        .segments()?
-        .iter()
-        .map(|s| s.vaddr)
-        .min()
-        .unwrap_or(0);
+fn fill_query_addrs(loaded: &mut Loaded, binary: &Path, pids: &[u32]) -> anyhow::Result<()> {
+    let mut locator = QueryStringLocator::new();
     let mut map: HashMap<_, u32, u64> = HashMap::try_from(loaded.map_mut("QUERY_ADDR")?)?;
+    let mut found = 0;
     for &pid in pids {
-        if let Some(bias) = load_bias(pid, first_vaddr) {
-            let addr = bias + vaddr;
+        if let Some(addr) = locator.address(pid) {
             map.insert(&pid, &addr, 0)
                 .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
+            found += 1;
         }
+    }
+    if found == 0 && !pids.is_empty() {
+        eprintln!(
+            "shmem: note: no debug_query_string found in {} (or its processes): events show no statement",
+            binary.display()
+        );
     }
     Ok(())
 }

@@ -1,7 +1,15 @@
 //! Types shared by llcache_per_query's kernel programs and its userspace (feature `user`).
 #![no_std]
 
-pub use pgbpf_common_ebpf::query::{PROTOCOL_NONE, QUERY_TEXT_CAP};
+pub use pgbpf_common_ebpf::query::{PROTOCOL_NONE, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP};
+
+/// Key `protocol` of a sample whose process's statement could not be read: its
+/// debug_query_string is not located yet (userspace is asked to) or was unreadable.
+pub const PROTOCOL_UNREADABLE: u8 = 0xff;
+
+/// `QUERY_ADDR` value of a process that has no debug_query_string (not PostgreSQL): its
+/// samples count as no statement.
+pub const NO_QUERY_STRING: u64 = u64::MAX;
 
 /// Events sampled at once: one perf_event program per slot (`sample_0` ... `sample_7`).
 pub const MAX_EVENTS: usize = 8;
@@ -15,7 +23,8 @@ pub const KEY_TEXT: usize = 256;
 pub struct SampleKey {
     pub tgid: u32,
     pub cpu: u32,
-    /// `PROTOCOL_*` of the statement; `PROTOCOL_NONE` (text empty) when none was running.
+    /// `PROTOCOL_*` of the statement (`PROTOCOL_UNKNOWN` when read from debug_query_string);
+    /// `PROTOCOL_NONE` (text empty) when none was running; `PROTOCOL_UNREADABLE`.
     pub protocol: u8,
     /// 1 when the statement's text was longer than what was copied.
     pub truncated: u8,
@@ -40,7 +49,9 @@ pub mod counter {
     pub const CONTEXT_FULL: u32 = 1;
     /// A statement ended that started before the tool attached.
     pub const DONE_WITHOUT_START: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// A sample of a process whose debug_query_string was not located (yet).
+    pub const UNREADABLE: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 #[cfg(feature = "user")]

@@ -1,0 +1,101 @@
+//! Where each PostgreSQL process keeps `debug_query_string`, the pointer to the statement it is
+//! running (NULL between statements): an absolute address per process, for kernel programs
+//! that read the statement at the moment of an event instead of following statement probes.
+//!
+//! The variable is in .bss (exported in .dynsym even from stripped builds), so its address is
+//! the binary's load bias in that process plus the symbol's vaddr. Binaries are told apart by
+//! (device, inode) of /proc/PID/exe, so servers of different versions each get their own.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path};
+
+use crate::elf::Symbols;
+
+/// The symbol's vaddr and the first loadable segment's, of one binary (None: no symbol).
+type BinaryFacts = Option<(u64, u64)>;
+
+#[derive(Default)]
+pub struct QueryStringLocator {
+    by_binary: HashMap<(u64, u64), BinaryFacts>,
+}
+
+impl QueryStringLocator {
+    pub fn new() -> QueryStringLocator {
+        QueryStringLocator::default()
+    }
+
+    /// The address of `debug_query_string` in process `pid`, if it runs a binary that has the
+    /// symbol and the process is still there.
+    pub fn address(&mut self, pid: u32) -> Option<u64> {
+        let exe = format!("/proc/{pid}/exe");
+        let md = std::fs::metadata(&exe).ok()?;
+        let (dev, ino) = (md.dev(), md.ino());
+        let facts = *self
+            .by_binary
+            .entry((dev, ino))
+            .or_insert_with(|| binary_facts(Path::new(&exe), &format!("/proc/{pid}/root")));
+        let (vaddr, first_vaddr) = facts?;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        Some(load_bias(&maps, ino, first_vaddr)? + vaddr)
+    }
+}
+
+fn binary_facts(exe: &Path, root: &str) -> BinaryFacts {
+    let symbols = Symbols::open(exe, Path::new(root)).ok()?;
+    let vaddr = symbols.address("debug_query_string").ok()??;
+    let first = symbols
+        .binary
+        .segments()
+        .ok()?
+        .iter()
+        .map(|s| s.vaddr)
+        .min()
+        .unwrap_or(0);
+    Some((vaddr, first))
+}
+
+/// Load bias of the binary with inode `ino` in a process's /proc/PID/maps text: where its
+/// mapping at file offset 0 starts, minus the page-aligned vaddr of its first loadable
+/// segment (0 for a PIE).
+pub fn load_bias(maps: &str, ino: u64, first_vaddr: u64) -> Option<u64> {
+    maps.lines().find_map(|l| {
+        // start-end perms offset dev inode path
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6
+            || f[4].parse::<u64>().ok()? != ino
+            || u64::from_str_radix(f[2], 16).ok()? != 0
+        {
+            return None;
+        }
+        let start = u64::from_str_radix(f[0].split_once('-')?.0, 16).ok()?;
+        start.checked_sub(first_vaddr & !0xfff)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_is_the_offset_zero_mapping_of_that_inode() {
+        let maps = "\
+55d0c0a00000-55d0c0b00000 r--p 00000000 08:01 999 /usr/lib/postgresql/16/bin/postgres
+55d0c1000000-55d0c1200000 r--p 00000000 08:01 1234 /usr/lib/postgresql/15/bin/postgres
+55d0c1200000-55d0c1800000 r-xp 00200000 08:01 1234 /usr/lib/postgresql/15/bin/postgres
+7f0000000000-7f0000001000 rw-s 00000000 00:01 77 /dev/zero (deleted)
+";
+        assert_eq!(load_bias(maps, 1234, 0), Some(0x55d0c1000000));
+        assert_eq!(
+            load_bias(maps, 1234, 0x400123),
+            Some(0x55d0c1000000 - 0x400000)
+        );
+        assert_eq!(load_bias(maps, 4321, 0), None);
+        assert_eq!(load_bias("garbage\n\n1-2 r", 1234, 0), None);
+    }
+
+    #[test]
+    fn this_process_has_no_query_string_and_a_dead_pid_none() {
+        let mut l = QueryStringLocator::new();
+        assert_eq!(l.address(std::process::id()), None);
+        assert_eq!(l.address(u32::MAX), None);
+    }
+}
