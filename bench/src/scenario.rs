@@ -139,11 +139,12 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         tool: "llcache_per_query",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
-                  llcache_per_query -p POSTMASTER -e cpu-clock keeps the query context from four \
-                  USDT hits per statement and takes a cpu-clock sample every ms on each CPU, \
-                  charged to (process, statement, CPU) in the kernel (this VM has no PMU, so \
-                  cpu-clock stands in for the cache events: the same program per sample); the \
-                  bpftrace script keeps the text from query__start/done and counts profile:hz:1000 \
+                  llcache_per_query -p POSTMASTER -e cpu-clock takes a cpu-clock sample every ms \
+                  on each CPU and charges it in the kernel to (process, statement, CPU), reading \
+                  the statement from the sampled backend's debug_query_string: nothing runs per \
+                  statement (this VM has no PMU, so cpu-clock stands in for the cache events: \
+                  the same program per sample). The bpftrace script keeps the text from \
+                  query__start/done (two USDT hits per statement) and counts profile:hz:1000 \
                   samples of postgres processes by pid, text and CPU.",
         pg: PgOptions::default,
         scale: 10,

@@ -65,6 +65,30 @@ fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "query_latency exited with {status}");
 
     say(&format!(
+        "llcache_per_query --container {short} -e cpu-clock -d 8   (CPU time per statement; \
+         without -e: last-level cache references and misses, where the CPU has counters)"
+    ));
+    let mut tool = Command::new("llcache_per_query")
+        .args(["--container", short, "-e", "cpu-clock", "-d", "8"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -S -M extended -c 2 -T 5, and an aggregate over 5 million rows beside it");
+    let aggregate = std::thread::scope(|s| {
+        let heavy = s.spawn(|| pg.psql("select sum(i) from generate_series(1, 5000000) i"));
+        let light = pg.pgbench(&[
+            "-S", "-M", "extended", "-c", "2", "-j", "2", "-T", "5", "-n",
+        ]);
+        light.and(
+            heavy
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("psql thread panicked"))),
+        )
+    });
+    aggregate?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "llcache_per_query exited with {status}");
+
+    say(&format!(
         "pgwire_trace --container {short} -T -d 4   (every request and response, from the kernel)"
     ));
     let mut tool = Command::new("pgwire_trace")
