@@ -34,8 +34,11 @@ step static-release scripts/build-release.sh
 step fuzz-pgwire sh -c 'cd protocols/pgwire && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
 # Default members only: the eBPF crates are built by aya-build, not for the host.
 # Test binaries run one after another; privileged tests also take a machine-wide lock.
+rm -f "$logs/skipped.log"
 cargo test --locked --no-fail-fast >"$logs/tests.log" 2>&1
 test_rc=$?
+# Tests that cannot run on this machine (e.g. no hardware counters) say why.
+[ -s "$logs/skipped.log" ] && sed 's/^/    /' "$logs/skipped.log"
 grep -E '^test .* (FAILED|ok)$|^test result:' "$logs/tests.log" | grep -E 'FAILED|test result: FAILED' | sed 's/^/    /'
 if [ $test_rc -ne 0 ]; then
     echo "FAIL tests; failure details:"

@@ -5,6 +5,7 @@
 //! - [`container`]: podman containers run with runc on the host's own root filesystem.
 //! - [`memcg`]: a hand-made memory cgroup with a limit, for pressure outside containers.
 //! - [`tool`]: run a pgbpf tool until it has attached, stop it with Ctrl-C, collect output.
+//! - [`skip`]: a test that cannot run on this machine says so, with the reason.
 //! - [`exclusive`]: one privileged test at a time, so counters of the whole machine
 //!   (/proc/vmstat, tracepoint hit counts) are not disturbed by another test.
 //!
@@ -39,6 +40,24 @@ pub fn require_root() {
         nix::unistd::geteuid().is_root(),
         "this integration test needs root (BPF, podman, cgroups); run scripts/test.sh as root"
     );
+}
+
+/// Reports that a test cannot run on this machine, and why: on stderr and in
+/// target/test-logs/skipped.log, which scripts/test.sh prints after the tests (libtest shows
+/// a passing test's stderr to nobody). The test then returns without asserting anything.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("skipped {test}: {reason}");
+    eprintln!("{line}");
+    let dir = repo_root().join("target/test-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("skipped.log"))
+    {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Runs a command, failing with its stderr when it exits non-zero. Returns stdout.

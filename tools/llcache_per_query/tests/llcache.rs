@@ -10,10 +10,10 @@
 //! ExecutorRun and ExecutorFinish only. For CPU-bound aggregates (simple protocol) the two are
 //! the same time: samples (ms) / exec ms in [0.8, 1.15] for each (measured: 1.00 to 1.03),
 //! and the proportion between two of them within 15 % of the proportion of exec times. For
-//! pgbench's one-row extended SELECT our span is longer than the executor's: with --usdt it
-//! is PortalRun (executor start-up and shutdown as long as the run itself): [0.5, 2.0]
-//! (measured 1.1 to 1.6); by default it is the Parse, Bind and Execute messages, parse and
-//! plan included: [1.0, 8.0] (measured 2.7 to 3.5).
+//! pgbench's one-row extended SELECT (rate-limited beside them) our span is longer than the
+//! executor's: with --usdt it is PortalRun (executor start-up and shutdown as long as the run
+//! itself): [0.5, 2.0] (measured 1.0 to 1.6); by default it is the Parse, Bind and Execute
+//! messages, parse and plan included: [1.0, 8.0] (measured 2.8 to 4.2).
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -23,7 +23,7 @@ use std::{collections::HashMap, process::Command, thread};
 use pgbpf_testkit::{
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root,
+    require_root, skip,
     tool::{Traced, run_tool},
 };
 use serde_json::Value;
@@ -115,13 +115,14 @@ fn cpu_clock_against_pg_stat_statements(mode: &[&str]) {
     let traced = Traced::start(BIN, &args).unwrap();
     pg.psql("select pg_stat_statements_reset()").unwrap();
     let heavy = thread::spawn(move || {
-        for _ in 0..4 {
+        for _ in 0..6 {
             heavy_session.run(HEAVY).unwrap();
             heavy_session.run(MEDIUM).unwrap();
         }
         heavy_session.backend_pid
     });
-    pg.pgbench(&["-M", "extended", "-S", "-c", "1", "-T", "3"])
+    // Rate-limited: the light statement is there to be named and measured, not to compete.
+    pg.pgbench(&["-M", "extended", "-S", "-c", "1", "-R", "3000", "-T", "2"])
         .unwrap();
     let heavy_pid = heavy.join().unwrap() as u64;
     let finished = traced.stop().unwrap();
@@ -159,7 +160,7 @@ fn cpu_clock_against_pg_stat_statements(mode: &[&str]) {
     );
     assert!(
         ours.iter()
-            .all(|(q, &n)| *q == heavy_key || (n as f64) < 0.8 * samples(&heavy_key)),
+            .all(|(q, &n)| *q == heavy_key || (n as f64) < 0.6 * samples(&heavy_key)),
         "{report}"
     );
     // The CPU-bound statements: their samples (1 per ms of CPU) are their exec time, and
@@ -299,7 +300,10 @@ fn context_switches_and_page_faults_match_the_backends_proc_counters() {
 fn without_a_pmu_hardware_events_fail_in_one_line_naming_the_cause() {
     require_root();
     if pmu_absent_reason().is_none() {
-        eprintln!("skipped: this machine has hardware counters, so the no-PMU error cannot occur");
+        skip(
+            "llcache_per_query without_a_pmu_hardware_events_fail_in_one_line_naming_the_cause",
+            "this machine has hardware counters, so the no-PMU error cannot occur",
+        );
         return;
     }
     for args in [&[][..], &["-e", "dTLB-load-misses", "-e", "cpu-clock"]] {
@@ -374,7 +378,10 @@ fn perf_stat(pid: u32, during: impl FnOnce()) -> Option<(u64, u64)> {
 fn with_hardware_counters_references_and_misses_agree_with_perf_stat() {
     require_root();
     if let Some(reason) = pmu_absent_reason() {
-        eprintln!("skipped: no hardware counters here: {reason}");
+        skip(
+            "llcache_per_query with_hardware_counters_references_and_misses_agree_with_perf_stat",
+            &format!("no hardware counters here ({reason})"),
+        );
         return;
     }
     let _lock = exclusive();
