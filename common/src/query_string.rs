@@ -8,7 +8,10 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path};
 
-use crate::elf::Symbols;
+use anyhow::Context as _;
+pub use pgbpf_common_ebpf::query_string::NO_QUERY_STRING;
+
+use crate::{elf::Symbols, loader::Loaded, tracefs};
 
 /// The symbol's vaddr and the first loadable segment's, of one binary (None: no symbol).
 type BinaryFacts = Option<(u64, u64)>;
@@ -36,6 +39,65 @@ impl QueryStringLocator {
         let (vaddr, first_vaddr) = facts?;
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
         Some(load_bias(&maps, ino, first_vaddr)? + vaddr)
+    }
+}
+
+/// The userspace half of `pgbpf_common_ebpf::query_string`: keeps the kernel's map of
+/// addresses filled.
+pub struct QueryAddrs {
+    locator: QueryStringLocator,
+}
+
+impl QueryAddrs {
+    /// Sets the loader globals the kernel half needs (call in `loader::load`'s closure).
+    pub fn set_globals<'a>(loader: &mut aya::EbpfLoader<'a>, fork_child_offset: &'a u32) {
+        loader.override_global("PGBPF_QS_FORK_CHILD_OFFSET", fork_child_offset, true);
+    }
+
+    /// The value for [`QueryAddrs::set_globals`], from the fork tracepoint's format.
+    pub fn fork_child_offset() -> anyhow::Result<u32> {
+        Ok(tracefs::field("sched", "sched_process_fork", "child_pid")?.offset)
+    }
+
+    /// After load: locates `pids` (those that may have events now) and attaches the fork and
+    /// exec programs. Returns the tracker and how many of `pids` run PostgreSQL.
+    pub fn start(loaded: &mut Loaded, pids: &[u32]) -> anyhow::Result<(QueryAddrs, usize)> {
+        let mut addrs = QueryAddrs {
+            locator: QueryStringLocator::new(),
+        };
+        let located = addrs.locate(loaded, pids)?;
+        loaded.attach_tracepoint("pgbpf_inherit_query_addr", "sched", "sched_process_fork")?;
+        loaded.attach_tracepoint("pgbpf_forget_query_addr", "sched", "sched_process_exec")?;
+        Ok((addrs, located))
+    }
+
+    /// Records where each of `pids` keeps debug_query_string (or that it has none). Returns
+    /// how many have one.
+    fn locate(&mut self, loaded: &mut Loaded, pids: &[u32]) -> anyhow::Result<usize> {
+        let mut map: aya::maps::HashMap<_, u32, u64> =
+            aya::maps::HashMap::try_from(loaded.map_mut("PGBPF_QUERY_ADDR")?)?;
+        let mut found = 0;
+        for &pid in pids {
+            let addr = self.locator.address(pid);
+            found += usize::from(addr.is_some());
+            map.insert(&pid, &addr.unwrap_or(NO_QUERY_STRING), 0)
+                .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
+        }
+        Ok(found)
+    }
+
+    /// Locates the processes the kernel met without knowing where their statement is.
+    pub fn locate_wanted(&mut self, loaded: &mut Loaded) -> anyhow::Result<()> {
+        let mut wanted: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(loaded.map_mut("PGBPF_ADDR_WANTED")?)?;
+        let pids: Vec<u32> = wanted.keys().filter_map(Result::ok).collect();
+        for pid in &pids {
+            let _ = wanted.remove(pid);
+        }
+        if !pids.is_empty() {
+            self.locate(loaded, &pids)?;
+        }
+        Ok(())
     }
 }
 

@@ -113,6 +113,34 @@ impl Target {
         s
     }
 
+    /// The processes the target covers now: the pids, the cgroup's processes, or those whose
+    /// name is the comm filter's (every process without any filter).
+    pub fn processes_now(&self) -> Vec<u32> {
+        if !self.tgids.is_empty() {
+            return self.tgids.clone();
+        }
+        if let Some(cg) = &self.cgroup {
+            return crate::postgres::procs_below(&cg.dir);
+        }
+        let pids = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+        match self.comm {
+            Some(comm) => pids
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| {
+                        let c = c.strip_suffix(b"\n").unwrap_or(&c);
+                        let n = comm.iter().position(|&b| b == 0).unwrap_or(16);
+                        c == &comm[..n]
+                    })
+                })
+                .collect(),
+            None => pids.collect(),
+        }
+    }
+
     /// Makes `--pid` cover descendants too (a postmaster's backends, also those started
     /// later): the current ones from /proc now, new ones in the kernel as they fork. The tool
     /// must then call [`Target::attach_fork_tracking`] after load.

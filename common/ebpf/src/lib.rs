@@ -3,6 +3,7 @@
 //! - [`target`]: the in-kernel target filter (tgid set, cgroup subtree, comm), set up by the
 //!   userspace loader before load (globals) and after load (the tgid map).
 //! - [`query`]: the query context, each backend's current statement.
+//! - [`query_string`]: the statement a process runs, read from its debug_query_string.
 //! - [`usdt`]: USDT argument specs (shared with userspace) and their evaluation.
 //! - [`log2_slot`]: bcc-style power-of-two histogram slots.
 //! - `atomic_add` (BPF target only): `lock xadd` on the BPF target, which lacks `AtomicU64::fetch_add`.
@@ -14,6 +15,7 @@
 // Kernel-only: its #[no_mangle] globals must not end up in host binaries (they would be
 // exported and break static-pie start-up).
 pub mod query;
+pub mod query_string;
 #[cfg(target_arch = "bpf")]
 pub mod target;
 pub mod usdt;

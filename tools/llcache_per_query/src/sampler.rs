@@ -1,5 +1,6 @@
-//! Loads the programs, attaches the query probes and one perf event per chosen event on every
-//! CPU, and runs the loop that drains the kernel's sample maps into the report.
+//! Loads the programs, sets up where statements come from (debug_query_string, or the query
+//! probes with --usdt), attaches one perf event per chosen event on every CPU, and runs the
+//! loop that drains the kernel's sample maps into the report.
 
 use std::time::{Duration, Instant};
 
@@ -8,14 +9,13 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::perf_event::SamplePolicy,
 };
-use llcache_per_query_ebpf::{NO_QUERY_STRING, SampleCounts, SampleKey, counter};
+use llcache_per_query_ebpf::{SampleCounts, SampleKey, counter};
 use pgbpf_common::{
     cli::{Tick, Ticker},
     loader::{self, Loaded},
     postgres, query_probes,
-    query_string::QueryStringLocator,
+    query_string::QueryAddrs,
     target::Target,
-    tracefs,
 };
 
 use crate::{Args, events, report::Reporter};
@@ -28,7 +28,7 @@ const DRAIN_EVERY: Duration = Duration::from_secs(1);
 /// Where statements come from.
 enum Statements {
     /// Each process's debug_query_string, read at the sample.
-    QueryString(QueryStringLocator),
+    QueryString(QueryAddrs),
     /// The query context kept by USDT probes (or PortalRun uprobes).
     Probes,
 }
@@ -61,13 +61,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     target.follow_descendants()?;
     let text_bytes = args.text_bytes;
     let read_query_string = u32::from(probes.is_none());
-    let fork_child_offset = tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
+    let fork_child_offset = QueryAddrs::fork_child_offset()?;
     let mut loaded = loader::load("llcache_per_query", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
         l.override_global("PGBPF_QUERY_TEXT_MAX", &text_bytes, true)
             .override_global("TEXT_MAX", &text_bytes, true)
-            .override_global("READ_QUERY_STRING", &read_query_string, true)
-            .override_global("FORK_CHILD_OFFSET", &fork_child_offset, true);
+            .override_global("READ_QUERY_STRING", &read_query_string, true);
+        QueryAddrs::set_globals(l, &fork_child_offset);
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
@@ -83,12 +83,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             (Statements::Probes, source)
         }
         None => {
-            let mut locator = QueryStringLocator::new();
-            let located = locate(&mut loaded, &mut locator, &candidates(&target, comm))?;
-            loaded.attach_tracepoint("inherit_query_addr", "sched", "sched_process_fork")?;
-            loaded.attach_tracepoint("forget_query_addr", "sched", "sched_process_exec")?;
+            let (addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
             let source = format!("statements from debug_query_string, {located} processes located");
-            (Statements::QueryString(locator), source)
+            (Statements::QueryString(addrs), source)
         }
     };
     for (slot, e) in events.iter().enumerate() {
@@ -113,59 +110,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     event_loop(args, &mut loaded, statements, &mut reporter)
 }
 
-/// Processes that may be sampled now: the target's, else those with the comm filter's name.
-fn candidates(target: &Target, comm: Option<&str>) -> Vec<u32> {
-    if !target.tgids.is_empty() {
-        return target.tgids.clone();
-    }
-    if let Some(cg) = &target.cgroup {
-        return postgres::procs_below(&cg.dir);
-    }
-    let pids = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
-    pids.filter(|pid| match comm {
-        Some(c) => {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|s| s.trim_end() == c)
-        }
-        None => true,
-    })
-    .collect()
-}
-
-/// Records where each of `pids` keeps debug_query_string (or that it has none). Returns how
-/// many have one.
-fn locate(
-    loaded: &mut Loaded,
-    locator: &mut QueryStringLocator,
-    pids: &[u32],
-) -> anyhow::Result<usize> {
-    let mut map: HashMap<_, u32, u64> = HashMap::try_from(loaded.map_mut("QUERY_ADDR")?)?;
-    let mut found = 0;
-    for &pid in pids {
-        let addr = locator.address(pid);
-        found += usize::from(addr.is_some());
-        map.insert(&pid, &addr.unwrap_or(NO_QUERY_STRING), 0)
-            .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
-    }
-    Ok(found)
-}
-
-/// Locates the processes the kernel sampled without knowing where their statement is.
-fn locate_wanted(loaded: &mut Loaded, locator: &mut QueryStringLocator) -> anyhow::Result<()> {
-    let mut wanted: HashMap<_, u32, u8> = HashMap::try_from(loaded.map_mut("ADDR_WANTED")?)?;
-    let pids: Vec<u32> = wanted.keys().filter_map(Result::ok).collect();
-    for pid in &pids {
-        let _ = wanted.remove(pid);
-    }
-    if !pids.is_empty() {
-        locate(loaded, locator, &pids)?;
-    }
-    Ok(())
-}
-
 fn event_loop(
     args: &Args,
     loaded: &mut Loaded,
@@ -180,8 +124,8 @@ fn event_loop(
         if tick != Tick::Idle || last_drain.elapsed() >= DRAIN_EVERY {
             reporter.add(&maps.drain()?);
             last_drain = Instant::now();
-            if let Statements::QueryString(locator) = &mut statements {
-                locate_wanted(loaded, locator)?;
+            if let Statements::QueryString(addrs) = &mut statements {
+                addrs.locate_wanted(loaded)?;
             }
         }
         match tick {

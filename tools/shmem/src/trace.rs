@@ -3,18 +3,16 @@
 
 use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
-use anyhow::Context as _;
-use aya::{maps::HashMap, programs::uprobe::UProbeAttachLocation};
+use aya::programs::uprobe::UProbeAttachLocation;
 use pgbpf_common::{
     cli::{Tick, Ticker},
     elf::Symbols,
     kernel_btf::KernelTypes,
     loader::{self, Loaded},
     output, postgres,
-    query_string::QueryStringLocator,
+    query_string::QueryAddrs,
     system,
     target::Target,
-    tracefs,
 };
 use shmem_ebpf::{ShmEvent, counter};
 
@@ -151,7 +149,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let mut g = Globals {
         page_bytes: system::page_size(),
-        fork_child_offset: tracefs::field("sched", "sched_process_fork", "child_pid")?.offset,
+        fork_child_offset: QueryAddrs::fork_child_offset()?,
         ..Default::default()
     };
     match kernel_offsets() {
@@ -173,8 +171,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         l.override_global("HAVE_OFFSETS", &g.have_offsets, true)
             .override_global("PAGE_BYTES", &g.page_bytes, true)
             .override_global("PIDNS_DEV", &g.pidns_dev, true)
-            .override_global("PIDNS_INO", &g.pidns_ino, true)
-            .override_global("FORK_CHILD_OFFSET", &g.fork_child_offset, true);
+            .override_global("PIDNS_INO", &g.pidns_ino, true);
+        QueryAddrs::set_globals(l, &g.fork_child_offset);
         for (name, value) in OFFSET_NAMES.iter().zip(&g.offsets) {
             l.override_global(name, value, true);
         }
@@ -182,11 +180,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     target.fill_maps(&mut loaded.ebpf)?;
     let mut functions = 0;
     if let Some((bin, _)) = &binary {
-        fill_query_addrs(&mut loaded, bin, &pids)?;
         functions = attach_functions(&mut loaded, bin)?;
     }
+    // Statements are read at each event from the process's debug_query_string.
+    let (query_addrs, _) = QueryAddrs::start(&mut loaded, &pids)?;
     target.attach_fork_tracking(&mut loaded)?;
-    loaded.attach_tracepoint("inherit_query_addr", "sched", "sched_process_fork")?;
     loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
     for (enter, exit, name) in SYSCALLS {
         loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
@@ -199,27 +197,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         functions,
         loaded.startup_ms()
     );
-    event_loop(args, &mut loaded, &roots)
-}
-
-fn fill_query_addrs(loaded: &mut Loaded, binary: &Path, pids: &[u32]) -> anyhow::Result<()> {
-    let mut locator = QueryStringLocator::new();
-    let mut map: HashMap<_, u32, u64> = HashMap::try_from(loaded.map_mut("QUERY_ADDR")?)?;
-    let mut found = 0;
-    for &pid in pids {
-        if let Some(addr) = locator.address(pid) {
-            map.insert(&pid, &addr, 0)
-                .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
-            found += 1;
-        }
-    }
-    if found == 0 && !pids.is_empty() {
-        eprintln!(
-            "shmem: note: no debug_query_string found in {} (or its processes): events show no statement",
-            binary.display()
-        );
-    }
-    Ok(())
+    event_loop(args, &mut loaded, query_addrs, &roots)
 }
 
 fn attach_functions(loaded: &mut Loaded, binary: &Path) -> anyhow::Result<usize> {
@@ -239,7 +217,12 @@ fn attach_functions(loaded: &mut Loaded, binary: &Path) -> anyhow::Result<usize>
     Ok(n)
 }
 
-fn event_loop(args: &Args, loaded: &mut Loaded, roots: &[u32]) -> anyhow::Result<()> {
+fn event_loop(
+    args: &Args,
+    loaded: &mut Loaded,
+    mut query_addrs: QueryAddrs,
+    roots: &[u32],
+) -> anyhow::Result<()> {
     let mut ring = loaded.take_ring_buffer("EVENTS")?;
     let mut reporter = Reporter::new(args.out.json, args.out.timestamp, args.failures);
     let mut ticker = Ticker::start(&args.out)?;
@@ -256,6 +239,9 @@ fn event_loop(args: &Args, loaded: &mut Loaded, roots: &[u32]) -> anyhow::Result
                 ticker.request_stop();
             }
         }
+        // Processes met before they were located (started outside a traced tree): their next
+        // events carry the statement.
+        query_addrs.locate_wanted(loaded)?;
         for &pid in roots {
             if !gone.contains(&pid) && !alive(pid) {
                 gone.push(pid);

@@ -7,10 +7,6 @@ pub use pgbpf_common_ebpf::query::{PROTOCOL_NONE, PROTOCOL_UNKNOWN, QUERY_TEXT_C
 /// debug_query_string is not located yet (userspace is asked to) or was unreadable.
 pub const PROTOCOL_UNREADABLE: u8 = 0xff;
 
-/// `QUERY_ADDR` value of a process that has no debug_query_string (not PostgreSQL): its
-/// samples count as no statement.
-pub const NO_QUERY_STRING: u64 = u64::MAX;
-
 /// Events sampled at once: one perf_event program per slot (`sample_0` ... `sample_7`).
 pub const MAX_EVENTS: usize = 8;
 

@@ -1,6 +1,6 @@
 //! llcache_per_query's kernel programs: one perf_event program per sampled event that adds
 //! the sample to (process, CPU, statement). The statement is read at the sample from the
-//! process's own `debug_query_string` (address per process in `QUERY_ADDR`: nothing runs per
+//! process's own `debug_query_string` (`pgbpf_common_ebpf::query_string`: nothing runs per
 //! statement), or with `--usdt` taken from the query context that PostgreSQL's statement
 //! probes keep (`pg_probe`).
 //!
@@ -11,21 +11,18 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes,
-    },
-    macros::{map, perf_event, tracepoint, uprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::{PerfEventContext, ProbeContext, TracePointContext},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
+    macros::{map, perf_event, uprobe},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{PerfEventContext, ProbeContext},
 };
 use llcache_per_query_ebpf::{
-    KEY_TEXT, MAX_EVENTS, NO_QUERY_STRING, PROTOCOL_NONE, PROTOCOL_UNKNOWN, PROTOCOL_UNREADABLE,
-    SampleCounts, SampleKey, counter,
+    KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, PROTOCOL_UNKNOWN, PROTOCOL_UNREADABLE, SampleCounts,
+    SampleKey, counter,
 };
 use pgbpf_common_ebpf::{
     query::{PGBPF_QUERIES, Tracked, track_probe},
+    query_string::{StatementRead, read_statement},
     target::current_is_target,
     usdt::{usdt_arg, usdt_spec},
 };
@@ -46,23 +43,12 @@ static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 static KEY_SCRATCH: PerCpuArray<SampleKey> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-/// Where debug_query_string lives in each PostgreSQL process (absolute address): filled by
-/// userspace at start and for the pids in `ADDR_WANTED`, inherited on fork.
-#[map]
-static QUERY_ADDR: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
-/// Processes sampled before their address was known: userspace locates them and empties this.
-#[map]
-static ADDR_WANTED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1024, 0);
-
 /// 1: read the statement from debug_query_string at each sample; 0: the USDT query context.
 #[unsafe(no_mangle)]
 static READ_QUERY_STRING: aya_ebpf::Global<u32> = aya_ebpf::Global::new(1);
 /// Bytes of statement text to read (at most KEY_TEXT).
 #[unsafe(no_mangle)]
 static TEXT_MAX: aya_ebpf::Global<u32> = aya_ebpf::Global::new(KEY_TEXT as u32);
-/// Offset of `child_pid` in sched:sched_process_fork (from its format file).
-#[unsafe(no_mangle)]
-static FORK_CHILD_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(20);
 
 #[inline(always)]
 fn bump(index: u32) {
@@ -87,30 +73,6 @@ pub fn pg_probe(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// sched:sched_process_fork: a backend inherits its postmaster's debug_query_string address.
-#[tracepoint]
-pub fn inherit_query_addr(ctx: TracePointContext) -> u32 {
-    let parent = ctx.tgid();
-    // SAFETY: offset from the tracepoint's format file.
-    let child: u32 = unsafe { ctx.read_at(FORK_CHILD_OFFSET.load() as usize) }.unwrap_or(0);
-    // SAFETY: plain lookup; the value is copied out.
-    if let Some(addr) = unsafe { QUERY_ADDR.get(&parent) }.copied()
-        && child != 0
-    {
-        let _ = QUERY_ADDR.insert(&child, &addr, 0);
-    }
-    0
-}
-
-/// sched:sched_process_exec: the process now runs another program (a shell started by
-/// archive_command, COPY ... PROGRAM): the inherited address means nothing there any more.
-/// Its next sample asks userspace to locate it again.
-#[tracepoint]
-pub fn forget_query_addr(ctx: TracePointContext) -> u32 {
-    let _ = QUERY_ADDR.remove(&ctx.tgid());
-    0
-}
-
 /// Fills `key` with the current task's process, CPU and statement.
 #[inline(always)]
 fn fill_key(key: &mut SampleKey) {
@@ -125,49 +87,21 @@ fn fill_key(key: &mut SampleKey) {
     }
 }
 
-/// The statement as the sampled process itself points at it now: debug_query_string is set
-/// when a message with a statement (Query, Parse, Bind, Execute) is taken up and reset to
-/// NULL when it is done, so parse, plan and execution all count, and waiting for the client
-/// does not.
+/// The statement as the sampled process itself points at it now (its debug_query_string).
 #[inline(always)]
 fn statement_from_query_string(key: &mut SampleKey) {
-    key.truncated = 0;
     key.text = [0; KEY_TEXT];
-    // SAFETY: plain lookup; the value is copied out.
-    let Some(addr) = (unsafe { QUERY_ADDR.get(&key.tgid) }).copied() else {
-        key.protocol = PROTOCOL_UNREADABLE;
-        let _ = ADDR_WANTED.insert(&key.tgid, &1, 0);
-        bump(counter::UNREADABLE);
-        return;
-    };
-    if addr == NO_QUERY_STRING {
-        key.protocol = PROTOCOL_NONE;
-        return;
-    }
-    // SAFETY: reads 8 bytes of the current process's memory; fails cleanly if unmapped.
-    let Ok(text) = (unsafe { bpf_probe_read_user(addr as *const u64) }) else {
-        key.protocol = PROTOCOL_UNREADABLE;
-        bump(counter::UNREADABLE);
-        return;
-    };
-    if text == 0 {
-        key.protocol = PROTOCOL_NONE;
-        return;
-    }
     let max = (TEXT_MAX.load() as usize).clamp(1, KEY_TEXT);
-    // SAFETY: reads a NUL-terminated user string into the key; fails cleanly.
-    let len =
-        match unsafe { bpf_probe_read_user_str_bytes(text as *const u8, &mut key.text[..max]) } {
-            Ok(s) => s.len(),
-            Err(_) => {
-                key.protocol = PROTOCOL_UNREADABLE;
-                bump(counter::UNREADABLE);
-                return;
-            }
-        };
-    key.protocol = PROTOCOL_UNKNOWN;
-    // The helper stops at the buffer's end (keeping a NUL): a full buffer means cut text.
-    key.truncated = u8::from(len + 1 >= max);
+    let (protocol, truncated) = match read_statement(key.tgid, &mut key.text[..max]) {
+        StatementRead::Running { truncated, .. } => (PROTOCOL_UNKNOWN, truncated),
+        StatementRead::Idle => (PROTOCOL_NONE, false),
+        StatementRead::Unreadable => {
+            bump(counter::UNREADABLE);
+            (PROTOCOL_UNREADABLE, false)
+        }
+    };
+    key.protocol = protocol;
+    key.truncated = u8::from(truncated);
 }
 
 /// The statement of the query context kept by `pg_probe` (`--usdt`).

@@ -16,7 +16,10 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, TracePointContext},
 };
-use pgbpf_common_ebpf::target::current_is_target;
+use pgbpf_common_ebpf::{
+    query_string::{StatementRead, read_statement},
+    target::current_is_target,
+};
 use shmem_ebpf::{FdKey, NAME_CAP, QUERY_CAP, ShmEvent, counter, kind};
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -37,10 +40,6 @@ static PENDING: LruHashMap<u32, ShmEvent> = LruHashMap::with_max_entries(1024, 0
 /// Open /dev/shm and memfd files of traced processes, with their names.
 #[map]
 static SHM_FDS: LruHashMap<FdKey, [u8; NAME_CAP]> = LruHashMap::with_max_entries(8192, 0);
-/// Where debug_query_string lives in each traced PostgreSQL process (absolute address);
-/// filled by userspace, inherited on fork.
-#[map]
-static QUERY_ADDR: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 /// An event does not fit on the 512-byte stack: built here.
 #[map]
 static SCRATCH: PerCpuArray<ShmEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -77,9 +76,6 @@ static PAGE_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(4096);
 static PIDNS_DEV: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
 #[unsafe(no_mangle)]
 static PIDNS_INO: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
-/// Offset of `child_pid` in sched:sched_process_fork.
-#[unsafe(no_mangle)]
-static FORK_CHILD_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(20);
 
 #[inline(always)]
 fn bump(index: u32) {
@@ -169,15 +165,8 @@ fn describe_process(e: &mut ShmEvent) {
             let _ = unsafe { bpf_probe_read_user_str_bytes(arg_start as *const u8, &mut e.title) };
         }
     }
-    // SAFETY: plain lookup; the value is copied out.
-    if let Some(addr) = unsafe { QUERY_ADDR.get(&e.tgid) }.copied() {
-        // SAFETY: checked user reads: the pointer, then the string it points to.
-        if let Ok(text) = unsafe { bpf_probe_read_user(addr as *const u64) }
-            && text != 0
-            && let Ok(s) = unsafe { bpf_probe_read_user_str_bytes(text as *const u8, &mut e.query) }
-        {
-            e.query_len = s.len() as u32;
-        }
+    if let StatementRead::Running { len, .. } = read_statement(e.tgid, &mut e.query) {
+        e.query_len = len as u32;
     }
 }
 
@@ -601,21 +590,6 @@ pub fn pg_shmem_create(ctx: ProbeContext) -> u32 {
 }
 
 // ---- process tree ----
-
-/// sched:sched_process_fork: a backend inherits its postmaster's debug_query_string address.
-#[tracepoint]
-pub fn inherit_query_addr(ctx: TracePointContext) -> u32 {
-    let parent = ctx.tgid();
-    // SAFETY: offset from the tracepoint's format file.
-    let child: u32 = unsafe { ctx.read_at(FORK_CHILD_OFFSET.load() as usize) }.unwrap_or(0);
-    // SAFETY: plain lookup; the value is copied out.
-    if let Some(addr) = unsafe { QUERY_ADDR.get(&parent) }.copied()
-        && child != 0
-    {
-        let _ = QUERY_ADDR.insert(&child, &addr, 0);
-    }
-    0
-}
 
 const _: () = assert!(QUERY_CAP == 256);
 

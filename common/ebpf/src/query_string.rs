@@ -1,0 +1,105 @@
+//! The statement a PostgreSQL process is working on, read from its own `debug_query_string`
+//! at the moment of an event (a perf sample, a throttling tracepoint): nothing runs per
+//! statement. Userspace (`pgbpf_common::query_string`) puts each process's address of the
+//! variable in [`PGBPF_QUERY_ADDR`] and locates the processes listed in
+//! [`PGBPF_ADDR_WANTED`]; children inherit the address at fork, an exec forgets it.
+
+/// `PGBPF_QUERY_ADDR` value of a process without debug_query_string (not PostgreSQL).
+pub const NO_QUERY_STRING: u64 = u64::MAX;
+
+/// What [`read_statement`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum StatementRead {
+    /// A statement is running: `len` bytes of text copied, `truncated` if it was longer.
+    Running { len: usize, truncated: bool },
+    /// No statement (debug_query_string is NULL), or not a PostgreSQL process.
+    Idle,
+    /// Not read: the process is not located yet (userspace was asked to), or its memory
+    /// could not be read (a process that is exiting).
+    Unreadable,
+}
+
+#[cfg(target_arch = "bpf")]
+pub use kernel::*;
+
+#[cfg(target_arch = "bpf")]
+mod kernel {
+    use aya_ebpf::{
+        EbpfContext as _,
+        helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
+        macros::{map, tracepoint},
+        maps::LruHashMap,
+        programs::TracePointContext,
+    };
+
+    use super::{NO_QUERY_STRING, StatementRead};
+
+    /// Where debug_query_string lives in each PostgreSQL process (absolute address).
+    #[map]
+    pub static PGBPF_QUERY_ADDR: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+    /// Processes seen without a known address: userspace locates them and empties this.
+    #[map]
+    pub static PGBPF_ADDR_WANTED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1024, 0);
+
+    /// Offset of `child_pid` in sched:sched_process_fork (from its format file).
+    #[unsafe(no_mangle)]
+    static PGBPF_QS_FORK_CHILD_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(20);
+
+    /// sched:sched_process_fork: a backend inherits its postmaster's address.
+    #[tracepoint]
+    pub fn pgbpf_inherit_query_addr(ctx: TracePointContext) -> u32 {
+        let parent = ctx.tgid();
+        let offset = PGBPF_QS_FORK_CHILD_OFFSET.load() as usize;
+        // SAFETY: offset from the tracepoint's format file.
+        let child: u32 = unsafe { ctx.read_at(offset) }.unwrap_or(0);
+        // SAFETY: plain lookup; the value is copied out.
+        if let Some(addr) = unsafe { PGBPF_QUERY_ADDR.get(&parent) }.copied()
+            && child != 0
+        {
+            let _ = PGBPF_QUERY_ADDR.insert(&child, &addr, 0);
+        }
+        0
+    }
+
+    /// sched:sched_process_exec: the process now runs another program (a shell started by
+    /// archive_command, COPY ... PROGRAM): the inherited address means nothing there; its next
+    /// event asks userspace to locate it again.
+    #[tracepoint]
+    pub fn pgbpf_forget_query_addr(ctx: TracePointContext) -> u32 {
+        let _ = PGBPF_QUERY_ADDR.remove(&ctx.tgid());
+        0
+    }
+
+    /// Copies the statement process `tgid` (the current task's process) is running into
+    /// `buf` (NUL-terminated, the rest of `buf` untouched). debug_query_string is set when a
+    /// message with a statement (Query; Parse, Bind, Execute) is taken up and reset to NULL
+    /// when it is done: parse, plan and execution all count, waiting for the client does not.
+    #[inline(always)]
+    pub fn read_statement(tgid: u32, buf: &mut [u8]) -> StatementRead {
+        // SAFETY: plain lookup; the value is copied out.
+        let Some(addr) = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).copied() else {
+            let _ = PGBPF_ADDR_WANTED.insert(&tgid, &1, 0);
+            return StatementRead::Unreadable;
+        };
+        if addr == NO_QUERY_STRING {
+            return StatementRead::Idle;
+        }
+        // SAFETY: reads 8 bytes of the current process's memory; fails cleanly if unmapped.
+        let Ok(text) = (unsafe { bpf_probe_read_user(addr as *const u64) }) else {
+            return StatementRead::Unreadable;
+        };
+        if text == 0 {
+            return StatementRead::Idle;
+        }
+        let max = buf.len();
+        // SAFETY: reads a NUL-terminated user string into `buf`; fails cleanly.
+        match unsafe { bpf_probe_read_user_str_bytes(text as *const u8, buf) } {
+            // The helper stops at the buffer's end (keeping a NUL): a full buffer means cut.
+            Ok(s) => StatementRead::Running {
+                len: s.len(),
+                truncated: s.len() + 1 >= max,
+            },
+            Err(_) => StatementRead::Unreadable,
+        }
+    }
+}
