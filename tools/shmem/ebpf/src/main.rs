@@ -7,10 +7,9 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_probe_read_user_str_bytes, generated,
+        bpf_probe_read_user_str_bytes, generated,
     },
     macros::{map, tracepoint, uprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf},
