@@ -1,0 +1,125 @@
+//! Reads the tracepoints' field offsets, loads and attaches the programs, and runs the loop
+//! that hands events to the report.
+
+use std::time::Duration;
+
+use io_timeouts_ebpf::{IoEvent, counter};
+use pgbpf_common::{
+    cli::{Tick, Ticker},
+    loader::{self, Loaded},
+    query_string::QueryAddrs,
+    target::Target,
+    tracefs,
+};
+
+use crate::{
+    Args,
+    report::{Names, Reporter},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/io_timeouts"));
+
+/// Kernel global ← (tracepoint category, event, field).
+const OFFSETS: &[(&str, &str, &str, &str)] = &[
+    ("BDP_BDI", "writeback", "balance_dirty_pages", "bdi"),
+    ("BDP_LIMIT", "writeback", "balance_dirty_pages", "limit"),
+    ("BDP_DIRTY", "writeback", "balance_dirty_pages", "dirty"),
+    ("BDP_PAUSE", "writeback", "balance_dirty_pages", "pause"),
+    ("BDP_PERIOD", "writeback", "balance_dirty_pages", "period"),
+    (
+        "THR_DELAYED",
+        "vmscan",
+        "mm_vmscan_throttled",
+        "usec_delayed",
+    ),
+    (
+        "THR_TIMEOUT",
+        "vmscan",
+        "mm_vmscan_throttled",
+        "usec_timeout",
+    ),
+    ("THR_NID", "vmscan", "mm_vmscan_throttled", "nid"),
+    ("THR_REASON", "vmscan", "mm_vmscan_throttled", "reason"),
+    // writeback_start and writeback_written share one record layout (writeback_work_class).
+    ("WB_NAME", "writeback", "writeback_written", "name"),
+    ("WB_NR_PAGES", "writeback", "writeback_written", "nr_pages"),
+    ("WB_REASON", "writeback", "writeback_written", "reason"),
+    ("RQ_DEV", "block", "block_rq_issue", "dev"),
+    ("RQ_SECTOR", "block", "block_rq_issue", "sector"),
+    ("RQ_BYTES", "block", "block_rq_issue", "bytes"),
+    ("RQ_RWBS", "block", "block_rq_issue", "rwbs"),
+    ("RQC_DEV", "block", "block_rq_complete", "dev"),
+    ("RQC_SECTOR", "block", "block_rq_complete", "sector"),
+    ("RQC_ERROR", "block", "block_rq_complete", "error"),
+    ("RQC_RWBS", "block", "block_rq_complete", "rwbs"),
+];
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let mut target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
+    loader::check_privileges()?;
+    target.follow_descendants()?;
+    let offsets: Vec<u32> = OFFSETS
+        .iter()
+        .map(|(_, cat, event, field)| Ok(tracefs::field(cat, event, field)?.offset))
+        .collect::<anyhow::Result<_>>()?;
+    let names = Names::from_formats();
+    let fork_child_offset = QueryAddrs::fork_child_offset()?;
+    let mut loaded = loader::load("io_timeouts", OBJECT, args.out.verbose, |l| {
+        target.set_globals(l);
+        for ((name, ..), value) in OFFSETS.iter().zip(&offsets) {
+            l.override_global(name, value, true);
+        }
+        QueryAddrs::set_globals(l, &fork_child_offset);
+    })?;
+    target.fill_maps(&mut loaded.ebpf)?;
+    target.attach_fork_tracking(&mut loaded)?;
+    let (mut query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
+    loaded.attach_tracepoint("dirty_pause", "writeback", "balance_dirty_pages")?;
+    loaded.attach_tracepoint("reclaim_throttled", "vmscan", "mm_vmscan_throttled")?;
+    loaded.attach_tracepoint("writeback_start", "writeback", "writeback_start")?;
+    loaded.attach_tracepoint("writeback_written", "writeback", "writeback_written")?;
+    if args.block {
+        loaded.attach_tracepoint("rq_issue", "block", "block_rq_issue")?;
+        loaded.attach_tracepoint("rq_complete", "block", "block_rq_complete")?;
+    }
+    eprintln!(
+        "Tracing write throttling of {}{} ({located} PostgreSQL processes located, attached in {:.0} ms)... Hit Ctrl-C to end.",
+        target.describe(),
+        if args.block { ", with block I/O" } else { "" },
+        loaded.startup_ms()
+    );
+    let mut reporter = Reporter::new(args, names);
+    let mut ring = loaded.take_ring_buffer("EVENTS")?;
+    let mut ticker = Ticker::start(&args.out)?;
+    loop {
+        loader::wait_readable(&ring, 100);
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<IoEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole IoEvent (checked length), read unaligned.
+            let ev: IoEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if !reporter.event(&ev) {
+                ticker.request_stop();
+            }
+        }
+        // Processes met before they were located: their next events carry the statement.
+        query_addrs.locate_wanted(&mut loaded)?;
+        match ticker.next(Duration::ZERO) {
+            Tick::Idle => {}
+            Tick::Interval => {
+                if !reporter.interval(lost(&loaded)?) {
+                    ticker.request_stop();
+                }
+            }
+            Tick::Final => {
+                reporter.summary(lost(&loaded)?);
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn lost(loaded: &Loaded) -> anyhow::Result<u64> {
+    Ok(loaded.counter_sums("COUNTERS", counter::COUNT)?[counter::RINGBUF_FULL as usize])
+}

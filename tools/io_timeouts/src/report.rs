@@ -1,0 +1,477 @@
+//! Throttling tables per (process, statement), the writeback table by device and reason,
+//! block latency histograms per process; every pause as it happens with --each; or NDJSON.
+
+use std::{collections::HashMap, time::Instant};
+
+use io_timeouts_ebpf::{IoEvent, kind, statement};
+use pgbpf_common::{output, query, sql::normalize, system};
+use serde_json::json;
+
+use crate::Args;
+
+/// Symbolic names the kernel prints for numeric fields, read from the format files.
+pub struct Names {
+    /// WB_REASON_* by number (writeback_written's __print_symbolic).
+    wb_reasons: Vec<(u32, String)>,
+}
+
+impl Names {
+    pub fn from_formats() -> Names {
+        let format = pgbpf_common::tracefs::ensure_mounted()
+            .ok()
+            .and_then(|t| {
+                std::fs::read_to_string(t.join("events/writeback/writeback_written/format")).ok()
+            })
+            .unwrap_or_default();
+        Names {
+            wb_reasons: print_symbolic(&format, "REC->reason"),
+        }
+    }
+
+    fn wb_reason(&self, n: u32) -> String {
+        self.wb_reasons
+            .iter()
+            .find(|(v, _)| *v == n)
+            .map_or_else(|| format!("reason {n}"), |(_, s)| s.clone())
+    }
+}
+
+/// The `{ value, "name" }` pairs of `__print_symbolic(field, ...)` in a format's print fmt.
+fn print_symbolic(format: &str, field: &str) -> Vec<(u32, String)> {
+    let Some(start) = format.find(&format!("__print_symbolic({field},")) else {
+        return vec![];
+    };
+    let rest = &format[start..];
+    let end = rest.find(")").unwrap_or(rest.len());
+    rest[..end]
+        .split('{')
+        .skip(1)
+        .filter_map(|pair| {
+            let (num, name) = pair.split_once(',')?;
+            let name = name.split('"').nth(1)?;
+            Some((num.trim().parse().ok()?, name.to_string()))
+        })
+        .collect()
+}
+
+/// vmscan_throttle_state bit names (include/linux/mmzone.h order).
+fn throttle_reasons(bits: u32) -> String {
+    const NAMES: [&str; 4] = ["writeback", "isolated", "noprogress", "congested"];
+    let names: Vec<&str> = NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join("|")
+    }
+}
+
+/// A process and what it was running.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Who {
+    pid: u32,
+    comm: String,
+    query: String,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Pauses {
+    count: u64,
+    total_ms: u64,
+    max_ms: u64,
+    period_ms: u64,
+    max_dirty: u64,
+    last_limit: u64,
+    bdi: String,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Waits {
+    count: u64,
+    total_us: u64,
+    max_us: u64,
+    reasons: u32,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Written {
+    works: u64,
+    pages: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct BlockIo {
+    /// The process's name at its last request (it may exec).
+    comm: String,
+    requests: u64,
+    bytes: u64,
+    errors: u64,
+    log2_us: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Period {
+    dirty: HashMap<Who, Pauses>,
+    reclaim: HashMap<Who, Waits>,
+    writeback: HashMap<(String, String), Written>,
+    block: HashMap<u32, BlockIo>,
+}
+
+impl Period {
+    fn add(&mut self, ev: &IoEvent, who: &Who, names: &Names) {
+        match ev.kind {
+            kind::DIRTY_PAUSE => {
+                let p = self.dirty.entry(who.clone()).or_default();
+                p.count += 1;
+                p.total_ms += ev.a;
+                p.max_ms = p.max_ms.max(ev.a);
+                p.period_ms += ev.b;
+                p.max_dirty = p.max_dirty.max(ev.c);
+                p.last_limit = ev.d;
+                p.bdi = output::c_str(&ev.name);
+            }
+            kind::RECLAIM_THROTTLE => {
+                let w = self.reclaim.entry(who.clone()).or_default();
+                w.count += 1;
+                w.total_us += ev.a;
+                w.max_us = w.max_us.max(ev.a);
+                w.reasons |= ev.reason;
+            }
+            kind::WRITEBACK => {
+                let key = (output::c_str(&ev.name), names.wb_reason(ev.reason));
+                let w = self.writeback.entry(key).or_default();
+                w.works += 1;
+                w.pages += ev.a;
+            }
+            kind::BLOCK_IO => {
+                let b = self.block.entry(who.pid).or_default();
+                b.comm.clone_from(&who.comm);
+                b.requests += 1;
+                b.bytes += ev.b;
+                b.errors += u64::from(ev.d != 0);
+                let slot = output::log2_slot(ev.a / 1000);
+                if b.log2_us.len() <= slot {
+                    b.log2_us.resize(slot + 1, 0);
+                }
+                b.log2_us[slot] += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+pub struct Reporter {
+    json: bool,
+    timestamp: bool,
+    each: bool,
+    block: bool,
+    top: usize,
+    width: Option<usize>,
+    names: Names,
+    page_bytes: u64,
+    interval: Period,
+    total: Period,
+    started: Instant,
+    last_report: Instant,
+}
+
+fn mib(pages: u64, page_bytes: u64) -> String {
+    format!("{:.1}", (pages * page_bytes) as f64 / (1u64 << 20) as f64)
+}
+
+impl Reporter {
+    pub fn new(args: &Args, names: Names) -> Reporter {
+        Reporter {
+            json: args.out.json,
+            timestamp: args.out.timestamp,
+            each: args.each,
+            block: args.block,
+            top: args.top.max(1),
+            width: output::terminal_width(),
+            names,
+            page_bytes: system::page_size(),
+            interval: Period::default(),
+            total: Period::default(),
+            started: Instant::now(),
+            last_report: Instant::now(),
+        }
+    }
+
+    /// One event. Returns false once stdout is gone.
+    pub fn event(&mut self, ev: &IoEvent) -> bool {
+        let query = match ev.statement {
+            statement::RUNNING => normalize(&query::text_of(&ev.query, ev.query_len)),
+            statement::UNREADABLE => "[statement not read]".to_string(),
+            _ => "[no statement]".to_string(),
+        };
+        let who = Who {
+            pid: ev.tgid,
+            comm: output::c_str(&ev.comm),
+            query,
+        };
+        self.interval.add(ev, &who, &self.names);
+        self.total.add(ev, &who, &self.names);
+        if self.each && matches!(ev.kind, kind::DIRTY_PAUSE | kind::RECLAIM_THROTTLE) {
+            return self.print_each(ev, &who);
+        }
+        true
+    }
+
+    fn print_each(&self, ev: &IoEvent, who: &Who) -> bool {
+        let (what, ms) = if ev.kind == kind::DIRTY_PAUSE {
+            ("dirty pause", ev.a as f64)
+        } else {
+            ("reclaim wait", ev.a as f64 / 1000.0)
+        };
+        if self.json {
+            return output::json_line(&json!({
+                "type": "each",
+                "ts_ms": output::unix_ms(),
+                "event": what,
+                "pid": who.pid,
+                "tid": ev.tid,
+                "comm": who.comm,
+                "ms": ms,
+                "query": who.query,
+            }));
+        }
+        let line = format!(
+            "{}{:<7} {:<15} {what:<12} {ms:>8.1} ms  {}",
+            self.prefix(),
+            who.pid,
+            who.comm,
+            output::one_line(&who.query)
+        );
+        output::print(&format!("{}\n", output::cut_to_width(&line, self.width)))
+    }
+
+    pub fn interval(&mut self, lost: u64) -> bool {
+        let secs = self.last_report.elapsed().as_secs_f64();
+        self.last_report = Instant::now();
+        let p = std::mem::take(&mut self.interval);
+        self.report("interval", &format!("in the last {secs:.0}s"), &p, lost)
+    }
+
+    pub fn summary(&mut self, lost: u64) {
+        let secs = self.started.elapsed().as_secs_f64();
+        let p = std::mem::take(&mut self.total);
+        self.report("total", &format!("in {secs:.0}s"), &p, lost);
+    }
+
+    fn prefix(&self) -> String {
+        if self.timestamp {
+            format!("{} ", output::hms_now())
+        } else {
+            String::new()
+        }
+    }
+
+    fn report(&self, scope: &str, when: &str, p: &Period, lost: u64) -> bool {
+        if self.json {
+            return self.json_report(scope, p, lost);
+        }
+        let mut out = String::new();
+        let pauses: u64 = p.dirty.values().map(|d| d.count).sum();
+        out.push_str(&format!(
+            "{}Dirty-page throttling: {pauses} pauses {when}\n",
+            self.prefix()
+        ));
+        let mut dirty: Vec<_> = p.dirty.iter().collect();
+        dirty.sort_by(|a, b| b.1.total_ms.cmp(&a.1.total_ms).then(a.0.cmp(b.0)));
+        if !dirty.is_empty() {
+            let rows: Vec<Vec<String>> = dirty
+                .iter()
+                .take(self.top)
+                .map(|(w, d)| {
+                    vec![
+                        w.pid.to_string(),
+                        w.comm.clone(),
+                        d.count.to_string(),
+                        d.total_ms.to_string(),
+                        d.max_ms.to_string(),
+                        format!("{:.0}", d.period_ms as f64 / d.count.max(1) as f64),
+                        mib(d.max_dirty, self.page_bytes),
+                        mib(d.last_limit, self.page_bytes),
+                        d.bdi.clone(),
+                        output::one_line(&w.query),
+                    ]
+                })
+                .collect();
+            let header = [
+                "PID",
+                "COMM",
+                "PAUSES",
+                "TOTAL_MS",
+                "MAX_MS",
+                "PERIOD_MS",
+                "DIRTY_MB",
+                "LIMIT_MB",
+                "BDI",
+                "QUERY",
+            ];
+            out.push_str(&output::table(&header, &rows, self.width));
+            out.push('\n');
+            more(&mut out, dirty.len(), self.top);
+        }
+        let waits: u64 = p.reclaim.values().map(|w| w.count).sum();
+        out.push_str(&format!("Reclaim throttling: {waits} waits {when}\n"));
+        let mut reclaim: Vec<_> = p.reclaim.iter().collect();
+        reclaim.sort_by(|a, b| b.1.total_us.cmp(&a.1.total_us).then(a.0.cmp(b.0)));
+        if !reclaim.is_empty() {
+            let rows: Vec<Vec<String>> = reclaim
+                .iter()
+                .take(self.top)
+                .map(|(who, w)| {
+                    vec![
+                        who.pid.to_string(),
+                        who.comm.clone(),
+                        w.count.to_string(),
+                        format!("{:.1}", w.total_us as f64 / 1000.0),
+                        format!("{:.1}", w.max_us as f64 / 1000.0),
+                        throttle_reasons(w.reasons),
+                        output::one_line(&who.query),
+                    ]
+                })
+                .collect();
+            let header = [
+                "PID", "COMM", "WAITS", "TOTAL_MS", "MAX_MS", "REASONS", "QUERY",
+            ];
+            out.push_str(&output::table(&header, &rows, self.width));
+            out.push('\n');
+            more(&mut out, reclaim.len(), self.top);
+        }
+        let pages: u64 = p.writeback.values().map(|w| w.pages).sum();
+        out.push_str(&format!(
+            "Writeback by the flusher threads (all processes): {pages} pages ({} MiB) {when}\n",
+            mib(pages, self.page_bytes)
+        ));
+        let mut wb: Vec<_> = p.writeback.iter().collect();
+        wb.sort_by(|a, b| b.1.pages.cmp(&a.1.pages).then(a.0.cmp(b.0)));
+        if !wb.is_empty() {
+            let rows: Vec<Vec<String>> = wb
+                .iter()
+                .map(|((bdi, reason), w)| {
+                    vec![
+                        bdi.clone(),
+                        reason.clone(),
+                        w.works.to_string(),
+                        w.pages.to_string(),
+                        mib(w.pages, self.page_bytes),
+                    ]
+                })
+                .collect();
+            out.push_str(&output::table(
+                &["BDI", "REASON", "WORKS", "PAGES", "MB"],
+                &rows,
+                self.width,
+            ));
+            out.push('\n');
+        }
+        if self.block {
+            let mut block: Vec<_> = p.block.iter().collect();
+            block.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(b.0)));
+            let requests: u64 = block.iter().map(|b| b.1.requests).sum();
+            out.push_str(&format!("Block I/O: {requests} requests {when}\n"));
+            for (pid, b) in block.iter().take(self.top) {
+                out.push_str(&format!(
+                    "PID {pid} {}: {} requests, {} MiB, {} errors\n",
+                    b.comm,
+                    b.requests,
+                    mib(b.bytes, 1),
+                    b.errors
+                ));
+                out.push_str(&output::log2_histogram("usecs", &b.log2_us));
+            }
+        }
+        out.push_str(&format!("lost: {lost} events (ring buffer full)\n\n"));
+        output::print(&out)
+    }
+
+    fn json_report(&self, scope: &str, p: &Period, lost: u64) -> bool {
+        let ts = output::unix_ms();
+        let mut ok = true;
+        for (w, d) in &p.dirty {
+            ok &= output::json_line(&json!({
+                "type": "dirty", "scope": scope, "ts_ms": ts,
+                "pid": w.pid, "comm": w.comm, "query": w.query,
+                "pauses": d.count, "total_ms": d.total_ms, "max_ms": d.max_ms,
+                "period_ms_sum": d.period_ms, "max_dirty_pages": d.max_dirty,
+                "limit_pages": d.last_limit, "bdi": d.bdi,
+            }));
+        }
+        for (who, w) in &p.reclaim {
+            ok &= output::json_line(&json!({
+                "type": "reclaim", "scope": scope, "ts_ms": ts,
+                "pid": who.pid, "comm": who.comm, "query": who.query,
+                "waits": w.count, "total_us": w.total_us, "max_us": w.max_us,
+                "reasons": throttle_reasons(w.reasons),
+            }));
+        }
+        for ((bdi, reason), w) in &p.writeback {
+            ok &= output::json_line(&json!({
+                "type": "writeback", "scope": scope, "ts_ms": ts,
+                "bdi": bdi, "reason": reason, "works": w.works, "pages": w.pages,
+            }));
+        }
+        for (pid, b) in &p.block {
+            ok &= output::json_line(&json!({
+                "type": "block", "scope": scope, "ts_ms": ts,
+                "pid": pid, "comm": b.comm, "requests": b.requests, "bytes": b.bytes,
+                "errors": b.errors, "hist_log2_us": b.log2_us,
+            }));
+        }
+        let kind = if scope == "total" {
+            "summary"
+        } else {
+            "totals"
+        };
+        ok && output::json_line(&json!({
+            "type": kind, "scope": scope, "ts_ms": ts,
+            "duration_s": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            "pauses": p.dirty.values().map(|d| d.count).sum::<u64>(),
+            "reclaim_waits": p.reclaim.values().map(|w| w.count).sum::<u64>(),
+            "writeback_pages": p.writeback.values().map(|w| w.pages).sum::<u64>(),
+            "lost": lost,
+        }))
+    }
+}
+
+fn more(out: &mut String, rows: usize, top: usize) {
+    if rows > top {
+        out.push_str(&format!("({} more rows)\n", rows - top));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writeback_reasons_come_from_the_format() {
+        let fmt = r#"print fmt: "bdi %s: reason=%s", REC->name, __print_symbolic(REC->reason, { 0, "background" }, { 1, "vmscan" }, { 3, "periodic" }), (unsigned long)REC->cgroup_ino"#;
+        assert_eq!(
+            print_symbolic(fmt, "REC->reason"),
+            [
+                (0, "background".to_string()),
+                (1, "vmscan".into()),
+                (3, "periodic".into())
+            ]
+        );
+        assert!(print_symbolic("garbage", "REC->reason").is_empty());
+        let names = Names {
+            wb_reasons: print_symbolic(fmt, "REC->reason"),
+        };
+        assert_eq!(names.wb_reason(3), "periodic");
+        assert_eq!(names.wb_reason(9), "reason 9");
+    }
+
+    #[test]
+    fn throttle_reason_bits() {
+        assert_eq!(throttle_reasons(0), "none");
+        assert_eq!(throttle_reasons(0b101), "writeback|noprogress");
+    }
+}
