@@ -77,7 +77,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let tool_args = (scenario.tool_args)(&pg)?;
     let script = tempfile_with((scenario.bpftrace)(&pg)?)?;
     eprintln!("warming up...");
-    pgbench_tps(&pg, args, 5)?;
+    pgbench_tps(&pg, args, scenario.workload, 5)?;
 
     // Count run time and runs of every BPF program while the benchmark runs (kernel.bpf_stats).
     let _stats =
@@ -101,7 +101,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 )?),
             };
             let ran_from = Instant::now();
-            let tps = pgbench_tps(&pg, args, args.seconds)?;
+            let tps = pgbench_tps(&pg, args, scenario.workload, args.seconds)?;
             let s = &mut samples[v];
             s.tps.push(tps);
             if let Some(t) = tracer {
@@ -168,9 +168,18 @@ fn events_per_second(records: &[serde_json::Value], field: &str) -> anyhow::Resu
     Ok(events / secs)
 }
 
-fn pgbench_tps(pg: &Postgres, args: &Args, seconds: u64) -> anyhow::Result<f64> {
+fn pgbench_tps(pg: &Postgres, args: &Args, workload: &str, seconds: u64) -> anyhow::Result<f64> {
     let c = args.clients.to_string();
-    let out = pg.pgbench(&["-S", "-n", "-c", &c, "-j", &c, "-T", &seconds.to_string()])?;
+    let out = pg.pgbench(&[
+        workload,
+        "-n",
+        "-c",
+        &c,
+        "-j",
+        &c,
+        "-T",
+        &seconds.to_string(),
+    ])?;
     out.lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next())
@@ -221,7 +230,7 @@ pub fn decoder_throughput(
             .arg(&file),
         pgbpf_testkit::tool::ATTACHED,
     )?;
-    pgbench_tps(pg, args, args.seconds)?;
+    pgbench_tps(pg, args, "-S", args.seconds)?;
     tracer.stop()?;
     let bytes = std::fs::metadata(&file)?.len();
     let mut secs = vec![];

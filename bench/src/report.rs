@@ -15,6 +15,7 @@ pub struct Results {
     reps: u32,
     seconds: u64,
     clients: u32,
+    workload: &'static str,
     samples: Vec<Samples>,
     extra: String,
 }
@@ -51,6 +52,7 @@ impl Results {
             reps: args.reps,
             seconds: args.seconds,
             clients: args.clients,
+            workload: s.workload,
             samples,
             extra,
         }
@@ -98,8 +100,8 @@ impl Results {
     /// The table printed at the end of a run.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "\n{}: pgbench -S, {} clients, {} x {} s each\n",
-            self.tool, self.clients, self.reps, self.seconds
+            "\n{}: pgbench {}, {} clients, {} x {} s each\n",
+            self.tool, self.workload, self.clients, self.reps, self.seconds
         );
         for r in self.rows() {
             out.push_str(&format!(
@@ -171,7 +173,7 @@ const METHOD: &str = "# Performance
 
 Written by `bench/` (`pgbpf-bench TOOL`); not part of the test suite. These machines are
 noisy, so every number comes from one run in which the variants alternate: each repetition
-runs pgbench -S once with no tracing, once with the pgbpf tool attached and once with the
+runs pgbench (-S unless the section says otherwise) once with no tracing, once with the pgbpf tool attached and once with the
 equivalent bpftrace script attached, rotating the order from one repetition to the next. The
 tables give the median over the repetitions and every run's TPS, so the spread is visible.
 

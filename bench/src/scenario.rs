@@ -17,6 +17,8 @@ pub struct Scenario {
     pub pg: fn() -> PgOptions,
     /// pgbench -i scale.
     pub scale: u32,
+    /// The measured load: pgbench's script option (-S select-only, -N simple-update, ...).
+    pub workload: &'static str,
     /// Field of the tool's `--json` summary that counts the events it handled.
     pub events_field: &'static str,
     /// The tool's arguments for a running cluster.
@@ -56,6 +58,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ..Default::default()
         },
         scale: 20,
+        workload: "-S",
         events_field: "episodes",
         tool_args: |pg| Ok(vec!["--cgroup".into(), container_cgroup(pg)?.0]),
         bpftrace: |pg| {
@@ -75,6 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
                   --usdt-file-activation to raise the semaphores.",
         pg: PgOptions::default,
         scale: 10,
+        workload: "-S",
         events_field: "calls",
         tool_args: |pg| Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()]),
         bpftrace: |pg| {
@@ -94,6 +98,7 @@ pub const SCENARIOS: &[Scenario] = &[
                   sendto of postgres processes to userspace (printf) without decoding.",
         pg: PgOptions::default,
         scale: 10,
+        workload: "-S",
         events_field: "requests",
         tool_args: |pg| {
             Ok(vec![
@@ -126,6 +131,7 @@ pub const SCENARIOS: &[Scenario] = &[
             ..Default::default()
         },
         scale: 10,
+        workload: "-S",
         events_field: "events",
         tool_args: |pg| Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()]),
         bpftrace: |pg| {
@@ -148,6 +154,7 @@ pub const SCENARIOS: &[Scenario] = &[
                   samples of postgres processes by pid, text and CPU.",
         pg: PgOptions::default,
         scale: 10,
+        workload: "-S",
         events_field: "samples",
         tool_args: |pg| {
             Ok(vec![
@@ -163,6 +170,28 @@ pub const SCENARIOS: &[Scenario] = &[
                 &pg.bin_dir.join("postgres").display().to_string(),
             ))
         },
+        extra: None,
+    },
+    Scenario {
+        tool: "io_timeouts",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -N (simple-update: an \
+                  UPDATE, a SELECT and an INSERT per transaction, each commit an fsync of WAL): \
+                  io_timeouts -p POSTMASTER --block follows every block request the backends \
+                  issue to its completion, besides the dirty-throttling, reclaim and writeback \
+                  tracepoints (which fire rarely at the default vm.dirty_* settings); the \
+                  bpftrace script does the same per process, without statements.",
+        pg: PgOptions::default,
+        scale: 10,
+        workload: "-N",
+        events_field: "events",
+        tool_args: |pg| {
+            Ok(vec![
+                "-p".into(),
+                pg.postmaster_pid()?.to_string(),
+                "--block".into(),
+            ])
+        },
+        bpftrace: |_| Ok(include_str!("../bpftrace/io_timeouts.bt").to_string()),
         extra: None,
     },
 ];

@@ -153,6 +153,18 @@ pub fn backend_type(title: &str) -> Option<&'static str> {
     Some("client backend")
 }
 
+/// What process `pid` is: its PostgreSQL backend type from the title (true), else its comm
+/// (false); None when it is gone.
+pub fn process_kind(pid: u32) -> Option<(String, bool)> {
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let title = String::from_utf8_lossy(&title).replace('\0', " ");
+    if let Some(kind) = backend_type(&title) {
+        return Some((kind.to_string(), true));
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some((comm.trim().to_string(), false)).filter(|c| !c.0.is_empty())
+}
+
 /// The leader's pid in a parallel worker's title ("... parallel worker for PID 4242").
 pub fn parallel_leader(title: &str) -> Option<u32> {
     let rest = &title[title.find("parallel worker for PID ")? + 24..];

@@ -101,6 +101,36 @@ impl QueryAddrs {
     }
 }
 
+/// Names for events of processes that run no statement: "[no statement: checkpointer]"
+/// (the backend type from the process title) or "[no statement: dd]" (its comm), read from
+/// /proc once per process. A process gone before its first lookup is "[no statement]".
+#[derive(Default)]
+pub struct IdleLabels {
+    by_pid: HashMap<u32, (String, bool)>,
+}
+
+impl IdleLabels {
+    /// The label of `pid`'s time without a statement.
+    pub fn label(&mut self, pid: u32) -> String {
+        self.lookup(pid).0
+    }
+
+    /// Whether `pid` is a PostgreSQL process (false when it is gone).
+    pub fn is_postgres(&mut self, pid: u32) -> bool {
+        self.lookup(pid).1
+    }
+
+    fn lookup(&mut self, pid: u32) -> (String, bool) {
+        self.by_pid
+            .entry(pid)
+            .or_insert_with(|| match crate::postgres::process_kind(pid) {
+                Some((kind, postgres)) => (format!("[no statement: {kind}]"), postgres),
+                None => ("[no statement]".to_string(), false),
+            })
+            .clone()
+    }
+}
+
 fn binary_facts(exe: &Path, root: &str) -> BinaryFacts {
     let symbols = Symbols::open(exe, Path::new(root)).ok()?;
     let vaddr = symbols.address("debug_query_string").ok()??;

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use io_timeouts_ebpf::{IoEvent, kind, statement};
-use pgbpf_common::{output, query, sql::normalize, system};
+use pgbpf_common::{output, query, query_string::IdleLabels, sql::normalize, system};
 use serde_json::json;
 
 use crate::Args;
@@ -175,6 +175,9 @@ pub struct Reporter {
     page_bytes: u64,
     interval: Period,
     total: Period,
+    /// Events received from the kernel (all kinds).
+    events: u64,
+    idle_labels: IdleLabels,
     started: Instant,
     last_report: Instant,
 }
@@ -196,6 +199,8 @@ impl Reporter {
             page_bytes: system::page_size(),
             interval: Period::default(),
             total: Period::default(),
+            events: 0,
+            idle_labels: IdleLabels::default(),
             started: Instant::now(),
             last_report: Instant::now(),
         }
@@ -203,10 +208,14 @@ impl Reporter {
 
     /// One event. Returns false once stdout is gone.
     pub fn event(&mut self, ev: &IoEvent) -> bool {
+        self.events += 1;
         let query = match ev.statement {
             statement::RUNNING => normalize(&query::text_of(&ev.query, ev.query_len)),
-            statement::UNREADABLE => "[statement not read]".to_string(),
-            _ => "[no statement]".to_string(),
+            // Not located yet: only a PostgreSQL process has a statement to miss.
+            statement::UNREADABLE if self.idle_labels.is_postgres(ev.tgid) => {
+                "[statement not read]".to_string()
+            }
+            _ => self.idle_labels.label(ev.tgid),
         };
         let who = Who {
             pid: ev.tgid,
@@ -435,6 +444,7 @@ impl Reporter {
             "pauses": p.dirty.values().map(|d| d.count).sum::<u64>(),
             "reclaim_waits": p.reclaim.values().map(|w| w.count).sum::<u64>(),
             "writeback_pages": p.writeback.values().map(|w| w.pages).sum::<u64>(),
+            "events": self.events,
             "lost": lost,
         }))
     }

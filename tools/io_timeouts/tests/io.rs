@@ -6,9 +6,10 @@
 //! - the writeback table: /proc/vmstat nr_written over the window. The table counts what the
 //!   flusher threads write; the load is chosen so that all page-cache writeback goes through
 //!   them (an UNLOGGED table, no checkpoint in the window; dd without fsync; `sync` at the
-//!   end waits for it all), so the two agree within 5 % + 4 MiB (measured here: within
-//!   0.1 %; journal and metadata blocks are not page-cache pages, and writeback by reclaim
-//!   would not be the flusher's).
+//!   end waits for it all), so the two agree within 10 % + 4 MiB (measured on a quiet
+//!   machine: equal to the page, or within 0.1 %). What is not the flusher's: another
+//!   process's fsync (a checkpoint of another server on the machine), writeback by reclaim;
+//!   journal and metadata blocks are not page-cache pages.
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -221,7 +222,7 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     eprintln!(
         "pauses {total} (dd {dd_pauses}); writeback table {ours_pages} pages, nr_written {written}"
     );
-    let tolerance = written as f64 * 0.05 + 1024.0;
+    let tolerance = written as f64 * 0.10 + 1024.0;
     assert!(
         (ours_pages as f64 - written as f64).abs() <= tolerance,
         "writeback table {ours_pages} pages, /proc/vmstat nr_written {written}"

@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Instant};
 use llcache_per_query_ebpf::{
     KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, PROTOCOL_UNREADABLE, SampleCounts, SampleKey, counter,
 };
-use pgbpf_common::{output, postgres, query, sql::normalize};
+use pgbpf_common::{output, query, query_string::IdleLabels, sql::normalize};
 use serde_json::json;
 
 use crate::{Args, events::Event};
@@ -84,8 +84,7 @@ pub struct Reporter {
     width: Option<usize>,
     interval: Period,
     total: Period,
-    /// "[no statement: checkpointer]" by pid, read from /proc once per process.
-    idle_labels: HashMap<u32, String>,
+    idle_labels: IdleLabels,
     started: Instant,
     last_report: Instant,
 }
@@ -100,7 +99,7 @@ impl Reporter {
             width: output::terminal_width(),
             interval: Period::default(),
             total: Period::default(),
-            idle_labels: HashMap::new(),
+            idle_labels: IdleLabels::default(),
             started: Instant::now(),
             last_report: Instant::now(),
         }
@@ -116,7 +115,7 @@ impl Reporter {
                 // Sampled before the tool had located the process's statement pointer.
                 "[statement not read]".to_string()
             } else {
-                self.idle_label(k.tgid)
+                self.idle_labels.label(k.tgid)
             };
             let key = RowKey {
                 pid: k.tgid,
@@ -127,16 +126,6 @@ impl Reporter {
             self.interval.add(&key, counts, statement, truncated);
             self.total.add(&key, counts, statement, truncated);
         }
-    }
-
-    fn idle_label(&mut self, pid: u32) -> String {
-        self.idle_labels
-            .entry(pid)
-            .or_insert_with(|| match process_kind(pid) {
-                Some(kind) => format!("[no statement: {kind}]"),
-                None => "[no statement]".to_string(),
-            })
-            .clone()
     }
 
     /// Prints the interval's table. Returns false once stdout is gone.
@@ -325,17 +314,6 @@ impl Reporter {
             String::new()
         }
     }
-}
-
-/// What process `pid` is: its PostgreSQL backend type from the title, else its comm.
-fn process_kind(pid: u32) -> Option<String> {
-    let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let title = String::from_utf8_lossy(&title).replace('\0', " ");
-    if let Some(kind) = postgres::backend_type(&title) {
-        return Some(kind.to_string());
-    }
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    Some(comm.trim().to_string()).filter(|c| !c.is_empty())
 }
 
 fn lost_text(c: &[u64; counter::COUNT as usize]) -> String {
