@@ -175,12 +175,16 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         tool: "io_timeouts",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -N (simple-update: an \
-                  UPDATE, a SELECT and an INSERT per transaction, each commit an fsync of WAL): \
+                  UPDATE, a SELECT and an INSERT per transaction, fsync on: each commit a WAL write and flush): \
                   io_timeouts -p POSTMASTER --block follows every block request the backends \
                   issue to its completion, besides the dirty-throttling, reclaim and writeback \
                   tracepoints (which fire rarely at the default vm.dirty_* settings); the \
                   bpftrace script does the same per process, without statements.",
-        pg: PgOptions::default,
+        // The harness turns fsync off for speed; commits must reach the disk here.
+        pg: || PgOptions {
+            settings: vec![("fsync".into(), "on".into())],
+            ..Default::default()
+        },
         scale: 10,
         workload: "-N",
         events_field: "events",

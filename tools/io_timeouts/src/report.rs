@@ -395,6 +395,7 @@ impl Reporter {
                 ));
                 out.push_str(&output::log2_histogram("usecs", &b.log2_us));
             }
+            more(&mut out, block.len(), self.top);
         }
         out.push_str(&format!("lost: {lost} events (ring buffer full)\n\n"));
         output::print(&out)
