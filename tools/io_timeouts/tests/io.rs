@@ -6,6 +6,8 @@
 //! - --block: the bytes of the requests a backend's sequential scan issued against its
 //!   /proc/PID/io read_bytes: 0.6 to 1.05 of it (measured 0.75 to 1.0; requests dispatched
 //!   outside the backend's context are not its own); the histogram counts every request;
+//! - reclaim waits of a dd in a 48 MiB memory cgroup (traced with --cgroup): equal to the
+//!   same ftrace count of vmscan:mm_vmscan_throttled for that process;
 //! - the writeback table: /proc/vmstat nr_written over the window. The table counts what the
 //!   flusher threads write; the load is chosen so that all page-cache writeback goes through
 //!   them (an UNLOGGED table, no checkpoint in the window; dd without fsync; `sync` at the
@@ -19,7 +21,9 @@
 
 use std::{collections::HashMap, path::PathBuf, process::Command, thread};
 
-use pgbpf_testkit::{exclusive, postgres::Postgres, require_root, tool::Traced, vmstat};
+use pgbpf_testkit::{
+    exclusive, memcg::MemoryCgroup, postgres::Postgres, require_root, skip, tool::Traced, vmstat,
+};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_io_timeouts");
@@ -294,4 +298,61 @@ fn block_latency_of_a_backends_reads_against_proc_io() {
         (0.6..=1.05).contains(&ratio),
         "requests of {bytes} bytes, /proc/{pid}/io read_bytes {asked}"
     );
+}
+
+#[test]
+fn reclaim_waits_of_a_writer_in_a_small_memory_cgroup_match_ftrace() {
+    require_root();
+    let _lock = exclusive();
+    // 48 MiB for a 1 GiB dd: reclaim keeps meeting pages under writeback and waits for them
+    // (with the v1 memory controller, the legacy memcg throttling; see vmscan.c).
+    let cg = MemoryCgroup::create(&format!("pgbpf-iot-{}", std::process::id()), 48 << 20).unwrap();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let file = dir.path().join("dd.bin");
+    let traced = Traced::start(BIN, &["--cgroup", &cg.path, "--json"]).unwrap();
+    let ftrace = FtraceCount::start("vmscan/mm_vmscan_throttled", "0");
+    let status = cg
+        .spawn(&format!(
+            "dd if=/dev/zero of={} bs=1M count=1024 2>/dev/null",
+            file.display()
+        ))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(status.success());
+    let waits_ftrace = ftrace.stop("vmscan/mm_vmscan_throttled");
+    let finished = traced.stop().unwrap();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let records = finished.json();
+    let reclaim: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "reclaim" && r["scope"] == "total")
+        .collect();
+    let Some(dd) = reclaim.iter().find(|r| r["comm"] == "dd") else {
+        assert!(
+            waits_ftrace.is_empty(),
+            "ftrace saw waits {waits_ftrace:?}, we saw {reclaim:?}"
+        );
+        skip(
+            "io_timeouts reclaim_waits_of_a_writer_in_a_small_memory_cgroup_match_ftrace",
+            "reclaim never waited for writeback in this memory cgroup (kernel or cgroup setup)",
+        );
+        return;
+    };
+    let pid = dd["pid"].as_u64().unwrap() as u32;
+    let waits = dd["waits"].as_u64().unwrap();
+    eprintln!("dd {pid}: {waits} reclaim waits, {} us", dd["total_us"]);
+    // Only the cgroup's processes are ours; ftrace saw the whole machine.
+    assert!(
+        reclaim
+            .iter()
+            .all(|r| r["comm"] == "dd" || r["comm"] == "sh"),
+        "{reclaim:?}"
+    );
+    assert_eq!(Some(&waits), waits_ftrace.get(&pid), "{waits_ftrace:?}");
+    assert!(
+        dd["reasons"].as_str().unwrap().contains("writeback"),
+        "{dd}"
+    );
+    assert!(dd["max_us"].as_u64().unwrap() <= dd["total_us"].as_u64().unwrap());
 }
