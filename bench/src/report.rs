@@ -173,9 +173,10 @@ const METHOD: &str = "# Performance
 
 Written by `bench/` (`pgbpf-bench TOOL`); not part of the test suite. These machines are
 noisy, so every number comes from one run in which the variants alternate: each repetition
-runs pgbench (-S unless the section says otherwise) once with no tracing, once with the pgbpf tool attached and once with the
-equivalent bpftrace script attached, rotating the order from one repetition to the next. The
-tables give the median over the repetitions and every run's TPS, so the spread is visible.
+runs pgbench (-S unless the section says otherwise) once with no tracing, once with the
+pgbpf tool attached and once with the equivalent bpftrace script attached, rotating the
+order from one repetition to the next. The tables give the median over the repetitions and
+every run's TPS, so the spread is visible.
 
 - **ratio to no tracing**: median TPS of the variant / median TPS with no tracing.
 - **startup to attached**: from spawning the tracer to its line saying it is attached (the
