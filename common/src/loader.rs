@@ -139,6 +139,15 @@ pub struct Loaded {
     tool: String,
 }
 
+/// A ring buffer item as the kernel program's record type, when it holds a whole one.
+pub fn record<T: aya::Pod>(item: &[u8]) -> Option<T> {
+    if item.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: a whole T (checked length); Pod types accept any bytes; read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) })
+}
+
 /// Waits up to `timeout_ms` for `fd` (a ring buffer) to become readable. The tools' kernel
 /// sides do not wake userspace per event (that costs more than the event), so this is mostly
 /// a nap between drains.
@@ -441,20 +450,23 @@ impl Loaded {
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
     }
 
-    /// Slots 0..`count` of the per-CPU u64 array `name`, each summed over CPUs (the tools'
-    /// COUNTERS of lost events).
-    pub fn counter_sums(&self, name: &str, count: u32) -> anyhow::Result<Vec<u64>> {
+    /// The tool's COUNTERS (a per-CPU u64 array of lost and other events, N slots), each
+    /// summed over CPUs.
+    pub fn counters<const N: usize>(&self) -> anyhow::Result<[u64; N]> {
         let map = self
             .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
+            .map("COUNTERS")
+            .ok_or_else(|| anyhow!("the eBPF object has no map COUNTERS"))?;
         let map: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
-        (0..count)
-            .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
-            .collect()
+        let mut out = [0u64; N];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
     }
 
-    /// The ring buffer `name`, taken out of the object for the event loop to own.
+    /// The ring buffer `name`, taken out of the object for the event loop to own (its items
+    /// are read with [`record`]).
     pub fn take_ring_buffer(
         &mut self,
         name: &str,

@@ -68,26 +68,30 @@ pub fn open_uprobe(
         config2: offset,
         ..Default::default()
     };
-    // SAFETY: attr and the path it points to outlive the call; pid -1 with cpu 0 is how
-    // system-wide probe events are opened.
+    // pid -1 with cpu 0 is how system-wide probe events are opened.
+    perf_event_open(&attr, -1, 0).with_context(|| {
+        format!(
+            "perf_event_open(uprobe {}+{offset:#x}, semaphore {ref_ctr_offset:?})",
+            binary.display()
+        )
+    })
+}
+
+/// perf_event_open(2) of `attr` for `pid` on `cpu`, close-on-exec.
+fn perf_event_open(attr: &PerfEventAttr, pid: i32, cpu: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: attr (and any path it points to, owned by the caller) outlives the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            -1,
-            0,
+            attr as *const PerfEventAttr,
+            pid,
+            cpu,
             -1,
             PERF_FLAG_FD_CLOEXEC,
         )
     };
     if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(anyhow!(err)).with_context(|| {
-            format!(
-                "perf_event_open(uprobe {}+{offset:#x}, semaphore {ref_ctr_offset:?})",
-                binary.display()
-            )
-        });
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -104,23 +108,8 @@ pub fn try_open_counter(type_: u32, config: u64) -> std::io::Result<()> {
         flags: ATTR_DISABLED | ATTR_EXCLUDE_KERNEL | ATTR_EXCLUDE_HV,
         ..Default::default()
     };
-    // SAFETY: attr outlives the call; pid 0 with cpu -1 is this process on any CPU.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            0,
-            -1,
-            -1,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own; dropping it closes the event.
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    Ok(())
+    // pid 0 with cpu -1: this process on any CPU. Dropping the descriptor closes the event.
+    perf_event_open(&attr, 0, -1).map(drop)
 }
 
 /// Links the loaded program `prog_fd` to the perf event with `cookie`, then enables the event.

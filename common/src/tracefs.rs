@@ -47,22 +47,26 @@ pub struct Field {
     pub size: u32,
 }
 
-/// Reads `field` of `category:event` from the event's format file.
-pub fn field(category: &str, event: &str, field: &str) -> anyhow::Result<Field> {
+/// The text of `category:event`'s format file (fields, offsets, print format).
+pub fn format(category: &str, event: &str) -> anyhow::Result<String> {
     let root = ensure_mounted()?;
     let path = root
         .join("events")
         .join(category)
         .join(event)
         .join("format");
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    std::fs::read_to_string(&path).with_context(|| {
         format!(
             "tracepoint {category}:{event} is not available on this kernel ({})",
             path.display()
         )
-    })?;
-    parse_field(&text, field)
-        .with_context(|| format!("tracepoint {category}:{event}: reading {}", path.display()))
+    })
+}
+
+/// Reads `field` of `category:event` from the event's format file.
+pub fn field(category: &str, event: &str, field: &str) -> anyhow::Result<Field> {
+    parse_field(&format(category, event)?, field)
+        .with_context(|| format!("tracepoint {category}:{event}"))
 }
 
 /// Finds `name` in the text of a tracepoint format file.

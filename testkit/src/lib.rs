@@ -60,6 +60,16 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// Statement text as a tool and pg_stat_statements can agree on it: trimmed, without the
+/// final semicolon, whitespace runs as one space.
+pub fn statement_key(sql: &str) -> String {
+    sql.trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs a command, failing with its stderr when it exits non-zero. Returns stdout.
 pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;

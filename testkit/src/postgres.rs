@@ -55,6 +55,13 @@ impl Postgres {
         Postgres::start_with(&PgOptions::default())
     }
 
+    /// A cluster with `opts` and pgbench's tables at `scale` (pgbench -i -q).
+    pub fn start_with_pgbench(opts: &PgOptions, scale: u32) -> anyhow::Result<Postgres> {
+        let pg = Postgres::start_with(opts)?;
+        pg.pgbench(&["-i", "-s", &scale.to_string(), "-q"])?;
+        Ok(pg)
+    }
+
     pub fn start_with(opts: &PgOptions) -> anyhow::Result<Postgres> {
         let bin_dir = pgbpf_common::postgres::installed_bin_dir()?;
         let (uid, gid) = postgres_ids()?;
@@ -233,9 +240,10 @@ impl Postgres {
         ]
     }
 
-    /// Runs SQL with psql (unaligned, tuples only) and returns its output.
-    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        run(Command::new("psql").args(self.conn_args()).args([
+    /// psql on the `postgres` database, unaligned, tuples only, quiet, stopping at an error.
+    fn psql_command(&self) -> Command {
+        let mut cmd = Command::new("psql");
+        cmd.args(self.conn_args()).args([
             "-X",
             "-A",
             "-t",
@@ -244,9 +252,13 @@ impl Postgres {
             "ON_ERROR_STOP=1",
             "-d",
             "postgres",
-            "-c",
-            sql,
-        ]))
+        ]);
+        cmd
+    }
+
+    /// Runs SQL with psql (unaligned, tuples only) and returns its output.
+    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        run(self.psql_command().args(["-c", sql]))
     }
 
     /// Runs pgbench with `args` against the `postgres` database.
@@ -259,18 +271,8 @@ impl Postgres {
 
     /// A psql connection kept open, for statements run one at a time on one backend.
     pub fn session(&self) -> anyhow::Result<Session> {
-        let mut child = Command::new("psql")
-            .args(self.conn_args())
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-            ])
+        let mut child = self
+            .psql_command()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -62,12 +62,17 @@ mod kernel {
         helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
         macros::map,
         maps::{HashMap, PerCpuArray},
+        programs::ProbeContext,
     };
 
     use super::{
         PROBE_EXECUTE_DONE, PROBE_EXECUTE_START, PROBE_PORTAL_DONE, PROBE_PORTAL_START,
         PROBE_QUERY_DONE, PROBE_QUERY_START, PROTOCOL_EXTENDED, PROTOCOL_NONE, PROTOCOL_SIMPLE,
         PROTOCOL_UNKNOWN, QUERY_TEXT_CAP, QueryContext, Tracked,
+    };
+    use crate::{
+        target::current_is_target,
+        usdt::{usdt_arg, usdt_spec},
     };
 
     /// Current statement by backend (thread id; PostgreSQL backends are single-threaded).
@@ -148,6 +153,22 @@ mod kernel {
     #[inline(always)]
     pub fn query_forget(tid: u32) {
         let _ = PGBPF_QUERIES.remove(&tid);
+    }
+
+    /// The program of a statement probe site (attached by `pgbpf_common::query_probes`):
+    /// for a target task, keeps the query context with [`track_probe`]. Argument 0 of a
+    /// start is the statement text (for the extended protocol and PortalRun the loader made it
+    /// the value of debug_query_string).
+    #[inline(always)]
+    pub fn on_statement_probe(ctx: &ProbeContext, finished: impl FnOnce(&QueryContext)) -> Tracked {
+        if !current_is_target() {
+            return Tracked::Done;
+        }
+        let Some(spec) = usdt_spec(ctx) else {
+            return Tracked::Done;
+        };
+        let text = || usdt_arg(ctx, spec, 0).unwrap_or(0) as u64;
+        track_probe(spec.probe_id, text, finished)
     }
 
     /// Keeps the query context from one of PostgreSQL's probes (`probe_id`, a `PROBE_*`):

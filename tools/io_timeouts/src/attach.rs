@@ -1,7 +1,12 @@
 //! Reads the tracepoints' field offsets, loads and attaches the programs, and runs the loop
 //! that hands events to the report.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    time::Duration,
+};
+
+use anyhow::Context as _;
 
 use io_timeouts_ebpf::{IoEvent, counter};
 use pgbpf_common::{
@@ -58,11 +63,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
     target.follow_descendants()?;
-    let offsets: Vec<u32> = OFFSETS
-        .iter()
-        .map(|(_, cat, event, field)| Ok(tracefs::field(cat, event, field)?.offset))
-        .collect::<anyhow::Result<_>>()?;
-    let names = Names::from_formats();
+    // Each format file read once: five events, twenty fields.
+    let mut formats: HashMap<(&str, &str), String> = HashMap::new();
+    let mut offsets = Vec::with_capacity(OFFSETS.len());
+    for &(_, cat, event, field) in OFFSETS {
+        let text = match formats.entry((cat, event)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(tracefs::format(cat, event)?),
+        };
+        let f = tracefs::parse_field(text, field)
+            .with_context(|| format!("tracepoint {cat}:{event}"))?;
+        offsets.push(f.offset);
+    }
+    let names = Names::from_format(&formats[&("writeback", "writeback_written")]);
     let fork_child_offset = QueryAddrs::fork_child_offset()?;
     let mut loaded = loader::load("io_timeouts", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
@@ -94,11 +107,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     loop {
         loader::wait_readable(&ring, 100);
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<IoEvent>() {
+            let Some(ev) = loader::record::<IoEvent>(&item) else {
                 continue;
-            }
-            // SAFETY: the kernel wrote a whole IoEvent (checked length), read unaligned.
-            let ev: IoEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             if !reporter.event(&ev) {
                 ticker.request_stop();
             }
@@ -121,5 +132,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn lost(loaded: &Loaded) -> anyhow::Result<u64> {
-    Ok(loaded.counter_sums("COUNTERS", counter::COUNT)?[counter::RINGBUF_FULL as usize])
+    let c: [u64; counter::COUNT as usize] = loaded.counters()?;
+    Ok(c[counter::RINGBUF_FULL as usize])
 }

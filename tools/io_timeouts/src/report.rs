@@ -16,15 +16,10 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn from_formats() -> Names {
-        let format = pgbpf_common::tracefs::ensure_mounted()
-            .ok()
-            .and_then(|t| {
-                std::fs::read_to_string(t.join("events/writeback/writeback_written/format")).ok()
-            })
-            .unwrap_or_default();
+    /// From writeback_written's format file.
+    pub fn from_format(writeback_written: &str) -> Names {
         Names {
-            wb_reasons: print_symbolic(&format, "REC->reason"),
+            wb_reasons: print_symbolic(writeback_written, "REC->reason"),
         }
     }
 

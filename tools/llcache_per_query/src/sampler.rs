@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::perf_event::SamplePolicy,
 };
-use llcache_per_query_ebpf::{SampleCounts, SampleKey, counter};
+use llcache_per_query_ebpf::{SampleCounts, SampleKey};
 use pgbpf_common::{
     cli::{Tick, Ticker},
     loader::{self, Loaded},
@@ -131,23 +131,16 @@ fn event_loop(
         match tick {
             Tick::Idle => {}
             Tick::Interval => {
-                if !reporter.interval(&counters(loaded)?) {
+                if !reporter.interval(&loaded.counters()?) {
                     ticker.request_stop();
                 }
             }
             Tick::Final => {
-                reporter.summary(&counters(loaded)?);
+                reporter.summary(&loaded.counters()?);
                 return Ok(());
             }
         }
     }
-}
-
-fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {
-    let sums = loaded.counter_sums("COUNTERS", counter::COUNT)?;
-    let mut out = [0u64; counter::COUNT as usize];
-    out.copy_from_slice(&sums);
-    Ok(out)
 }
 
 /// The two sample maps and the switch between them (see the kernel program's header).

@@ -23,7 +23,7 @@ use std::{collections::HashMap, process::Command, thread};
 use pgbpf_testkit::{
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, skip,
+    require_root, skip, statement_key,
     tool::{Traced, run_tool},
 };
 use serde_json::Value;
@@ -36,22 +36,14 @@ const MEDIUM: &str = "select max(i) from generate_series(1, 1000000) i";
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
 
 fn cluster() -> Postgres {
-    let pg = Postgres::start_with(&PgOptions {
-        pg_stat_statements: true,
-        ..Default::default()
-    })
-    .expect("a PostgreSQL cluster");
-    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
-    pg
-}
-
-/// Statement text as both sides can agree on it.
-fn key(q: &str) -> String {
-    q.trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    Postgres::start_with_pgbench(
+        &PgOptions {
+            pg_stat_statements: true,
+            ..Default::default()
+        },
+        1,
+    )
+    .expect("a PostgreSQL cluster with pgbench tables")
 }
 
 /// Rows of the final report: (pid, query, statement?) → samples of `event`, summed over CPUs.
@@ -63,7 +55,7 @@ fn final_rows(records: &[Value], event: &str) -> Vec<(u64, String, bool, u64)> {
     {
         let k = (
             r["pid"].as_u64().unwrap(),
-            key(r["query"].as_str().unwrap()),
+            statement_key(r["query"].as_str().unwrap()),
             r["statement"].as_bool().unwrap(),
         );
         *sums.entry(k).or_default() += r["events"][event]["samples"].as_u64().unwrap();
@@ -136,7 +128,7 @@ fn cpu_clock_against_pg_stat_statements(mode: &[&str]) {
         .unwrap()
         .lines()
         .filter_map(|l| l.rsplit_once('|'))
-        .map(|(q, ms)| (key(q), ms.parse().unwrap()))
+        .map(|(q, ms)| (statement_key(q), ms.parse().unwrap()))
         .collect();
 
     let rows = final_rows(&records, "cpu-clock");
@@ -148,8 +140,8 @@ fn cpu_clock_against_pg_stat_statements(mode: &[&str]) {
     }
     let samples = |q: &str| ours.get(q).copied().unwrap_or(0) as f64;
     let exec = |q: &str| pgss.get(q).copied().unwrap_or(0.0);
-    let heavy_key = key(&pgbpf_common::sql::normalize(HEAVY));
-    let medium_key = key(&pgbpf_common::sql::normalize(MEDIUM));
+    let heavy_key = statement_key(&pgbpf_common::sql::normalize(HEAVY));
+    let medium_key = statement_key(&pgbpf_common::sql::normalize(MEDIUM));
     let report = format!("{mode:?}: ours {ours:?}\npg_stat_statements {pgss:?}");
     // The aggregates' samples all come from their own backend; the biggest one dominates.
     assert!(
@@ -400,7 +392,7 @@ fn with_hardware_counters_references_and_misses_agree_with_perf_stat() {
     let records = finished.json();
     let refs = final_rows(&records, "cache-references");
     let misses = final_rows(&records, "cache-misses");
-    let heavy_key = key(&pgbpf_common::sql::normalize(HEAVY));
+    let heavy_key = statement_key(&pgbpf_common::sql::normalize(HEAVY));
     let of = |rows: &[(u64, String, bool, u64)]| -> u64 {
         rows.iter().filter(|r| r.1 == heavy_key).map(|r| r.3).sum()
     };

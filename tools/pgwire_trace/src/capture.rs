@@ -493,8 +493,8 @@ fn pid_max() -> u32 {
         .unwrap_or(4_194_304)
 }
 
-fn counters(loaded: &Loaded) -> anyhow::Result<Vec<u64>> {
-    loaded.counter_sums("COUNTERS", counter::COUNT)
+fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {
+    loaded.counters()
 }
 
 #[cfg(test)]

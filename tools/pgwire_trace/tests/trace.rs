@@ -25,13 +25,14 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_pgwire_trace");
 
 fn cluster() -> Postgres {
-    let pg = Postgres::start_with(&PgOptions {
-        pg_stat_statements: true,
-        ..Default::default()
-    })
-    .expect("a PostgreSQL cluster");
-    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
-    pg
+    Postgres::start_with_pgbench(
+        &PgOptions {
+            pg_stat_statements: true,
+            ..Default::default()
+        },
+        1,
+    )
+    .expect("a PostgreSQL cluster with pgbench tables")
 }
 
 fn requests(records: &[Value]) -> Vec<&Value> {

@@ -8,7 +8,7 @@ use pgbpf_common::{
     postgres, query, query_probes,
     target::Target,
 };
-use query_latency_ebpf::{QueryEvent, counter};
+use query_latency_ebpf::QueryEvent;
 
 use crate::{Args, report::Reporter};
 
@@ -55,11 +55,9 @@ fn event_loop(args: &Args, loaded: &mut Loaded) -> anyhow::Result<()> {
         // 8 MiB of buffer holds far more than 50 ms of statements.
         loader::wait_readable(&ring, 50);
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<QueryEvent>() {
+            let Some(ev) = loader::record::<QueryEvent>(&item) else {
                 continue;
-            }
-            // SAFETY: the kernel wrote a whole QueryEvent (checked length), read unaligned.
-            let ev: QueryEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             if !reporter.event(&ev) {
                 ticker.request_stop();
             }
@@ -70,7 +68,7 @@ fn event_loop(args: &Args, loaded: &mut Loaded) -> anyhow::Result<()> {
                 if args.active && !reporter.active(&query::active_queries(&loaded.ebpf)?) {
                     ticker.request_stop();
                 }
-                if !reporter.interval(&counters(loaded)?) {
+                if !reporter.interval(&loaded.counters()?) {
                     ticker.request_stop();
                 }
             }
@@ -78,16 +76,9 @@ fn event_loop(args: &Args, loaded: &mut Loaded) -> anyhow::Result<()> {
                 if args.active {
                     reporter.active(&query::active_queries(&loaded.ebpf)?);
                 }
-                reporter.summary(&counters(loaded)?);
+                reporter.summary(&loaded.counters()?);
                 return Ok(());
             }
         }
     }
-}
-
-fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {
-    let sums = loaded.counter_sums("COUNTERS", counter::COUNT)?;
-    let mut out = [0u64; counter::COUNT as usize];
-    out.copy_from_slice(&sums);
-    Ok(out)
 }

@@ -26,7 +26,7 @@ use pgbpf_testkit::{
     container::{Container, ContainerSpec},
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root,
+    require_root, statement_key,
     tool::{Traced, run_tool},
 };
 use serde_json::Value;
@@ -34,23 +34,15 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_query_latency");
 
 fn cluster() -> Postgres {
-    let pg = Postgres::start_with(&PgOptions {
-        pg_stat_statements: true,
-        settings: vec![("pg_stat_statements.track_planning".into(), "on".into())],
-        ..Default::default()
-    })
-    .expect("a PostgreSQL cluster");
-    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
-    pg
-}
-
-/// Statement text as both sides can agree on it.
-fn key(q: &str) -> String {
-    q.trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    Postgres::start_with_pgbench(
+        &PgOptions {
+            pg_stat_statements: true,
+            settings: vec![("pg_stat_statements.track_planning".into(), "on".into())],
+            ..Default::default()
+        },
+        1,
+    )
+    .expect("a PostgreSQL cluster with pgbench tables")
 }
 
 /// Calls and mean time of one statement text (several query ids can share a text, e.g. a
@@ -86,7 +78,7 @@ fn pgss(pg: &Postgres, with_plan: bool) -> HashMap<String, Timing> {
         let exec: f64 = f[1].parse().unwrap();
         let plan: f64 = f[2].parse().unwrap();
         let mean_ms = if with_plan { exec + plan } else { exec };
-        m.entry(key(f[3]))
+        m.entry(statement_key(f[3]))
             .or_default()
             .merge(calls, mean_ms * 1000.0);
     }
@@ -102,7 +94,9 @@ fn ours(records: &[Value]) -> HashMap<String, Timing> {
     {
         let calls = r["calls"].as_u64().unwrap();
         let mean_us = r["mean_ns"].as_f64().unwrap() / 1000.0;
-        let t = m.entry(key(r["query"].as_str().unwrap())).or_default();
+        let t = m
+            .entry(statement_key(r["query"].as_str().unwrap()))
+            .or_default();
         t.merge(calls, mean_us);
         t.p50_us = r["p50_ns"].as_f64().unwrap() / 1000.0;
     }

@@ -230,11 +230,9 @@ fn event_loop(
     loop {
         loader::wait_readable(&ring, 50);
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<ShmEvent>() {
+            let Some(raw) = loader::record::<ShmEvent>(&item) else {
                 continue;
-            }
-            // SAFETY: the kernel wrote a whole ShmEvent (checked length), read unaligned.
-            let raw: ShmEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             if !reporter.event(&event::decode(&raw)) {
                 ticker.request_stop();
             }
@@ -284,6 +282,6 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-fn counters(loaded: &Loaded) -> anyhow::Result<Vec<u64>> {
-    loaded.counter_sums("COUNTERS", counter::COUNT)
+fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {
+    loaded.counters()
 }

@@ -21,10 +21,9 @@ use llcache_per_query_ebpf::{
     SampleKey, counter,
 };
 use pgbpf_common_ebpf::{
-    query::{PGBPF_QUERIES, Tracked, track_probe},
+    query::{PGBPF_QUERIES, Tracked, on_statement_probe},
     query_string::{StatementRead, read_statement},
     target::current_is_target,
-    usdt::{usdt_arg, usdt_spec},
 };
 
 /// Capacity of each sample map (set by the loader from --max-keys).
@@ -58,14 +57,7 @@ fn bump(index: u32) {
 /// PostgreSQL's statement probes: keep the query context of each backend.
 #[uprobe]
 pub fn pg_probe(ctx: ProbeContext) -> u32 {
-    if !current_is_target() {
-        return 0;
-    }
-    let Some(spec) = usdt_spec(&ctx) else {
-        return 0;
-    };
-    let text = || usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64;
-    match track_probe(spec.probe_id, text, |_| {}) {
+    match on_statement_probe(&ctx, |_| {}) {
         Tracked::ContextFull => bump(counter::CONTEXT_FULL),
         Tracked::DoneWithoutStart => bump(counter::DONE_WITHOUT_START),
         Tracked::Done => {}

@@ -10,11 +10,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::ProbeContext,
 };
-use pgbpf_common_ebpf::{
-    query::{QueryContext, Tracked, track_probe},
-    target::current_is_target,
-    usdt::{usdt_arg, usdt_spec},
-};
+use pgbpf_common_ebpf::query::{QueryContext, Tracked, on_statement_probe};
 use query_latency_ebpf::{QUERY_TEXT_CAP, QueryEvent, counter};
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -59,16 +55,7 @@ fn send(q: &QueryContext) {
 
 #[uprobe]
 pub fn pg_probe(ctx: ProbeContext) -> u32 {
-    if !current_is_target() {
-        return 0;
-    }
-    let Some(spec) = usdt_spec(&ctx) else {
-        return 0;
-    };
-    // Argument 0 of a start: the statement text (for the extended protocol and PortalRun the
-    // loader made it the value of debug_query_string).
-    let text = || usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64;
-    match track_probe(spec.probe_id, text, send) {
+    match on_statement_probe(&ctx, send) {
         Tracked::ContextFull => bump(counter::CONTEXT_FULL),
         Tracked::DoneWithoutStart => bump(counter::DONE_WITHOUT_START),
         Tracked::Done => {}
