@@ -92,8 +92,8 @@ pub mod counter {
     pub const TRUNCATED: u32 = 2;
     /// Connections not tracked because the socket table was full.
     pub const SOCKETS_FULL: u32 = 3;
-    /// Records sent.
-    pub const RECORDS: u32 = 4;
+    // 4 counted records sent until 2026-11; userspace counts what it reads. Kept free so
+    // that the counters of older capture files keep their meaning.
     /// Vectored calls with more iovecs than looked at.
     pub const IOVECS_SKIPPED: u32 = 5;
     pub const COUNT: u32 = 6;

@@ -10,6 +10,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{
@@ -118,16 +119,25 @@ fn add(index: u32, v: u64) {
     }
 }
 
+/// The 8-byte field at `offset` of the tracepoint's record, loaded directly (the verifier
+/// allows reads of a tracepoint's context; a probe_read helper call costs more).
+#[inline(always)]
+fn field(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: offsets below are those of the syscall tracepoints' format files, inside the
+    // record the kernel passes.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<u64>()) }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: syscall tracepoint arguments are 8-byte fields from offset 16 (format files).
-    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.unwrap_or(0)
+    // Syscall tracepoint arguments are 8-byte fields from offset 16.
+    field(ctx, 16 + 8 * n)
 }
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: `ret` of every sys_exit_* tracepoint, at offset 16.
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+    // `ret` of every sys_exit_* tracepoint, at offset 16.
+    field(ctx, 16) as i64
 }
 
 /// False only when `tgid` certainly holds no PostgreSQL socket (the common case, cheap).
@@ -201,21 +211,43 @@ fn take_pending(id: u64) -> Option<Pending> {
     Some(p)
 }
 
+/// Writes a record header field by field (a whole-struct assignment compiles to a memset
+/// call, which showed in profiles).
+#[inline(always)]
+fn fill_header(h: *mut RecordHeader, kind: u8, key: &SockKey, tid: u32, info: &SockInfo, ts: u64) {
+    // SAFETY: `h` points at a header in this CPU's scratch value or in a ring reservation.
+    unsafe {
+        (*h).ts_ns = ts;
+        (*h).conn_id = info.conn_id;
+        (*h).len = 0;
+        (*h).lost = [0, 0];
+        (*h).tgid = key.tgid;
+        (*h).tid = tid;
+        (*h).fd = key.fd;
+        (*h).captured = 0;
+        (*h).port = info.port;
+        (*h).kind = kind;
+        (*h).role = info.role;
+        (*h).dir = 0;
+        (*h)._pad = 0;
+    }
+}
+
 /// Fills the scratch header for a record of `kind` on `key`.
 #[inline(always)]
 fn header(s: *mut Scratch, kind: u8, key: &SockKey, tid: u32, info: &SockInfo, ts: u64) {
     // SAFETY: `s` is this CPU's scratch value.
-    unsafe {
-        let h = &mut (*s).header;
-        *h = RecordHeader::default();
-        h.ts_ns = ts;
-        h.conn_id = info.conn_id;
-        h.tgid = key.tgid;
-        h.tid = tid;
-        h.fd = key.fd;
-        h.port = info.port;
-        h.kind = kind;
-        h.role = info.role;
+    fill_header(unsafe { &mut (*s).header }, kind, key, tid, info, ts);
+}
+
+/// No wakeup per record (that costs more than the capture): userspace drains the ring every
+/// 50 ms, or sooner once it is a quarter full.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > RING_BYTES.load() / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 
@@ -226,21 +258,9 @@ fn send(s: *mut Scratch, captured: u32) -> bool {
     if n > CAPTURE_MAX {
         n = CAPTURE_MAX;
     }
-    // No wakeup per record (that costs more than the capture): userspace drains the ring
-    // every 50 ms, or sooner once it is a quarter full.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > RING_BYTES.load() / 4 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
     // SAFETY: HEADER_BYTES + n <= size_of::<Scratch>(), all inside this CPU's scratch value.
     let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, HEADER_BYTES + n) };
-    if EVENTS.output(bytes, flags).is_ok() {
-        bump(counter::RECORDS);
-        true
-    } else {
-        false
-    }
+    EVENTS.output(bytes, wakeup_flags()).is_ok()
 }
 
 /// Copies `len` bytes of user memory at `src` to the payload at `off`.
@@ -259,17 +279,114 @@ fn copy_user(s: *mut Scratch, off: usize, src: u64, len: usize) -> bool {
     }
 }
 
+/// A DATA record with room for N payload bytes, reserved in the ring buffer itself.
+#[repr(C)]
+struct Sized<const N: usize> {
+    header: RecordHeader,
+    data: [u8; N],
+}
+
+/// What one read or write moved, on which connection.
+struct Moved<'a> {
+    key: SockKey,
+    tid: u32,
+    info: &'a SockInfo,
+    dir: u8,
+    ts: u64,
+    /// Bytes the syscall moved.
+    len: u64,
+}
+
+/// Sends a DATA record with the first `n` (<= CAPTURE_MAX) bytes at `buf` (user memory), read
+/// straight into a ring buffer reservation of the smallest size class that holds them: no
+/// per-CPU scratch copy, no second copy into the ring. Returns the bytes captured, or None
+/// when the ring is full.
+#[inline(always)]
+fn send_buffer(m: &Moved, buf: u64, n: u64) -> Option<u64> {
+    // The reservation's size must be a constant for the verifier: a few classes keep the
+    // wasted ring space small for the short messages of OLTP traffic.
+    if n <= 128 {
+        send_sized::<128>(m, buf, n)
+    } else if n <= 1024 {
+        send_sized::<1024>(m, buf, n)
+    } else if n <= 4096 {
+        send_sized::<4096>(m, buf, n)
+    } else {
+        send_sized::<CAPTURE_MAX>(m, buf, n)
+    }
+}
+
+#[inline(always)]
+fn send_sized<const N: usize>(m: &Moved, buf: u64, n: u64) -> Option<u64> {
+    let mut entry = EVENTS.reserve::<Sized<N>>(0)?;
+    let rec = entry.as_mut_ptr();
+    let n = if n > N as u64 { N as u64 } else { n };
+    // SAFETY: `rec` is this program's exclusive reservation of size_of::<Sized<N>>() bytes;
+    // n <= N keeps the user copy inside its payload.
+    let captured = unsafe {
+        fill_header(&mut (*rec).header, KIND_DATA, &m.key, m.tid, m.info, m.ts);
+        let ok =
+            probe_read_user_raw((*rec).data.as_mut_ptr().cast(), n as u32, buf as *const _) == 0;
+        let captured = if ok { n } else { 0 };
+        (*rec).header.dir = m.dir;
+        (*rec).header.len = m.len;
+        (*rec).header.captured = captured as u32;
+        (*rec).header.lost = m.info.lost;
+        captured
+    };
+    entry.submit(wakeup_flags());
+    Some(captured)
+}
+
+/// Sends a DATA record of a vectored call (iovecs at `iov`, `count` of them), assembled in
+/// the per-CPU scratch buffer. Returns the bytes captured, or None when the ring is full.
+#[inline(always)]
+fn send_vectored(m: &Moved, iov: u64, count: u64, want: u64) -> Option<u64> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    header(s, KIND_DATA, &m.key, m.tid, m.info, m.ts);
+    let mut captured: u64 = 0;
+    let mut i = 0u32;
+    while i < MAX_IOVECS {
+        if (i as u64) >= count || captured >= want {
+            break;
+        }
+        let at = iov + 16 * i as u64;
+        // SAFETY: user memory (struct iovec { base, len }), read by helper.
+        let base = unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0);
+        // SAFETY: as above.
+        let len = unsafe { bpf_probe_read_user((at + 8) as *const u64) }.unwrap_or(0);
+        let n = len.min(want - captured);
+        if !copy_user(s, captured as usize, base, n as usize) {
+            break;
+        }
+        captured += n;
+        i += 1;
+    }
+    if i == MAX_IOVECS && (i as u64) < count && captured < want {
+        bump(counter::IOVECS_SKIPPED);
+    }
+    // SAFETY: this CPU's scratch header.
+    unsafe {
+        (*s).header.dir = m.dir;
+        (*s).header.len = m.len;
+        (*s).header.captured = captured as u32;
+        (*s).header.lost = m.info.lost;
+    }
+    send(s, captured as u32).then_some(captured)
+}
+
 #[inline(always)]
 fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
-    let (id, tgid) = ids();
-    if !may_have_socks(tgid) {
-        return 0;
-    }
+    // The result first: a load from the context, cheaper than anything else here.
     let moved = ret(ctx);
     if moved <= 0 {
         return 0;
     }
     let moved = moved as u64;
+    let (id, tgid) = ids();
+    if !may_have_socks(tgid) {
+        return 0;
+    }
     let Some([fd, ptr, count]) = syscall_args() else {
         return 0;
     };
@@ -277,91 +394,54 @@ fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
     let Some(info) = SOCKS.get_ptr_mut(&key) else {
         return 0;
     };
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
     // SAFETY: `info` is a map value pointer, valid during this program.
     let snapshot = unsafe { *info };
     // Stamped at the end of the call: when a read's data arrived, when a write was handed to
     // the kernel (PostgreSQL's sockets are non-blocking, so that is also when it began).
-    header(s, KIND_DATA, &key, id as u32, &snapshot, now());
-    let limit = CAPTURE_LIMIT.load() as u64;
-    let mut captured: u64 = 0;
-    match op {
-        OP_BUF => {
-            let mut n = moved.min(limit);
-            if n > CAPTURE_MAX as u64 {
-                n = CAPTURE_MAX as u64;
-            }
-            // SAFETY: n <= CAPTURE_MAX, the payload's size.
-            let ok = unsafe {
-                probe_read_user_raw((*s).data.as_mut_ptr().cast(), n as u32, ptr as *const _)
-            } == 0;
-            if ok {
-                captured = n;
-            }
-        }
-        OP_IOV | OP_MSG => {
-            let (iov, count) = if op == OP_MSG {
-                // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-                // SAFETY: user memory, read by helper.
-                let iov = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.unwrap_or(0);
-                // SAFETY: as above.
-                let n = unsafe { bpf_probe_read_user((ptr + 24) as *const u64) }.unwrap_or(0);
-                (iov, n)
-            } else {
-                (ptr, count)
-            };
-            let want = moved.min(limit).min(CAPTURE_MAX_VECTORED as u64);
-            let mut i = 0u32;
-            while i < MAX_IOVECS {
-                if (i as u64) >= count || captured >= want {
-                    break;
-                }
-                let at = iov + 16 * i as u64;
-                // SAFETY: user memory (struct iovec { base, len }), read by helper.
-                let base = unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0);
-                // SAFETY: as above.
-                let len = unsafe { bpf_probe_read_user((at + 8) as *const u64) }.unwrap_or(0);
-                let n = len.min(want - captured);
-                if !copy_user(s, captured as usize, base, n as usize) {
-                    break;
-                }
-                captured += n;
-                i += 1;
-            }
-            if i == MAX_IOVECS && (i as u64) < count && captured < want {
-                bump(counter::IOVECS_SKIPPED);
-            }
+    let m = Moved {
+        key,
+        tid: id as u32,
+        info: &snapshot,
+        dir,
+        ts: now(),
+        len: moved,
+    };
+    let want = moved.min(CAPTURE_LIMIT.load() as u64);
+    let sent = match op {
+        OP_BUF => send_buffer(&m, ptr, want.min(CAPTURE_MAX as u64)),
+        OP_IOV => send_vectored(&m, ptr, count, want.min(CAPTURE_MAX_VECTORED as u64)),
+        OP_MSG => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            // SAFETY: user memory, read by helper.
+            let iov = unsafe { bpf_probe_read_user((ptr + 16) as *const u64) }.unwrap_or(0);
+            // SAFETY: as above.
+            let n = unsafe { bpf_probe_read_user((ptr + 24) as *const u64) }.unwrap_or(0);
+            send_vectored(&m, iov, n, want.min(CAPTURE_MAX_VECTORED as u64))
         }
         _ => return 0,
-    }
-    if captured < moved {
-        bump(counter::TRUNCATED);
-    }
-    // SAFETY: this CPU's scratch header.
-    unsafe {
-        (*s).header.dir = dir;
-        (*s).header.len = moved;
-        (*s).header.captured = captured as u32;
-        (*s).header.lost = snapshot.lost;
-    }
-    if send(s, captured as u32) {
-        // The lost bytes travelled with this record: take them off the connection.
-        // SAFETY: map value pointer; atomic adds of the negated amounts.
-        unsafe {
-            if snapshot.lost[0] != 0 {
-                atomic_add(&mut (*info).lost[0], snapshot.lost[0].wrapping_neg());
+    };
+    match sent {
+        Some(captured) => {
+            if captured < moved {
+                bump(counter::TRUNCATED);
             }
-            if snapshot.lost[1] != 0 {
-                atomic_add(&mut (*info).lost[1], snapshot.lost[1].wrapping_neg());
+            // The lost bytes travelled with this record: take them off the connection.
+            // SAFETY: map value pointer; atomic adds of the negated amounts.
+            unsafe {
+                if snapshot.lost[0] != 0 {
+                    atomic_add(&mut (*info).lost[0], snapshot.lost[0].wrapping_neg());
+                }
+                if snapshot.lost[1] != 0 {
+                    atomic_add(&mut (*info).lost[1], snapshot.lost[1].wrapping_neg());
+                }
             }
         }
-    } else {
-        bump(counter::LOST_RECORDS);
-        add(counter::LOST_BYTES, moved);
-        // SAFETY: map value pointer.
-        unsafe { atomic_add(&mut (*info).lost[(dir & 1) as usize], moved) };
+        None => {
+            bump(counter::LOST_RECORDS);
+            add(counter::LOST_BYTES, moved);
+            // SAFETY: map value pointer.
+            unsafe { atomic_add(&mut (*info).lost[(dir & 1) as usize], moved) };
+        }
     }
     0
 }
