@@ -35,6 +35,8 @@ pub struct Samples {
     pub bpf_ns_per_run: Vec<f64>,
     /// ... and the share of one CPU they used over the run, in percent.
     pub bpf_cpu_pct: Vec<f64>,
+    /// The tracer's own CPU time over each run, in percent of one core.
+    pub tracer_cpu_pct: Vec<f64>,
     /// Events the tool reported lost (`lost_records` of its summary, when it has one).
     pub lost: Vec<f64>,
 }
@@ -79,65 +81,48 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("warming up...");
     pgbench_tps(&pg, args, scenario.workload, 5)?;
 
-    // Count run time and runs of every BPF program while the benchmark runs (kernel.bpf_stats).
-    let _stats =
-        aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?;
     let mut samples = vec![Samples::default(); VARIANTS.len()];
     for rep in 0..args.reps as usize {
         for i in 0..VARIANTS.len() {
             let v = (rep + i) % VARIANTS.len(); // rotate the order each repetition
-            let programs_before = program_ids();
-            let tracer = match VARIANTS[v] {
-                Variant::NoTracing => None,
-                Variant::Tool => Some(Traced::start_until(
-                    Command::new(&tool_bin).args(&tool_args).arg("--json"),
-                    pgbpf_testkit::tool::ATTACHED,
-                )?),
-                Variant::Bpftrace => Some(Traced::start_until(
-                    Command::new("bpftrace")
-                        .arg("--usdt-file-activation")
-                        .arg(script.path()),
-                    pgbpf_testkit::tool::ATTACHED,
-                )?),
-            };
-            let ran_from = Instant::now();
-            let tps = pgbench_tps(&pg, args, scenario.workload, args.seconds)?;
+            let run = run_variant(&pg, args, scenario, &tool_bin, &tool_args, &script, v)?;
             let s = &mut samples[v];
-            s.tps.push(tps);
-            if let Some(t) = tracer {
-                let (bpf_time, runs) = bpf_cost(&programs_before);
-                if runs > 0 {
-                    s.bpf_ns_per_run
-                        .push(bpf_time.as_nanos() as f64 / runs as f64);
-                }
-                s.bpf_cpu_pct
-                    .push(100.0 * bpf_time.as_secs_f64() / ran_from.elapsed().as_secs_f64());
-                s.startup_ms.push(t.startup.as_secs_f64() * 1e3);
-                s.peak_rss_kib.extend(t.peak_rss_kib());
-                let out = t.stop()?;
-                if !out.status.success() {
-                    bail!(
-                        "{:?} exited with {}: {}",
-                        VARIANTS[v],
-                        out.status,
-                        out.stderr
-                    );
-                }
-                if VARIANTS[v] == Variant::Tool {
-                    let records = out.json();
-                    s.events_per_s
-                        .push(events_per_second(&records, scenario.events_field)?);
-                    if let Some(lost) = summary_of(&records)?["lost_records"].as_f64() {
-                        s.lost.push(lost);
-                    }
-                }
+            s.tps.push(run.tps);
+            if let Some(t) = run.tracer {
+                s.startup_ms.push(t.startup_ms);
+                s.peak_rss_kib.extend(t.peak_rss_kib);
+                s.tracer_cpu_pct.extend(t.cpu_pct);
+                s.events_per_s.extend(t.events_per_s);
+                s.lost.extend(t.lost);
             }
             eprintln!(
-                "rep {}/{} {:?}: {tps:.0} tps",
+                "rep {}/{} {:?}: {:.0} tps",
                 rep + 1,
                 args.reps,
-                VARIANTS[v]
+                VARIANTS[v],
+                run.tps
             );
+        }
+    }
+    // The kernel's accounting of BPF run time costs time in every program run itself, so it
+    // is on only for one more run of each tracer, after the TPS repetitions.
+    {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time stats")?;
+        for (v, s) in samples.iter_mut().enumerate() {
+            if VARIANTS[v] == Variant::NoTracing {
+                continue;
+            }
+            let run = run_variant(&pg, args, scenario, &tool_bin, &tool_args, &script, v)?;
+            if let Some(bpf) = run.tracer.as_ref().and_then(|t| t.bpf) {
+                if bpf.runs > 0 {
+                    s.bpf_ns_per_run
+                        .push(bpf.time.as_nanos() as f64 / bpf.runs as f64);
+                }
+                s.bpf_cpu_pct
+                    .push(100.0 * bpf.time.as_secs_f64() / bpf.over.as_secs_f64());
+            }
+            eprintln!("BPF run-time stats {:?}: {:.0} tps", VARIANTS[v], run.tps);
         }
     }
     let extra = match scenario.extra {
@@ -149,6 +134,112 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     results.write(&args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// One pgbench run beside variant `v`, and what the tracer reported.
+struct Run {
+    tps: f64,
+    tracer: Option<TracerRun>,
+}
+
+struct TracerRun {
+    startup_ms: f64,
+    peak_rss_kib: Option<u64>,
+    /// The tracer process's own CPU time (user + system) over the pgbench run.
+    cpu_pct: Option<f64>,
+    events_per_s: Option<f64>,
+    lost: Option<f64>,
+    /// Run time and runs of the tracer's BPF programs, when kernel.bpf_stats is on.
+    bpf: Option<BpfCost>,
+}
+
+#[derive(Clone, Copy)]
+struct BpfCost {
+    time: Duration,
+    runs: u64,
+    /// The wall-clock time they were counted over.
+    over: Duration,
+}
+
+fn run_variant(
+    pg: &Postgres,
+    args: &Args,
+    scenario: &scenario::Scenario,
+    tool_bin: &std::path::Path,
+    tool_args: &[String],
+    script: &tempfile::NamedTempFile,
+    v: usize,
+) -> anyhow::Result<Run> {
+    let programs_before = program_ids();
+    let tracer = match VARIANTS[v] {
+        Variant::NoTracing => None,
+        Variant::Tool => Some(Traced::start_until(
+            Command::new(tool_bin).args(tool_args).arg("--json"),
+            pgbpf_testkit::tool::ATTACHED,
+        )?),
+        Variant::Bpftrace => Some(Traced::start_until(
+            Command::new("bpftrace")
+                .arg("--usdt-file-activation")
+                .arg(script.path()),
+            pgbpf_testkit::tool::ATTACHED,
+        )?),
+    };
+    let cpu_before = tracer.as_ref().and_then(|t| cpu_seconds(t.pid()));
+    let ran_from = Instant::now();
+    let tps = pgbench_tps(pg, args, scenario.workload, args.seconds)?;
+    let Some(t) = tracer else {
+        return Ok(Run { tps, tracer: None });
+    };
+    let cpu_pct = cpu_before
+        .zip(cpu_seconds(t.pid()))
+        .map(|(a, b)| 100.0 * (b - a) / ran_from.elapsed().as_secs_f64());
+    // Read before the tracer exits and its programs are unloaded (0 runs: stats are off).
+    let (time, runs) = bpf_cost(&programs_before);
+    let bpf = (runs > 0).then(|| BpfCost {
+        time,
+        runs,
+        over: ran_from.elapsed(),
+    });
+    let startup_ms = t.startup.as_secs_f64() * 1e3;
+    let peak_rss_kib = t.peak_rss_kib();
+    let out = t.stop()?;
+    if !out.status.success() {
+        bail!(
+            "{:?} exited with {}: {}",
+            VARIANTS[v],
+            out.status,
+            out.stderr
+        );
+    }
+    let (mut events_per_s, mut lost) = (None, None);
+    if VARIANTS[v] == Variant::Tool {
+        let records = out.json();
+        events_per_s = Some(events_per_second(&records, scenario.events_field)?);
+        lost = summary_of(&records)?["lost_records"].as_f64();
+    }
+    Ok(Run {
+        tps,
+        tracer: Some(TracerRun {
+            startup_ms,
+            peak_rss_kib,
+            cpu_pct,
+            events_per_s,
+            lost,
+            bpf,
+        }),
+    })
+}
+
+/// User + system CPU seconds of process `pid` so far (/proc/PID/stat utime and stime).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(ticks / hz as f64)
 }
 
 /// The tool's final record: `"type": "summary"`, or pgwire_trace's `"event": "stats"`.
