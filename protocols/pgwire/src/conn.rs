@@ -377,18 +377,21 @@ impl Connection {
             .pending
             .iter()
             .position(|p| matches!(p, Pending::Statement { .. } | Pending::Boundary))?;
-        let Pending::Statement {
+        // A boundary stays where it is; a statement is taken out (moved, not copied).
+        if !matches!(self.pending.get(idx)?, Pending::Statement { .. }) {
+            return None;
+        }
+        let Some(Pending::Statement {
             sql,
             truncated,
             extended,
             params,
             statement,
             started_ns,
-        } = self.pending.get(idx)?.clone()
+        }) = self.pending.remove(idx)
         else {
             return None;
         };
-        self.pending.remove(idx);
         let rows = tag.as_deref().and_then(Backend::rows_from_tag);
         let (sqlstate, error) = match error {
             Some((s, m)) => (Some(s), Some(m)),

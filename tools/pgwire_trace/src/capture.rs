@@ -192,10 +192,11 @@ fn now_mono_ns() -> u64 {
     })
 }
 
-/// A ring buffer item → a record (OPEN payloads become address text).
-pub fn parse_item(item: &[u8]) -> Option<Record> {
+/// A ring buffer item → `into` (OPEN payloads become address text); false for an item that
+/// is not a record. `into`'s payload buffer is reused, so draining allocates nothing per item.
+pub fn parse_item(item: &[u8], into: &mut Record) -> bool {
     if item.len() < HEADER_BYTES {
-        return None;
+        return false;
     }
     // SAFETY: at least a whole header (checked), plain data, read unaligned.
     let h: RecordHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
@@ -205,27 +206,27 @@ pub fn parse_item(item: &[u8]) -> Option<Record> {
         KIND_DATA => Kind::Data,
         KIND_OPEN => Kind::Open,
         KIND_CLOSE => Kind::Close,
-        _ => return None,
+        _ => return false,
     };
-    let payload = if kind == Kind::Open {
-        sockets::sockaddr_label(payload).into_bytes()
+    into.payload.clear();
+    if kind == Kind::Open {
+        into.payload
+            .extend_from_slice(sockets::sockaddr_label(payload).as_bytes());
     } else {
-        payload.to_vec()
-    };
-    Some(Record {
-        kind,
-        role: h.role,
-        dir: h.dir,
-        tgid: h.tgid,
-        tid: h.tid,
-        fd: h.fd,
-        port: h.port,
-        conn_id: h.conn_id,
-        ts_ns: h.ts_ns,
-        len: h.len,
-        lost: h.lost,
-        payload,
-    })
+        into.payload.extend_from_slice(payload);
+    }
+    into.kind = kind;
+    into.role = h.role;
+    into.dir = h.dir;
+    into.tgid = h.tgid;
+    into.tid = h.tid;
+    into.fd = h.fd;
+    into.port = h.port;
+    into.conn_id = h.conn_id;
+    into.ts_ns = h.ts_ns;
+    into.len = h.len;
+    into.lost = h.lost;
+    true
 }
 
 /// Decoding, reporting and recording of records, shared by the live loop's steps.
@@ -445,9 +446,10 @@ fn event_loop(args: &Args, loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Resu
 }
 
 fn drain(ring: &mut RingBuf<MapData>, sink: &mut Sink) -> anyhow::Result<()> {
+    let mut record = Record::default();
     while let Some(item) = ring.next() {
-        if let Some(r) = parse_item(&item) {
-            sink.feed(&r)?;
+        if parse_item(&item, &mut record) {
+            sink.feed(&record)?;
         }
     }
     Ok(())
@@ -516,8 +518,9 @@ mod tests {
         // SAFETY: writing a plain-data header into a buffer of its size.
         unsafe { std::ptr::write_unaligned(item.as_mut_ptr().cast(), h) };
         item.extend(b"abcpadding");
-        let r = parse_item(&item).unwrap();
+        let mut r = Record::default();
+        assert!(parse_item(&item, &mut r));
         assert_eq!((r.payload.as_slice(), r.missing()), (&b"abc"[..], 7));
-        assert!(parse_item(&item[..HEADER_BYTES - 1]).is_none());
+        assert!(!parse_item(&item[..HEADER_BYTES - 1], &mut r));
     }
 }

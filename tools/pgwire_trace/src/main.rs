@@ -79,6 +79,7 @@ pub fn style(args: &Args) -> report::Style {
         json: args.out.json,
         timestamp: args.out.timestamp,
         summary: args.summary,
+        intervals: args.out.interval().is_some(),
         redact: args.redact,
         top: args.top,
     }

@@ -23,8 +23,9 @@ const FIXED: usize = 4 + 16 + 40;
 /// Refuse records claiming more than this (a corrupt length must not allocate gigabytes).
 const MAX_RECORD: usize = 1 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kind {
+    #[default]
     Data,
     /// A connection that began while tracing: decoded from its first byte.
     Open,
@@ -58,7 +59,7 @@ impl Kind {
 }
 
 /// One record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     pub kind: Kind,
     /// pgwire_trace_ebpf::ROLE_SERVER or ROLE_CLIENT.
