@@ -114,11 +114,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 continue;
             }
             let run = run_variant(&pg, args, scenario, &tool_bin, &tool_args, &script, v)?;
+            // A BpfCost exists only with runs > 0.
             if let Some(bpf) = run.tracer.as_ref().and_then(|t| t.bpf) {
-                if bpf.runs > 0 {
-                    s.bpf_ns_per_run
-                        .push(bpf.time.as_nanos() as f64 / bpf.runs as f64);
-                }
+                s.bpf_ns_per_run
+                    .push(bpf.time.as_nanos() as f64 / bpf.runs as f64);
                 s.bpf_cpu_pct
                     .push(100.0 * bpf.time.as_secs_f64() / bpf.over.as_secs_f64());
             }

@@ -171,10 +171,7 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     assert_eq!(summary["lost"], 0);
 
     // Pauses: every one ftrace saw, per process, and no other.
-    let dirty: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["type"] == "dirty" && r["scope"] == "total")
-        .collect();
+    let dirty: Vec<&Value> = totals(&records, "dirty");
     let mut ours: HashMap<u32, u64> = HashMap::new();
     for r in &dirty {
         *ours.entry(r["pid"].as_u64().unwrap() as u32).or_default() +=
@@ -220,9 +217,8 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     }
 
     // Writeback: the flusher's pages by reason against nr_written.
-    let ours_pages: u64 = records
+    let ours_pages: u64 = totals(&records, "writeback")
         .iter()
-        .filter(|r| r["type"] == "writeback" && r["scope"] == "total")
         .map(|r| r["pages"].as_u64().unwrap())
         .sum();
     assert_eq!(summary["writeback_pages"].as_u64().unwrap(), ours_pages);
@@ -237,6 +233,14 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
 }
 
 /// read_bytes of /proc/PID/io: what the process asked the block layer to read.
+/// The whole-trace rows of one table (`type`) of a --json run.
+fn totals<'a>(records: &'a [Value], table: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["type"] == table && r["scope"] == "total")
+        .collect()
+}
+
 fn read_bytes(pid: u32) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     io.lines()
@@ -270,10 +274,7 @@ fn block_latency_of_a_backends_reads_against_proc_io() {
     let finished = traced.stop().unwrap();
     assert!(finished.status.success(), "{}", finished.stderr);
     let records = finished.json();
-    let block: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["type"] == "block" && r["scope"] == "total")
-        .collect();
+    let block: Vec<&Value> = totals(&records, "block");
     assert!(block.iter().all(|r| r["pid"] == pid), "{block:?}");
     let ours = block.first().expect("the backend's requests");
     let requests = ours["requests"].as_u64().unwrap();
@@ -324,10 +325,7 @@ fn reclaim_waits_of_a_writer_in_a_small_memory_cgroup_match_ftrace() {
     let finished = traced.stop().unwrap();
     assert!(finished.status.success(), "{}", finished.stderr);
     let records = finished.json();
-    let reclaim: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["type"] == "reclaim" && r["scope"] == "total")
-        .collect();
+    let reclaim: Vec<&Value> = totals(&records, "reclaim");
     let Some(dd) = reclaim.iter().find(|r| r["comm"] == "dd") else {
         assert!(
             waits_ftrace.is_empty(),
