@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
     maps::Array,
     programs::{
-        PerfEvent, ProgramError, TracePoint, UProbe,
+        PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
@@ -288,6 +288,20 @@ impl Loaded {
                 .map_err(|e| explain_program_error(&hook, e, verbose))?;
         }
         p.attach(category, event)
+            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        self.note_attached(&hook);
+        Ok(())
+    }
+
+    /// Loads program `prog` and attaches it to the raw tracepoint `event` (called with the
+    /// tracepoint's arguments, without the perf record a classic attachment builds first).
+    pub fn attach_raw_tracepoint(&mut self, prog: &str, event: &str) -> anyhow::Result<()> {
+        let verbose = self.verbose;
+        let hook = format!("raw tracepoint {event}");
+        let p: &mut RawTracePoint = self.program(prog)?;
+        p.load()
+            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        p.attach(event)
             .map_err(|e| explain_program_error(&hook, e, verbose))?;
         self.note_attached(&hook);
         Ok(())

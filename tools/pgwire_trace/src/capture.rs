@@ -36,10 +36,16 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pg
 /// from 1, these from 2^63).
 const EXISTING_ID_BASE: u64 = 1 << 63;
 
-/// The data syscalls: (enter program, exit program, syscall names).
-/// Reads and writes: one program at the exit (arguments come from the saved registers).
+/// The read and write syscalls: one program at each exit (arguments come from the saved
+/// registers). Used when the socket tracepoints are missing or --syscall-hooks asks.
 const DATA_SYSCALLS: &[&str] = &[
     "read", "write", "recvfrom", "sendto", "readv", "writev", "recvmsg", "sendmsg",
+];
+
+/// The socket layer's tracepoints (Linux 6.4 and later): (program, event).
+const SOCKET_TRACEPOINTS: &[(&str, &str)] = &[
+    ("sock_recv", "sock_recv_length"),
+    ("sock_send", "sock_send_length"),
 ];
 
 /// Syscalls whose enter and exit are both traced.
@@ -291,13 +297,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     loaded.attach_tracepoint("on_fork", "sched", "sched_process_fork")?;
     loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
     loaded.attach_tracepoint("enter_bind", "syscalls", "sys_enter_bind")?;
-    for name in DATA_SYSCALLS {
-        loaded.attach_tracepoint(
-            &format!("exit_{name}"),
-            "syscalls",
-            &format!("sys_exit_{name}"),
-        )?;
-    }
+    attach_data_hooks(&mut loaded, args.syscall_hooks)?;
     for (enter, exit, name) in PAIRED_SYSCALLS {
         loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
         loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
@@ -372,6 +372,31 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         loaded.startup_ms()
     );
     event_loop(args, &mut loaded, &mut sink)
+}
+
+/// Where reads and writes are captured: the socket layer's tracepoints when the kernel has
+/// them (they fire for socket I/O only, and as raw tracepoints cost far less per call than a
+/// syscall tracepoint, which every send and receive of every process pays), else the exits of
+/// the read and write syscalls.
+fn attach_data_hooks(loaded: &mut Loaded, syscall_hooks: bool) -> anyhow::Result<()> {
+    let socket_layer = !syscall_hooks
+        && SOCKET_TRACEPOINTS
+            .iter()
+            .all(|(_, event)| tracefs::format("sock", event).is_ok());
+    if socket_layer {
+        for (prog, event) in SOCKET_TRACEPOINTS {
+            loaded.attach_raw_tracepoint(prog, event)?;
+        }
+        return Ok(());
+    }
+    for name in DATA_SYSCALLS {
+        loaded.attach_tracepoint(
+            &format!("exit_{name}"),
+            "syscalls",
+            &format!("sys_exit_{name}"),
+        )?;
+    }
+    Ok(())
 }
 
 fn event_loop(args: &Args, loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Result<()> {

@@ -63,6 +63,11 @@ pub struct Args {
     /// Show at most this many statements in each summary table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Capture reads and writes at the exits of the read and write syscalls instead of the
+    /// socket layer's sock_recv_length/sock_send_length tracepoints (the default from Linux
+    /// 6.4; older kernels always use the syscalls)
+    #[arg(long)]
+    pub syscall_hooks: bool,
 }
 
 fn parse_buffer_mb(s: &str) -> Result<u32, String> {

@@ -1,5 +1,7 @@
-//! pgwire_trace's kernel programs: syscall tracepoints that copy the bytes of PostgreSQL
-//! connections to a ring buffer.
+//! pgwire_trace's kernel programs: tracepoints that copy the bytes of PostgreSQL connections
+//! to a ring buffer. Reads and writes are caught at the socket layer (sock_recv_length,
+//! sock_send_length: socket I/O only, raw tracepoints) or, on kernels before 6.4, at the exits
+//! of the read and write syscalls; connections come and go at accept, connect, close and fork.
 //!
 //! Which descriptors are PostgreSQL connections is kept in SOCKS, keyed by (tgid, fd):
 //! filled by userspace for connections open at start, by accept() on a PostgreSQL listener
@@ -17,9 +19,9 @@ use aya_ebpf::{
             bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use pgbpf_common_ebpf::{atomic_add, target::current_is_target};
 use pgwire_trace_ebpf::{
@@ -35,6 +37,7 @@ const EINPROGRESS: i64 = 115;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const MSG_PEEK: i32 = 2;
 
 /// Bytes copied per syscall (set by the loader from --capture).
 #[unsafe(no_mangle)]
@@ -174,19 +177,44 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Offsets in `struct pt_regs` of the registers that hold a syscall's first three arguments
-/// at its exit (aya-build sets `bpf_target_arch` to the host's architecture). Constants,
-/// because the verifier checks loads from a BTF-typed pointer at fixed offsets only.
+/// Offsets in `struct pt_regs` of the registers that hold a syscall's number and first three
+/// arguments after it began (aya-build sets `bpf_target_arch` to the host's architecture).
+/// Constants, because the verifier checks loads from a BTF-typed pointer at fixed offsets only.
 #[cfg(bpf_target_arch = "aarch64")]
-const SYSCALL_ARG_OFFSETS: [usize; 3] = [272, 8, 16]; // orig_x0 (x0 holds the result), x1, x2
+mod regs {
+    /// syscallno (an s32), orig_x0 (x0 is overwritten by the result), x1, x2.
+    pub const NR: usize = 280;
+    pub const ARGS: [usize; 3] = [272, 8, 16];
+    pub const READ: u32 = 63;
+    pub const WRITE: u32 = 64;
+    pub const READV: u32 = 65;
+    pub const WRITEV: u32 = 66;
+    pub const SENDTO: u32 = 206;
+    pub const RECVFROM: u32 = 207;
+    pub const SENDMSG: u32 = 211;
+    pub const RECVMSG: u32 = 212;
+}
 #[cfg(not(bpf_target_arch = "aarch64"))]
-const SYSCALL_ARG_OFFSETS: [usize; 3] = [112, 104, 96]; // x86_64: di, si, dx
+mod regs {
+    /// x86_64: orig_ax, di, si, dx.
+    pub const NR: usize = 120;
+    pub const ARGS: [usize; 3] = [112, 104, 96];
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const READV: u32 = 19;
+    pub const WRITEV: u32 = 20;
+    pub const SENDTO: u32 = 44;
+    pub const RECVFROM: u32 = 45;
+    pub const SENDMSG: u32 = 46;
+    pub const RECVMSG: u32 = 47;
+}
 
-/// A syscall's first three arguments, read at its exit from the task's saved user registers.
-/// The exit tracepoint carries only the return value; reading them here spares an enter
-/// program and a per-thread map update for every read and write.
+/// The current syscall's number and first three arguments, from the task's saved user
+/// registers. Exit tracepoints carry only the return value and socket tracepoints no syscall
+/// detail at all; reading them here spares an enter program and a per-thread map update for
+/// every read and write.
 #[inline(always)]
-fn syscall_args() -> Option<[u64; 3]> {
+fn syscall_regs() -> Option<(u32, [u64; 3])> {
     // SAFETY: helpers on the current task. The verifier types `regs` as the kernel's
     // struct pt_regs (BTF), so plain loads of its fields are allowed and checked; they cost
     // far less than a probe_read per register.
@@ -195,11 +223,30 @@ fn syscall_args() -> Option<[u64; 3]> {
         if regs.is_null() {
             return None;
         }
-        Some([
-            core::ptr::read_volatile(regs.add(SYSCALL_ARG_OFFSETS[0]).cast::<u64>()),
-            core::ptr::read_volatile(regs.add(SYSCALL_ARG_OFFSETS[1]).cast::<u64>()),
-            core::ptr::read_volatile(regs.add(SYSCALL_ARG_OFFSETS[2]).cast::<u64>()),
-        ])
+        let load = |offset: usize| core::ptr::read_volatile(regs.add(offset).cast::<u64>());
+        Some((
+            core::ptr::read_volatile(regs.add(regs::NR).cast::<u32>()),
+            [
+                load(regs::ARGS[0]),
+                load(regs::ARGS[1]),
+                load(regs::ARGS[2]),
+            ],
+        ))
+    }
+}
+
+/// How the data of syscall `nr` moving bytes in direction `dir` is laid out, if it is one of
+/// the read and write families (the socket tracepoints also fire for sendfile, splice,
+/// io_uring and the kernel's own sockets, which are not captured).
+#[inline(always)]
+fn data_op(nr: u32, dir: u8) -> Option<u8> {
+    match (nr, dir) {
+        (regs::READ | regs::RECVFROM, DIR_READ) | (regs::WRITE | regs::SENDTO, DIR_WRITE) => {
+            Some(OP_BUF)
+        }
+        (regs::READV, DIR_READ) | (regs::WRITEV, DIR_WRITE) => Some(OP_IOV),
+        (regs::RECVMSG, DIR_READ) | (regs::SENDMSG, DIR_WRITE) => Some(OP_MSG),
+        _ => None,
     }
 }
 
@@ -375,6 +422,7 @@ fn send_vectored(m: &Moved, iov: u64, count: u64, want: u64) -> Option<u64> {
     send(s, captured as u32).then_some(captured)
 }
 
+/// A read or write syscall's exit: `ret` bytes moved.
 #[inline(always)]
 fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
     // The result first: a load from the context, cheaper than anything else here.
@@ -382,22 +430,58 @@ fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
     if moved <= 0 {
         return 0;
     }
-    let moved = moved as u64;
     let (id, tgid) = ids();
     if !may_have_socks(tgid) {
         return 0;
     }
-    let Some([fd, ptr, count]) = syscall_args() else {
+    let Some((_, args)) = syscall_regs() else {
         return 0;
     };
+    capture(id, tgid, moved as u64, op, dir, args);
+    0
+}
+
+/// sock_recvmsg or sock_sendmsg of a socket finished (sock:sock_{recv,send}_length; raw
+/// tracepoint arguments: the sock, the result, the flags): when the syscall under it is a read
+/// or write of a PostgreSQL connection, capture it. Unlike the syscall tracepoints these fire
+/// for socket I/O only, and a raw tracepoint calls the program directly, without building a
+/// perf record first.
+#[inline(always)]
+fn sock_data(ctx: &RawTracePointContext, dir: u8) -> i32 {
+    // SAFETY: both tracepoints have three arguments, each widened to a u64.
+    let (moved, flags) = unsafe {
+        let args = ctx.as_ptr().cast::<u64>();
+        (*args.add(1) as i32, *args.add(2) as i32)
+    };
+    // A peek leaves the bytes to be read again.
+    if moved <= 0 || (dir == DIR_READ && flags & MSG_PEEK != 0) {
+        return 0;
+    }
+    let (id, tgid) = ids();
+    if !may_have_socks(tgid) {
+        return 0;
+    }
+    let Some((nr, args)) = syscall_regs() else {
+        return 0;
+    };
+    if let Some(op) = data_op(nr, dir) {
+        capture(id, tgid, moved as u64, op, dir, args);
+    }
+    0
+}
+
+/// Sends the bytes a read or write moved (`moved`, with the syscall's arguments `fd`, buffer or
+/// iovecs or msghdr, count) when `fd` is a PostgreSQL connection of `tgid`.
+#[inline(always)]
+fn capture(id: u64, tgid: u32, moved: u64, op: u8, dir: u8, [fd, ptr, count]: [u64; 3]) {
     let key = key_of(tgid, fd);
     let Some(info) = SOCKS.get_ptr_mut(&key) else {
-        return 0;
+        return;
     };
     // SAFETY: `info` is a map value pointer, valid during this program.
     let snapshot = unsafe { *info };
-    // Stamped at the end of the call: when a read's data arrived, when a write was handed to
-    // the kernel (PostgreSQL's sockets are non-blocking, so that is also when it began).
+    // Stamped at the end of the transfer: when a read's data arrived, when a write was handed
+    // to the kernel (PostgreSQL's sockets are non-blocking, so that is also when it began).
     let m = Moved {
         key,
         tid: id as u32,
@@ -418,7 +502,7 @@ fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
             let n = unsafe { bpf_probe_read_user((ptr + 24) as *const u64) }.unwrap_or(0);
             send_vectored(&m, iov, n, want.min(CAPTURE_MAX_VECTORED as u64))
         }
-        _ => return 0,
+        _ => return,
     };
     match sent {
         Some(captured) => {
@@ -443,7 +527,16 @@ fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
             unsafe { atomic_add(&mut (*info).lost[(dir & 1) as usize], moved) };
         }
     }
-    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
+    sock_data(&ctx, DIR_READ)
+}
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send(ctx: RawTracePointContext) -> i32 {
+    sock_data(&ctx, DIR_WRITE)
 }
 
 macro_rules! data_syscall {
