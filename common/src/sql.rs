@@ -7,9 +7,18 @@ use std::fmt::Write as _;
 /// The normalized form of `sql`. Existing `$n` parameters are kept; new numbering starts
 /// after the highest one present.
 pub fn normalize(sql: &str) -> String {
+    let mut out = String::new();
+    normalize_into(sql, &mut out);
+    out
+}
+
+/// [`normalize`] into `out` (cleared first): a caller normalizing statement after statement
+/// reuses one buffer.
+pub fn normalize_into(sql: &str, out: &mut String) {
+    out.clear();
+    out.reserve(sql.len());
     let b = sql.as_bytes();
     let mut next_param = highest_param(b) + 1;
-    let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     let mut pending_space = false;
     let push = |out: &mut String, s: &str, pending: &mut bool| {
@@ -53,7 +62,7 @@ pub fn normalize(sql: &str) -> String {
                     i += 1;
                 }
             }
-            push_param(&mut out, next_param, &mut pending_space);
+            push_param(out, next_param, &mut pending_space);
             next_param += 1;
         } else if c == b'"' {
             // a quoted identifier: keep it
@@ -64,7 +73,7 @@ pub fn normalize(sql: &str) -> String {
             }
             i = (i + 1).min(b.len());
             push(
-                &mut out,
+                out,
                 &String::from_utf8_lossy(&b[start..i]),
                 &mut pending_space,
             );
@@ -82,7 +91,7 @@ pub fn normalize(sql: &str) -> String {
                 }
                 i += 1;
             }
-            push_param(&mut out, next_param, &mut pending_space);
+            push_param(out, next_param, &mut pending_space);
             next_param += 1;
         } else {
             // anything else up to the next space, quote, or start of a constant
@@ -104,10 +113,9 @@ pub fn normalize(sql: &str) -> String {
             while i < b.len() && !sql.is_char_boundary(i) {
                 i += 1;
             }
-            push(&mut out, &sql[start..i], &mut pending_space);
+            push(out, &sql[start..i], &mut pending_space);
         }
     }
-    out
 }
 
 /// True when the `-` at `i` is a sign: a number follows, and what precedes is an operator,

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::{
-    frame::{Direction, Frame, Framer},
+    frame::{Direction, Frame, Framer, Frames},
     message::{Backend, Frontend},
 };
 
@@ -107,7 +107,8 @@ pub struct Connection {
     pub startup: Vec<(String, String)>,
     /// Last ReadyForQuery status: b'I', b'T' or b'E'.
     pub transaction: u8,
-    /// Messages that could not be decoded.
+    /// Messages that could not be decoded (of those pairing reads: every client message, and
+    /// the server's completions, errors and ReadyForQuery).
     pub malformed: u64,
     /// Answers that could not be matched to their request because bytes were missing:
     /// after a gap that lost message boundaries nothing is reported until the connection is
@@ -118,8 +119,31 @@ pub struct Connection {
     /// Bytes went missing and message boundaries with them: pairing is unsure until an idle
     /// point (a ReadyForQuery with nothing else asked since).
     unsure: bool,
-    /// Frames of the bytes being handled, kept between calls to save an allocation each.
-    frames: Vec<Frame>,
+    /// Frames of the bytes being handled, kept between calls so framing allocates nothing.
+    frames: Frames,
+}
+
+/// The statements of a simple query, as [`split_statements`] finds them. A query with no
+/// semicolon but a final one, and nothing that could hide one (quotes, comments, dollar
+/// quotes), is one statement: its text is trimmed in place instead of copied, the common
+/// case of every client that sends one statement per Query.
+fn statements_of(mut sql: String) -> Vec<String> {
+    let body = sql.trim_end();
+    let body = body.strip_suffix(';').unwrap_or(body);
+    if body
+        .bytes()
+        .any(|c| matches!(c, b';' | b'\'' | b'"' | b'-' | b'$'))
+    {
+        return split_statements(&sql);
+    }
+    let end = body.trim_end().len();
+    let start = end - body[..end].trim_start().len();
+    if start == end {
+        return vec![];
+    }
+    sql.truncate(end);
+    sql.drain(..start);
+    vec![sql]
 }
 
 /// Splits a simple query into its statements at top-level semicolons (outside quotes,
@@ -194,7 +218,7 @@ impl Connection {
             // Joined midway, a response may belong to a request never seen: pair nothing
             // until the first quiet ReadyForQuery.
             unsure: !from_start,
-            frames: Vec::new(),
+            frames: Frames::default(),
         }
     }
 
@@ -221,8 +245,9 @@ impl Connection {
     /// Frames one direction's bytes and the gap of `missing` bytes after them, into the
     /// reused frame buffer (hand it back in `self.frames`). True when the framer lost the
     /// message boundaries here.
-    fn frame(&mut self, client: bool, data: &[u8], missing: u64) -> (Vec<Frame>, bool) {
+    fn frame(&mut self, client: bool, data: &[u8], missing: u64) -> (Frames, bool) {
         let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
         let framer = if client {
             &mut self.client
         } else {
@@ -242,8 +267,8 @@ impl Connection {
         if self.encrypted {
             return;
         }
-        let (mut frames, lost_step) = self.frame(true, data, missing);
-        for f in frames.drain(..) {
+        let (frames, lost_step) = self.frame(true, data, missing);
+        for f in frames.iter() {
             self.on_client(ts_ns, &f);
         }
         self.frames = frames;
@@ -253,32 +278,43 @@ impl Connection {
     }
 
     /// Bytes the server sent; returns the statements they completed.
-    pub fn server_bytes(&mut self, ts_ns: u64, mut data: &[u8], missing: u64) -> Vec<Completed> {
+    pub fn server_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64) -> Vec<Completed> {
         let mut done = vec![];
+        self.server_bytes_into(ts_ns, data, missing, &mut done);
+        done
+    }
+
+    /// [`Connection::server_bytes`], appending to `done` (a buffer the caller reuses).
+    pub fn server_bytes_into(
+        &mut self,
+        ts_ns: u64,
+        mut data: &[u8],
+        missing: u64,
+        done: &mut Vec<Completed>,
+    ) {
         if self.encrypted {
-            return done;
+            return;
         }
         if self.awaiting_encryption_answer {
             let Some((&answer, rest)) = data.split_first() else {
-                return done;
+                return;
             };
             self.awaiting_encryption_answer = false;
             if answer == b'S' || answer == b'G' {
                 self.encrypted = true;
-                return done;
+                return;
             }
             self.client.expect_startup();
             data = rest;
         }
-        let (mut frames, lost_step) = self.frame(false, data, missing);
-        for f in frames.drain(..) {
-            self.on_server(ts_ns, &f, &mut done);
+        let (frames, lost_step) = self.frame(false, data, missing);
+        for f in frames.iter() {
+            self.on_server(ts_ns, &f, done);
         }
         self.frames = frames;
         if lost_step {
             self.lost_step();
         }
-        done
     }
 
     fn on_client(&mut self, ts: u64, f: &Frame) {
@@ -292,7 +328,7 @@ impl Connection {
                 self.awaiting_encryption_answer = true
             }
             Frontend::Query { sql } => {
-                let statements = split_statements(&sql);
+                let statements = statements_of(sql);
                 let last = statements.len().saturating_sub(1);
                 for (i, s) in statements.into_iter().enumerate() {
                     self.pending.push_back(Pending::Statement {
@@ -425,6 +461,11 @@ impl Connection {
     }
 
     fn on_server(&mut self, ts: u64, f: &Frame, done: &mut Vec<Completed>) {
+        // Pairing reads completions, errors and ReadyForQuery only: rows, descriptions and
+        // the rest are not decoded (most of a result's bytes, and allocations per row).
+        if !matches!(f.tag, b'C' | b'I' | b'E' | b'Z') {
+            return;
+        }
         let Ok(m) = Backend::decode(f) else {
             self.malformed += 1;
             return;
@@ -580,6 +621,31 @@ mod tests {
         assert!(c.server_bytes(2, &resp, 0).is_empty());
         c.client_bytes(3, &msg(b'Q', &cstr("select 3")), 0);
         assert_eq!(c.server_bytes(4, &resp, 0).len(), 1);
+    }
+
+    #[test]
+    fn one_statement_queries_are_split_as_the_full_splitter_would() {
+        for sql in [
+            "select 1;",
+            "  select 1 ;  \n",
+            "select 1",
+            ";",
+            " ; ",
+            "",
+            "select 1; select 2",
+            "select ';'",
+            "select 'abc;",
+            "select 1 -- c;",
+            "select $a$;$a$;",
+            "select \"x;\";",
+            "select 1;;",
+        ] {
+            assert_eq!(
+                statements_of(sql.to_string()),
+                split_statements(sql),
+                "{sql:?}"
+            );
+        }
     }
 
     #[test]

@@ -22,17 +22,74 @@ pub enum Direction {
 /// Longest body accepted as plausible (PostgreSQL's own limit for most messages is 1 GB).
 pub const MAX_MESSAGE: u32 = 1 << 30;
 
-/// One framed message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
+/// One framed message, its body borrowed from the [`Frames`] that hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
     /// The type byte, or 0 for an untyped start-up-phase message.
     pub tag: u8,
     /// The body (after the length), possibly cut short.
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
     /// Declared body length (from the length field).
     pub len: u32,
     /// True when some of the body was not captured (`body.len() < len`).
     pub truncated: bool,
+}
+
+/// Where one frame's body lies in [`Frames`]' byte buffer.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    tag: u8,
+    start: usize,
+    end: usize,
+    len: u32,
+    truncated: bool,
+}
+
+/// Whole messages framed from a connection's bytes, their bodies in one buffer. Cleared and
+/// refilled for every read or write, it keeps its memory, so framing allocates nothing per
+/// message once warm.
+#[derive(Debug, Default)]
+pub struct Frames {
+    heads: Vec<Head>,
+    bytes: Vec<u8>,
+}
+
+impl Frames {
+    fn push(&mut self, tag: u8, body: &[u8], len: u32, truncated: bool) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(body);
+        self.heads.push(Head {
+            tag,
+            start,
+            end: self.bytes.len(),
+            len,
+            truncated,
+        });
+    }
+
+    /// The frames, in stream order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Frame<'_>> {
+        self.heads.iter().map(|h| Frame {
+            tag: h.tag,
+            body: &self.bytes[h.start..h.end],
+            len: h.len,
+            truncated: h.truncated,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// Forgets the frames, keeping the memory.
+    pub fn clear(&mut self) {
+        self.heads.clear();
+        self.bytes.clear();
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +198,7 @@ impl Framer {
     }
 
     /// `n` bytes of the stream were not captured.
-    pub fn feed_gap(&mut self, n: u64, out: &mut Vec<Frame>) {
+    pub fn feed_gap(&mut self, n: u64, out: &mut Frames) {
         // A message whose header was seen and whose body is still buffered: the gap falls
         // inside that body (a syscall cut at the capture limit), so its length still tells
         // where the next message starts.
@@ -168,12 +225,7 @@ impl Framer {
             p.cut = true;
             let left = n - u64::from(in_body);
             if p.rest == 0 {
-                out.push(Frame {
-                    tag: p.tag,
-                    len: p.len,
-                    truncated: true,
-                    body: p.body,
-                });
+                out.push(p.tag, &p.body, p.len, true);
                 if left > 0 {
                     self.lose(left);
                 }
@@ -194,7 +246,7 @@ impl Framer {
     }
 
     /// Captured bytes, in order. Whole messages are appended to `out`.
-    pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<Frame>) {
+    pub fn feed(&mut self, mut data: &[u8], out: &mut Frames) {
         if let Some(mut p) = self.partial.take() {
             let take = data.len().min(p.rest as usize);
             if !p.cut {
@@ -208,21 +260,33 @@ impl Framer {
                 return;
             }
             let truncated = (p.body.len() as u64) < u64::from(p.len);
-            out.push(Frame {
-                tag: p.tag,
-                len: p.len,
-                truncated,
-                body: p.body,
-            });
+            out.push(p.tag, &p.body, p.len, truncated);
         }
-        self.buf.extend_from_slice(data);
-        self.drain(out);
+        if self.buf.is_empty() {
+            // The common case, a read or write of whole messages: framed straight from the
+            // caller's bytes, only an incomplete tail is kept.
+            let used = self.drain(data, out);
+            self.buf.extend_from_slice(&data[used..]);
+        } else {
+            self.buf.extend_from_slice(data);
+            let buf = std::mem::take(&mut self.buf);
+            let used = self.drain(&buf, out);
+            self.buf = buf;
+            self.buf.drain(..used);
+        }
+        if self.state == State::Lost && self.buf.len() > (1 << 20) {
+            // Do not hoard undecodable bytes.
+            self.skipped += self.buf.len() as u64;
+            self.buf.clear();
+        }
     }
 
-    fn drain(&mut self, out: &mut Vec<Frame>) {
+    /// Frames what it can of `bytes` (the stream from the current position on); returns how
+    /// many bytes it consumed (framed, skipped, or taken into a partial message).
+    fn drain(&mut self, bytes: &[u8], out: &mut Frames) -> usize {
         let mut pos = 0usize;
         loop {
-            let avail = &self.buf[pos..];
+            let avail = &bytes[pos..];
             match self.state {
                 State::Start => {
                     if self.direction == Direction::Backend {
@@ -237,12 +301,7 @@ impl Framer {
                             if avail.len() < len as usize {
                                 break;
                             }
-                            out.push(Frame {
-                                tag: 0,
-                                len: len - 4,
-                                truncated: false,
-                                body: avail[4..len as usize].to_vec(),
-                            });
+                            out.push(0, &avail[4..len as usize], len - 4, false);
                             pos += len as usize;
                             self.state = State::Synced;
                         }
@@ -261,12 +320,7 @@ impl Framer {
                     }
                     let total = 1 + len as usize;
                     if avail.len() >= total {
-                        out.push(Frame {
-                            tag,
-                            len: len - 4,
-                            truncated: false,
-                            body: avail[5..total].to_vec(),
-                        });
+                        out.push(tag, &avail[5..total], len - 4, false);
                         pos += total;
                     } else if len as usize > self.keep + 4 {
                         // A body larger than we keep: collect what fits, skip the rest.
@@ -281,7 +335,7 @@ impl Framer {
                             rest,
                             cut: false,
                         });
-                        pos = self.buf.len();
+                        pos = bytes.len();
                         break;
                     } else {
                         break;
@@ -324,12 +378,7 @@ impl Framer {
                 }
             }
         }
-        self.buf.drain(..pos.min(self.buf.len()));
-        if self.state == State::Lost && self.buf.len() > (1 << 20) {
-            // Do not hoard undecodable bytes.
-            self.skipped += self.buf.len() as u64;
-            self.buf.clear();
-        }
+        pos.min(bytes.len())
     }
 }
 
@@ -352,9 +401,10 @@ mod tests {
         stream.extend(msg(b'X', b""));
         for split in 0..stream.len() {
             let mut f = Framer::new(Direction::Frontend, true);
-            let mut out = vec![];
+            let mut out = Frames::default();
             f.feed(&stream[..split], &mut out);
             f.feed(&stream[split..], &mut out);
+            let out: Vec<Frame> = out.iter().collect();
             let tags: Vec<u8> = out.iter().map(|m| m.tag).collect();
             assert_eq!(tags, vec![0, b'Q', b'X'], "split at {split}");
             assert_eq!(out[1].body, b"select 1\0");
@@ -368,7 +418,7 @@ mod tests {
         stream.extend(msg(b'C', b"SELECT 1\0"));
         stream.extend(msg(b'Z', b"I"));
         let mut f = Framer::new(Direction::Backend, true);
-        let mut out = vec![];
+        let mut out = Frames::default();
         f.feed(&stream, &mut out);
         assert_eq!(
             out.iter().map(|m| m.tag).collect::<Vec<_>>(),
@@ -383,9 +433,9 @@ mod tests {
         stream.extend(msg(b'Q', b"select 3\0"));
         // Join 3 bytes into the first message.
         let mut f = Framer::new(Direction::Frontend, false);
-        let mut out = vec![];
+        let mut out = Frames::default();
         f.feed(&stream[3..], &mut out);
-        let bodies: Vec<&[u8]> = out.iter().map(|m| m.body.as_slice()).collect();
+        let bodies: Vec<&[u8]> = out.iter().map(|m| m.body).collect();
         assert_eq!(bodies, vec![&b"select 2\0"[..], b"select 3\0"]);
         assert!(f.skipped > 0);
     }
@@ -398,12 +448,13 @@ mod tests {
         let first = msg(b'Q', &q);
         let second = msg(b'Q', b"select 2\0");
         let mut f = Framer::new(Direction::Frontend, false).keep_at_most(100);
-        let mut out = vec![];
+        let mut out = Frames::default();
         // Resync needs the next header: feed a synced start instead.
         f.state = State::Synced;
         f.feed(&first[..200], &mut out);
         f.feed_gap((first.len() - 200) as u64, &mut out);
         f.feed(&second, &mut out);
+        let out: Vec<Frame> = out.iter().collect();
         assert_eq!(out.len(), 2);
         assert!(out[0].truncated && out[0].body.len() == 100 && out[0].len == q.len() as u32);
         assert_eq!(out[1].body, b"select 2\0");
@@ -418,7 +469,7 @@ mod tests {
         let stream = [msg(b'Q', &q), msg(b'Q', b"select 2\0")].concat();
         let mut f = Framer::new(Direction::Frontend, false);
         f.state = State::Synced;
-        let mut out = vec![];
+        let mut out = Frames::default();
         let first_len = 1 + 4 + q.len();
         for piece in stream[..first_len].chunks(8192) {
             let seen = piece.len().min(1024);
@@ -426,9 +477,10 @@ mod tests {
             f.feed_gap((piece.len() - seen) as u64, &mut out);
         }
         f.feed(&stream[first_len..], &mut out);
+        let out: Vec<Frame> = out.iter().collect();
         assert_eq!(out.len(), 2);
         assert!(out[0].truncated && out[0].len == q.len() as u32);
-        assert_eq!(out[0].body, q[..1019]);
+        assert_eq!(out[0].body, &q[..1019]);
         assert!(f.synced());
         assert_eq!(out[1].body, b"select 2\0");
     }
@@ -436,7 +488,7 @@ mod tests {
     #[test]
     fn garbage_is_skipped() {
         let mut f = Framer::new(Direction::Backend, false);
-        let mut out = vec![];
+        let mut out = Frames::default();
         f.feed(&[0xffu8; 5000], &mut out);
         assert!(out.is_empty());
     }

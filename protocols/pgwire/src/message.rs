@@ -22,6 +22,15 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// Bytes as text, invalid UTF-8 replaced. Checked whole first: valid text (nearly all of it)
+/// is then one copy, without the chunk-by-chunk walk of the lossy conversion.
+fn text(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
 /// Reads the fields of a body in order. A body cut at the capture limit (`truncated`) is read
 /// leniently: its last string or value ends where the bytes end, and counts are capped by
 /// what is left, so a long statement is still reported (marked truncated) instead of lost.
@@ -32,9 +41,9 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn of(f: &'a Frame) -> Reader<'a> {
+    fn of(f: &Frame<'a>) -> Reader<'a> {
         Reader {
-            b: &f.body,
+            b: f.body,
             tag: f.tag,
             truncated: f.truncated,
         }
@@ -74,13 +83,13 @@ impl<'a> Reader<'a> {
     fn cstr(&mut self) -> Result<String, DecodeError> {
         let Some(end) = self.b.iter().position(|&c| c == 0) else {
             if self.truncated {
-                let s = String::from_utf8_lossy(self.b).into_owned();
+                let s = text(self.b);
                 self.b = &[];
                 return Ok(s);
             }
             return Err(self.err("unterminated string"));
         };
-        let s = String::from_utf8_lossy(&self.b[..end]).into_owned();
+        let s = text(&self.b[..end]);
         self.b = &self.b[end + 1..];
         Ok(s)
     }
@@ -246,7 +255,7 @@ pub struct Notice {
 
 impl Frontend {
     /// Decodes a client frame. Untyped frames (tag 0) are start-up-phase messages.
-    pub fn decode(f: &Frame) -> Result<Frontend, DecodeError> {
+    pub fn decode(f: &Frame<'_>) -> Result<Frontend, DecodeError> {
         let mut r = Reader::of(f);
         Ok(match f.tag {
             0 => {
@@ -371,7 +380,7 @@ fn notice(r: &mut Reader<'_>) -> Result<Notice, DecodeError> {
 
 impl Backend {
     /// Decodes a server frame.
-    pub fn decode(f: &Frame) -> Result<Backend, DecodeError> {
+    pub fn decode(f: &Frame<'_>) -> Result<Backend, DecodeError> {
         let mut r = Reader::of(f);
         Ok(match f.tag {
             b'R' => Backend::Authentication { kind: r.i32()? },
@@ -462,10 +471,10 @@ impl Backend {
 mod tests {
     use super::*;
 
-    fn frame(tag: u8, body: &[u8]) -> Frame {
+    fn frame(tag: u8, body: &[u8]) -> Frame<'_> {
         Frame {
             tag,
-            body: body.to_vec(),
+            body,
             len: body.len() as u32,
             truncated: false,
         }
@@ -562,9 +571,9 @@ mod tests {
 
     #[test]
     fn bodies_cut_at_the_capture_limit_keep_what_was_seen() {
-        let cut = |tag: u8, body: &[u8], len: u32| Frame {
+        let cut = |tag: u8, body: &'static [u8], len: u32| Frame {
             tag,
-            body: body.to_vec(),
+            body,
             len,
             truncated: true,
         };

@@ -1,6 +1,6 @@
 //! Arbitrary, truncated or garbage input never panics or hangs the framer and decoders.
 
-use pgbpf_pgwire::{Backend, Direction, Framer, Frontend};
+use pgbpf_pgwire::{Backend, Direction, Framer, Frames, Frontend};
 use proptest::prelude::*;
 
 proptest! {
@@ -11,16 +11,16 @@ proptest! {
                                  from_start: bool, client: bool) {
         let dir = if client { Direction::Frontend } else { Direction::Backend };
         let mut f = Framer::new(dir, from_start).keep_at_most(128);
-        let mut out = vec![];
+        let mut out = Frames::default();
         for (bytes, gap) in &chunks {
             f.feed(bytes, &mut out);
             if *gap % 5 == 0 {
                 f.feed_gap(*gap, &mut out);
             }
         }
-        for m in &out {
+        for m in out.iter() {
             prop_assert!(m.body.len() <= m.len as usize || !m.truncated);
-            let _ = if client { Frontend::decode(m).map(|_| ()) } else { Backend::decode(m).map(|_| ()) };
+            let _ = if client { Frontend::decode(&m).map(|_| ()) } else { Backend::decode(&m).map(|_| ()) };
         }
     }
 }

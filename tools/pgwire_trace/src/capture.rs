@@ -24,7 +24,7 @@ use pgwire_trace_ebpf::{
 
 use crate::{
     Args,
-    decode::Decoder,
+    decode::{Decoder, Event},
     record::{Kind, Record, Writer},
     report::Reporter,
     sockets::{self, SocketState},
@@ -241,6 +241,8 @@ struct Sink {
     reporter: Reporter,
     recorder: Option<Writer<BufWriter<File>>>,
     stdout_gone: bool,
+    /// What the record being fed completed (kept to reuse its memory).
+    events: Vec<Event>,
 }
 
 impl Sink {
@@ -248,7 +250,8 @@ impl Sink {
         if let Some(w) = &mut self.recorder {
             w.write(r).context("writing the capture file")?;
         }
-        for e in self.decoder.feed(r) {
+        self.decoder.feed_into(r, &mut self.events);
+        for e in self.events.drain(..) {
             if !self.reporter.event(&e) {
                 self.stdout_gone = true;
             }
@@ -319,6 +322,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             None => None,
         },
         stdout_gone: false,
+        events: vec![],
     };
     {
         let mut listeners: HashMap<_, SockKey, u32> =

@@ -35,9 +35,12 @@ pub struct ConnMeta {
 }
 
 /// What the decoder tells the reporter.
+// Events pass through a buffer the live drain reuses: a request held inline costs no
+// allocation, where boxing it cost one per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Event {
-    Request(Box<Request>),
+    Request(Request),
     /// A connection switched to TLS or GSS encryption: its payload cannot be seen.
     Encrypted {
         pid: u32,
@@ -88,6 +91,8 @@ pub struct Decoder {
     pub stop_capturing: Vec<(u32, u32)>,
     /// The kernel's counters, when the capture carries them.
     pub kernel_counters: Option<Vec<u64>>,
+    /// Statements completed by the record being fed (kept to reuse its memory).
+    done: Vec<Completed>,
 }
 
 impl Decoder {
@@ -99,6 +104,7 @@ impl Decoder {
             stats: DecodeStats::default(),
             stop_capturing: vec![],
             kernel_counters: None,
+            done: vec![],
         }
     }
 
@@ -131,14 +137,21 @@ impl Decoder {
 
     /// Feeds one record; returns what it completed.
     pub fn feed(&mut self, r: &Record) -> Vec<Event> {
+        let mut out = vec![];
+        self.feed_into(r, &mut out);
+        out
+    }
+
+    /// Feeds one record; appends what it completed to `out` (a buffer the caller reuses, so
+    /// the live drain allocates no vector per record).
+    pub fn feed_into(&mut self, r: &Record, out: &mut Vec<Event>) {
         match r.kind {
             Kind::Open | Kind::Existing => {
                 // A reused id starts a new connection.
-                let out = self.close(r.conn_id);
+                out.extend(self.close(r.conn_id));
                 self.open(r, r.kind == Kind::Open);
-                out
             }
-            Kind::Close => self.close(r.conn_id),
+            Kind::Close => out.extend(self.close(r.conn_id)),
             Kind::Counters => {
                 self.kernel_counters = Some(
                     r.payload
@@ -148,16 +161,16 @@ impl Decoder {
                         .map(|c| u64::from_le_bytes(*c))
                         .collect(),
                 );
-                vec![]
             }
-            Kind::Data => self.data(r),
+            Kind::Data => self.data(r, out),
         }
     }
 
-    fn data(&mut self, r: &Record) -> Vec<Event> {
+    fn data(&mut self, r: &Record, out: &mut Vec<Event>) {
         let missing = r.missing();
         self.stats.truncated_bytes += missing;
         self.stats.lost_bytes += r.lost[0] + r.lost[1];
+        let mut done = std::mem::take(&mut self.done);
         let conn = self.open(r, false);
         conn.pid = r.tgid;
         conn.fd = r.fd;
@@ -169,22 +182,22 @@ impl Decoder {
             (DIR_WRITE, DIR_READ)
         };
         let lost = |dir: u8| r.lost[usize::from(dir & 1)];
-        let mut done = vec![];
         if lost(frontend_dir) > 0 {
             conn.c.client_bytes(r.ts_ns, &[], lost(frontend_dir));
         }
         if lost(backend_dir) > 0 {
-            done.extend(conn.c.server_bytes(r.ts_ns, &[], lost(backend_dir)));
+            conn.c
+                .server_bytes_into(r.ts_ns, &[], lost(backend_dir), &mut done);
         }
         if r.dir == frontend_dir {
             conn.c.client_bytes(r.ts_ns, &r.payload, missing);
         } else {
-            done.extend(conn.c.server_bytes(r.ts_ns, &r.payload, missing));
+            conn.c
+                .server_bytes_into(r.ts_ns, &r.payload, missing, &mut done);
         }
-        let mut events = vec![];
         if conn.c.encrypted && !conn.seen_encrypted {
             conn.seen_encrypted = true;
-            events.push(Event::Encrypted {
+            out.push(Event::Encrypted {
                 pid: conn.pid,
                 conn_id: r.conn_id,
                 peer: conn.peer.clone(),
@@ -193,8 +206,8 @@ impl Decoder {
             self.stop_capturing.push((r.tgid, r.fd));
         }
         self.account(r.conn_id);
-        events.extend(self.requests(r.conn_id, done));
-        events
+        self.requests(r.conn_id, &mut done, out);
+        self.done = done;
     }
 
     /// Brings the decode-quality counters of a connection into the totals.
@@ -208,12 +221,14 @@ impl Decoder {
         conn.unmatched = conn.c.unmatched;
     }
 
-    fn requests(&mut self, conn_id: u64, done: Vec<Completed>) -> Vec<Event> {
+    /// Moves the statements in `done` (completed on `conn_id`) to `out` as requests.
+    fn requests(&mut self, conn_id: u64, done: &mut Vec<Completed>, out: &mut Vec<Event>) {
         if done.is_empty() {
-            return vec![];
+            return;
         }
         let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return vec![];
+            done.clear();
+            return;
         };
         let meta = match &conn.meta {
             Some((n, m)) if *n == conn.c.startup.len() => m.clone(),
@@ -236,31 +251,30 @@ impl Decoder {
             }
         };
         let pid = conn.pid;
-        let mut out = Vec::with_capacity(done.len());
-        for d in done {
+        for d in done.drain(..) {
             self.stats.requests += 1;
             self.stats.errors += u64::from(d.sqlstate.is_some());
-            out.push(Event::Request(Box::new(Request {
+            out.push(Event::Request(Request {
                 pid,
                 conn_id,
                 meta: meta.clone(),
                 start_unix_ns: self.wall(d.started_ns),
                 end_unix_ns: self.wall(d.finished_ns),
                 done: d,
-            })));
+            }));
         }
-        out
     }
 
     fn close(&mut self, conn_id: u64) -> Vec<Event> {
         let Some(mut conn) = self.conns.remove(&conn_id) else {
             return vec![];
         };
-        let done = conn.c.close();
+        let mut done = conn.c.close();
         self.stats.malformed += conn.c.malformed - conn.malformed;
         self.stats.unmatched += conn.c.unmatched - conn.unmatched;
         self.conns.insert(conn_id, conn);
-        let out = self.requests(conn_id, done);
+        let mut out = vec![];
+        self.requests(conn_id, &mut done, &mut out);
         self.conns.remove(&conn_id);
         out
     }
@@ -333,7 +347,7 @@ mod tests {
         events
             .into_iter()
             .filter_map(|e| match e {
-                Event::Request(r) => Some(*r),
+                Event::Request(r) => Some(r),
                 _ => None,
             })
             .collect()

@@ -3,7 +3,11 @@
 
 use foldhash::{HashMap, HashMapExt};
 
-use pgbpf_common::{latency::Latencies, output, sql::normalize};
+use pgbpf_common::{
+    latency::Latencies,
+    output,
+    sql::{normalize, normalize_into},
+};
 use pgbpf_pgwire::value::render_all;
 use serde_json::json;
 
@@ -36,6 +40,8 @@ pub struct Reporter {
     period: HashMap<String, StatementStats>,
     total: HashMap<String, StatementStats>,
     started: std::time::Instant,
+    /// The normalized text of the request being counted (one buffer, reused).
+    key: String,
 }
 
 fn transaction_name(t: Option<u8>) -> &'static str {
@@ -65,6 +71,7 @@ impl Reporter {
             period: HashMap::new(),
             total: HashMap::new(),
             started: std::time::Instant::now(),
+            key: String::new(),
         }
     }
 
@@ -94,7 +101,8 @@ impl Reporter {
         if self.style.summary {
             // Only the tables need the normalized text; the per-interval table only with
             // INTERVAL (normalizing and the lookups are most of the decoder's own cost).
-            let key = normalize(&d.sql);
+            let mut key = std::mem::take(&mut self.key);
+            normalize_into(&d.sql, &mut key);
             let maps = if self.style.intervals {
                 [Some(&mut self.period), Some(&mut self.total)]
             } else {
@@ -110,6 +118,7 @@ impl Reporter {
                 s.errors += u64::from(d.sqlstate.is_some());
                 s.rows += d.rows.unwrap_or(0);
             }
+            self.key = key;
             return true;
         }
         if self.style.json {
