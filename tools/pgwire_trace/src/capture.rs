@@ -379,9 +379,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Where reads and writes are captured: the socket layer's tracepoints when the kernel has
-/// them (they fire for socket I/O only, and as raw tracepoints cost far less per call than a
-/// syscall tracepoint, which every send and receive of every process pays), else the exits of
-/// the read and write syscalls.
+/// them (they fire for socket I/O only, and a raw tracepoint calls the program without the
+/// perf record a syscall tracepoint builds for every call of every process first), else the
+/// exits of the read and write syscalls.
 fn attach_data_hooks(loaded: &mut Loaded, syscall_hooks: bool) -> anyhow::Result<()> {
     let socket_layer = !syscall_hooks
         && SOCKET_TRACEPOINTS
