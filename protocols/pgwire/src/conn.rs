@@ -124,7 +124,7 @@ pub struct Connection {
 }
 
 /// The statements of a simple query, as [`split_statements`] finds them. A query with no
-/// semicolon but a final one, and nothing that could hide one (quotes, comments, dollar
+/// semicolon except a final one, and nothing that could hide one (quotes, comments, dollar
 /// quotes), is one statement: its text is trimmed in place instead of copied, the common
 /// case of every client that sends one statement per Query.
 fn statements_of(mut sql: String) -> Vec<String> {

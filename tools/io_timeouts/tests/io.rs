@@ -232,7 +232,6 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     );
 }
 
-/// read_bytes of /proc/PID/io: what the process asked the block layer to read.
 /// The whole-trace rows of one table (`type`) of a --json run.
 fn totals<'a>(records: &'a [Value], table: &str) -> Vec<&'a Value> {
     records
@@ -241,6 +240,7 @@ fn totals<'a>(records: &'a [Value], table: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// read_bytes of /proc/PID/io: what the process asked the block layer to read.
 fn read_bytes(pid: u32) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     io.lines()

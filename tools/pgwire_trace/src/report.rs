@@ -101,8 +101,8 @@ impl Reporter {
         if self.style.summary {
             // Only the tables need the normalized text; the per-interval table only with
             // INTERVAL (normalizing and the lookups are most of the decoder's own cost).
-            let mut key = std::mem::take(&mut self.key);
-            normalize_into(&d.sql, &mut key);
+            normalize_into(&d.sql, &mut self.key);
+            let key = &self.key;
             let maps = if self.style.intervals {
                 [Some(&mut self.period), Some(&mut self.total)]
             } else {
@@ -118,7 +118,6 @@ impl Reporter {
                 s.errors += u64::from(d.sqlstate.is_some());
                 s.rows += d.rows.unwrap_or(0);
             }
-            self.key = key;
             return true;
         }
         if self.style.json {
