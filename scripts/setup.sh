@@ -15,7 +15,8 @@ quiet() { local log; log=$(mktemp); if ! "$@" >"$log" 2>&1; then tail -30 "$log"
 [ "$(id -u)" = 0 ] || { echo "setup: run as root" >&2; exit 1; }
 
 PKGS=(build-essential ca-certificates curl pkg-config llvm-22-dev
-      postgresql postgresql-contrib podman runc bpftrace systemtap-sdt-dev procps util-linux psmisc)
+      postgresql postgresql-contrib podman runc bpftrace systemtap-sdt-dev procps util-linux psmisc
+      man-db)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -214,7 +214,7 @@ fn run_variant(
     if VARIANTS[v] == Variant::Tool {
         let records = out.json();
         events_per_s = Some(events_per_second(&records, scenario.events_field)?);
-        lost = summary_of(&records)?["lost_records"].as_f64();
+        lost = Some(lost_in(summary_of(&records)?));
     }
     Ok(Run {
         tps,
@@ -241,12 +241,22 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz as f64)
 }
 
-/// The tool's final record: `"type": "summary"`, or pgwire_trace's `"event": "stats"`.
+/// The tool's final record, `"type": "summary"`.
 fn summary_of(records: &[serde_json::Value]) -> anyhow::Result<&serde_json::Value> {
     records
         .iter()
-        .find(|r| r["type"] == "summary" || r["event"] == "stats")
+        .rfind(|r| r["type"] == "summary")
         .ok_or_else(|| anyhow!("the tool printed no summary record"))
+}
+
+/// Everything the summary's `lost` object counts (events, records, samples; not bytes).
+fn lost_in(summary: &serde_json::Value) -> f64 {
+    summary["lost"].as_object().map_or(0.0, |lost| {
+        lost.iter()
+            .filter(|(cause, _)| !cause.ends_with("bytes"))
+            .filter_map(|(_, n)| n.as_f64())
+            .sum()
+    })
 }
 
 fn events_per_second(records: &[serde_json::Value], field: &str) -> anyhow::Result<f64> {
@@ -254,7 +264,7 @@ fn events_per_second(records: &[serde_json::Value], field: &str) -> anyhow::Resu
     let events = summary[field]
         .as_f64()
         .ok_or_else(|| anyhow!("summary has no {field}"))?;
-    let secs = summary["duration_s"].as_f64().unwrap_or(1.0).max(0.001);
+    let secs = (summary["interval_ns"].as_f64().unwrap_or(1e9) / 1e9).max(0.001);
     Ok(events / secs)
 }
 

@@ -1,8 +1,7 @@
-//! Shared command-line arguments (`[INTERVAL [COUNT]]`, `-d`, `-T`, `--json`, `-v`), the
-//! interval/Ctrl-C loop every tool runs, and error reporting in `main`.
+//! Shared command-line arguments (`[INTERVAL [COUNT]]`, `-d`, `-T`, `--json`, `-v`) and the
+//! clock that paces a trace (intervals, COUNT, `--duration`, Ctrl-C and SIGTERM).
 
 use std::{
-    process::ExitCode,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -155,19 +154,6 @@ impl Ticker {
                 wake.saturating_duration_since(now)
                     .min(Duration::from_millis(50)),
             );
-        }
-    }
-}
-
-/// Runs a tool's `run`, printing `tool: error: <cause chain>` and exiting 1 on failure.
-/// Usage errors never get here: clap prints them and exits 2.
-pub fn report_errors(tool: &str, result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("{tool}: error: {}", chain.join(": "));
-            ExitCode::FAILURE
         }
     }
 }

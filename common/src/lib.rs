@@ -4,7 +4,7 @@
 //! - [`tracefs`]: find or mount tracefs, read tracepoint field offsets.
 //! - [`cgroup`]: cgroup v2 mount, ids, paths and container lookup.
 //! - [`target`]: `--pid` / `--container` / `--cgroup` / `--comm` → the in-kernel filter.
-//! - [`output`]: sizes, durations, log2 histograms, tables, NDJSON, timestamps.
+//! - [`output`]: where data goes (stdout, buffered), sizes, durations, log2 histograms, tables, timestamps.
 //! - [`kernel_btf`]: offsets of kernel struct members, from the running kernel's BTF.
 //! - [`elf`]: symbols (also from separate debug files), file offsets, build-ids.
 //! - [`perf`]: uprobe perf events with semaphores and BPF links with cookies (for USDT).
@@ -16,7 +16,9 @@
 //! - [`system`]: page size and other facts about this machine.
 //! - [`sql`]: statement normalization (constants → `$n`), as pg_stat_statements does.
 //! - [`latency`]: latency aggregation with percentiles.
-//! - [`cli`]: shared command-line arguments, the interval loop, error reporting in `main`.
+//! - [`cli`]: shared command-line arguments and the interval clock.
+//! - [`runtime`]: the life cycle every tool shares (start, live loop, final report, exit).
+//! - [`records`]: the NDJSON vocabulary every tool's records follow.
 pub mod cgroup;
 pub mod cli;
 pub mod elf;
@@ -29,6 +31,8 @@ pub mod postgres;
 pub mod query;
 pub mod query_probes;
 pub mod query_string;
+pub mod records;
+pub mod runtime;
 pub mod sql;
 pub mod system;
 pub mod target;

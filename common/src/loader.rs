@@ -148,17 +148,32 @@ pub fn record<T: aya::Pod>(item: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) })
 }
 
-/// Waits up to `timeout_ms` for `fd` (a ring buffer) to become readable. The tools' kernel
+/// Waits up to `timeout` for `fd` (a ring buffer) to become readable. The tools' kernel
 /// sides do not wake userspace per event (that costs more than the event), so this is mostly
 /// a nap between drains.
-pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) {
+pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd that lives across the call.
-    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+/// Hands every whole `T` record waiting in `ring` to `each`, in order (items too short to
+/// be one are skipped); stops at the first error, leaving the rest for the next drain.
+pub fn drain_records<T: aya::Pod, E>(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    mut each: impl FnMut(&T) -> Result<(), E>,
+) -> Result<(), E> {
+    while let Some(item) = ring.next() {
+        if let Some(r) = record::<T>(&item) {
+            each(&r)?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads `object` (embedded with `aya::include_bytes_aligned!`) after `configure` set its

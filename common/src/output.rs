@@ -1,7 +1,7 @@
 //! Presentation helpers: human sizes and durations, bcc-style log2 histograms, tables that
 //! fit the terminal, NDJSON lines, timestamps.
 
-use std::io::{self, Write as _};
+use std::io::{self, Write};
 
 use tabled::{
     builder::Builder,
@@ -117,18 +117,64 @@ pub fn cut_to_width(line: &str, width: Option<usize>) -> String {
     }
 }
 
-/// Writes one NDJSON line to stdout. Returns false when stdout is gone (closed pipe).
-pub fn json_line(value: &serde_json::Value) -> bool {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer(&mut out, value).is_ok()
-        && out.write_all(b"\n").is_ok()
-        && out.flush().is_ok()
+/// Where a tool's data goes: stdout (buffered; the runtime flushes after each step) as
+/// tables and lines, or as NDJSON records. Every write returns `io::Result`: a closed pipe
+/// travels up as an error and [`crate::runtime`] ends the tool quietly.
+pub struct Output {
+    writer: Box<dyn Write>,
+    /// `--json`: records, not tables.
+    pub json: bool,
+    /// `-T`: lines and report headers begin with the time.
+    pub timestamp: bool,
+    /// The terminal's width, when stdout is one (tables and lines are cut to it).
+    pub width: Option<usize>,
 }
 
-/// Writes text to stdout. Returns false when stdout is gone (closed pipe).
-pub fn print(text: &str) -> bool {
-    let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes()).is_ok() && out.flush().is_ok()
+impl Output {
+    /// Buffered stdout, shaped by the output arguments.
+    pub fn stdout(args: &crate::cli::OutputArgs) -> Output {
+        Output {
+            writer: Box::new(io::BufWriter::with_capacity(64 * 1024, io::stdout())),
+            json: args.json,
+            timestamp: args.timestamp,
+            width: terminal_width(),
+        }
+    }
+
+    /// Output into any writer (tests, a file), without a width.
+    pub fn to_writer(writer: Box<dyn Write>, json: bool) -> Output {
+        Output {
+            writer,
+            json,
+            timestamp: false,
+            width: None,
+        }
+    }
+
+    /// Writes text as it is.
+    pub fn text(&mut self, text: &str) -> io::Result<()> {
+        self.writer.write_all(text.as_bytes())
+    }
+
+    /// Writes one NDJSON line: `record` serialized (a `#[derive(Serialize)]` type).
+    pub fn record<T: serde::Serialize + ?Sized>(&mut self, record: &T) -> io::Result<()> {
+        serde_json::to_writer(&mut self.writer, record)?;
+        self.writer.write_all(b"\n")
+    }
+
+    /// Sends what is buffered to stdout.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+
+    /// "HH:MM:SS " with `-T`, else nothing: the start of a report header.
+    pub fn prefix(&self) -> String {
+        if self.timestamp {
+            format!("{} ", hms_now())
+        } else {
+            String::new()
+        }
+    }
 }
 
 /// Local wall-clock time as HH:MM:SS, for `-T` and interval headers.
@@ -150,11 +196,11 @@ pub fn hms_of(unix_secs: i64) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch, the timestamp of every NDJSON record.
-pub fn unix_ms() -> u64 {
+/// Nanoseconds since the Unix epoch: `ts_ns`, the timestamp of every NDJSON record.
+pub fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A NUL-padded kernel string (comm) as text.

@@ -36,6 +36,8 @@ pub struct CommArg {
 pub struct Target {
     /// Thread-group ids to trace; empty means no pid filter.
     pub tgids: Vec<u32>,
+    /// The processes named with `--pid` (without the descendants followed since).
+    roots: Vec<u32>,
     /// cgroup subtree to trace.
     pub cgroup: Option<Cgroup>,
     /// Set when the cgroup came from `--container`.
@@ -80,6 +82,7 @@ impl Target {
             bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
             t.comm = Some(bytes);
         }
+        t.roots = t.tgids.clone();
         t.tgid_filter_on = u32::from(!t.tgids.is_empty());
         t.cgroup_id = t.cgroup.as_ref().map_or(0, |c| c.id);
         t.cgroup_level = t.cgroup.as_ref().map_or(0, |c| c.level);
@@ -111,6 +114,11 @@ impl Target {
             s.push_str(&format!(", comm {}", String::from_utf8_lossy(&c[..n])));
         }
         s
+    }
+
+    /// The processes named with `--pid`: once all have exited, nothing is left to trace.
+    pub fn roots(&self) -> Vec<u32> {
+        self.roots.clone()
     }
 
     /// The processes the target covers now: the pids, the cgroup's processes, or those whose

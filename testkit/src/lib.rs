@@ -5,6 +5,7 @@
 //! - [`container`]: podman containers run with runc on the host's own root filesystem.
 //! - [`memcg`]: a hand-made memory cgroup with a limit, for pressure outside containers.
 //! - [`tool`]: run a pgbpf tool until it has attached, stop it with Ctrl-C, collect output.
+//! - [`schema`]: check a tool's real NDJSON output against its JSON Schema.
 //! - [`skip`]: a test that cannot run on this machine says so, with the reason.
 //! - [`exclusive`]: one privileged test at a time, so counters of the whole machine
 //!   (/proc/vmstat, tracepoint hit counts) are not disturbed by another test.
@@ -15,6 +16,7 @@
 pub mod container;
 pub mod memcg;
 pub mod postgres;
+pub mod schema;
 pub mod tool;
 
 use std::{fs::File, path::PathBuf, process::Command};

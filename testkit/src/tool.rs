@@ -203,3 +203,87 @@ pub fn run_tool(bin: &str, args: &[&str]) -> Finished {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// What `tool ARGS | head -1` did.
+#[derive(Debug)]
+pub struct HeadRun {
+    /// The tool's exit status.
+    pub status: ExitStatus,
+    /// The line `head` printed.
+    pub first_line: String,
+    pub stderr: String,
+    /// How long the tool ran.
+    pub ran: Duration,
+}
+
+/// Runs `bin args | head -1` as a shell would: the tool's stdout is a pipe whose reader
+/// exits after the first line, so the tool's later writes meet a closed pipe.
+pub fn into_head(bin: &str, args: &[&str]) -> anyhow::Result<HeadRun> {
+    let started = Instant::now();
+    let mut tool = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {bin}"))?;
+    let pipe = tool.stdout.take().context("no stdout pipe")?;
+    let head = Command::new("head")
+        .arg("-n1")
+        .stdin(Stdio::from(pipe))
+        .output()
+        .context("running head")?;
+    let status = loop {
+        if let Some(s) = tool.try_wait()? {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = tool.kill();
+            bail!("{bin} did not exit within 60 s after its reader closed the pipe");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ran = started.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut e) = tool.stderr.take() {
+        e.read_to_string(&mut stderr)?;
+    }
+    Ok(HeadRun {
+        status,
+        first_line: String::from_utf8_lossy(&head.stdout).into_owned(),
+        stderr,
+        ran,
+    })
+}
+
+/// Asserts that `bin args | head -1` printed a line and that the tool then ended by itself
+/// before `would_run` (its later output met the closed pipe), exiting 0 with nothing on stderr
+/// but its start-up line.
+pub fn assert_quiet_in_head(bin: &str, args: &[&str], would_run: Duration) {
+    let run = into_head(bin, args).expect("running the tool into head");
+    assert!(
+        run.status.success(),
+        "{bin} {args:?} | head -1 exited with {}; stderr:\n{}",
+        run.status,
+        run.stderr
+    );
+    assert!(
+        !run.first_line.is_empty(),
+        "no line came out of {bin} {args:?}"
+    );
+    let other: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains(ATTACHED))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "{bin} {args:?} | head -1 printed on stderr:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.ran < would_run,
+        "{bin} {args:?} ran {:?} into a closed pipe (it would have ended by itself at {would_run:?})",
+        run.ran
+    );
+}

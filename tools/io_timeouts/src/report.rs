@@ -1,13 +1,31 @@
 //! Throttling tables per (process, statement), the writeback table by device and reason,
 //! block latency histograms per process; every pause as it happens with --each; or NDJSON.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    io,
+    time::{Duration, Instant},
+};
 
 use io_timeouts_ebpf::{IoEvent, kind, statement};
-use pgbpf_common::{output, query, query_string::IdleLabels, sql::normalize, system};
-use serde_json::json;
+use pgbpf_common::{
+    output::{self, Output},
+    query,
+    query_string::IdleLabels,
+    records::{self, Scope},
+    sql::normalize,
+    system,
+};
 
-use crate::Args;
+use crate::{
+    Args,
+    records::{Block, Dirty, Lost, Pause, PauseCause, Reclaim, Record, Totals, Writeback},
+};
+
+/// Milliseconds (the kernel's unit for dirty-page pauses) as the records' nanoseconds.
+const NS_PER_MS: u64 = 1_000_000;
+/// Microseconds (the kernel's unit for reclaim throttling) as nanoseconds.
+const NS_PER_US: u64 = 1_000;
 
 /// Symbolic names the kernel prints for numeric fields, read from the format files.
 pub struct Names {
@@ -160,12 +178,9 @@ impl Period {
 }
 
 pub struct Reporter {
-    json: bool,
-    timestamp: bool,
     each: bool,
     block: bool,
     top: usize,
-    width: Option<usize>,
     names: Names,
     page_bytes: u64,
     interval: Period,
@@ -184,12 +199,9 @@ fn mib(pages: u64, page_bytes: u64) -> String {
 impl Reporter {
     pub fn new(args: &Args, names: Names) -> Reporter {
         Reporter {
-            json: args.out.json,
-            timestamp: args.out.timestamp,
             each: args.each,
             block: args.block,
             top: args.top.max(1),
-            width: output::terminal_width(),
             names,
             page_bytes: system::page_size(),
             interval: Period::default(),
@@ -201,8 +213,8 @@ impl Reporter {
         }
     }
 
-    /// One event. Returns false once stdout is gone.
-    pub fn event(&mut self, ev: &IoEvent) -> bool {
+    /// One event.
+    pub fn event(&mut self, out: &mut Output, ev: &IoEvent) -> io::Result<()> {
         self.events += 1;
         let query = match ev.statement {
             statement::RUNNING => normalize(&query::text_of(&ev.query, ev.query_len)),
@@ -220,69 +232,44 @@ impl Reporter {
         self.interval.add(ev, &who, &self.names);
         self.total.add(ev, &who, &self.names);
         if self.each && matches!(ev.kind, kind::DIRTY_PAUSE | kind::RECLAIM_THROTTLE) {
-            return self.print_each(ev, &who);
+            return print_each(out, ev, &who);
         }
-        true
+        Ok(())
     }
 
-    fn print_each(&self, ev: &IoEvent, who: &Who) -> bool {
-        let (what, ms) = if ev.kind == kind::DIRTY_PAUSE {
-            ("dirty pause", ev.a as f64)
-        } else {
-            ("reclaim wait", ev.a as f64 / 1000.0)
-        };
-        if self.json {
-            return output::json_line(&json!({
-                "type": "each",
-                "ts_ms": output::unix_ms(),
-                "event": what,
-                "pid": who.pid,
-                "tid": ev.tid,
-                "comm": who.comm,
-                "ms": ms,
-                "query": who.query,
-            }));
-        }
-        let line = format!(
-            "{}{:<7} {:<15} {what:<12} {ms:>8.1} ms  {}",
-            self.prefix(),
-            who.pid,
-            who.comm,
-            output::one_line(&who.query)
-        );
-        output::print(&format!("{}\n", output::cut_to_width(&line, self.width)))
-    }
-
-    pub fn interval(&mut self, lost: u64) -> bool {
-        let secs = self.last_report.elapsed().as_secs_f64();
+    pub fn interval(&mut self, out: &mut Output, lost: u64) -> io::Result<()> {
+        let period = self.last_report.elapsed();
         self.last_report = Instant::now();
         let p = std::mem::take(&mut self.interval);
-        self.report("interval", &format!("in the last {secs:.0}s"), &p, lost)
+        let when = format!("in the last {:.0}s", period.as_secs_f64());
+        self.report(out, Scope::Interval, period, &when, &p, lost)
     }
 
-    pub fn summary(&mut self, lost: u64) {
-        let secs = self.started.elapsed().as_secs_f64();
+    pub fn finish(&mut self, out: &mut Output, lost: u64) -> io::Result<()> {
+        let period = self.started.elapsed();
         let p = std::mem::take(&mut self.total);
-        self.report("total", &format!("in {secs:.0}s"), &p, lost);
+        let when = format!("in {:.0}s", period.as_secs_f64());
+        self.report(out, Scope::Total, period, &when, &p, lost)
     }
 
-    fn prefix(&self) -> String {
-        if self.timestamp {
-            format!("{} ", output::hms_now())
-        } else {
-            String::new()
+    fn report(
+        &self,
+        sink: &mut Output,
+        scope: Scope,
+        period: Duration,
+        when: &str,
+        p: &Period,
+        lost: u64,
+    ) -> io::Result<()> {
+        if sink.json {
+            return self.json_report(sink, scope, period, p, lost);
         }
-    }
-
-    fn report(&self, scope: &str, when: &str, p: &Period, lost: u64) -> bool {
-        if self.json {
-            return self.json_report(scope, p, lost);
-        }
+        let width = sink.width;
         let mut out = String::new();
         let pauses: u64 = p.dirty.values().map(|d| d.count).sum();
         out.push_str(&format!(
             "{}Dirty-page throttling: {pauses} pauses {when}\n",
-            self.prefix()
+            sink.prefix()
         ));
         let mut dirty: Vec<_> = p.dirty.iter().collect();
         dirty.sort_by(|a, b| b.1.total_ms.cmp(&a.1.total_ms).then(a.0.cmp(b.0)));
@@ -317,7 +304,7 @@ impl Reporter {
                 "BDI",
                 "QUERY",
             ];
-            out.push_str(&output::table(&header, &rows, self.width));
+            out.push_str(&output::table(&header, &rows, width));
             out.push('\n');
             more(&mut out, dirty.len(), self.top);
         }
@@ -344,7 +331,7 @@ impl Reporter {
             let header = [
                 "PID", "COMM", "WAITS", "TOTAL_MS", "MAX_MS", "REASONS", "QUERY",
             ];
-            out.push_str(&output::table(&header, &rows, self.width));
+            out.push_str(&output::table(&header, &rows, width));
             out.push('\n');
             more(&mut out, reclaim.len(), self.top);
         }
@@ -371,7 +358,7 @@ impl Reporter {
             out.push_str(&output::table(
                 &["BDI", "REASON", "WORKS", "PAGES", "MB"],
                 &rows,
-                self.width,
+                width,
             ));
             out.push('\n');
         }
@@ -393,57 +380,118 @@ impl Reporter {
             more(&mut out, block.len(), self.top);
         }
         out.push_str(&format!("lost: {lost} events (ring buffer full)\n\n"));
-        output::print(&out)
+        sink.text(&out)
     }
 
-    fn json_report(&self, scope: &str, p: &Period, lost: u64) -> bool {
-        let ts = output::unix_ms();
-        let mut ok = true;
+    fn json_report(
+        &self,
+        out: &mut Output,
+        scope: Scope,
+        period: Duration,
+        p: &Period,
+        lost: u64,
+    ) -> io::Result<()> {
+        let ts_ns = output::unix_ns();
+        let interval_ns = records::ns(period);
         for (w, d) in &p.dirty {
-            ok &= output::json_line(&json!({
-                "type": "dirty", "scope": scope, "ts_ms": ts,
-                "pid": w.pid, "comm": w.comm, "query": w.query,
-                "pauses": d.count, "total_ms": d.total_ms, "max_ms": d.max_ms,
-                "period_ms_sum": d.period_ms, "max_dirty_pages": d.max_dirty,
-                "limit_pages": d.last_limit, "bdi": d.bdi,
-            }));
+            out.record(&Record::Dirty(Dirty {
+                scope,
+                ts_ns,
+                interval_ns,
+                pid: w.pid,
+                comm: &w.comm,
+                query: &w.query,
+                pauses: d.count,
+                total_ns: d.total_ms * NS_PER_MS,
+                max_ns: d.max_ms * NS_PER_MS,
+                period_sum_ns: d.period_ms * NS_PER_MS,
+                max_dirty_pages: d.max_dirty,
+                limit_pages: d.last_limit,
+                bdi: &d.bdi,
+            }))?;
         }
         for (who, w) in &p.reclaim {
-            ok &= output::json_line(&json!({
-                "type": "reclaim", "scope": scope, "ts_ms": ts,
-                "pid": who.pid, "comm": who.comm, "query": who.query,
-                "waits": w.count, "total_us": w.total_us, "max_us": w.max_us,
-                "reasons": throttle_reasons(w.reasons),
-            }));
+            out.record(&Record::Reclaim(Reclaim {
+                scope,
+                ts_ns,
+                interval_ns,
+                pid: who.pid,
+                comm: &who.comm,
+                query: &who.query,
+                waits: w.count,
+                total_ns: w.total_us * NS_PER_US,
+                max_ns: w.max_us * NS_PER_US,
+                reasons: throttle_reasons(w.reasons),
+            }))?;
         }
         for ((bdi, reason), w) in &p.writeback {
-            ok &= output::json_line(&json!({
-                "type": "writeback", "scope": scope, "ts_ms": ts,
-                "bdi": bdi, "reason": reason, "works": w.works, "pages": w.pages,
-            }));
+            out.record(&Record::Writeback(Writeback {
+                scope,
+                ts_ns,
+                interval_ns,
+                bdi,
+                reason,
+                works: w.works,
+                pages: w.pages,
+            }))?;
         }
         for (pid, b) in &p.block {
-            ok &= output::json_line(&json!({
-                "type": "block", "scope": scope, "ts_ms": ts,
-                "pid": pid, "comm": b.comm, "requests": b.requests, "bytes": b.bytes,
-                "errors": b.errors, "hist_log2_us": b.log2_us,
-            }));
+            out.record(&Record::Block(Block {
+                scope,
+                ts_ns,
+                interval_ns,
+                pid: *pid,
+                comm: &b.comm,
+                requests: b.requests,
+                bytes: b.bytes,
+                errors: b.errors,
+                hist_log2_us: b.log2_us.clone(),
+            }))?;
         }
-        let kind = if scope == "total" {
-            "summary"
-        } else {
-            "totals"
+        let totals = Totals {
+            ts_ns,
+            interval_ns,
+            pauses: p.dirty.values().map(|d| d.count).sum(),
+            reclaim_waits: p.reclaim.values().map(|w| w.count).sum(),
+            writeback_pages: p.writeback.values().map(|w| w.pages).sum(),
+            events: self.events,
+            lost: Lost { ringbuf_full: lost },
         };
-        ok && output::json_line(&json!({
-            "type": kind, "scope": scope, "ts_ms": ts,
-            "duration_s": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-            "pauses": p.dirty.values().map(|d| d.count).sum::<u64>(),
-            "reclaim_waits": p.reclaim.values().map(|w| w.count).sum::<u64>(),
-            "writeback_pages": p.writeback.values().map(|w| w.pages).sum::<u64>(),
-            "events": self.events,
-            "lost": lost,
-        }))
+        out.record(&match scope {
+            Scope::Interval => Record::Interval(totals),
+            Scope::Total => Record::Summary(totals),
+        })
     }
+}
+
+/// `--each`: a pause or a wait as it happens.
+fn print_each(out: &mut Output, ev: &IoEvent, who: &Who) -> io::Result<()> {
+    let (cause, what, ns) = if ev.kind == kind::DIRTY_PAUSE {
+        (PauseCause::DirtyPages, "dirty pause", ev.a * NS_PER_MS)
+    } else {
+        (PauseCause::Reclaim, "reclaim wait", ev.a * NS_PER_US)
+    };
+    if out.json {
+        return out.record(&Record::Pause(Pause {
+            ts_ns: output::unix_ns(),
+            cause,
+            pid: who.pid,
+            tid: ev.tid,
+            comm: &who.comm,
+            duration_ns: ns,
+            query: &who.query,
+        }));
+    }
+    let line = format!(
+        "{}{:<7} {:<15} {what:<12} {:>8.1} ms  {}",
+        out.prefix(),
+        who.pid,
+        who.comm,
+        ns as f64 / 1e6,
+        output::one_line(&who.query)
+    );
+    let line = output::cut_to_width(&line, out.width);
+    out.text(&format!("{line}\n"))
 }
 
 fn more(out: &mut String, rows: usize, top: usize) {

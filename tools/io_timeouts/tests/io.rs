@@ -19,11 +19,15 @@
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, path::PathBuf, process::Command, thread};
+use std::{collections::HashMap, path::PathBuf, process::Command, thread, time::Duration};
 
 use pgbpf_testkit::{
-    exclusive, memcg::MemoryCgroup, postgres::Postgres, require_root, skip, statement_key,
-    tool::Traced, vmstat,
+    exclusive,
+    memcg::MemoryCgroup,
+    postgres::Postgres,
+    require_root, schema, skip, statement_key,
+    tool::{Traced, assert_quiet_in_head},
+    vmstat,
 };
 use serde_json::Value;
 
@@ -144,7 +148,7 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
 
     // Low enough that this VM's fast disk cannot keep the writers under the limit.
     let _limits = DirtyLimits::set(4 << 20, 1 << 20);
-    let traced = Traced::start(BIN, &["--json"]).unwrap();
+    let traced = Traced::start(BIN, &["--json", "--each"]).unwrap();
     let written_before = vmstat(&["nr_written"]);
     let ftrace = FtraceCount::start("writeback/balance_dirty_pages", "pause > 0");
     let dd = {
@@ -168,7 +172,20 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     let records = finished.json();
     let summary = records.last().unwrap();
     assert_eq!(summary["type"], "summary", "{summary}");
-    assert_eq!(summary["lost"], 0);
+    let kinds = schema::validate("io_timeouts", &records);
+    for kind in ["pause", "dirty", "writeback"] {
+        assert!(
+            kinds.contains(&kind.to_string()),
+            "no {kind} record: {kinds:?}"
+        );
+    }
+    // --each printed every pause the totals count.
+    let each = records
+        .iter()
+        .filter(|r| r["type"] == "pause" && r["cause"] == "dirty_pages")
+        .count() as u64;
+    assert_eq!(Some(each), summary["pauses"].as_u64(), "{summary}");
+    assert_eq!(summary["lost"]["ringbuf_full"], 0);
 
     // Pauses: every one ftrace saw, per process, and no other.
     let dirty: Vec<&Value> = totals(&records, "dirty");
@@ -212,7 +229,7 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
         "{backend_rows:?}"
     );
     for r in &dirty {
-        assert!(r["max_ms"].as_u64().unwrap() <= r["total_ms"].as_u64().unwrap());
+        assert!(r["max_ns"].as_u64().unwrap() <= r["total_ns"].as_u64().unwrap());
         assert!(r["limit_pages"].as_u64().unwrap() > 0, "{r}");
     }
 
@@ -274,6 +291,7 @@ fn block_latency_of_a_backends_reads_against_proc_io() {
     let finished = traced.stop().unwrap();
     assert!(finished.status.success(), "{}", finished.stderr);
     let records = finished.json();
+    assert!(schema::validate("io_timeouts", &records).contains(&"block".to_string()));
     let block: Vec<&Value> = totals(&records, "block");
     assert!(block.iter().all(|r| r["pid"] == pid), "{block:?}");
     let ours = block.first().expect("the backend's requests");
@@ -339,7 +357,7 @@ fn reclaim_waits_of_a_writer_in_a_small_memory_cgroup_match_ftrace() {
     };
     let pid = dd["pid"].as_u64().unwrap() as u32;
     let waits = dd["waits"].as_u64().unwrap();
-    eprintln!("dd {pid}: {waits} reclaim waits, {} us", dd["total_us"]);
+    eprintln!("dd {pid}: {waits} reclaim waits, {} ns", dd["total_ns"]);
     // Only the cgroup's processes are ours; ftrace saw the whole machine.
     assert!(
         reclaim
@@ -352,5 +370,14 @@ fn reclaim_waits_of_a_writer_in_a_small_memory_cgroup_match_ftrace() {
         dd["reasons"].as_str().unwrap().contains("writeback"),
         "{dd}"
     );
-    assert!(dd["max_us"].as_u64().unwrap() <= dd["total_us"].as_u64().unwrap());
+    assert!(dd["max_ns"].as_u64().unwrap() <= dd["total_ns"].as_u64().unwrap());
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly() {
+    require_root();
+    let _lock = exclusive();
+    let would_run = Duration::from_secs(5);
+    assert_quiet_in_head(BIN, &["1", "5"], would_run);
+    assert_quiet_in_head(BIN, &["--json", "1", "5"], would_run);
 }

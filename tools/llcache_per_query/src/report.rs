@@ -1,15 +1,31 @@
 //! Sample tables by (process, statement, CPU): interval and final reports with the totals line
 //! of bcc's llcstat, or NDJSON.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    io,
+    time::{Duration, Instant},
+};
 
 use llcache_per_query_ebpf::{
     KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, PROTOCOL_UNREADABLE, SampleCounts, SampleKey, counter,
 };
-use pgbpf_common::{output, query, query_string::IdleLabels, sql::normalize};
-use serde_json::json;
+use pgbpf_common::{
+    output::{self, Output},
+    query,
+    query_string::IdleLabels,
+    records::{self, Scope},
+    sql::normalize,
+};
 
-use crate::{Args, events::Event};
+use crate::{
+    Args,
+    events::Event,
+    records::{EventCount, EventCounts, Lost, Record, Row as RowRecord, Totals},
+};
+
+/// The kernel side's COUNTERS, summed over CPUs.
+pub type Counters = [u64; counter::COUNT as usize];
 
 /// Width of the QUERY column when stdout is not a terminal (JSON carries the whole text).
 const QUERY_COLUMN_MAX: usize = 60;
@@ -78,10 +94,7 @@ impl Period {
 
 pub struct Reporter {
     events: Vec<Event>,
-    json: bool,
-    timestamp: bool,
     top: usize,
-    width: Option<usize>,
     interval: Period,
     total: Period,
     idle_labels: IdleLabels,
@@ -93,10 +106,7 @@ impl Reporter {
     pub fn new(args: &Args, events: Vec<Event>) -> Reporter {
         Reporter {
             events,
-            json: args.out.json,
-            timestamp: args.out.timestamp,
             top: args.top.max(1),
-            width: output::terminal_width(),
             interval: Period::default(),
             total: Period::default(),
             idle_labels: IdleLabels::default(),
@@ -128,38 +138,37 @@ impl Reporter {
         }
     }
 
-    /// Prints the interval's table. Returns false once stdout is gone.
-    pub fn interval(&mut self, counters: &[u64; counter::COUNT as usize]) -> bool {
-        let secs = self.last_report.elapsed().as_secs_f64();
+    /// Prints the interval's table.
+    pub fn interval(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
+        let period = self.last_report.elapsed();
         self.last_report = Instant::now();
-        let period = std::mem::take(&mut self.interval);
-        self.report(
-            "interval",
-            &format!("in the last {secs:.0}s"),
-            &period,
-            counters,
-        )
+        let stats = std::mem::take(&mut self.interval);
+        let when = format!("in the last {:.0}s", period.as_secs_f64());
+        self.report(out, Scope::Interval, period, &when, &stats, counters)
     }
 
     /// Prints the table of the whole run.
-    pub fn summary(&mut self, counters: &[u64; counter::COUNT as usize]) {
-        let secs = self.started.elapsed().as_secs_f64();
+    pub fn finish(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
+        let period = self.started.elapsed();
         let total = std::mem::take(&mut self.total);
-        self.report("total", &format!("in {secs:.0}s"), &total, counters);
+        let when = format!("in {:.0}s", period.as_secs_f64());
+        self.report(out, Scope::Total, period, &when, &total, counters)
     }
 
     fn report(
         &self,
-        scope: &str,
+        sink: &mut Output,
+        scope: Scope,
+        period: Duration,
         when: &str,
         p: &Period,
-        counters: &[u64; counter::COUNT as usize],
-    ) -> bool {
-        if self.json {
-            return self.json_report(scope, p, counters);
+        counters: &Counters,
+    ) -> io::Result<()> {
+        if sink.json {
+            return self.json_report(sink, scope, period, p, counters);
         }
         let samples: u64 = p.totals().iter().sum();
-        let mut out = format!("{}{samples} samples {when}\n", self.prefix());
+        let mut out = format!("{}{samples} samples {when}\n", sink.prefix());
         let sorted = p.sorted();
         if !sorted.is_empty() {
             let mut header = vec!["PID", "QUERY", "CPU"];
@@ -171,9 +180,9 @@ impl Reporter {
             let rows: Vec<Vec<String>> = sorted
                 .iter()
                 .take(self.top)
-                .map(|(k, r)| self.row(k, r))
+                .map(|(k, r)| self.row(sink.width, k, r))
                 .collect();
-            out.push_str(&output::table(&header, &rows, self.width));
+            out.push_str(&output::table(&header, &rows, sink.width));
             out.push('\n');
             if sorted.len() > self.top {
                 out.push_str(&format!("({} more rows)\n", sorted.len() - self.top));
@@ -182,7 +191,7 @@ impl Reporter {
         out.push('\n');
         out.push_str(&self.totals_line(&p.totals()));
         out.push_str(&format!("\n{}\n\n", lost_text(counters)));
-        output::print(&out)
+        sink.text(&out)
     }
 
     /// Slots of cache-references and cache-misses, when both are sampled.
@@ -209,12 +218,12 @@ impl Reporter {
         }
     }
 
-    fn row(&self, k: &RowKey, r: &Row) -> Vec<String> {
+    fn row(&self, width: Option<usize>, k: &RowKey, r: &Row) -> Vec<String> {
         let mut query = output::one_line(&k.query);
         if r.truncated {
             query.push('…');
         }
-        if self.width.is_none() {
+        if width.is_none() {
             query = output::cut_to_width(&query, Some(QUERY_COLUMN_MAX));
         }
         let mut cells = vec![k.pid.to_string(), query, k.cpu.to_string()];
@@ -251,72 +260,67 @@ impl Reporter {
         parts.join(" ")
     }
 
-    fn json_report(
-        &self,
-        scope: &str,
-        p: &Period,
-        counters: &[u64; counter::COUNT as usize],
-    ) -> bool {
-        let ts = output::unix_ms();
-        let events_json = |samples: &[u64; MAX_EVENTS]| {
-            let mut m = serde_json::Map::new();
-            for (slot, e) in self.events.iter().enumerate() {
-                m.insert(
-                    e.kind.name.to_string(),
-                    json!({"samples": samples[slot], "period": e.period, "estimate": e.estimate(samples[slot])}),
-                );
-            }
-            serde_json::Value::Object(m)
-        };
-        let mut ok = true;
-        for (k, r) in p.sorted() {
-            ok &= output::json_line(&json!({
-                "type": "row",
-                "scope": scope,
-                "ts_ms": ts,
-                "pid": k.pid,
-                "cpu": k.cpu,
-                "query": k.query,
-                "statement": r.statement,
-                "truncated": r.truncated,
-                "events": events_json(&r.samples),
-                "hit_pct": self.hit_pct(&r.samples),
-            }));
-        }
-        let totals = p.totals();
-        // The whole run's totals are the summary record, as in every tool.
-        let kind = if scope == "total" {
-            "summary"
-        } else {
-            "totals"
-        };
-        ok && output::json_line(&json!({
-            "type": kind,
-            "scope": scope,
-            "samples": totals.iter().sum::<u64>(),
-            "ts_ms": ts,
-            "duration_s": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-            "events": events_json(&totals),
-            "hit_pct": self.hit_pct(&totals),
-            "lost": {
-                "map_full": counters[counter::MAP_FULL as usize],
-                "context_full": counters[counter::CONTEXT_FULL as usize],
-                "began_before_attach": counters[counter::DONE_WITHOUT_START as usize],
-                "statement_not_read": counters[counter::UNREADABLE as usize],
-            },
-        }))
+    fn event_counts(&self, samples: &[u64; MAX_EVENTS]) -> EventCounts {
+        self.events
+            .iter()
+            .enumerate()
+            .map(|(slot, e)| {
+                let count = EventCount {
+                    samples: samples[slot],
+                    period: e.period,
+                    estimate: samples[slot].saturating_mul(e.period),
+                };
+                (e.kind.name, count)
+            })
+            .collect()
     }
 
-    fn prefix(&self) -> String {
-        if self.timestamp {
-            format!("{} ", output::hms_now())
-        } else {
-            String::new()
+    fn json_report(
+        &self,
+        out: &mut Output,
+        scope: Scope,
+        period: Duration,
+        p: &Period,
+        c: &Counters,
+    ) -> io::Result<()> {
+        let ts_ns = output::unix_ns();
+        let interval_ns = records::ns(period);
+        for (k, r) in p.sorted() {
+            out.record(&Record::Row(RowRecord {
+                scope,
+                ts_ns,
+                interval_ns,
+                pid: k.pid,
+                cpu: k.cpu,
+                query: &k.query,
+                statement: r.statement,
+                truncated: r.truncated,
+                events: self.event_counts(&r.samples),
+                hit_pct: self.hit_pct(&r.samples),
+            }))?;
         }
+        let totals = p.totals();
+        let record = Totals {
+            ts_ns,
+            interval_ns,
+            samples: totals.iter().sum(),
+            events: self.event_counts(&totals),
+            hit_pct: self.hit_pct(&totals),
+            lost: Lost {
+                map_full: c[counter::MAP_FULL as usize],
+                context_full: c[counter::CONTEXT_FULL as usize],
+                began_before_attach: c[counter::DONE_WITHOUT_START as usize],
+                statement_not_read: c[counter::UNREADABLE as usize],
+            },
+        };
+        out.record(&match scope {
+            Scope::Interval => Record::Interval(record),
+            Scope::Total => Record::Summary(record),
+        })
     }
 }
 
-fn lost_text(c: &[u64; counter::COUNT as usize]) -> String {
+fn lost_text(c: &Counters) -> String {
     let mut s = format!(
         "lost: {} samples (sample map full); {} samples with statement not read",
         c[counter::MAP_FULL as usize],

@@ -18,13 +18,13 @@
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, process::Command, thread};
+use std::{collections::HashMap, process::Command, thread, time::Duration};
 
 use pgbpf_testkit::{
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, skip, statement_key,
-    tool::{Traced, run_tool},
+    require_root, schema, skip, statement_key,
+    tool::{Traced, assert_quiet_in_head, run_tool},
 };
 use serde_json::Value;
 
@@ -120,6 +120,8 @@ fn cpu_clock_against_pg_stat_statements(mode: &[&str]) {
     let finished = traced.stop().unwrap();
     assert!(finished.status.success(), "{}", finished.stderr);
     let records = finished.json();
+    let kinds = schema::validate("llcache_per_query", &records);
+    assert_eq!(kinds, ["row", "summary"], "record kinds");
     let pgss: HashMap<String, f64> = pg
         .psql(
             "select query, sum(total_exec_time) from pg_stat_statements \
@@ -494,4 +496,26 @@ fn interval_reports_end_after_count_with_llcstats_totals_line() {
         "{}",
         reports[2]
     );
+    // The same as NDJSON: each report's rows, its interval record, the summary last.
+    let j = run_tool(BIN, &["-e", "cpu-clock", "-p", &pm, "--json", "1", "1"]);
+    assert!(j.status.success(), "{j:?}");
+    let records = j.json();
+    let kinds = schema::validate("llcache_per_query", &records);
+    assert!(
+        kinds.ends_with(&["interval".into(), "summary".into()]),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start().unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let would_run = Duration::from_secs(5);
+    let text = ["-e", "cpu-clock", "-p", &pm, "1", "5"];
+    assert_quiet_in_head(BIN, &text, would_run);
+    let json = ["-e", "cpu-clock", "-p", &pm, "--json", "1", "5"];
+    assert_quiet_in_head(BIN, &json, would_run);
 }

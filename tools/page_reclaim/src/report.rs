@@ -1,13 +1,23 @@
 //! Turns cumulative kernel counters into interval and final reports (tables or NDJSON).
 //! Pure apart from stdout and the cgroup-name lookup, so the arithmetic is unit-tested.
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::HashMap,
+    io,
+    time::{Duration, Instant},
+};
 
 use page_reclaim_ebpf::{HIST_SLOTS, KIND_DIRECT, KIND_MEMCG, KINDS, ReclaimKey, counter};
-use pgbpf_common::{cgroup::CgroupNames, output};
-use serde_json::json;
+use pgbpf_common::{
+    cgroup::CgroupNames,
+    output::{self, Output},
+    records::{self, Scope},
+};
 
-use crate::Args;
+use crate::{
+    Args,
+    records::{CgroupRow, Lost, ProcessRow, Record, StallHistograms, Totals as TotalsRecord},
+};
 
 /// Reclaim by one process in one cgroup (summed over CPUs), cumulative since attach.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,6 +73,28 @@ pub struct Snapshot {
     pub processes: HashMap<ReclaimKey, Totals>,
     pub hist: [[u64; HIST_SLOTS]; KINDS],
     pub counters: [u64; counter::COUNT as usize],
+}
+
+impl Snapshot {
+    /// What the histograms and counters gained since `before` (the rows are diffed apart).
+    fn subtract(&mut self, before: &Snapshot) {
+        for (now, then) in self.hist.iter_mut().zip(&before.hist) {
+            for (n, t) in now.iter_mut().zip(then) {
+                *n = n.saturating_sub(*t);
+            }
+        }
+        // Losses are reported since attach in every record, as in the text reports.
+        let keep_since_attach = [
+            counter::STATS_MAP_FULL,
+            counter::STARTS_MAP_FULL,
+            counter::END_WITHOUT_BEGIN,
+        ];
+        for (i, (n, t)) in self.counters.iter_mut().zip(&before.counters).enumerate() {
+            if !keep_since_attach.contains(&(i as u32)) {
+                *n = n.saturating_sub(*t);
+            }
+        }
+    }
 }
 
 impl Default for Snapshot {
@@ -139,10 +171,7 @@ fn sort_rows(rows: &mut [Row]) {
 
 /// Prints reports in the format the arguments ask for.
 pub struct Reporter {
-    json: bool,
-    timestamp: bool,
     top: usize,
-    width: Option<usize>,
     target: String,
     page_size: u64,
     names: CgroupNames,
@@ -154,10 +183,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(args: &Args, target: String, page_size: u64) -> Reporter {
         Reporter {
-            json: args.out.json,
-            timestamp: args.out.timestamp,
             top: args.top.max(1),
-            width: output::terminal_width(),
             target,
             page_size,
             names: CgroupNames::new(),
@@ -167,63 +193,48 @@ impl Reporter {
         }
     }
 
-    /// Prints what happened since the previous report. Returns false once stdout is gone.
-    pub fn interval(&mut self, snap: &Snapshot) -> bool {
+    /// Prints what happened since the previous report.
+    pub fn interval(&mut self, out: &mut Output, snap: &Snapshot) -> io::Result<()> {
         let rows = process_rows(snap, self.previous.as_ref());
-        let secs = self.last_report.elapsed().as_secs_f64();
+        let period = self.last_report.elapsed();
         self.last_report = Instant::now();
-        let ok = if self.json {
-            self.json_rows("interval", secs, &rows)
+        let result = if out.json {
+            let mut since = snap.clone();
+            if let Some(before) = &self.previous {
+                since.subtract(before);
+            }
+            self.json_report(out, Scope::Interval, period, &rows, &since)
         } else {
-            let head = format!("{}reclaim in the last {secs:.0}s", self.prefix());
-            output::print(&self.tables(&head, &rows))
+            let head = format!(
+                "{}reclaim in the last {:.0}s",
+                out.prefix(),
+                period.as_secs_f64()
+            );
+            let text = self.tables(out.width, &head, &rows);
+            out.text(&text)
         };
         self.previous = Some(snap.clone());
-        ok
+        result
     }
 
     /// Prints the totals since attach, the stall histograms and the lost-event counts.
-    pub fn summary(&mut self, snap: &Snapshot) {
+    pub fn finish(&mut self, out: &mut Output, snap: &Snapshot) -> io::Result<()> {
         let rows = process_rows(snap, None);
-        let secs = self.started.elapsed().as_secs_f64();
-        let sum = rows.iter().fold(Totals::default(), |mut acc, r| {
-            acc.add(&r.totals);
-            acc
-        });
-        let c = &snap.counters;
-        if self.json {
-            self.json_rows("total", secs, &rows);
-            let hist = |k: usize| snap.hist[k][..last_used(&snap.hist[k])].to_vec();
-            output::json_line(&json!({
-                "type": "summary",
-                "ts_ms": output::unix_ms(),
-                "duration_s": round3(secs),
-                "target": self.target,
-                "reclaimed_bytes": sum.total_pages() * self.page_size,
-                "reclaimed_pages": sum.total_pages(),
-                "episodes": sum.total_episodes(),
-                "memcg_episodes": sum.episodes[KIND_MEMCG],
-                "direct_episodes": sum.episodes[KIND_DIRECT],
-                "stall_ns": sum.total_stall_ns(),
-                "max_stall_ns": sum.max_stall_ns,
-                "stall_hist_log2_us": { "memcg": hist(KIND_MEMCG), "direct": hist(KIND_DIRECT) },
-                "kswapd_wakes": c[counter::KSWAPD_WAKES as usize],
-                "kswapd_wakeups_by_target": c[counter::KSWAPD_WAKEUPS_BY_TARGET as usize],
-                "lost": {
-                    "map_full": c[counter::STATS_MAP_FULL as usize] + c[counter::STARTS_MAP_FULL as usize],
-                    "began_before_attach": c[counter::END_WITHOUT_BEGIN as usize],
-                },
-            }));
-            return;
+        let elapsed = self.started.elapsed();
+        if out.json {
+            return self.json_report(out, Scope::Total, elapsed, &rows, snap);
         }
+        let sum = sum_of(&rows);
+        let c = &snap.counters;
         let head = format!(
-            "{}total over {secs:.0}s: {} reclaimed in {} episodes, {} stalled",
-            self.prefix(),
+            "{}total over {:.0}s: {} reclaimed in {} episodes, {} stalled",
+            out.prefix(),
+            elapsed.as_secs_f64(),
             output::human_bytes(sum.total_pages() * self.page_size),
             sum.total_episodes(),
             output::human_ns(sum.total_stall_ns())
         );
-        let mut text = self.tables(&head, &rows);
+        let mut text = self.tables(out.width, &head, &rows);
         for (k, label) in [(KIND_MEMCG, "memory-cgroup"), (KIND_DIRECT, "direct")] {
             let h = output::log2_histogram("usecs", &snap.hist[k]);
             if !h.is_empty() {
@@ -240,18 +251,10 @@ impl Reporter {
             c[counter::STATS_MAP_FULL as usize] + c[counter::STARTS_MAP_FULL as usize],
             c[counter::END_WITHOUT_BEGIN as usize]
         ));
-        output::print(&text);
+        out.text(&text)
     }
 
-    fn prefix(&self) -> String {
-        if self.timestamp {
-            format!("{} ", output::hms_now())
-        } else {
-            String::new()
-        }
-    }
-
-    fn tables(&mut self, head: &str, rows: &[Row]) -> String {
+    fn tables(&mut self, width: Option<usize>, head: &str, rows: &[Row]) -> String {
         if rows.is_empty() {
             return format!("{head}: no reclaim\n\n");
         }
@@ -284,7 +287,7 @@ impl Reporter {
                 "MAX STALL",
             ],
             &body,
-            self.width,
+            width,
         ));
         if rows.len() > self.top {
             out.push_str(&format!("\n({} more processes)", rows.len() - self.top));
@@ -306,62 +309,98 @@ impl Reporter {
         out.push_str(&output::table(
             &["CGROUP", "PROCESSES", "RECLAIMED", "EPISODES", "STALLED"],
             &groups,
-            self.width,
+            width,
         ));
         out.push_str("\n\n");
         out
     }
 
-    fn json_rows(&mut self, scope: &str, secs: f64, rows: &[Row]) -> bool {
-        let ts = output::unix_ms();
+    /// The rows of one report, then its `interval` or `summary` record. `snap` holds the
+    /// histograms and counters of the report's period.
+    fn json_report(
+        &mut self,
+        out: &mut Output,
+        scope: Scope,
+        period: Duration,
+        rows: &[Row],
+        snap: &Snapshot,
+    ) -> io::Result<()> {
+        let ts_ns = output::unix_ns();
+        let interval_ns = records::ns(period);
         let ps = self.page_size;
-        let mut ok = true;
         for r in rows {
             let t = &r.totals;
-            ok &= output::json_line(&json!({
-                "type": "process",
-                "scope": scope,
-                "ts_ms": ts,
-                "interval_s": round3(secs),
-                "pid": r.pid,
-                "comm": t.comm,
-                "cgroup": self.names.name(r.cgroup_id),
-                "cgroup_id": r.cgroup_id,
-                "reclaimed_bytes": t.total_pages() * ps,
-                "reclaimed_pages": t.total_pages(),
-                "episodes": t.total_episodes(),
-                "memcg_episodes": t.episodes[KIND_MEMCG],
-                "direct_episodes": t.episodes[KIND_DIRECT],
-                "stall_ns": t.total_stall_ns(),
-                "max_stall_ns": t.max_stall_ns,
-            }));
+            let cgroup = self.names.name(r.cgroup_id);
+            out.record(&Record::Process(ProcessRow {
+                scope,
+                ts_ns,
+                interval_ns,
+                pid: r.pid,
+                comm: &t.comm,
+                cgroup: &cgroup,
+                cgroup_id: r.cgroup_id,
+                reclaimed_bytes: t.total_pages() * ps,
+                reclaimed_pages: t.total_pages(),
+                episodes: t.total_episodes(),
+                memcg_episodes: t.episodes[KIND_MEMCG],
+                direct_episodes: t.episodes[KIND_DIRECT],
+                stall_ns: t.total_stall_ns(),
+                max_stall_ns: t.max_stall_ns,
+            }))?;
         }
         for (r, n) in cgroup_rows(rows) {
             let t = &r.totals;
-            ok &= output::json_line(&json!({
-                "type": "cgroup",
-                "scope": scope,
-                "ts_ms": ts,
-                "interval_s": round3(secs),
-                "cgroup": self.names.name(r.cgroup_id),
-                "cgroup_id": r.cgroup_id,
-                "processes": n,
-                "reclaimed_bytes": t.total_pages() * ps,
-                "reclaimed_pages": t.total_pages(),
-                "episodes": t.total_episodes(),
-                "stall_ns": t.total_stall_ns(),
-            }));
+            let cgroup = self.names.name(r.cgroup_id);
+            out.record(&Record::Cgroup(CgroupRow {
+                scope,
+                ts_ns,
+                interval_ns,
+                cgroup: &cgroup,
+                cgroup_id: r.cgroup_id,
+                processes: n as u64,
+                reclaimed_bytes: t.total_pages() * ps,
+                reclaimed_pages: t.total_pages(),
+                episodes: t.total_episodes(),
+                stall_ns: t.total_stall_ns(),
+            }))?;
         }
-        ok
+        let sum = sum_of(rows);
+        let c = &snap.counters;
+        let totals = TotalsRecord {
+            ts_ns,
+            interval_ns,
+            target: &self.target,
+            reclaimed_bytes: sum.total_pages() * ps,
+            reclaimed_pages: sum.total_pages(),
+            episodes: sum.total_episodes(),
+            memcg_episodes: sum.episodes[KIND_MEMCG],
+            direct_episodes: sum.episodes[KIND_DIRECT],
+            stall_ns: sum.total_stall_ns(),
+            max_stall_ns: sum.max_stall_ns,
+            stall_hist_log2_us: StallHistograms {
+                memcg: records::trim_hist(&snap.hist[KIND_MEMCG]),
+                direct: records::trim_hist(&snap.hist[KIND_DIRECT]),
+            },
+            kswapd_wakes: c[counter::KSWAPD_WAKES as usize],
+            kswapd_wakeups_by_target: c[counter::KSWAPD_WAKEUPS_BY_TARGET as usize],
+            lost: Lost {
+                map_full: c[counter::STATS_MAP_FULL as usize]
+                    + c[counter::STARTS_MAP_FULL as usize],
+                began_before_attach: c[counter::END_WITHOUT_BEGIN as usize],
+            },
+        };
+        out.record(&match scope {
+            Scope::Interval => Record::Interval(totals),
+            Scope::Total => Record::Summary(totals),
+        })
     }
 }
 
-fn last_used(slots: &[u64]) -> usize {
-    slots.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1)
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+fn sum_of(rows: &[Row]) -> Totals {
+    rows.iter().fold(Totals::default(), |mut acc, r| {
+        acc.add(&r.totals);
+        acc
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! page_reclaim as a user runs it: help, a short trace, intervals, JSON, and every kind of bad
 //! input (unknown pid or container, zero interval, no privileges, no tracefs).
 
-use pgbpf_testkit::{require_root, tool::run_tool};
+use std::time::Duration;
+
+use pgbpf_testkit::{
+    require_root, schema,
+    tool::{assert_quiet_in_head, run_tool},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_page_reclaim");
 
@@ -54,9 +59,11 @@ fn intervals_stop_after_count_and_json_parses() {
         .collect();
     let summary: Vec<_> = records.iter().filter(|r| r["type"] == "summary").collect();
     assert_eq!(summary.len(), 1, "{}", out.stdout);
-    let d = summary[0]["duration_s"].as_f64().unwrap();
+    let d = summary[0]["interval_ns"].as_u64().unwrap() as f64 / 1e9;
     assert!((1.9..4.0).contains(&d), "two 1 s intervals took {d} s");
     assert!(summary[0]["lost"]["map_full"].is_u64());
+    let kinds = schema::validate("page_reclaim", &records);
+    assert_eq!(kinds, ["interval", "summary"], "{}", out.stdout);
 
     let text = run_tool(BIN, &["-T", "1", "2"]);
     assert!(text.status.success());
@@ -66,6 +73,15 @@ fn intervals_stop_after_count_and_json_parses() {
         "{}",
         text.stdout
     );
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly() {
+    require_root();
+    // A report a second: `head -1` takes the first line of the first, the second meets a
+    // closed pipe and the tool ends at once, exit 0, no error.
+    assert_quiet_in_head(BIN, &["1", "5"], Duration::from_secs(5));
+    assert_quiet_in_head(BIN, &["--json", "1", "5"], Duration::from_secs(5));
 }
 
 #[test]

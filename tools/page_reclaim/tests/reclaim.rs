@@ -17,7 +17,7 @@ use pgbpf_testkit::{
     exclusive,
     memcg::MemoryCgroup,
     postgres::{PgOptions, Postgres},
-    require_root, run,
+    require_root, run, schema,
     tool::Traced,
     vmstat,
 };
@@ -127,6 +127,9 @@ fn container_reclaim_is_attributed_and_matches_vmstat() {
     assert!(c.status.success(), "{}", c.stderr);
     assert!(n.status.success(), "{}", n.stderr);
     let (c, n) = (c.json(), n.json());
+    // Every record is what docs/schema/page_reclaim.json says, of each kind a run prints.
+    let kinds = schema::validate("page_reclaim", &c);
+    assert_eq!(kinds, ["process", "cgroup", "summary"], "record kinds");
 
     let container_pages = summary(&c)["reclaimed_pages"].as_u64().unwrap();
     let noise_pages = summary(&n)["reclaimed_pages"].as_u64().unwrap();

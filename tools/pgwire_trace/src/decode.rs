@@ -8,7 +8,7 @@ use foldhash::{HashMap, HashMapExt};
 use pgbpf_pgwire::conn::{Completed, Connection};
 use pgwire_trace_ebpf::{DIR_READ, DIR_WRITE, ROLE_SERVER};
 
-use crate::record::{Kind, Record};
+use crate::capture_file::{Kind, Record};
 
 /// One request and its response.
 #[derive(Clone, Debug)]
@@ -43,6 +43,8 @@ pub enum Event {
     Request(Request),
     /// A connection switched to TLS or GSS encryption: its payload cannot be seen.
     Encrypted {
+        /// Wall-clock ns of the record that showed it.
+        unix_ns: u64,
         pid: u32,
         conn_id: u64,
         peer: String,
@@ -64,6 +66,11 @@ pub struct DecodeStats {
     pub lost_bytes: u64,
     /// Bytes beyond the per-syscall capture limit.
     pub truncated_bytes: u64,
+}
+
+/// A monotonic time as wall-clock ns, given wall minus monotonic.
+fn wall_ns(wall_offset_ns: i64, mono_ns: u64) -> u64 {
+    (mono_ns as i64).saturating_add(wall_offset_ns).max(0) as u64
 }
 
 struct Conn {
@@ -109,7 +116,7 @@ impl Decoder {
     }
 
     fn wall(&self, mono_ns: u64) -> u64 {
-        (mono_ns as i64).saturating_add(self.wall_offset_ns).max(0) as u64
+        wall_ns(self.wall_offset_ns, mono_ns)
     }
 
     fn open(&mut self, r: &Record, from_start: bool) -> &mut Conn {
@@ -171,6 +178,7 @@ impl Decoder {
         self.stats.truncated_bytes += missing;
         self.stats.lost_bytes += r.lost[0] + r.lost[1];
         let mut done = std::mem::take(&mut self.done);
+        let wall_offset_ns = self.wall_offset_ns;
         let conn = self.open(r, false);
         conn.pid = r.tgid;
         conn.fd = r.fd;
@@ -198,6 +206,7 @@ impl Decoder {
         if conn.c.encrypted && !conn.seen_encrypted {
             conn.seen_encrypted = true;
             out.push(Event::Encrypted {
+                unix_ns: wall_ns(wall_offset_ns, r.ts_ns),
                 pid: conn.pid,
                 conn_id: r.conn_id,
                 peer: conn.peer.clone(),

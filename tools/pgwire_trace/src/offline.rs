@@ -5,10 +5,11 @@
 use std::{fs::File, io::BufReader, path::Path};
 
 use anyhow::Context;
+use pgbpf_common::output::Output;
 
-use crate::{Args, decode::Decoder, record::Reader, report::Reporter};
+use crate::{Args, capture_file::Reader, decode::Decoder, report::Reporter};
 
-pub fn run(args: &Args, path: &Path) -> anyhow::Result<()> {
+pub fn run(args: &Args, path: &Path, out: &mut Output) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader =
         Reader::new(BufReader::new(file)).with_context(|| format!("reading {}", path.display()))?;
@@ -18,9 +19,7 @@ pub fn run(args: &Args, path: &Path) -> anyhow::Result<()> {
         match reader.next_record() {
             Ok(Some(r)) => {
                 for e in decoder.feed(&r) {
-                    if !reporter.event(&e) {
-                        return Ok(());
-                    }
+                    reporter.event(out, &e)?;
                 }
             }
             Ok(None) => break None,
@@ -28,10 +27,10 @@ pub fn run(args: &Args, path: &Path) -> anyhow::Result<()> {
         }
     };
     for e in decoder.finish() {
-        reporter.event(&e);
+        reporter.event(out, &e)?;
     }
     let kernel = decoder.kernel_counters.clone().unwrap_or_default();
-    reporter.finish(&decoder.stats, &kernel);
+    reporter.finish(out, &decoder.stats, &kernel)?;
     match damage {
         None => Ok(()),
         Some(e) => Err(e.context(format!(

@@ -1,23 +1,26 @@
 //! What pgwire_trace prints: a line per request as it completes (or NDJSON), and with
 //! `--summary` a table per normalized statement every INTERVAL and at the end.
 
+use std::{io, time::Instant};
+
 use foldhash::{HashMap, HashMapExt};
 
 use pgbpf_common::{
     latency::Latencies,
-    output,
+    output::{self, Output},
+    records::{self, Scope},
     sql::{normalize, normalize_into},
 };
 use pgbpf_pgwire::value::render_all;
-use serde_json::json;
 
-use crate::decode::{DecodeStats, Event, Request};
+use crate::{
+    decode::{DecodeStats, Event, Request},
+    records::{self as rec, Lost, Record, StatementRow, Totals},
+};
 
-/// Options that shape the output.
+/// Options that shape the output (beyond `--json` and `-T`, which the output carries).
 #[derive(Clone, Debug, Default)]
 pub struct Style {
-    pub json: bool,
-    pub timestamp: bool,
     pub summary: bool,
     /// INTERVAL given: --summary prints a table per interval too.
     pub intervals: bool,
@@ -35,11 +38,11 @@ pub struct StatementStats {
 
 pub struct Reporter {
     style: Style,
-    width: Option<usize>,
     header_done: bool,
     period: HashMap<String, StatementStats>,
     total: HashMap<String, StatementStats>,
-    started: std::time::Instant,
+    started: Instant,
+    last_report: Instant,
     /// The normalized text of the request being counted (one buffer, reused).
     key: String,
 }
@@ -66,28 +69,36 @@ impl Reporter {
     pub fn new(style: Style) -> Reporter {
         Reporter {
             style,
-            width: output::terminal_width(),
             header_done: false,
             period: HashMap::new(),
             total: HashMap::new(),
-            started: std::time::Instant::now(),
+            started: Instant::now(),
+            last_report: Instant::now(),
             key: String::new(),
         }
     }
 
-    /// Handles one decoder event; false when stdout is gone.
-    pub fn event(&mut self, e: &Event) -> bool {
+    /// Handles one decoder event.
+    pub fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
         match e {
-            Event::Request(r) => self.request(r),
-            Event::Encrypted { pid, conn_id, peer } => {
-                if self.style.json {
-                    output::json_line(&json!({
-                        "event": "encrypted", "pid": pid, "conn_id": conn_id, "peer": peer,
+            Event::Request(r) => self.request(out, r),
+            Event::Encrypted {
+                unix_ns,
+                pid,
+                conn_id,
+                peer,
+            } => {
+                if out.json {
+                    out.record(&Record::Encrypted(rec::Encrypted {
+                        ts_ns: *unix_ns,
+                        pid: *pid,
+                        conn_id: *conn_id,
+                        peer,
                     }))
                 } else if self.style.summary {
-                    true
+                    Ok(())
                 } else {
-                    output::print(&format!(
+                    out.text(&format!(
                         "# PID {pid} {peer}: connection encrypted (TLS/GSS), payload not visible\n"
                     ))
                 }
@@ -95,7 +106,7 @@ impl Reporter {
         }
     }
 
-    fn request(&mut self, r: &Request) -> bool {
+    fn request(&mut self, out: &mut Output, r: &Request) -> io::Result<()> {
         let d = &r.done;
         let ns = r.end_unix_ns.saturating_sub(r.start_unix_ns);
         if self.style.summary {
@@ -118,16 +129,16 @@ impl Reporter {
                 s.errors += u64::from(d.sqlstate.is_some());
                 s.rows += d.rows.unwrap_or(0);
             }
-            return true;
+            return Ok(());
         }
-        if self.style.json {
-            return output::json_line(&self.request_json(r));
+        if out.json {
+            return out.record(&Record::Request(self.request_record(r)));
         }
-        self.line(r, ns)
+        self.line(out, r, ns)
     }
 
-    /// The NDJSON object of a request (stable field names, see docs/pgwire_trace.md).
-    pub fn request_json(&self, r: &Request) -> serde_json::Value {
+    /// The NDJSON record of a request.
+    pub fn request_record<'r>(&self, r: &'r Request) -> rec::Request<'r> {
         let d = &r.done;
         let params: Vec<String> = if self.style.redact {
             vec![]
@@ -142,35 +153,38 @@ impl Reporter {
                 })
                 .collect()
         };
-        json!({
-            "event": "request",
-            "ts_ms": r.start_unix_ns / 1_000_000,
-            "pid": r.pid,
-            "conn_id": r.conn_id,
-            "peer": r.meta.peer,
-            "user": r.meta.user,
-            "database": r.meta.database,
-            "application": r.meta.application,
-            "protocol": if d.extended { "extended" } else { "simple" },
-            "statement_name": d.statement,
-            "sql": statement_text(r, self.style.redact),
-            "truncated": d.truncated,
-            "params": params,
-            "duration_us": r.end_unix_ns.saturating_sub(r.start_unix_ns) as f64 / 1000.0,
-            "status": d.sqlstate.as_deref().unwrap_or("ok"),
-            "error": if self.style.redact { None } else { d.error.clone() },
-            "tag": d.tag,
-            "rows": d.rows,
-            "transaction": transaction_name(d.transaction),
-        })
+        rec::Request {
+            ts_ns: r.start_unix_ns,
+            pid: r.pid,
+            conn_id: r.conn_id,
+            peer: &r.meta.peer,
+            user: r.meta.user.as_deref(),
+            database: r.meta.database.as_deref(),
+            application: r.meta.application.as_deref(),
+            protocol: if d.extended { "extended" } else { "simple" },
+            statement_name: d.statement.as_deref(),
+            query: statement_text(r, self.style.redact),
+            truncated: d.truncated,
+            params,
+            duration_ns: r.end_unix_ns.saturating_sub(r.start_unix_ns),
+            status: d.sqlstate.as_deref().unwrap_or("ok"),
+            error: if self.style.redact {
+                None
+            } else {
+                d.error.as_deref()
+            },
+            tag: d.tag.as_deref(),
+            rows: d.rows,
+            transaction: transaction_name(d.transaction),
+        }
     }
 
-    fn line(&mut self, r: &Request, ns: u64) -> bool {
+    fn line(&mut self, sink: &mut Output, r: &Request, ns: u64) -> io::Result<()> {
         let d = &r.done;
         let mut out = String::new();
         if !self.header_done {
             self.header_done = true;
-            if self.style.timestamp {
+            if sink.timestamp {
                 out.push_str(&format!("{:<8} ", "TIME"));
             }
             out.push_str(&format!(
@@ -179,7 +193,7 @@ impl Reporter {
             ));
         }
         let mut line = String::new();
-        if self.style.timestamp {
+        if sink.timestamp {
             line.push_str(&output::hms_of((r.start_unix_ns / 1_000_000_000) as i64));
             line.push(' ');
         }
@@ -209,17 +223,12 @@ impl Reporter {
         if let (Some(e), false) = (&d.error, self.style.redact) {
             line.push_str(&format!(" -- ERROR: {e}"));
         }
-        if let Some(w) = self.width
-            && line.chars().count() > w
-        {
-            line = line.chars().take(w.saturating_sub(1)).collect::<String>() + "…";
-        }
-        out.push_str(&line);
+        out.push_str(&output::cut_to_width(&line, sink.width));
         out.push('\n');
-        output::print(&out)
+        sink.text(&out)
     }
 
-    fn table(&self, stats: &HashMap<String, StatementStats>) -> String {
+    fn table(&self, width: Option<usize>, stats: &HashMap<String, StatementStats>) -> String {
         let mut v: Vec<_> = stats.iter().collect();
         v.sort_by(|a, b| {
             b.1.latency
@@ -256,7 +265,7 @@ impl Reporter {
                 "STATEMENT",
             ],
             &rows,
-            self.width,
+            width,
         );
         if v.len() > self.style.top {
             t.push_str(&format!(
@@ -267,61 +276,78 @@ impl Reporter {
         t
     }
 
-    fn summary_json(&self, stats: &HashMap<String, StatementStats>, final_: bool) -> bool {
+    fn statement_records(
+        &self,
+        out: &mut Output,
+        scope: Scope,
+        stats: &HashMap<String, StatementStats>,
+    ) -> io::Result<()> {
+        let ts_ns = output::unix_ns();
         let mut v: Vec<_> = stats.iter().collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
+        let round = |ns: f64| ns.round() as u64;
         for (sql, s) in v {
-            let ok = output::json_line(&json!({
-                "event": if final_ { "summary" } else { "interval" },
-                "ts_ms": output::unix_ms(),
-                "sql": sql,
-                "calls": s.latency.calls,
-                "errors": s.errors,
-                "rows": s.rows,
-                "total_ms": s.latency.total_ns as f64 / 1e6,
-                "mean_ms": s.latency.mean_ns() / 1e6,
-                "p50_ms": s.latency.percentile_ns(50.0) / 1e6,
-                "p99_ms": s.latency.percentile_ns(99.0) / 1e6,
-            }));
-            if !ok {
-                return false;
-            }
+            out.record(&Record::Statement(StatementRow {
+                scope,
+                ts_ns,
+                query: sql,
+                calls: s.latency.calls,
+                errors: s.errors,
+                rows: s.rows,
+                total_ns: s.latency.total_ns,
+                mean_ns: round(s.latency.mean_ns()),
+                p50_ns: round(s.latency.percentile_ns(50.0)),
+                p99_ns: round(s.latency.percentile_ns(99.0)),
+            }))?;
         }
-        true
+        Ok(())
     }
 
     /// End of an interval: with --summary, that interval's table.
-    pub fn interval(&mut self, stats: &DecodeStats, kernel: &[u64]) -> bool {
+    pub fn interval(
+        &mut self,
+        out: &mut Output,
+        stats: &DecodeStats,
+        kernel: &[u64],
+    ) -> io::Result<()> {
         let period = std::mem::take(&mut self.period);
+        let interval_ns = records::ns(self.last_report.elapsed());
+        self.last_report = Instant::now();
         if !self.style.summary {
-            return true;
+            return Ok(());
         }
-        if self.style.json {
-            return self.summary_json(&period, false);
+        if out.json {
+            self.statement_records(out, Scope::Interval, &period)?;
+            return out.record(&Record::Interval(totals(stats, kernel, interval_ns)));
         }
-        output::print(&format!(
+        let text = format!(
             "\n{}\n{}\n{}\n",
             output::hms_now(),
-            self.table(&period),
+            self.table(out.width, &period),
             totals_line(stats, kernel)
-        ))
+        );
+        out.text(&text)
     }
 
-    /// The end: the whole trace's table (with --summary) and the totals line.
-    pub fn finish(&mut self, stats: &DecodeStats, kernel: &[u64]) {
-        if self.style.json {
+    /// The end: the whole trace's table (with --summary) and the totals.
+    pub fn finish(
+        &mut self,
+        out: &mut Output,
+        stats: &DecodeStats,
+        kernel: &[u64],
+    ) -> io::Result<()> {
+        let interval_ns = records::ns(self.started.elapsed());
+        if out.json {
             if self.style.summary {
-                self.summary_json(&self.total, true);
+                self.statement_records(out, Scope::Total, &self.total)?;
             }
-            let mut j = stats_json(stats, kernel);
-            j["duration_s"] = json!(self.started.elapsed().as_secs_f64());
-            output::json_line(&j);
-            return;
+            return out.record(&Record::Summary(totals(stats, kernel, interval_ns)));
         }
         if self.style.summary {
-            output::print(&format!("\n{}\n", self.table(&self.total)));
+            let text = format!("\n{}\n", self.table(out.width, &self.total));
+            out.text(&text)?;
         }
-        output::print(&format!("{}\n", totals_line(stats, kernel)));
+        out.text(&format!("{}\n", totals_line(stats, kernel)))
     }
 }
 
@@ -347,19 +373,22 @@ pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
     )
 }
 
-fn stats_json(s: &DecodeStats, kernel: &[u64]) -> serde_json::Value {
+fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> Totals {
     use pgwire_trace_ebpf::counter as c;
-    json!({
-        "event": "stats",
-        "requests": s.requests,
-        "errors": s.errors,
-        "connections": s.connections,
-        "encrypted": s.encrypted,
-        "lost_records": counter(kernel, c::LOST_RECORDS),
-        "lost_bytes": counter(kernel, c::LOST_BYTES),
-        "unmatched": s.unmatched,
-        "truncated_bytes": s.truncated_bytes,
-        "malformed": s.malformed,
-        "sockets_table_full": counter(kernel, c::SOCKETS_FULL),
-    })
+    Totals {
+        ts_ns: output::unix_ns(),
+        interval_ns,
+        requests: s.requests,
+        errors: s.errors,
+        connections: s.connections,
+        encrypted: s.encrypted,
+        unmatched: s.unmatched,
+        truncated_bytes: s.truncated_bytes,
+        malformed: s.malformed,
+        lost: Lost {
+            records: counter(kernel, c::LOST_RECORDS),
+            bytes: counter(kernel, c::LOST_BYTES),
+            sockets_table_full: counter(kernel, c::SOCKETS_FULL),
+        },
+    }
 }

@@ -17,8 +17,8 @@ use pgbpf_testkit::{
     container::ContainerSpec,
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root,
-    tool::{Traced, run_tool},
+    require_root, schema,
+    tool::{Traced, assert_quiet_in_head, run_tool},
 };
 use serde_json::Value;
 
@@ -36,13 +36,13 @@ fn cluster() -> Postgres {
 }
 
 fn requests(records: &[Value]) -> Vec<&Value> {
-    records.iter().filter(|r| r["event"] == "request").collect()
+    records.iter().filter(|r| r["type"] == "request").collect()
 }
 
 fn stats(records: &[Value]) -> &Value {
     records
         .iter()
-        .find(|r| r["event"] == "stats")
+        .find(|r| r["type"] == "summary")
         .expect("a stats record at the end")
 }
 
@@ -92,11 +92,13 @@ select 'several'; select a from t where a > 1; select 3
 fn find<'a>(reqs: &[&'a Value], sql_prefix: &str) -> Vec<&'a Value> {
     reqs.iter()
         .copied()
-        .filter(|r| r["sql"].as_str().unwrap().starts_with(sql_prefix))
+        .filter(|r| r["query"].as_str().unwrap().starts_with(sql_prefix))
         .collect()
 }
 
 fn check_session(records: &[Value], pg: &Postgres) {
+    let kinds = schema::validate("pgwire_trace", records);
+    assert_eq!(kinds, ["request", "summary"], "record kinds");
     let reqs = requests(records);
     let one = |p: &str| {
         let v = find(&reqs, p);
@@ -120,13 +122,13 @@ fn check_session(records: &[Value], pg: &Postgres) {
         assert_eq!(r["user"], "postgres");
         assert_eq!(r["database"], "postgres");
         assert_eq!(r["application"], "psql");
-        assert!(r["duration_us"].as_f64().unwrap() > 0.0);
+        assert!(r["duration_ns"].as_u64().unwrap() > 0);
     }
     let errors = reqs.iter().filter(|r| r["status"] != "ok").count();
     assert_eq!(errors, 2);
     assert_eq!(errors, server_log_errors(pg), "{}", pg.server_log());
     assert_eq!(stats(records)["errors"], 2);
-    assert_eq!(stats(records)["lost_records"], 0);
+    assert_eq!(stats(records)["lost"]["records"], 0);
     assert_eq!(stats(records)["malformed"], 0);
 }
 
@@ -175,7 +177,9 @@ fn record_then_read_gives_the_same_report_over_tcp() {
     assert_eq!(requests(&offline), requests(&live));
     let without_duration = |v: &Value| {
         let mut v = v.clone();
-        v.as_object_mut().unwrap().remove("duration_s");
+        let o = v.as_object_mut().unwrap();
+        o.remove("ts_ns");
+        o.remove("interval_ns");
         v
     };
     assert_eq!(
@@ -260,7 +264,7 @@ fn run_pgbench_mode(mode: &str, hooks: Hooks) {
     let records = finished.json();
     let mut ours: HashMap<&str, u64> = HashMap::new();
     for r in requests(&records) {
-        if let Some(k) = kind(r["sql"].as_str().unwrap()) {
+        if let Some(k) = kind(r["query"].as_str().unwrap()) {
             *ours.entry(k).or_default() += 1;
         }
         if mode == "prepared" && r["protocol"] == "extended" {
@@ -291,14 +295,14 @@ fn run_pgbench_mode(mode: &str, hooks: Hooks) {
     };
     assert!(
         reqs.iter()
-            .filter(|r| kind(r["sql"].as_str().unwrap()).is_some())
+            .filter(|r| kind(r["query"].as_str().unwrap()).is_some())
             .all(|r| r["protocol"] == protocol)
     );
     if mode != "simple" {
         // Parameters are shown: the SELECT's one parameter is an account id.
         let sel = reqs
             .iter()
-            .find(|r| kind(r["sql"].as_str().unwrap()) == Some("select abalance"))
+            .find(|r| kind(r["query"].as_str().unwrap()) == Some("select abalance"))
             .unwrap();
         let p = sel["params"][0].as_str().unwrap();
         assert!(p.trim_matches('\'').parse::<u64>().is_ok(), "{sel}");
@@ -306,7 +310,7 @@ fn run_pgbench_mode(mode: &str, hooks: Hooks) {
     let errors = reqs.iter().filter(|r| r["status"] != "ok").count();
     assert_eq!(errors, server_log_errors(&pg), "{mode}");
     let s = stats(&records);
-    assert_eq!(s["lost_records"], 0, "{s}");
+    assert_eq!(s["lost"]["records"], 0, "{s}");
     assert_eq!(s["unmatched"], 0, "{s}");
     assert_eq!(s["malformed"], 0, "{s}");
 }
@@ -353,7 +357,7 @@ fn pipelined_statements_are_each_matched_to_their_own_response() {
     let reqs = requests(&records);
     for n in 1..=3 {
         let sql = format!("select generate_series(1, {n});");
-        let mine: Vec<_> = reqs.iter().filter(|r| r["sql"] == sql).collect();
+        let mine: Vec<_> = reqs.iter().filter(|r| r["query"] == sql).collect();
         assert_eq!(mine.len(), 100, "{sql}: {:?}", &reqs[..reqs.len().min(5)]);
         assert!(mine.iter().all(|r| r["rows"] == n), "{sql}: {mine:?}");
     }
@@ -392,7 +396,7 @@ fn joined_while_connections_are_busy_invents_nothing() {
     let reqs = requests(&records);
     assert!(reqs.len() > 50, "{}", reqs.len());
     for r in &reqs {
-        let k = kind(r["sql"].as_str().unwrap());
+        let k = kind(r["query"].as_str().unwrap());
         assert!(k.is_some(), "not a pgbench statement: {r}");
         assert_eq!(r["status"], "ok", "{r}");
         let rows = r["rows"].as_u64();
@@ -429,9 +433,9 @@ fn client_side_by_application_pid_over_tcp_and_unix_socket() {
     let records = tool.stop().unwrap().json();
     let reqs = requests(&records);
     assert_eq!(reqs.len(), 2, "{reqs:?}");
-    assert_eq!(reqs[0]["sql"], "select 41 as tcp");
+    assert_eq!(reqs[0]["query"], "select 41 as tcp");
     assert_eq!(reqs[0]["peer"], format!("127.0.0.1:{port}"));
-    assert_eq!(reqs[1]["sql"], "select 42 as unix");
+    assert_eq!(reqs[1]["query"], "select 42 as unix");
     assert_eq!(reqs[1]["peer"], format!("{sock}/.s.PGSQL.{port}"));
     assert!(reqs.iter().all(|r| r["rows"] == 1 && r["pid"] != 0));
 }
@@ -458,7 +462,7 @@ fn container_and_cgroup_options_see_that_server_only() {
         let records = tool.stop().unwrap().json();
         let sqls: Vec<&str> = requests(&records)
             .iter()
-            .map(|r| r["sql"].as_str().unwrap())
+            .map(|r| r["query"].as_str().unwrap())
             .collect();
         assert_eq!(
             sqls,
@@ -490,6 +494,19 @@ fn summary_redact_and_bad_arguments() {
     // CALLS ERRORS ROWS ...: both calls merged under one normalized statement.
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cols[..3], &["2", "0", "2"], "{row}");
+    // The same as NDJSON, with a report each second: statement rows, intervals, summary.
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--summary", "--json", "1"]).unwrap();
+    pg.psql("select 'third-value' as s").unwrap();
+    std::thread::sleep(Duration::from_millis(1300));
+    let records = tool.stop().unwrap().json();
+    let kinds = schema::validate("pgwire_trace", &records);
+    assert_eq!(kinds, ["statement", "interval", "summary"], "record kinds");
+    let total = records
+        .iter()
+        .find(|r| r["type"] == "statement" && r["scope"] == "total")
+        .unwrap();
+    assert_eq!(total["query"], "select $1 as s");
+    assert_eq!(total["calls"], 1);
     let bad = run_tool(BIN, &["--capture", "10"]);
     assert_eq!(bad.status.code(), Some(2));
     let bad = run_tool(BIN, &["--read", "/nonexistent.pgw"]);
@@ -505,6 +522,18 @@ fn summary_redact_and_bad_arguments() {
         "{}",
         bad.stderr
     );
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let would_run = Duration::from_secs(5);
+    assert_quiet_in_head(BIN, &["-p", &postmaster, "--summary", "1", "5"], would_run);
+    let json = ["-p", &postmaster, "--summary", "--json", "1", "5"];
+    assert_quiet_in_head(BIN, &json, would_run);
 }
 
 #[test]
@@ -536,11 +565,11 @@ fn port_alone_and_statements_longer_than_the_capture_limit() {
     other.psql("select 'on the other port'").unwrap();
     let records = tool.stop().unwrap().json();
     let reqs = requests(&records);
-    let sqls: Vec<&str> = reqs.iter().map(|r| r["sql"].as_str().unwrap()).collect();
+    let sqls: Vec<&str> = reqs.iter().map(|r| r["query"].as_str().unwrap()).collect();
     assert!(!sqls.iter().any(|s| s.contains("other port")), "{sqls:?}");
     let cut = find(&reqs, "select length('xxx");
     assert_eq!(cut.len(), 1, "{sqls:?}");
-    let text = cut[0]["sql"].as_str().unwrap();
+    let text = cut[0]["query"].as_str().unwrap();
     // The 1024-byte capture holds the message header and the first 1019 bytes of the body.
     assert!(
         long.starts_with(text) && text.len() < 1024,
@@ -641,13 +670,16 @@ fn a_full_ring_buffer_is_counted_and_never_mispairs() {
     let out = tool.stop().unwrap();
     let records = out.json();
     let s = stats(&records);
-    assert!(s["lost_records"].as_u64().unwrap() > 0, "nothing lost: {s}");
-    assert!(s["lost_bytes"].as_u64().unwrap() > 0, "{s}");
+    assert!(
+        s["lost"]["records"].as_u64().unwrap() > 0,
+        "nothing lost: {s}"
+    );
+    assert!(s["lost"]["bytes"].as_u64().unwrap() > 0, "{s}");
     // Whatever is reported was paired with its own answer: the row count matches the
     // series length written in the statement.
     let reqs = find(&requests(&records), "select repeat");
     for r in &reqs {
-        let sql = r["sql"].as_str().unwrap();
+        let sql = r["query"].as_str().unwrap();
         let n: u64 = sql
             .rsplit(", ")
             .next()

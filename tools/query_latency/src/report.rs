@@ -1,24 +1,29 @@
 //! Statement latency reports: slow-statement lines as they happen, interval and final tables
 //! with the log2 histogram, or NDJSON.
 
-use std::time::Instant;
+use std::{
+    io,
+    time::{Duration, Instant},
+};
 
-use pgbpf_common::{output, query, sql::normalize};
+use pgbpf_common::{
+    output::{self, Output},
+    query,
+    records::{self, Scope},
+    sql::normalize,
+};
 use query_latency_ebpf::{QueryEvent, counter};
-use serde_json::json;
 
 use crate::{
     Args,
+    records::{Active, Lost, Record, Slow, StatementRow, Totals},
     stats::{Key, Latencies, Period},
 };
 
 pub struct Reporter {
-    json: bool,
-    timestamp: bool,
     per_backend: bool,
     min_ns: Option<u64>,
     top: usize,
-    width: Option<usize>,
     interval: Period,
     total: Period,
     started: Instant,
@@ -28,12 +33,9 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(args: &Args) -> Reporter {
         Reporter {
-            json: args.out.json,
-            timestamp: args.out.timestamp,
             per_backend: args.per_backend,
             min_ns: args.min_ms.map(|ms| (ms.max(0.0) * 1e6) as u64),
             top: args.top.max(1),
-            width: output::terminal_width(),
             interval: Period::default(),
             total: Period::default(),
             started: Instant::now(),
@@ -41,8 +43,8 @@ impl Reporter {
         }
     }
 
-    /// One finished statement. Returns false once stdout is gone.
-    pub fn event(&mut self, ev: &QueryEvent) -> bool {
+    /// One finished statement.
+    pub fn event(&mut self, out: &mut Output, ev: &QueryEvent) -> io::Result<()> {
         let text = query::text_of(&ev.text, ev.text_len);
         let key = Key {
             pid: if self.per_backend { ev.pid } else { 0 },
@@ -52,123 +54,109 @@ impl Reporter {
         self.interval.add(key.clone(), ev.duration_ns, truncated);
         self.total.add(key, ev.duration_ns, truncated);
         match self.min_ns {
-            Some(min) if ev.duration_ns >= min => self.slow(ev, &text),
-            _ => true,
+            Some(min) if ev.duration_ns >= min => self.slow(out, ev, &text),
+            _ => Ok(()),
         }
     }
 
-    fn slow(&self, ev: &QueryEvent, text: &str) -> bool {
-        if self.json {
-            return output::json_line(&json!({
-                "type": "slow",
-                "ts_ms": output::unix_ms(),
-                "pid": ev.pid,
-                "duration_ns": ev.duration_ns,
-                "protocol": query::protocol_name(ev.protocol),
-                "query": text,
-                "truncated": ev.truncated != 0,
+    fn slow(&self, out: &mut Output, ev: &QueryEvent, text: &str) -> io::Result<()> {
+        if out.json {
+            return out.record(&Record::Slow(Slow {
+                ts_ns: output::unix_ns(),
+                pid: ev.pid,
+                duration_ns: ev.duration_ns,
+                protocol: query::protocol_name(ev.protocol),
+                query: text,
+                truncated: ev.truncated != 0,
             }));
         }
         let line = format!(
-            "{}{:<7} {:>10.3} ms  {}\n",
-            self.prefix(),
+            "{}{:<7} {:>10.3} ms  {}",
+            out.prefix(),
             ev.pid,
             ev.duration_ns as f64 / 1e6,
             output::one_line(text)
         );
-        // The line ends in a newline, which the width does not count.
-        output::print(&format!(
-            "{}\n",
-            output::cut_to_width(line.trim_end_matches('\n'), self.width)
-        ))
+        let line = output::cut_to_width(&line, out.width);
+        out.text(&format!("{line}\n"))
     }
 
-    /// Statements running right now, longest first. Returns false once stdout is gone.
-    pub fn active(&self, running: &[query::ActiveQuery]) -> bool {
-        if self.json {
-            let ts = output::unix_ms();
-            return running.iter().all(|a| {
-                output::json_line(&json!({
-                    "type": "active",
-                    "ts_ms": ts,
-                    "pid": a.pid,
-                    "elapsed_ns": a.elapsed.as_nanos() as u64,
-                    "protocol": a.protocol,
-                    "query": a.text,
-                    "truncated": a.truncated,
-                }))
-            });
+    /// Statements running right now, longest first.
+    pub fn active(&self, out: &mut Output, running: &[query::ActiveQuery]) -> io::Result<()> {
+        if out.json {
+            let ts_ns = output::unix_ns();
+            for a in running {
+                out.record(&Record::Active(Active {
+                    ts_ns,
+                    pid: a.pid,
+                    elapsed_ns: records::ns(a.elapsed),
+                    protocol: a.protocol,
+                    query: &a.text,
+                    truncated: a.truncated,
+                }))?;
+            }
+            return Ok(());
         }
         let rows: Vec<Vec<String>> = running
             .iter()
             .map(|a| {
                 vec![
                     a.pid.to_string(),
-                    output::human_ns(a.elapsed.as_nanos() as u64),
+                    output::human_ns(records::ns(a.elapsed)),
                     a.protocol.to_string(),
                     output::one_line(&a.text),
                 ]
             })
             .collect();
-        let mut out = format!(
-            "{}{} statements running now\n",
-            self.prefix(),
-            running.len()
-        );
+        let mut text = format!("{}{} statements running now\n", out.prefix(), running.len());
         if !rows.is_empty() {
-            out.push_str(&output::table(
+            text.push_str(&output::table(
                 &["PID", "RUNNING", "PROTOCOL", "QUERY"],
                 &rows,
-                self.width,
+                out.width,
             ));
-            out.push('\n');
+            text.push('\n');
         }
-        output::print(&out)
+        out.text(&text)
     }
 
-    pub fn interval(&mut self, counters: &[u64; counter::COUNT as usize]) -> bool {
-        let secs = self.last_report.elapsed().as_secs_f64();
+    pub fn interval(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
+        let period = self.last_report.elapsed();
         self.last_report = Instant::now();
-        let period = std::mem::take(&mut self.interval);
-        if self.json {
-            return self.json_statements("interval", &period);
-        }
-        let head = format!(
-            "{}{} statements in the last {secs:.0}s",
-            self.prefix(),
-            period.calls
-        );
-        output::print(&self.tables(&head, &period, counters))
+        let stats = std::mem::take(&mut self.interval);
+        self.report(out, Scope::Interval, period, &stats, counters)
     }
 
-    pub fn summary(&mut self, counters: &[u64; counter::COUNT as usize]) {
-        let secs = self.started.elapsed().as_secs_f64();
+    pub fn finish(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
         let total = std::mem::take(&mut self.total);
-        if self.json {
-            self.json_statements("total", &total);
-            output::json_line(&json!({
-                "type": "summary",
-                "ts_ms": output::unix_ms(),
-                "duration_s": (secs * 1000.0).round() / 1000.0,
-                "calls": total.calls,
-                "hist_log2_us": total.log2_us,
-                "lost": lost_json(counters),
-            }));
-            return;
-        }
-        let head = format!("{}{} statements in {secs:.0}s", self.prefix(), total.calls);
-        output::print(&self.tables(&head, &total, counters));
+        self.report(out, Scope::Total, self.started.elapsed(), &total, counters)
     }
 
-    fn prefix(&self) -> String {
-        if self.timestamp {
-            format!("{} ", output::hms_now())
-        } else {
-            String::new()
+    fn report(
+        &self,
+        out: &mut Output,
+        scope: Scope,
+        period: Duration,
+        stats: &Period,
+        counters: &Counters,
+    ) -> io::Result<()> {
+        if out.json {
+            return self.json_report(out, scope, period, stats, counters);
         }
+        let secs = period.as_secs_f64();
+        let head = match scope {
+            Scope::Interval => format!(
+                "{}{} statements in the last {secs:.0}s",
+                out.prefix(),
+                stats.calls
+            ),
+            Scope::Total => format!("{}{} statements in {secs:.0}s", out.prefix(), stats.calls),
+        };
+        let text = self.tables(out.width, &head, stats, counters);
+        out.text(&text)
     }
 
-    fn tables(&self, head: &str, p: &Period, counters: &[u64; counter::COUNT as usize]) -> String {
+    fn tables(&self, width: Option<usize>, head: &str, p: &Period, counters: &Counters) -> String {
         let mut out = format!("{head}\n");
         if p.calls > 0 {
             out.push_str(&output::log2_histogram("usecs", &p.log2_us));
@@ -184,7 +172,7 @@ impl Reporter {
                 .take(self.top)
                 .map(|(k, l)| self.row(k, l))
                 .collect();
-            out.push_str(&output::table(&header, &rows, self.width));
+            out.push_str(&output::table(&header, &rows, width));
             out.push('\n');
             if sorted.len() > self.top {
                 out.push_str(&format!("({} more statements)\n", sorted.len() - self.top));
@@ -212,42 +200,54 @@ impl Reporter {
         r
     }
 
-    fn json_statements(&self, scope: &str, p: &Period) -> bool {
-        let ts = output::unix_ms();
-        let mut ok = true;
+    fn json_report(
+        &self,
+        out: &mut Output,
+        scope: Scope,
+        period: Duration,
+        p: &Period,
+        c: &Counters,
+    ) -> io::Result<()> {
+        let ts_ns = output::unix_ns();
+        let round = |ns: f64| ns.round() as u64;
         for (k, l) in p.sorted() {
-            let mut v = json!({
-                "type": "statement",
-                "scope": scope,
-                "ts_ms": ts,
-                "query": k.statement,
-                "calls": l.calls,
-                "total_ns": l.total_ns,
-                "mean_ns": l.mean_ns().round(),
-                "p50_ns": l.percentile_ns(50.0).round(),
-                "p95_ns": l.percentile_ns(95.0).round(),
-                "p99_ns": l.percentile_ns(99.0).round(),
-                "max_ns": l.max_ns,
-                "truncated": l.truncated,
-            });
-            if self.per_backend {
-                v["pid"] = json!(k.pid);
-            }
-            ok &= output::json_line(&v);
+            out.record(&Record::Statement(StatementRow {
+                scope,
+                ts_ns,
+                query: &k.statement,
+                pid: self.per_backend.then_some(k.pid),
+                calls: l.calls,
+                total_ns: l.total_ns,
+                mean_ns: round(l.mean_ns()),
+                p50_ns: round(l.percentile_ns(50.0)),
+                p95_ns: round(l.percentile_ns(95.0)),
+                p99_ns: round(l.percentile_ns(99.0)),
+                max_ns: l.max_ns,
+                truncated: l.truncated,
+            }))?;
         }
-        ok
+        let totals = Totals {
+            ts_ns,
+            interval_ns: records::ns(period),
+            calls: p.calls,
+            hist_log2_us: records::trim_hist(&p.log2_us),
+            lost: Lost {
+                ringbuf_full: c[counter::RINGBUF_FULL as usize],
+                context_full: c[counter::CONTEXT_FULL as usize],
+                began_before_attach: c[counter::DONE_WITHOUT_START as usize],
+            },
+        };
+        out.record(&match scope {
+            Scope::Interval => Record::Interval(totals),
+            Scope::Total => Record::Summary(totals),
+        })
     }
 }
 
-fn lost_json(c: &[u64; counter::COUNT as usize]) -> serde_json::Value {
-    json!({
-        "ringbuf_full": c[counter::RINGBUF_FULL as usize],
-        "context_full": c[counter::CONTEXT_FULL as usize],
-        "began_before_attach": c[counter::DONE_WITHOUT_START as usize],
-    })
-}
+/// The kernel side's COUNTERS, summed over CPUs.
+pub type Counters = [u64; counter::COUNT as usize];
 
-fn lost_text(c: &[u64; counter::COUNT as usize]) -> String {
+fn lost_text(c: &Counters) -> String {
     format!(
         "lost: {} statements (ring buffer full), {} untracked (context map full); {} had begun before tracing",
         c[counter::RINGBUF_FULL as usize],

@@ -26,8 +26,8 @@ use pgbpf_testkit::{
     container::{Container, ContainerSpec},
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, statement_key,
-    tool::{Traced, run_tool},
+    require_root, schema, statement_key,
+    tool::{Traced, assert_quiet_in_head, run_tool},
 };
 use serde_json::Value;
 
@@ -123,6 +123,8 @@ fn run_protocol(mode: &str) {
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     let records = out.json();
+    let kinds = schema::validate("query_latency", &records);
+    assert_eq!(kinds, ["statement", "summary"], "record kinds");
     let theirs = pgss(&pg, mode == "simple");
     let ours = ours(&records);
     let mut compared = 0;
@@ -178,6 +180,8 @@ fn a_50ms_sleep_is_in_the_32_to_64ms_bucket_and_reported_slow() {
     let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "40"]).unwrap();
     pg.psql("select pg_sleep(0.05)").unwrap();
     let records = tool.stop().unwrap().json();
+    let kinds = schema::validate("query_latency", &records);
+    assert!(kinds.contains(&"slow".to_string()), "{kinds:?}");
     let hist: Vec<u64> = summary(&records)["hist_log2_us"]
         .as_array()
         .unwrap()
@@ -336,6 +340,11 @@ fn active_statements_come_from_the_query_context() {
     let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "--active", "1"]).unwrap();
     pg.psql("select pg_sleep(1.6)").unwrap();
     let records = tool.stop().unwrap().json();
+    let kinds = schema::validate("query_latency", &records);
+    assert!(
+        kinds.contains(&"active".to_string()) && kinds.contains(&"interval".to_string()),
+        "{kinds:?}"
+    );
     let active: Vec<&Value> = records
         .iter()
         .filter(|r| r["type"] == "active" && r["query"] == "select pg_sleep(1.6)")
@@ -351,6 +360,17 @@ fn active_statements_come_from_the_query_context() {
         .max()
         .unwrap();
     assert!((500_000_000..1_700_000_000).contains(&longest), "{longest}");
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let would_run = Duration::from_secs(5);
+    assert_quiet_in_head(BIN, &["-p", &postmaster, "1", "5"], would_run);
+    assert_quiet_in_head(BIN, &["-p", &postmaster, "--json", "1", "5"], would_run);
 }
 
 #[test]

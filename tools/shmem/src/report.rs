@@ -1,13 +1,22 @@
 //! Live event lines (failures highlighted with the size asked and the space left), interval
 //! and final summaries in postgres-bcc's sections (mmap / anon shm / shm), or NDJSON.
 
-use std::{collections::BTreeMap, io::IsTerminal as _};
+use std::{
+    collections::BTreeMap,
+    io::{self, IsTerminal as _},
+    time::{Duration, Instant},
+};
 
-use pgbpf_common::output::{self, human_bytes as hb};
-use serde_json::{Value, json};
+use pgbpf_common::{
+    output::{self, Output, human_bytes as hb},
+    records::ns,
+};
 use shmem_ebpf::counter;
 
-use crate::event::Event;
+use crate::{
+    event::Event,
+    records::{self, Lost, ProcessBytes, Record, SegmentBytes, Totals},
+};
 
 /// What one interval (or the whole run) saw.
 #[derive(Default)]
@@ -51,16 +60,13 @@ impl Period {
 }
 
 pub struct Reporter {
-    json: bool,
-    timestamp: bool,
     failures_only: bool,
     color: bool,
-    width: Option<usize>,
     /// Wall clock minus CLOCK_MONOTONIC, to print event times.
     wall_offset_ns: i64,
     header_done: bool,
-    started: std::time::Instant,
-    last_report: std::time::Instant,
+    started: Instant,
+    last_report: Instant,
     interval: Period,
     total: Period,
 }
@@ -72,43 +78,40 @@ fn now_ns(clock: nix::time::ClockId) -> i64 {
 }
 
 impl Reporter {
-    pub fn new(json: bool, timestamp: bool, failures_only: bool) -> Reporter {
+    pub fn new(failures_only: bool) -> Reporter {
         Reporter {
-            json,
-            timestamp,
             failures_only,
             color: std::io::stdout().is_terminal(),
-            width: output::terminal_width(),
             wall_offset_ns: now_ns(nix::time::ClockId::CLOCK_REALTIME)
                 - now_ns(nix::time::ClockId::CLOCK_MONOTONIC),
             header_done: false,
-            started: std::time::Instant::now(),
-            last_report: std::time::Instant::now(),
+            started: Instant::now(),
+            last_report: Instant::now(),
             interval: Period::default(),
             total: Period::default(),
         }
     }
 
-    fn unix_ms(&self, mono_ns: u64) -> i64 {
-        (mono_ns as i64 + self.wall_offset_ns) / 1_000_000
+    fn unix_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i64).saturating_add(self.wall_offset_ns).max(0) as u64
     }
 
-    /// One event. Returns false once stdout is gone.
-    pub fn event(&mut self, e: &Event) -> bool {
+    /// One event.
+    pub fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
         self.interval.add(e);
         self.total.add(e);
         if self.failures_only && !e.failed() {
-            return true;
+            return Ok(());
         }
-        if self.json {
-            return output::json_line(&self.event_json(e));
+        if out.json {
+            return out.record(&Record::Event(self.event_record(e)));
         }
-        let mut out = String::new();
+        let mut text = String::new();
         if !self.header_done {
             self.header_done = true;
-            out.push_str(&format!(
+            text.push_str(&format!(
                 "{}{:<8} {:<16} {:<10} {:<26} {:>8} {:<14} QUERY\n",
-                if self.timestamp { "TIME     " } else { "" },
+                if out.timestamp { "TIME     " } else { "" },
                 "PID",
                 "BACKEND",
                 "CALL",
@@ -117,8 +120,11 @@ impl Reporter {
                 "RESULT"
             ));
         }
-        let time = if self.timestamp {
-            format!("{} ", output::hms_of(self.unix_ms(e.ts_ns) / 1000))
+        let time = if out.timestamp {
+            format!(
+                "{} ",
+                output::hms_of((self.unix_ns(e.ts_ns) / 1_000_000_000) as i64)
+            )
         } else {
             String::new()
         };
@@ -137,95 +143,110 @@ impl Reporter {
             e.result(),
             output::one_line(&e.query)
         );
-        let line = output::cut_to_width(&line, self.width);
+        let line = output::cut_to_width(&line, out.width);
         if e.failed() {
             let (start, end) = if self.color {
                 ("\x1b[1;31m", "\x1b[0m")
             } else {
                 ("", "")
             };
-            out.push_str(&format!("{start}{line}{end}\n"));
-            out.push_str(&format!("{start}  ^ {}{end}\n", failure_text(e)));
+            text.push_str(&format!("{start}{line}{end}\n"));
+            text.push_str(&format!("{start}  ^ {}{end}\n", failure_text(e)));
         } else {
-            out.push_str(&line);
-            out.push('\n');
+            text.push_str(&line);
+            text.push('\n');
         }
-        output::print(&out)
+        out.text(&text)
     }
 
-    fn event_json(&self, e: &Event) -> Value {
-        json!({
-            "type": "event",
-            "ts_ms": self.unix_ms(e.ts_ns),
-            "pid": e.pid,
-            "tid": e.tid,
-            "ns_pid": e.ns_pid,
-            "backend": e.backend,
-            "leader_pid": e.leader,
-            "call": e.call,
-            "segment": e.segment,
-            "size": e.size,
-            "detail": e.detail,
-            "result": e.result(),
-            "ret": e.ret,
-            "errno": e.errno(),
-            "failed": e.failed(),
-            "duration_ns": e.duration_ns,
-            "dev_shm_size": e.space.map(|s| s.0),
-            "dev_shm_free": e.space.map(|s| s.1),
-            "query": e.query,
-        })
+    fn event_record<'e>(&self, e: &'e Event) -> records::Event<'e> {
+        records::Event {
+            ts_ns: self.unix_ns(e.ts_ns),
+            pid: e.pid,
+            tid: e.tid,
+            ns_pid: e.ns_pid,
+            backend_type: &e.backend,
+            leader_pid: e.leader,
+            call: e.call,
+            segment: &e.segment,
+            size_bytes: e.size,
+            detail: &e.detail,
+            result: e.result(),
+            ret: e.ret,
+            errno: e.errno(),
+            failed: e.failed(),
+            duration_ns: e.duration_ns,
+            dev_shm_size_bytes: e.space.map(|s| s.0),
+            dev_shm_free_bytes: e.space.map(|s| s.1),
+            query: &e.query,
+        }
     }
 
-    /// The interval summary. Returns false once stdout is gone.
-    pub fn interval(&mut self, lost: &[u64]) -> bool {
+    /// The interval summary.
+    pub fn interval(&mut self, out: &mut Output, lost: &[u64]) -> io::Result<()> {
         let p = std::mem::take(&mut self.interval);
-        let secs = self.last_report.elapsed().as_secs_f64();
-        self.last_report = std::time::Instant::now();
-        self.summary_of(&p, "interval", secs, lost)
+        let period = self.last_report.elapsed();
+        self.last_report = Instant::now();
+        self.summary_of(out, &p, false, period, lost)
     }
 
     /// The summary of the whole run.
-    pub fn finish(&mut self, lost: &[u64]) -> bool {
+    pub fn finish(&mut self, out: &mut Output, lost: &[u64]) -> io::Result<()> {
         let p = std::mem::take(&mut self.total);
-        self.summary_of(&p, "total", self.started.elapsed().as_secs_f64(), lost)
+        self.summary_of(out, &p, true, self.started.elapsed(), lost)
     }
 
-    fn summary_of(&self, p: &Period, scope: &str, secs: f64, lost: &[u64]) -> bool {
+    fn summary_of(
+        &self,
+        sink: &mut Output,
+        p: &Period,
+        whole_run: bool,
+        period: Duration,
+        lost: &[u64],
+    ) -> io::Result<()> {
         let lost_at = |i: u32| lost.get(i as usize).copied().unwrap_or(0);
-        if self.json {
-            let per_pid = |m: &BTreeMap<(u32, String), (u64, u64)>| -> Vec<Value> {
+        if sink.json {
+            fn per_pid(m: &BTreeMap<(u32, String), (u64, u64)>) -> Vec<ProcessBytes<'_>> {
                 m.iter()
-                    .map(|((pid, b), (bytes, calls))| {
-                        json!({"pid": pid, "backend": b, "bytes": bytes, "calls": calls})
+                    .map(|((pid, b), (bytes, calls))| ProcessBytes {
+                        pid: *pid,
+                        backend_type: b,
+                        bytes: *bytes,
+                        calls: *calls,
                     })
                     .collect()
-            };
-            return output::json_line(&json!({
-                "type": "summary",
-                "scope": scope,
-                "ts_ms": output::unix_ms(),
-                "events": p.events,
-                "duration_s": secs,
-                "mmap": per_pid(&p.mmap),
-                "anon_shm": per_pid(&p.anon_shm),
-                "shm": p.shm.iter().map(|(s, b)| json!({"segment": s, "bytes": b})).collect::<Vec<_>>(),
-                "failures": p.failures.iter().map(|e| self.event_json(e)).collect::<Vec<_>>(),
-                "lost": {
-                    "ringbuf_full": lost_at(counter::RINGBUF_FULL),
-                    "pending_full": lost_at(counter::PENDING_FULL),
-                    "fds_full": lost_at(counter::FDS_FULL),
+            }
+            let totals = Totals {
+                ts_ns: output::unix_ns(),
+                interval_ns: ns(period),
+                events: p.events,
+                mmap: per_pid(&p.mmap),
+                anon_shm: per_pid(&p.anon_shm),
+                shm: p
+                    .shm
+                    .iter()
+                    .map(|(s, b)| SegmentBytes {
+                        segment: s,
+                        bytes: *b,
+                    })
+                    .collect(),
+                failures: p.failures.iter().map(|e| self.event_record(e)).collect(),
+                lost: Lost {
+                    ringbuf_full: lost_at(counter::RINGBUF_FULL),
+                    pending_full: lost_at(counter::PENDING_FULL),
+                    fds_full: lost_at(counter::FDS_FULL),
                 },
-            }));
+            };
+            return sink.record(&if whole_run {
+                Record::Summary(totals)
+            } else {
+                Record::Interval(totals)
+            });
         }
         let mut out = format!(
             "\n{}{} ({} events)\n",
-            if self.timestamp {
-                format!("{} ", output::hms_now())
-            } else {
-                String::new()
-            },
-            if scope == "total" {
+            sink.prefix(),
+            if whole_run {
                 "Summary of the whole trace"
             } else {
                 "Interval"
@@ -266,7 +287,7 @@ impl Reporter {
                 lost_at(counter::FDS_FULL)
             ));
         }
-        output::print(&out)
+        sink.text(&out)
     }
 }
 

@@ -4,10 +4,19 @@
 //! (RSS, PSS) from smaps with its backend type. Other processes get the same view without
 //! PostgreSQL's meaning.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
-use pgbpf_common::postgres::{backend_type, is_postgres_binary};
-use serde_json::{Value, json};
+use pgbpf_common::{
+    output::{self, Output},
+    postgres::{backend_type, is_postgres_binary},
+};
+
+use crate::records::{
+    self, DsmSegment, InstanceSnapshot, MainSegment, ProcessSnapshot, Record, Sysv,
+};
 
 /// One shared mapping of a process (smaps entry with the `s` permission).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -395,58 +404,93 @@ fn instance(pm: u32, mut processes: Vec<ProcessShared>) -> Instance {
     }
 }
 
-fn space_json(s: &Option<Space>) -> Value {
-    match s {
-        Some(s) => json!({"size": s.total, "used": s.used, "free": s.free}),
-        None => Value::Null,
-    }
-}
-
-fn process_json(p: &ProcessShared) -> Value {
-    json!({
-        "pid": p.pid, "backend": p.backend, "shared_rss": p.rss, "shared_pss": p.pss,
-        "main_rss": p.main_rss, "dsm_rss": p.dsm_rss, "sysv_rss": p.sysv_rss,
+fn space_record(s: &Option<Space>) -> Option<records::Space> {
+    s.map(|s| records::Space {
+        size_bytes: s.total,
+        used_bytes: s.used,
+        free_bytes: s.free,
     })
 }
 
+fn process_record(p: &ProcessShared) -> records::ProcessShared<'_> {
+    records::ProcessShared {
+        pid: p.pid,
+        backend_type: &p.backend,
+        shared_rss_bytes: p.rss,
+        shared_pss_bytes: p.pss,
+        main_rss_bytes: p.main_rss,
+        dsm_rss_bytes: p.dsm_rss,
+        sysv_rss_bytes: p.sysv_rss,
+    }
+}
+
 impl Snapshot {
-    /// One NDJSON object per instance and per other process.
-    pub fn to_json(&self) -> Vec<Value> {
-        let huge = json!({
-            "total": self.huge.total, "free": self.huge.free, "reserved": self.huge.reserved,
-            "page_size": self.huge.page_size, "shmem_huge_bytes": self.huge.shmem_huge_bytes,
-        });
-        let mut out = vec![];
+    /// One `snapshot` record per instance and per other process.
+    pub fn write_json(&self, out: &mut Output) -> io::Result<()> {
+        let ts_ns = output::unix_ns();
+        let huge = || records::HugePages {
+            total: self.huge.total,
+            free: self.huge.free,
+            reserved: self.huge.reserved,
+            page_size_bytes: self.huge.page_size,
+            shmem_huge_bytes: self.huge.shmem_huge_bytes,
+        };
         for i in &self.instances {
-            out.push(json!({
-                "type": "snapshot",
-                "postgres": true,
-                "pid": i.postmaster,
-                "data_dir": i.data_dir,
-                "main_segment": {"size": i.main_size, "page_size": i.main_page_size},
-                "sysv": i.sysv.as_ref().map(|s| json!({
-                    "key": format!("{:#010x}", s.key), "id": s.id, "size": s.size, "attached": s.attached,
-                })),
-                "dsm": i.dsm.iter().map(|f| json!({"name": f.name, "size": f.size, "allocated": f.allocated})).collect::<Vec<_>>(),
-                "dev_shm": space_json(&i.dev_shm),
-                "huge_pages": huge,
-                "processes": i.processes.iter().map(process_json).collect::<Vec<_>>(),
-            }));
+            out.record(&Record::Snapshot(records::Snapshot::Instance(
+                InstanceSnapshot {
+                    ts_ns,
+                    postgres: true,
+                    pid: i.postmaster,
+                    data_dir: &i.data_dir,
+                    main_segment: MainSegment {
+                        size_bytes: i.main_size,
+                        page_size_bytes: i.main_page_size,
+                    },
+                    sysv: i.sysv.as_ref().map(|s| Sysv {
+                        key: format!("{:#010x}", s.key),
+                        id: s.id,
+                        size_bytes: s.size,
+                        attached: s.attached,
+                    }),
+                    dsm: i
+                        .dsm
+                        .iter()
+                        .map(|f| DsmSegment {
+                            name: &f.name,
+                            size_bytes: f.size,
+                            allocated_bytes: f.allocated,
+                        })
+                        .collect(),
+                    dev_shm: space_record(&i.dev_shm),
+                    huge_pages: huge(),
+                    processes: i.processes.iter().map(process_record).collect(),
+                },
+            )))?;
         }
         for (p, space) in &self.others {
-            out.push(json!({
-                "type": "snapshot",
-                "postgres": false,
-                "pid": p.pid,
-                "note": note_for(p),
-                "process": process_json(p),
-                "mappings": p.mappings.iter().map(|m| json!({
-                    "path": m.path, "size": m.size, "rss": m.rss, "pss": m.pss, "page_size": m.page_size,
-                })).collect::<Vec<_>>(),
-                "dev_shm": space_json(space),
-            }));
+            out.record(&Record::Snapshot(records::Snapshot::Process(
+                ProcessSnapshot {
+                    ts_ns,
+                    postgres: false,
+                    pid: p.pid,
+                    note: note_for(p),
+                    process: process_record(p),
+                    mappings: p
+                        .mappings
+                        .iter()
+                        .map(|m| records::Mapping {
+                            path: &m.path,
+                            size_bytes: m.size,
+                            rss_bytes: m.rss,
+                            pss_bytes: m.pss,
+                            page_size_bytes: m.page_size,
+                        })
+                        .collect(),
+                    dev_shm: space_record(space),
+                },
+            )))?;
         }
-        out
+        Ok(())
     }
 
     /// The human-readable view.

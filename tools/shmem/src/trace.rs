@@ -1,16 +1,21 @@
 //! Resolves the target, prints the snapshot, loads and attaches the kernel programs (syscall
-//! tracepoints, uprobes on PostgreSQL's dsm_create / PGSharedMemoryCreate), and runs the loop.
+//! tracepoints, uprobes on PostgreSQL's dsm_create / PGSharedMemoryCreate), and drains the
+//! ring buffer's events into the report.
 
 use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
-use aya::programs::uprobe::UProbeAttachLocation;
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::uprobe::UProbeAttachLocation,
+};
 use pgbpf_common::{
-    cli::{Tick, Ticker},
     elf::Symbols,
     kernel_btf::KernelTypes,
     loader::{self, Loaded},
-    output, postgres,
+    output::Output,
+    postgres,
     query_string::QueryAddrs,
+    runtime::{Attached, Trace},
     system,
     target::Target,
 };
@@ -112,9 +117,10 @@ fn pid_namespace(pids: &[u32]) -> Option<(u64, u64)> {
     Some((md.dev(), md.ino()))
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+/// Prints the snapshot; unless `--snapshot`, loads and attaches.
+pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     let mut target = Target::resolve(&args.target, None)?;
-    let roots = target.tgids.clone();
+    let roots = target.roots();
     let not_postgres: Vec<u32> = roots
         .iter()
         .copied()
@@ -131,15 +137,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let pids = snapshot_pids(&target);
     let snap = snapshot::take(&pids);
-    if args.out.json {
-        for v in snap.to_json() {
-            output::json_line(&v);
-        }
+    if out.json {
+        snap.write_json(out)?;
     } else {
-        output::print(&snap.render(output::terminal_width()));
+        out.text(&snap.render(out.width))?;
     }
     if args.snapshot {
-        return Ok(());
+        return Ok(None);
     }
 
     let binary = if not_postgres.len() == roots.len() && !roots.is_empty() {
@@ -190,14 +194,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
         loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
     }
-    eprintln!(
-        "Tracing shared memory of {} ({} syscalls, {} PostgreSQL functions, attached in {:.0} ms)... Hit Ctrl-C to end.",
-        target.describe(),
-        SYSCALLS.len() + 1,
-        functions,
-        loaded.startup_ms()
-    );
-    event_loop(args, &mut loaded, query_addrs, &roots)
+    let ring = loaded.take_ring_buffer("EVENTS")?;
+    Ok(Some(Attached {
+        what: format!("Tracing shared memory of {}", target.describe()),
+        details: vec![
+            format!("{} syscalls", SYSCALLS.len() + 1),
+            format!("{functions} PostgreSQL functions"),
+        ],
+        started: loaded.started,
+        watch: roots,
+        trace: Box::new(ShmTrace {
+            loaded,
+            ring,
+            query_addrs,
+            reporter: Reporter::new(args.failures),
+        }),
+    }))
 }
 
 fn attach_functions(loaded: &mut Loaded, binary: &Path) -> anyhow::Result<usize> {
@@ -217,71 +229,42 @@ fn attach_functions(loaded: &mut Loaded, binary: &Path) -> anyhow::Result<usize>
     Ok(n)
 }
 
-fn event_loop(
-    args: &Args,
-    loaded: &mut Loaded,
-    mut query_addrs: QueryAddrs,
-    roots: &[u32],
-) -> anyhow::Result<()> {
-    let mut ring = loaded.take_ring_buffer("EVENTS")?;
-    let mut reporter = Reporter::new(args.out.json, args.out.timestamp, args.failures);
-    let mut ticker = Ticker::start(&args.out)?;
-    let mut gone: Vec<u32> = vec![];
-    loop {
-        loader::wait_readable(&ring, 50);
-        while let Some(item) = ring.next() {
-            let Some(raw) = loader::record::<ShmEvent>(&item) else {
-                continue;
-            };
-            if !reporter.event(&event::decode(&raw)) {
-                ticker.request_stop();
-            }
-        }
+/// Every call is a ring buffer record.
+struct ShmTrace {
+    loaded: Loaded,
+    ring: RingBuf<MapData>,
+    query_addrs: QueryAddrs,
+    reporter: Reporter,
+}
+
+impl Trace for ShmTrace {
+    fn wait(&mut self, timeout: Duration) {
+        loader::wait_readable(&self.ring, timeout);
+    }
+
+    fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let reporter = &mut self.reporter;
+        loader::drain_records(&mut self.ring, |raw: &ShmEvent| {
+            reporter.event(out, &event::decode(raw))
+        })?;
         // Processes met before they were located (started outside a traced tree): their next
         // events carry the statement.
-        query_addrs.locate_wanted(loaded)?;
-        for &pid in roots {
-            if !gone.contains(&pid) && !alive(pid) {
-                gone.push(pid);
-                eprintln!(
-                    "shmem: PID {pid} exited at {}; {}",
-                    output::hms_now(),
-                    if gone.len() == roots.len() {
-                        "nothing left to trace: the summary of what was seen follows"
-                    } else {
-                        "still tracing the others"
-                    }
-                );
-            }
-        }
-        if !roots.is_empty() && gone.len() == roots.len() {
-            ticker.request_stop();
-        }
-        match ticker.next(Duration::ZERO) {
-            Tick::Idle => {}
-            Tick::Interval => {
-                if !reporter.interval(&counters(loaded)?) {
-                    ticker.request_stop();
-                }
-            }
-            Tick::Final => {
-                reporter.finish(&counters(loaded)?);
-                return Ok(());
-            }
-        }
+        self.query_addrs.locate_wanted(&mut self.loaded)
+    }
+
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let lost = self.counters()?;
+        Ok(self.reporter.interval(out, &lost)?)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let lost = self.counters()?;
+        Ok(self.reporter.finish(out, &lost)?)
     }
 }
 
-/// A process that exited but was not reaped yet (a zombie) counts as gone.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next());
-        !matches!(state, Some("Z") | Some("X"))
-    })
-}
-
-fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {
-    loaded.counters()
+impl ShmTrace {
+    fn counters(&self) -> anyhow::Result<[u64; counter::COUNT as usize]> {
+        self.loaded.counters()
+    }
 }

@@ -13,8 +13,8 @@ use pgbpf_testkit::{
     container::ContainerSpec,
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root,
-    tool::{Traced, run_tool},
+    require_root, schema,
+    tool::{Traced, assert_quiet_in_head, run_tool},
 };
 use serde_json::Value;
 
@@ -95,6 +95,8 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     let records = out.json();
+    let kinds = schema::validate("shmem", &records);
+    assert_eq!(kinds, ["snapshot", "event", "summary"], "record kinds");
     let human = human.stop().unwrap();
     // Kept for the manual's example.
     let _ = std::fs::write(
@@ -114,9 +116,9 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
         .find(|e| e["call"] == "fallocate" && e["segment"] == segment.as_str())
         .unwrap_or_else(|| panic!("no failed fallocate of {segment}: {failed:#?}"));
     assert_eq!(f["result"], "ENOSPC");
-    assert_eq!(f["size"], bytes, "bytes asked, as in the server log");
+    assert_eq!(f["size_bytes"], bytes, "bytes asked, as in the server log");
     assert_eq!(f["ns_pid"], log_pid, "the pid the server log names");
-    assert_eq!(f["backend"], log_backend.as_str());
+    assert_eq!(f["backend_type"], log_backend.as_str());
     assert_eq!(f["query"], BIG_JOIN);
     let line = human
         .stdout
@@ -134,20 +136,17 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     let (size, _) = df(&container.exec("postgres", "df -B1 /dev/shm").unwrap());
     // podman's default: 64000 KiB.
     assert!((60 << 20..=64 << 20).contains(&size), "{size}");
-    assert_eq!(f["dev_shm_size"], size);
-    let free = f["dev_shm_free"].as_u64().unwrap();
+    assert_eq!(f["dev_shm_size_bytes"], size);
+    let free = f["dev_shm_free_bytes"].as_u64().unwrap();
     assert!(
         free < bytes,
         "free {free} must be less than the {bytes} asked"
     );
     // The snapshot saw the same /dev/shm.
     let snap = records.iter().find(|r| r["type"] == "snapshot").unwrap();
-    assert_eq!(snap["dev_shm"]["size"], size);
+    assert_eq!(snap["dev_shm"]["size_bytes"], size);
     // The summary counts it.
-    let total = records
-        .iter()
-        .find(|r| r["type"] == "summary" && r["scope"] == "total")
-        .unwrap();
+    let total = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert!(!total["failures"].as_array().unwrap().is_empty());
     assert_eq!(total["lost"]["ringbuf_full"], 0);
 }
@@ -183,6 +182,7 @@ fn snapshot_agrees_with_show_shared_memory_size_smaps_and_df() {
     let out = run_tool(BIN, &["-p", &pm.to_string(), "--snapshot", "--json"]);
     assert!(out.status.success(), "{}", out.stderr);
     let records = out.json();
+    assert_eq!(schema::validate("shmem", &records), ["snapshot"]);
     assert_eq!(records.len(), 1, "one instance: {records:#?}");
     let s = &records[0];
     assert_eq!(s["postgres"], true);
@@ -190,33 +190,33 @@ fn snapshot_agrees_with_show_shared_memory_size_smaps_and_df() {
     // SHOW shared_memory_size is the main segment in MB, rounded up.
     let shown = pg.psql("show shared_memory_size").unwrap();
     let mb: u64 = shown.trim().trim_end_matches("MB").parse().unwrap();
-    let main = s["main_segment"]["size"].as_u64().unwrap();
+    let main = s["main_segment"]["size_bytes"].as_u64().unwrap();
     assert_eq!(main.div_ceil(1 << 20), mb, "main segment {main} vs {shown}");
     let (smaps_size, smaps_rss) = main_segment_from_smaps(pm);
     assert_eq!(main, smaps_size);
     let postmaster = &s["processes"][0];
     assert_eq!(postmaster["pid"], pm);
-    assert_eq!(postmaster["backend"], "postmaster");
+    assert_eq!(postmaster["backend_type"], "postmaster");
     // Resident pages move a little between the two reads: within 1 MiB.
-    let ours = postmaster["main_rss"].as_u64().unwrap();
+    let ours = postmaster["main_rss_bytes"].as_u64().unwrap();
     assert!(ours.abs_diff(smaps_rss) <= 1 << 20, "{ours} vs {smaps_rss}");
     let types: Vec<&str> = s["processes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["backend"].as_str().unwrap())
+        .map(|p| p["backend_type"].as_str().unwrap())
         .collect();
     for t in ["checkpointer", "background writer", "walwriter"] {
         assert!(types.contains(&t), "{types:?}");
     }
     // PostgreSQL's SysV header segment: 56 bytes on 64-bit Linux (sizeof(PGShmemHeader)).
-    assert_eq!(s["sysv"]["size"], 56);
+    assert_eq!(s["sysv"]["size_bytes"], 56);
     // /dev/shm as df sees it.
     let df_out =
         pgbpf_testkit::run(std::process::Command::new("df").args(["-B1", "/dev/shm"])).unwrap();
     let (size, used) = df(&df_out);
-    assert_eq!(s["dev_shm"]["size"], size);
-    let ours = s["dev_shm"]["used"].as_u64().unwrap();
+    assert_eq!(s["dev_shm"]["size_bytes"], size);
+    let ours = s["dev_shm"]["used_bytes"].as_u64().unwrap();
     assert!(ours.abs_diff(used) <= 1 << 20, "{ours} vs df {used}");
     // The DSM control segment every instance has is listed.
     assert!(!s["dsm"].as_array().unwrap().is_empty(), "{s}");
@@ -263,7 +263,7 @@ fn pid_covers_backends_started_later_and_a_postmaster_that_exits() {
     let evs = events(&records);
     let mut workers: Vec<u64> = evs
         .iter()
-        .filter(|e| e["backend"] == "parallel worker" && e["call"] == "open")
+        .filter(|e| e["backend_type"] == "parallel worker" && e["call"] == "open")
         .map(|e| e["pid"].as_u64().unwrap())
         .collect();
     workers.sort_unstable();
@@ -276,7 +276,7 @@ fn pid_covers_backends_started_later_and_a_postmaster_that_exits() {
     // The leader created the query's segment, with the statement attached.
     let created = evs
         .iter()
-        .find(|e| e["call"] == "dsm_create" && e["backend"] == "client backend")
+        .find(|e| e["call"] == "dsm_create" && e["backend_type"] == "client backend")
         .unwrap_or_else(|| panic!("no dsm_create: {evs:#?}"));
     assert!(
         created["query"]
@@ -287,7 +287,7 @@ fn pid_covers_backends_started_later_and_a_postmaster_that_exits() {
     );
     let total = records
         .iter()
-        .find(|r| r["type"] == "summary" && r["scope"] == "total")
+        .find(|r| r["type"] == "summary")
         .expect("the summary after the postmaster exited");
     assert_eq!(total["events"].as_u64().unwrap(), evs.len() as u64);
     tool_stderr_is_quiet(&out.stderr);
@@ -335,17 +335,30 @@ fn a_process_that_is_not_postgres_gets_the_generic_view() {
         out.stderr
     );
     let records = out.json();
+    schema::validate("shmem", &records);
     let s = records.iter().find(|r| r["type"] == "snapshot").unwrap();
     assert_eq!(s["postgres"], false);
     let m = s["mappings"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["size"] == 8 << 20)
+        .find(|m| m["size_bytes"] == 8 << 20)
         .unwrap_or_else(|| panic!("no 8 MiB shared mapping: {s}"));
-    assert_eq!(m["rss"], 4 << 20);
+    assert_eq!(m["rss_bytes"], 4 << 20);
     // It traced and summarized too.
     assert!(records.iter().any(|r| r["type"] == "summary"));
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start().unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    // The snapshot comes first; the first interval's summary meets the closed pipe.
+    let would_run = Duration::from_secs(5);
+    assert_quiet_in_head(BIN, &["-p", &pm, "1", "5"], would_run);
+    assert_quiet_in_head(BIN, &["-p", &pm, "--json", "1", "5"], would_run);
 }
 
 #[test]
@@ -383,10 +396,10 @@ fn a_server_starting_under_trace_shows_its_main_segment_being_created() {
         .find(|e| e["call"] == "mmap" && e["segment"] == "anonymous" && e["failed"] == false)
         .unwrap_or_else(|| panic!("no anonymous shared mmap from {pm}: {mine:#?}"));
     let mb: u64 = shown.trim().trim_end_matches("MB").parse().unwrap();
-    let size = mapped["size"].as_u64().unwrap();
+    let size = mapped["size_bytes"].as_u64().unwrap();
     assert_eq!(size.div_ceil(1 << 20), mb, "mmap of {size} vs {shown}");
     assert_eq!(
-        created["size"], size,
+        created["size_bytes"], size,
         "the size PostgreSQL asked for is mapped"
     );
     // The SysV header segment: shmget of sizeof(PGShmemHeader).
@@ -394,6 +407,6 @@ fn a_server_starting_under_trace_shows_its_main_segment_being_created() {
         .iter()
         .find(|e| e["call"] == "shmget" && e["failed"] == false)
         .unwrap_or_else(|| panic!("no shmget from {pm}: {mine:#?}"));
-    assert_eq!(shmget["size"], 56);
-    assert_eq!(mine[0]["backend"], "postmaster");
+    assert_eq!(shmget["size_bytes"], 56);
+    assert_eq!(mine[0]["backend_type"], "postmaster");
 }

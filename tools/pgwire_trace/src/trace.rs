@@ -1,5 +1,6 @@
-//! Live capture: load and attach the syscall tracepoints, tell the kernel which sockets are
-//! PostgreSQL connections, then drain the ring buffer into the decoder (and `--record`).
+//! Live capture: load and attach the socket (or syscall) tracepoints, tell the kernel which
+//! sockets are PostgreSQL connections, then drain the ring buffer into the decoder (and
+//! `--record`).
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
@@ -11,9 +12,10 @@ use std::{
 use anyhow::Context;
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use pgbpf_common::{
-    cli::{Tick, Ticker},
     loader::{self, Loaded},
+    output::Output,
     postgres,
+    runtime::{Attached, Trace},
     target::Target,
     tracefs,
 };
@@ -24,8 +26,8 @@ use pgwire_trace_ebpf::{
 
 use crate::{
     Args,
+    capture_file::{Kind, Record, Writer},
     decode::{Decoder, Event},
-    record::{Kind, Record, Writer},
     report::Reporter,
     sockets::{self, SocketState},
 };
@@ -240,27 +242,25 @@ struct Sink {
     decoder: Decoder,
     reporter: Reporter,
     recorder: Option<Writer<BufWriter<File>>>,
-    stdout_gone: bool,
     /// What the record being fed completed (kept to reuse its memory).
     events: Vec<Event>,
 }
 
 impl Sink {
-    fn feed(&mut self, r: &Record) -> anyhow::Result<()> {
+    fn feed(&mut self, out: &mut Output, r: &Record) -> anyhow::Result<()> {
         if let Some(w) = &mut self.recorder {
             w.write(r).context("writing the capture file")?;
         }
         self.decoder.feed_into(r, &mut self.events);
         for e in self.events.drain(..) {
-            if !self.reporter.event(&e) {
-                self.stdout_gone = true;
-            }
+            self.reporter.event(out, &e)?;
         }
         Ok(())
     }
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+/// Resolves the target and the ports, loads and attaches, joins the connections open now.
+pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Attached<'a>> {
     let mut target = Target::resolve(&args.target, None)?;
     loader::check_privileges()?;
     // A postmaster's backends are its children, also those forked later.
@@ -321,7 +321,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             )?),
             None => None,
         },
-        stdout_gone: false,
         events: vec![],
     };
     {
@@ -344,38 +343,45 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let now = now_mono_ns();
         for (key, info, peer) in &found.connections {
             socks.insert(key, info, 0)?;
-            sink.feed(&Record {
-                kind: Kind::Existing,
-                role: info.role,
-                dir: 0,
-                tgid: key.tgid,
-                tid: key.tgid,
-                fd: key.fd,
-                port: info.port,
-                conn_id: info.conn_id,
-                ts_ns: now,
-                len: 0,
-                lost: [0, 0],
-                payload: peer.clone().into_bytes(),
-            })?;
+            sink.feed(
+                out,
+                &Record {
+                    kind: Kind::Existing,
+                    role: info.role,
+                    dir: 0,
+                    tgid: key.tgid,
+                    tid: key.tgid,
+                    fd: key.fd,
+                    port: info.port,
+                    conn_id: info.conn_id,
+                    ts_ns: now,
+                    len: 0,
+                    lost: [0, 0],
+                    payload: peer.clone().into_bytes(),
+                },
+            )?;
         }
     }
     let mut ports_sorted: Vec<u16> = ports.iter().copied().collect();
     ports_sorted.sort_unstable();
-    eprintln!(
-        "Tracing PostgreSQL connections of {} (ports {}; {} listening sockets, {} open \
-         connections; attached in {:.0} ms)... Hit Ctrl-C to end.",
-        target.describe(),
-        ports_sorted
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-        found.listeners.len(),
-        found.connections.len(),
-        loaded.startup_ms()
-    );
-    event_loop(args, &mut loaded, &mut sink)
+    let ports_text: Vec<String> = ports_sorted.iter().map(u16::to_string).collect();
+    let ring = loaded.take_ring_buffer("EVENTS")?;
+    Ok(Attached {
+        what: format!("Tracing PostgreSQL connections of {}", target.describe()),
+        details: vec![
+            format!("ports {}", ports_text.join(", ")),
+            format!("{} listening sockets", found.listeners.len()),
+            format!("{} open connections", found.connections.len()),
+        ],
+        started: loaded.started,
+        watch: target.roots(),
+        trace: Box::new(WireTrace {
+            loaded,
+            ring,
+            sink,
+            last_prune: Instant::now(),
+        }),
+    })
 }
 
 /// Where reads and writes are captured: the socket layer's tracepoints when the kernel has
@@ -403,22 +409,31 @@ fn attach_data_hooks(loaded: &mut Loaded, syscall_hooks: bool) -> anyhow::Result
     Ok(())
 }
 
-fn event_loop(args: &Args, loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Result<()> {
-    let mut ring = loaded.take_ring_buffer("EVENTS")?;
-    let mut ticker = Ticker::start(&args.out)?;
-    let mut last_prune = Instant::now();
-    loop {
+/// Every read and write of a traced connection is a ring buffer record.
+struct WireTrace {
+    loaded: Loaded,
+    ring: RingBuf<MapData>,
+    sink: Sink,
+    last_prune: Instant,
+}
+
+impl Trace for WireTrace {
+    fn wait(&mut self, timeout: Duration) {
         // The kernel wakes us early only when the buffer fills past a quarter.
-        loader::wait_readable(&ring, 50);
+        loader::wait_readable(&self.ring, timeout);
+    }
+
+    fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
         // Processes gone before this drain have sent all they will send.
-        let prune = last_prune.elapsed() >= Duration::from_secs(1);
+        let prune = self.last_prune.elapsed() >= Duration::from_secs(1);
         let alive_before: Option<(u64, HashSet<u32>)> =
             prune.then(|| (now_mono_ns(), all_pids().into_iter().collect()));
-        drain(&mut ring, sink)?;
-        stop_capturing(loaded, sink)?;
+        drain(&mut self.ring, &mut self.sink, out)?;
+        stop_capturing(&mut self.loaded, &mut self.sink)?;
         if let Some((sampled_ns, alive)) = alive_before {
-            last_prune = Instant::now();
-            let (events, gone) = sink
+            self.last_prune = Instant::now();
+            let (events, gone) = self
+                .sink
                 .decoder
                 .close_exited(sampled_ns, |pid| alive.contains(&pid));
             let gone: Vec<SockKey> = gone
@@ -426,59 +441,51 @@ fn event_loop(args: &Args, loaded: &mut Loaded, sink: &mut Sink) -> anyhow::Resu
                 .map(|(tgid, fd)| SockKey { tgid, fd })
                 .collect();
             for e in events {
-                if !sink.reporter.event(&e) {
-                    sink.stdout_gone = true;
-                }
+                self.sink.reporter.event(out, &e)?;
             }
-            forget_sockets(loaded, &gone)?;
+            forget_sockets(&mut self.loaded, &gone)?;
         }
-        if sink.stdout_gone {
-            ticker.request_stop();
+        Ok(())
+    }
+
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let kernel = counters(&self.loaded)?;
+        let sink = &mut self.sink;
+        Ok(sink.reporter.interval(out, &sink.decoder.stats, &kernel)?)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let kernel = counters(&self.loaded)?;
+        let sink = &mut self.sink;
+        for e in sink.decoder.finish() {
+            sink.reporter.event(out, &e)?;
         }
-        match ticker.next(Duration::ZERO) {
-            Tick::Idle => {}
-            Tick::Interval => {
-                let kernel = counters(loaded)?;
-                if !sink.reporter.interval(&sink.decoder.stats, &kernel) {
-                    ticker.request_stop();
-                }
-            }
-            Tick::Final => {
-                drain(&mut ring, sink)?;
-                let kernel = counters(loaded)?;
-                for e in sink.decoder.finish() {
-                    sink.reporter.event(&e);
-                }
-                if let Some(w) = sink.recorder.take() {
-                    let mut w = w;
-                    w.write(&Record {
-                        kind: Kind::Counters,
-                        role: 0,
-                        dir: 0,
-                        tgid: 0,
-                        tid: 0,
-                        fd: 0,
-                        port: 0,
-                        conn_id: 0,
-                        ts_ns: now_mono_ns(),
-                        len: 0,
-                        lost: [0, 0],
-                        payload: kernel.iter().flat_map(|c| c.to_le_bytes()).collect(),
-                    })?;
-                    w.finish().context("writing the capture file")?;
-                }
-                sink.reporter.finish(&sink.decoder.stats, &kernel);
-                return Ok(());
-            }
+        if let Some(mut w) = sink.recorder.take() {
+            w.write(&Record {
+                kind: Kind::Counters,
+                role: 0,
+                dir: 0,
+                tgid: 0,
+                tid: 0,
+                fd: 0,
+                port: 0,
+                conn_id: 0,
+                ts_ns: now_mono_ns(),
+                len: 0,
+                lost: [0, 0],
+                payload: kernel.iter().flat_map(|c| c.to_le_bytes()).collect(),
+            })?;
+            w.finish().context("writing the capture file")?;
         }
+        Ok(sink.reporter.finish(out, &sink.decoder.stats, &kernel)?)
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, sink: &mut Sink) -> anyhow::Result<()> {
+fn drain(ring: &mut RingBuf<MapData>, sink: &mut Sink, out: &mut Output) -> anyhow::Result<()> {
     let mut record = Record::default();
     while let Some(item) = ring.next() {
         if parse_item(&item, &mut record) {
-            sink.feed(&record)?;
+            sink.feed(out, &record)?;
         }
     }
     Ok(())

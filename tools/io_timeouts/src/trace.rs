@@ -1,5 +1,5 @@
-//! Reads the tracepoints' field offsets, loads and attaches the programs, and runs the loop
-//! that hands events to the report.
+//! Reads the tracepoints' field offsets, loads and attaches the programs, and hands the ring
+//! buffer's events to the report.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -7,12 +7,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-
+use aya::maps::{MapData, RingBuf};
 use io_timeouts_ebpf::{IoEvent, counter};
 use pgbpf_common::{
-    cli::{Tick, Ticker},
     loader::{self, Loaded},
+    output::Output,
     query_string::QueryAddrs,
+    runtime::{Attached, Trace},
     target::Target,
     tracefs,
 };
@@ -59,7 +60,8 @@ const OFFSETS: &[(&str, &str, &str, &str)] = &[
     ("RQC_RWBS", "block", "block_rq_complete", "rwbs"),
 ];
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+/// Reads the field offsets, loads and attaches.
+pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
     let mut target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
     target.follow_descendants()?;
@@ -86,7 +88,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
-    let (mut query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
+    let (query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
     loaded.attach_tracepoint("dirty_pause", "writeback", "balance_dirty_pages")?;
     loaded.attach_tracepoint("reclaim_throttled", "vmscan", "mm_vmscan_throttled")?;
     loaded.attach_tracepoint("writeback_start", "writeback", "writeback_start")?;
@@ -95,43 +97,59 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         loaded.attach_tracepoint("rq_issue", "block", "block_rq_issue")?;
         loaded.attach_tracepoint("rq_complete", "block", "block_rq_complete")?;
     }
-    eprintln!(
-        "Tracing write throttling of {}{} ({located} PostgreSQL processes located, attached in {:.0} ms)... Hit Ctrl-C to end.",
-        target.describe(),
-        if args.block { ", with block I/O" } else { "" },
-        loaded.startup_ms()
-    );
-    let mut reporter = Reporter::new(args, names);
-    let mut ring = loaded.take_ring_buffer("EVENTS")?;
-    let mut ticker = Ticker::start(&args.out)?;
-    loop {
-        loader::wait_readable(&ring, 100);
-        while let Some(item) = ring.next() {
-            let Some(ev) = loader::record::<IoEvent>(&item) else {
-                continue;
-            };
-            if !reporter.event(&ev) {
-                ticker.request_stop();
-            }
-        }
-        // Processes met before they were located: their next events carry the statement.
-        query_addrs.locate_wanted(&mut loaded)?;
-        match ticker.next(Duration::ZERO) {
-            Tick::Idle => {}
-            Tick::Interval => {
-                if !reporter.interval(lost(&loaded)?) {
-                    ticker.request_stop();
-                }
-            }
-            Tick::Final => {
-                reporter.summary(lost(&loaded)?);
-                return Ok(());
-            }
-        }
+    let ring = loaded.take_ring_buffer("EVENTS")?;
+    Ok(Attached {
+        what: format!(
+            "Tracing write throttling of {}{}",
+            target.describe(),
+            if args.block { ", with block I/O" } else { "" }
+        ),
+        details: vec![format!("{located} PostgreSQL processes located")],
+        started: loaded.started,
+        watch: target.roots(),
+        trace: Box::new(IoTrace {
+            reporter: Reporter::new(args, names),
+            loaded,
+            ring,
+            query_addrs,
+        }),
+    })
+}
+
+/// Every pause, wait, writeback and block request is a ring buffer record.
+struct IoTrace {
+    loaded: Loaded,
+    ring: RingBuf<MapData>,
+    reporter: Reporter,
+    query_addrs: QueryAddrs,
+}
+
+impl IoTrace {
+    fn lost(&self) -> anyhow::Result<u64> {
+        let c: [u64; counter::COUNT as usize] = self.loaded.counters()?;
+        Ok(c[counter::RINGBUF_FULL as usize])
     }
 }
 
-fn lost(loaded: &Loaded) -> anyhow::Result<u64> {
-    let c: [u64; counter::COUNT as usize] = loaded.counters()?;
-    Ok(c[counter::RINGBUF_FULL as usize])
+impl Trace for IoTrace {
+    fn wait(&mut self, timeout: Duration) {
+        loader::wait_readable(&self.ring, timeout);
+    }
+
+    fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let reporter = &mut self.reporter;
+        loader::drain_records(&mut self.ring, |ev: &IoEvent| reporter.event(out, ev))?;
+        // Processes met before they were located: their next events carry the statement.
+        self.query_addrs.locate_wanted(&mut self.loaded)
+    }
+
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let lost = self.lost()?;
+        Ok(self.reporter.interval(out, lost)?)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let lost = self.lost()?;
+        Ok(self.reporter.finish(out, lost)?)
+    }
 }

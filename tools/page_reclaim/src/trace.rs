@@ -1,14 +1,15 @@
 //! Loads the kernel programs, attaches them to the vmscan tracepoints and reads the maps.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{PerCpuArray, PerCpuHashMap};
-use page_reclaim_ebpf::{HIST_SLOTS, KINDS, ReclaimKey, ReclaimStats, counter};
+use page_reclaim_ebpf::{HIST_SLOTS, KINDS, ReclaimKey, ReclaimStats};
 use pgbpf_common::{
-    cli::{Tick, Ticker},
     loader::{self, Loaded},
-    output, system,
+    output::{self, Output},
+    runtime::{Attached, Trace},
+    system,
     target::Target,
     tracefs,
 };
@@ -40,7 +41,8 @@ fn nr_reclaimed_offset() -> anyhow::Result<u32> {
     Ok(memcg.offset)
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+/// Resolves the target, loads and attaches the programs.
+pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
     let target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
     let offset = nr_reclaimed_offset()?;
@@ -52,29 +54,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for (prog, event) in HOOKS {
         loaded.attach_tracepoint(prog, "vmscan", event)?;
     }
-    eprintln!(
-        "Tracing memory reclaim of {} (attached in {:.0} ms)... Hit Ctrl-C to end.",
-        target.describe(),
-        loaded.startup_ms()
-    );
+    let reporter = Reporter::new(args, target.describe(), system::page_size());
+    Ok(Attached {
+        what: format!("Tracing memory reclaim of {}", target.describe()),
+        details: vec![],
+        started: loaded.started,
+        watch: target.roots(),
+        trace: Box::new(ReclaimTrace { loaded, reporter }),
+    })
+}
 
-    let mut reporter = Reporter::new(args, target.describe(), system::page_size());
-    let mut ticker = Ticker::start(&args.out)?;
-    loop {
-        match ticker.next(Duration::from_secs(1)) {
-            Tick::Idle => {}
-            Tick::Interval => {
-                let snap = read_snapshot(&loaded)?;
-                if !reporter.interval(&snap) {
-                    ticker.request_stop();
-                }
-            }
-            Tick::Final => {
-                let snap = read_snapshot(&loaded)?;
-                reporter.summary(&snap);
-                return Ok(());
-            }
-        }
+/// The kernel keeps cumulative per-CPU sums: nothing to drain, a snapshot per report.
+struct ReclaimTrace {
+    loaded: Loaded,
+    reporter: Reporter,
+}
+
+impl Trace for ReclaimTrace {
+    fn drain(&mut self, _out: &mut Output) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let snap = read_snapshot(&self.loaded)?;
+        Ok(self.reporter.interval(out, &snap)?)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let snap = read_snapshot(&self.loaded)?;
+        Ok(self.reporter.finish(out, &snap)?)
     }
 }
 
@@ -115,18 +123,9 @@ fn read_snapshot(loaded: &Loaded) -> anyhow::Result<Snapshot> {
                 .sum();
         }
     }
-    let counters_map: PerCpuArray<_, u64> = PerCpuArray::try_from(map("COUNTERS")?)?;
-    let mut counters = [0u64; counter::COUNT as usize];
-    for (i, c) in counters.iter_mut().enumerate() {
-        *c = counters_map
-            .get(&(i as u32), 0)
-            .context("reading COUNTERS")?
-            .iter()
-            .sum();
-    }
     Ok(Snapshot {
         processes,
         hist,
-        counters,
+        counters: loaded.counters()?,
     })
 }

@@ -1,8 +1,8 @@
 //! Loads the programs, sets up where statements come from (debug_query_string, or the query
-//! probes with --usdt), attaches one perf event per chosen event on every CPU, and runs the
-//! loop that drains the kernel's sample maps into the report.
+//! probes with --usdt), attaches one perf event per chosen event on every CPU, and drains the
+//! kernel's sample maps into the report.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use aya::{
@@ -11,10 +11,11 @@ use aya::{
 };
 use llcache_per_query_ebpf::{SampleCounts, SampleKey};
 use pgbpf_common::{
-    cli::{Tick, Ticker},
     loader::{self, Loaded},
+    output::Output,
     postgres, query_probes,
     query_string::QueryAddrs,
+    runtime::{Attached, Trace},
     target::Target,
 };
 
@@ -33,7 +34,8 @@ enum Statements {
     Probes,
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+/// Parses the events, resolves the target, loads and attaches.
+pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
     let events = events::parse(&args.events, args.period)?;
     // Before anything is loaded: no PMU is the common failure in VMs, and it deserves one line.
     events::check_counters(&events)?;
@@ -100,46 +102,48 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|e| format!("{} every {}", e.kind.name, e.period))
         .collect();
-    eprintln!(
-        "Sampling {} of {} ({source}, attached in {:.0} ms)... Hit Ctrl-C to end.",
-        list.join(", "),
-        target.describe(),
-        loaded.startup_ms()
-    );
-    let mut reporter = Reporter::new(args, events);
-    event_loop(args, &mut loaded, statements, &mut reporter)
+    let maps = SampleMaps::take(&mut loaded)?;
+    Ok(Attached {
+        what: format!("Sampling {} of {}", list.join(", "), target.describe()),
+        details: vec![source],
+        started: loaded.started,
+        watch: target.roots(),
+        trace: Box::new(SampleTrace {
+            reporter: Reporter::new(args, events),
+            loaded,
+            maps,
+            statements,
+        }),
+    })
 }
 
-fn event_loop(
-    args: &Args,
-    loaded: &mut Loaded,
-    mut statements: Statements,
-    reporter: &mut Reporter,
-) -> anyhow::Result<()> {
-    let mut maps = SampleMaps::take(loaded)?;
-    let mut ticker = Ticker::start(&args.out)?;
-    let mut last_drain = Instant::now();
-    loop {
-        let tick = ticker.next(Duration::from_millis(200));
-        if tick != Tick::Idle || last_drain.elapsed() >= DRAIN_EVERY {
-            reporter.add(&maps.drain()?);
-            last_drain = Instant::now();
-            if let Statements::QueryString(addrs) = &mut statements {
-                addrs.locate_wanted(loaded)?;
-            }
+/// The kernel sums samples in a map: drained every second and at each report.
+struct SampleTrace {
+    loaded: Loaded,
+    maps: SampleMaps,
+    statements: Statements,
+    reporter: Reporter,
+}
+
+impl Trace for SampleTrace {
+    fn drain_every(&self) -> Duration {
+        DRAIN_EVERY
+    }
+
+    fn drain(&mut self, _out: &mut Output) -> anyhow::Result<()> {
+        self.reporter.add(&self.maps.drain()?);
+        if let Statements::QueryString(addrs) = &mut self.statements {
+            addrs.locate_wanted(&mut self.loaded)?;
         }
-        match tick {
-            Tick::Idle => {}
-            Tick::Interval => {
-                if !reporter.interval(&loaded.counters()?) {
-                    ticker.request_stop();
-                }
-            }
-            Tick::Final => {
-                reporter.summary(&loaded.counters()?);
-                return Ok(());
-            }
-        }
+        Ok(())
+    }
+
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        Ok(self.reporter.interval(out, &self.loaded.counters()?)?)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        Ok(self.reporter.finish(out, &self.loaded.counters()?)?)
     }
 }
 

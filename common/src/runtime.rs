@@ -1,0 +1,243 @@
+//! The life cycle every tool shares: parse the arguments, start (resolve the target, load and
+//! attach, print "Tracing ... (attached in N ms)... Hit Ctrl-C to end."), run the live loop
+//! (drain the kernel's buffers and maps, INTERVAL/COUNT reports, `-d`, Ctrl-C and SIGTERM,
+//! the end of every traced process), print the final report, exit.
+//!
+//! A tool supplies what differs: its arguments ([`Tool`]) and, once attached, a [`Trace`]
+//! (drain, interval report, final report). Errors end the tool with `tool: error: ...` and
+//! exit 1, except a closed stdout (`tool | head -3`), which is a normal end: exit 0, quietly.
+
+use std::{
+    io,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cli::{OutputArgs, Tick, Ticker},
+    output::{self, Output},
+};
+
+/// A tool's command line, and how it starts.
+pub trait Tool: clap::Parser {
+    /// The binary's name, as error messages and notes begin.
+    const NAME: &'static str;
+
+    /// The output arguments every tool has (`[INTERVAL [COUNT]]`, `-d`, `-T`, `--json`, `-v`).
+    fn output_args(&self) -> &OutputArgs;
+
+    /// Resolves the target, loads and attaches the kernel programs. `None` when the tool has
+    /// done all it was asked without tracing (a snapshot, decoding a file).
+    fn start(&self, out: &mut Output) -> anyhow::Result<Option<Attached<'_>>>;
+}
+
+/// What a tool does once attached. The runtime calls `drain` whenever the kernel may have
+/// something (at least every [`Trace::drain_every`]), `interval` at each INTERVAL and
+/// `finish` once at the end, each time after a last `drain`.
+pub trait Trace {
+    /// Waits up to `timeout` for the kernel to have something (a ring buffer's fd); without
+    /// a buffer to wait on, sleeps.
+    fn wait(&mut self, timeout: Duration) {
+        std::thread::sleep(timeout);
+    }
+
+    /// The longest the kernel's maps may go undrained (ring buffers: drain at every wake).
+    fn drain_every(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Takes what the kernel gathered (ring buffer records, map entries) into the report.
+    fn drain(&mut self, out: &mut Output) -> anyhow::Result<()>;
+
+    /// Prints the report of the interval that just ended.
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()>;
+
+    /// Prints the final report: what the whole run saw, and what was lost.
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()>;
+}
+
+/// A tool that is attached and ready for the live loop.
+pub struct Attached<'a> {
+    pub trace: Box<dyn Trace + 'a>,
+    /// The start-up line's beginning: "Tracing memory reclaim of PID 4242".
+    pub what: String,
+    /// Facts for the start-up line's parentheses, before "attached in N ms".
+    pub details: Vec<String>,
+    /// When loading began (the start-up time is measured from it).
+    pub started: Instant,
+    /// Processes whose exit ends the trace once all of them are gone (the `--pid`s given).
+    pub watch: Vec<u32>,
+}
+
+/// How long the loop sleeps at most: short, so Ctrl-C and reports are prompt.
+const WAKE: Duration = Duration::from_millis(50);
+/// How often watched processes are checked.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// A tool's `main`: parse, start, trace, report; the exit code (2 for usage errors, from clap).
+pub fn main<T: Tool>() -> ExitCode {
+    let args = T::parse();
+    let mut out = Output::stdout(args.output_args());
+    let result = run(&args, &mut out);
+    // What was gathered before an error is printed before the error.
+    let flushed = out.flush();
+    exit_code(T::NAME, result.and_then(|()| Ok(flushed?)))
+}
+
+fn run<T: Tool>(args: &T, out: &mut Output) -> anyhow::Result<()> {
+    let Some(attached) = args.start(out)? else {
+        return Ok(());
+    };
+    live(T::NAME, args.output_args(), attached, out)
+}
+
+/// The live loop, until Ctrl-C, SIGTERM, `-d`, COUNT reports or the end of every watched
+/// process; then the final report.
+pub fn live(
+    tool: &str,
+    args: &OutputArgs,
+    attached: Attached<'_>,
+    out: &mut Output,
+) -> anyhow::Result<()> {
+    let Attached {
+        mut trace,
+        what,
+        mut details,
+        started,
+        watch,
+    } = attached;
+    // Output gathered while starting (a snapshot) goes first.
+    out.flush()?;
+    // The signal handlers are in place before the user is told to press Ctrl-C.
+    let mut ticker = Ticker::start(args)?;
+    details.push(format!(
+        "attached in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    eprintln!("{what} ({})... Hit Ctrl-C to end.", details.join(", "));
+    let mut watch = Watch::new(tool, watch);
+    let mut last_drain = Instant::now();
+    loop {
+        trace.wait(WAKE);
+        if last_drain.elapsed() >= trace.drain_every() {
+            trace.drain(out)?;
+            out.flush()?;
+            last_drain = Instant::now();
+        }
+        if watch.all_gone() {
+            ticker.request_stop();
+        }
+        match ticker.next(Duration::ZERO) {
+            Tick::Idle => {}
+            Tick::Interval => {
+                trace.drain(out)?;
+                trace.interval(out)?;
+                out.flush()?;
+                last_drain = Instant::now();
+            }
+            Tick::Final => {
+                trace.drain(out)?;
+                trace.finish(out)?;
+                return Ok(out.flush()?);
+            }
+        }
+    }
+}
+
+/// The processes given with `--pid`: once all have exited, nothing is left to trace.
+struct Watch<'t> {
+    tool: &'t str,
+    pids: Vec<u32>,
+    gone: Vec<u32>,
+    last_check: Instant,
+}
+
+impl<'t> Watch<'t> {
+    fn new(tool: &'t str, pids: Vec<u32>) -> Watch<'t> {
+        Watch {
+            tool,
+            pids,
+            gone: vec![],
+            last_check: Instant::now(),
+        }
+    }
+
+    fn all_gone(&mut self) -> bool {
+        if self.pids.is_empty() || self.last_check.elapsed() < WATCH_EVERY {
+            return !self.pids.is_empty() && self.gone.len() == self.pids.len();
+        }
+        self.last_check = Instant::now();
+        for &pid in &self.pids {
+            if self.gone.contains(&pid) || alive(pid) {
+                continue;
+            }
+            self.gone.push(pid);
+            let next = if self.gone.len() == self.pids.len() {
+                "nothing left to trace: the summary of what was seen follows"
+            } else {
+                "still tracing the others"
+            };
+            eprintln!(
+                "{}: PID {pid} exited at {}; {next}",
+                self.tool,
+                output::hms_now()
+            );
+        }
+        self.gone.len() == self.pids.len()
+    }
+}
+
+/// A process that exited but was not reaped yet (a zombie) counts as gone.
+pub fn alive(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
+}
+
+/// `tool: error: <cause chain>` and exit 1; a closed stdout is a normal end (exit 0, quiet).
+pub fn exit_code(tool: &str, result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if is_broken_pipe(&e) {
+        return ExitCode::SUCCESS;
+    }
+    let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+    eprintln!("{tool}: error: {}", chain.join(": "));
+    ExitCode::FAILURE
+}
+
+/// True when the error (or any cause of it) is a write to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    use super::*;
+
+    #[test]
+    fn a_closed_pipe_anywhere_in_the_chain_is_a_normal_end() {
+        let pipe: anyhow::Result<()> = Err(io::Error::from(io::ErrorKind::BrokenPipe).into());
+        let e = pipe.context("writing the report").unwrap_err();
+        assert!(is_broken_pipe(&e));
+        assert_eq!(exit_code("t", Err(e)), ExitCode::SUCCESS);
+        let other = anyhow::anyhow!("no such process");
+        assert!(!is_broken_pipe(&other));
+        assert_eq!(exit_code("t", Err(other)), ExitCode::FAILURE);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!alive(pid));
+    }
+}
