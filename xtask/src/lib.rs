@@ -72,7 +72,10 @@ pub fn repo_root() -> PathBuf {
 /// of each manual in `docs` (when given).
 pub fn write_schemas(dir: &Path, docs: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut written = vec![];
+    let readme = dir.join("README.md");
+    std::fs::write(&readme, fields::vocabulary_markdown())
+        .with_context(|| format!("writing {}", readme.display()))?;
+    let mut written = vec![readme];
     for t in tools() {
         let schema = (t.schema)();
         let path = dir.join(format!("{}.json", t.name));

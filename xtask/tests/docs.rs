@@ -12,6 +12,11 @@ const REGENERATE: &str = "run `cargo run -p pgbpf-xtask -- schemas` and commit t
 #[test]
 fn checked_in_schemas_and_field_tables_are_current() {
     let root = repo_root();
+    let readme = std::fs::read_to_string(root.join("docs/schema/README.md")).unwrap_or_default();
+    assert!(
+        readme == fields::vocabulary_markdown(),
+        "docs/schema/README.md is not what common::records::VOCABULARY generates: {REGENERATE}"
+    );
     for t in tools() {
         let generated = (t.schema)();
         let path = root.join(format!("docs/schema/{}.json", t.name));
