@@ -13,17 +13,18 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-/// Finds the cgroup2 mount point in the text of /proc/self/mountinfo.
+/// Finds the cgroup2 mount point in the text of /proc/self/mountinfo (parsed by procfs).
 pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "36 25 0:31 / /sys/fs/cgroup/unified rw,... shared:9 - cgroup2 cgroup2 rw"
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(unescape_mount_path))?
-    })
+    use procfs::FromBufRead as _;
+    let mounts = procfs::process::MountInfos::from_buf_read(mountinfo.as_bytes()).ok()?;
+    mounts
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| unescape_mount_path(&m.mount_point.to_string_lossy()))
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`); procfs leaves
+/// the escapes in its paths, so they are undone here.
 fn unescape_mount_path(s: &str) -> PathBuf {
     let mut out = Vec::with_capacity(s.len());
     let b = s.as_bytes();
@@ -263,11 +264,9 @@ fn describe_list(list: &[ContainerCgroup]) -> String {
 
 /// The v2 cgroup path of a process ("0::/path" in /proc/PID/cgroup).
 pub fn cgroup_of_pid(pid: u32) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        .ok_or_else(|| anyhow!("process {pid} has no cgroup v2 entry"))
+    crate::procs::cgroup_v2_of(pid).ok_or_else(|| {
+        anyhow!("process {pid} has no cgroup v2 entry (or /proc/{pid}/cgroup is unreadable)")
+    })
 }
 
 /// Maps cgroup ids (from the kernel) back to readable names, walking the tree on a miss.

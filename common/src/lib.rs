@@ -13,6 +13,7 @@
 //! - [`query_probes`]: the PostgreSQL probe sites that keep the query context, and attaching them.
 //! - [`query_string`]: where each PostgreSQL process keeps `debug_query_string`, for reading the statement at an event.
 //! - [`postgres`]: finding the postgres binary of a process or of the machine.
+//! - [`procs`]: what /proc says about processes (through procfs).
 //! - [`system`]: page size and other facts about this machine.
 //! - [`sql`]: statement normalization (constants → `$n`), as pg_stat_statements does.
 //! - [`latency`]: latency aggregation with percentiles.
@@ -28,6 +29,7 @@ pub mod loader;
 pub mod output;
 pub mod perf;
 pub mod postgres;
+pub mod procs;
 pub mod query;
 pub mod query_probes;
 pub mod query_string;

@@ -71,12 +71,7 @@ const CAP_BPF: u32 = 39;
 /// Fails with a clear message unless this process may load and attach tracing programs:
 /// root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN.
 pub fn check_privileges() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let cap_eff = crate::procs::effective_capabilities();
     let has = |cap: u32| cap_eff & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());

@@ -39,11 +39,10 @@ pub fn binary_of_pid(pid: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
 pub fn postgres_binary_of_pid(pid: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (exe, root) = binary_of_pid(pid)?;
     if !is_postgres_binary(&exe) {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = crate::procs::comm_of(pid).unwrap_or_default();
         bail!(
-            "PID {pid} ({}) is not a PostgreSQL process: it runs {}; give the postmaster's PID or \
-             --postgres PATH",
-            comm.trim(),
+            "PID {pid} ({comm}) is not a PostgreSQL process: it runs {}; give the postmaster's \
+             PID or --postgres PATH",
             exe.display()
         );
     }
@@ -156,13 +155,11 @@ pub fn backend_type(title: &str) -> Option<&'static str> {
 /// What process `pid` is: its PostgreSQL backend type from the title (true), else its comm
 /// (false); None when it is gone.
 pub fn process_kind(pid: u32) -> Option<(String, bool)> {
-    let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let title = String::from_utf8_lossy(&title).replace('\0', " ");
-    if let Some(kind) = backend_type(&title) {
+    if let Some(kind) = backend_type(&crate::procs::title_of(pid)) {
         return Some((kind.to_string(), true));
     }
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    Some((comm.trim().to_string(), false)).filter(|c| !c.0.is_empty())
+    let comm = crate::procs::comm_of(pid)?;
+    Some((comm, false)).filter(|c| !c.0.is_empty())
 }
 
 /// The leader's pid in a parallel worker's title ("... parallel worker for PID 4242").

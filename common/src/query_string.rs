@@ -37,7 +37,7 @@ impl QueryStringLocator {
             .entry((dev, ino))
             .or_insert_with(|| binary_facts(Path::new(&exe), &format!("/proc/{pid}/root")));
         let (vaddr, first_vaddr) = facts?;
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let maps = crate::procs::memory_maps(pid, false)?;
         Some(load_bias(&maps, ino, first_vaddr)? + vaddr)
     }
 }
@@ -145,22 +145,12 @@ fn binary_facts(exe: &Path, root: &str) -> BinaryFacts {
     Some((vaddr, first))
 }
 
-/// Load bias of the binary with inode `ino` in a process's /proc/PID/maps text: where its
-/// mapping at file offset 0 starts, minus the page-aligned vaddr of its first loadable
-/// segment (0 for a PIE).
-pub fn load_bias(maps: &str, ino: u64, first_vaddr: u64) -> Option<u64> {
-    maps.lines().find_map(|l| {
-        // start-end perms offset dev inode path
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 6
-            || f[4].parse::<u64>().ok()? != ino
-            || u64::from_str_radix(f[2], 16).ok()? != 0
-        {
-            return None;
-        }
-        let start = u64::from_str_radix(f[0].split_once('-')?.0, 16).ok()?;
-        start.checked_sub(first_vaddr & !0xfff)
-    })
+/// Load bias of the binary with inode `ino` in a process's memory maps: where its mapping
+/// at file offset 0 starts, minus the page-aligned vaddr of its first loadable segment (0 for
+/// a PIE).
+pub fn load_bias(maps: &procfs::process::MemoryMaps, ino: u64, first_vaddr: u64) -> Option<u64> {
+    let m = maps.iter().find(|m| m.inode == ino && m.offset == 0)?;
+    m.address.0.checked_sub(first_vaddr & !0xfff)
 }
 
 #[cfg(test)]
@@ -175,13 +165,15 @@ mod tests {
 55d0c1200000-55d0c1800000 r-xp 00200000 08:01 1234 /usr/lib/postgresql/15/bin/postgres
 7f0000000000-7f0000001000 rw-s 00000000 00:01 77 /dev/zero (deleted)
 ";
-        assert_eq!(load_bias(maps, 1234, 0), Some(0x55d0c1000000));
+        use procfs::{FromBufRead as _, process::MemoryMaps};
+        let maps = MemoryMaps::from_buf_read(maps.as_bytes()).unwrap();
+        assert_eq!(load_bias(&maps, 1234, 0), Some(0x55d0c1000000));
         assert_eq!(
-            load_bias(maps, 1234, 0x400123),
+            load_bias(&maps, 1234, 0x400123),
             Some(0x55d0c1000000 - 0x400000)
         );
-        assert_eq!(load_bias(maps, 4321, 0), None);
-        assert_eq!(load_bias("garbage\n\n1-2 r", 1234, 0), None);
+        assert_eq!(load_bias(&maps, 4321, 0), None);
+        assert!(MemoryMaps::from_buf_read(&b"garbage\n\n1-2 r"[..]).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::{
 use crate::{
     cli::{OutputArgs, Tick, Ticker},
     output::{self, Output},
+    procs,
 };
 
 /// A tool's command line, and how it starts.
@@ -168,7 +169,7 @@ impl<'t> Watch<'t> {
         }
         self.last_check = Instant::now();
         for &pid in &self.pids {
-            if self.gone.contains(&pid) || alive(pid) {
+            if self.gone.contains(&pid) || procs::alive(pid) {
                 continue;
             }
             self.gone.push(pid);
@@ -185,13 +186,6 @@ impl<'t> Watch<'t> {
         }
         self.gone.len() == self.pids.len()
     }
-}
-
-/// A process that exited but was not reaped yet (a zombie) counts as gone.
-pub fn alive(pid: u32) -> bool {
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.stat())
-        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
 /// `tool: error: <cause chain>` and exit 1; a closed stdout is a normal end (exit 0, quiet).
@@ -230,14 +224,5 @@ mod tests {
         let other = anyhow::anyhow!("no such process");
         assert!(!is_broken_pipe(&other));
         assert_eq!(exit_code("t", Err(other)), ExitCode::FAILURE);
-    }
-
-    #[test]
-    fn this_process_is_alive_and_a_reaped_child_is_not() {
-        assert!(alive(std::process::id()));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert!(!alive(pid));
     }
 }

@@ -7,7 +7,10 @@
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, EbpfLoader, maps::HashMap};
 
-use crate::cgroup::{self, Cgroup, ContainerCgroup};
+use crate::{
+    cgroup::{self, Cgroup, ContainerCgroup},
+    procs,
+};
 
 /// Target selection arguments shared by every tool.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -130,21 +133,13 @@ impl Target {
         if let Some(cg) = &self.cgroup {
             return crate::postgres::procs_below(&cg.dir);
         }
-        let pids = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+        let pids = procs::all_pids().into_iter();
         match self.comm {
-            Some(comm) => pids
-                .filter(|pid| {
-                    std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| {
-                        let c = c.strip_suffix(b"\n").unwrap_or(&c);
-                        let n = comm.iter().position(|&b| b == 0).unwrap_or(16);
-                        c == &comm[..n]
-                    })
-                })
-                .collect(),
+            Some(comm) => {
+                let n = comm.iter().position(|&b| b == 0).unwrap_or(16);
+                pids.filter(|&pid| procs::comm_of(pid).is_some_and(|c| c.as_bytes() == &comm[..n]))
+                    .collect()
+            }
             None => pids.collect(),
         }
     }
@@ -159,7 +154,7 @@ impl Target {
         self.fork_child_offset =
             crate::tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
         self.follow_forks = 1;
-        for d in descendants(&self.tgids) {
+        for d in procs::descendants(&self.tgids) {
             if !self.tgids.contains(&d) {
                 self.tgids.push(d);
             }
@@ -205,53 +200,12 @@ impl Target {
     }
 }
 
-/// Every process below `roots` in the process tree, from /proc (parents read from `stat`).
-pub fn descendants(roots: &[u32]) -> Vec<u32> {
-    let mut parent_of: Vec<(u32, u32)> = vec![];
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                continue;
-            };
-            if let Some(ppid) = parse_ppid(&stat) {
-                parent_of.push((pid, ppid));
-            }
-        }
-    }
-    let mut out: Vec<u32> = vec![];
-    let mut frontier: Vec<u32> = roots.to_vec();
-    while let Some(p) = frontier.pop() {
-        for &(child, parent) in &parent_of {
-            if parent == p && !out.contains(&child) && !roots.contains(&child) {
-                out.push(child);
-                frontier.push(child);
-            }
-        }
-    }
-    out
-}
-
-/// The parent pid in the text of /proc/PID/stat (the comm may contain spaces and parens).
-pub fn parse_ppid(stat: &str) -> Option<u32> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The thread-group id of `pid` (itself for a process, its process for a thread).
 pub fn tgid_of(pid: u32) -> anyhow::Result<u32> {
     if pid == 0 {
         bail!("cannot attach to PID 0: not a process");
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| anyhow!("cannot attach to PID {pid}: no such process"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| anyhow!("cannot attach to PID {pid}: unreadable /proc/{pid}/status"))
+    procs::tgid_of(pid).ok_or_else(|| anyhow!("cannot attach to PID {pid}: no such process"))
 }
 
 #[cfg(test)]
@@ -281,25 +235,6 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert_eq!(e, "cannot attach to PID 999999999: no such process");
-    }
-
-    #[test]
-    fn ppid_from_stat_with_awkward_comm() {
-        assert_eq!(parse_ppid("42 (post gres) S 7 42 42 0 -1"), Some(7));
-        assert_eq!(parse_ppid("42 (a) b) R 9 1"), Some(9));
-        assert_eq!(parse_ppid("garbage"), None);
-    }
-
-    #[test]
-    fn children_of_this_process_are_found() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let found = descendants(&[std::process::id()]);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(found.contains(&child.id()), "{found:?}");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
 };
+
+use procfs::net::{TcpNetEntry, TcpState, UnixNetEntry, UnixState};
 
 /// What /proc/net says about one socket inode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,126 +30,53 @@ pub fn pg_socket_port(path: &str) -> Option<u16> {
     path.rsplit_once(".s.PGSQL.")?.1.parse().ok()
 }
 
-fn hex_ipv4(h: &str) -> Option<Ipv4Addr> {
-    // /proc/net/tcp prints the address as one native-endian (little on x86) u32.
-    Some(Ipv4Addr::from(
-        u32::from_str_radix(h, 16).ok()?.swap_bytes(),
-    ))
+/// A TCP socket's state (listening and established sockets only).
+fn tcp_state(e: &TcpNetEntry) -> Option<SocketState> {
+    let ip = |a: &SocketAddr| match a {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    };
+    match e.state {
+        TcpState::Listen => Some(SocketState::Listening {
+            port: e.local_address.port(),
+        }),
+        TcpState::Established => Some(SocketState::Tcp {
+            local: ip(&e.local_address),
+            local_port: e.local_address.port(),
+            remote: ip(&e.remote_address),
+            remote_port: e.remote_address.port(),
+        }),
+        _ => None,
+    }
 }
 
-fn hex_ipv6(h: &str) -> Option<Ipv6Addr> {
-    if h.len() != 32 {
+/// A Unix stream socket's state: listening at a PostgreSQL path, or connected. procfs has no
+/// socket flags (the kernel's __SO_ACCEPTCON), so a listening socket is an unconnected one
+/// bound to a .s.PGSQL.port path, which only a listening server holds.
+fn unix_state(e: &UnixNetEntry) -> Option<SocketState> {
+    if e.socket_type != libc::SOCK_STREAM as u16 {
         return None;
     }
-    let mut b = [0u8; 16];
-    for (i, chunk) in b.chunks_mut(4).enumerate() {
-        let word = u32::from_str_radix(h.get(i * 8..i * 8 + 8)?, 16).ok()?;
-        chunk.copy_from_slice(&word.swap_bytes().to_be_bytes());
-    }
-    Some(Ipv6Addr::from(b))
-}
-
-fn hex_endpoint(s: &str) -> Option<(String, u16)> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let ip = if addr.len() == 8 {
-        hex_ipv4(addr)?.to_string()
-    } else {
-        format!("[{}]", hex_ipv6(addr)?)
-    };
-    Some((ip, port))
-}
-
-/// Parses /proc/net/tcp or tcp6: inode → state (listening and established sockets only).
-pub fn parse_tcp(text: &str, into: &mut HashMap<u64, SocketState>) {
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(local), Some(remote), Some(st), Some(inode)) = (
-            f.get(1).and_then(|s| hex_endpoint(s)),
-            f.get(2).and_then(|s| hex_endpoint(s)),
-            f.get(3),
-            f.get(9).and_then(|s| s.parse::<u64>().ok()),
-        ) else {
-            continue;
-        };
-        let state = match *st {
-            "0A" => SocketState::Listening { port: local.1 },
-            "01" => SocketState::Tcp {
-                local: local.0,
-                local_port: local.1,
-                remote: remote.0,
-                remote_port: remote.1,
-            },
-            _ => continue,
-        };
-        into.insert(inode, state);
+    let path = e.path.as_ref().map(|p| p.to_string_lossy().into_owned());
+    match e.state {
+        UnixState::UNCONNECTED => Some(SocketState::Listening {
+            port: pg_socket_port(path.as_deref()?)?,
+        }),
+        UnixState::CONNECTED => Some(SocketState::Unix { path }),
+        _ => None,
     }
 }
 
-/// Parses /proc/net/unix: listening sockets at PostgreSQL paths and connected stream sockets.
-pub fn parse_unix(text: &str, into: &mut HashMap<u64, SocketState>) {
-    for line in text.lines().skip(1) {
-        // Num RefCount Protocol Flags Type St Inode [Path]
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(flags), Some(kind), Some(st), Some(inode)) = (
-            f.get(3).and_then(|s| u32::from_str_radix(s, 16).ok()),
-            f.get(4),
-            f.get(5),
-            f.get(6).and_then(|s| s.parse::<u64>().ok()),
-        ) else {
-            continue;
-        };
-        if *kind != "0001" {
-            continue; // not SOCK_STREAM
-        }
-        let path = f.get(7).map(|s| s.to_string());
-        let listening = flags & 0x0001_0000 != 0; // __SO_ACCEPTCON
-        let state = if listening {
-            match path.as_deref().and_then(pg_socket_port) {
-                Some(port) => SocketState::Listening { port },
-                None => continue,
-            }
-        } else if *st == "03" {
-            SocketState::Unix { path }
-        } else {
-            continue;
-        };
-        into.insert(inode, state);
-    }
-}
-
-/// The sockets of one network namespace, read through a process in it.
+/// The sockets of one network namespace, read through a process in it: inode → state.
 pub fn sockets_seen_by(pid: u32) -> HashMap<u64, SocketState> {
-    let mut all = HashMap::new();
-    for name in ["tcp", "tcp6"] {
-        if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{name}")) {
-            parse_tcp(&t, &mut all);
-        }
-    }
-    if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) {
-        parse_unix(&t, &mut all);
-    }
-    all
-}
-
-/// The socket descriptors of a process: (fd, inode). Unreadable processes have none.
-pub fn socket_fds(pid: u32) -> Vec<(u32, u64)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return vec![];
+    let Ok(p) = procfs::process::Process::new(pid as i32) else {
+        return HashMap::new();
     };
-    dir.flatten()
-        .filter_map(|e| {
-            let fd = e.file_name().to_str()?.parse().ok()?;
-            let link = std::fs::read_link(e.path()).ok()?;
-            let inode = link
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
-            Some((fd, inode))
-        })
-        .collect()
+    let tcp = [p.tcp(), p.tcp6()].into_iter().flatten().flatten();
+    let tcp = tcp.filter_map(|e| Some((e.inode, tcp_state(&e)?)));
+    let unix = p.unix().into_iter().flatten();
+    let unix = unix.filter_map(|e| Some((e.inode, unix_state(&e)?)));
+    tcp.chain(unix).collect()
 }
 
 /// The text identifying a connection, from a socket address as the kernel passed it to
@@ -184,14 +113,25 @@ pub fn sockaddr_label(b: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// /proc/net text through procfs' parser, then our reading of each entry.
+    fn tcp_of(text: &str) -> HashMap<u64, SocketState> {
+        use procfs::FromBufReadSI as _;
+        let info = procfs::current_system_info();
+        let entries = procfs::net::TcpNetEntries::from_buf_read(text.as_bytes(), info).unwrap();
+        entries
+            .0
+            .iter()
+            .filter_map(|e| Some((e.inode, tcp_state(e)?)))
+            .collect()
+    }
+
     #[test]
     fn tcp_lines() {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   104        0 28761 1 0000000000000000 100 0 0 10 0
    1: 0100007F:1538 0100007F:D5A4 01 00000000:00000000 00:00000000 00000000   104        0 99 1
-   2: garbage";
-        let mut m = HashMap::new();
-        parse_tcp(text, &mut m);
+   2: 0100007F:1538 0100007F:D5A5 06 00000000:00000000 00:00000000 00000000   104        0 98 1";
+        let m = tcp_of(text);
         assert_eq!(m[&28761], SocketState::Listening { port: 5432 });
         assert_eq!(
             m[&99],
@@ -202,25 +142,35 @@ mod tests {
                 remote_port: 54692
             }
         );
-        assert_eq!(m.len(), 2);
+        assert_eq!(m.len(), 2, "TIME_WAIT is left out");
     }
 
     #[test]
     fn tcp6_addresses() {
-        let (ip, port) = hex_endpoint("00000000000000000000000001000000:1538").unwrap();
-        assert_eq!((ip.as_str(), port), ("[::1]", 5432));
+        let text = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:1538 00000000000000000000000001000000:D5A4 01 00000000:00000000 00:00000000 00000000   104        0 77 1";
+        let m = tcp_of(text);
+        assert!(
+            matches!(&m[&77], SocketState::Tcp { local, local_port: 5432, .. } if local == "[::1]"),
+            "{m:?}"
+        );
     }
 
     #[test]
     fn unix_lines() {
+        use procfs::FromBufRead as _;
         let text = "Num       RefCount Protocol Flags    Type St Inode Path
 0000000000000000: 00000002 00000000 00010000 0001 01 31000 /var/run/postgresql/.s.PGSQL.5433
 0000000000000000: 00000003 00000000 00000000 0001 03 31001 /var/run/postgresql/.s.PGSQL.5433
 0000000000000000: 00000003 00000000 00000000 0001 03 31002
 0000000000000000: 00000002 00000000 00010000 0001 01 31003 /run/systemd/notify
 0000000000000000: 00000002 00000000 00000000 0002 01 31004";
-        let mut m = HashMap::new();
-        parse_unix(text, &mut m);
+        let entries = procfs::net::UnixNetEntries::from_buf_read(text.as_bytes()).unwrap();
+        let m: HashMap<u64, SocketState> = entries
+            .0
+            .iter()
+            .filter_map(|e| Some((e.inode, unix_state(e)?)))
+            .collect();
         assert_eq!(m[&31000], SocketState::Listening { port: 5433 });
         assert_eq!(
             m[&31001],
@@ -230,6 +180,17 @@ mod tests {
         );
         assert_eq!(m[&31002], SocketState::Unix { path: None });
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn this_process_sees_its_own_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = sockets_seen_by(std::process::id());
+        assert!(
+            seen.values().any(|s| *s == SocketState::Listening { port }),
+            "{seen:?}"
+        );
     }
 
     #[test]

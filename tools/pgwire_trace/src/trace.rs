@@ -14,7 +14,7 @@ use aya::maps::{Array, HashMap, MapData, RingBuf};
 use pgbpf_common::{
     loader::{self, Loaded},
     output::Output,
-    postgres,
+    postgres, procs,
     runtime::{Attached, Trace},
     target::Target,
     tracefs,
@@ -70,7 +70,7 @@ fn processes_of(target: &Target) -> Vec<Process> {
     } else if let Some(c) = &target.cgroup {
         c.processes()
     } else {
-        all_pids()
+        procs::all_pids()
     };
     pids.into_iter()
         .map(|pid| Process {
@@ -79,16 +79,6 @@ fn processes_of(target: &Target) -> Vec<Process> {
                 .is_ok_and(|(exe, _)| postgres::is_postgres_binary(&exe)),
         })
         .collect()
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Sockets of the target found at start.
@@ -104,7 +94,7 @@ fn find_sockets(procs: &[Process], is_pg_port: impl Fn(u16) -> bool, clients: bo
     let mut found = Found::default();
     let mut next_id = EXISTING_ID_BASE;
     for p in procs {
-        let fds = sockets::socket_fds(p.pid);
+        let fds = procs::socket_fds(p.pid);
         if fds.is_empty() {
             continue;
         }
@@ -171,7 +161,7 @@ fn server_ports(args: &Args) -> HashSet<u16> {
         return args.port.iter().copied().collect();
     }
     let mut ports: HashSet<u16> = HashSet::from([5432]);
-    let all: Vec<Process> = all_pids()
+    let all: Vec<Process> = procs::all_pids()
         .into_iter()
         .filter(|&pid| {
             postgres::binary_of_pid(pid).is_ok_and(|(exe, _)| postgres::is_postgres_binary(&exe))
@@ -427,7 +417,7 @@ impl Trace for WireTrace {
         // Processes gone before this drain have sent all they will send.
         let prune = self.last_prune.elapsed() >= Duration::from_secs(1);
         let alive_before: Option<(u64, HashSet<u32>)> =
-            prune.then(|| (now_mono_ns(), all_pids().into_iter().collect()));
+            prune.then(|| (now_mono_ns(), procs::all_pids().into_iter().collect()));
         drain(&mut self.ring, &mut self.sink, out)?;
         stop_capturing(&mut self.loaded, &mut self.sink)?;
         if let Some((sampled_ns, alive)) = alive_before {
@@ -525,10 +515,7 @@ fn check_architecture() -> anyhow::Result<()> {
 
 /// Highest pid + 1 the kernel hands out (sizes the per-process filter array).
 fn pid_max() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(4_194_304)
+    procs::pid_max().unwrap_or(4_194_304)
 }
 
 fn counters(loaded: &Loaded) -> anyhow::Result<[u64; counter::COUNT as usize]> {

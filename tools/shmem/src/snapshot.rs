@@ -12,6 +12,11 @@ use std::{
 use pgbpf_common::{
     output::{self, Output},
     postgres::{backend_type, is_postgres_binary},
+    procs,
+};
+use procfs::{
+    Current as _, FromBufRead as _,
+    process::{MMPermissions, MMapPath, MemoryMaps},
 };
 
 use crate::records::{
@@ -59,59 +64,47 @@ pub fn classify(path: &str) -> Segment {
     Segment::File(p.to_string())
 }
 
-/// The shared mappings in the text of /proc/PID/smaps. Malformed lines are skipped.
+/// A mapping's path as /proc/PID/smaps prints it ("" for an anonymous mapping).
+fn path_text(path: &MMapPath) -> String {
+    match path {
+        MMapPath::Path(p) => p.to_string_lossy().into_owned(),
+        MMapPath::Anonymous => String::new(),
+        MMapPath::Vsys(key) => format!("/SYSV{:08x}", *key as u32),
+        MMapPath::Heap => "[heap]".into(),
+        MMapPath::Stack | MMapPath::TStack(_) => "[stack]".into(),
+        MMapPath::Vdso => "[vdso]".into(),
+        MMapPath::Vvar => "[vvar]".into(),
+        MMapPath::Vsyscall => "[vsyscall]".into(),
+        MMapPath::Rollup => "[rollup]".into(),
+        MMapPath::Other(name) => format!("[{name}]"),
+    }
+}
+
+/// The shared mappings (the `s` permission) of a process's smaps, as procfs parsed them.
+pub fn shared_mappings(maps: &MemoryMaps) -> Vec<Mapping> {
+    maps.iter()
+        .filter(|m| m.perms.contains(MMPermissions::SHARED))
+        .map(|m| {
+            let stat = |key: &str| m.extension.map.get(key).copied().unwrap_or(0);
+            Mapping {
+                path: path_text(&m.pathname),
+                size: m.address.1.saturating_sub(m.address.0),
+                // Huge pages of hugetlbfs are not in Rss.
+                rss: stat("Rss") + stat("Shared_Hugetlb") + stat("Private_Hugetlb"),
+                pss: stat("Pss"),
+                page_size: Some(stat("KernelPageSize"))
+                    .filter(|&p| p > 0)
+                    .unwrap_or(4096),
+            }
+        })
+        .collect()
+}
+
+/// The shared mappings in the text of /proc/PID/smaps; none when it does not parse.
 pub fn parse_smaps(text: &str) -> Vec<Mapping> {
-    let mut out = vec![];
-    let mut current: Option<Mapping> = None;
-    let mut hugetlb = 0;
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else { continue };
-        if let Some((start, end)) = first.split_once('-')
-            && let (Ok(start), Ok(end)) =
-                (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
-        {
-            if let Some(mut m) = current.take() {
-                m.rss += hugetlb;
-                out.push(m);
-            }
-            hugetlb = 0;
-            let perms = fields.next().unwrap_or("");
-            // offset, device, inode, then the path (which may contain spaces)
-            let path: Vec<&str> = fields.skip(3).collect();
-            if perms.as_bytes().get(3) == Some(&b's') {
-                current = Some(Mapping {
-                    path: path.join(" "),
-                    size: end.saturating_sub(start),
-                    rss: 0,
-                    pss: 0,
-                    page_size: 4096,
-                });
-            }
-            continue;
-        }
-        let Some(m) = current.as_mut() else { continue };
-        let kib = || {
-            line.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024
-        };
-        match first {
-            "Rss:" => m.rss = kib(),
-            "Pss:" => m.pss = kib(),
-            "KernelPageSize:" => m.page_size = kib(),
-            // Huge pages of hugetlbfs are not in Rss.
-            "Shared_Hugetlb:" | "Private_Hugetlb:" => hugetlb += kib(),
-            _ => {}
-        }
-    }
-    if let Some(mut m) = current {
-        m.rss += hugetlb;
-        out.push(m);
-    }
-    out
+    MemoryMaps::from_buf_read(text.as_bytes())
+        .map(|maps| shared_mappings(&maps))
+        .unwrap_or_default()
 }
 
 /// A process's shared memory by kind.
@@ -127,31 +120,13 @@ pub struct ProcessShared {
     pub mappings: Vec<Mapping>,
 }
 
-fn title_of(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-fn comm_of(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Reads one process; None when it is gone or unreadable.
 pub fn process_shared(pid: u32) -> Option<ProcessShared> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let mappings = parse_smaps(&text);
-    let title = title_of(pid);
+    let mappings = shared_mappings(&procs::memory_maps(pid, true)?);
+    let title = procs::title_of(pid);
     let backend = backend_type(&title)
         .map(str::to_string)
-        .unwrap_or_else(|| comm_of(pid));
+        .unwrap_or_else(|| procs::comm_of(pid).unwrap_or_default());
     let mut p = ProcessShared {
         pid,
         backend,
@@ -233,25 +208,18 @@ pub struct HugePages {
     pub shmem_huge_bytes: u64,
 }
 
-pub fn parse_meminfo(text: &str) -> HugePages {
-    let mut h = HugePages::default();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(name), Some(v)) = (f.next(), f.next().and_then(|v| v.parse::<u64>().ok())) else {
-            continue;
-        };
-        let kb = f.next() == Some("kB");
-        let v = if kb { v * 1024 } else { v };
-        match name {
-            "HugePages_Total:" => h.total = v,
-            "HugePages_Free:" => h.free = v,
-            "HugePages_Rsvd:" => h.reserved = v,
-            "Hugepagesize:" => h.page_size = v,
-            "ShmemHugePages:" => h.shmem_huge_bytes = v,
-            _ => {}
-        }
+/// The machine's huge pages, from /proc/meminfo (procfs gives sizes in bytes).
+pub fn huge_pages() -> HugePages {
+    let Ok(m) = procfs::Meminfo::current() else {
+        return HugePages::default();
+    };
+    HugePages {
+        total: m.hugepages_total.unwrap_or(0),
+        free: m.hugepages_free.unwrap_or(0),
+        reserved: m.hugepages_rsvd.unwrap_or(0),
+        page_size: m.hugepagesize.unwrap_or(0),
+        shmem_huge_bytes: m.shmem_hugepages.unwrap_or(0),
     }
-    h
 }
 
 /// The SysV segment as /proc/sysvipc/shm has it (only when in our IPC namespace).
@@ -263,27 +231,19 @@ pub struct SysvSegment {
     pub attached: Option<u64>,
 }
 
-fn sysv_table(pid: u32) -> Option<String> {
+/// The SysV segment with `key` as /proc/sysvipc/shm has it (only for a process in shmem's
+/// own IPC namespace: the file shows the reader's namespace).
+fn sysv_segment(pid: u32, key: u32) -> Option<procfs::Shm> {
     let ours = std::fs::read_link("/proc/self/ns/ipc").ok()?;
     let theirs = std::fs::read_link(format!("/proc/{pid}/ns/ipc")).ok()?;
     if ours != theirs {
         return None;
     }
-    std::fs::read_to_string("/proc/sysvipc/shm").ok()
-}
-
-/// Finds `key` in the text of /proc/sysvipc/shm: (shmid, size, nattch).
-pub fn parse_sysvipc(text: &str, key: u32) -> Option<(u64, u64, u64)> {
-    text.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let k: i64 = f.first()?.parse().ok()?;
-        (k as u32 == key).then_some(())?;
-        Some((
-            f.get(1)?.parse().ok()?,
-            f.get(3)?.parse().ok()?,
-            f.get(6)?.parse().ok()?,
-        ))
-    })
+    procfs::SharedMemorySegments::current()
+        .ok()?
+        .0
+        .into_iter()
+        .find(|s| s.key as u32 == key)
 }
 
 /// One PostgreSQL instance: its postmaster and the processes below it.
@@ -308,10 +268,6 @@ pub struct Snapshot {
     pub huge: HugePages,
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    pgbpf_common::target::parse_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
 fn root_of(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root"))
 }
@@ -324,31 +280,33 @@ pub fn is_postgres(pid: u32) -> bool {
 /// Takes the snapshot of `pids` (processes that vanish meanwhile are left out).
 pub fn take(pids: &[u32]) -> Snapshot {
     let mut snap = Snapshot {
-        huge: parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default()),
+        huge: huge_pages(),
         ..Default::default()
     };
-    let mut procs: Vec<ProcessShared> = pids.iter().filter_map(|&p| process_shared(p)).collect();
-    procs.sort_by_key(|p| p.pid);
+    let mut shared: Vec<ProcessShared> = pids.iter().filter_map(|&p| process_shared(p)).collect();
+    shared.sort_by_key(|p| p.pid);
     // Each process's parent, read once.
-    let parents: std::collections::HashMap<u32, Option<u32>> =
-        procs.iter().map(|p| (p.pid, parent_of(p.pid))).collect();
+    let parents: std::collections::HashMap<u32, Option<u32>> = shared
+        .iter()
+        .map(|p| (p.pid, procs::parent_of(p.pid)))
+        .collect();
     let parent = |pid: u32| parents.get(&pid).copied().flatten();
     // Postmasters first: a postgres process whose parent is not a postgres process.
-    let postmasters: Vec<u32> = procs
+    let postmasters: Vec<u32> = shared
         .iter()
         .filter(|p| is_postgres(p.pid) && !parent(p.pid).is_some_and(is_postgres))
         .map(|p| p.pid)
         .collect();
     for pm in postmasters {
-        let members: Vec<ProcessShared> = procs
+        let members: Vec<ProcessShared> = shared
             .iter()
             .filter(|p| p.pid == pm || parent(p.pid) == Some(pm))
             .cloned()
             .collect();
-        procs.retain(|p| !members.iter().any(|m| m.pid == p.pid));
+        shared.retain(|p| !members.iter().any(|m| m.pid == p.pid));
         snap.instances.push(instance(pm, members));
     }
-    snap.others = procs
+    snap.others = shared
         .into_iter()
         .map(|p| {
             let space = space_of(&root_of(p.pid).join("dev/shm"));
@@ -376,12 +334,10 @@ fn instance(pm: u32, mut processes: Vec<ProcessShared>) -> Instance {
                         size: m.size,
                         ..Default::default()
                     };
-                    if let Some((id, size, natt)) =
-                        sysv_table(pm).and_then(|t| parse_sysvipc(&t, key))
-                    {
-                        s.id = Some(id);
-                        s.size = size;
-                        s.attached = Some(natt);
+                    if let Some(seg) = sysv_segment(pm, key) {
+                        s.id = Some(seg.shmid);
+                        s.size = seg.size;
+                        s.attached = Some(u64::from(seg.nattch));
                     }
                     sysv = Some(s);
                 }
@@ -649,7 +605,6 @@ Pss:                  14 kB
 7f2421237000-7f2421238000 rw-s 00000000 00:01 1310780   /SYSV0005d4a2 (deleted)
 Rss:                   4 kB
 Pss:                   1 kB
-garbage line
 7f0000000000-7f0000200000 rw-s 00000000 00:10 42   /anon_hugepage (deleted)
 KernelPageSize:     2048 kB
 Rss:                   0 kB
@@ -676,20 +631,13 @@ Shared_Hugetlb:     2048 kB
         );
         // Garbage never panics.
         assert!(parse_smaps("x-y rw-s\n-\nRss: kB\n\u{0}").is_empty());
+        assert!(parse_smaps(&format!("{SMAPS}garbage line\n")).is_empty());
     }
 
     #[test]
-    fn meminfo_and_sysvipc() {
-        let h = parse_meminfo(
-            "HugePages_Total:      10\nHugePages_Free:        4\nHugePages_Rsvd:  1\nHugepagesize:    2048 kB\nShmemHugePages: 0 kB\nbad",
-        );
-        assert_eq!(
-            (h.total, h.free, h.reserved, h.page_size),
-            (10, 4, 1, 2 << 20)
-        );
-        let t = "       key      shmid perms   size  cpid  lpid nattch   uid\n    382114    1310780   600     56 19625 19625      7   101\n";
-        assert_eq!(parse_sysvipc(t, 382114), Some((1310780, 56, 7)));
-        assert_eq!(parse_sysvipc(t, 1), None);
-        assert_eq!(parse_sysvipc("junk\n-1 x", 0xffff_ffff), None);
+    fn huge_pages_of_this_machine() {
+        let h = huge_pages();
+        assert!(h.page_size >= 2 << 20, "{h:?}");
+        assert!(h.free <= h.total, "{h:?}");
     }
 }

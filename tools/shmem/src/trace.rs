@@ -13,7 +13,7 @@ use pgbpf_common::{
     kernel_btf::KernelTypes,
     loader::{self, Loaded},
     output::Output,
-    postgres,
+    postgres, procs,
     query_string::QueryAddrs,
     runtime::{Attached, Trace},
     system,
@@ -96,18 +96,9 @@ fn snapshot_pids(target: &Target) -> Vec<u32> {
     if let Some(cg) = &target.cgroup {
         return postgres::procs_below(&cg.dir);
     }
-    all_pids()
+    procs::all_pids()
         .into_iter()
         .filter(|&p| snapshot::is_postgres(p))
-        .collect()
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
 }
 

@@ -1,0 +1,151 @@
+//! What the tools read about processes from /proc, through the procfs crate: the pids there
+//! are, a process's parent, thread group, name, title, state, capabilities, cgroup, memory
+//! maps and socket descriptors. A process that vanished or cannot be read is `None` (or
+//! empty): processes come and go while a tool looks.
+
+use procfs::process::{FDTarget, Process};
+
+fn process(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+/// Every process now, by pid.
+pub fn all_pids() -> Vec<u32> {
+    procfs::process::all_processes()
+        .map(|all| {
+            all.filter_map(|p| p.ok().and_then(|p| u32::try_from(p.pid()).ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parent of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    u32::try_from(process(pid)?.stat().ok()?.ppid).ok()
+}
+
+/// The thread group (process) of `pid`, itself for a process.
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    u32::try_from(process(pid)?.status().ok()?.tgid).ok()
+}
+
+/// The kernel's name of the task (`comm`, 15 bytes at most).
+pub fn comm_of(pid: u32) -> Option<String> {
+    Some(process(pid)?.stat().ok()?.comm)
+}
+
+/// The process title: its command line as `ps` shows it (PostgreSQL rewrites it to
+/// "postgres: checkpointer" and the like); empty when unreadable.
+pub fn title_of(pid: u32) -> String {
+    process(pid)
+        .and_then(|p| p.cmdline().ok())
+        .map(|args| args.join(" ").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// True while `pid` runs; a process that exited but was not reaped yet (a zombie) is gone.
+pub fn alive(pid: u32) -> bool {
+    process(pid)
+        .and_then(|p| p.stat().ok())
+        .is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
+}
+
+/// Every process below `roots` in the process tree (not the roots themselves).
+pub fn descendants(roots: &[u32]) -> Vec<u32> {
+    let parent_of: Vec<(u32, u32)> = all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect();
+    let mut out: Vec<u32> = vec![];
+    let mut frontier: Vec<u32> = roots.to_vec();
+    while let Some(p) = frontier.pop() {
+        for &(child, parent) in &parent_of {
+            if parent == p && !out.contains(&child) && !roots.contains(&child) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// This process's effective capabilities (CapEff), 0 when unreadable.
+pub fn effective_capabilities() -> u64 {
+    Process::myself()
+        .and_then(|p| p.status())
+        .map_or(0, |s| s.capeff)
+}
+
+/// The cgroup v2 path of `pid` (its "0::/path" line).
+pub fn cgroup_v2_of(pid: u32) -> Option<String> {
+    process(pid)?
+        .cgroups()
+        .ok()?
+        .into_iter()
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+        .map(|c| c.pathname)
+}
+
+/// The socket descriptors of `pid`: (fd, socket inode). Unreadable processes have none.
+pub fn socket_fds(pid: u32) -> Vec<(u32, u64)> {
+    let Some(fds) = process(pid).and_then(|p| p.fd().ok()) else {
+        return vec![];
+    };
+    fds.filter_map(|fd| {
+        let fd = fd.ok()?;
+        match fd.target {
+            FDTarget::Socket(inode) => Some((u32::try_from(fd.fd).ok()?, inode)),
+            _ => None,
+        }
+    })
+    .collect()
+}
+
+/// The memory maps of `pid` (/proc/PID/maps), or with `smaps` the same with each mapping's
+/// statistics (Rss, Pss, ...).
+pub fn memory_maps(pid: u32, smaps: bool) -> Option<procfs::process::MemoryMaps> {
+    let p = process(pid)?;
+    if smaps { p.smaps() } else { p.maps() }.ok()
+}
+
+/// The highest pid + 1 the kernel hands out.
+pub fn pid_max() -> Option<u32> {
+    u32::try_from(procfs::sys::kernel::pid_max().ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_and_its_child() {
+        let me = std::process::id();
+        assert_eq!(tgid_of(me), Some(me));
+        assert!(alive(me) && all_pids().contains(&me));
+        assert!(comm_of(me).is_some_and(|c| !c.is_empty()));
+        assert!(!title_of(me).is_empty());
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert_eq!(parent_of(child.id()), Some(me));
+        assert!(descendants(&[me]).contains(&child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!alive(child.id()));
+        assert_eq!(tgid_of(u32::MAX), None);
+        assert!(socket_fds(u32::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_socket_descriptor_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd as _;
+        let fd = listener.as_raw_fd() as u32;
+        assert!(
+            socket_fds(std::process::id())
+                .iter()
+                .any(|(f, inode)| *f == fd && *inode > 0)
+        );
+    }
+}
