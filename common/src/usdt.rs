@@ -50,47 +50,41 @@ pub struct UsdtArg {
     pub location: ArgLocation,
 }
 
+/// The x86-64 kernel's `struct pt_regs`, as far as USDT arguments reach: its layout is that
+/// of ptrace's `user_regs_struct` up to `ss`, so libc's definition gives the offsets by name.
+type PtRegs = libc::user_regs_struct;
+
 /// x86-64 `struct pt_regs` offsets by register name (any width: rax, eax, ax, al).
 pub fn pt_regs_offset(reg: &str) -> Option<u16> {
+    use std::mem::offset_of;
     let r = reg.trim_start_matches('%');
-    let canonical = match r {
-        "rax" | "eax" | "ax" | "al" | "ah" => "rax",
-        "rbx" | "ebx" | "bx" | "bl" | "bh" => "rbx",
-        "rcx" | "ecx" | "cx" | "cl" | "ch" => "rcx",
-        "rdx" | "edx" | "dx" | "dl" | "dh" => "rdx",
-        "rsi" | "esi" | "si" | "sil" => "rsi",
-        "rdi" | "edi" | "di" | "dil" => "rdi",
-        "rbp" | "ebp" | "bp" | "bpl" => "rbp",
-        "rsp" | "esp" | "sp" | "spl" => "rsp",
-        "rip" => "rip",
+    let offset = match r {
+        "rax" | "eax" | "ax" | "al" | "ah" => offset_of!(PtRegs, rax),
+        "rbx" | "ebx" | "bx" | "bl" | "bh" => offset_of!(PtRegs, rbx),
+        "rcx" | "ecx" | "cx" | "cl" | "ch" => offset_of!(PtRegs, rcx),
+        "rdx" | "edx" | "dx" | "dl" | "dh" => offset_of!(PtRegs, rdx),
+        "rsi" | "esi" | "si" | "sil" => offset_of!(PtRegs, rsi),
+        "rdi" | "edi" | "di" | "dil" => offset_of!(PtRegs, rdi),
+        "rbp" | "ebp" | "bp" | "bpl" => offset_of!(PtRegs, rbp),
+        "rsp" | "esp" | "sp" | "spl" => offset_of!(PtRegs, rsp),
+        "rip" => offset_of!(PtRegs, rip),
         other => {
             // r8..r15 with optional d/w/b suffix
             let n = other.strip_prefix('r')?.trim_end_matches(['d', 'w', 'b']);
-            return match n.parse::<u8>().ok()? {
-                8 => Some(72),
-                9 => Some(64),
-                10 => Some(56),
-                11 => Some(48),
-                12 => Some(24),
-                13 => Some(16),
-                14 => Some(8),
-                15 => Some(0),
-                _ => None,
-            };
+            match n.parse::<u8>().ok()? {
+                8 => offset_of!(PtRegs, r8),
+                9 => offset_of!(PtRegs, r9),
+                10 => offset_of!(PtRegs, r10),
+                11 => offset_of!(PtRegs, r11),
+                12 => offset_of!(PtRegs, r12),
+                13 => offset_of!(PtRegs, r13),
+                14 => offset_of!(PtRegs, r14),
+                15 => offset_of!(PtRegs, r15),
+                _ => return None,
+            }
         }
     };
-    Some(match canonical {
-        "rbp" => 32,
-        "rbx" => 40,
-        "rax" => 80,
-        "rcx" => 88,
-        "rdx" => 96,
-        "rsi" => 104,
-        "rdi" => 112,
-        "rip" => 128,
-        "rsp" => 152,
-        _ => return None,
-    })
+    u16::try_from(offset).ok()
 }
 
 fn parse_int(s: &str) -> Option<i64> {
@@ -263,6 +257,26 @@ pub fn probes(binary: &Path) -> anyhow::Result<Vec<UsdtProbe>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn register_offsets_are_the_kernels_pt_regs() {
+        // arch/x86/include/asm/ptrace.h: r15 first, rbx after rbp, rdi before orig_ax.
+        let expect = [
+            ("%r15", 0),
+            ("%rbp", 32),
+            ("%ebx", 40),
+            ("%rax", 80),
+            ("%rdi", 112),
+        ];
+        for (reg, off) in expect {
+            assert_eq!(pt_regs_offset(reg), Some(off), "{reg}");
+        }
+        assert_eq!(
+            (pt_regs_offset("%rip"), pt_regs_offset("%rsp")),
+            (Some(128), Some(152))
+        );
+        assert_eq!(pt_regs_offset("%xmm0"), None);
+    }
 
     fn no_symbols(_: &str) -> Option<u64> {
         None

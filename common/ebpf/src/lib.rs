@@ -5,6 +5,10 @@
 //! - [`query`]: the query context, each backend's current statement.
 //! - [`query_string`]: the statement a process runs, read from its debug_query_string.
 //! - [`usdt`]: USDT argument specs (shared with userspace) and their evaluation.
+//! - [`counters`]: the per-CPU counters of what a tool lost (`COUNTERS`, `bump`, `add`).
+//! - [`ring`]: ring buffer flags by name.
+//! - [`syscall`]: arguments and results of the syscall tracepoints.
+//! - [`regs`]: the current task's syscall number and arguments from its saved registers.
 //! - [`log2_slot`]: bcc-style power-of-two histogram slots.
 //! - `atomic_add` (BPF target only): `lock xadd` on the BPF target, which lacks `AtomicU64::fetch_add`.
 #![no_std]
@@ -12,23 +16,21 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
-// Kernel-only: its #[no_mangle] globals must not end up in host binaries (they would be
-// exported and break static-pie start-up).
+#[cfg(target_arch = "bpf")]
+pub mod counters;
 pub mod query;
 pub mod query_string;
 #[cfg(target_arch = "bpf")]
+pub mod regs;
+#[cfg(target_arch = "bpf")]
+pub mod ring;
+#[cfg(target_arch = "bpf")]
+pub mod syscall;
+// Kernel-only: its #[no_mangle] globals must not end up in host binaries (they would be
+// exported and break static-pie start-up).
+#[cfg(target_arch = "bpf")]
 pub mod target;
 pub mod usdt;
-
-/// Adds one to slot `index` of a per-CPU counter array (the tools' lost-event counters).
-#[cfg(target_arch = "bpf")]
-#[inline(always)]
-pub fn bump(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
-    if let Some(c) = counters.get_ptr_mut(index) {
-        // SAFETY: this CPU's own slot; nothing else writes it while the program runs.
-        unsafe { *c += 1 };
-    }
-}
 
 /// Number of slots in a log2 histogram (covers the whole u64 range).
 pub const LOG2_SLOTS: usize = 64;

@@ -11,21 +11,22 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, RingBuf},
     programs::TracePointContext,
 };
 use io_timeouts_ebpf::{BDI_CAP, IoEvent, counter, kind, statement};
+use pgbpf_common_ebpf::counters::bump;
+use pgbpf_common_ebpf::ring;
 use pgbpf_common_ebpf::{
     query_string::{StatementRead, read_statement},
     target::current_is_target,
 };
 
-const BPF_RB_NO_WAKEUP: u64 = 1;
+// Every counter has a slot in the shared map.
+const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 /// nr_pages of the flusher's current writeback_start, by flusher thread.
 #[map]
 static WB_START: LruHashMap<u32, i64> = LruHashMap::with_max_entries(1024, 0);
@@ -84,11 +85,6 @@ offsets!(
 );
 
 #[inline(always)]
-fn bump(index: u32) {
-    pgbpf_common_ebpf::bump(&COUNTERS, index)
-}
-
-#[inline(always)]
 fn field<T: Copy + Default>(ctx: &TracePointContext, offset: &aya_ebpf::Global<u32>) -> T {
     // SAFETY: the offset comes from the tracepoint's format file.
     unsafe { ctx.read_at::<T>(offset.load() as usize) }.unwrap_or_default()
@@ -136,7 +132,7 @@ fn send(ctx: &TracePointContext, kind: u8, fill: impl FnOnce(&mut IoEvent)) {
     };
     fill(e);
     // Userspace drains every 100 ms; no wakeup per event.
-    slot.submit(BPF_RB_NO_WAKEUP);
+    slot.submit(ring::NO_WAKEUP);
 }
 
 /// writeback:balance_dirty_pages: fires once per throttling decision; a positive pause is a
@@ -261,7 +257,7 @@ pub fn rq_complete(ctx: TracePointContext) -> u32 {
     e.name = [0; BDI_CAP];
     field_bytes(&ctx, &RQC_RWBS, &mut e.name[..10]);
     e.query_len = 0;
-    slot.submit(BPF_RB_NO_WAKEUP);
+    slot.submit(ring::NO_WAKEUP);
     0
 }
 

@@ -20,11 +20,15 @@ use llcache_per_query_ebpf::{
     KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, PROTOCOL_UNKNOWN, PROTOCOL_UNREADABLE, SampleCounts,
     SampleKey, counter,
 };
+use pgbpf_common_ebpf::counters::bump;
 use pgbpf_common_ebpf::{
     query::{PGBPF_QUERIES, Tracked, on_statement_probe},
     query_string::{StatementRead, read_statement},
     target::current_is_target,
 };
+
+// Every counter has a slot in the shared map.
+const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
 
 /// Capacity of each sample map (set by the loader from --max-keys).
 const SAMPLE_KEYS: u32 = 16384;
@@ -40,19 +44,12 @@ static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 /// A key is built here: 272 bytes would take most of the 512-byte stack.
 #[map]
 static KEY_SCRATCH: PerCpuArray<SampleKey> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 /// 1: read the statement from debug_query_string at each sample; 0: the USDT query context.
 #[unsafe(no_mangle)]
 static READ_QUERY_STRING: aya_ebpf::Global<u32> = aya_ebpf::Global::new(1);
 /// Bytes of statement text to read (at most KEY_TEXT).
 #[unsafe(no_mangle)]
 static TEXT_MAX: aya_ebpf::Global<u32> = aya_ebpf::Global::new(KEY_TEXT as u32);
-
-#[inline(always)]
-fn bump(index: u32) {
-    pgbpf_common_ebpf::bump(&COUNTERS, index)
-}
 
 /// PostgreSQL's statement probes: keep the query context of each backend.
 #[uprobe]

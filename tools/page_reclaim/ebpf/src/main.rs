@@ -13,7 +13,11 @@ use aya_ebpf::{
 use page_reclaim_ebpf::{
     HIST_SLOTS, KIND_DIRECT, KIND_MEMCG, ReclaimKey, ReclaimStart, ReclaimStats, counter,
 };
+use pgbpf_common_ebpf::counters::bump;
 use pgbpf_common_ebpf::{log2_slot, target::current_is_target};
+
+// Every counter has a slot in the shared map.
+const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
 
 /// Offset of `nr_reclaimed` in the *_reclaim_end tracepoints, read from tracefs by the loader.
 #[unsafe(no_mangle)]
@@ -25,13 +29,6 @@ static STARTS: HashMap<u64, ReclaimStart> = HashMap::with_max_entries(16384, 0);
 static STATS: PerCpuHashMap<ReclaimKey, ReclaimStats> = PerCpuHashMap::with_max_entries(8192, 0);
 #[map]
 static STALL_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries((2 * HIST_SLOTS) as u32, 0);
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-#[inline(always)]
-fn bump(index: u32) {
-    pgbpf_common_ebpf::bump(&COUNTERS, index)
-}
 
 #[inline(always)]
 fn start_key(ctx: &TracePointContext, kind: usize) -> u64 {

@@ -7,23 +7,19 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::{map, uprobe},
-    maps::{PerCpuArray, RingBuf},
+    maps::RingBuf,
     programs::ProbeContext,
 };
+use pgbpf_common_ebpf::counters::bump;
 use pgbpf_common_ebpf::query::{QueryContext, Tracked, on_statement_probe};
+use pgbpf_common_ebpf::ring;
 use query_latency_ebpf::{QUERY_TEXT_CAP, QueryEvent, counter};
 
-const BPF_RB_NO_WAKEUP: u64 = 1;
+// Every counter has a slot in the shared map.
+const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-#[inline(always)]
-fn bump(index: u32) {
-    pgbpf_common_ebpf::bump(&COUNTERS, index)
-}
 
 /// Sends one finished statement.
 #[inline(always)]
@@ -47,7 +43,7 @@ fn send(q: &QueryContext) {
             }
             // No wakeup per statement (that costs more than the rest of the program): userspace
             // drains the buffer every 50 ms anyway.
-            slot.submit(BPF_RB_NO_WAKEUP);
+            slot.submit(ring::NO_WAKEUP);
         }
         None => bump(counter::RINGBUF_FULL),
     }

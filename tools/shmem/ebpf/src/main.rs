@@ -15,24 +15,24 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, TracePointContext},
 };
+use pgbpf_common_ebpf::ring;
+use pgbpf_common_ebpf::{counters::bump, syscall};
 use pgbpf_common_ebpf::{
     query_string::{StatementRead, read_statement},
     target::current_is_target,
 };
 use shmem_ebpf::{FdKey, NAME_CAP, QUERY_CAP, ShmEvent, counter, kind};
 
-const BPF_RB_NO_WAKEUP: u64 = 1;
+// Every counter has a slot in the shared map.
+const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
+
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 const MAP_SHARED: u64 = 0x01;
 const MAP_ANONYMOUS: u64 = 0x20;
-/// Syscall tracepoints: arguments start after the common header and `__syscall_nr`.
-const ARGS_OFFSET: usize = 16;
 const DEV_SHM: &[u8; 9] = b"/dev/shm/";
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 /// Syscalls in flight, by thread: the event built at entry, sent at exit.
 #[map]
 static PENDING: LruHashMap<u32, ShmEvent> = LruHashMap::with_max_entries(1024, 0);
@@ -75,23 +75,6 @@ static PAGE_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(4096);
 static PIDNS_DEV: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
 #[unsafe(no_mangle)]
 static PIDNS_INO: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
-
-#[inline(always)]
-fn bump(index: u32) {
-    pgbpf_common_ebpf::bump(&COUNTERS, index)
-}
-
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: syscall tracepoint records hold six 8-byte arguments after the header.
-    unsafe { ctx.read_at::<u64>(ARGS_OFFSET + 8 * n) }.unwrap_or(0)
-}
-
-#[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: sys_exit_* records hold `long ret` after the header.
-    unsafe { ctx.read_at::<i64>(ARGS_OFFSET) }.unwrap_or(0)
-}
 
 #[inline(always)]
 fn read_kernel(addr: u64) -> Option<u64> {
@@ -239,7 +222,7 @@ fn finish(ctx: &TracePointContext, kind: u8) {
     if parked.kind != kind {
         return;
     }
-    let rc = ret(ctx);
+    let rc = syscall::ret(ctx);
     parked.ret = rc;
     // SAFETY: helper without arguments.
     parked.duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(parked.ts_ns);
@@ -268,7 +251,7 @@ fn send(e: &ShmEvent) {
                     e as *const ShmEvent as *const _,
                 );
             }
-            slot.submit(BPF_RB_NO_WAKEUP);
+            slot.submit(ring::NO_WAKEUP);
         }
         None => bump(counter::RINGBUF_FULL),
     }
@@ -312,11 +295,11 @@ pub fn enter_openat(ctx: TracePointContext) -> u32 {
     let Some(e) = new_event(kind::OPEN) else {
         return 0;
     };
-    if !read_shm_path(arg(&ctx, 1), &mut e.name) {
+    if !read_shm_path(syscall::arg(&ctx, 1), &mut e.name) {
         return 0;
     }
     e.has_name = 1;
-    e.arg = arg(&ctx, 2);
+    e.arg = syscall::arg(&ctx, 2);
     describe_process(e);
     park(e);
     0
@@ -337,9 +320,10 @@ pub fn enter_memfd_create(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // SAFETY: a checked user read into our buffer.
-    let _ = unsafe { bpf_probe_read_user_str_bytes(arg(&ctx, 0) as *const u8, &mut e.name) };
+    let _ =
+        unsafe { bpf_probe_read_user_str_bytes(syscall::arg(&ctx, 0) as *const u8, &mut e.name) };
     e.has_name = 1;
-    e.arg = arg(&ctx, 1);
+    e.arg = syscall::arg(&ctx, 1);
     describe_process(e);
     park(e);
     0
@@ -360,17 +344,17 @@ fn enter_resize(ctx: &TracePointContext, kind: u8) {
     let Some(e) = new_event(kind) else {
         return;
     };
-    let fd = arg(ctx, 0);
+    let fd = syscall::arg(ctx, 0);
     if !name_of_fd(fd, e) {
         return;
     }
     e.fd = fd as i32;
     if kind == kind::FTRUNCATE {
-        e.size = arg(ctx, 1);
+        e.size = syscall::arg(ctx, 1);
     } else {
-        e.arg2 = arg(ctx, 1);
-        e.arg = arg(ctx, 2);
-        e.size = arg(ctx, 3);
+        e.arg2 = syscall::arg(ctx, 1);
+        e.arg = syscall::arg(ctx, 2);
+        e.size = syscall::arg(ctx, 3);
     }
     tmpfs_space(fd, e);
     describe_process(e);
@@ -420,13 +404,13 @@ fn enter_remove(path: u64) {
 
 #[tracepoint]
 pub fn enter_unlink(ctx: TracePointContext) -> u32 {
-    enter_remove(arg(&ctx, 0));
+    enter_remove(syscall::arg(&ctx, 0));
     0
 }
 
 #[tracepoint]
 pub fn enter_unlinkat(ctx: TracePointContext) -> u32 {
-    enter_remove(arg(&ctx, 1));
+    enter_remove(syscall::arg(&ctx, 1));
     0
 }
 
@@ -443,7 +427,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     }
     let key = FdKey {
         tgid: tgid(),
-        fd: arg(&ctx, 0) as u32,
+        fd: syscall::arg(&ctx, 0) as u32,
     };
     let _ = SHM_FDS.remove(&key);
     0
@@ -453,7 +437,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn enter_mmap(ctx: TracePointContext) -> u32 {
-    let flags = arg(&ctx, 3);
+    let flags = syscall::arg(&ctx, 3);
     // MAP_SHARED and MAP_SHARED_VALIDATE both have the low bit set; MAP_PRIVATE does not.
     if flags & MAP_SHARED == 0 || !current_is_target() {
         return 0;
@@ -461,11 +445,11 @@ pub fn enter_mmap(ctx: TracePointContext) -> u32 {
     let Some(e) = new_event(kind::MMAP) else {
         return 0;
     };
-    e.size = arg(&ctx, 1);
-    e.arg2 = arg(&ctx, 2);
+    e.size = syscall::arg(&ctx, 1);
+    e.arg2 = syscall::arg(&ctx, 2);
     e.arg = flags;
     if flags & MAP_ANONYMOUS == 0 {
-        let fd = arg(&ctx, 4);
+        let fd = syscall::arg(&ctx, 4);
         e.fd = fd as i32;
         name_of_fd(fd, e);
     }
@@ -492,18 +476,18 @@ fn enter_sysv(ctx: &TracePointContext, kind: u8) {
     };
     match kind {
         kind::SHMGET => {
-            e.arg = arg(ctx, 0);
-            e.size = arg(ctx, 1);
-            e.arg2 = arg(ctx, 2);
+            e.arg = syscall::arg(ctx, 0);
+            e.size = syscall::arg(ctx, 1);
+            e.arg2 = syscall::arg(ctx, 2);
         }
         kind::SHMAT => {
-            e.arg = arg(ctx, 0);
-            e.arg2 = arg(ctx, 2);
+            e.arg = syscall::arg(ctx, 0);
+            e.arg2 = syscall::arg(ctx, 2);
         }
-        kind::SHMDT => e.arg = arg(ctx, 0),
+        kind::SHMDT => e.arg = syscall::arg(ctx, 0),
         _ => {
-            e.arg = arg(ctx, 0);
-            e.arg2 = arg(ctx, 1);
+            e.arg = syscall::arg(ctx, 0);
+            e.arg2 = syscall::arg(ctx, 1);
         }
     }
     describe_process(e);
