@@ -7,6 +7,7 @@
 //! - [`output`]: where data goes (stdout, buffered), sizes, durations, log2 histograms, tables, timestamps.
 //! - [`kernel_btf`]: offsets of kernel struct members, from the running kernel's BTF.
 //! - [`elf`]: symbols (also from separate debug files), file offsets, build-ids.
+//! - [`periods`]: a report's interval and whole-run figures, and their clock.
 //! - [`perf`]: uprobe perf events with semaphores and BPF links with cookies (for USDT).
 //! - [`usdt`]: USDT notes, semaphores and argument specs.
 //! - [`query`]: userspace view of the query context (each backend's current statement).
@@ -28,6 +29,7 @@ pub mod latency;
 pub mod loader;
 pub mod output;
 pub mod perf;
+pub mod periods;
 pub mod postgres;
 pub mod procs;
 pub mod query;

@@ -203,6 +203,27 @@ pub fn unix_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Wall-clock time minus CLOCK_MONOTONIC (the kernel's `bpf_ktime_get_ns`), in ns: added to
+/// a kernel timestamp, it gives the Unix time of the event.
+pub fn wall_offset_ns() -> i64 {
+    use nix::time::{ClockId, clock_gettime};
+    let ns = |c| clock_gettime(c).map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of the kernel's timestamps).
+pub fn mono_ns() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+/// The Unix time (ns) of the monotonic time `mono_ns`, given [`wall_offset_ns`].
+pub fn wall_of(wall_offset_ns: i64, mono_ns: u64) -> u64 {
+    (mono_ns as i64).saturating_add(wall_offset_ns).max(0) as u64
+}
+
 /// A NUL-padded kernel string (comm) as text.
 pub fn c_str(bytes: &[u8]) -> String {
     let n = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());

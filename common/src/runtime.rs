@@ -32,6 +32,29 @@ pub trait Tool: clap::Parser {
     fn start(&self, out: &mut Output) -> anyhow::Result<Option<Attached<'_>>>;
 }
 
+/// Implements [`Tool`] for a tool's clap arguments, whose output arguments are in a field
+/// named `out`: `pgbpf_common::tool!(Args, "page_reclaim", trace::start)`, where `start` is
+/// `fn(&Args, &mut Output) -> anyhow::Result<Option<Attached<'_>>>`.
+#[macro_export]
+macro_rules! tool {
+    ($args:ty, $name:literal, $start:path) => {
+        impl $crate::runtime::Tool for $args {
+            const NAME: &'static str = $name;
+
+            fn output_args(&self) -> &$crate::cli::OutputArgs {
+                &self.out
+            }
+
+            fn start(
+                &self,
+                out: &mut $crate::output::Output,
+            ) -> ::anyhow::Result<Option<$crate::runtime::Attached<'_>>> {
+                $start(self, out)
+            }
+        }
+    };
+}
+
 /// What a tool does once attached. The runtime calls `drain` whenever the kernel may have
 /// something (at least every [`Trace::drain_every`]), `interval` at each INTERVAL and
 /// `finish` once at the end, each time after a last `drain`.

@@ -256,11 +256,15 @@ pub fn into_head(bin: &str, args: &[&str]) -> anyhow::Result<HeadRun> {
     })
 }
 
-/// Asserts that `bin args | head -1` printed a line and that the tool then ended by itself
-/// before `would_run` (its later output met the closed pipe), exiting 0 with nothing on stderr
-/// but its start-up line.
-pub fn assert_quiet_in_head(bin: &str, args: &[&str], would_run: Duration) {
-    let run = into_head(bin, args).expect("running the tool into head");
+/// Runs `bin args 1 20 | head -1` (a report a second, twenty of them) and asserts that a
+/// line came out and that the tool then ended by itself long before its twenty seconds (its
+/// next report met the closed pipe), exiting 0 with nothing on stderr but its start-up line.
+pub fn assert_quiet_in_head(bin: &str, args: &[&str]) {
+    const REPORTS: u64 = 20;
+    let would_run = Duration::from_secs(REPORTS);
+    let reports = REPORTS.to_string();
+    let args: Vec<&str> = args.iter().copied().chain(["1", &reports]).collect();
+    let run = into_head(bin, &args).expect("running the tool into head");
     assert!(
         run.status.success(),
         "{bin} {args:?} | head -1 exited with {}; stderr:\n{}",

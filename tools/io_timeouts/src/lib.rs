@@ -14,8 +14,6 @@ pub mod trace;
 use clap::Parser;
 use pgbpf_common::{
     cli::OutputArgs,
-    output::Output,
-    runtime::{Attached, Tool},
     target::{CommArg, TargetArgs},
 };
 
@@ -49,14 +47,4 @@ pub struct Args {
     pub top: usize,
 }
 
-impl Tool for Args {
-    const NAME: &'static str = "io_timeouts";
-
-    fn output_args(&self) -> &OutputArgs {
-        &self.out
-    }
-
-    fn start(&self, _out: &mut Output) -> anyhow::Result<Option<Attached<'_>>> {
-        trace::start(self).map(Some)
-    }
-}
+pgbpf_common::tool!(Args, "io_timeouts", trace::start);

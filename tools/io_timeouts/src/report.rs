@@ -1,15 +1,12 @@
 //! Throttling tables per (process, statement), the writeback table by device and reason,
 //! block latency histograms per process; every pause as it happens with --each; or NDJSON.
 
-use std::{
-    collections::HashMap,
-    io,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, io, time::Duration};
 
 use io_timeouts_ebpf::{IoEvent, kind, statement};
 use pgbpf_common::{
     output::{self, Output},
+    periods::{Periods, period_text},
     query,
     query_string::IdleLabels,
     records::{self, Scope},
@@ -183,13 +180,10 @@ pub struct Reporter {
     top: usize,
     names: Names,
     page_bytes: u64,
-    interval: Period,
-    total: Period,
+    periods: Periods<Period>,
     /// Events received from the kernel (all kinds).
     events: u64,
     idle_labels: IdleLabels,
-    started: Instant,
-    last_report: Instant,
 }
 
 fn mib(pages: u64, page_bytes: u64) -> String {
@@ -204,12 +198,9 @@ impl Reporter {
             top: args.top.max(1),
             names,
             page_bytes: system::page_size(),
-            interval: Period::default(),
-            total: Period::default(),
+            periods: Periods::new(),
             events: 0,
             idle_labels: IdleLabels::default(),
-            started: Instant::now(),
-            last_report: Instant::now(),
         }
     }
 
@@ -229,41 +220,23 @@ impl Reporter {
             comm: output::c_str(&ev.comm),
             query,
         };
-        self.interval.add(ev, &who, &self.names);
-        self.total.add(ev, &who, &self.names);
+        for p in self.periods.each() {
+            p.add(ev, &who, &self.names);
+        }
         if self.each && matches!(ev.kind, kind::DIRTY_PAUSE | kind::RECLAIM_THROTTLE) {
             return print_each(out, ev, &who);
         }
         Ok(())
     }
 
-    pub fn interval(&mut self, out: &mut Output, lost: u64) -> io::Result<()> {
-        let period = self.last_report.elapsed();
-        self.last_report = Instant::now();
-        let p = std::mem::take(&mut self.interval);
-        let when = format!("in the last {:.0}s", period.as_secs_f64());
-        self.report(out, Scope::Interval, period, &when, &p, lost)
-    }
-
-    pub fn finish(&mut self, out: &mut Output, lost: u64) -> io::Result<()> {
-        let period = self.started.elapsed();
-        let p = std::mem::take(&mut self.total);
-        let when = format!("in {:.0}s", period.as_secs_f64());
-        self.report(out, Scope::Total, period, &when, &p, lost)
-    }
-
-    fn report(
-        &self,
-        sink: &mut Output,
-        scope: Scope,
-        period: Duration,
-        when: &str,
-        p: &Period,
-        lost: u64,
-    ) -> io::Result<()> {
+    /// The tables of the interval that ended, or of the whole run.
+    pub fn report(&mut self, sink: &mut Output, scope: Scope, lost: u64) -> io::Result<()> {
+        let (stats, period) = self.periods.end(scope);
+        let p = &stats;
         if sink.json {
             return self.json_report(sink, scope, period, p, lost);
         }
+        let when = period_text(scope, period);
         let width = sink.width;
         let mut out = String::new();
         let pauses: u64 = p.dirty.values().map(|d| d.count).sum();

@@ -13,6 +13,7 @@ use pgbpf_common::{
     loader::{self, Loaded},
     output::Output,
     query_string::QueryAddrs,
+    records::Scope,
     runtime::{Attached, Trace},
     target::Target,
     tracefs,
@@ -61,7 +62,7 @@ const OFFSETS: &[(&str, &str, &str, &str)] = &[
 ];
 
 /// Reads the field offsets, loads and attaches.
-pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
+pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     let mut target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
     target.follow_descendants()?;
@@ -98,7 +99,7 @@ pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
         loaded.attach_tracepoint("rq_complete", "block", "block_rq_complete")?;
     }
     let ring = loaded.take_ring_buffer("EVENTS")?;
-    Ok(Attached {
+    Ok(Some(Attached {
         what: format!(
             "Tracing write throttling of {}{}",
             target.describe(),
@@ -113,7 +114,7 @@ pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
             ring,
             query_addrs,
         }),
-    })
+    }))
 }
 
 /// Every pause, wait, writeback and block request is a ring buffer record.
@@ -145,11 +146,11 @@ impl Trace for IoTrace {
 
     fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let lost = self.lost()?;
-        Ok(self.reporter.interval(out, lost)?)
+        Ok(self.reporter.report(out, Scope::Interval, lost)?)
     }
 
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let lost = self.lost()?;
-        Ok(self.reporter.finish(out, lost)?)
+        Ok(self.reporter.report(out, Scope::Total, lost)?)
     }
 }

@@ -19,7 +19,7 @@
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, path::PathBuf, process::Command, thread, time::Duration};
+use std::{collections::HashMap, path::PathBuf, process::Command, thread};
 
 use pgbpf_testkit::{
     exclusive,
@@ -163,10 +163,12 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     };
     session.run(INSERT).unwrap();
     dd.join().unwrap();
-    let pauses_ftrace = ftrace.stop("writeback/balance_dirty_pages");
     // All dirty pages to disk (the flusher, reason "sync"), and wait for them.
     assert!(Command::new("sync").status().unwrap().success());
     let written = vmstat(&["nr_written"]) - written_before;
+    // ftrace's window closes just before the tool's: background writers (the checkpointer,
+    // anything else on the machine) that pause while sync runs are counted by both.
+    let pauses_ftrace = ftrace.stop("writeback/balance_dirty_pages");
     let finished = traced.stop().unwrap();
     assert!(finished.status.success(), "{}", finished.stderr);
     let records = finished.json();
@@ -377,7 +379,6 @@ fn reclaim_waits_of_a_writer_in_a_small_memory_cgroup_match_ftrace() {
 fn a_closed_stdout_ends_it_quietly() {
     require_root();
     let _lock = exclusive();
-    let would_run = Duration::from_secs(5);
-    assert_quiet_in_head(BIN, &["1", "5"], would_run);
-    assert_quiet_in_head(BIN, &["--json", "1", "5"], would_run);
+    assert_quiet_in_head(BIN, &[]);
+    assert_quiet_in_head(BIN, &["--json"]);
 }

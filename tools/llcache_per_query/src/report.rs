@@ -1,17 +1,14 @@
 //! Sample tables by (process, statement, CPU): interval and final reports with the totals line
 //! of bcc's llcstat, or NDJSON.
 
-use std::{
-    collections::HashMap,
-    io,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, io, time::Duration};
 
 use llcache_per_query_ebpf::{
     KEY_TEXT, MAX_EVENTS, PROTOCOL_NONE, PROTOCOL_UNREADABLE, SampleCounts, SampleKey, counter,
 };
 use pgbpf_common::{
     output::{self, Output},
+    periods::{Periods, period_text},
     query,
     query_string::IdleLabels,
     records::{self, Scope},
@@ -95,11 +92,8 @@ impl Period {
 pub struct Reporter {
     events: Vec<Event>,
     top: usize,
-    interval: Period,
-    total: Period,
+    periods: Periods<Period>,
     idle_labels: IdleLabels,
-    started: Instant,
-    last_report: Instant,
 }
 
 impl Reporter {
@@ -107,11 +101,8 @@ impl Reporter {
         Reporter {
             events,
             top: args.top.max(1),
-            interval: Period::default(),
-            total: Period::default(),
+            periods: Periods::new(),
             idle_labels: IdleLabels::default(),
-            started: Instant::now(),
-            last_report: Instant::now(),
         }
     }
 
@@ -133,40 +124,25 @@ impl Reporter {
                 cpu: k.cpu,
             };
             let truncated = k.truncated != 0;
-            self.interval.add(&key, counts, statement, truncated);
-            self.total.add(&key, counts, statement, truncated);
+            for p in self.periods.each() {
+                p.add(&key, counts, statement, truncated);
+            }
         }
     }
 
-    /// Prints the interval's table.
-    pub fn interval(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
-        let period = self.last_report.elapsed();
-        self.last_report = Instant::now();
-        let stats = std::mem::take(&mut self.interval);
-        let when = format!("in the last {:.0}s", period.as_secs_f64());
-        self.report(out, Scope::Interval, period, &when, &stats, counters)
-    }
-
-    /// Prints the table of the whole run.
-    pub fn finish(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
-        let period = self.started.elapsed();
-        let total = std::mem::take(&mut self.total);
-        let when = format!("in {:.0}s", period.as_secs_f64());
-        self.report(out, Scope::Total, period, &when, &total, counters)
-    }
-
-    fn report(
-        &self,
+    /// The table of the interval that ended, or of the whole run.
+    pub fn report(
+        &mut self,
         sink: &mut Output,
         scope: Scope,
-        period: Duration,
-        when: &str,
-        p: &Period,
         counters: &Counters,
     ) -> io::Result<()> {
+        let (stats, period) = self.periods.end(scope);
+        let p = &stats;
         if sink.json {
             return self.json_report(sink, scope, period, p, counters);
         }
+        let when = period_text(scope, period);
         let samples: u64 = p.totals().iter().sum();
         let mut out = format!("{}{samples} samples {when}\n", sink.prefix());
         let sorted = p.sorted();

@@ -15,6 +15,7 @@ use pgbpf_common::{
     output::Output,
     postgres, query_probes,
     query_string::QueryAddrs,
+    records::Scope,
     runtime::{Attached, Trace},
     target::Target,
 };
@@ -35,7 +36,7 @@ enum Statements {
 }
 
 /// Parses the events, resolves the target, loads and attaches.
-pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
+pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     let events = events::parse(&args.events, args.period)?;
     // Before anything is loaded: no PMU is the common failure in VMs, and it deserves one line.
     events::check_counters(&events)?;
@@ -103,7 +104,7 @@ pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
         .map(|e| format!("{} every {}", e.kind.name, e.period))
         .collect();
     let maps = SampleMaps::take(&mut loaded)?;
-    Ok(Attached {
+    Ok(Some(Attached {
         what: format!("Sampling {} of {}", list.join(", "), target.describe()),
         details: vec![source],
         started: loaded.started,
@@ -114,7 +115,7 @@ pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
             maps,
             statements,
         }),
-    })
+    }))
 }
 
 /// The kernel sums samples in a map: drained every second and at each report.
@@ -139,11 +140,15 @@ impl Trace for SampleTrace {
     }
 
     fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
-        Ok(self.reporter.interval(out, &self.loaded.counters()?)?)
+        Ok(self
+            .reporter
+            .report(out, Scope::Interval, &self.loaded.counters()?)?)
     }
 
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
-        Ok(self.reporter.finish(out, &self.loaded.counters()?)?)
+        Ok(self
+            .reporter
+            .report(out, Scope::Total, &self.loaded.counters()?)?)
     }
 }
 

@@ -12,8 +12,6 @@ pub mod trace;
 use clap::Parser;
 use pgbpf_common::{
     cli::OutputArgs,
-    output::Output,
-    runtime::{Attached, Tool},
     target::{CommArg, TargetArgs},
 };
 
@@ -41,14 +39,4 @@ pub struct Args {
     pub top: usize,
 }
 
-impl Tool for Args {
-    const NAME: &'static str = "page_reclaim";
-
-    fn output_args(&self) -> &OutputArgs {
-        &self.out
-    }
-
-    fn start(&self, _out: &mut Output) -> anyhow::Result<Option<Attached<'_>>> {
-        trace::start(self).map(Some)
-    }
-}
+pgbpf_common::tool!(Args, "page_reclaim", trace::start);

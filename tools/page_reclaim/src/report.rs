@@ -1,16 +1,13 @@
 //! Turns cumulative kernel counters into interval and final reports (tables or NDJSON).
 //! Pure apart from stdout and the cgroup-name lookup, so the arithmetic is unit-tested.
 
-use std::{
-    collections::HashMap,
-    io,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, io, time::Duration};
 
 use page_reclaim_ebpf::{HIST_SLOTS, KIND_DIRECT, KIND_MEMCG, KINDS, ReclaimKey, counter};
 use pgbpf_common::{
     cgroup::CgroupNames,
     output::{self, Output},
+    periods::ReportClock,
     records::{self, Scope},
 };
 
@@ -176,8 +173,7 @@ pub struct Reporter {
     page_size: u64,
     names: CgroupNames,
     previous: Option<Snapshot>,
-    started: Instant,
-    last_report: Instant,
+    clock: ReportClock,
 }
 
 impl Reporter {
@@ -188,16 +184,22 @@ impl Reporter {
             page_size,
             names: CgroupNames::new(),
             previous: None,
-            started: Instant::now(),
-            last_report: Instant::now(),
+            clock: ReportClock::default(),
         }
     }
 
-    /// Prints what happened since the previous report.
-    pub fn interval(&mut self, out: &mut Output, snap: &Snapshot) -> io::Result<()> {
+    /// The report of the interval that ended (what happened since the previous report), or
+    /// of the whole run; `snap` is what the kernel has counted since the tool attached.
+    pub fn report(&mut self, out: &mut Output, scope: Scope, snap: &Snapshot) -> io::Result<()> {
+        match scope {
+            Scope::Interval => self.interval(out, snap),
+            Scope::Total => self.finish(out, snap),
+        }
+    }
+
+    fn interval(&mut self, out: &mut Output, snap: &Snapshot) -> io::Result<()> {
         let rows = process_rows(snap, self.previous.as_ref());
-        let period = self.last_report.elapsed();
-        self.last_report = Instant::now();
+        let period = self.clock.end_interval();
         let result = if out.json {
             let mut since = snap.clone();
             if let Some(before) = &self.previous {
@@ -217,10 +219,10 @@ impl Reporter {
         result
     }
 
-    /// Prints the totals since attach, the stall histograms and the lost-event counts.
-    pub fn finish(&mut self, out: &mut Output, snap: &Snapshot) -> io::Result<()> {
+    /// The totals since attach, the stall histograms and the lost-event counts.
+    fn finish(&mut self, out: &mut Output, snap: &Snapshot) -> io::Result<()> {
         let rows = process_rows(snap, None);
-        let elapsed = self.started.elapsed();
+        let elapsed = self.clock.run();
         if out.json {
             return self.json_report(out, Scope::Total, elapsed, &rows, snap);
         }

@@ -8,6 +8,7 @@ use page_reclaim_ebpf::{HIST_SLOTS, KINDS, ReclaimKey, ReclaimStats};
 use pgbpf_common::{
     loader::{self, Loaded},
     output::{self, Output},
+    records::Scope,
     runtime::{Attached, Trace},
     system,
     target::Target,
@@ -42,7 +43,7 @@ fn nr_reclaimed_offset() -> anyhow::Result<u32> {
 }
 
 /// Resolves the target, loads and attaches the programs.
-pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
+pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     let target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
     let offset = nr_reclaimed_offset()?;
@@ -55,13 +56,13 @@ pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
         loaded.attach_tracepoint(prog, "vmscan", event)?;
     }
     let reporter = Reporter::new(args, target.describe(), system::page_size());
-    Ok(Attached {
+    Ok(Some(Attached {
         what: format!("Tracing memory reclaim of {}", target.describe()),
         details: vec![],
         started: loaded.started,
         watch: target.roots(),
         trace: Box::new(ReclaimTrace { loaded, reporter }),
-    })
+    }))
 }
 
 /// The kernel keeps cumulative per-CPU sums: nothing to drain, a snapshot per report.
@@ -77,12 +78,12 @@ impl Trace for ReclaimTrace {
 
     fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let snap = read_snapshot(&self.loaded)?;
-        Ok(self.reporter.interval(out, &snap)?)
+        Ok(self.reporter.report(out, Scope::Interval, &snap)?)
     }
 
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let snap = read_snapshot(&self.loaded)?;
-        Ok(self.reporter.finish(out, &snap)?)
+        Ok(self.reporter.report(out, Scope::Total, &snap)?)
     }
 }
 

@@ -1,8 +1,6 @@
 //! page_reclaim as a user runs it: help, a short trace, intervals, JSON, and every kind of bad
 //! input (unknown pid or container, zero interval, no privileges, no tracefs).
 
-use std::time::Duration;
-
 use pgbpf_testkit::{
     require_root, schema,
     tool::{assert_quiet_in_head, run_tool},
@@ -80,8 +78,8 @@ fn a_closed_stdout_ends_it_quietly() {
     require_root();
     // A report a second: `head -1` takes the first line of the first, the second meets a
     // closed pipe and the tool ends at once, exit 0, no error.
-    assert_quiet_in_head(BIN, &["1", "5"], Duration::from_secs(5));
-    assert_quiet_in_head(BIN, &["--json", "1", "5"], Duration::from_secs(5));
+    assert_quiet_in_head(BIN, &[]);
+    assert_quiet_in_head(BIN, &["--json"]);
 }
 
 #[test]

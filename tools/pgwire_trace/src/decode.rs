@@ -68,11 +68,6 @@ pub struct DecodeStats {
     pub truncated_bytes: u64,
 }
 
-/// A monotonic time as wall-clock ns, given wall minus monotonic.
-fn wall_ns(wall_offset_ns: i64, mono_ns: u64) -> u64 {
-    (mono_ns as i64).saturating_add(wall_offset_ns).max(0) as u64
-}
-
 struct Conn {
     c: Connection,
     pid: u32,
@@ -116,7 +111,7 @@ impl Decoder {
     }
 
     fn wall(&self, mono_ns: u64) -> u64 {
-        wall_ns(self.wall_offset_ns, mono_ns)
+        pgbpf_common::output::wall_of(self.wall_offset_ns, mono_ns)
     }
 
     fn open(&mut self, r: &Record, from_start: bool) -> &mut Conn {
@@ -206,7 +201,7 @@ impl Decoder {
         if conn.c.encrypted && !conn.seen_encrypted {
             conn.seen_encrypted = true;
             out.push(Event::Encrypted {
-                unix_ns: wall_ns(wall_offset_ns, r.ts_ns),
+                unix_ns: pgbpf_common::output::wall_of(wall_offset_ns, r.ts_ns),
                 pid: conn.pid,
                 conn_id: r.conn_id,
                 peer: conn.peer.clone(),

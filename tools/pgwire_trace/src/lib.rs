@@ -22,12 +22,7 @@ pub mod trace;
 use std::path::PathBuf;
 
 use clap::Parser;
-use pgbpf_common::{
-    cli::OutputArgs,
-    output::Output,
-    runtime::{Attached, Tool},
-    target::TargetArgs,
-};
+use pgbpf_common::{cli::OutputArgs, output::Output, runtime::Attached, target::TargetArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -101,17 +96,12 @@ pub fn style(args: &Args) -> report::Style {
     }
 }
 
-impl Tool for Args {
-    const NAME: &'static str = "pgwire_trace";
+pgbpf_common::tool!(Args, "pgwire_trace", start);
 
-    fn output_args(&self) -> &OutputArgs {
-        &self.out
-    }
-
-    fn start(&self, out: &mut Output) -> anyhow::Result<Option<Attached<'_>>> {
-        match &self.read {
-            Some(path) => offline::run(self, path, out).map(|()| None),
-            None => trace::start(self, out).map(Some),
-        }
+/// Decodes the capture file of `--read`, or attaches.
+fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    match &args.read {
+        Some(path) => offline::run(args, path, out).map(|()| None),
+        None => trace::start(args, out).map(Some),
     }
 }

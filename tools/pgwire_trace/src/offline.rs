@@ -5,7 +5,7 @@
 use std::{fs::File, io::BufReader, path::Path};
 
 use anyhow::Context;
-use pgbpf_common::output::Output;
+use pgbpf_common::{output::Output, records::Scope};
 
 use crate::{Args, capture_file::Reader, decode::Decoder, report::Reporter};
 
@@ -30,7 +30,7 @@ pub fn run(args: &Args, path: &Path, out: &mut Output) -> anyhow::Result<()> {
         reporter.event(out, &e)?;
     }
     let kernel = decoder.kernel_counters.clone().unwrap_or_default();
-    reporter.finish(out, &decoder.stats, &kernel)?;
+    reporter.report(out, Scope::Total, &decoder.stats, &kernel)?;
     match damage {
         None => Ok(()),
         Some(e) => Err(e.context(format!(

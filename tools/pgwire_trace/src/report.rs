@@ -1,13 +1,14 @@
 //! What pgwire_trace prints: a line per request as it completes (or NDJSON), and with
 //! `--summary` a table per normalized statement every INTERVAL and at the end.
 
-use std::{io, time::Instant};
+use std::io;
 
 use foldhash::{HashMap, HashMapExt};
 
 use pgbpf_common::{
     latency::Latencies,
     output::{self, Output},
+    periods::ReportClock,
     records::{self, Scope},
     sql::{normalize, normalize_into},
 };
@@ -41,8 +42,7 @@ pub struct Reporter {
     header_done: bool,
     period: HashMap<String, StatementStats>,
     total: HashMap<String, StatementStats>,
-    started: Instant,
-    last_report: Instant,
+    clock: ReportClock,
     /// The normalized text of the request being counted (one buffer, reused).
     key: String,
 }
@@ -72,8 +72,7 @@ impl Reporter {
             header_done: false,
             period: HashMap::new(),
             total: HashMap::new(),
-            started: Instant::now(),
-            last_report: Instant::now(),
+            clock: ReportClock::default(),
             key: String::new(),
         }
     }
@@ -303,16 +302,29 @@ impl Reporter {
         Ok(())
     }
 
-    /// End of an interval: with --summary, that interval's table.
-    pub fn interval(
+    /// The report of the interval that ended (with --summary, its table), or of the whole
+    /// trace (with --summary its table; always the totals).
+    pub fn report(
+        &mut self,
+        out: &mut Output,
+        scope: Scope,
+        stats: &DecodeStats,
+        kernel: &[u64],
+    ) -> io::Result<()> {
+        match scope {
+            Scope::Interval => self.interval(out, stats, kernel),
+            Scope::Total => self.finish(out, stats, kernel),
+        }
+    }
+
+    fn interval(
         &mut self,
         out: &mut Output,
         stats: &DecodeStats,
         kernel: &[u64],
     ) -> io::Result<()> {
         let period = std::mem::take(&mut self.period);
-        let interval_ns = records::ns(self.last_report.elapsed());
-        self.last_report = Instant::now();
+        let interval_ns = records::ns(self.clock.end_interval());
         if !self.style.summary {
             return Ok(());
         }
@@ -329,14 +341,8 @@ impl Reporter {
         out.text(&text)
     }
 
-    /// The end: the whole trace's table (with --summary) and the totals.
-    pub fn finish(
-        &mut self,
-        out: &mut Output,
-        stats: &DecodeStats,
-        kernel: &[u64],
-    ) -> io::Result<()> {
-        let interval_ns = records::ns(self.started.elapsed());
+    fn finish(&mut self, out: &mut Output, stats: &DecodeStats, kernel: &[u64]) -> io::Result<()> {
+        let interval_ns = records::ns(self.clock.run());
         if out.json {
             if self.style.summary {
                 self.statement_records(out, Scope::Total, &self.total)?;

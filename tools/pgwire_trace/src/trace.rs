@@ -13,8 +13,9 @@ use anyhow::Context;
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use pgbpf_common::{
     loader::{self, Loaded},
-    output::Output,
+    output::{self, Output},
     postgres, procs,
+    records::Scope,
     runtime::{Attached, Trace},
     target::Target,
     tracefs,
@@ -177,19 +178,6 @@ fn server_ports(args: &Args) -> HashSet<u16> {
     ports
 }
 
-fn wall_offset_ns() -> i64 {
-    use nix::time::{ClockId, clock_gettime};
-    let ns = |c| clock_gettime(c).map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
-    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
-}
-
-fn now_mono_ns() -> u64 {
-    use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    })
-}
-
 /// A ring buffer item → `into` (OPEN payloads become address text); false for an item that
 /// is not a record. `into`'s payload buffer is reused, so draining allocates nothing per item.
 pub fn parse_item(item: &[u8], into: &mut Record) -> bool {
@@ -298,7 +286,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Attached<'a
     // Attached first, then told about existing sockets: a connection accepted in between is
     // either in /proc already or seen by accept().
     let found = find_sockets(&procs, |p| ports.contains(&p), track_clients == 1);
-    let wall = wall_offset_ns();
+    let wall = output::wall_offset_ns();
     let mut sink = Sink {
         decoder: Decoder::new(wall),
         reporter: Reporter::new(crate::style(args)),
@@ -330,7 +318,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Attached<'a
     }
     {
         let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(loaded.map_mut("SOCKS")?)?;
-        let now = now_mono_ns();
+        let now = output::mono_ns();
         for (key, info, peer) in &found.connections {
             socks.insert(key, info, 0)?;
             sink.feed(
@@ -417,7 +405,7 @@ impl Trace for WireTrace {
         // Processes gone before this drain have sent all they will send.
         let prune = self.last_prune.elapsed() >= Duration::from_secs(1);
         let alive_before: Option<(u64, HashSet<u32>)> =
-            prune.then(|| (now_mono_ns(), procs::all_pids().into_iter().collect()));
+            prune.then(|| (output::mono_ns(), procs::all_pids().into_iter().collect()));
         drain(&mut self.ring, &mut self.sink, out)?;
         stop_capturing(&mut self.loaded, &mut self.sink)?;
         if let Some((sampled_ns, alive)) = alive_before {
@@ -441,7 +429,9 @@ impl Trace for WireTrace {
     fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let kernel = counters(&self.loaded)?;
         let sink = &mut self.sink;
-        Ok(sink.reporter.interval(out, &sink.decoder.stats, &kernel)?)
+        Ok(sink
+            .reporter
+            .report(out, Scope::Interval, &sink.decoder.stats, &kernel)?)
     }
 
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
@@ -460,14 +450,16 @@ impl Trace for WireTrace {
                 fd: 0,
                 port: 0,
                 conn_id: 0,
-                ts_ns: now_mono_ns(),
+                ts_ns: output::mono_ns(),
                 len: 0,
                 lost: [0, 0],
                 payload: kernel.iter().flat_map(|c| c.to_le_bytes()).collect(),
             })?;
             w.finish().context("writing the capture file")?;
         }
-        Ok(sink.reporter.finish(out, &sink.decoder.stats, &kernel)?)
+        Ok(sink
+            .reporter
+            .report(out, Scope::Total, &sink.decoder.stats, &kernel)?)
     }
 }
 

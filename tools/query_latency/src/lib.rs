@@ -14,12 +14,7 @@ pub mod trace;
 use std::path::PathBuf;
 
 use clap::Parser;
-use pgbpf_common::{
-    cli::OutputArgs,
-    output::Output,
-    runtime::{Attached, Tool},
-    target::TargetArgs,
-};
+use pgbpf_common::{cli::OutputArgs, target::TargetArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -62,14 +57,4 @@ pub struct Args {
     pub top: usize,
 }
 
-impl Tool for Args {
-    const NAME: &'static str = "query_latency";
-
-    fn output_args(&self) -> &OutputArgs {
-        &self.out
-    }
-
-    fn start(&self, _out: &mut Output) -> anyhow::Result<Option<Attached<'_>>> {
-        trace::start(self).map(Some)
-    }
-}
+pgbpf_common::tool!(Args, "query_latency", trace::start);

@@ -1,13 +1,11 @@
 //! Statement latency reports: slow-statement lines as they happen, interval and final tables
 //! with the log2 histogram, or NDJSON.
 
-use std::{
-    io,
-    time::{Duration, Instant},
-};
+use std::{io, time::Duration};
 
 use pgbpf_common::{
     output::{self, Output},
+    periods::{Periods, period_text},
     query,
     records::{self, Scope},
     sql::normalize,
@@ -24,10 +22,7 @@ pub struct Reporter {
     per_backend: bool,
     min_ns: Option<u64>,
     top: usize,
-    interval: Period,
-    total: Period,
-    started: Instant,
-    last_report: Instant,
+    periods: Periods<Period>,
 }
 
 impl Reporter {
@@ -36,10 +31,7 @@ impl Reporter {
             per_backend: args.per_backend,
             min_ns: args.min_ms.map(|ms| (ms.max(0.0) * 1e6) as u64),
             top: args.top.max(1),
-            interval: Period::default(),
-            total: Period::default(),
-            started: Instant::now(),
-            last_report: Instant::now(),
+            periods: Periods::new(),
         }
     }
 
@@ -51,8 +43,9 @@ impl Reporter {
             statement: normalize(&text),
         };
         let truncated = ev.truncated != 0;
-        self.interval.add(key.clone(), ev.duration_ns, truncated);
-        self.total.add(key, ev.duration_ns, truncated);
+        for p in self.periods.each() {
+            p.add(key.clone(), ev.duration_ns, truncated);
+        }
         match self.min_ns {
             Some(min) if ev.duration_ns >= min => self.slow(out, ev, &text),
             _ => Ok(()),
@@ -120,39 +113,24 @@ impl Reporter {
         out.text(&text)
     }
 
-    pub fn interval(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
-        let period = self.last_report.elapsed();
-        self.last_report = Instant::now();
-        let stats = std::mem::take(&mut self.interval);
-        self.report(out, Scope::Interval, period, &stats, counters)
-    }
-
-    pub fn finish(&mut self, out: &mut Output, counters: &Counters) -> io::Result<()> {
-        let total = std::mem::take(&mut self.total);
-        self.report(out, Scope::Total, self.started.elapsed(), &total, counters)
-    }
-
-    fn report(
-        &self,
+    /// The report of the interval that ended, or of the whole run: histogram and tables.
+    pub fn report(
+        &mut self,
         out: &mut Output,
         scope: Scope,
-        period: Duration,
-        stats: &Period,
         counters: &Counters,
     ) -> io::Result<()> {
+        let (stats, period) = self.periods.end(scope);
         if out.json {
-            return self.json_report(out, scope, period, stats, counters);
+            return self.json_report(out, scope, period, &stats, counters);
         }
-        let secs = period.as_secs_f64();
-        let head = match scope {
-            Scope::Interval => format!(
-                "{}{} statements in the last {secs:.0}s",
-                out.prefix(),
-                stats.calls
-            ),
-            Scope::Total => format!("{}{} statements in {secs:.0}s", out.prefix(), stats.calls),
-        };
-        let text = self.tables(out.width, &head, stats, counters);
+        let head = format!(
+            "{}{} statements {}",
+            out.prefix(),
+            stats.calls,
+            period_text(scope, period)
+        );
+        let text = self.tables(out.width, &head, &stats, counters);
         out.text(&text)
     }
 

@@ -8,6 +8,7 @@ use pgbpf_common::{
     loader::{self, Loaded},
     output::Output,
     postgres, query, query_probes,
+    records::Scope,
     runtime::{Attached, Trace},
     target::Target,
 };
@@ -18,7 +19,7 @@ use crate::{Args, report::Reporter};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/query_latency"));
 
 /// Finds the binary and its probe sites, loads and attaches.
-pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
+pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     let mut target = Target::resolve(&args.target, None)?;
     let (binary, root) = postgres::binary_for_target(&target, args.postgres.as_deref())?;
     for &pid in &target.tgids {
@@ -41,7 +42,7 @@ pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
     target.attach_fork_tracking(&mut loaded)?;
     plan.attach(&mut loaded, "pg_probe", &binary)?;
     let ring = loaded.take_ring_buffer("EVENTS")?;
-    Ok(Attached {
+    Ok(Some(Attached {
         what: format!(
             "Tracing statements of {} in {}",
             target.describe(),
@@ -56,7 +57,7 @@ pub fn start(args: &Args) -> anyhow::Result<Attached<'_>> {
             reporter: Reporter::new(args),
             active: args.active,
         }),
-    })
+    }))
 }
 
 /// A finished statement is one ring buffer record.
@@ -85,7 +86,9 @@ impl Trace for LatencyTrace {
             let running = query::active_queries(&self.loaded.ebpf)?;
             self.reporter.active(out, &running)?;
         }
-        Ok(self.reporter.interval(out, &self.loaded.counters()?)?)
+        Ok(self
+            .reporter
+            .report(out, Scope::Interval, &self.loaded.counters()?)?)
     }
 
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
@@ -93,6 +96,8 @@ impl Trace for LatencyTrace {
             let running = query::active_queries(&self.loaded.ebpf)?;
             self.reporter.active(out, &running)?;
         }
-        Ok(self.reporter.finish(out, &self.loaded.counters()?)?)
+        Ok(self
+            .reporter
+            .report(out, Scope::Total, &self.loaded.counters()?)?)
     }
 }

@@ -17,12 +17,7 @@ pub mod trace;
 use std::path::PathBuf;
 
 use clap::Parser;
-use pgbpf_common::{
-    cli::OutputArgs,
-    output::Output,
-    runtime::{Attached, Tool},
-    target::TargetArgs,
-};
+use pgbpf_common::{cli::OutputArgs, target::TargetArgs};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -54,14 +49,4 @@ pub struct Args {
     pub failures: bool,
 }
 
-impl Tool for Args {
-    const NAME: &'static str = "shmem";
-
-    fn output_args(&self) -> &OutputArgs {
-        &self.out
-    }
-
-    fn start(&self, out: &mut Output) -> anyhow::Result<Option<Attached<'_>>> {
-        trace::start(self, out)
-    }
-}
+pgbpf_common::tool!(Args, "shmem", trace::start);

@@ -4,12 +4,12 @@
 use std::{
     collections::BTreeMap,
     io::{self, IsTerminal as _},
-    time::{Duration, Instant},
 };
 
 use pgbpf_common::{
     output::{self, Output, human_bytes as hb},
-    records::ns,
+    periods::Periods,
+    records::{Scope, ns},
 };
 use shmem_ebpf::counter;
 
@@ -65,16 +65,7 @@ pub struct Reporter {
     /// Wall clock minus CLOCK_MONOTONIC, to print event times.
     wall_offset_ns: i64,
     header_done: bool,
-    started: Instant,
-    last_report: Instant,
-    interval: Period,
-    total: Period,
-}
-
-fn now_ns(clock: nix::time::ClockId) -> i64 {
-    nix::time::clock_gettime(clock)
-        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
-        .unwrap_or(0)
+    periods: Periods<Period>,
 }
 
 impl Reporter {
@@ -82,24 +73,21 @@ impl Reporter {
         Reporter {
             failures_only,
             color: std::io::stdout().is_terminal(),
-            wall_offset_ns: now_ns(nix::time::ClockId::CLOCK_REALTIME)
-                - now_ns(nix::time::ClockId::CLOCK_MONOTONIC),
+            wall_offset_ns: output::wall_offset_ns(),
             header_done: false,
-            started: Instant::now(),
-            last_report: Instant::now(),
-            interval: Period::default(),
-            total: Period::default(),
+            periods: Periods::new(),
         }
     }
 
     fn unix_ns(&self, mono_ns: u64) -> u64 {
-        (mono_ns as i64).saturating_add(self.wall_offset_ns).max(0) as u64
+        output::wall_of(self.wall_offset_ns, mono_ns)
     }
 
     /// One event.
     pub fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
-        self.interval.add(e);
-        self.total.add(e);
+        for p in self.periods.each() {
+            p.add(e);
+        }
         if self.failures_only && !e.failed() {
             return Ok(());
         }
@@ -182,28 +170,11 @@ impl Reporter {
         }
     }
 
-    /// The interval summary.
-    pub fn interval(&mut self, out: &mut Output, lost: &[u64]) -> io::Result<()> {
-        let p = std::mem::take(&mut self.interval);
-        let period = self.last_report.elapsed();
-        self.last_report = Instant::now();
-        self.summary_of(out, &p, false, period, lost)
-    }
-
-    /// The summary of the whole run.
-    pub fn finish(&mut self, out: &mut Output, lost: &[u64]) -> io::Result<()> {
-        let p = std::mem::take(&mut self.total);
-        self.summary_of(out, &p, true, self.started.elapsed(), lost)
-    }
-
-    fn summary_of(
-        &self,
-        sink: &mut Output,
-        p: &Period,
-        whole_run: bool,
-        period: Duration,
-        lost: &[u64],
-    ) -> io::Result<()> {
+    /// The summary of the interval that ended, or of the whole run.
+    pub fn report(&mut self, sink: &mut Output, scope: Scope, lost: &[u64]) -> io::Result<()> {
+        let (stats, period) = self.periods.end(scope);
+        let p = &stats;
+        let whole_run = scope == Scope::Total;
         let lost_at = |i: u32| lost.get(i as usize).copied().unwrap_or(0);
         if sink.json {
             fn per_pid(m: &BTreeMap<(u32, String), (u64, u64)>) -> Vec<ProcessBytes<'_>> {

@@ -15,6 +15,7 @@ use pgbpf_common::{
     output::Output,
     postgres, procs,
     query_string::QueryAddrs,
+    records::Scope,
     runtime::{Attached, Trace},
     system,
     target::Target,
@@ -245,12 +246,12 @@ impl Trace for ShmTrace {
 
     fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let lost = self.counters()?;
-        Ok(self.reporter.interval(out, &lost)?)
+        Ok(self.reporter.report(out, Scope::Interval, &lost)?)
     }
 
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let lost = self.counters()?;
-        Ok(self.reporter.finish(out, &lost)?)
+        Ok(self.reporter.report(out, Scope::Total, &lost)?)
     }
 }
 

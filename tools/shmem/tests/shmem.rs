@@ -356,9 +356,8 @@ fn a_closed_stdout_ends_it_quietly() {
     let pg = Postgres::start().unwrap();
     let pm = pg.postmaster_pid().unwrap().to_string();
     // The snapshot comes first; the first interval's summary meets the closed pipe.
-    let would_run = Duration::from_secs(5);
-    assert_quiet_in_head(BIN, &["-p", &pm, "1", "5"], would_run);
-    assert_quiet_in_head(BIN, &["-p", &pm, "--json", "1", "5"], would_run);
+    assert_quiet_in_head(BIN, &["-p", &pm]);
+    assert_quiet_in_head(BIN, &["-p", &pm, "--json"]);
 }
 
 #[test]
