@@ -33,6 +33,10 @@ pub struct Args {
     /// Directory of the tool binaries
     #[arg(long, default_value = "target/release")]
     pub bin_dir: PathBuf,
+    /// Also run the tool from this directory (a build of an earlier commit, say) as a fourth
+    /// variant, so a change is measured against its baseline in the same run
+    #[arg(long, value_name = "DIR")]
+    pub baseline: Option<PathBuf>,
     /// Where to write the results (the tool's section is replaced, the rest kept)
     #[arg(long, default_value = "docs/PERFORMANCE.md")]
     pub out: PathBuf,

@@ -19,9 +19,18 @@ pub enum Variant {
     NoTracing,
     Tool,
     Bpftrace,
+    /// The tool from `--baseline DIR`.
+    Baseline,
 }
 
-pub const VARIANTS: [Variant; 3] = [Variant::NoTracing, Variant::Tool, Variant::Bpftrace];
+/// The variants of a run: always the first three, the baseline build with `--baseline`.
+pub fn variants(args: &Args) -> Vec<Variant> {
+    let mut v = vec![Variant::NoTracing, Variant::Tool, Variant::Bpftrace];
+    if args.baseline.is_some() {
+        v.push(Variant::Baseline);
+    }
+    v
+}
 
 /// The samples of one variant.
 #[derive(Debug, Default, Clone)]
@@ -37,7 +46,7 @@ pub struct Samples {
     pub bpf_cpu_pct: Vec<f64>,
     /// The tracer's own CPU time over each run, in percent of one core.
     pub tracer_cpu_pct: Vec<f64>,
-    /// Events the tool reported lost (`lost_records` of its summary, when it has one).
+    /// What the tool's summary counted as lost (its `lost` object, bytes left out).
     pub lost: Vec<f64>,
 }
 
@@ -62,12 +71,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let scenario =
         scenario::find(&args.tool).ok_or_else(|| anyhow!("no scenario for {}", args.tool))?;
     let tool_bin = args.bin_dir.join(scenario.tool);
-    if !tool_bin.exists() {
-        bail!(
-            "{} not found: build it first (cargo build --release)",
-            tool_bin.display()
-        );
+    let baseline_bin = args.baseline.as_ref().map(|d| d.join(scenario.tool));
+    for bin in std::iter::once(&tool_bin).chain(&baseline_bin) {
+        if !bin.exists() {
+            bail!(
+                "{} not found: build it first (cargo build --release)",
+                bin.display()
+            );
+        }
     }
+    let variants = variants(args);
+    let bins = Bins {
+        tool: &tool_bin,
+        baseline: baseline_bin.as_deref(),
+    };
     which("bpftrace")?;
 
     eprintln!(
@@ -81,11 +98,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("warming up...");
     pgbench_tps(&pg, args, scenario.workload, 5)?;
 
-    let mut samples = vec![Samples::default(); VARIANTS.len()];
+    let mut samples = vec![Samples::default(); variants.len()];
     for rep in 0..args.reps as usize {
-        for i in 0..VARIANTS.len() {
-            let v = (rep + i) % VARIANTS.len(); // rotate the order each repetition
-            let run = run_variant(&pg, args, scenario, &tool_bin, &tool_args, &script, v)?;
+        for i in 0..variants.len() {
+            let v = (rep + i) % variants.len(); // rotate the order each repetition
+            let run = run_variant(&pg, args, scenario, &bins, &tool_args, &script, variants[v])?;
             let s = &mut samples[v];
             s.tps.push(run.tps);
             if let Some(t) = run.tracer {
@@ -99,7 +116,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "rep {}/{} {:?}: {:.0} tps",
                 rep + 1,
                 args.reps,
-                VARIANTS[v],
+                variants[v],
                 run.tps
             );
         }
@@ -109,11 +126,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("enabling BPF run-time stats")?;
-        for (v, s) in samples.iter_mut().enumerate() {
-            if VARIANTS[v] == Variant::NoTracing {
+        for (&v, s) in variants.iter().zip(samples.iter_mut()) {
+            if v == Variant::NoTracing {
                 continue;
             }
-            let run = run_variant(&pg, args, scenario, &tool_bin, &tool_args, &script, v)?;
+            let run = run_variant(&pg, args, scenario, &bins, &tool_args, &script, v)?;
             // A BpfCost exists only with runs > 0.
             if let Some(bpf) = run.tracer.as_ref().and_then(|t| t.bpf) {
                 s.bpf_ns_per_run
@@ -121,14 +138,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 s.bpf_cpu_pct
                     .push(100.0 * bpf.time.as_secs_f64() / bpf.over.as_secs_f64());
             }
-            eprintln!("BPF run-time stats {:?}: {:.0} tps", VARIANTS[v], run.tps);
+            eprintln!("BPF run-time stats {v:?}: {:.0} tps", run.tps);
         }
     }
     let extra = match scenario.extra {
         Some(f) => f(&pg, args, &tool_bin)?,
         None => String::new(),
     };
-    let results = report::Results::new(scenario, args, samples, extra);
+    let results = report::Results::new(scenario, args, variants, samples, extra);
     print!("{}", results.summary());
     results.write(&args.out)?;
     eprintln!("wrote {}", args.out.display());
@@ -160,22 +177,32 @@ struct BpfCost {
     over: Duration,
 }
 
+/// The tool binaries a run measures.
+struct Bins<'a> {
+    tool: &'a std::path::Path,
+    baseline: Option<&'a std::path::Path>,
+}
+
 fn run_variant(
     pg: &Postgres,
     args: &Args,
     scenario: &scenario::Scenario,
-    tool_bin: &std::path::Path,
+    bins: &Bins,
     tool_args: &[String],
     script: &tempfile::NamedTempFile,
-    v: usize,
+    v: Variant,
 ) -> anyhow::Result<Run> {
     let programs_before = program_ids();
-    let tracer = match VARIANTS[v] {
-        Variant::NoTracing => None,
-        Variant::Tool => Some(Traced::start_until(
-            Command::new(tool_bin).args(tool_args).arg("--json"),
+    let tool = |bin: &std::path::Path| {
+        Traced::start_until(
+            Command::new(bin).args(tool_args).arg("--json"),
             pgbpf_testkit::tool::ATTACHED,
-        )?),
+        )
+    };
+    let tracer = match v {
+        Variant::NoTracing => None,
+        Variant::Tool => Some(tool(bins.tool)?),
+        Variant::Baseline => Some(tool(bins.baseline.context("no baseline build")?)?),
         Variant::Bpftrace => Some(Traced::start_until(
             Command::new("bpftrace")
                 .arg("--usdt-file-activation")
@@ -203,15 +230,11 @@ fn run_variant(
     let peak_rss_kib = t.peak_rss_kib();
     let out = t.stop()?;
     if !out.status.success() {
-        bail!(
-            "{:?} exited with {}: {}",
-            VARIANTS[v],
-            out.status,
-            out.stderr
-        );
+        bail!("{v:?} exited with {}: {}", out.status, out.stderr);
     }
+    // The baseline build's records may be of another vocabulary: only TPS and costs count.
     let (mut events_per_s, mut lost) = (None, None);
-    if VARIANTS[v] == Variant::Tool {
+    if v == Variant::Tool {
         let records = out.json();
         events_per_s = Some(events_per_second(&records, scenario.events_field)?);
         lost = Some(lost_in(summary_of(&records)?));

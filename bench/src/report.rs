@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::{
     Args,
-    measure::{Samples, VARIANTS, Variant},
+    measure::{Samples, Variant},
     scenario::Scenario,
 };
 
@@ -16,6 +16,9 @@ pub struct Results {
     seconds: u64,
     clients: u32,
     workload: &'static str,
+    variants: Vec<Variant>,
+    /// `--baseline DIR`, as the section names it.
+    baseline: Option<String>,
     samples: Vec<Samples>,
     extra: String,
 }
@@ -40,11 +43,18 @@ fn label(v: Variant, tool: &str) -> String {
         Variant::NoTracing => "no tracing".into(),
         Variant::Tool => tool.to_string(),
         Variant::Bpftrace => "bpftrace script".into(),
+        Variant::Baseline => format!("{tool} (baseline)"),
     }
 }
 
 impl Results {
-    pub fn new(s: &Scenario, args: &Args, samples: Vec<Samples>, extra: String) -> Results {
+    pub fn new(
+        s: &Scenario,
+        args: &Args,
+        variants: Vec<Variant>,
+        samples: Vec<Samples>,
+        extra: String,
+    ) -> Results {
         Results {
             tool: s.tool,
             description: s.description,
@@ -53,6 +63,8 @@ impl Results {
             seconds: args.seconds,
             clients: args.clients,
             workload: s.workload,
+            variants,
+            baseline: args.baseline.as_ref().map(|d| d.display().to_string()),
             samples,
             extra,
         }
@@ -60,7 +72,7 @@ impl Results {
 
     fn rows(&self) -> Vec<[String; 9]> {
         let base = median(&self.samples[0].tps);
-        VARIANTS
+        self.variants
             .iter()
             .zip(&self.samples)
             .map(|(&v, s)| {
@@ -127,12 +139,16 @@ impl Results {
         let machine = machine();
         let mut s = format!("<!-- bench:{t} -->\n## {t}\n\n", t = self.tool);
         s.push_str(&format!(
-            "Measured {} on {machine} with `pgbpf-bench {} --reps {} --seconds {} --clients {}`.\n\n{}\n\n",
+            "Measured {} on {machine} with `pgbpf-bench {} --reps {} --seconds {} --clients {}{}`.\n\n{}\n\n",
             today(),
             self.tool,
             self.reps,
             self.seconds,
             self.clients,
+            self.baseline
+                .as_ref()
+                .map(|d| format!(" --baseline {d}"))
+                .unwrap_or_default(),
             self.description
         ));
         let rate = median(&self.samples[1].events_per_s);
@@ -148,6 +164,13 @@ impl Results {
             ));
         }
         s.push_str(".\n\n");
+        if let Some(dir) = &self.baseline {
+            s.push_str(&format!(
+                "**{} (baseline)** is the same tool from `{dir}` (`--baseline`, an earlier build), \
+                 in the same interleaved repetitions.\n\n",
+                self.tool
+            ));
+        }
         s.push_str(&self.extra);
         s.push_str("| variant | median TPS | ratio to no tracing | startup to attached (ms) | peak RSS (MiB) | tracer CPU (% of one core) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");

@@ -3,17 +3,33 @@
 //! maps and socket descriptors. A process that vanished or cannot be read is `None` (or
 //! empty): processes come and go while a tool looks.
 
-use procfs::process::{FDTarget, Process};
+use procfs::{
+    FromRead as _,
+    process::{FDTarget, Process, Stat, Status},
+};
 
 fn process(pid: u32) -> Option<Process> {
     Process::new(i32::try_from(pid).ok()?).ok()
 }
 
-/// Every process now, by pid.
+// /proc/PID/stat and status are opened by path and parsed by procfs: `Process::new` would
+// open the process's directory first, a second open and close per process, which showed in
+// start-up time when every process of the machine is looked at (descendants).
+fn stat(pid: u32) -> Option<Stat> {
+    Stat::from_file(format!("/proc/{pid}/stat")).ok()
+}
+
+fn status(pid: u32) -> Option<Status> {
+    Status::from_file(format!("/proc/{pid}/status")).ok()
+}
+
+/// Every process now, by pid. The names of /proc's numeric entries are all it takes;
+/// procfs' `all_processes` would open every process's directory to list it.
 pub fn all_pids() -> Vec<u32> {
-    procfs::process::all_processes()
-        .map(|all| {
-            all.filter_map(|p| p.ok().and_then(|p| u32::try_from(p.pid()).ok()))
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
                 .collect()
         })
         .unwrap_or_default()
@@ -21,33 +37,37 @@ pub fn all_pids() -> Vec<u32> {
 
 /// The parent of `pid`.
 pub fn parent_of(pid: u32) -> Option<u32> {
-    u32::try_from(process(pid)?.stat().ok()?.ppid).ok()
+    u32::try_from(stat(pid)?.ppid).ok()
 }
 
 /// The thread group (process) of `pid`, itself for a process.
 pub fn tgid_of(pid: u32) -> Option<u32> {
-    u32::try_from(process(pid)?.status().ok()?.tgid).ok()
+    u32::try_from(status(pid)?.tgid).ok()
 }
 
 /// The kernel's name of the task (`comm`, 15 bytes at most).
 pub fn comm_of(pid: u32) -> Option<String> {
-    Some(process(pid)?.stat().ok()?.comm)
+    Some(stat(pid)?.comm)
 }
 
 /// The process title: its command line as `ps` shows it (PostgreSQL rewrites it to
-/// "postgres: checkpointer" and the like); empty when unreadable.
+/// "postgres: checkpointer" and the like); empty when unreadable. Read by hand: procfs'
+/// `cmdline` fails on a title that is not UTF-8 (a database or host name can be anything),
+/// where the title is still worth showing with the odd bytes replaced.
 pub fn title_of(pid: u32) -> String {
-    process(pid)
-        .and_then(|p| p.cmdline().ok())
-        .map(|args| args.join(" ").trim().to_string())
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
 /// True while `pid` runs; a process that exited but was not reaped yet (a zombie) is gone.
 pub fn alive(pid: u32) -> bool {
-    process(pid)
-        .and_then(|p| p.stat().ok())
-        .is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
+    stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
 /// Every process below `roots` in the process tree (not the roots themselves).
@@ -71,9 +91,7 @@ pub fn descendants(roots: &[u32]) -> Vec<u32> {
 
 /// This process's effective capabilities (CapEff), 0 when unreadable.
 pub fn effective_capabilities() -> u64 {
-    Process::myself()
-        .and_then(|p| p.status())
-        .map_or(0, |s| s.capeff)
+    Status::from_file("/proc/self/status").map_or(0, |s| s.capeff)
 }
 
 /// The cgroup v2 path of `pid` (its "0::/path" line).

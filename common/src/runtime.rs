@@ -78,6 +78,12 @@ pub trait Trace {
 
     /// Prints the final report: what the whole run saw, and what was lost.
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()>;
+
+    /// Called instead of `finish` when stdout was closed (`tool | head`): keeps complete what
+    /// does not need stdout (a capture file). Nothing by default.
+    fn output_gone(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A tool that is attached and ready for the live loop.
@@ -140,6 +146,23 @@ pub fn live(
     ));
     eprintln!("{what} ({})... Hit Ctrl-C to end.", details.join(", "));
     let mut watch = Watch::new(tool, watch);
+    let result = run_loop(&mut *trace, &mut ticker, &mut watch, out);
+    match result {
+        Err(e) if is_broken_pipe(&e) => {
+            trace.output_gone()?;
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+/// Drains and reports until the ticker says the end has come, then the final report.
+fn run_loop(
+    trace: &mut dyn Trace,
+    ticker: &mut Ticker,
+    watch: &mut Watch<'_>,
+    out: &mut Output,
+) -> anyhow::Result<()> {
     let mut last_drain = Instant::now();
     loop {
         trace.wait(WAKE);

@@ -52,9 +52,18 @@ pub struct UsdtArg {
 
 /// The x86-64 kernel's `struct pt_regs`, as far as USDT arguments reach: its layout is that
 /// of ptrace's `user_regs_struct` up to `ss`, so libc's definition gives the offsets by name.
+#[cfg(target_arch = "x86_64")]
 type PtRegs = libc::user_regs_struct;
 
+/// The argument specs name x86-64 registers: elsewhere none resolves (the probe's other
+/// arguments stay usable).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn pt_regs_offset(_reg: &str) -> Option<u16> {
+    None
+}
+
 /// x86-64 `struct pt_regs` offsets by register name (any width: rax, eax, ax, al).
+#[cfg(target_arch = "x86_64")]
 pub fn pt_regs_offset(reg: &str) -> Option<u16> {
     use std::mem::offset_of;
     let r = reg.trim_start_matches('%');
@@ -259,6 +268,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn register_offsets_are_the_kernels_pt_regs() {
         // arch/x86/include/asm/ptrace.h: r15 first, rbx after rbp, rdi before orig_ax.
         let expect = [

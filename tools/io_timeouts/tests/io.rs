@@ -147,7 +147,7 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     let dd_file = pg.dir.path().join("dd.bin");
 
     // Low enough that this VM's fast disk cannot keep the writers under the limit.
-    let _limits = DirtyLimits::set(4 << 20, 1 << 20);
+    let limits = DirtyLimits::set(4 << 20, 1 << 20);
     let traced = Traced::start(BIN, &["--json", "--each"]).unwrap();
     let written_before = vmstat(&["nr_written"]);
     let ftrace = FtraceCount::start("writeback/balance_dirty_pages", "pause > 0");
@@ -166,8 +166,9 @@ fn pauses_match_ftrace_and_writeback_matches_nr_written() {
     // All dirty pages to disk (the flusher, reason "sync"), and wait for them.
     assert!(Command::new("sync").status().unwrap().success());
     let written = vmstat(&["nr_written"]) - written_before;
-    // ftrace's window closes just before the tool's: background writers (the checkpointer,
-    // anything else on the machine) that pause while sync runs are counted by both.
+    // The limits back to normal (background writers stop pausing), then ftrace's window
+    // closes just before the tool's: a writer that paused during sync is counted by both.
+    drop(limits);
     let pauses_ftrace = ftrace.stop("writeback/balance_dirty_pages");
     let finished = traced.stop().unwrap();
     assert!(finished.status.success(), "{}", finished.stderr);

@@ -60,8 +60,11 @@ fn intervals_stop_after_count_and_json_parses() {
     let d = summary[0]["interval_ns"].as_u64().unwrap() as f64 / 1e9;
     assert!((1.9..4.0).contains(&d), "two 1 s intervals took {d} s");
     assert!(summary[0]["lost"]["map_full"].is_u64());
+    // Any reclaim on the machine adds process and cgroup rows; the reports are there anyway.
     let kinds = schema::validate("page_reclaim", &records);
-    assert_eq!(kinds, ["interval", "summary"], "{}", out.stdout);
+    let intervals = records.iter().filter(|r| r["type"] == "interval").count();
+    assert_eq!(intervals, 2, "{kinds:?}");
+    assert_eq!(records.last().unwrap()["type"], "summary", "{}", out.stdout);
 
     let text = run_tool(BIN, &["-T", "1", "2"]);
     assert!(text.status.success());

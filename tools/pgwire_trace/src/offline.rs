@@ -31,6 +31,14 @@ pub fn run(args: &Args, path: &Path, out: &mut Output) -> anyhow::Result<()> {
     }
     let kernel = decoder.kernel_counters.clone().unwrap_or_default();
     reporter.report(out, Scope::Total, &decoder.stats, &kernel)?;
+    if damage.is_none() && decoder.kernel_counters.is_none() {
+        // A capture ends with the kernel's counters; without them its losses are unknown.
+        eprintln!(
+            "pgwire_trace: note: {} ends without the kernel's counters (the trace that wrote \
+             it did not finish): losses in the kernel are unknown, shown as 0",
+            path.display()
+        );
+    }
     match damage {
         None => Ok(()),
         Some(e) => Err(e.context(format!(

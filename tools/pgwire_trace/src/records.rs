@@ -77,6 +77,7 @@ pub struct Encrypted<'a> {
 pub struct StatementRow<'a> {
     pub scope: Scope,
     pub ts_ns: u64,
+    pub interval_ns: u64,
     /// The statement normalized (constants as `$n`).
     pub query: &'a str,
     pub calls: u64,

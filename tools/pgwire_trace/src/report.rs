@@ -279,6 +279,7 @@ impl Reporter {
         &self,
         out: &mut Output,
         scope: Scope,
+        interval_ns: u64,
         stats: &HashMap<String, StatementStats>,
     ) -> io::Result<()> {
         let ts_ns = output::unix_ns();
@@ -289,6 +290,7 @@ impl Reporter {
             out.record(&Record::Statement(StatementRow {
                 scope,
                 ts_ns,
+                interval_ns,
                 query: sql,
                 calls: s.latency.calls,
                 errors: s.errors,
@@ -329,7 +331,7 @@ impl Reporter {
             return Ok(());
         }
         if out.json {
-            self.statement_records(out, Scope::Interval, &period)?;
+            self.statement_records(out, Scope::Interval, interval_ns, &period)?;
             return out.record(&Record::Interval(totals(stats, kernel, interval_ns)));
         }
         let text = format!(
@@ -345,7 +347,7 @@ impl Reporter {
         let interval_ns = records::ns(self.clock.run());
         if out.json {
             if self.style.summary {
-                self.statement_records(out, Scope::Total, &self.total)?;
+                self.statement_records(out, Scope::Total, interval_ns, &self.total)?;
             }
             return out.record(&Record::Summary(totals(stats, kernel, interval_ns)));
         }

@@ -225,14 +225,42 @@ struct Sink {
 }
 
 impl Sink {
-    fn feed(&mut self, out: &mut Output, r: &Record) -> anyhow::Result<()> {
+    /// Records `r` (with `--record`), then decodes and reports it; without an output (stdout
+    /// closed) it is only recorded.
+    fn feed(&mut self, out: Option<&mut Output>, r: &Record) -> anyhow::Result<()> {
         if let Some(w) = &mut self.recorder {
             w.write(r).context("writing the capture file")?;
         }
+        let Some(out) = out else {
+            return Ok(());
+        };
         self.decoder.feed_into(r, &mut self.events);
         for e in self.events.drain(..) {
             self.reporter.event(out, &e)?;
         }
+        Ok(())
+    }
+
+    /// Ends the capture file (with `--record`): the kernel's counters, then the file flushed.
+    fn finish_recording(&mut self, kernel: &[u64]) -> anyhow::Result<()> {
+        let Some(mut w) = self.recorder.take() else {
+            return Ok(());
+        };
+        w.write(&Record {
+            kind: Kind::Counters,
+            role: 0,
+            dir: 0,
+            tgid: 0,
+            tid: 0,
+            fd: 0,
+            port: 0,
+            conn_id: 0,
+            ts_ns: output::mono_ns(),
+            len: 0,
+            lost: [0, 0],
+            payload: kernel.iter().flat_map(|c| c.to_le_bytes()).collect(),
+        })?;
+        w.finish().context("writing the capture file")?;
         Ok(())
     }
 }
@@ -322,7 +350,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Attached<'a
         for (key, info, peer) in &found.connections {
             socks.insert(key, info, 0)?;
             sink.feed(
-                out,
+                Some(out),
                 &Record {
                     kind: Kind::Existing,
                     role: info.role,
@@ -347,7 +375,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Attached<'a
     Ok(Attached {
         what: format!("Tracing PostgreSQL connections of {}", target.describe()),
         details: vec![
-            format!("ports {}", ports_text.join(", ")),
+            format!("ports {}", ports_text.join("/")),
             format!("{} listening sockets", found.listeners.len()),
             format!("{} open connections", found.connections.len()),
         ],
@@ -406,7 +434,7 @@ impl Trace for WireTrace {
         let prune = self.last_prune.elapsed() >= Duration::from_secs(1);
         let alive_before: Option<(u64, HashSet<u32>)> =
             prune.then(|| (output::mono_ns(), procs::all_pids().into_iter().collect()));
-        drain(&mut self.ring, &mut self.sink, out)?;
+        drain(&mut self.ring, &mut self.sink, Some(out))?;
         stop_capturing(&mut self.loaded, &mut self.sink)?;
         if let Some((sampled_ns, alive)) = alive_before {
             self.last_prune = Instant::now();
@@ -440,34 +468,35 @@ impl Trace for WireTrace {
         for e in sink.decoder.finish() {
             sink.reporter.event(out, &e)?;
         }
-        if let Some(mut w) = sink.recorder.take() {
-            w.write(&Record {
-                kind: Kind::Counters,
-                role: 0,
-                dir: 0,
-                tgid: 0,
-                tid: 0,
-                fd: 0,
-                port: 0,
-                conn_id: 0,
-                ts_ns: output::mono_ns(),
-                len: 0,
-                lost: [0, 0],
-                payload: kernel.iter().flat_map(|c| c.to_le_bytes()).collect(),
-            })?;
-            w.finish().context("writing the capture file")?;
-        }
+        sink.finish_recording(&kernel)?;
         Ok(sink
             .reporter
             .report(out, Scope::Total, &sink.decoder.stats, &kernel)?)
     }
+
+    /// stdout is gone: what the kernel still holds goes to the capture file, which is then
+    /// ended as at a normal finish (readable to its end, with the counters).
+    fn output_gone(&mut self) -> anyhow::Result<()> {
+        if self.sink.recorder.is_none() {
+            return Ok(());
+        }
+        drain(&mut self.ring, &mut self.sink, None)?;
+        let kernel = counters(&self.loaded)?;
+        self.sink.finish_recording(&kernel)
+    }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, sink: &mut Sink, out: &mut Output) -> anyhow::Result<()> {
+/// Feeds every record waiting in the ring buffer to the sink (to the recorder alone without
+/// an output).
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    sink: &mut Sink,
+    mut out: Option<&mut Output>,
+) -> anyhow::Result<()> {
     let mut record = Record::default();
     while let Some(item) = ring.next() {
         if parse_item(&item, &mut record) {
-            sink.feed(out, &record)?;
+            sink.feed(out.as_deref_mut(), &record)?;
         }
     }
     Ok(())

@@ -499,8 +499,10 @@ fn summary_redact_and_bad_arguments() {
     pg.psql("select 'third-value' as s").unwrap();
     std::thread::sleep(Duration::from_millis(1300));
     let records = tool.stop().unwrap().json();
-    let kinds = schema::validate("pgwire_trace", &records);
-    assert_eq!(kinds, ["statement", "interval", "summary"], "record kinds");
+    let mut kinds = schema::validate("pgwire_trace", &records);
+    kinds.sort();
+    assert_eq!(kinds, ["interval", "statement", "summary"], "record kinds");
+    assert_eq!(records.last().unwrap()["type"], "summary");
     let total = records
         .iter()
         .find(|r| r["type"] == "statement" && r["scope"] == "total")
@@ -533,6 +535,56 @@ fn a_closed_stdout_ends_it_quietly() {
     assert_quiet_in_head(BIN, &["-p", &postmaster, "--summary"]);
     let json = ["-p", &postmaster, "--summary", "--json"];
     assert_quiet_in_head(BIN, &json);
+    // With --record, the capture is still ended properly: every request made while it ran,
+    // and the kernel's counters at its end.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("head.pgw");
+    let file_s = file.display().to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (run, made) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let mut made = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                made += u32::from(pg.psql("select 42 as head").is_ok());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            made
+        });
+        let run = pgbpf_testkit::tool::into_head(
+            BIN,
+            &[
+                "-p",
+                &postmaster,
+                "--summary",
+                "--record",
+                &file_s,
+                "1",
+                "20",
+            ],
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (run, load.join().unwrap())
+    });
+    let run = run.unwrap();
+    assert!(
+        run.status.success() && run.ran < Duration::from_secs(20),
+        "{run:?}"
+    );
+    let read = run_tool(BIN, &["--read", &file_s, "--json"]);
+    assert!(read.status.success(), "{}", read.stderr);
+    assert!(
+        !read.stderr.contains("without the kernel's counters"),
+        "{}",
+        read.stderr
+    );
+    let seen = requests(&read.json())
+        .iter()
+        .filter(|r| r["query"] == "select 42 as head")
+        .count();
+    assert!(
+        seen > 0 && seen <= made as usize,
+        "{seen} of {made} recorded"
+    );
 }
 
 #[test]

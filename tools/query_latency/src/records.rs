@@ -52,6 +52,7 @@ pub struct Active<'a> {
 pub struct StatementRow<'a> {
     pub scope: Scope,
     pub ts_ns: u64,
+    pub interval_ns: u64,
     /// The statement normalized: constants replaced by `$n`, as pg_stat_statements shows it.
     pub query: &'a str,
     /// The backend, with `--per-backend`.

@@ -187,11 +187,13 @@ impl Reporter {
         c: &Counters,
     ) -> io::Result<()> {
         let ts_ns = output::unix_ns();
+        let interval_ns = records::ns(period);
         let round = |ns: f64| ns.round() as u64;
         for (k, l) in p.sorted() {
             out.record(&Record::Statement(StatementRow {
                 scope,
                 ts_ns,
+                interval_ns,
                 query: &k.statement,
                 pid: self.per_backend.then_some(k.pid),
                 calls: l.calls,
@@ -206,7 +208,7 @@ impl Reporter {
         }
         let totals = Totals {
             ts_ns,
-            interval_ns: records::ns(period),
+            interval_ns,
             calls: p.calls,
             hist_log2_us: records::trim_hist(&p.log2_us),
             lost: Lost {

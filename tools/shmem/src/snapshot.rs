@@ -231,19 +231,31 @@ pub struct SysvSegment {
     pub attached: Option<u64>,
 }
 
-/// The SysV segment with `key` as /proc/sysvipc/shm has it (only for a process in shmem's
-/// own IPC namespace: the file shows the reader's namespace).
-fn sysv_segment(pid: u32, key: u32) -> Option<procfs::Shm> {
+/// /proc/sysvipc/shm, when `pid` is in shmem's own IPC namespace (the file shows the
+/// reader's namespace).
+fn sysv_table(pid: u32) -> Option<String> {
     let ours = std::fs::read_link("/proc/self/ns/ipc").ok()?;
     let theirs = std::fs::read_link(format!("/proc/{pid}/ns/ipc")).ok()?;
     if ours != theirs {
         return None;
     }
-    procfs::SharedMemorySegments::current()
-        .ok()?
-        .0
-        .into_iter()
-        .find(|s| s.key as u32 == key)
+    std::fs::read_to_string("/proc/sysvipc/shm").ok()
+}
+
+/// Finds `key` in the text of /proc/sysvipc/shm: (shmid, size, nattch). Parsed by hand,
+/// line by line: procfs reads the owners as 16-bit ids and rejects the whole table for one
+/// segment of a user above 65535, where a bad line should only lose itself.
+pub fn parse_sysvipc(text: &str, key: u32) -> Option<(u64, u64, u64)> {
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let k: i64 = f.first()?.parse().ok()?;
+        (k as u32 == key).then_some(())?;
+        Some((
+            f.get(1)?.parse().ok()?,
+            f.get(3)?.parse().ok()?,
+            f.get(6)?.parse().ok()?,
+        ))
+    })
 }
 
 /// One PostgreSQL instance: its postmaster and the processes below it.
@@ -334,10 +346,12 @@ fn instance(pm: u32, mut processes: Vec<ProcessShared>) -> Instance {
                         size: m.size,
                         ..Default::default()
                     };
-                    if let Some(seg) = sysv_segment(pm, key) {
-                        s.id = Some(seg.shmid);
-                        s.size = seg.size;
-                        s.attached = Some(u64::from(seg.nattch));
+                    if let Some((id, size, natt)) =
+                        sysv_table(pm).and_then(|t| parse_sysvipc(&t, key))
+                    {
+                        s.id = Some(id);
+                        s.size = size;
+                        s.attached = Some(natt);
                     }
                     sysv = Some(s);
                 }
@@ -635,9 +649,13 @@ Shared_Hugetlb:     2048 kB
     }
 
     #[test]
-    fn huge_pages_of_this_machine() {
+    fn huge_pages_and_sysvipc() {
+        // Kernels without hugetlb have no huge page lines: all zero then.
         let h = huge_pages();
-        assert!(h.page_size >= 2 << 20, "{h:?}");
         assert!(h.free <= h.total, "{h:?}");
+        let t = "       key      shmid perms   size  cpid  lpid nattch   uid\n    382114    1310780   600     56 19625 19625      7   101\n";
+        assert_eq!(parse_sysvipc(t, 382114), Some((1310780, 56, 7)));
+        assert_eq!(parse_sysvipc(t, 1), None);
+        assert_eq!(parse_sysvipc("junk\n-1 x", 0xffff_ffff), None);
     }
 }

@@ -134,6 +134,8 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
     } else {
         out.text(&snap.render(out.width))?;
     }
+    // Shown before attaching, which takes a while: a Ctrl-C meanwhile keeps it.
+    out.flush()?;
     if args.snapshot {
         return Ok(None);
     }
