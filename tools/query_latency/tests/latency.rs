@@ -4,14 +4,14 @@
 //! back to zero after the tool exits; bad targets get clear errors.
 //!
 //! Spans: query_latency times PortalRun (query__execute__start/done) for the extended
-//! protocol and the whole simple query (query__start/done: parse, plan, execute) for the
-//! simple one; pg_stat_statements' mean_exec_time covers only the executor, and
-//! mean_plan_time the planner (track_planning = on). Our span encloses theirs call by call,
-//! so our mean is at least theirs (0.8 x for clock granularity); above, the parse step and
-//! pg_stat_statements' own bookkeeping lie outside their span, and one scheduling stall there
-//! moves our mean of a 30 us statement by tens of us on a busy 2-core machine. So the upper
-//! bound is on our median, which such outliers do not move:
-//! 0.8 x pgss mean <= our mean, our p50 <= 1.5 x pgss mean + 30 us, pgss = exec (+ plan).
+//! protocol and the whole simple query (query__start/done: parse, plan, execute, commit) for
+//! the simple one. Two independent spans enclose ours call by call: pg_stat_statements'
+//! mean_exec_time (+ mean_plan_time with track_planning = on) lies inside it, and pgbench's
+//! own per-statement latency (`-r`: from sending the statement to its ReadyForQuery, the same
+//! CLOCK_MONOTONIC) lies around it. So, means over the same 400 calls:
+//! 0.8 x pgss mean <= our mean <= pgbench's mean + 2 us (its 1 us print rounding); the 0.8
+//! allows for clock granularity. A fixed ratio above pgss is no bound: parse time and
+//! scheduling stalls outside their span vary with the machine (CI saw 2.6 x).
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -51,8 +51,6 @@ fn cluster() -> Postgres {
 struct Timing {
     calls: u64,
     mean_us: f64,
-    /// Our median (pg_stat_statements has none); of the last group merged.
-    p50_us: f64,
 }
 
 impl Timing {
@@ -85,6 +83,34 @@ fn pgss(pg: &Postgres, with_plan: bool) -> HashMap<String, Timing> {
     m
 }
 
+/// pgbench's per-statement mean latency (`-r`), keyed like pg_stat_statements' texts by the
+/// first three words (`UPDATE pgbench_tellers SET`): pgbench prints `:aid` where the server
+/// shows `$1`, and the first three words tell TPC-B's five statements apart.
+fn client_latencies(pgbench_output: &str) -> HashMap<String, f64> {
+    pgbench_output
+        .lines()
+        .skip_while(|l| !l.starts_with("statement latencies"))
+        .skip(1)
+        .filter_map(|l| {
+            // "  0.115  0  UPDATE pgbench_accounts SET ..." (latency ms, failures, text)
+            let mut words = l.split_whitespace();
+            let ms: f64 = words.next()?.parse().ok()?;
+            let _failures = words.next()?;
+            Some((
+                first_words(&words.collect::<Vec<_>>().join(" ")),
+                ms * 1000.0,
+            ))
+        })
+        .collect()
+}
+
+fn first_words(text: &str) -> String {
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// query_latency's NDJSON totals: text → calls and mean.
 fn ours(records: &[Value]) -> HashMap<String, Timing> {
     let mut m: HashMap<String, Timing> = HashMap::new();
@@ -98,7 +124,6 @@ fn ours(records: &[Value]) -> HashMap<String, Timing> {
             .entry(statement_key(r["query"].as_str().unwrap()))
             .or_default();
         t.merge(calls, mean_us);
-        t.p50_us = r["p50_ns"].as_f64().unwrap() / 1000.0;
     }
     m
 }
@@ -118,8 +143,10 @@ fn run_protocol(mode: &str) {
     let tool = Traced::start(BIN, &["-p", &postmaster, "--json"]).unwrap();
     pg.psql("select pg_stat_statements_reset()").unwrap();
     // pgbench's backends are forked after the tool attached: they must be covered.
-    pg.pgbench(&["-M", mode, "-t", "200", "-c", "2", "-n"])
-        .unwrap();
+    let client = client_latencies(
+        &pg.pgbench(&["-M", mode, "-t", "200", "-c", "2", "-n", "-r"])
+            .unwrap(),
+    );
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     let records = out.json();
@@ -138,11 +165,14 @@ fn run_protocol(mode: &str) {
             .unwrap_or_else(|| panic!("{mode}: no {text:?} in query_latency's output: {ours:?}"));
         assert_eq!(o.calls, t.calls, "{mode}: calls of {text:?}");
         assert_eq!(o.calls, 400, "{mode}: pgbench ran {text:?} 400 times");
+        let client_us = *client
+            .get(&first_words(text))
+            .unwrap_or_else(|| panic!("{mode}: no {text:?} in pgbench -r's output: {client:?}"));
         assert!(
-            o.mean_us >= 0.8 * t.mean_us && o.p50_us <= 1.5 * t.mean_us + 30.0,
-            "{mode}: {text:?}: query_latency mean {:.1} us p50 {:.1} us, pg_stat_statements mean {:.1} us",
+            o.mean_us >= 0.8 * t.mean_us && o.mean_us <= client_us + 2.0,
+            "{mode}: {text:?}: query_latency mean {:.1} us, pg_stat_statements mean {:.1} us, \
+             pgbench's mean {client_us:.1} us",
             o.mean_us,
-            o.p50_us,
             t.mean_us
         );
         compared += 1;
