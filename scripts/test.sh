@@ -32,6 +32,7 @@ step build cargo test --locked --no-run
 step static-release scripts/build-release.sh
 # Arbitrary bytes into the wire decoder for 20 s (crashes land in protocols/pgwire/fuzz/artifacts).
 step fuzz-pgwire sh -c 'cd protocols/pgwire && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
+step fuzz-resp sh -c 'cd protocols/resp && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
 # Default members only: the eBPF crates are built by aya-build, not for the host.
 # Test binaries run one after another; privileged tests also take a machine-wide lock.
 rm -f "$logs/skipped.log"
