@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
+use pgbpf_capture::{DIR_READ, DIR_WRITE, ROLE_SERVER};
 use pgbpf_pgwire::conn::{Completed, Connection};
-use pgwire_trace_ebpf::{DIR_READ, DIR_WRITE, ROLE_SERVER};
 
-use crate::capture_file::{Kind, Record};
+use pgbpf_capture::{Kind, Record};
 
 /// One request and its response.
 #[derive(Clone, Debug)]
@@ -321,7 +321,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwire_trace_ebpf::ROLE_CLIENT;
+    use pgbpf_capture::ROLE_CLIENT;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];

@@ -2,21 +2,17 @@
 //! socket (or syscall) tracepoints and a userspace protocol decoder. Manual:
 //! docs/pgwire_trace.md.
 //!
-//! - [`trace`]: load, attach, tell the kernel which sockets are PostgreSQL connections,
-//!   drain the ring buffer into the decoder (and `--record`).
-//! - [`sockets`]: the sockets of processes, from /proc.
-//! - [`capture_file`]: the capture records and the `--record` / `--read` file format.
+//! - [`trace`]: the shared capture (`pgbpf_capture`: kernel programs, sockets from /proc,
+//!   ring buffer, capture files) of PostgreSQL connections into the decoder (and `--record`).
 //! - [`decode`]: records → requests, one wire-protocol decoder per connection.
 //! - [`offline`]: decoding a capture file (`--read`).
 //! - [`report`]: request lines and the per-statement summary.
 //! - [`records`]: the NDJSON records (docs/schema/pgwire_trace.json).
 
-pub mod capture_file;
 pub mod decode;
 pub mod offline;
 pub mod records;
 pub mod report;
-pub mod sockets;
 pub mod trace;
 
 use std::path::PathBuf;

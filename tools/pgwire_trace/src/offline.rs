@@ -7,12 +7,14 @@ use std::{fs::File, io::BufReader, path::Path};
 use anyhow::Context;
 use pgbpf_common::{output::Output, records::Scope};
 
-use crate::{Args, capture_file::Reader, decode::Decoder, report::Reporter};
+use pgbpf_capture::{POSTGRES, Reader};
+
+use crate::{Args, decode::Decoder, report::Reporter};
 
 pub fn run(args: &Args, path: &Path, out: &mut Output) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader =
-        Reader::new(BufReader::new(file)).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader = Reader::new(BufReader::new(file), &POSTGRES)
+        .with_context(|| format!("reading {}", path.display()))?;
     let mut decoder = Decoder::new(reader.wall_offset_ns);
     let mut reporter = Reporter::new(crate::style(args));
     let damage = loop {

@@ -365,7 +365,7 @@ fn counter(kernel: &[u64], i: u32) -> u64 {
 }
 
 pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
-    use pgwire_trace_ebpf::counter as c;
+    use pgbpf_capture::counter as c;
     format!(
         "# {} requests ({} errors) on {} connections ({} encrypted); lost: {} records ({} bytes); \
          {} responses unmatched after gaps; {} bytes beyond the capture limit; {} malformed messages",
@@ -382,7 +382,7 @@ pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
 }
 
 fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> Totals {
-    use pgwire_trace_ebpf::counter as c;
+    use pgbpf_capture::counter as c;
     Totals {
         ts_ns: output::unix_ns(),
         interval_ns,

@@ -1,4 +1,4 @@
-//! The data path: a read or write of a PostgreSQL connection, caught at the socket layer's
+//! The data path: a read or write of a traced connection, caught at the socket layer's
 //! tracepoints (or the syscall exits), becomes a DATA record; a ring buffer full of them is
 //! counted, and the connection remembers the bytes lost.
 
@@ -8,13 +8,13 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
+use pgbpf_capture_ebpf::{CAPTURE_MAX, CAPTURE_MAX_VECTORED, DIR_READ, DIR_WRITE, counter};
 use pgbpf_common_ebpf::{
     atomic_add,
     counters::{add, bump},
     regs::{self, nr},
     syscall,
 };
-use pgwire_trace_ebpf::{CAPTURE_MAX, CAPTURE_MAX_VECTORED, DIR_READ, DIR_WRITE, counter};
 
 use crate::{
     CAPTURE_LIMIT,
@@ -65,7 +65,7 @@ fn exit_data(ctx: &TracePointContext, op: u8, dir: u8) -> u32 {
 
 /// sock_recvmsg or sock_sendmsg of a socket finished (sock:sock_{recv,send}_length; raw
 /// tracepoint arguments: the sock, the result, the flags): when the syscall under it is a read
-/// or write of a PostgreSQL connection, capture it. Unlike the syscall tracepoints these fire
+/// or write of a traced connection, capture it. Unlike the syscall tracepoints these fire
 /// for socket I/O only, and a raw tracepoint calls the program directly, without building a
 /// perf record first.
 #[inline(always)]
@@ -93,7 +93,7 @@ fn sock_data(ctx: &RawTracePointContext, dir: u8) -> i32 {
 }
 
 /// Sends the bytes a read or write moved (`moved`, with the syscall's arguments `fd`, buffer or
-/// iovecs or msghdr, count) when `fd` is a PostgreSQL connection of `tgid`.
+/// iovecs or msghdr, count) when `fd` is a traced connection of `tgid`.
 #[inline(always)]
 fn capture(id: u64, tgid: u32, moved: u64, op: u8, dir: u8, [fd, ptr, count]: [u64; 3]) {
     let key = key_of(tgid, fd);

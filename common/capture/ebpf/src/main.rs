@@ -1,5 +1,5 @@
-//! pgwire_trace's kernel programs: tracepoints that copy the bytes of PostgreSQL connections
-//! to a ring buffer. Reads and writes are caught at the socket layer (sock_recv_length,
+//! The capture's kernel programs, shared by pgwire_trace and redis_trace: tracepoints that
+//! copy the bytes of a protocol's server connections to a ring buffer. Reads and writes are caught at the socket layer (sock_recv_length,
 //! sock_send_length: socket I/O only, raw tracepoints) or, on kernels before 6.4, at the exits
 //! of the read and write syscalls; connections come and go at accept, connect, close and fork.
 //!
@@ -7,7 +7,7 @@
 //! - [`capture`]: the data path, from a read or write to a DATA record.
 //! - [`emit`]: the records and the ring buffer they go through.
 //!
-//! A read or write of a process that holds no PostgreSQL connection costs one array load
+//! A read or write of a process that holds no traced connection costs one array load
 //! (HAS_SOCKS); any other costs one hash lookup.
 #![no_std]
 #![no_main]
@@ -17,7 +17,7 @@ mod conns;
 mod emit;
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use pgwire_trace_ebpf::counter;
+use pgbpf_capture_ebpf::counter;
 
 // Every counter has a slot in the shared map.
 const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
@@ -31,6 +31,14 @@ pub static TRACK_CLIENTS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// 1: track bind() of target processes to PostgreSQL ports (servers started later).
 #[unsafe(no_mangle)]
 pub static TRACK_SERVERS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// 1: a Unix socket path ending in .s.PGSQL.NNNN is a server's, of port NNNN (PostgreSQL).
+#[unsafe(no_mangle)]
+pub static UNIX_PG_PATHS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+/// 1: a process that forks right after accept() hands the connection to the child (the
+/// postmaster's model); 0 for servers whose children never take a connection (Redis forks
+/// only to save).
+#[unsafe(no_mangle)]
+pub static FOLLOW_ACCEPT_FORK: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// Offset of child_pid in sched_process_fork (from tracefs).
 #[unsafe(no_mangle)]
 pub static FORK_CHILD_PID_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(44);

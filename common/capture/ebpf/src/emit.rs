@@ -7,11 +7,11 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use pgbpf_common_ebpf::{counters::bump, ring};
-use pgwire_trace_ebpf::{
+use pgbpf_capture_ebpf::{
     ADDR_BYTES, CAPTURE_MAX, CAPTURE_MAX_VECTORED, HEADER_BYTES, KIND_DATA, KIND_OPEN, MAX_IOVECS,
     RecordHeader, Scratch, SockInfo, SockKey, counter,
 };
+use pgbpf_common_ebpf::{counters::bump, ring};
 
 use crate::{RING_BYTES, now};
 

@@ -1,4 +1,4 @@
-//! The connection table: which (tgid, fd) are PostgreSQL connections, kept by accept() on a
+//! The connection table: which (tgid, fd) are traced connections, kept by accept() on a
 //! PostgreSQL listener (server side; the backend forked right after inherits the entry),
 //! connect() to a PostgreSQL port or socket path (client side), bind() of a server started
 //! later, close() and fork; userspace adds the connections open at start.
@@ -9,11 +9,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap},
     programs::TracePointContext,
 };
+use pgbpf_capture_ebpf::{KIND_CLOSE, ROLE_CLIENT, ROLE_SERVER, SockInfo, SockKey, counter};
 use pgbpf_common_ebpf::{atomic_add, counters::bump, syscall, target::current_is_target};
-use pgwire_trace_ebpf::{KIND_CLOSE, ROLE_CLIENT, ROLE_SERVER, SockInfo, SockKey, counter};
 
 use crate::{
-    FORK_CHILD_PID_OFFSET, TRACK_CLIENTS, TRACK_SERVERS,
+    FOLLOW_ACCEPT_FORK, FORK_CHILD_PID_OFFSET, TRACK_CLIENTS, TRACK_SERVERS, UNIX_PG_PATHS,
     emit::{header, scratch, send, send_open},
     ids, now,
 };
@@ -23,13 +23,13 @@ const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// PostgreSQL connections: which (tgid, fd) to capture.
+/// traced connections: which (tgid, fd) to capture.
 #[map]
 pub static SOCKS: LruHashMap<SockKey, SockInfo> = LruHashMap::with_max_entries(65536, 0);
-/// Listening sockets of PostgreSQL servers → their port.
+/// Listening sockets of servers → their port.
 #[map]
 static LISTENERS: HashMap<SockKey, u32> = HashMap::with_max_entries(1024, 0);
-/// Server ports (TCP port numbers, also the NNNN of Unix socket paths .s.PGSQL.NNNN).
+/// Server ports (TCP port numbers, also the NNNN of PostgreSQL's socket paths .s.PGSQL.NNNN).
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 /// An accept() or connect() between its enter and exit, by thread.
@@ -38,7 +38,7 @@ static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 /// The connection a process accepted last, handed to the child it forks next.
 #[map]
 static LAST_ACCEPT: HashMap<u32, Accepted> = HashMap::with_max_entries(1024, 0);
-/// Per tgid: 1 once the process may hold a PostgreSQL connection or listener. Never cleared
+/// Per tgid: 1 once the process may hold a traced connection or listener. Never cleared
 /// (a stale 1 after pid reuse only costs a SOCKS lookup); sized to pid_max by the loader.
 #[map]
 static HAS_SOCKS: Array<u8> = Array::with_max_entries(32768, 0);
@@ -69,7 +69,7 @@ struct Accepted {
 const OP_ACCEPT: u8 = 4;
 const OP_CONNECT: u8 = 5;
 
-/// False only when `tgid` certainly holds no PostgreSQL socket (the common case, cheap).
+/// False only when `tgid` certainly holds no traced socket (the common case, cheap).
 #[inline(always)]
 pub fn may_have_socks(tgid: u32) -> bool {
     HAS_SOCKS.get(tgid).is_none_or(|&v| v != 0)
@@ -171,7 +171,9 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
     if !track(&key, &info) {
         return 0;
     }
-    let _ = LAST_ACCEPT.insert(&tgid, &Accepted { key, info }, 0);
+    if FOLLOW_ACCEPT_FORK.load() != 0 {
+        let _ = LAST_ACCEPT.insert(&tgid, &Accepted { key, info }, 0);
+    }
     // The peer address: accept's addrlen argument points at its length.
     let len = if p.count != 0 {
         // SAFETY: user memory, read by helper.
@@ -183,10 +185,10 @@ pub fn exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The server port a socket address points at, if it is a PostgreSQL one (TCP port in
-/// PORTS, or a Unix socket path ending in .s.PGSQL.NNNN with NNNN in PORTS).
+/// The server port a socket address points at, if it is a traced server's (TCP port in
+/// PORTS, or with UNIX_PG_PATHS a Unix socket path ending in .s.PGSQL.NNNN with NNNN in PORTS).
 #[inline(always)]
-fn pg_port_of(addr: u64, addr_len: u64) -> Option<u32> {
+fn server_port_of(addr: u64, addr_len: u64) -> Option<u32> {
     // SAFETY: user memory, read by helper.
     let family = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
     let port = match family {
@@ -195,7 +197,7 @@ fn pg_port_of(addr: u64, addr_len: u64) -> Option<u32> {
             let p = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
             u16::from_be(p)
         }
-        AF_UNIX => unix_pg_port(addr, addr_len)?,
+        AF_UNIX if UNIX_PG_PATHS.load() != 0 => unix_pg_port(addr, addr_len)?,
         _ => return None,
     };
     PORTS.get_ptr(&port).map(|_| port as u32)
@@ -256,7 +258,7 @@ pub fn enter_connect(ctx: TracePointContext) -> u32 {
     let (id, tgid) = ids();
     let fd = syscall::arg(&ctx, 0);
     let (addr, addr_len) = (syscall::arg(&ctx, 1), syscall::arg(&ctx, 2));
-    let Some(port) = pg_port_of(addr, addr_len) else {
+    let Some(port) = server_port_of(addr, addr_len) else {
         return 0;
     };
     let key = key_of(tgid, fd);
@@ -297,7 +299,7 @@ pub fn enter_bind(ctx: TracePointContext) -> u32 {
     }
     let (_, tgid) = ids();
     let fd = syscall::arg(&ctx, 0);
-    if let Some(port) = pg_port_of(syscall::arg(&ctx, 1), syscall::arg(&ctx, 2)) {
+    if let Some(port) = server_port_of(syscall::arg(&ctx, 1), syscall::arg(&ctx, 2)) {
         let _ = LISTENERS.insert(&key_of(tgid, fd), &port, 0);
         mark_has_socks(tgid);
     }

@@ -1,6 +1,6 @@
-//! PostgreSQL sockets already open when tracing starts, from /proc: listening sockets of
-//! servers (so the kernel side recognizes accept()), and established connections (joined
-//! midway). Also socket addresses → the text shown as a connection's identity.
+//! Sockets already open when tracing starts, from /proc: listening sockets of servers (so the
+//! kernel side recognizes accept()), and established connections (joined midway). Also
+//! socket addresses → the text shown as a connection's identity.
 
 use std::{
     collections::HashMap,
@@ -12,8 +12,11 @@ use procfs::net::{TcpNetEntry, TcpState, UnixNetEntry, UnixState};
 /// What /proc/net says about one socket inode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SocketState {
-    /// A TCP socket listening on `port`, or a Unix socket listening at a .s.PGSQL.port path.
+    /// A TCP socket listening on `port`.
     Listening { port: u16 },
+    /// An unconnected Unix stream socket bound to `path`: a server's listener, when the path
+    /// is one its protocol's servers use (see [`crate::Protocol::unix_port`]).
+    UnixBound { path: String },
     /// A connected TCP socket.
     Tcp {
         local: String,
@@ -50,18 +53,16 @@ fn tcp_state(e: &TcpNetEntry) -> Option<SocketState> {
     }
 }
 
-/// A Unix stream socket's state: listening at a PostgreSQL path, or connected. procfs has no
-/// socket flags (the kernel's __SO_ACCEPTCON), so a listening socket is an unconnected one
-/// bound to a .s.PGSQL.port path, which only a listening server holds.
+/// A Unix stream socket's state: bound and unconnected, or connected. procfs has no socket
+/// flags (the kernel's __SO_ACCEPTCON), so a listener is told by its path (an unconnected
+/// socket bound to a server's path, which only a listening server holds).
 fn unix_state(e: &UnixNetEntry) -> Option<SocketState> {
     if e.socket_type != libc::SOCK_STREAM as u16 {
         return None;
     }
     let path = e.path.as_ref().map(|p| p.to_string_lossy().into_owned());
     match e.state {
-        UnixState::UNCONNECTED => Some(SocketState::Listening {
-            port: pg_socket_port(path.as_deref()?)?,
-        }),
+        UnixState::UNCONNECTED => Some(SocketState::UnixBound { path: path? }),
         UnixState::CONNECTED => Some(SocketState::Unix { path }),
         _ => None,
     }
@@ -171,7 +172,12 @@ mod tests {
             .iter()
             .filter_map(|e| Some((e.inode, unix_state(e)?)))
             .collect();
-        assert_eq!(m[&31000], SocketState::Listening { port: 5433 });
+        assert_eq!(
+            m[&31000],
+            SocketState::UnixBound {
+                path: "/var/run/postgresql/.s.PGSQL.5433".into()
+            }
+        );
         assert_eq!(
             m[&31001],
             SocketState::Unix {
@@ -179,7 +185,13 @@ mod tests {
             }
         );
         assert_eq!(m[&31002], SocketState::Unix { path: None });
-        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m[&31003],
+            SocketState::UnixBound {
+                path: "/run/systemd/notify".into()
+            }
+        );
+        assert_eq!(m.len(), 4);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Types shared by pgwire_trace's kernel programs and its userspace (feature `user`): the
-//! socket table that says which file descriptors carry PostgreSQL connections, and the
-//! records sent through the ring buffer.
+//! Types shared by the capture's kernel programs and its userspace (feature `user`): the
+//! socket table that says which file descriptors carry connections of the traced protocol
+//! (PostgreSQL, Redis), and the records sent through the ring buffer.
 #![no_std]
 
 /// Most payload bytes one record can carry (read/write/recvfrom/sendto).
@@ -36,7 +36,7 @@ pub struct SockKey {
     pub fd: u32,
 }
 
-/// What the kernel knows of a PostgreSQL connection's descriptor.
+/// What the kernel knows of a traced connection's descriptor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockInfo {

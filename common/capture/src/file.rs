@@ -3,22 +3,26 @@
 //!
 //! File layout (all integers little-endian):
 //! ```text
-//! "PGBPFCAP" | u32 version (1) | u32 flags (0) | i64 wall-clock ns minus monotonic ns
+//! "PGBPFCAP" | u32 version (2) | u32 protocol | i64 wall-clock ns minus monotonic ns
 //! then records: u32 length of what follows | u8 kind | u8 role | u8 dir | u8 0 |
 //!   u32 tgid | u32 tid | u32 fd | u32 port | u64 conn_id | u64 ts_ns (monotonic) |
 //!   u64 len | u64 lost_read | u64 lost_write | payload
 //! ```
 //! The payload of a DATA record is the captured bytes (the first of `len`); of an OPEN
 //! record the connection's address as text; of a COUNTERS record the kernel's counters as
-//! u64s. A replay tool frames the DATA payloads per connection and direction with
-//! `pgbpf_pgwire::Framer`.
+//! u64s. The protocol says what the DATA payloads hold ([`Protocol::code`]: 1 PostgreSQL,
+//! 2 Redis); version 1 files (pgwire_trace before the capture was shared) have 0 there and
+//! hold PostgreSQL. A replay tool frames the DATA payloads per connection and direction with
+//! the protocol's framer (`pgbpf_pgwire::Framer`, `pgbpf_resp::Framer`).
 
 use std::io::{Read, Write};
 
 use anyhow::{Context, bail};
 
+use crate::Protocol;
+
 pub const MAGIC: &[u8; 8] = b"PGBPFCAP";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const FIXED: usize = 4 + 16 + 40;
 /// Refuse records claiming more than this (a corrupt length must not allocate gigabytes).
 const MAX_RECORD: usize = 1 << 20;
@@ -62,9 +66,9 @@ impl Kind {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     pub kind: Kind,
-    /// pgwire_trace_ebpf::ROLE_SERVER or ROLE_CLIENT.
+    /// pgbpf_capture_ebpf::ROLE_SERVER or ROLE_CLIENT.
     pub role: u8,
-    /// pgwire_trace_ebpf::DIR_READ or DIR_WRITE.
+    /// pgbpf_capture_ebpf::DIR_READ or DIR_WRITE.
     pub dir: u8,
     pub tgid: u32,
     pub tid: u32,
@@ -92,10 +96,10 @@ pub struct Writer<W: Write> {
 }
 
 impl<W: Write> Writer<W> {
-    pub fn new(mut out: W, wall_offset_ns: i64) -> anyhow::Result<Writer<W>> {
+    pub fn new(mut out: W, protocol: &Protocol, wall_offset_ns: i64) -> anyhow::Result<Writer<W>> {
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
-        out.write_all(&0u32.to_le_bytes())?;
+        out.write_all(&protocol.code.to_le_bytes())?;
         out.write_all(&wall_offset_ns.to_le_bytes())?;
         Ok(Writer { out })
     }
@@ -119,6 +123,18 @@ impl<W: Write> Writer<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+
+    /// Ends the capture: the kernel's counters as its last record (so `--read` knows the
+    /// losses), then flushed.
+    pub fn finish_with_counters(mut self, kernel: &[u64]) -> anyhow::Result<W> {
+        self.write(&Record {
+            kind: Kind::Counters,
+            ts_ns: pgbpf_common::output::mono_ns(),
+            payload: kernel.iter().flat_map(|c| c.to_le_bytes()).collect(),
+            ..Record::default()
+        })?;
+        self.finish()
+    }
 }
 
 /// Reads a capture file record by record.
@@ -140,17 +156,35 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl<R: Read> Reader<R> {
-    pub fn new(mut input: R) -> anyhow::Result<Reader<R>> {
+    /// Opens a capture of `protocol`'s traffic; a capture of another protocol is refused with
+    /// the tool that reads it.
+    pub fn new(mut input: R, protocol: &Protocol) -> anyhow::Result<Reader<R>> {
+        let tool = protocol.tool;
         let mut head = [0u8; 24];
         input
             .read_exact(&mut head)
-            .context("too short for a pgwire_trace capture")?;
+            .with_context(|| format!("too short for a {tool} capture"))?;
         if &head[..8] != MAGIC {
-            bail!("not a pgwire_trace capture (it does not start with PGBPFCAP)");
+            bail!("not a {tool} capture (it does not start with PGBPFCAP)");
         }
         let version = u32_at(&head, 8);
-        if version != VERSION {
-            bail!("capture format version {version}; this pgwire_trace reads version {VERSION}");
+        let code = match version {
+            // Written by pgwire_trace before the capture layer was shared: PostgreSQL.
+            1 => crate::POSTGRES.code,
+            VERSION => u32_at(&head, 12),
+            _ => bail!(
+                "capture format version {version}; this {tool} reads versions 1 and {VERSION}"
+            ),
+        };
+        if code != protocol.code {
+            match Protocol::of_code(code) {
+                Some(other) => bail!(
+                    "a capture of {} traffic: read it with {} --read",
+                    other.name,
+                    other.tool
+                ),
+                None => bail!("a capture of an unknown protocol ({code})"),
+            }
         }
         Ok(Reader {
             input,
@@ -229,7 +263,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let mut w = Writer::new(vec![], -5).unwrap();
+        let mut w = Writer::new(vec![], &crate::POSTGRES, -5).unwrap();
         let recs = [
             sample(Kind::Open, b"[local]"),
             sample(Kind::Data, b"Q\0\0\0\x05x"),
@@ -239,7 +273,7 @@ mod tests {
             w.write(r).unwrap();
         }
         let bytes = w.finish().unwrap();
-        let mut r = Reader::new(&bytes[..]).unwrap();
+        let mut r = Reader::new(&bytes[..], &crate::POSTGRES).unwrap();
         assert_eq!(r.wall_offset_ns, -5);
         for want in &recs {
             assert_eq!(&r.next_record().unwrap().unwrap(), want);
@@ -248,25 +282,66 @@ mod tests {
     }
 
     #[test]
+    fn other_protocols_and_versions() {
+        let bytes = Writer::new(vec![], &crate::REDIS, 0)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let e = Reader::new(&bytes[..], &crate::POSTGRES)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "a capture of Redis traffic: read it with redis_trace --read"
+        );
+        assert!(Reader::new(&bytes[..], &crate::REDIS).is_ok());
+        // Version 1 (pgwire_trace's own format until 2026-12): PostgreSQL, flags 0.
+        let mut v1 = MAGIC.to_vec();
+        v1.extend(1u32.to_le_bytes());
+        v1.extend(0u32.to_le_bytes());
+        v1.extend(7i64.to_le_bytes());
+        assert_eq!(
+            Reader::new(&v1[..], &crate::POSTGRES)
+                .unwrap()
+                .wall_offset_ns,
+            7
+        );
+        let e = Reader::new(&v1[..], &crate::REDIS)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("pgwire_trace --read"), "{e}");
+        let mut v9 = v1.clone();
+        v9[8] = 9;
+        let e = Reader::new(&v9[..], &crate::POSTGRES)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("version 9"), "{e}");
+    }
+
+    #[test]
     fn bad_files_are_errors_not_panics() {
-        assert!(Reader::new(&b"hello"[..]).is_err());
-        assert!(Reader::new(&b"NOTACAPTURE-but-long-enough"[..]).is_err());
-        let mut w = Writer::new(vec![], 0).unwrap();
+        let pg = &crate::POSTGRES;
+        assert!(Reader::new(&b"hello"[..], pg).is_err());
+        assert!(Reader::new(&b"NOTACAPTURE-but-long-enough"[..], pg).is_err());
+        let mut w = Writer::new(vec![], pg, 0).unwrap();
         w.write(&sample(Kind::Data, b"abc")).unwrap();
         let bytes = w.finish().unwrap();
         // Cut inside the record: an error naming the record, after the header read fine.
-        let mut r = Reader::new(&bytes[..bytes.len() - 2]).unwrap();
+        let mut r = Reader::new(&bytes[..bytes.len() - 2], pg).unwrap();
         let e = r.next_record().unwrap_err().to_string();
         assert!(e.contains("record 1"), "{e}");
         // Every prefix and garbage after the header: never a panic.
         for cut in 0..bytes.len() {
-            if let Ok(mut r) = Reader::new(&bytes[..cut]) {
+            if let Ok(mut r) = Reader::new(&bytes[..cut], pg) {
                 while let Ok(Some(_)) = r.next_record() {}
             }
         }
         let mut junk = bytes[..24].to_vec();
         junk.extend([0xff; 64]);
-        let mut r = Reader::new(&junk[..]).unwrap();
+        let mut r = Reader::new(&junk[..], pg).unwrap();
         assert!(r.next_record().is_err());
     }
 }

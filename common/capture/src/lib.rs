@@ -1,0 +1,82 @@
+//! The connection capture under the wire-protocol tools (pgwire_trace, redis_trace), one
+//! layer for every protocol: which sockets are a protocol's connections (servers' listeners
+//! and accepted connections, clients' connects to server ports, connections open at start
+//! from /proc), their bytes from the socket layer's tracepoints (or the syscall exits)
+//! through one ring buffer, losses counted per connection, and the `--record` file. What a
+//! tool adds is its decoder and its report.
+//!
+//! - [`live`]: load, attach, join the connections open now, drain the ring buffer.
+//! - [`sockets`]: the sockets of processes, from /proc.
+//! - [`file`]: the capture records and the `--record` / `--read` file format.
+
+pub mod file;
+pub mod live;
+pub mod sockets;
+
+pub use file::{Kind, Reader, Record, Writer};
+pub use live::{Capture, Options};
+pub use pgbpf_capture_ebpf::{DIR_READ, DIR_WRITE, ROLE_CLIENT, ROLE_SERVER, counter};
+
+/// What the capture needs to know of a protocol.
+#[derive(Debug)]
+pub struct Protocol {
+    /// As people call it: "PostgreSQL".
+    pub name: &'static str,
+    /// The tool that decodes it.
+    pub tool: &'static str,
+    /// Its number in capture files.
+    pub code: u32,
+    /// The port assumed when no server is found listening.
+    pub default_port: u16,
+    /// Whether a process is one of its servers.
+    pub is_server: fn(u32) -> bool,
+    /// The port a server's Unix socket path stands for (PostgreSQL's .s.PGSQL.NNNN); 0 for a
+    /// protocol whose socket paths carry none; None: not a server's socket.
+    pub unix_port: fn(&str) -> Option<u16>,
+    /// The kernel recognizes connect() and bind() to .s.PGSQL.NNNN paths.
+    pub kernel_pg_paths: bool,
+    /// Servers fork right after accept() to hand the connection to the child (a postmaster).
+    pub accept_fork: bool,
+}
+
+impl Protocol {
+    /// The protocol of a capture file's code.
+    pub fn of_code(code: u32) -> Option<&'static Protocol> {
+        [&POSTGRES, &REDIS].into_iter().find(|p| p.code == code)
+    }
+}
+
+pub static POSTGRES: Protocol = Protocol {
+    name: "PostgreSQL",
+    tool: "pgwire_trace",
+    code: 1,
+    default_port: 5432,
+    is_server: |pid| {
+        pgbpf_common::postgres::binary_of_pid(pid)
+            .is_ok_and(|(exe, _)| pgbpf_common::postgres::is_postgres_binary(&exe))
+    },
+    unix_port: sockets::pg_socket_port,
+    kernel_pg_paths: true,
+    accept_fork: true,
+};
+
+pub static REDIS: Protocol = Protocol {
+    name: "Redis",
+    tool: "redis_trace",
+    code: 2,
+    default_port: 6379,
+    is_server: is_redis_server,
+    // A redis-server's Unix socket (`unixsocket`) is wherever its configuration says.
+    unix_port: |_| Some(0),
+    kernel_pg_paths: false,
+    accept_fork: false,
+};
+
+/// redis-server (or its fork Valkey), by the name of its executable.
+fn is_redis_server(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+        exe.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| matches!(n, "redis-server" | "valkey-server"))
+    })
+}
