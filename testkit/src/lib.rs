@@ -16,6 +16,7 @@
 pub mod container;
 pub mod memcg;
 pub mod postgres;
+pub mod redis;
 pub mod schema;
 pub mod tool;
 

@@ -58,6 +58,11 @@ pub fn tools() -> Vec<ToolDefinition> {
             command: io_timeouts::Args::command,
             schema: schema_of::<io_timeouts::records::Record>,
         },
+        ToolDefinition {
+            name: "redis_trace",
+            command: redis_trace::Args::command,
+            schema: schema_of::<redis_trace::records::Record>,
+        },
     ]
 }
 

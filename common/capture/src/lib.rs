@@ -6,16 +6,47 @@
 //! tool adds is its decoder and its report.
 //!
 //! - [`live`]: load, attach, join the connections open now, drain the ring buffer.
+//! - [`conns`]: records → a protocol's decoder per connection (live and `--read`).
+//! - [`wire`]: a tool's life over the capture: decode, report, record, finish (live and
+//!   `--read`), around the tool's [`wire::Wire`].
 //! - [`sockets`]: the sockets of processes, from /proc.
+//! - [`cli`]: the options every wire tool takes.
 //! - [`file`]: the capture records and the `--record` / `--read` file format.
 
+pub mod cli;
+pub mod conns;
 pub mod file;
 pub mod live;
 pub mod sockets;
+pub mod wire;
 
 pub use file::{Kind, Reader, Record, Writer};
 pub use live::{Capture, Options};
 pub use pgbpf_capture_ebpf::{DIR_READ, DIR_WRITE, ROLE_CLIENT, ROLE_SERVER, counter};
+
+/// What the kernel side could not capture since the tool attached (the `lost` object of the
+/// wire tools' records).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct Lost {
+    /// Records dropped because the ring buffer was full.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Connections not tracked because the kernel's socket table was full.
+    pub sockets_table_full: u64,
+}
+
+impl Lost {
+    /// From the kernel's counters (an offline capture without them: zeros).
+    pub fn of(kernel: &[u64]) -> Lost {
+        let at = |i: u32| kernel.get(i as usize).copied().unwrap_or(0);
+        Lost {
+            records: at(counter::LOST_RECORDS),
+            bytes: at(counter::LOST_BYTES),
+            sockets_table_full: at(counter::SOCKETS_FULL),
+        }
+    }
+}
 
 /// What the capture needs to know of a protocol.
 #[derive(Debug)]
@@ -72,11 +103,10 @@ pub static REDIS: Protocol = Protocol {
     accept_fork: false,
 };
 
-/// redis-server (or its fork Valkey), by the name of its executable.
+/// redis-server (or its fork Valkey), by the name it was started as: Debian's
+/// /usr/bin/redis-server is a link to redis-check-rdb (one binary that acts by its name), so
+/// /proc/PID/exe does not tell.
 fn is_redis_server(pid: u32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
-        exe.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| matches!(n, "redis-server" | "valkey-server"))
-    })
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| matches!(c.trim_end(), "redis-server" | "valkey-server"))
 }

@@ -134,8 +134,8 @@ pub enum Event {
 /// Counters of one connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Replies that could not be paired (no command waiting, or while out of step), and
-    /// commands dropped unanswered when the connection fell out of step.
+    /// Commands whose replies could not be paired (dropped when the connection fell out of
+    /// step, or sent while it was), and replies that came with no command waiting.
     pub unmatched: u64,
     /// Values that did not frame, and requests that are no command.
     pub malformed: u64,
@@ -175,6 +175,8 @@ pub struct Connection {
     unsure: bool,
     last_side: Option<Side>,
     counts: Counts,
+    /// Framing failures while out of step (pieces of values cut by a gap): not counted.
+    malformed_out_of_step: u64,
 }
 
 impl Connection {
@@ -196,16 +198,21 @@ impl Connection {
             unsure: !from_start,
             last_side: None,
             counts: Counts::default(),
+            malformed_out_of_step: 0,
         }
     }
 
     /// Counters so far.
     pub fn counts(&self) -> Counts {
         Counts {
-            malformed: self.counts.malformed + self.requests.malformed + self.replies.malformed,
+            malformed: self.counts.malformed + self.framer_malformed() - self.malformed_out_of_step,
             skipped: self.requests.skipped + self.replies.skipped,
             unmatched: self.counts.unmatched,
         }
+    }
+
+    fn framer_malformed(&self) -> u64 {
+        self.requests.malformed + self.replies.malformed
     }
 
     /// Byte ranges of the client bytes fed last that hold secrets.
@@ -229,8 +236,12 @@ impl Connection {
             self.replies.sync_at_next_record();
         }
         self.last_side = Some(Side::Request);
+        let (out_of_step, malformed) = (self.unsure, self.framer_malformed());
         self.requests.feed(data, ts_ns);
         self.requests.feed_gap(missing);
+        if out_of_step {
+            self.malformed_out_of_step += self.framer_malformed() - malformed;
+        }
         let frames: Vec<Option<Command>> =
             self.requests.frames().map(|f| Command::parse(&f)).collect();
         self.requests.consume();
@@ -248,8 +259,12 @@ impl Connection {
     /// Bytes the server sent (`missing` more were not captured), at `ts_ns`.
     pub fn server_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64, out: &mut Vec<Event>) {
         self.last_side = Some(Side::Reply);
+        let (out_of_step, malformed) = (self.unsure, self.framer_malformed());
         self.replies.feed(data, ts_ns);
         self.replies.feed_gap(missing);
+        if out_of_step {
+            self.malformed_out_of_step += self.framer_malformed() - malformed;
+        }
         // Frames borrow the framer: handle them one by one through an index.
         let n = self.replies.frames().len();
         for i in 0..n {
@@ -357,7 +372,8 @@ impl Connection {
             return;
         }
         if self.unsure {
-            self.counts.unmatched += 1;
+            // Not counted: out of step, a value may be a piece of a reply cut by the gap;
+            // the commands that lose their replies are what `unmatched` counts.
             return;
         }
         let Some(p) = self.pending.pop_front() else {
@@ -435,7 +451,18 @@ impl Connection {
                 }
             }
             Effect::Exec | Effect::Discard if p.tx.is_some() => {
-                self.end_transaction(&p, &a, out);
+                let tx = self.end_transaction(&p, &a, out);
+                let finished_ns = a.finished_ns;
+                out.push(Event::Command(Completed {
+                    command: p.command,
+                    outcome: Outcome::Reply(a.reply),
+                    finished_ns,
+                    transaction: p.tx,
+                    in_exec: false,
+                    timed_out: false,
+                }));
+                out.push(Event::Transaction(tx));
+                return;
             }
             Effect::Hello(Some(v)) if ok => self.resp3 = v == 3,
             Effect::Monitor if ok => self.monitor = true,
@@ -470,8 +497,9 @@ impl Connection {
         }));
     }
 
-    /// EXEC or DISCARD answered: the queued commands end with EXEC's replies (or not at all).
-    fn end_transaction(&mut self, p: &Pending, a: &Answer, out: &mut Vec<Event>) {
+    /// EXEC or DISCARD answered: the queued commands end with EXEC's replies (or not at all);
+    /// returns the transaction, which is reported after EXEC.
+    fn end_transaction(&mut self, p: &Pending, a: &Answer, out: &mut Vec<Event>) -> Transaction {
         let queued = std::mem::take(&mut self.queued);
         let id = p.tx.unwrap_or(0);
         let outcome = match (&p.command.effect, &a.reply.error) {
@@ -504,13 +532,13 @@ impl Connection {
                 timed_out,
             }));
         }
-        out.push(Event::Transaction(Transaction {
+        Transaction {
             id,
             started_ns: self.tx_started,
             finished_ns: a.finished_ns,
             commands,
             outcome,
-        }));
+        }
     }
 }
 

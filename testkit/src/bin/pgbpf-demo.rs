@@ -1,5 +1,5 @@
-//! The README's demo: a throwaway PostgreSQL under pgbench load with pgbpf's tools attached,
-//! printing their real output. Run by scripts/demo.sh after the tools are installed on PATH.
+//! The README's demo: a throwaway PostgreSQL under pgbench load (and a redis-server under
+//! redis-benchmark) with pgbpf's tools attached, printing their real output. Run by scripts/demo.sh after the tools are installed on PATH.
 
 use std::{
     process::{Command, ExitCode},
@@ -9,6 +9,7 @@ use std::{
 use pgbpf_testkit::{
     container::ContainerSpec,
     postgres::{PgOptions, Postgres},
+    redis::Redis,
 };
 
 fn say(text: &str) {
@@ -116,7 +117,36 @@ fn demo() -> anyhow::Result<()> {
     pg.pgbench(&["-M", "prepared", "-c", "2", "-j", "2", "-T", "5", "-n"])?;
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "pgwire_trace exited with {status}");
-    say("done; the container and its data are removed");
+
+    say("starting a throwaway redis-server on a free port");
+    let redis = Redis::start()?;
+    let pid = redis.pid().to_string();
+    say(&format!(
+        "redis_trace -p {pid} --summary --keys --top 5 -d 8   (per command, under redis-benchmark -P 4)"
+    ));
+    let mut tool = Command::new("redis_trace")
+        .args(["-p", &pid, "--summary", "--keys", "--top", "5", "-d", "8"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    redis.benchmark(&[
+        "-t",
+        "set,get,lpush,incr",
+        "-n",
+        "20000",
+        "-c",
+        "4",
+        "-r",
+        "1000",
+        "-P",
+        "4",
+        "-q",
+    ])?;
+    // An error, a transaction: they show in the table too.
+    let _ = redis.cli(&["GET", "mylist"]);
+    redis.cli_stdin(&[], "MULTI\nINCR visits\nEXEC\n")?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "redis_trace exited with {status}");
+    say("done; the container, the redis-server and their data are removed");
     Ok(())
 }
 

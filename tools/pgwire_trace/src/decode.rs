@@ -1,21 +1,20 @@
-//! Records → requests: one `pgbpf_pgwire::conn::Connection` per captured connection, fed
-//! with each direction's bytes and gaps; the same path for live tracing and `--read`.
+//! Records → requests: a `pgbpf_pgwire::conn::Connection` per captured connection (in the
+//! capture's shared connection table), its completed statements with who was talking; the
+//! same path for live tracing and `--read`.
 
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt};
-
-use pgbpf_capture::{DIR_READ, DIR_WRITE, ROLE_SERVER};
+use pgbpf_capture::{
+    Record,
+    conns::{Conn, Connections, Stream},
+};
 use pgbpf_pgwire::conn::{Completed, Connection};
-
-use pgbpf_capture::{Kind, Record};
 
 /// One request and its response.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub pid: u32,
     pub conn_id: u64,
-    /// Client address (server side) or server address (client side).
     /// Who is talking: shared by every request of the connection.
     pub meta: Arc<ConnMeta>,
     /// Wall-clock ns of the first request byte and of the completion.
@@ -68,14 +67,9 @@ pub struct DecodeStats {
     pub truncated_bytes: u64,
 }
 
-struct Conn {
+/// The wire decoder of one connection and what the report has taken from it.
+pub struct PgStream {
     c: Connection,
-    pid: u32,
-    fd: u32,
-    /// Monotonic time of the last record (when `pid` was last confirmed).
-    last_ns: u64,
-    peer: String,
-    role: u8,
     /// Counted into the stats already.
     seen_encrypted: bool,
     /// Built once the start-up parameters are known (rebuilt if they change).
@@ -84,162 +78,83 @@ struct Conn {
     unmatched: u64,
 }
 
+impl Stream for PgStream {
+    type Event = Completed;
+
+    fn open(from_start: bool) -> PgStream {
+        PgStream {
+            c: Connection::new(from_start),
+            seen_encrypted: false,
+            meta: None,
+            malformed: 0,
+            unmatched: 0,
+        }
+    }
+
+    fn client_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64, _: &mut Vec<Completed>) {
+        self.c.client_bytes(ts_ns, data, missing);
+    }
+
+    fn server_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64, out: &mut Vec<Completed>) {
+        self.c.server_bytes_into(ts_ns, data, missing, out);
+    }
+
+    fn close(&mut self, _ts_ns: u64, out: &mut Vec<Completed>) {
+        out.extend(self.c.close());
+    }
+}
+
 /// Decodes every connection of a capture.
 pub struct Decoder {
-    conns: HashMap<u64, Conn>,
+    conns: Connections<PgStream>,
     wall_offset_ns: i64,
     pub stats: DecodeStats,
     /// Connections that turned encrypted, for the live capture to stop copying: (tgid, fd).
     pub stop_capturing: Vec<(u32, u32)>,
-    /// The kernel's counters, when the capture carries them.
-    pub kernel_counters: Option<Vec<u64>>,
     /// Statements completed by the record being fed (kept to reuse its memory).
     done: Vec<Completed>,
 }
 
-impl Decoder {
-    /// `wall_offset_ns`: wall-clock minus monotonic time, to print record times as dates.
-    pub fn new(wall_offset_ns: i64) -> Decoder {
-        Decoder {
-            conns: HashMap::new(),
-            wall_offset_ns,
-            stats: DecodeStats::default(),
-            stop_capturing: vec![],
-            kernel_counters: None,
-            done: vec![],
-        }
-    }
+/// What a connection's statements become: requests (and a connection turning encrypted).
+struct Completion<'a> {
+    stats: &'a mut DecodeStats,
+    stop_capturing: &'a mut Vec<(u32, u32)>,
+    wall_offset_ns: i64,
+    ts_ns: u64,
+    out: &'a mut Vec<Event>,
+}
 
+impl Completion<'_> {
     fn wall(&self, mono_ns: u64) -> u64 {
         pgbpf_common::output::wall_of(self.wall_offset_ns, mono_ns)
     }
 
-    fn open(&mut self, r: &Record, from_start: bool) -> &mut Conn {
-        self.conns.entry(r.conn_id).or_insert_with(|| {
-            self.stats.connections += 1;
-            let peer = if r.payload.is_empty() {
-                format!("fd {}", r.fd)
-            } else {
-                String::from_utf8_lossy(&r.payload).into_owned()
-            };
-            Conn {
-                c: Connection::new(from_start),
-                pid: r.tgid,
-                fd: r.fd,
-                last_ns: r.ts_ns,
-                peer,
-                role: r.role,
-                seen_encrypted: false,
-                meta: None,
-                malformed: 0,
-                unmatched: 0,
-            }
-        })
-    }
-
-    /// Feeds one record; returns what it completed.
-    pub fn feed(&mut self, r: &Record) -> Vec<Event> {
-        let mut out = vec![];
-        self.feed_into(r, &mut out);
-        out
-    }
-
-    /// Feeds one record; appends what it completed to `out` (a buffer the caller reuses, so
-    /// the live drain allocates no vector per record).
-    pub fn feed_into(&mut self, r: &Record, out: &mut Vec<Event>) {
-        match r.kind {
-            Kind::Open | Kind::Existing => {
-                // A reused id starts a new connection.
-                out.extend(self.close(r.conn_id));
-                self.open(r, r.kind == Kind::Open);
-            }
-            Kind::Close => out.extend(self.close(r.conn_id)),
-            Kind::Counters => {
-                self.kernel_counters = Some(
-                    r.payload
-                        .as_chunks::<8>()
-                        .0
-                        .iter()
-                        .map(|c| u64::from_le_bytes(*c))
-                        .collect(),
-                );
-            }
-            Kind::Data => self.data(r, out),
-        }
-    }
-
-    fn data(&mut self, r: &Record, out: &mut Vec<Event>) {
-        let missing = r.missing();
-        self.stats.truncated_bytes += missing;
-        self.stats.lost_bytes += r.lost[0] + r.lost[1];
-        let mut done = std::mem::take(&mut self.done);
-        let wall_offset_ns = self.wall_offset_ns;
-        let conn = self.open(r, false);
-        conn.pid = r.tgid;
-        conn.fd = r.fd;
-        conn.last_ns = conn.last_ns.max(r.ts_ns);
-        // On the server the client's bytes are read; on the client they are written.
-        let (frontend_dir, backend_dir) = if conn.role == ROLE_SERVER {
-            (DIR_READ, DIR_WRITE)
-        } else {
-            (DIR_WRITE, DIR_READ)
-        };
-        let lost = |dir: u8| r.lost[usize::from(dir & 1)];
-        if lost(frontend_dir) > 0 {
-            conn.c.client_bytes(r.ts_ns, &[], lost(frontend_dir));
-        }
-        if lost(backend_dir) > 0 {
-            conn.c
-                .server_bytes_into(r.ts_ns, &[], lost(backend_dir), &mut done);
-        }
-        if r.dir == frontend_dir {
-            conn.c.client_bytes(r.ts_ns, &r.payload, missing);
-        } else {
-            conn.c
-                .server_bytes_into(r.ts_ns, &r.payload, missing, &mut done);
-        }
-        if conn.c.encrypted && !conn.seen_encrypted {
-            conn.seen_encrypted = true;
-            out.push(Event::Encrypted {
-                unix_ns: pgbpf_common::output::wall_of(wall_offset_ns, r.ts_ns),
+    fn take(&mut self, conn: &mut Conn<PgStream>, done: &mut Vec<Completed>) {
+        let s = &mut conn.stream;
+        if s.c.encrypted && !s.seen_encrypted {
+            s.seen_encrypted = true;
+            self.out.push(Event::Encrypted {
+                unix_ns: self.wall(self.ts_ns),
                 pid: conn.pid,
-                conn_id: r.conn_id,
+                conn_id: conn.id,
                 peer: conn.peer.clone(),
             });
             self.stats.encrypted += 1;
-            self.stop_capturing.push((r.tgid, r.fd));
+            self.stop_capturing.push((conn.pid, conn.fd));
         }
-        self.account(r.conn_id);
-        self.requests(r.conn_id, &mut done, out);
-        self.done = done;
-    }
-
-    /// Brings the decode-quality counters of a connection into the totals.
-    fn account(&mut self, conn_id: u64) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
-        self.stats.malformed += conn.c.malformed - conn.malformed;
-        self.stats.unmatched += conn.c.unmatched - conn.unmatched;
-        conn.malformed = conn.c.malformed;
-        conn.unmatched = conn.c.unmatched;
-    }
-
-    /// Moves the statements in `done` (completed on `conn_id`) to `out` as requests.
-    fn requests(&mut self, conn_id: u64, done: &mut Vec<Completed>, out: &mut Vec<Event>) {
+        // The decode-quality counters of the connection into the totals.
+        self.stats.malformed += s.c.malformed - s.malformed;
+        self.stats.unmatched += s.c.unmatched - s.unmatched;
+        s.malformed = s.c.malformed;
+        s.unmatched = s.c.unmatched;
         if done.is_empty() {
             return;
         }
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            done.clear();
-            return;
-        };
-        let meta = match &conn.meta {
-            Some((n, m)) if *n == conn.c.startup.len() => m.clone(),
+        let meta = match &s.meta {
+            Some((n, m)) if *n == s.c.startup.len() => m.clone(),
             _ => {
                 let startup = |key: &str| {
-                    conn.c
-                        .startup
+                    s.c.startup
                         .iter()
                         .find(|(k, _)| k == key)
                         .map(|(_, v)| v.clone())
@@ -250,17 +165,16 @@ impl Decoder {
                     database: startup("database").or_else(|| startup("user")),
                     application: startup("application_name"),
                 });
-                conn.meta = Some((conn.c.startup.len(), m.clone()));
+                s.meta = Some((s.c.startup.len(), m.clone()));
                 m
             }
         };
-        let pid = conn.pid;
         for d in done.drain(..) {
             self.stats.requests += 1;
             self.stats.errors += u64::from(d.sqlstate.is_some());
-            out.push(Event::Request(Request {
-                pid,
-                conn_id,
+            self.out.push(Event::Request(Request {
+                pid: conn.pid,
+                conn_id: conn.id,
                 meta: meta.clone(),
                 start_unix_ns: self.wall(d.started_ns),
                 end_unix_ns: self.wall(d.finished_ns),
@@ -268,60 +182,99 @@ impl Decoder {
             }));
         }
     }
+}
 
-    fn close(&mut self, conn_id: u64) -> Vec<Event> {
-        let Some(mut conn) = self.conns.remove(&conn_id) else {
-            return vec![];
-        };
-        let mut done = conn.c.close();
-        self.stats.malformed += conn.c.malformed - conn.malformed;
-        self.stats.unmatched += conn.c.unmatched - conn.unmatched;
-        self.conns.insert(conn_id, conn);
+impl Decoder {
+    /// `wall_offset_ns`: wall-clock minus monotonic time, to print record times as dates.
+    pub fn new(wall_offset_ns: i64) -> Decoder {
+        Decoder {
+            conns: Connections::default(),
+            wall_offset_ns,
+            stats: DecodeStats::default(),
+            stop_capturing: vec![],
+            done: vec![],
+        }
+    }
+
+    /// The kernel's counters, when the capture carries them.
+    pub fn kernel_counters(&self) -> Option<&[u64]> {
+        self.conns.kernel_counters.as_deref()
+    }
+
+    /// Feeds one record; returns what it completed.
+    pub fn feed(&mut self, r: &Record) -> Vec<Event> {
         let mut out = vec![];
-        self.requests(conn_id, &mut done, &mut out);
-        self.conns.remove(&conn_id);
+        self.feed_into(r, &mut out);
         out
+    }
+
+    /// Runs `step` on the connection table with what completed statements become.
+    fn with_completion(
+        &mut self,
+        ts_ns: u64,
+        out: &mut Vec<Event>,
+        step: impl FnOnce(&mut Connections<PgStream>, &mut Vec<Completed>, &mut Completion<'_>),
+    ) {
+        let mut done = std::mem::take(&mut self.done);
+        let mut completion = Completion {
+            stats: &mut self.stats,
+            stop_capturing: &mut self.stop_capturing,
+            wall_offset_ns: self.wall_offset_ns,
+            ts_ns,
+            out,
+        };
+        step(&mut self.conns, &mut done, &mut completion);
+        let t = self.conns.totals;
+        self.stats.connections = t.connections;
+        self.stats.lost_bytes = t.lost_bytes;
+        self.stats.truncated_bytes = t.truncated_bytes;
+        self.done = done;
+    }
+
+    /// Feeds one record; appends what it completed to `out` (a buffer the caller reuses, so
+    /// the live drain allocates no vector per record).
+    pub fn feed_into(&mut self, r: &Record, out: &mut Vec<Event>) {
+        self.with_completion(r.ts_ns, out, |conns, done, c| {
+            conns.feed(r, done, |conn, done| c.take(conn, done));
+        });
     }
 
     /// Ends every connection still open (end of trace or capture).
     pub fn finish(&mut self) -> Vec<Event> {
-        let mut ids: Vec<u64> = self.conns.keys().copied().collect();
-        ids.sort_unstable();
-        ids.into_iter().flat_map(|id| self.close(id)).collect()
+        let mut out = vec![];
+        let now = pgbpf_common::output::mono_ns();
+        self.with_completion(now, &mut out, |conns, done, c| {
+            conns.finish(now, done, |conn, done| c.take(conn, done));
+        });
+        out
     }
 
-    /// Ends the connections of processes that exited: the kernel sees no close() when a
-    /// process exits with its sockets open. `alive` was sampled at monotonic time
-    /// `sampled_ns`, before the records fed since were drained, so a connection whose last
-    /// record is older and whose process was gone then has sent everything. Returns the
-    /// events and the (tgid, fd) to forget in the kernel.
+    /// Ends the connections of processes that exited (see `Connections::close_exited`).
+    /// Returns the events and the (tgid, fd) to forget in the kernel.
     pub fn close_exited(
         &mut self,
         sampled_ns: u64,
         alive: impl Fn(u32) -> bool,
     ) -> (Vec<Event>, Vec<(u32, u32)>) {
-        let mut gone: Vec<(u64, u32, u32)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.last_ns < sampled_ns && !alive(c.pid))
-            .map(|(&id, c)| (id, c.pid, c.fd))
-            .collect();
-        gone.sort_unstable();
-        let events = gone.iter().flat_map(|&(id, _, _)| self.close(id)).collect();
-        (events, gone.into_iter().map(|(_, p, f)| (p, f)).collect())
+        let mut out = vec![];
+        let mut gone = vec![];
+        self.with_completion(sampled_ns, &mut out, |conns, done, c| {
+            gone = conns.close_exited(sampled_ns, alive, done, |conn, done| c.take(conn, done));
+        });
+        (out, gone)
     }
 
     /// Connections open now.
     #[cfg(test)]
     pub fn open_connections(&self) -> usize {
-        self.conns.len()
+        self.conns.open_connections()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgbpf_capture::ROLE_CLIENT;
+    use pgbpf_capture::{DIR_READ, DIR_WRITE, Kind, ROLE_CLIENT, ROLE_SERVER};
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];

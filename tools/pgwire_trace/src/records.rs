@@ -7,6 +7,8 @@ use pgbpf_common::records::Scope;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+pub use pgbpf_capture::Lost;
+
 /// Every line pgwire_trace prints with `--json`.
 #[derive(Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -111,15 +113,4 @@ pub struct Totals {
     /// Messages that did not decode.
     pub malformed: u64,
     pub lost: Lost,
-}
-
-/// What the kernel side could not capture since the tool attached.
-#[derive(Serialize, JsonSchema)]
-pub struct Lost {
-    /// Records dropped because the ring buffer was full.
-    pub records: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Connections not tracked because the kernel's socket table was full.
-    pub sockets_table_full: u64,
 }

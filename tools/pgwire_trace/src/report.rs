@@ -359,13 +359,8 @@ impl Reporter {
     }
 }
 
-/// Kernel counter `i`, 0 when absent (offline captures without counters).
-fn counter(kernel: &[u64], i: u32) -> u64 {
-    kernel.get(i as usize).copied().unwrap_or(0)
-}
-
 pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
-    use pgbpf_capture::counter as c;
+    let lost = Lost::of(kernel);
     format!(
         "# {} requests ({} errors) on {} connections ({} encrypted); lost: {} records ({} bytes); \
          {} responses unmatched after gaps; {} bytes beyond the capture limit; {} malformed messages",
@@ -373,8 +368,8 @@ pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
         s.errors,
         s.connections,
         s.encrypted,
-        counter(kernel, c::LOST_RECORDS),
-        counter(kernel, c::LOST_BYTES),
+        lost.records,
+        lost.bytes,
         s.unmatched,
         s.truncated_bytes,
         s.malformed
@@ -382,7 +377,6 @@ pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
 }
 
 fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> Totals {
-    use pgbpf_capture::counter as c;
     Totals {
         ts_ns: output::unix_ns(),
         interval_ns,
@@ -393,10 +387,6 @@ fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> Totals {
         unmatched: s.unmatched,
         truncated_bytes: s.truncated_bytes,
         malformed: s.malformed,
-        lost: Lost {
-            records: counter(kernel, c::LOST_RECORDS),
-            bytes: counter(kernel, c::LOST_BYTES),
-            sockets_table_full: counter(kernel, c::SOCKETS_FULL),
-        },
+        lost: Lost::of(kernel),
     }
 }

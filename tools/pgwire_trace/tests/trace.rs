@@ -718,6 +718,11 @@ fn a_full_ring_buffer_is_counted_and_never_mispairs() {
     for c in clients {
         c.join().unwrap();
     }
+    // Once the flood is over, new connections decode whatever the machine's load did to the
+    // flood itself (a busy machine can lose all of it).
+    for _ in 0..3 {
+        pg.psql("select 'after' as after_loss").unwrap();
+    }
     let out = tool.stop().unwrap();
     let records = out.json();
     let s = stats(&records);
@@ -738,9 +743,10 @@ fn a_full_ring_buffer_is_counted_and_never_mispairs() {
             .unwrap_or_else(|| panic!("{sql}"));
         assert_eq!(r["rows"], n, "{r}");
     }
-    // After a loss the decoder is back in step at the next idle point, so statements are
-    // still reported.
-    assert!(!reqs.is_empty(), "nothing reported: {s}");
+    // Losses end in the connections they hit: the later ones are decoded whole.
+    let after = find(&requests(&records), "select 'after'");
+    assert_eq!(after.len(), 3, "{s}");
+    assert!(after.iter().all(|r| r["rows"] == 1));
     let unmatched = s["unmatched"].as_u64().unwrap();
     assert!(
         reqs.len() as u64 + unmatched <= 20,

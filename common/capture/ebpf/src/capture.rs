@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use pgbpf_capture_ebpf::{CAPTURE_MAX, CAPTURE_MAX_VECTORED, DIR_READ, DIR_WRITE, counter};
+use pgbpf_capture_ebpf::{CAPTURE_MAX_BUF, CAPTURE_MAX_VECTORED, DIR_READ, DIR_WRITE, counter};
 use pgbpf_common_ebpf::{
     atomic_add,
     counters::{add, bump},
@@ -114,7 +114,7 @@ fn capture(id: u64, tgid: u32, moved: u64, op: u8, dir: u8, [fd, ptr, count]: [u
     };
     let want = moved.min(CAPTURE_LIMIT.load() as u64);
     let sent = match op {
-        OP_BUF => send_buffer(&m, ptr, want.min(CAPTURE_MAX as u64)),
+        OP_BUF => send_buffer(&m, ptr, want.min(CAPTURE_MAX_BUF as u64)),
         OP_IOV => send_vectored(&m, ptr, count, want.min(CAPTURE_MAX_VECTORED as u64)),
         OP_MSG => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use pgbpf_capture_ebpf::{
-    ADDR_BYTES, CAPTURE_MAX, CAPTURE_MAX_VECTORED, HEADER_BYTES, KIND_DATA, KIND_OPEN, MAX_IOVECS,
-    RecordHeader, Scratch, SockInfo, SockKey, counter,
+    ADDR_BYTES, CAPTURE_MAX, CAPTURE_MAX_BUF, CAPTURE_MAX_VECTORED, HEADER_BYTES, KIND_DATA,
+    KIND_OPEN, MAX_IOVECS, RecordHeader, Scratch, SockInfo, SockKey, counter,
 };
 use pgbpf_common_ebpf::{counters::bump, ring};
 
@@ -106,7 +106,7 @@ pub struct Moved<'a> {
     pub len: u64,
 }
 
-/// Sends a DATA record with the first `n` (<= CAPTURE_MAX) bytes at `buf` (user memory), read
+/// Sends a DATA record with the first `n` (<= CAPTURE_MAX_BUF) bytes at `buf` (user memory), read
 /// straight into a ring buffer reservation of the smallest size class that holds them: no
 /// per-CPU scratch copy, no second copy into the ring. Returns the bytes captured, or None
 /// when the ring is full.
@@ -120,8 +120,10 @@ pub fn send_buffer(m: &Moved, buf: u64, n: u64) -> Option<u64> {
         send_sized::<1024>(m, buf, n)
     } else if n <= 4096 {
         send_sized::<4096>(m, buf, n)
-    } else {
+    } else if n <= CAPTURE_MAX as u64 {
         send_sized::<CAPTURE_MAX>(m, buf, n)
+    } else {
+        send_sized::<CAPTURE_MAX_BUF>(m, buf, n)
     }
 }
 

@@ -3,8 +3,12 @@
 //! (PostgreSQL, Redis), and the records sent through the ring buffer.
 #![no_std]
 
-/// Most payload bytes one record can carry (read/write/recvfrom/sendto).
+/// Most payload bytes a record assembled in the per-CPU scratch buffer carries.
 pub const CAPTURE_MAX: usize = 16384;
+/// Most payload bytes of a plain read or write (read/write/recvfrom/sendto), copied straight
+/// into a ring buffer reservation: Redis reads pipelined commands some 20 KiB at a time and
+/// writes batched replies in up to 64 KiB.
+pub const CAPTURE_MAX_BUF: usize = 65536;
 /// Most payload bytes of a vectored call (readv/writev/recvmsg/sendmsg): each iovec is
 /// copied at a variable offset, which the verifier bounds by half the scratch buffer.
 pub const CAPTURE_MAX_VECTORED: usize = 8192;

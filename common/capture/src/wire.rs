@@ -1,0 +1,252 @@
+//! The life of a wire-protocol tool over the capture, one piece for every protocol: records
+//! from the ring buffer (or a `--read` file) into the tool's decoder, the events it completes
+//! into its report, every record into the `--record` file with its secrets overwritten, and
+//! the end: connections of exited processes closed, the file ended with the kernel's
+//! counters, the final report. A tool supplies a [`Wire`]: its decoder and its reporter.
+
+use std::{
+    fs::File,
+    io::{self, BufReader, BufWriter},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use pgbpf_common::{
+    output::{self, Output},
+    records::Scope,
+    runtime::{Attached, Trace},
+};
+
+use crate::{Capture, Protocol, Reader, Record, Writer};
+
+/// A protocol's decoder and report, as the capture drives them.
+pub trait Wire {
+    type Event;
+    /// Decodes one record; appends what it completed to `out`.
+    fn feed(&mut self, r: &Record, out: &mut Vec<Self::Event>);
+    /// Byte ranges of the payload of the record fed last that hold secrets (passwords): the
+    /// capture file gets them overwritten.
+    fn secrets(&self) -> &[(usize, usize)] {
+        &[]
+    }
+    /// Ends every connection still open.
+    fn finish(&mut self, out: &mut Vec<Self::Event>);
+    /// Ends the connections of processes gone at `sampled_ns` (not `alive` then); returns
+    /// their (tgid, fd).
+    fn close_exited(
+        &mut self,
+        sampled_ns: u64,
+        alive: &dyn Fn(u32) -> bool,
+        out: &mut Vec<Self::Event>,
+    ) -> Vec<(u32, u32)>;
+    /// Connections the kernel should stop copying (encrypted ones): (tgid, fd).
+    fn stop_capturing(&mut self) -> Vec<(u32, u32)> {
+        vec![]
+    }
+    /// Reports one event (a line, a record, or a count for the summary).
+    fn event(&mut self, out: &mut Output, e: &Self::Event) -> io::Result<()>;
+    /// The report of an interval or of the whole trace; `kernel`: the kernel's counters.
+    fn report(&mut self, out: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()>;
+    /// The kernel's counters a capture file carried (`--read`).
+    fn kernel_counters(&self) -> Option<&[u64]>;
+}
+
+/// Decoding, reporting and recording, shared by the live loop's steps.
+struct Sink<W: Wire> {
+    wire: W,
+    recorder: Option<Writer<BufWriter<File>>>,
+    events: Vec<W::Event>,
+    /// A record's copy with its secrets overwritten (memory reused).
+    scrubbed: Record,
+}
+
+impl<W: Wire> Sink<W> {
+    /// Decodes and reports `r` (without an output, stdout closed: decoded only, for the
+    /// secrets), then records it.
+    fn feed(&mut self, out: Option<&mut Output>, r: &Record) -> anyhow::Result<()> {
+        self.wire.feed(r, &mut self.events);
+        match out {
+            Some(out) => self.report_events(out)?,
+            None => self.events.clear(),
+        }
+        if let Some(w) = &mut self.recorder {
+            let secrets = self.wire.secrets();
+            let r = if secrets.is_empty() {
+                r
+            } else {
+                self.scrubbed.clone_from(r);
+                for &(from, to) in secrets {
+                    if let Some(bytes) = self.scrubbed.payload.get_mut(from..to) {
+                        bytes.fill(b'*');
+                    }
+                }
+                &self.scrubbed
+            };
+            w.write(r).context("writing the capture file")?;
+        }
+        Ok(())
+    }
+
+    fn report_events(&mut self, out: &mut Output) -> io::Result<()> {
+        for e in self.events.drain(..) {
+            self.wire.event(out, &e)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the capture file (with `--record`): the kernel's counters, then the file flushed.
+    fn finish_recording(&mut self, kernel: &[u64]) -> anyhow::Result<()> {
+        if let Some(w) = self.recorder.take() {
+            w.finish_with_counters(kernel)
+                .context("writing the capture file")?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts tracing: the capture is attached; the connections open now go to the decoder (and
+/// the file `record`, when given) first. `make` builds the decoder from the wall-clock offset
+/// of the records' times (the one the file is written with).
+pub fn attach<'a, W: Wire + 'a>(
+    capture: Capture,
+    make: impl FnOnce(i64) -> W,
+    record: Option<&Path>,
+    out: &mut Output,
+) -> anyhow::Result<Attached<'a>> {
+    let wall = output::wall_offset_ns();
+    let wire = make(wall);
+    let recorder = match record {
+        Some(path) => Some(Writer::new(
+            BufWriter::new(
+                File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            ),
+            capture.protocol,
+            wall,
+        )?),
+        None => None,
+    };
+    let mut sink = Sink {
+        wire,
+        recorder,
+        events: vec![],
+        scrubbed: Record::default(),
+    };
+    for r in &capture.existing {
+        sink.feed(Some(out), r)?;
+    }
+    Ok(Attached {
+        what: capture.what(),
+        details: capture.details(),
+        started: capture.started(),
+        watch: capture.target.roots(),
+        trace: Box::new(WireTrace { capture, sink }),
+    })
+}
+
+/// Every read and write of a traced connection is a ring buffer record.
+struct WireTrace<W: Wire> {
+    capture: Capture,
+    sink: Sink<W>,
+}
+
+impl<W: Wire> Trace for WireTrace<W> {
+    fn wait(&mut self, timeout: Duration) {
+        self.capture.wait(timeout);
+    }
+
+    fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        // Processes gone before this drain have sent all they will send.
+        let alive_before = self.capture.prune_due();
+        let sink = &mut self.sink;
+        self.capture.drain(|r| sink.feed(Some(out), r))?;
+        let stop = sink.wire.stop_capturing();
+        self.capture.forget(&stop)?;
+        if let Some((sampled_ns, alive)) = alive_before {
+            let gone =
+                sink.wire
+                    .close_exited(sampled_ns, &|pid| alive.contains(&pid), &mut sink.events);
+            sink.report_events(out)?;
+            self.capture.forget(&gone)?;
+        }
+        Ok(())
+    }
+
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let kernel = self.capture.counters()?;
+        Ok(self.sink.wire.report(out, Scope::Interval, &kernel)?)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let kernel = self.capture.counters()?;
+        let sink = &mut self.sink;
+        sink.wire.finish(&mut sink.events);
+        sink.report_events(out)?;
+        sink.finish_recording(&kernel)?;
+        Ok(sink.wire.report(out, Scope::Total, &kernel)?)
+    }
+
+    /// stdout is gone: what the kernel still holds goes to the capture file, which is then
+    /// ended as at a normal finish (readable to its end, with the counters).
+    fn output_gone(&mut self) -> anyhow::Result<()> {
+        if self.sink.recorder.is_none() {
+            return Ok(());
+        }
+        let sink = &mut self.sink;
+        self.capture.drain(|r| sink.feed(None, r))?;
+        let kernel = self.capture.counters()?;
+        self.sink.finish_recording(&kernel)
+    }
+}
+
+/// `--read FILE`: decodes a capture written by `--record` with the same decoder and report as
+/// live tracing; no root, no kernel. A cut or corrupt file is reported after everything
+/// before the damage has been decoded and printed.
+/// `make` builds the decoder from the file's wall-clock offset (to print record times).
+pub fn read<W: Wire>(
+    protocol: &Protocol,
+    path: &Path,
+    make: impl FnOnce(i64) -> W,
+    out: &mut Output,
+) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = Reader::new(BufReader::new(file), protocol)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut wire = make(reader.wall_offset_ns);
+    let mut events = vec![];
+    let damage = loop {
+        match reader.next_record() {
+            Ok(Some(r)) => {
+                wire.feed(&r, &mut events);
+                for e in events.drain(..) {
+                    wire.event(out, &e)?;
+                }
+            }
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    wire.finish(&mut events);
+    for e in events.drain(..) {
+        wire.event(out, &e)?;
+    }
+    let kernel = wire.kernel_counters().unwrap_or_default().to_vec();
+    wire.report(out, Scope::Total, &kernel)?;
+    if damage.is_none() && wire.kernel_counters().is_none() {
+        // A capture ends with the kernel's counters; without them its losses are unknown.
+        eprintln!(
+            "{}: note: {} ends without the kernel's counters (the trace that wrote it did not \
+             finish): losses in the kernel are unknown, shown as 0",
+            protocol.tool,
+            path.display()
+        );
+    }
+    match damage {
+        None => Ok(()),
+        Some(e) => Err(e.context(format!(
+            "{}: decoded the {} records before the damage",
+            path.display(),
+            reader.count
+        ))),
+    }
+}

@@ -1,0 +1,4 @@
+//! redis_trace's binary: everything is in the library (src/lib.rs).
+fn main() -> std::process::ExitCode {
+    pgbpf_common::runtime::main::<redis_trace::Args>()
+}
