@@ -16,9 +16,10 @@ use pgbpf_common::{
     output::{self, Output},
     records::Scope,
     runtime::{Attached, Trace},
+    target::TargetArgs,
 };
 
-use crate::{Capture, Protocol, Reader, Record, Writer};
+use crate::{Capture, Protocol, Reader, Record, Writer, cli::CaptureArgs};
 
 /// A protocol's decoder and report, as the capture drives them.
 pub trait Wire {
@@ -102,6 +103,26 @@ impl<W: Wire> Sink<W> {
                 .context("writing the capture file")?;
         }
         Ok(())
+    }
+}
+
+/// A wire tool's start: decodes the capture file of `--read`, or attaches live (with
+/// `--record`). `make` builds the tool's decoder and report from the records' wall-clock
+/// offset.
+pub fn start<'a, W: Wire + 'a>(
+    protocol: &'static Protocol,
+    target: &TargetArgs,
+    capture: &CaptureArgs,
+    verbose: bool,
+    out: &mut Output,
+    make: impl FnOnce(i64) -> W,
+) -> anyhow::Result<Option<Attached<'a>>> {
+    match &capture.read {
+        Some(path) => read(protocol, path, make, out).map(|()| None),
+        None => {
+            let live = Capture::start(protocol, target, &capture.options(verbose))?;
+            attach(live, make, capture.record.as_deref(), out).map(Some)
+        }
     }
 }
 

@@ -65,14 +65,12 @@ pgbpf_common::tool!(Args, "pgwire_trace", start);
 
 /// Decodes the capture file of `--read`, or attaches.
 fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
-    match &args.capture.read {
-        Some(path) => pgbpf_capture::wire::read(
-            &pgbpf_capture::POSTGRES,
-            path,
-            |wall| trace::PgWire::new(args, wall),
-            out,
-        )
-        .map(|()| None),
-        None => trace::start(args, out).map(Some),
-    }
+    pgbpf_capture::wire::start(
+        &pgbpf_capture::POSTGRES,
+        &args.target,
+        &args.capture,
+        args.out.verbose,
+        out,
+        |wall| trace::PgWire::new(args, wall),
+    )
 }

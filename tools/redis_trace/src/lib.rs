@@ -68,14 +68,12 @@ pgbpf_common::tool!(Args, "redis_trace", start);
 
 /// Decodes the capture file of `--read`, or attaches.
 fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
-    match &args.capture.read {
-        Some(path) => pgbpf_capture::wire::read(
-            &pgbpf_capture::REDIS,
-            path,
-            |wall| trace::RedisWire::new(args, wall),
-            out,
-        )
-        .map(|()| None),
-        None => trace::start(args, out).map(Some),
-    }
+    pgbpf_capture::wire::start(
+        &pgbpf_capture::REDIS,
+        &args.target,
+        &args.capture,
+        args.out.verbose,
+        out,
+        |wall| trace::RedisWire::new(args, wall),
+    )
 }

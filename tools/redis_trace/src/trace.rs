@@ -1,10 +1,10 @@
-//! Live tracing and `--read`: the shared capture (`pgbpf_capture`) of Redis connections, its
-//! records into the decoder, commands into the report, passwords out of the capture file.
+//! The decoder and report as the shared capture (`pgbpf_capture::wire`) drives them, live and
+//! with `--read`: Redis commands into the report, passwords out of the capture file.
 
 use std::io;
 
-use pgbpf_capture::{Capture, REDIS, Record, wire::Wire};
-use pgbpf_common::{output::Output, records::Scope, runtime::Attached};
+use pgbpf_capture::{Record, wire::Wire};
+use pgbpf_common::{output::Output, records::Scope};
 
 use crate::{
     Args,
@@ -64,15 +64,4 @@ impl Wire for RedisWire {
     fn kernel_counters(&self) -> Option<&[u64]> {
         self.decoder.kernel_counters()
     }
-}
-
-/// Attaches the capture, joins the connections open now.
-pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Attached<'a>> {
-    let capture = Capture::start(
-        &REDIS,
-        &args.target,
-        &args.capture.options(args.out.verbose),
-    )?;
-    let wire = |wall| RedisWire::new(args, wall);
-    pgbpf_capture::wire::attach(capture, wire, args.capture.record.as_deref(), out)
 }
