@@ -6,6 +6,7 @@
 mod measure;
 mod report;
 mod scenario;
+mod server;
 
 use std::{path::PathBuf, process::ExitCode};
 

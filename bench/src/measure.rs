@@ -9,9 +9,9 @@ use std::{
 use aya::programs::loaded_programs;
 
 use anyhow::{Context as _, anyhow, bail};
-use pgbpf_testkit::{postgres::Postgres, tool::Traced};
+use pgbpf_testkit::{postgres::Postgres, redis::Redis, tool::Traced};
 
-use crate::{Args, report, scenario};
+use crate::{Args, report, scenario, server::Server};
 
 /// What runs beside pgbench.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,16 +87,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     which("bpftrace")?;
 
-    eprintln!(
-        "starting PostgreSQL and loading pgbench scale {}...",
-        scenario.scale
-    );
-    let pg = Postgres::start_with(&(scenario.pg)())?;
-    pg.pgbench(&["-i", "-s", &scenario.scale.to_string(), "-q"])?;
+    let pg = if scenario.redis {
+        eprintln!("starting redis-server...");
+        Server::Redis(Redis::start()?)
+    } else {
+        eprintln!(
+            "starting PostgreSQL and loading pgbench scale {}...",
+            scenario.scale
+        );
+        let pg = Postgres::start_with(&(scenario.pg)())?;
+        pg.pgbench(&["-i", "-s", &scenario.scale.to_string(), "-q"])?;
+        Server::Postgres(pg)
+    };
     let tool_args = (scenario.tool_args)(&pg)?;
     let script = tempfile_with((scenario.bpftrace)(&pg)?)?;
     eprintln!("warming up...");
-    pgbench_tps(&pg, args, scenario.workload, 5)?;
+    pg.load(args, scenario.workload, 5)?;
 
     let mut samples = vec![Samples::default(); variants.len()];
     for rep in 0..args.reps as usize {
@@ -142,7 +148,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     let extra = match scenario.extra {
-        Some(f) => f(&pg, args, &tool_bin)?,
+        Some(f) => f(&pg, args, &tool_bin, scenario)?,
         None => String::new(),
     };
     let results = report::Results::new(scenario, args, variants, samples, extra);
@@ -184,7 +190,7 @@ struct Bins<'a> {
 }
 
 fn run_variant(
-    pg: &Postgres,
+    pg: &Server,
     args: &Args,
     scenario: &scenario::Scenario,
     bins: &Bins,
@@ -212,7 +218,7 @@ fn run_variant(
     };
     let cpu_before = tracer.as_ref().and_then(|t| cpu_seconds(t.pid()));
     let ran_from = Instant::now();
-    let tps = pgbench_tps(pg, args, scenario.workload, args.seconds)?;
+    let tps = pg.load(args, scenario.workload, args.seconds)?;
     let Some(t) = tracer else {
         return Ok(Run { tps, tracer: None });
     };
@@ -291,25 +297,6 @@ fn events_per_second(records: &[serde_json::Value], field: &str) -> anyhow::Resu
     Ok(events / secs)
 }
 
-fn pgbench_tps(pg: &Postgres, args: &Args, workload: &str, seconds: u64) -> anyhow::Result<f64> {
-    let c = args.clients.to_string();
-    let out = pg.pgbench(&[
-        workload,
-        "-n",
-        "-c",
-        &c,
-        "-j",
-        &c,
-        "-T",
-        &seconds.to_string(),
-    ])?;
-    out.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no tps line in pgbench output:\n{out}"))
-}
-
 fn which(bin: &str) -> anyhow::Result<()> {
     let ok = Command::new("sh")
         .arg("-c")
@@ -336,24 +323,21 @@ fn tempfile_with(text: String) -> anyhow::Result<tempfile::NamedTempFile> {
 
 /// pgwire_trace only: records a capture under the same load, then times `--read` of it.
 pub fn decoder_throughput(
-    pg: &Postgres,
+    server: &Server,
     args: &Args,
     tool_bin: &std::path::Path,
+    scenario: &scenario::Scenario,
 ) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("bench.pgw");
     let tracer = Traced::start_until(
         Command::new(tool_bin)
-            .args([
-                "-p",
-                &pg.postmaster_pid()?.to_string(),
-                "--summary",
-                "--record",
-            ])
+            .args((scenario.tool_args)(server)?)
+            .arg("--record")
             .arg(&file),
         pgbpf_testkit::tool::ATTACHED,
     )?;
-    pgbench_tps(pg, args, "-S", args.seconds)?;
+    server.load(args, scenario.workload, args.seconds)?;
     tracer.stop()?;
     let bytes = std::fs::metadata(&file)?.len();
     let mut secs = vec![];
@@ -372,9 +356,10 @@ pub fn decoder_throughput(
     let mb = bytes as f64 / 1e6;
     eprintln!("decoder: {mb:.1} MB in {s:.2} s");
     Ok(format!(
-        "Decoder throughput: `pgwire_trace --read --summary` of a {mb:.1} MB capture recorded \
-         under the same load takes a median of {s:.2} s over 3 runs: {:.0} MB/s (records, \
-         framing, decoding, pairing, normalization and aggregation, one core).\n\n",
+        "Decoder throughput: `{} --read --summary` of a {mb:.1} MB capture recorded under the \
+         same load takes a median of {s:.2} s over 3 runs: {:.0} MB/s (records, framing, \
+         decoding, pairing and aggregation, one core).\n\n",
+        scenario.tool,
         mb / s
     ))
 }

@@ -117,7 +117,7 @@ impl Results {
     /// The table printed at the end of a run.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "\n{}: pgbench {}, {} clients, {} x {} s each\n",
+            "\n{}: load {}, {} clients, {} x {} s each\n",
             self.tool, self.workload, self.clients, self.reps, self.seconds
         );
         for r in self.rows() {

@@ -1,36 +1,40 @@
 //! What each tool is benchmarked under: the PostgreSQL set-up that makes its hooks fire, the
 //! tool's arguments and the equivalent bpftrace script.
 
-use pgbpf_testkit::{
-    container::ContainerSpec,
-    postgres::{PgOptions, Postgres},
-};
+use pgbpf_testkit::{container::ContainerSpec, postgres::PgOptions};
+
+use crate::server::Server;
 
 /// A measurement of a scenario's own after the repetitions: markdown for its section.
-pub type ExtraMeasurement = fn(&Postgres, &crate::Args, &std::path::Path) -> anyhow::Result<String>;
+pub type ExtraMeasurement =
+    fn(&Server, &crate::Args, &std::path::Path, &Scenario) -> anyhow::Result<String>;
 
 /// One benchmark scenario.
 pub struct Scenario {
     pub tool: &'static str,
     /// Said in docs/PERFORMANCE.md: what load and why.
     pub description: &'static str,
+    /// The server is a redis-server (under redis-benchmark), not PostgreSQL.
+    pub redis: bool,
     pub pg: fn() -> PgOptions,
     /// pgbench -i scale.
     pub scale: u32,
-    /// The measured load: pgbench's script option (-S select-only, -N simple-update, ...).
+    /// The measured load: pgbench's script option (-S select-only, -N simple-update, ...), or
+    /// redis-benchmark's arguments.
     pub workload: &'static str,
     /// Field of the tool's `--json` summary that counts the events it handled.
     pub events_field: &'static str,
-    /// The tool's arguments for a running cluster.
-    pub tool_args: fn(&Postgres) -> anyhow::Result<Vec<String>>,
-    /// The bpftrace script, with placeholders filled in for a running cluster.
-    pub bpftrace: fn(&Postgres) -> anyhow::Result<String>,
+    /// The tool's arguments for a running server.
+    pub tool_args: fn(&Server) -> anyhow::Result<Vec<String>>,
+    /// The bpftrace script, with placeholders filled in for a running server.
+    pub bpftrace: fn(&Server) -> anyhow::Result<String>,
     /// A measurement of its own after the repetitions (markdown for the section).
     pub extra: Option<ExtraMeasurement>,
 }
 
-fn container_cgroup(pg: &Postgres) -> anyhow::Result<(String, String)> {
-    let c = pg
+fn container_cgroup(server: &Server) -> anyhow::Result<(String, String)> {
+    let c = server
+        .pg()?
         .container
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("scenario needs a container"))?;
@@ -45,6 +49,7 @@ fn container_cgroup(pg: &Postgres) -> anyhow::Result<(String, String)> {
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
+        redis: false,
         tool: "page_reclaim",
         description: "PostgreSQL in a podman container limited to 160 MB, pgbench scale 20 (about \
                   300 MB): every pgbench -S read that misses the page cache makes the container \
@@ -60,9 +65,9 @@ pub const SCENARIOS: &[Scenario] = &[
         scale: 20,
         workload: "-S",
         events_field: "episodes",
-        tool_args: |pg| Ok(vec!["--cgroup".into(), container_cgroup(pg)?.0]),
-        bpftrace: |pg| {
-            let (path, dir) = container_cgroup(pg)?;
+        tool_args: |s| Ok(vec!["--cgroup".into(), container_cgroup(s)?.0]),
+        bpftrace: |s| {
+            let (path, dir) = container_cgroup(s)?;
             Ok(include_str!("../bpftrace/page_reclaim.bt")
                 .replace("@CGROUP_DIR@", &dir)
                 .replace("@CGROUP@", &path))
@@ -70,6 +75,7 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        redis: false,
         tool: "query_latency",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): every \
                   statement fires query__start and query__done (and PortalRun's \
@@ -80,8 +86,12 @@ pub const SCENARIOS: &[Scenario] = &[
         scale: 10,
         workload: "-S",
         events_field: "calls",
-        tool_args: |pg| Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()]),
-        bpftrace: |pg| {
+        tool_args: |s| {
+            let pg = s.pg()?;
+            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
+        },
+        bpftrace: |s| {
+            let pg = s.pg()?;
             Ok(include_str!("../bpftrace/query_latency.bt").replace(
                 "@POSTGRES@",
                 &pg.bin_dir.join("postgres").display().to_string(),
@@ -90,6 +100,7 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        redis: false,
         tool: "pgwire_trace",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol, one \
                   Query and one response per transaction, over the Unix socket): pgwire_trace -p \
@@ -100,7 +111,8 @@ pub const SCENARIOS: &[Scenario] = &[
         scale: 10,
         workload: "-S",
         events_field: "requests",
-        tool_args: |pg| {
+        tool_args: |s| {
+            let pg = s.pg()?;
             Ok(vec![
                 "-p".into(),
                 pg.postmaster_pid()?.to_string(),
@@ -111,6 +123,7 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: Some(crate::measure::decoder_throughput),
     },
     Scenario {
+        redis: false,
         tool: "shmem",
         description: "PostgreSQL on the host with force_parallel_mode = on and parallel costs 0, \
                   pgbench scale 10, pgbench -S: every SELECT runs under a Gather, so every \
@@ -133,8 +146,12 @@ pub const SCENARIOS: &[Scenario] = &[
         scale: 10,
         workload: "-S",
         events_field: "events",
-        tool_args: |pg| Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()]),
-        bpftrace: |pg| {
+        tool_args: |s| {
+            let pg = s.pg()?;
+            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
+        },
+        bpftrace: |s| {
+            let pg = s.pg()?;
             Ok(include_str!("../bpftrace/shmem.bt").replace(
                 "@POSTGRES@",
                 &pg.bin_dir.join("postgres").display().to_string(),
@@ -143,6 +160,7 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        redis: false,
         tool: "llcache_per_query",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
                   llcache_per_query -p POSTMASTER -e cpu-clock takes a cpu-clock sample every ms \
@@ -156,7 +174,8 @@ pub const SCENARIOS: &[Scenario] = &[
         scale: 10,
         workload: "-S",
         events_field: "samples",
-        tool_args: |pg| {
+        tool_args: |s| {
+            let pg = s.pg()?;
             Ok(vec![
                 "-p".into(),
                 pg.postmaster_pid()?.to_string(),
@@ -164,7 +183,8 @@ pub const SCENARIOS: &[Scenario] = &[
                 "cpu-clock".into(),
             ])
         },
-        bpftrace: |pg| {
+        bpftrace: |s| {
+            let pg = s.pg()?;
             Ok(include_str!("../bpftrace/llcache_per_query.bt").replace(
                 "@POSTGRES@",
                 &pg.bin_dir.join("postgres").display().to_string(),
@@ -173,6 +193,7 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        redis: false,
         tool: "io_timeouts",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -N (simple-update: an \
                   UPDATE, a SELECT and an INSERT per transaction, fsync on: each commit a WAL write and flush): \
@@ -188,7 +209,8 @@ pub const SCENARIOS: &[Scenario] = &[
         scale: 10,
         workload: "-N",
         events_field: "events",
-        tool_args: |pg| {
+        tool_args: |s| {
+            let pg = s.pg()?;
             Ok(vec![
                 "-p".into(),
                 pg.postmaster_pid()?.to_string(),
@@ -197,6 +219,29 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         bpftrace: |_| Ok(include_str!("../bpftrace/io_timeouts.bt").to_string()),
         extra: None,
+    },
+    Scenario {
+        redis: true,
+        tool: "redis_trace",
+        description: "redis-server on the host, redis-benchmark -t set,get with 2 clients, no \
+                  pipelining (one request and one reply per round trip over TCP): redis_trace -p \
+                  PID --summary copies every command and reply to userspace and decodes it; the \
+                  bpftrace script copies the first 64 bytes of every read and write of \
+                  redis-server to userspace (printf) without decoding. Rates are requests per \
+                  second (the tps column).",
+        pg: PgOptions::default,
+        scale: 0,
+        workload: "-t set,get -P 1",
+        events_field: "commands",
+        tool_args: |s| {
+            Ok(vec![
+                "-p".into(),
+                s.redis()?.pid().to_string(),
+                "--summary".into(),
+            ])
+        },
+        bpftrace: |_| Ok(include_str!("../bpftrace/redis_trace.bt").to_string()),
+        extra: Some(crate::measure::decoder_throughput),
     },
 ];
 
