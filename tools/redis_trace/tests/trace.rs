@@ -469,7 +469,7 @@ fn record_then_read_gives_the_same_report() {
         )
     };
     assert_eq!(counts(summary(&offline)), counts(summary(&live)));
-    // A PostgreSQL capture is refused by name.
+    // Something that is no capture is refused (a PostgreSQL capture: common/capture unit tests).
     let e = run_tool(BIN, &["--read", "/dev/null"]);
     assert!(!e.status.success());
 }
