@@ -9,7 +9,12 @@ use crate::{
 };
 
 pub struct Results {
+    /// The scenario: its section and command line.
+    name: &'static str,
+    /// The binary measured.
     tool: &'static str,
+    /// A Redis scenario: rates are requests, and the added latency per request is told.
+    redis: bool,
     description: &'static str,
     events: &'static str,
     reps: u32,
@@ -56,7 +61,9 @@ impl Results {
         extra: String,
     ) -> Results {
         Results {
+            name: s.name,
             tool: s.tool,
+            redis: s.redis,
             description: s.description,
             events: s.events_field,
             reps: args.reps,
@@ -114,11 +121,18 @@ impl Results {
             .collect()
     }
 
+    /// For a Redis scenario: how much longer each client waited per request with the tool.
+    fn added_latency_us(&self) -> Option<f64> {
+        let (untraced, traced) = (median(&self.samples[0].tps), median(&self.samples[1].tps));
+        (self.redis && untraced > 0.0 && traced > 0.0)
+            .then(|| f64::from(self.clients) * (1.0 / traced - 1.0 / untraced) * 1e6)
+    }
+
     /// The table printed at the end of a run.
     pub fn summary(&self) -> String {
         let mut out = format!(
             "\n{}: load {}, {} clients, {} x {} s each\n",
-            self.tool, self.workload, self.clients, self.reps, self.seconds
+            self.name, self.workload, self.clients, self.reps, self.seconds
         );
         for r in self.rows() {
             out.push_str(&format!(
@@ -132,16 +146,19 @@ impl Results {
             median(&self.samples[1].events_per_s),
             self.events
         ));
+        if let Some(added) = self.added_latency_us() {
+            out.push_str(&format!("  added latency per request {added:.2} µs\n"));
+        }
         out
     }
 
     fn section(&self) -> String {
         let machine = machine();
-        let mut s = format!("<!-- bench:{t} -->\n## {t}\n\n", t = self.tool);
+        let mut s = format!("<!-- bench:{t} -->\n## {t}\n\n", t = self.name);
         s.push_str(&format!(
             "Measured {} on {machine} with `pgbpf-bench {} --reps {} --seconds {} --clients {}{}`.\n\n{}\n\n",
             today(),
-            self.tool,
+            self.name,
             self.reps,
             self.seconds,
             self.clients,
@@ -171,21 +188,28 @@ impl Results {
                 self.tool
             ));
         }
+        if let Some(added) = self.added_latency_us() {
+            s.push_str(&format!(
+                "Added latency per request: {added:.2} µs (clients × (1 / traced rate − 1 / \
+                 untraced rate), medians: the time each client waited longer per request; the seed's \
+                 article puts its tracer's at about 17 µs).\n\n"
+            ));
+        }
         s.push_str(&self.extra);
         s.push_str("| variant | median TPS | ratio to no tracing | startup to attached (ms) | peak RSS (MiB) | tracer CPU (% of one core) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in self.rows() {
             s.push_str(&format!("| {} |\n", r.join(" | ")));
         }
-        s.push_str(&format!("<!-- /bench:{} -->\n", self.tool));
+        s.push_str(&format!("<!-- /bench:{} -->\n", self.name));
         s
     }
 
     /// Replaces this tool's section of `path` (creating the file with the method if needed).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let old = std::fs::read_to_string(path).unwrap_or_else(|_| METHOD.to_string());
-        let start = format!("<!-- bench:{} -->", self.tool);
-        let end = format!("<!-- /bench:{} -->\n", self.tool);
+        let start = format!("<!-- bench:{} -->", self.name);
+        let end = format!("<!-- /bench:{} -->\n", self.name);
         let new = match (old.find(&start), old.find(&end)) {
             (Some(a), Some(b)) if b > a => {
                 format!("{}{}{}", &old[..a], self.section(), &old[b + end.len()..])

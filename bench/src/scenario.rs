@@ -11,6 +11,10 @@ pub type ExtraMeasurement =
 
 /// One benchmark scenario.
 pub struct Scenario {
+    /// What `pgbpf-bench NAME` runs and its section in docs/PERFORMANCE.md: the tool's name,
+    /// or the tool's name and what sets the scenario apart.
+    pub name: &'static str,
+    /// The binary measured.
     pub tool: &'static str,
     /// Said in docs/PERFORMANCE.md: what load and why.
     pub description: &'static str,
@@ -50,6 +54,7 @@ fn container_cgroup(server: &Server) -> anyhow::Result<(String, String)> {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         redis: false,
+        name: "page_reclaim",
         tool: "page_reclaim",
         description: "PostgreSQL in a podman container limited to 160 MB, pgbench scale 20 (about \
                   300 MB): every pgbench -S read that misses the page cache makes the container \
@@ -76,6 +81,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         redis: false,
+        name: "query_latency",
         tool: "query_latency",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): every \
                   statement fires query__start and query__done (and PortalRun's \
@@ -101,6 +107,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         redis: false,
+        name: "pgwire_trace",
         tool: "pgwire_trace",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol, one \
                   Query and one response per transaction, over the Unix socket): pgwire_trace -p \
@@ -124,6 +131,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         redis: false,
+        name: "shmem",
         tool: "shmem",
         description: "PostgreSQL on the host with force_parallel_mode = on and parallel costs 0, \
                   pgbench scale 10, pgbench -S: every SELECT runs under a Gather, so every \
@@ -161,6 +169,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         redis: false,
+        name: "llcache_per_query",
         tool: "llcache_per_query",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
                   llcache_per_query -p POSTMASTER -e cpu-clock takes a cpu-clock sample every ms \
@@ -194,6 +203,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         redis: false,
+        name: "io_timeouts",
         tool: "io_timeouts",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -N (simple-update: an \
                   UPDATE, a SELECT and an INSERT per transaction, fsync on: each commit a WAL write and flush): \
@@ -222,6 +232,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         redis: true,
+        name: "redis_trace",
         tool: "redis_trace",
         description: "redis-server on the host, redis-benchmark -t set,get with 2 clients, no \
                   pipelining (one request and one reply per round trip over TCP): redis_trace -p \
@@ -233,22 +244,42 @@ pub const SCENARIOS: &[Scenario] = &[
         scale: 0,
         workload: "-t set,get -P 1",
         events_field: "commands",
-        tool_args: |s| {
-            Ok(vec![
-                "-p".into(),
-                s.redis()?.pid().to_string(),
-                "--summary".into(),
-            ])
-        },
+        tool_args: redis_summary_args,
+        bpftrace: |_| Ok(include_str!("../bpftrace/redis_trace.bt").to_string()),
+        extra: Some(crate::measure::decoder_throughput),
+    },
+    Scenario {
+        redis: true,
+        name: "redis_trace_pipelined",
+        tool: "redis_trace",
+        description: "As redis_trace, with 16 requests pipelined per round trip \
+                  (redis-benchmark -P 16): a read carries 16 commands and a write their 16 \
+                  replies, so the rate is ten times higher and the cost is mostly the decoding \
+                  in userspace, which competes with redis-server and redis-benchmark for this \
+                  machine's two cores.",
+        pg: PgOptions::default,
+        scale: 0,
+        workload: "-t set,get -P 16",
+        events_field: "commands",
+        tool_args: redis_summary_args,
         bpftrace: |_| Ok(include_str!("../bpftrace/redis_trace.bt").to_string()),
         extra: Some(crate::measure::decoder_throughput),
     },
 ];
 
 pub fn names() -> Vec<&'static str> {
-    SCENARIOS.iter().map(|s| s.tool).collect()
+    SCENARIOS.iter().map(|s| s.name).collect()
 }
 
 pub fn find(tool: &str) -> Option<&'static Scenario> {
-    SCENARIOS.iter().find(|s| s.tool == tool)
+    SCENARIOS.iter().find(|s| s.name == tool)
+}
+
+/// `redis_trace -p PID --summary` for the bench's redis-server.
+fn redis_summary_args(s: &Server) -> anyhow::Result<Vec<String>> {
+    Ok(vec![
+        "-p".into(),
+        s.redis()?.pid().to_string(),
+        "--summary".into(),
+    ])
 }

@@ -1,17 +1,35 @@
 //! Latencies of one group (a statement, a backend): calls, total, max and percentiles from a
-//! log-linear histogram (1 % wide buckets), so memory stays bounded however many calls.
+//! log-linear histogram (buckets under 1 % wide), so memory stays bounded however many calls.
 
-use std::collections::BTreeMap;
+use foldhash::HashMap;
 
-/// Width of a percentile bucket: values within 1 % share one.
-const GROWTH: f64 = 1.01;
+/// Sub-buckets per power of two: values within 1/128 (0.8 %) of each other share a bucket.
+const SUB_BITS: u32 = 7;
+const SUB: u64 = 1 << SUB_BITS;
 
+/// The bucket of a value: exact below 128 ns, then 128 buckets per power of two, found from
+/// the leading bit and the 7 bits after it (integer only: a logarithm per call showed in
+/// redis_trace's profile at half a million commands a second).
 fn bucket(ns: u64) -> u32 {
-    ((ns as f64 + 1.0).ln() / GROWTH.ln()) as u32
+    let v = ns.saturating_add(1);
+    let e = 63 - v.leading_zeros();
+    if e < SUB_BITS {
+        return v as u32;
+    }
+    let m = (v >> (e - SUB_BITS)) & (SUB - 1);
+    ((e - SUB_BITS + 1) as u64 * SUB + m) as u32
 }
 
+/// The middle of a bucket's values.
 fn bucket_value(b: u32) -> f64 {
-    GROWTH.powf(b as f64 + 0.5) - 1.0
+    let b = u64::from(b);
+    if b < SUB {
+        return b.saturating_sub(1) as f64;
+    }
+    let shift = b / SUB - 1;
+    let low = (SUB + b % SUB) << shift;
+    let width = 1u64 << shift;
+    low as f64 + (width as f64 - 1.0) / 2.0 - 1.0
 }
 
 /// Latencies of one statement.
@@ -21,7 +39,9 @@ pub struct Latencies {
     pub total_ns: u64,
     pub max_ns: u64,
     pub truncated: bool,
-    buckets: BTreeMap<u32, u64>,
+    /// Calls per bucket. Hashed rather than ordered: adding is what runs per call (a B-tree
+    /// search showed in profiles), sorting happens only when a percentile is asked for.
+    buckets: HashMap<u32, u64>,
 }
 
 impl Latencies {
@@ -50,12 +70,53 @@ impl Latencies {
         }
         let rank = ((p / 100.0) * self.calls as f64).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (&b, &n) in &self.buckets {
+        let mut sorted: Vec<(u32, u64)> = self.buckets.iter().map(|(&b, &n)| (b, n)).collect();
+        sorted.sort_unstable();
+        for (b, n) in sorted {
             seen += n;
             if seen >= rank {
                 return bucket_value(b).min(self.max_ns as f64);
             }
         }
         self.max_ns as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_ordered_and_narrow() {
+        let mut values: Vec<u64> = (0..5000)
+            .chain((13..64).flat_map(|s| [(1u64 << s) - 1, 1 << s, (1 << s) + 12345]))
+            .chain([u64::MAX])
+            .collect();
+        values.sort_unstable();
+        for w in values.windows(2) {
+            assert!(bucket(w[0]) <= bucket(w[1]), "{} before {}", w[0], w[1]);
+        }
+        for ns in values {
+            let mid = bucket_value(bucket(ns));
+            assert!(
+                (mid - ns as f64).abs() <= ns as f64 * 0.01 + 0.5,
+                "{ns} in bucket {} with middle {mid}",
+                bucket(ns)
+            );
+        }
+        assert_eq!(bucket_value(bucket(100)), 100.0);
+    }
+
+    #[test]
+    fn percentiles_within_one_percent() {
+        let mut l = Latencies::default();
+        for ns in 1..=10_000u64 {
+            l.add(ns * 1000);
+        }
+        for (p, want) in [(50.0, 5_000_000.0), (99.0, 9_900_000.0), (1.0, 100_000.0)] {
+            let got = l.percentile_ns(p);
+            assert!((got - want).abs() / want < 0.01, "p{p}: {got} vs {want}");
+        }
+        assert_eq!(l.percentile_ns(100.0), 10_000_000.0);
     }
 }

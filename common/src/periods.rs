@@ -56,6 +56,13 @@ impl<T: Default> Periods<T> {
         [&mut self.interval, &mut self.total]
     }
 
+    /// The periods reported: both with intervals, the run's alone without them (adding to an
+    /// interval nobody reports is wasted work per event).
+    pub fn each_reported(&mut self, intervals: bool) -> impl Iterator<Item = &mut T> {
+        let [interval, total] = self.each();
+        intervals.then_some(interval).into_iter().chain([total])
+    }
+
     /// The current interval's figures (e.g. to add to it alone).
     pub fn interval_mut(&mut self) -> &mut T {
         &mut self.interval

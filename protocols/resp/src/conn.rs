@@ -36,7 +36,8 @@ pub struct Reply {
     /// A blob's length or an aggregate's count (-1: RESP2 null).
     pub len: i64,
     pub null: bool,
-    pub error: Option<ErrorReply>,
+    /// Boxed: errors are rare, and replies are moved with every command.
+    pub error: Option<Box<ErrorReply>>,
 }
 
 /// How a command ended.
@@ -56,7 +57,9 @@ pub enum Outcome {
 /// A command and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completed {
-    pub command: Command,
+    /// Boxed: a command is moved from its parse to the queue of those waiting, to what the
+    /// decoder reports; one allocation costs less than copying it every time.
+    pub command: Box<Command>,
     pub outcome: Outcome,
     /// When the reply's last byte was read or written (the command's start when no reply).
     pub finished_ns: u64,
@@ -72,7 +75,7 @@ impl Completed {
     /// The reply's error, if it was one.
     pub fn error(&self) -> Option<&ErrorReply> {
         match &self.outcome {
-            Outcome::Reply(r) => r.error.as_ref(),
+            Outcome::Reply(r) => r.error.as_deref(),
             _ => None,
         }
     }
@@ -145,7 +148,7 @@ pub struct Counts {
 
 #[derive(Clone, Debug)]
 struct Pending {
-    command: Command,
+    command: Box<Command>,
     /// Queued in this transaction (or, for MULTI, EXEC and DISCARD, theirs).
     tx: Option<u64>,
     /// Subscription confirmations still to come.
@@ -177,6 +180,8 @@ pub struct Connection {
     counts: Counts,
     /// Framing failures while out of step (pieces of values cut by a gap): not counted.
     malformed_out_of_step: u64,
+    /// The commands of one client feed, kept for its memory.
+    parsed: Vec<Option<Box<Command>>>,
 }
 
 impl Connection {
@@ -199,6 +204,7 @@ impl Connection {
             last_side: None,
             counts: Counts::default(),
             malformed_out_of_step: 0,
+            parsed: Vec::new(),
         }
     }
 
@@ -242,15 +248,22 @@ impl Connection {
         if out_of_step {
             self.malformed_out_of_step += self.framer_malformed() - malformed;
         }
-        let frames: Vec<Option<Command>> =
-            self.requests.frames().map(|f| Command::parse(&f)).collect();
+        // Commands copy what they keep, so the framer can let go of its frames first; the
+        // list is reused from feed to feed.
+        let mut parsed = std::mem::take(&mut self.parsed);
+        parsed.extend(
+            self.requests
+                .frames()
+                .map(|f| Command::parse(&f).map(Box::new)),
+        );
         self.requests.consume();
-        for c in frames {
+        for c in parsed.drain(..) {
             match c {
                 Some(c) => self.sent(c, out),
                 None => self.counts.malformed += 1,
             }
         }
+        self.parsed = parsed;
         if self.requests.lost {
             self.fall_out_of_step();
         }
@@ -266,10 +279,13 @@ impl Connection {
             self.malformed_out_of_step += self.framer_malformed() - malformed;
         }
         // Frames borrow the framer: handle them one by one through an index.
-        let n = self.replies.frames().len();
-        for i in 0..n {
-            let frame = self.replies.frames().nth(i).expect("counted");
-            let reply = Answer::of(&frame);
+        for i in 0..self.replies.frame_count() {
+            // Only EXEC's reply needs its elements one by one.
+            let exec_next = self
+                .pending
+                .front()
+                .is_some_and(|p| p.command.effect == Effect::Exec);
+            let reply = Answer::of(&self.replies.frame(i), exec_next);
             self.answered(reply, out);
         }
         self.replies.consume();
@@ -305,7 +321,7 @@ impl Connection {
     }
 
     /// A command was sent: it waits for its reply, or ends now when none will come.
-    fn sent(&mut self, command: Command, out: &mut Vec<Event>) {
+    fn sent(&mut self, command: Box<Command>, out: &mut Vec<Event>) {
         if self.unsure {
             self.counts.unmatched += 1;
             return;
@@ -398,12 +414,11 @@ impl Connection {
             }
             return None;
         }
-        let word = a.first_word.as_slice();
         let k = if a.confirms.is_some() {
             PushKind::Subscription
-        } else if [&b"message"[..], b"pmessage", b"smessage"].contains(&word) {
+        } else if a.first_word == FirstWord::Message {
             PushKind::Message
-        } else if word == b"invalidate" {
+        } else if a.first_word == FirstWord::Invalidate {
             PushKind::Invalidate
         } else if a.reply.kind == kind::PUSH {
             PushKind::Other
@@ -542,23 +557,45 @@ impl Connection {
     }
 }
 
+/// What an aggregate's first element says about it (pub/sub and push kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstWord {
+    /// message, pmessage, smessage.
+    Message,
+    Invalidate,
+    Subscription(SubKind),
+    Other,
+}
+
+impl FirstWord {
+    fn of(word: &[u8]) -> FirstWord {
+        let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+        if is(b"message") || is(b"pmessage") || is(b"smessage") {
+            FirstWord::Message
+        } else if is(b"invalidate") {
+            FirstWord::Invalidate
+        } else {
+            SubKind::from_word(word).map_or(FirstWord::Other, FirstWord::Subscription)
+        }
+    }
+}
+
 /// A reply value as the pairing needs it.
 #[derive(Debug)]
 struct Answer {
     reply: Reply,
     finished_ns: u64,
-    /// An aggregate's first element as a lower-case word (pub/sub and push kinds).
-    first_word: Vec<u8>,
+    first_word: FirstWord,
     /// A subscription confirmation: which, and the subscription count it reports.
     confirms: Option<(SubKind, i64)>,
     /// A simple string that begins like a MONITOR line (a timestamp).
     monitor_line: bool,
-    /// The direct elements (EXEC's replies).
+    /// The direct elements, when asked for (EXEC's replies).
     items: Vec<Reply>,
 }
 
 impl Answer {
-    fn of(f: &Frame<'_>) -> Answer {
+    fn of(f: &Frame<'_>, with_items: bool) -> Answer {
         let Some(top) = f.top() else {
             return Answer {
                 reply: Reply {
@@ -569,7 +606,7 @@ impl Answer {
                     error: None,
                 },
                 finished_ns: f.finished_ns,
-                first_word: vec![],
+                first_word: FirstWord::Other,
                 confirms: None,
                 monitor_line: false,
                 items: vec![],
@@ -578,32 +615,35 @@ impl Answer {
         let v = f.element(top);
         let mut reply = reply_of(&v);
         reply.wire = f.wire;
-        let mut first_word = vec![];
+        let mut first_word = FirstWord::Other;
         let mut confirms = None;
         let mut items = vec![];
         if matches!(v.kind, kind::ARRAY | kind::PUSH | kind::SET) {
-            let children: Vec<usize> = f.children(top).collect();
-            if let Some(&first) = children.first() {
+            let mut children = f.children(top);
+            if let Some(first) = children.next() {
                 let e = f.element(first);
                 if kind::is_blob(e.kind) || e.kind == kind::SIMPLE {
-                    first_word = e.data.to_ascii_lowercase();
+                    first_word = FirstWord::of(e.data);
                 }
             }
-            if children.len() == 3
-                && let Some(k) = SubKind::from_word(&first_word)
-            {
-                let count = f.element(children[2]);
-                let n = std::str::from_utf8(count.data)
-                    .ok()
-                    .and_then(|s| s.parse().ok());
-                if count.kind == kind::INTEGER
-                    && let Some(n) = n
+            if let FirstWord::Subscription(k) = first_word {
+                // [kind, channel, count]
+                let rest: Option<usize> = match (children.next(), children.next(), children.next())
+                {
+                    (Some(_), Some(count), None) => Some(count),
+                    _ => None,
+                };
+                if let Some(count) = rest.map(|i| f.element(i))
+                    && count.kind == kind::INTEGER
+                    && let Some(n) = std::str::from_utf8(count.data)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
                 {
                     confirms = Some((k, n));
                 }
             }
-            if v.kind == kind::ARRAY {
-                items = children.iter().map(|&i| reply_of(&f.element(i))).collect();
+            if v.kind == kind::ARRAY && with_items {
+                items = f.children(top).map(|i| reply_of(&f.element(i))).collect();
             }
         }
         let monitor_line = v.kind == kind::SIMPLE && v.data.first().is_some_and(u8::is_ascii_digit);
@@ -624,7 +664,7 @@ fn reply_of(e: &crate::frame::Element<'_>) -> Reply {
         wire: e.wire,
         len: e.len,
         null: e.is_null(),
-        error: kind::is_error(e.kind).then(|| error_of(e.data)),
+        error: kind::is_error(e.kind).then(|| Box::new(error_of(e.data))),
     }
 }
 

@@ -65,7 +65,7 @@ impl Run {
     fn names(&self) -> Vec<String> {
         self.commands()
             .iter()
-            .map(|c| c.command.name.clone())
+            .map(|c| c.command.name().to_string())
             .collect()
     }
     fn pushes(&self, kind: PushKind) -> usize {
@@ -125,8 +125,8 @@ fn inline_commands_from_telnet() {
     assert_eq!(r.names(), ["PING", "SET", "GET"]);
     let set = r.commands()[1];
     assert!(set.command.inline);
-    assert_eq!(set.command.args[0].data, b"a b");
-    assert_eq!(set.command.args[1].data, b"c d");
+    assert_eq!(set.command.arg(0).unwrap().data, b"a b");
+    assert_eq!(set.command.arg(1).unwrap().data, b"c d");
 }
 
 #[test]
@@ -376,7 +376,7 @@ fn a_value_bigger_than_the_capture_keeps_the_framing() {
     r.client(&cmd(&["PING"])).server(b"+PONG\r\n");
     assert_eq!(r.names(), ["SET", "GET", "PING"]);
     let c = r.commands();
-    let big = &c[0].command.args[1];
+    let big = &c[0].command.arg(1).unwrap();
     assert!(big.truncated);
     assert_eq!(big.len, 1 << 20);
     let Outcome::Reply(got) = &c[1].outcome else {
@@ -417,9 +417,9 @@ fn passwords_are_never_kept_and_their_bytes_are_located() {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
     let config = r.commands()[2];
-    assert_eq!(config.command.name, "CONFIG SET");
-    assert!(config.command.args[1].secret && !config.command.args[3].secret);
-    assert_eq!(config.command.args[3].data, b"1mb");
+    assert_eq!(config.command.name(), "CONFIG SET");
+    assert!(config.command.arg(1).unwrap().secret && !config.command.arg(3).unwrap().secret);
+    assert_eq!(config.command.arg(3).unwrap().data, b"1mb");
 }
 
 #[test]

@@ -225,11 +225,12 @@ impl Reporter {
         let style_keys = self.style.keys;
         let request = d.command.wire;
         let reply_bytes = reply(d).map_or(0, |r| r.wire);
-        let key = d.command.key().map(|k| k.data.as_slice());
-        for f in self.figures.each() {
-            let s = match f.commands.get_mut(d.command.name.as_str()) {
+        let key = d.command.key().map(|k| k.data);
+        for f in self.figures.each_reported(self.style.intervals) {
+            let name = d.command.name();
+            let s = match f.commands.get_mut(name) {
                 Some(s) => s,
-                None => f.commands.entry(d.command.name.clone()).or_default(),
+                None => f.commands.entry(name.to_string()).or_default(),
             };
             s.calls += 1;
             s.errors += u64::from(d.error().is_some());
@@ -273,11 +274,10 @@ impl Reporter {
         let args: Vec<String> = if self.style.redact {
             vec![]
         } else {
-            c.args
-                .iter()
+            c.args()
                 .enumerate()
                 .filter(|(i, _)| Some(*i) != c.key)
-                .map(|(_, a)| arg_text(a))
+                .map(|(_, a)| arg_text(&a))
                 .collect()
         };
         let r = reply(d);
@@ -286,10 +286,10 @@ impl Reporter {
             pid: who.pid,
             conn_id: who.conn_id,
             peer: &who.peer,
-            command: &c.name,
-            key: c.key().map(arg_text),
+            command: c.name(),
+            key: c.key().as_ref().map(arg_text),
             args,
-            truncated: c.args.iter().any(|a| a.truncated),
+            truncated: c.truncated(),
             duration_ns: ns,
             status: status(d),
             error: match (d.error(), self.style.redact) {
@@ -308,8 +308,8 @@ impl Reporter {
     /// The command as shown: name, key and (without --redact) the other arguments quoted.
     fn command_text(&self, d: &Completed) -> String {
         let c = &d.command;
-        let mut s = c.name.clone();
-        for (i, a) in c.args.iter().enumerate() {
+        let mut s = c.name().to_string();
+        for (i, a) in c.args().enumerate() {
             if self.style.redact && Some(i) != c.key {
                 continue;
             }
@@ -317,7 +317,7 @@ impl Reporter {
             if a.secret {
                 s.push_str("(redacted)");
             } else {
-                s.push_str(&quote(&a.data, a.truncated));
+                s.push_str(&quote(a.data, a.truncated));
             }
         }
         if let Some(t) = d.transaction.filter(|_| d.in_exec) {

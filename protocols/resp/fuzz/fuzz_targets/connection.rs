@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     for e in &events {
         if let Event::Command(done) = e {
             assert!(done.finished_ns >= done.command.started_ns);
-            assert!(done.command.args.iter().all(|a| !a.secret || a.data.is_empty()));
+            assert!(done.command.args().all(|a| !a.secret || a.data.is_empty()));
         }
     }
 });
