@@ -1,6 +1,7 @@
 //! A throwaway redis-server (Debian's redis-server package) in a temporary directory: TCP on
 //! 127.0.0.1 at a free port and a Unix socket, no persistence, extra configuration as
-//! `--name value` arguments; stopped on drop. redis-cli and redis-benchmark run against it.
+//! `--name value` arguments; stopped on drop. redis-cli and redis-benchmark run against it. Or
+//! the same server in a podman container, for `--container`.
 
 use std::{
     collections::HashMap,
@@ -11,7 +12,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::run;
+use crate::{
+    container::{Container, ContainerSpec},
+    run,
+};
 
 /// A running redis-server.
 pub struct Redis {
@@ -20,7 +24,14 @@ pub struct Redis {
     pub socket: PathBuf,
     /// `requirepass`, when the server has one.
     pub password: Option<String>,
-    child: Child,
+    process: Process,
+    pid: u32,
+}
+
+/// How the server runs: a child of the test, or in a podman container.
+enum Process {
+    Child(Child),
+    Container(Container),
 }
 
 impl Redis {
@@ -30,6 +41,16 @@ impl Redis {
 
     /// A server with extra configuration: `("maxmemory", "1mb")`, `("requirepass", "x")`.
     pub fn start_with(config: &[(&str, &str)]) -> anyhow::Result<Redis> {
+        Redis::launch(config, false)
+    }
+
+    /// A server in a podman container (the host's binaries, the host's network, its
+    /// directory shared with the host).
+    pub fn start_in_container() -> anyhow::Result<Redis> {
+        Redis::launch(&[], true)
+    }
+
+    fn launch(config: &[(&str, &str)], in_container: bool) -> anyhow::Result<Redis> {
         let dir = tempfile::Builder::new()
             .prefix("pgbpf-redis-")
             .tempdir_in("/tmp")?;
@@ -37,41 +58,82 @@ impl Redis {
             .local_addr()?
             .port();
         let socket = dir.path().join("redis.sock");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--loglevel", "warning"]);
+        let log_file = dir.path().join("server.log");
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            &socket.display().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            &dir.path().display().to_string(),
+            "--loglevel",
+            "warning",
+        ]
+        .map(String::from)
+        .to_vec();
         let mut password = None;
         for (k, v) in config {
-            cmd.arg(format!("--{k}")).arg(v);
+            args.push(format!("--{k}"));
+            args.push(v.to_string());
             if *k == "requirepass" {
                 password = Some(v.to_string());
             }
         }
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting redis-server (apt install redis-server)")?;
+        let (process, pid) = if in_container {
+            args.extend(["--logfile".into(), log_file.display().to_string()]);
+            let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+            let dir_text = dir.path().display().to_string();
+            let c = Container::run(&ContainerSpec {
+                host_network: true,
+                volumes: vec![(dir_text.clone(), dir_text)],
+                command: format!("exec redis-server {}", quoted.join(" ")),
+                ..Default::default()
+            })?;
+            let pid = c.host_pid()?;
+            (Process::Container(c), pid)
+        } else {
+            let log = std::fs::File::create(&log_file)?;
+            let child = Command::new("redis-server")
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting redis-server (apt install redis-server)")?;
+            let pid = child.id();
+            (Process::Child(child), pid)
+        };
         let r = Redis {
             dir,
             port,
             socket,
             password,
-            child,
+            process,
+            pid,
         };
         r.wait_ready(Duration::from_secs(20))?;
         Ok(r)
     }
 
+    /// The container the server runs in, if it does.
+    pub fn container(&self) -> Option<&Container> {
+        match &self.process {
+            Process::Container(c) => Some(c),
+            Process::Child(_) => None,
+        }
+    }
+
+    /// The server's pid (on the host).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
@@ -176,7 +238,10 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A container is removed by its own drop.
+        if let Process::Child(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -19,6 +19,11 @@ pub trait Stream {
     fn server_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64, out: &mut Vec<Self::Event>);
     /// The connection ended (or the trace did).
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Self::Event>);
+    /// Byte ranges of the client bytes fed last that hold secrets (passwords), for a capture
+    /// file to get them overwritten.
+    fn client_secrets(&self) -> &[(usize, usize)] {
+        &[]
+    }
 }
 
 /// One connection: who holds it and its decoder.
@@ -53,6 +58,8 @@ pub struct Connections<S> {
     pub totals: Totals,
     /// The kernel's counters, when the capture carries them (at its end).
     pub kernel_counters: Option<Vec<u64>>,
+    /// Secret ranges of the payload of the record fed last (client bytes only).
+    secrets: Vec<(usize, usize)>,
 }
 
 impl<S: Stream> Default for Connections<S> {
@@ -61,6 +68,7 @@ impl<S: Stream> Default for Connections<S> {
             conns: HashMap::new(),
             totals: Totals::default(),
             kernel_counters: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -86,6 +94,11 @@ impl<S: Stream> Connections<S> {
         })
     }
 
+    /// Byte ranges of the payload of the record fed last that hold secrets.
+    pub fn secrets(&self) -> &[(usize, usize)] {
+        &self.secrets
+    }
+
     /// Feeds one record; `done` gets the connection it concerned and the events it
     /// completed (an OPEN of a reused id first ends the old connection; a CLOSE ends it).
     pub fn feed(
@@ -94,6 +107,9 @@ impl<S: Stream> Connections<S> {
         events: &mut Vec<S::Event>,
         mut done: impl FnMut(&mut Conn<S>, &mut Vec<S::Event>),
     ) {
+        // Taken out while a connection of the table is borrowed.
+        let mut secrets = std::mem::take(&mut self.secrets);
+        secrets.clear();
         match r.kind {
             Kind::Open | Kind::Existing => {
                 self.close(r.conn_id, r.ts_ns, events, &mut done);
@@ -134,12 +150,14 @@ impl<S: Stream> Connections<S> {
                 }
                 if r.dir == client_dir {
                     s.client_bytes(r.ts_ns, &r.payload, missing, events);
+                    secrets.extend_from_slice(s.client_secrets());
                 } else {
                     s.server_bytes(r.ts_ns, &r.payload, missing, events);
                 }
                 done(conn, events);
             }
         }
+        self.secrets = secrets;
     }
 
     fn close(

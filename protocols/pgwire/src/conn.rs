@@ -121,6 +121,36 @@ pub struct Connection {
     unsure: bool,
     /// Frames of the bytes being handled, kept between calls so framing allocates nothing.
     frames: Frames,
+    /// Between the start-up message and AuthenticationOk: the client sends credentials.
+    authenticating: bool,
+    /// Byte ranges of the client bytes fed last that hold credentials.
+    secrets: Vec<(usize, usize)>,
+}
+
+/// Where the credentials are in client bytes sent while authenticating: the bodies of the
+/// password messages (`p`: a password in the clear or MD5-hashed, SASL/SCRAM and GSS
+/// exchanges), their headers kept so that a capture file still frames. Bytes that do not
+/// start at a message boundary, or that do not frame as password messages, are all secret.
+fn password_ranges(data: &[u8], at_boundary: bool, out: &mut Vec<(usize, usize)>) {
+    let mut i = 0;
+    while i < data.len() {
+        let len = data
+            .get(i + 1..i + 5)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        match len {
+            Some(len) if at_boundary && data[i] == b'p' && len >= 4 => {
+                let end = (i + 1).saturating_add(len as usize);
+                if i + 5 < end.min(data.len()) {
+                    out.push((i + 5, end.min(data.len())));
+                }
+                i = end;
+            }
+            _ => {
+                out.push((i, data.len()));
+                return;
+            }
+        }
+    }
 }
 
 /// The statements of a simple query, as [`split_statements`] finds them. A query with no
@@ -211,6 +241,8 @@ impl Connection {
             awaiting_encryption_answer: false,
             encrypted: false,
             startup: vec![],
+            authenticating: false,
+            secrets: Vec::new(),
             transaction: 0,
             malformed: 0,
             unmatched: 0,
@@ -225,6 +257,11 @@ impl Connection {
     /// Ends the connection: statements answered but not yet followed by ReadyForQuery.
     pub fn close(&mut self) -> Vec<Completed> {
         std::mem::take(&mut self.answered)
+    }
+
+    /// Byte ranges of the client bytes fed last that hold credentials (password messages).
+    pub fn secrets(&self) -> &[(usize, usize)] {
+        &self.secrets
     }
 
     /// Statements sent and not answered yet.
@@ -264,8 +301,12 @@ impl Connection {
 
     /// Bytes the client sent (at `ts_ns`); `missing` bytes after them were not captured.
     pub fn client_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64) {
+        self.secrets.clear();
         if self.encrypted {
             return;
+        }
+        if self.authenticating {
+            password_ranges(data, self.client.at_boundary(), &mut self.secrets);
         }
         let (frames, lost_step) = self.frame(true, data, missing);
         for f in frames.iter() {
@@ -323,7 +364,10 @@ impl Connection {
             return;
         };
         match m {
-            Frontend::Startup { params, .. } => self.startup = params,
+            Frontend::Startup { params, .. } => {
+                self.startup = params;
+                self.authenticating = true;
+            }
             Frontend::SslRequest | Frontend::GssEncRequest => {
                 self.awaiting_encryption_answer = true
             }
@@ -461,6 +505,10 @@ impl Connection {
     }
 
     fn on_server(&mut self, ts: u64, f: &Frame, done: &mut Vec<Completed>) {
+        // AuthenticationOk, an error or ReadyForQuery end the exchange of credentials.
+        if f.tag == b'R' && f.body.starts_with(&[0, 0, 0, 0]) || matches!(f.tag, b'E' | b'Z') {
+            self.authenticating = false;
+        }
         // Pairing reads completions, errors and ReadyForQuery only: rows, descriptions and
         // the rest are not decoded (most of a result's bytes, and allocations per row).
         if !matches!(f.tag, b'C' | b'I' | b'E' | b'Z') {
@@ -741,5 +789,37 @@ mod tests {
         c.client_bytes(2, &startup, 0);
         assert_eq!(c.startup, vec![("user".to_string(), "bob".to_string())]);
         assert!(!c.encrypted);
+    }
+    #[test]
+    fn password_messages_are_located_until_authentication_ends() {
+        let mut c = Connection::new(true);
+        let body = [cstr("user"), cstr("bob"), vec![0]].concat();
+        let mut startup = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        startup.extend(196_608u32.to_be_bytes());
+        startup.extend(&body);
+        c.client_bytes(1, &startup, 0);
+        assert!(
+            c.secrets().is_empty(),
+            "the start-up message holds no credentials"
+        );
+        // AuthenticationCleartextPassword, then the password in the clear.
+        c.server_bytes(2, &msg(b'R', &3i32.to_be_bytes()), 0);
+        let password = msg(b'p', &cstr("hunter2"));
+        c.client_bytes(3, &password, 0);
+        assert_eq!(c.secrets(), &[(5, password.len())]);
+        // A SASL exchange split across writes: the second piece is all secret.
+        let sasl = msg(
+            b'p',
+            b"SCRAM-SHA-256\0\0\0\0\x20n,,n=,r=abcdefghijklmnopqrstuvwx",
+        );
+        c.client_bytes(4, &sasl[..10], 0);
+        assert_eq!(c.secrets(), &[(5, 10)]);
+        c.client_bytes(5, &sasl[10..], 0);
+        assert_eq!(c.secrets(), &[(0, sasl.len() - 10)]);
+        // AuthenticationOk: what follows is no credential.
+        c.server_bytes(6, &[msg(b'R', &[0; 4]), msg(b'Z', b"I")].concat(), 0);
+        c.client_bytes(7, &msg(b'Q', &cstr("select 1")), 0);
+        assert!(c.secrets().is_empty());
+        assert_eq!(c.startup, vec![("user".to_string(), "bob".to_string())]);
     }
 }

@@ -184,6 +184,11 @@ impl Framer {
         self.state != State::Lost
     }
 
+    /// The next byte fed starts a message (nothing buffered or half read, position known).
+    pub fn at_boundary(&self) -> bool {
+        self.state == State::Synced && self.buf.is_empty() && self.partial.is_none()
+    }
+
     /// Keep at most this many bytes of each body.
     pub fn keep_at_most(mut self, bytes: usize) -> Framer {
         self.keep = bytes;

@@ -102,6 +102,10 @@ impl Stream for PgStream {
     fn close(&mut self, _ts_ns: u64, out: &mut Vec<Completed>) {
         out.extend(self.c.close());
     }
+
+    fn client_secrets(&self) -> &[(usize, usize)] {
+        self.c.secrets()
+    }
 }
 
 /// Decodes every connection of a capture.
@@ -199,6 +203,11 @@ impl Decoder {
     /// The kernel's counters, when the capture carries them.
     pub fn kernel_counters(&self) -> Option<&[u64]> {
         self.conns.kernel_counters.as_deref()
+    }
+
+    /// Byte ranges of the payload of the record fed last that hold credentials.
+    pub fn secrets(&self) -> &[(usize, usize)] {
+        self.conns.secrets()
     }
 
     /// Feeds one record; returns what it completed.

@@ -35,6 +35,11 @@ impl Wire for PgWire {
         self.decoder.feed_into(r, out);
     }
 
+    /// Password messages: overwritten in a capture file.
+    fn secrets(&self) -> &[(usize, usize)] {
+        self.decoder.secrets()
+    }
+
     fn finish(&mut self, out: &mut Vec<Event>) {
         out.extend(self.decoder.finish());
     }

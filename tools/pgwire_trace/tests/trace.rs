@@ -195,6 +195,86 @@ fn record_then_read_gives_the_same_report_over_tcp() {
     assert!(!requests(&cut.json()).is_empty());
 }
 
+#[test]
+fn passwords_are_overwritten_in_the_capture_file() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let password = "Pw-Cleartext-9876";
+    pg.psql(&format!(
+        "create role sekrit login password '{password}'; \
+         create role scram login password '{password}'"
+    ))
+    .unwrap();
+    // A password in the clear for one role, SCRAM for the other, both over TCP.
+    let hba = pg.dir.path().join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all sekrit 127.0.0.1/32 password\nhost all scram 127.0.0.1/32 scram-sha-256\n{rules}"
+        ),
+    )
+    .unwrap();
+    pg.psql("select pg_reload_conf()").unwrap();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth.pgw");
+    let file_s = file.display().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "--record", &file_s]).unwrap();
+    let port = pg.port.to_string();
+    for (user, sql) in [
+        ("sekrit", "select 'in the clear'"),
+        ("scram", "select 'scram'"),
+    ] {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                user,
+                "-d",
+                "postgres",
+                "-X",
+            ])
+            .args(["-Atc", sql])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let live = tool.stop().unwrap();
+    assert!(live.status.success(), "{}", live.stderr);
+    let bytes = std::fs::read(&file).unwrap();
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !contains(password.as_bytes()),
+        "the password is in the capture"
+    );
+    // SCRAM's client-first message (its nonce) and client-final (the proof) are gone too.
+    assert!(!contains(b"n,,n="), "the SCRAM exchange is in the capture");
+    assert!(!contains(b",p="), "the SCRAM proof is in the capture");
+    assert!(!live.stdout.contains(password) && !live.stderr.contains(password));
+    // The statements after the authentication still decode from the file.
+    let offline = run_tool(BIN, &["--read", &file_s, "--json"]);
+    assert!(offline.status.success(), "{}", offline.stderr);
+    let offline = offline.json();
+    let queries: Vec<&str> = requests(&offline)
+        .iter()
+        .filter_map(|r| r["query"].as_str())
+        .collect();
+    for sql in ["select 'in the clear'", "select 'scram'"] {
+        assert!(queries.contains(&sql), "{sql} not in {queries:?}");
+    }
+    assert_eq!(requests(&offline), requests(&live.json()));
+}
+
 /// pg_stat_statements calls grouped by statement kind.
 fn pgss_calls(pg: &Postgres) -> HashMap<&'static str, u64> {
     let out = pg

@@ -63,8 +63,6 @@ pub struct DecodeStats {
 pub struct RespStream {
     c: Connection,
     counted: pgbpf_resp::conn::Counts,
-    /// The last bytes fed were the client's (whose secrets `c` located).
-    client_fed_last: bool,
     peer: Option<Arc<str>>,
 }
 
@@ -75,23 +73,24 @@ impl Stream for RespStream {
         RespStream {
             c: Connection::new(from_start),
             counted: Default::default(),
-            client_fed_last: false,
             peer: None,
         }
     }
 
     fn client_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64, out: &mut Vec<Resp>) {
         self.c.client_bytes(ts_ns, data, missing, out);
-        self.client_fed_last = true;
     }
 
     fn server_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64, out: &mut Vec<Resp>) {
         self.c.server_bytes(ts_ns, data, missing, out);
-        self.client_fed_last = false;
     }
 
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Resp>) {
         self.c.close(ts_ns, out);
+    }
+
+    fn client_secrets(&self) -> &[(usize, usize)] {
+        self.c.secrets()
     }
 }
 
@@ -100,8 +99,6 @@ pub struct Decoder {
     conns: Connections<RespStream>,
     wall_offset_ns: i64,
     pub stats: DecodeStats,
-    /// Secret ranges of the payload fed last (client bytes only).
-    pub secrets: Vec<(usize, usize)>,
     resp: Vec<Resp>,
 }
 
@@ -112,7 +109,6 @@ impl Decoder {
             conns: Connections::default(),
             wall_offset_ns,
             stats: DecodeStats::default(),
-            secrets: vec![],
             resp: vec![],
         }
     }
@@ -121,16 +117,17 @@ impl Decoder {
         self.conns.kernel_counters.as_deref()
     }
 
+    /// Secret ranges of the payload of the record fed last.
+    pub fn secrets(&self) -> &[(usize, usize)] {
+        self.conns.secrets()
+    }
+
     /// Feeds one record; appends what it completed to `out`.
     pub fn feed_into(&mut self, r: &Record, out: &mut Vec<Event>) {
-        self.secrets.clear();
         let mut resp = std::mem::take(&mut self.resp);
-        let (stats, secrets, wall) = (&mut self.stats, &mut self.secrets, self.wall_offset_ns);
+        let (stats, wall) = (&mut self.stats, self.wall_offset_ns);
         self.conns.feed(r, &mut resp, |conn, resp| {
-            if conn.stream.client_fed_last {
-                secrets.extend_from_slice(conn.stream.c.secrets());
-            }
-            take(stats, wall, conn, resp, out);
+            take(stats, wall, conn, resp, out)
         });
         self.resp = resp;
         self.totals();

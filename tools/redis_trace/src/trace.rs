@@ -36,7 +36,7 @@ impl Wire for RedisWire {
     }
 
     fn secrets(&self) -> &[(usize, usize)] {
-        &self.decoder.secrets
+        self.decoder.secrets()
     }
 
     fn finish(&mut self, out: &mut Vec<Event>) {

@@ -3,8 +3,9 @@
 //! deltas, pipelined or not; error counts equal INFO errorstats; transactions, pub/sub,
 //! RESP3, inline commands, a 1 MB value and CLIENT REPLY OFF decode; a slow command's
 //! duration lies between SLOWLOG's and the client's round trip; a password appears in no
-//! output and no capture file; `--read` of a capture gives the live report; every record
-//! matches the schema.
+//! output and no capture file; `--read` of a capture gives the live report; the client side
+//! (an application's pid), `--container`, MONITOR and a RESP3 subscriber from redis-cli;
+//! every record matches the schema.
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -498,6 +499,176 @@ fn keys_and_prefixes_with_summary() {
         .find(|k| k["prefix"] == false && k["key"] == "user:1")
         .unwrap();
     assert_eq!(key["calls"], 10);
+}
+
+/// A client that connects only when a line arrives on its stdin (so a tracer can attach
+/// first), runs INCR `n` times one round trip at a time, and exits.
+const INCR_CLIENT: &str = r#"
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sys.stdin.readline()
+s = socket.create_connection(("127.0.0.1", port))
+for _ in range(n):
+    s.sendall(b"*2\r\n$4\r\nINCR\r\n$7\r\nclients\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        reply += s.recv(64)
+s.close()
+"#;
+
+#[test]
+fn client_side_sees_an_applications_commands() {
+    require_root();
+    let _lock = exclusive();
+    let r = Redis::start().unwrap();
+    let n = 200;
+    let mut client = std::process::Command::new("python3")
+        .args(["-c", INCR_CLIENT, &r.port.to_string(), &n.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, port) = (client.id().to_string(), r.port.to_string());
+    let tool = Traced::start(BIN, &["-p", &pid, "--port", &port, "--json"]).unwrap();
+    let before = r.command_calls().unwrap();
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(client.wait().unwrap().success());
+    // The trace ends with its only target.
+    let out = tool.wait(Duration::from_secs(30)).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("redis_trace", &records);
+    let after = r.command_calls().unwrap();
+    assert_eq!(delta(&after, &before, "incr"), n);
+    let commands = of_type(&records, "command");
+    assert_eq!(commands.len() as u64, n, "{}", out.stderr);
+    for c in &commands {
+        assert_eq!(c["command"], "INCR");
+        assert_eq!(c["key"], "clients");
+        assert_eq!(c["pid"].as_u64(), Some(u64::from(client.id())));
+        assert_eq!(
+            c["peer"],
+            format!("127.0.0.1:{port}"),
+            "the server's address"
+        );
+        assert_eq!(c["reply_type"], "integer");
+    }
+    assert_eq!(summary(&records)["unmatched"], 0);
+    assert_eq!(r.cli(&["GET", "clients"]).unwrap().trim(), n.to_string());
+}
+
+#[test]
+fn a_container_is_traced_alone() {
+    require_root();
+    let _lock = exclusive();
+    let inside = Redis::start_in_container().unwrap();
+    let host = Redis::start().unwrap();
+    let id = inside.container().unwrap().id.clone();
+    let tool = Traced::start(BIN, &["--container", &id[..12], "--summary", "--json"]).unwrap();
+    let (inside_before, host_before) = (
+        inside.command_calls().unwrap(),
+        host.command_calls().unwrap(),
+    );
+    for (r, n) in [(&inside, "700"), (&host, "400")] {
+        r.benchmark(&["-t", "set,get", "-n", n, "-c", "2", "-q"])
+            .unwrap();
+    }
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("redis_trace", &records);
+    let ours = our_calls(&records);
+    let (inside_after, host_after) = (
+        inside.command_calls().unwrap(),
+        host.command_calls().unwrap(),
+    );
+    for cmd in ["set", "get"] {
+        assert!(
+            delta(&host_after, &host_before, cmd) >= 400,
+            "the host's server ran"
+        );
+        assert_eq!(
+            ours.get(cmd).copied(),
+            Some(delta(&inside_after, &inside_before, cmd)),
+            "{cmd}: {ours:?}"
+        );
+    }
+    assert_eq!(summary(&records)["unmatched"], 0);
+}
+
+#[test]
+fn monitor_and_a_resp3_subscriber_from_redis_cli() {
+    require_root();
+    let _lock = exclusive();
+    let r = Redis::start().unwrap();
+    let tool = trace(&r, &[]);
+    let piped = std::process::Stdio::piped;
+    let mut monitor = r
+        .cli_command()
+        .arg("MONITOR")
+        .stdout(piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !r.cli(&["CLIENT", "LIST"]).unwrap().contains("flags=O") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no MONITOR");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..5 {
+        r.cli(&["SET", &format!("m{i}"), "x"]).unwrap();
+    }
+    // RESP3: HELLO 3, SUBSCRIBE answered by a push, messages pushed.
+    let mut sub = r
+        .cli_command()
+        .args(["-3", "SUBSCRIBE", "news3"])
+        .stdout(piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while r
+        .cli(&["PUBSUB", "NUMSUB", "news3"])
+        .unwrap()
+        .lines()
+        .nth(1)
+        != Some("1")
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "no subscriber");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..4 {
+        r.cli(&["PUBLISH", "news3", &format!("m{i}")]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for child in [&mut monitor, &mut sub] {
+        let _ = child.kill();
+    }
+    let monitor_out = monitor.wait_with_output().unwrap();
+    let sub_out = sub.wait_with_output().unwrap();
+    let out = tool.stop().unwrap();
+    let records = out.json();
+    schema::validate("redis_trace", &records);
+    // What redis-cli printed: MONITOR's OK, then a line per command the server ran.
+    let monitor_text = String::from_utf8_lossy(&monitor_out.stdout);
+    let monitored = monitor_text.lines().filter(|l| l.contains(" \"")).count() as u64;
+    assert!(monitored >= 9, "{monitor_text}");
+    let messages = String::from_utf8_lossy(&sub_out.stdout)
+        .matches("message")
+        .count() as u64;
+    assert_eq!(messages, 4, "{}", String::from_utf8_lossy(&sub_out.stdout));
+    let s = summary(&records);
+    assert_eq!(s["pushes"].as_u64(), Some(monitored + messages), "{s}");
+    assert_eq!(s["unmatched"], 0, "{s}");
+    let commands = of_type(&records, "command");
+    let status_of = |name: &str| -> Vec<Value> {
+        commands
+            .iter()
+            .filter(|c| c["command"] == name)
+            .map(|c| c["status"].clone())
+            .collect()
+    };
+    assert_eq!(status_of("MONITOR"), ["ok"]);
+    assert_eq!(status_of("SUBSCRIBE"), ["ok"]);
+    let hellos = status_of("HELLO");
+    assert_eq!(hellos, ["ok"]);
 }
 
 #[test]
