@@ -87,17 +87,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     which("bpftrace")?;
 
-    let pg = if scenario.redis {
-        eprintln!("starting redis-server...");
-        Server::Redis(Redis::start()?)
-    } else {
-        eprintln!(
-            "starting PostgreSQL and loading pgbench scale {}...",
-            scenario.scale
-        );
-        let pg = Postgres::start_with(&(scenario.pg)())?;
-        pg.pgbench(&["-i", "-s", &scenario.scale.to_string(), "-q"])?;
-        Server::Postgres(pg)
+    let pg = match scenario.server {
+        scenario::Setup::Redis => {
+            eprintln!("starting redis-server...");
+            Server::Redis(Redis::start()?)
+        }
+        scenario::Setup::Postgres { pg, scale } => {
+            eprintln!("starting PostgreSQL and loading pgbench scale {scale}...");
+            let pg = Postgres::start_with(&pg())?;
+            pg.pgbench(&["-i", "-s", &scale.to_string(), "-q"])?;
+            Server::Postgres(pg)
+        }
     };
     let tool_args = (scenario.tool_args)(&pg)?;
     let script = tempfile_with((scenario.bpftrace)(&pg)?)?;

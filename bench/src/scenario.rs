@@ -9,6 +9,14 @@ use crate::server::Server;
 pub type ExtraMeasurement =
     fn(&Server, &crate::Args, &std::path::Path, &Scenario) -> anyhow::Result<String>;
 
+/// The server a scenario measures.
+pub enum Setup {
+    /// PostgreSQL with these options, `pgbench -i -s scale`, under pgbench.
+    Postgres { pg: fn() -> PgOptions, scale: u32 },
+    /// A redis-server under redis-benchmark.
+    Redis,
+}
+
 /// One benchmark scenario.
 pub struct Scenario {
     /// What `pgbpf-bench NAME` runs and its section in docs/PERFORMANCE.md: the tool's name,
@@ -18,11 +26,8 @@ pub struct Scenario {
     pub tool: &'static str,
     /// Said in docs/PERFORMANCE.md: what load and why.
     pub description: &'static str,
-    /// The server is a redis-server (under redis-benchmark), not PostgreSQL.
-    pub redis: bool,
-    pub pg: fn() -> PgOptions,
-    /// pgbench -i scale.
-    pub scale: u32,
+    /// The server measured and how it is set up.
+    pub server: Setup,
     /// The measured load: pgbench's script option (-S select-only, -N simple-update, ...), or
     /// redis-benchmark's arguments.
     pub workload: &'static str,
@@ -53,21 +58,22 @@ fn container_cgroup(server: &Server) -> anyhow::Result<(String, String)> {
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
-        redis: false,
         name: "page_reclaim",
         tool: "page_reclaim",
         description: "PostgreSQL in a podman container limited to 160 MB, pgbench scale 20 (about \
                   300 MB): every pgbench -S read that misses the page cache makes the container \
                   reclaim, so reclaim episodes (two tracepoint hits each) run hundreds of times a \
                   second.",
-        pg: || PgOptions {
-            container: Some(ContainerSpec {
-                memory: Some("160m".into()),
+        server: Setup::Postgres {
+            pg: || PgOptions {
+                container: Some(ContainerSpec {
+                    memory: Some("160m".into()),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
+            },
+            scale: 20,
         },
-        scale: 20,
         workload: "-S",
         events_field: "episodes",
         tool_args: |s| Ok(vec!["--cgroup".into(), container_cgroup(s)?.0]),
@@ -80,7 +86,6 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
-        redis: false,
         name: "query_latency",
         tool: "query_latency",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): every \
@@ -88,8 +93,10 @@ pub const SCENARIOS: &[Scenario] = &[
                   query__execute__start/done), four USDT hits per statement for query_latency; \
                   the bpftrace script attaches query__start/done only, with \
                   --usdt-file-activation to raise the semaphores.",
-        pg: PgOptions::default,
-        scale: 10,
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
         workload: "-S",
         events_field: "calls",
         tool_args: |s| {
@@ -106,7 +113,6 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
-        redis: false,
         name: "pgwire_trace",
         tool: "pgwire_trace",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol, one \
@@ -114,8 +120,10 @@ pub const SCENARIOS: &[Scenario] = &[
                   POSTMASTER --summary copies every request and response to userspace and \
                   decodes it; the bpftrace script copies the first 64 bytes of every recvfrom/\
                   sendto of postgres processes to userspace (printf) without decoding.",
-        pg: PgOptions::default,
-        scale: 10,
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
         workload: "-S",
         events_field: "requests",
         tool_args: |s| {
@@ -130,7 +138,6 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: Some(crate::measure::decoder_throughput),
     },
     Scenario {
-        redis: false,
         name: "shmem",
         tool: "shmem",
         description: "PostgreSQL on the host with force_parallel_mode = on and parallel costs 0, \
@@ -140,18 +147,20 @@ pub const SCENARIOS: &[Scenario] = &[
                   case, dozens of events per transaction. shmem -p POSTMASTER --json prints \
                   every event with backend type and statement; the bpftrace script prints the \
                   same calls with pid and size.",
-        pg: || PgOptions {
-            settings: [
-                ("force_parallel_mode", "on"),
-                ("parallel_setup_cost", "0"),
-                ("parallel_tuple_cost", "0"),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-            ..Default::default()
+        server: Setup::Postgres {
+            pg: || PgOptions {
+                settings: [
+                    ("force_parallel_mode", "on"),
+                    ("parallel_setup_cost", "0"),
+                    ("parallel_tuple_cost", "0"),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                ..Default::default()
+            },
+            scale: 10,
         },
-        scale: 10,
         workload: "-S",
         events_field: "events",
         tool_args: |s| {
@@ -168,7 +177,6 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
-        redis: false,
         name: "llcache_per_query",
         tool: "llcache_per_query",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
@@ -179,8 +187,10 @@ pub const SCENARIOS: &[Scenario] = &[
                   the same program per sample). The bpftrace script keeps the text from \
                   query__start/done (two USDT hits per statement) and counts profile:hz:1000 \
                   samples of postgres processes by pid, text and CPU.",
-        pg: PgOptions::default,
-        scale: 10,
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
         workload: "-S",
         events_field: "samples",
         tool_args: |s| {
@@ -202,7 +212,6 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
-        redis: false,
         name: "io_timeouts",
         tool: "io_timeouts",
         description: "PostgreSQL on the host, pgbench scale 10, pgbench -N (simple-update: an \
@@ -212,11 +221,13 @@ pub const SCENARIOS: &[Scenario] = &[
                   tracepoints (which fire rarely at the default vm.dirty_* settings); the \
                   bpftrace script does the same per process, without statements.",
         // The harness turns fsync off for speed; commits must reach the disk here.
-        pg: || PgOptions {
-            settings: vec![("fsync".into(), "on".into())],
-            ..Default::default()
+        server: Setup::Postgres {
+            pg: || PgOptions {
+                settings: vec![("fsync".into(), "on".into())],
+                ..Default::default()
+            },
+            scale: 10,
         },
-        scale: 10,
         workload: "-N",
         events_field: "events",
         tool_args: |s| {
@@ -231,7 +242,6 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
-        redis: true,
         name: "redis_trace",
         tool: "redis_trace",
         description: "redis-server on the host, redis-benchmark -t set,get with 2 clients, no \
@@ -240,8 +250,7 @@ pub const SCENARIOS: &[Scenario] = &[
                   bpftrace script copies the first 64 bytes of every read and write of \
                   redis-server to userspace (printf) without decoding. Rates are requests per \
                   second (the tps column).",
-        pg: PgOptions::default,
-        scale: 0,
+        server: Setup::Redis,
         workload: "-t set,get -P 1",
         events_field: "commands",
         tool_args: redis_summary_args,
@@ -249,7 +258,6 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: Some(crate::measure::decoder_throughput),
     },
     Scenario {
-        redis: true,
         name: "redis_trace_pipelined",
         tool: "redis_trace",
         description: "As redis_trace, with 16 requests pipelined per round trip \
@@ -257,8 +265,7 @@ pub const SCENARIOS: &[Scenario] = &[
                   replies, so the rate is ten times higher and the cost is mostly the decoding \
                   in userspace, which competes with redis-server and redis-benchmark for this \
                   machine's two cores.",
-        pg: PgOptions::default,
-        scale: 0,
+        server: Setup::Redis,
         workload: "-t set,get -P 16",
         events_field: "commands",
         tool_args: redis_summary_args,

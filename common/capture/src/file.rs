@@ -195,9 +195,16 @@ impl<R: Read> Reader<R> {
 
     /// The next record; None at the end; an error for a cut or corrupt record.
     pub fn next_record(&mut self) -> anyhow::Result<Option<Record>> {
+        let mut r = Record::default();
+        Ok(self.next_into(&mut r)?.then_some(r))
+    }
+
+    /// [`Reader::next_record`] into `r`, reusing its memory (a decoder reading millions of
+    /// records allocates none per record); false at the end.
+    pub fn next_into(&mut self, r: &mut Record) -> anyhow::Result<bool> {
         let mut len = [0u8; 4];
         match self.input.read(&mut len[..1])? {
-            0 => return Ok(None),
+            0 => return Ok(false),
             _ => self
                 .input
                 .read_exact(&mut len[1..])
@@ -210,26 +217,28 @@ impl<R: Read> Reader<R> {
                 self.count + 1
             );
         }
-        let mut b = vec![0u8; len];
+        let mut b = [0u8; FIXED];
         self.input.read_exact(&mut b).with_context(|| self.cut())?;
         let Some(kind) = Kind::from_code(b[0]) else {
             bail!("record {} has an unknown kind {}", self.count + 1, b[0]);
         };
+        r.payload.resize(len - FIXED, 0);
+        self.input
+            .read_exact(&mut r.payload)
+            .with_context(|| self.cut())?;
         self.count += 1;
-        Ok(Some(Record {
-            kind,
-            role: b[1],
-            dir: b[2],
-            tgid: u32_at(&b, 4),
-            tid: u32_at(&b, 8),
-            fd: u32_at(&b, 12),
-            port: u32_at(&b, 16),
-            conn_id: u64_at(&b, 20),
-            ts_ns: u64_at(&b, 28),
-            len: u64_at(&b, 36),
-            lost: [u64_at(&b, 44), u64_at(&b, 52)],
-            payload: b[FIXED..].to_vec(),
-        }))
+        r.kind = kind;
+        r.role = b[1];
+        r.dir = b[2];
+        r.tgid = u32_at(&b, 4);
+        r.tid = u32_at(&b, 8);
+        r.fd = u32_at(&b, 12);
+        r.port = u32_at(&b, 16);
+        r.conn_id = u64_at(&b, 20);
+        r.ts_ns = u64_at(&b, 28);
+        r.len = u64_at(&b, 36);
+        r.lost = [u64_at(&b, 44), u64_at(&b, 52)];
+        Ok(true)
     }
 
     fn cut(&self) -> String {

@@ -231,19 +231,21 @@ pub fn read<W: Wire>(
     out: &mut Output,
 ) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = Reader::new(BufReader::new(file), protocol)
+    // Records are small: a large buffer saves a read call for every few of them.
+    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file), protocol)
         .with_context(|| format!("reading {}", path.display()))?;
     let mut wire = make(reader.wall_offset_ns);
     let mut events = vec![];
+    let mut r = Record::default();
     let damage = loop {
-        match reader.next_record() {
-            Ok(Some(r)) => {
+        match reader.next_into(&mut r) {
+            Ok(true) => {
                 wire.feed(&r, &mut events);
                 for e in events.drain(..) {
                     wire.event(out, &e)?;
                 }
             }
-            Ok(None) => break None,
+            Ok(false) => break None,
             Err(e) => break Some(e),
         }
     };

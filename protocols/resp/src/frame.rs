@@ -367,7 +367,10 @@ impl Framer {
         while !data.is_empty() {
             let used = match self.state {
                 State::Lost | State::AtNextRecord => self.resync(data, record_start),
-                State::Element => self.element(data, ts_ns),
+                State::Element => match self.whole_command(data, ts_ns) {
+                    Some(used) => used,
+                    None => self.element(data, ts_ns),
+                },
                 State::Line { kind } => self.line(data, kind, ts_ns),
                 State::Body { left, crlf } => self.body(data, left, crlf, ts_ns),
             };
@@ -538,6 +541,64 @@ impl Framer {
             self.cur_wire = self.pos;
             self.cur_dropped = 0;
         }
+    }
+
+    /// A whole command in view, every argument a short bulk string (how clients write
+    /// commands, one or a pipeline of them per write): framed in one pass over the bytes, to
+    /// the elements the element-by-element path gives. None for anything else (a value cut
+    /// across reads, a long argument, a command that may hold a secret, garbage), which that
+    /// path handles. Half the framing time of a pipelined workload went to its states.
+    fn whole_command(&mut self, data: &[u8], ts_ns: u64) -> Option<usize> {
+        const MAX_ARGS: u64 = 64;
+        if self.side != Side::Request
+            || data.first() != Some(&kind::ARRAY)
+            || !self.stack.is_empty()
+            || self.cur_started.is_some()
+        {
+            return None;
+        }
+        let (n, first) = short_header(data, 0)?;
+        if n == 0 || n > MAX_ARGS {
+            return None;
+        }
+        // Check it all first: nothing is pushed unless the whole command is in view.
+        let mut at = first;
+        for i in 0..n {
+            if data.get(at) != Some(&kind::BULK) {
+                return None;
+            }
+            let (len, body) = short_header(data, at)?;
+            let end = body.checked_add(usize::try_from(len).ok()?)?;
+            if len > self.keep as u64 || data.get(end..end + 2) != Some(b"\r\n") {
+                return None;
+            }
+            if i == 0 && may_hold_secrets(&data[body..end]) {
+                return None;
+            }
+            at = end + 2;
+        }
+        let total = at;
+        self.begin_value(ts_ns);
+        let start = self.pos;
+        self.elem_start = start;
+        let array = self.push_at(0, kind::ARRAY, &[], n as i64, false);
+        let mut at = first;
+        while at < total {
+            let (len, body) = short_header(data, at)?;
+            let end = body + len as usize;
+            self.elem_start = start + at as u64;
+            let e = self.push_at(1, kind::BULK, &data[body..end], len as i64, false);
+            if let Some(e) = self.elems.get_mut(e) {
+                e.wire = (end + 2 - at) as u64;
+            }
+            at = end + 2;
+        }
+        if let Some(e) = self.elems.get_mut(array) {
+            e.wire = total as u64;
+        }
+        self.pos = start + total as u64;
+        self.emit(ts_ns);
+        Some(total)
     }
 
     fn element(&mut self, data: &[u8], ts_ns: u64) -> usize {
@@ -940,6 +1001,17 @@ impl Framer {
             h.inline = true;
         }
     }
+}
+
+/// The length in the header at `data[at]` (a type byte, digits, CRLF) and where the header
+/// ends; None unless all of it is in view and well formed.
+fn short_header(data: &[u8], at: usize) -> Option<(u64, usize)> {
+    let line = data.get(at + 1..data.len().min(at + 22))?;
+    let cr = line.iter().position(|&c| c == b'\r')?;
+    if line.get(cr + 1) != Some(&b'\n') {
+        return None;
+    }
+    Some((parse_len(&line[..cr])?, at + 1 + cr + 2))
 }
 
 /// A non-negative decimal length (no sign, no leading '+').
