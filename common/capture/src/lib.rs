@@ -11,11 +11,13 @@
 //!   `--read`), around the tool's [`wire::Wire`].
 //! - [`sockets`]: the sockets of processes, from /proc.
 //! - [`cli`]: the options every wire tool takes.
+//! - [`lines`]: the live line per request both tools print.
 //! - [`file`]: the capture records and the `--record` / `--read` file format.
 
 pub mod cli;
 pub mod conns;
 pub mod file;
+pub mod lines;
 pub mod live;
 pub mod sockets;
 pub mod wire;

@@ -5,6 +5,7 @@ use std::io;
 
 use foldhash::{HashMap, HashMapExt};
 
+use pgbpf_capture::lines::{Layout, Line, Lines};
 use pgbpf_common::{
     latency::Latencies,
     output::{self, Output},
@@ -39,7 +40,7 @@ pub struct StatementStats {
 
 pub struct Reporter {
     style: Style,
-    header_done: bool,
+    lines: Lines,
     period: HashMap<String, StatementStats>,
     total: HashMap<String, StatementStats>,
     clock: ReportClock,
@@ -69,7 +70,13 @@ impl Reporter {
     pub fn new(style: Style) -> Reporter {
         Reporter {
             style,
-            header_done: false,
+            lines: Lines::new(Layout {
+                peer_width: 22,
+                duration_width: 10,
+                status_width: 6,
+                size_name: "ROWS",
+                text_name: "STATEMENT",
+            }),
             period: HashMap::new(),
             total: HashMap::new(),
             clock: ReportClock::default(),
@@ -180,51 +187,30 @@ impl Reporter {
 
     fn line(&mut self, sink: &mut Output, r: &Request, ns: u64) -> io::Result<()> {
         let d = &r.done;
-        let mut out = String::new();
-        if !self.header_done {
-            self.header_done = true;
-            if sink.timestamp {
-                out.push_str(&format!("{:<8} ", "TIME"));
-            }
-            out.push_str(&format!(
-                "{:>7} {:<22} {:>10} {:<6} {:>6} STATEMENT\n",
-                "PID", "CONNECTION", "DURATION", "STATUS", "ROWS"
-            ));
-        }
-        let mut line = String::new();
-        if sink.timestamp {
-            line.push_str(&output::hms_of((r.start_unix_ns / 1_000_000_000) as i64));
-            line.push(' ');
-        }
-        let mut peer = r.meta.peer.clone();
-        if peer.chars().count() > 22 {
-            let skip = peer.chars().count() - 21;
-            peer = format!("…{}", peer.chars().skip(skip).collect::<String>());
-        }
-        let rows = d.rows.map_or("-".to_string(), |n| n.to_string());
-        line.push_str(&format!(
-            "{:>7} {:<22} {:>10} {:<6} {:>6} {}",
-            r.pid,
-            peer,
-            output::human_ns(ns),
-            d.sqlstate.as_deref().unwrap_or("ok"),
-            rows,
-            statement_text(r, self.style.redact)
-        ));
+        let mut text = statement_text(r, self.style.redact);
         if d.truncated {
             // The statement (or its parameters) was longer than --capture.
-            line.push('…');
+            text.push('…');
         }
         let params = render_all(&d.params, self.style.redact);
         if !params.is_empty() {
-            line.push_str(&format!(" [{params}]"));
+            text.push_str(&format!(" [{params}]"));
         }
         if let (Some(e), false) = (&d.error, self.style.redact) {
-            line.push_str(&format!(" -- ERROR: {e}"));
+            text.push_str(&format!(" -- ERROR: {e}"));
         }
-        out.push_str(&output::cut_to_width(&line, sink.width));
-        out.push('\n');
-        sink.text(&out)
+        self.lines.write(
+            sink,
+            &Line {
+                start_unix_ns: r.start_unix_ns,
+                pid: r.pid,
+                peer: &r.meta.peer,
+                duration_ns: Some(ns),
+                status: d.sqlstate.as_deref().unwrap_or("ok"),
+                size: d.rows,
+                text: &text,
+            },
+        )
     }
 
     fn table(&self, width: Option<usize>, stats: &HashMap<String, StatementStats>) -> String {

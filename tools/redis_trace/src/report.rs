@@ -5,6 +5,7 @@
 use std::io;
 
 use foldhash::HashMap;
+use pgbpf_capture::lines::{Layout, Line, Lines};
 use pgbpf_common::{
     latency::Latencies,
     output::{self, Output},
@@ -68,7 +69,7 @@ pub struct Figures {
 
 pub struct Reporter {
     style: Style,
-    header_done: bool,
+    lines: Lines,
     figures: Periods<Figures>,
 }
 
@@ -146,7 +147,13 @@ impl Reporter {
     pub fn new(style: Style) -> Reporter {
         Reporter {
             style,
-            header_done: false,
+            lines: Lines::new(Layout {
+                peer_width: 21,
+                duration_width: 9,
+                status_width: 10,
+                size_name: "REPLY",
+                text_name: "COMMAND",
+            }),
             figures: Periods::new(),
         }
     }
@@ -353,39 +360,18 @@ impl Reporter {
         reply_bytes: Option<u64>,
         text: &str,
     ) -> io::Result<()> {
-        let mut out = String::new();
-        if !self.header_done {
-            self.header_done = true;
-            if sink.timestamp {
-                out.push_str(&format!("{:<8} ", "TIME"));
-            }
-            out.push_str(&format!(
-                "{:>7} {:<21} {:>9} {:<10} {:>6} COMMAND\n",
-                "PID", "CONNECTION", "DURATION", "STATUS", "REPLY"
-            ));
-        }
-        let mut line = String::new();
-        if sink.timestamp {
-            line.push_str(&output::hms_of((start_unix_ns / 1_000_000_000) as i64));
-            line.push(' ');
-        }
-        let mut peer = who.peer.to_string();
-        if peer.chars().count() > 21 {
-            let skip = peer.chars().count() - 20;
-            peer = format!("…{}", peer.chars().skip(skip).collect::<String>());
-        }
-        line.push_str(&format!(
-            "{:>7} {:<21} {:>9} {:<10} {:>6} {}",
-            who.pid,
-            peer,
-            ns.map_or("-".into(), output::human_ns),
-            status,
-            reply_bytes.map_or("-".into(), |b| b.to_string()),
-            text
-        ));
-        out.push_str(&output::cut_to_width(&line, sink.width));
-        out.push('\n');
-        sink.text(&out)
+        self.lines.write(
+            sink,
+            &Line {
+                start_unix_ns,
+                pid: who.pid,
+                peer: &who.peer,
+                duration_ns: ns,
+                status,
+                size: reply_bytes,
+                text,
+            },
+        )
     }
 
     /// The report of the interval that ended (with --summary, its tables), or of the whole
