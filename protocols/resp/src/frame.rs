@@ -561,44 +561,52 @@ impl Framer {
         if n == 0 || n > MAX_ARGS {
             return None;
         }
-        // Check it all first: nothing is pushed unless the whole command is in view.
-        let mut at = first;
-        for i in 0..n {
-            if data.get(at) != Some(&kind::BULK) {
-                return None;
-            }
-            let (len, body) = short_header(data, at)?;
-            let end = body.checked_add(usize::try_from(len).ok()?)?;
-            if len > self.keep as u64 || data.get(end..end + 2) != Some(b"\r\n") {
-                return None;
-            }
-            if i == 0 && may_hold_secrets(&data[body..end]) {
-                return None;
-            }
-            at = end + 2;
-        }
-        let total = at;
-        self.begin_value(ts_ns);
+        // Pushed as they are read; all taken back unless the whole command is in view.
+        let (elems_before, bytes_before) = (self.elems.len(), self.bytes.len());
         let start = self.pos;
         self.elem_start = start;
         let array = self.push_at(0, kind::ARRAY, &[], n as i64, false);
         let mut at = first;
-        while at < total {
-            let (len, body) = short_header(data, at)?;
-            let end = body + len as usize;
+        for i in 0..n {
+            let whole = self.whole_bulk(data, at, i == 0);
+            let Some((body, end)) = whole else {
+                self.elems.truncate(elems_before);
+                self.bytes.truncate(bytes_before);
+                return None;
+            };
             self.elem_start = start + at as u64;
-            let e = self.push_at(1, kind::BULK, &data[body..end], len as i64, false);
+            let e = self.push_at(1, kind::BULK, &data[body..end], (end - body) as i64, false);
             if let Some(e) = self.elems.get_mut(e) {
                 e.wire = (end + 2 - at) as u64;
             }
             at = end + 2;
         }
+        let total = at;
         if let Some(e) = self.elems.get_mut(array) {
             e.wire = total as u64;
         }
+        self.begin_value(ts_ns);
         self.pos = start + total as u64;
         self.emit(ts_ns);
         Some(total)
+    }
+
+    /// The body of the bulk string whose header is at `data[at]`, if it is whole in view
+    /// (CRLF included), no longer than what is kept, and (for a command's name, `first`) not
+    /// a command that may hold a secret: (start, end) of the body.
+    fn whole_bulk(&self, data: &[u8], at: usize, first: bool) -> Option<(usize, usize)> {
+        if data.get(at) != Some(&kind::BULK) {
+            return None;
+        }
+        let (len, body) = short_header(data, at)?;
+        let end = body.checked_add(usize::try_from(len).ok()?)?;
+        if len > self.keep as u64 || data.get(end..end + 2) != Some(b"\r\n") {
+            return None;
+        }
+        if first && may_hold_secrets(&data[body..end]) {
+            return None;
+        }
+        Some((body, end))
     }
 
     fn element(&mut self, data: &[u8], ts_ns: u64) -> usize {
