@@ -134,9 +134,7 @@ pub struct Connection {
 fn password_ranges(data: &[u8], at_boundary: bool, out: &mut Vec<(usize, usize)>) {
     let mut i = 0;
     while i < data.len() {
-        let len = data
-            .get(i + 1..i + 5)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let len = data.get(i + 1..).and_then(crate::frame::be32);
         match len {
             Some(len) if at_boundary && data[i] == b'p' && len >= 4 => {
                 let end = (i + 1).saturating_add(len as usize);

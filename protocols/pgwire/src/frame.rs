@@ -137,7 +137,7 @@ fn plausible_tag(direction: Direction, tag: u8) -> bool {
     }
 }
 
-fn be32(b: &[u8]) -> Option<u32> {
+pub(crate) fn be32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
 
