@@ -52,6 +52,17 @@ impl Latencies {
         *self.buckets.entry(bucket(ns)).or_default() += 1;
     }
 
+    /// Adds every call of `other` (a session's lags into the whole replay's).
+    pub fn merge(&mut self, other: &Latencies) {
+        self.calls += other.calls;
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.truncated |= other.truncated;
+        for (&b, &n) in &other.buckets {
+            *self.buckets.entry(b).or_default() += n;
+        }
+    }
+
     pub fn mean_ns(&self) -> f64 {
         if self.calls == 0 {
             0.0

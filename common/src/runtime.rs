@@ -79,6 +79,12 @@ pub trait Trace {
     /// Prints the final report: what the whole run saw, and what was lost.
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()>;
 
+    /// True once the tool has done all it was asked (a replay at the end of its input): the
+    /// loop then ends as at Ctrl-C, with the final report.
+    fn done(&self) -> bool {
+        false
+    }
+
     /// Called instead of `finish` when stdout was closed (`tool | head`): keeps complete what
     /// does not need stdout (a capture file). Nothing by default.
     fn output_gone(&mut self) -> anyhow::Result<()> {
@@ -171,7 +177,7 @@ fn run_loop(
             out.flush()?;
             last_drain = Instant::now();
         }
-        if watch.all_gone() {
+        if watch.all_gone() || trace.done() {
             ticker.request_stop();
         }
         match ticker.next(Duration::ZERO) {

@@ -22,6 +22,8 @@ pub struct ToolDefinition {
     pub command: fn() -> clap::Command,
     /// The JSON Schema of its records, as checked in.
     pub schema: fn() -> String,
+    /// An option bash completes from its first letters (the completion test types them).
+    pub completes: &'static str,
 }
 
 /// Every tool of the project.
@@ -32,36 +34,49 @@ pub fn tools() -> Vec<ToolDefinition> {
             name: "page_reclaim",
             command: page_reclaim::Args::command,
             schema: schema_of::<page_reclaim::records::Record>,
+            completes: "--container",
         },
         ToolDefinition {
             name: "query_latency",
             command: query_latency::Args::command,
             schema: schema_of::<query_latency::records::Record>,
+            completes: "--container",
         },
         ToolDefinition {
             name: "pgwire_trace",
             command: pgwire_trace::Args::command,
             schema: schema_of::<pgwire_trace::records::Record>,
+            completes: "--container",
         },
         ToolDefinition {
             name: "shmem",
             command: shmem::Args::command,
             schema: schema_of::<shmem::records::Record>,
+            completes: "--container",
         },
         ToolDefinition {
             name: "llcache_per_query",
             command: llcache_per_query::Args::command,
             schema: schema_of::<llcache_per_query::records::Record>,
+            completes: "--container",
         },
         ToolDefinition {
             name: "io_timeouts",
             command: io_timeouts::Args::command,
             schema: schema_of::<io_timeouts::records::Record>,
+            completes: "--container",
         },
         ToolDefinition {
             name: "redis_trace",
             command: redis_trace::Args::command,
             schema: schema_of::<redis_trace::records::Record>,
+            completes: "--container",
+        },
+        ToolDefinition {
+            name: "pg_replay",
+            command: pg_replay::Args::command,
+            schema: schema_of::<pg_replay::records::Record>,
+            completes: "--target",
         },
     ]
 }

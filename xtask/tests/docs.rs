@@ -148,10 +148,11 @@ fn bash_completes_options_and_the_other_shells_get_scripts() {
         }
         // What bash does when the user types `tool --conta<TAB>`.
         let bash = pgbpf_xtask::completion_path(dir.path(), clap_complete::Shell::Bash, t.name);
-        let line = format!("{} --conta", t.name);
+        let typed = &t.completes[..6];
+        let line = format!("{} {typed}", t.name);
         let script = format!(
             "source {}; COMP_WORDS=({line}); COMP_CWORD=1; COMP_LINE='{line}'; \
-             COMP_POINT=${{#COMP_LINE}}; _{} {} --conta {}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+             COMP_POINT=${{#COMP_LINE}}; _{} {} {typed} {}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
             bash.display(),
             t.name,
             t.name,
@@ -164,7 +165,7 @@ fn bash_completes_options_and_the_other_shells_get_scripts() {
         let replies = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             replies.trim(),
-            "--container",
+            t.completes,
             "{}: {}",
             t.name,
             String::from_utf8_lossy(&out.stderr)

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// A finished statement.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Completed {
     pub sql: String,
     /// The statement text or its parameters were cut at the capture limit.
@@ -107,6 +107,8 @@ pub struct Connection {
     pub startup: Vec<(String, String)>,
     /// Last ReadyForQuery status: b'I', b'T' or b'E'.
     pub transaction: u8,
+    /// ReadyForQuery messages seen (a replay waits for as many as the original client did).
+    pub ready: u64,
     /// Messages that could not be decoded (of those pairing reads: every client message, and
     /// the server's completions, errors and ReadyForQuery).
     pub malformed: u64,
@@ -242,6 +244,7 @@ impl Connection {
             authenticating: false,
             secrets: Vec::new(),
             transaction: 0,
+            ready: 0,
             malformed: 0,
             unmatched: 0,
             answered: vec![],
@@ -249,6 +252,16 @@ impl Connection {
             // until the first quiet ReadyForQuery.
             unsure: !from_start,
             frames: Frames::default(),
+        }
+    }
+
+    /// A connection the caller logged in itself (a replay): its next bytes in each direction
+    /// are typed messages, and every answer pairs with a request fed since.
+    pub fn logged_in() -> Connection {
+        Connection {
+            client: Framer::at_message_start(Direction::Frontend),
+            server: Framer::at_message_start(Direction::Backend),
+            ..Connection::new(true)
         }
     }
 
@@ -536,6 +549,7 @@ impl Connection {
             }
             Backend::ReadyForQuery { status } => {
                 self.transaction = status;
+                self.ready += 1;
                 self.skipping = false;
                 for mut c in self.answered.drain(..) {
                     c.transaction = Some(status);

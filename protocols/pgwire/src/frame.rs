@@ -178,6 +178,15 @@ impl Framer {
         }
     }
 
+    /// A framer whose next byte starts a typed message: a connection the caller logged in
+    /// itself (a replay) hands over its bytes from there.
+    pub fn at_message_start(direction: Direction) -> Framer {
+        Framer {
+            state: State::Synced,
+            ..Framer::new(direction, true)
+        }
+    }
+
     /// False while the position of the next message is unknown (joined midway, or after a
     /// gap or garbage), until two consecutive plausible headers are found again.
     pub fn synced(&self) -> bool {

@@ -1,0 +1,4 @@
+//! pg_replay's binary: everything is in the library (src/lib.rs).
+fn main() -> std::process::ExitCode {
+    pgbpf_common::runtime::main::<pg_replay::Args>()
+}
