@@ -157,7 +157,7 @@ fn password_ranges(data: &[u8], at_boundary: bool, out: &mut Vec<(usize, usize)>
 /// semicolon except a final one, and nothing that could hide one (quotes, comments, dollar
 /// quotes), is one statement: its text is trimmed in place instead of copied, the common
 /// case of every client that sends one statement per Query.
-fn statements_of(mut sql: String) -> Vec<String> {
+pub fn statements_of(mut sql: String) -> Vec<String> {
     let body = sql.trim_end();
     let body = body.strip_suffix(';').unwrap_or(body);
     if body

@@ -422,23 +422,38 @@ impl LogSource {
             },
         );
         let (sqlstate, error) = p.error.map_or((None, None), |(c, m)| (Some(c), Some(m)));
-        let completed = Completed {
-            sql: p.sql,
-            extended: p.execute.is_some(),
-            started_ns: start,
-            finished_ns: start + duration_ns.unwrap_or(0),
-            sqlstate,
-            error,
-            ..Completed::default()
+        // As the replay's decoder names them: a simple query's statements one by one, each
+        // with its share of the duration; an error goes to the last (where it stopped).
+        let extended = p.execute.is_some();
+        let pieces = if extended {
+            vec![p.sql]
+        } else {
+            pgbpf_pgwire::conn::statements_of(p.sql)
         };
-        self.hold(
-            start,
-            Event::Original {
-                key,
-                completed,
-                timed: duration_ns.is_some(),
-            },
-        );
+        let n = pieces.len().max(1) as u64;
+        let share = duration_ns.unwrap_or(0) / n;
+        let last = pieces.len().saturating_sub(1);
+        for (i, sql) in pieces.into_iter().enumerate() {
+            let at = start + share * i as u64;
+            let failed = i == last;
+            let completed = Completed {
+                sql,
+                extended,
+                started_ns: at,
+                finished_ns: at + share,
+                sqlstate: if failed { sqlstate.clone() } else { None },
+                error: if failed { error.clone() } else { None },
+                ..Completed::default()
+            };
+            self.hold(
+                start,
+                Event::Original {
+                    key,
+                    completed,
+                    timed: duration_ns.is_some(),
+                },
+            );
+        }
     }
 
     /// The next held event that may go out, through the window.
