@@ -33,6 +33,8 @@ step static-release scripts/build-release.sh
 # Arbitrary bytes into the wire decoder for 20 s (crashes land in protocols/pgwire/fuzz/artifacts).
 step fuzz-pgwire sh -c 'cd protocols/pgwire && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
 step fuzz-resp sh -c 'cd protocols/resp && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
+# pg_replay's inputs: server logs of each format, and capture records after a valid header.
+step fuzz-replay sh -c 'cd tools/pg_replay/fuzz && cargo +nightly-2026-08-01 fuzz run logs -- -max_total_time=15 && cargo +nightly-2026-08-01 fuzz run capture -- -max_total_time=15'
 # Default members only: the eBPF crates are built by aya-build, not for the host.
 # Test binaries run one after another; privileged tests also take a machine-wide lock.
 rm -f "$logs/skipped.log"

@@ -128,8 +128,12 @@ impl<S: Stream> Connections<S> {
             }
             Kind::Data => {
                 let missing = r.missing();
-                self.totals.truncated_bytes += missing;
-                self.totals.lost_bytes += r.lost[0] + r.lost[1];
+                // Saturating: a corrupt file's counts must not overflow (found by fuzzing).
+                self.totals.truncated_bytes = self.totals.truncated_bytes.saturating_add(missing);
+                self.totals.lost_bytes = self
+                    .totals
+                    .lost_bytes
+                    .saturating_add(r.lost[0].saturating_add(r.lost[1]));
                 let conn = self.open(r, false);
                 conn.pid = r.tgid;
                 conn.fd = r.fd;

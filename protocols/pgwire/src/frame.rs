@@ -254,7 +254,11 @@ impl Framer {
     }
 
     fn lose(&mut self, n: u64) {
-        self.skipped += n + self.buf.len() as u64;
+        // Saturating: gaps come from capture files, which may be corrupt (found by fuzzing).
+        self.skipped = self
+            .skipped
+            .saturating_add(n)
+            .saturating_add(self.buf.len() as u64);
         self.buf.clear();
         self.state = State::Lost;
     }
@@ -290,7 +294,7 @@ impl Framer {
         }
         if self.state == State::Lost && self.buf.len() > (1 << 20) {
             // Do not hoard undecodable bytes.
-            self.skipped += self.buf.len() as u64;
+            self.skipped = self.skipped.saturating_add(self.buf.len() as u64);
             self.buf.clear();
         }
     }
@@ -383,7 +387,7 @@ impl Framer {
                     }
                     match found {
                         Some(i) => {
-                            self.skipped += i as u64;
+                            self.skipped = self.skipped.saturating_add(i as u64);
                             pos += i;
                             self.state = State::Synced;
                         }

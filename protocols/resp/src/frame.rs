@@ -384,9 +384,10 @@ impl Framer {
         if n == 0 {
             return;
         }
-        self.pos += n;
+        // Saturating: gaps come from capture files, which may be corrupt.
+        self.pos = self.pos.saturating_add(n);
         match self.state {
-            State::Body { left, crlf } if n <= left + u64::from(crlf) => {
+            State::Body { left, crlf } if n <= left.saturating_add(u64::from(crlf)) => {
                 let in_body = n.min(left);
                 let in_crlf = (n - in_body) as u8;
                 if let Some(e) = self.elems.get_mut(self.body_elem) {
@@ -403,12 +404,12 @@ impl Framer {
             }
             State::Element if self.stack.is_empty() && self.cur_started.is_none() => {
                 // Between values: the next one begins somewhere after the gap.
-                self.skipped += n;
+                self.skipped = self.skipped.saturating_add(n);
                 self.lose(false);
             }
-            State::Lost | State::AtNextRecord => self.skipped += n,
+            State::Lost | State::AtNextRecord => self.skipped = self.skipped.saturating_add(n),
             _ => {
-                self.skipped += n;
+                self.skipped = self.skipped.saturating_add(n);
                 self.lose(true);
             }
         }

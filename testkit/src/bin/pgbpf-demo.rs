@@ -118,6 +118,57 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "pgwire_trace exited with {status}");
 
+    say(&format!(
+        "pgwire_trace --container {short} --record /tmp/pgbpf-demo.pgw -d 12   (a capture of pgbench -S at 50 tps)"
+    ));
+    let capture = std::env::temp_dir().join("pgbpf-demo.pgw");
+    let capture_s = capture.display().to_string();
+    let mut tool = Command::new("pgwire_trace")
+        .args([
+            "--container",
+            short,
+            "--summary",
+            "--record",
+            &capture_s,
+            "-d",
+            "12",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    pg.pgbench(&[
+        "-S", "-M", "extended", "-c", "2", "-j", "2", "-R", "50", "-T", "10", "-n",
+    ])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "pgwire_trace exited with {status}");
+    say(
+        "a second cluster (scale 1) where index scans are off: enable_indexscan = enable_bitmapscan = off",
+    );
+    let second = Postgres::start_with_pgbench(
+        &PgOptions {
+            settings: vec![
+                ("enable_indexscan".into(), "off".into()),
+                ("enable_bitmapscan".into(), "off".into()),
+            ],
+            ..Default::default()
+        },
+        1,
+    )?;
+    let target = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        second.socket_dir.display(),
+        second.port
+    );
+    say(&format!(
+        "pg_replay --target '{target}' --top 5 {capture_s}   (each session at its own pace: the regression per statement)"
+    ));
+    let status = Command::new("pg_replay")
+        .args(["--target", &target, "--top", "5", &capture_s])
+        .status()?;
+    anyhow::ensure!(status.success(), "pg_replay exited with {status}");
+    let _ = std::fs::remove_file(&capture);
+    drop(second);
+
     say("starting a throwaway redis-server on a free port");
     let redis = Redis::start()?;
     let pid = redis.pid().to_string();

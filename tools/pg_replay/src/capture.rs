@@ -10,7 +10,12 @@
 //! before `--start`) are unknown to the replay's server: their Binds, Executes and Describes
 //! are skipped and counted.
 
-use std::{collections::VecDeque, fs::File, io::BufReader, path::Path};
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::{BufReader, Read},
+    path::Path,
+};
 
 use anyhow::Context as _;
 use foldhash::HashSet;
@@ -192,7 +197,7 @@ impl SessionStream {
 
 /// A capture file being read.
 pub struct CaptureSource {
-    reader: Reader<BufReader<File>>,
+    reader: Reader<Box<dyn Read + Send>>,
     path: String,
     conns: Connections<SessionStream>,
     record: Record,
@@ -208,14 +213,21 @@ pub struct CaptureSource {
 impl CaptureSource {
     pub fn open(path: &Path, window: Window) -> anyhow::Result<CaptureSource> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let reader = Reader::new(
-            BufReader::with_capacity(1 << 20, file),
-            &pgbpf_capture::POSTGRES,
-        )
-        .with_context(|| format!("reading {}", path.display()))?;
+        let input = Box::new(BufReader::with_capacity(1 << 20, file));
+        CaptureSource::from_reader(&path.display().to_string(), input, window)
+    }
+
+    /// A capture read from `input` (`name` is how messages call it).
+    pub fn from_reader(
+        name: &str,
+        input: Box<dyn Read + Send>,
+        window: Window,
+    ) -> anyhow::Result<CaptureSource> {
+        let reader = Reader::new(input, &pgbpf_capture::POSTGRES)
+            .with_context(|| format!("reading {name}"))?;
         Ok(CaptureSource {
             reader,
-            path: path.display().to_string(),
+            path: name.to_string(),
             conns: Connections::default(),
             record: Record::default(),
             completed: vec![],

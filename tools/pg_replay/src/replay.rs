@@ -44,7 +44,7 @@ const BUDGET_BYTES: usize = 32 << 20;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// How the replay is paced and whom it replays.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// 1 is the original pace, 2 twice as fast; infinite: as fast as the answers come.
     pub speed: f64,

@@ -184,7 +184,9 @@ fn take(
     let now = s.c.counts();
     stats.unmatched += now.unmatched - s.counted.unmatched;
     stats.malformed += now.malformed - s.counted.malformed;
-    stats.skipped_bytes += now.skipped - s.counted.skipped;
+    stats.skipped_bytes = stats
+        .skipped_bytes
+        .saturating_add(now.skipped - s.counted.skipped);
     s.counted = now;
     if resp.is_empty() {
         return;

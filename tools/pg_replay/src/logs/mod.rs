@@ -24,7 +24,13 @@ pub mod prefix;
 mod statement;
 mod types;
 
-use std::{cmp::Reverse, collections::BinaryHeap, fs::File, io::BufReader, path::Path};
+use std::{
+    cmp::Reverse,
+    collections::BinaryHeap,
+    fs::File,
+    io::{BufRead, BufReader},
+    path::Path,
+};
 
 use anyhow::Context as _;
 use bytes::BytesMut;
@@ -109,6 +115,9 @@ pub struct LogSource {
     target: crate::conninfo::Target,
     done: bool,
     buf: BytesMut,
+    format: Format,
+    /// Entries that parsed (none in a file that is not such a log: an error).
+    entries_read: u64,
 }
 
 impl LogSource {
@@ -119,7 +128,18 @@ impl LogSource {
         opts: &LogOptions,
     ) -> anyhow::Result<LogSource> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let input = BufReader::with_capacity(1 << 20, file);
+        let input = Box::new(BufReader::with_capacity(1 << 20, file));
+        LogSource::from_reader(&path.display().to_string(), input, format, window, opts)
+    }
+
+    /// A log read from `input` (`name` is how messages call it).
+    pub fn from_reader(
+        name: &str,
+        input: Box<dyn BufRead + Send>,
+        format: Format,
+        window: Window,
+        opts: &LogOptions,
+    ) -> anyhow::Result<LogSource> {
         let entries: Box<dyn Entries> = match format {
             Format::Csvlog => Box::new(formats::Csv::new(input, opts.strict)),
             Format::Jsonlog => Box::new(formats::Json::new(input, opts.strict)),
@@ -132,7 +152,7 @@ impl LogSource {
         let prober = types::Prober::new(opts.target.clone(), opts.passwords.clone())?;
         Ok(LogSource {
             entries,
-            path: path.display().to_string(),
+            path: name.to_string(),
             sessions: HashMap::new(),
             next_key: 1,
             held: BinaryHeap::new(),
@@ -147,6 +167,11 @@ impl LogSource {
             target: opts.target.clone(),
             done: false,
             buf: BytesMut::new(),
+            format: match format {
+                Format::Csvlog | Format::Jsonlog => format,
+                _ => Format::Stderr,
+            },
+            entries_read: 0,
         })
     }
 
@@ -166,9 +191,28 @@ impl LogSource {
             .next_entry(&mut self.stats)
             .with_context(|| self.path.clone())?
         else {
+            if self.entries_read == 0 && self.stats.bad_lines > 0 {
+                let first = self
+                    .stats
+                    .bad_line_examples
+                    .first()
+                    .map(|(_, t)| t.as_str())
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "{}: no line is a log line of the {} format{} (the first: {first:?})",
+                    self.path,
+                    self.format.name(),
+                    if self.format == Format::Stderr {
+                        " with this --log-line-prefix"
+                    } else {
+                        ""
+                    }
+                );
+            }
             self.end_all();
             return Ok(false);
         };
+        self.entries_read += 1;
         self.latest_ns = self.latest_ns.max(e.ts_ns);
         if e.session.is_empty() {
             return Ok(true);
