@@ -1,9 +1,11 @@
 //! pgbpf-bench: measures a tool's cost side by side in one run, with interleaved repetitions
 //! (these machines are noisy): pgbench -S TPS with no tracing, with the tool attached and with
 //! the equivalent bpftrace script; time from start to attached; peak RSS. Prints the ratios
-//! and writes the tool's section of docs/PERFORMANCE.md. Not part of the test suite.
+//! and writes the tool's section of docs/PERFORMANCE.md. pg_replay, which traces nothing, is
+//! measured against pgreplay instead ([`replay`]). Not part of the test suite.
 
 mod measure;
+mod replay;
 mod report;
 mod scenario;
 mod server;
@@ -38,6 +40,9 @@ pub struct Args {
     /// variant, so a change is measured against its baseline in the same run
     #[arg(long, value_name = "DIR")]
     pub baseline: Option<PathBuf>,
+    /// pg_replay: the size of the big log the parsers and the memory bound are measured on
+    #[arg(long, value_name = "MB", default_value_t = 1024)]
+    pub log_mb: u64,
     /// Where to write the results (the tool's section is replaced, the rest kept)
     #[arg(long, default_value = "docs/PERFORMANCE.md")]
     pub out: PathBuf,
@@ -45,7 +50,12 @@ pub struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match measure::run(&args) {
+    let result = if args.tool == "pg_replay" {
+        replay::run(&args)
+    } else {
+        measure::run(&args)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgbpf-bench: error: {e:#}");

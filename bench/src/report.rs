@@ -207,18 +207,24 @@ impl Results {
 
     /// Replaces this tool's section of `path` (creating the file with the method if needed).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let old = std::fs::read_to_string(path).unwrap_or_else(|_| METHOD.to_string());
-        let start = format!("<!-- bench:{} -->", self.name);
-        let end = format!("<!-- /bench:{} -->\n", self.name);
-        let new = match (old.find(&start), old.find(&end)) {
-            (Some(a), Some(b)) if b > a => {
-                format!("{}{}{}", &old[..a], self.section(), &old[b + end.len()..])
-            }
-            _ => format!("{}\n{}", old.trim_end(), "\n") + &self.section(),
-        };
-        std::fs::write(path, new)?;
-        Ok(())
+        write_section(path, self.name, &self.section())
     }
+}
+
+/// Replaces the section `name` of `path` (between its `<!-- bench:NAME -->` markers) with
+/// `section`, or appends it; the file is created with the method if needed.
+pub fn write_section(path: &Path, name: &str, section: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| METHOD.to_string());
+    let start = format!("<!-- bench:{name} -->");
+    let end = format!("<!-- /bench:{name} -->\n");
+    let new = match (old.find(&start), old.find(&end)) {
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{}{}", &old[..a], section, &old[b + end.len()..])
+        }
+        _ => format!("{}\n{}", old.trim_end(), "\n") + section,
+    };
+    std::fs::write(path, new)?;
+    Ok(())
 }
 
 const METHOD: &str = "# Performance
@@ -245,7 +251,7 @@ every run's TPS, so the spread is visible.
   extra run of each tracer after them: those runs give these two columns and no TPS.
 ";
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -253,7 +259,7 @@ fn machine() -> String {
     format!("{cores} cores, Linux {kernel}")
 }
 
-fn today() -> String {
+pub fn today() -> String {
     let out = std::process::Command::new("date").arg("+%Y-%m-%d").output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()

@@ -274,8 +274,13 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// The scenarios and pg_replay's benchmark (of its own: it traces nothing).
 pub fn names() -> Vec<&'static str> {
-    SCENARIOS.iter().map(|s| s.name).collect()
+    SCENARIOS
+        .iter()
+        .map(|s| s.name)
+        .chain(["pg_replay"])
+        .collect()
 }
 
 pub fn find(tool: &str) -> Option<&'static Scenario> {

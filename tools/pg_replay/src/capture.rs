@@ -6,9 +6,10 @@
 //! The start-up message, SSL/GSS requests and every password message are left out: the
 //! replay logs in with its own credentials. A message whose bytes were not all captured
 //! (longer than `--capture`, or lost) cannot be replayed: the session is counted as
-//! incomplete and nothing after it is sent. Statements prepared before the capture (or
-//! before `--start`) are unknown to the replay's server: their Binds, Executes and Describes
-//! are skipped and counted.
+//! incomplete and nothing after it is sent. A statement prepared before `--start` is
+//! prepared again just before its first use in the window (its Parse was captured);
+//! statements prepared before the capture began are unknown to the replay's server: their
+//! Binds, Executes and Describes are skipped and counted.
 
 use std::{
     collections::VecDeque,
@@ -18,7 +19,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 use pgbpf_capture::{
     Kind, Reader, Record,
     conns::{Conn, Connections, Stream},
@@ -26,6 +27,26 @@ use pgbpf_capture::{
 use pgbpf_pgwire::{Direction, Framer, Frames, Frontend, conn::Completed, conn::Connection};
 
 use crate::source::{Event, InputStats, Place, Source, Window, answers_asked};
+
+/// Named statements' Parse messages kept per session, and their bytes at most.
+const PARSES_KEPT: usize = 1024;
+const PARSE_BYTES_KEPT: usize = 1 << 20;
+
+/// What becomes of a message in the replay.
+enum Use {
+    Send,
+    /// Uses a statement the replay's server does not know: left out.
+    Skip,
+    /// Uses a statement prepared before the window: its Parse goes first.
+    PrepareFirst(Vec<u8>),
+}
+
+/// A frontend message as it goes on the wire.
+fn encode(tag: u8, body: &[u8], out: &mut Vec<u8>) {
+    out.push(tag);
+    out.extend(((body.len() + 4) as u32).to_be_bytes());
+    out.extend(body);
+}
 
 /// The decoder of one captured connection.
 struct SessionStream {
@@ -48,6 +69,10 @@ struct SessionStream {
     /// Prepared statements and portals the replay's server will know.
     statements: HashSet<Vec<u8>>,
     portals: HashSet<Vec<u8>>,
+    /// The Parse message of every named statement seen, so that one prepared before the
+    /// window is prepared again at its first use in it (bounded: [`PARSES_KEPT`]).
+    parses: HashMap<Vec<u8>, Vec<u8>>,
+    parse_bytes: usize,
     /// Monotonic time of the connection's first record.
     opened_ns: u64,
     /// The Begin event was given, with the original's ReadyForQuery count then.
@@ -71,6 +96,8 @@ impl Stream for SessionStream {
             skipped: 0,
             statements: HashSet::default(),
             portals: HashSet::default(),
+            parses: HashMap::default(),
+            parse_bytes: 0,
             opened_ns: 0,
             begun: None,
         }
@@ -144,53 +171,95 @@ impl SessionStream {
             self.broken = true;
             return;
         }
-        if !self.known(tag, body) {
-            self.skipped += 1;
-            return;
+        match self.known(tag, body) {
+            Use::Send => {}
+            Use::Skip => {
+                self.skipped += 1;
+                return;
+            }
+            Use::PrepareFirst(parse) => self.kept.extend(parse),
         }
-        self.kept.push(tag);
-        self.kept.extend(((body.len() + 4) as u32).to_be_bytes());
-        self.kept.extend(body);
+        encode(tag, body, &mut self.kept);
     }
 
     /// Whether the replay's server will know the statement or portal a message uses;
     /// records what Parse and Bind define and Close removes.
-    fn known(&mut self, tag: u8, body: &[u8]) -> bool {
+    fn known(&mut self, tag: u8, body: &[u8]) -> Use {
         let name = |b: &[u8]| -> Vec<u8> { b.split(|&c| c == 0).next().unwrap_or(&[]).to_vec() };
+        let known = |yes: bool| if yes { Use::Send } else { Use::Skip };
         match tag {
             b'P' => {
-                self.statements.insert(name(body));
-                true
+                let statement = name(body);
+                self.remember_parse(&statement, body);
+                self.statements.insert(statement);
+                Use::Send
             }
             b'B' => {
                 let portal = name(body);
                 let statement = name(body.get(portal.len() + 1..).unwrap_or(&[]));
-                let known = self.statements.contains(&statement);
-                if known {
-                    self.portals.insert(portal);
-                } else {
+                let used = self.statement_use(&statement);
+                if matches!(used, Use::Skip) {
                     self.portals.remove(&portal);
+                } else {
+                    self.portals.insert(portal);
                 }
-                known
+                used
             }
-            b'E' => self.portals.contains(&name(body)),
+            b'E' => known(self.portals.contains(&name(body))),
             b'D' | b'C' => {
                 let (kind, rest) = body.split_first().unwrap_or((&0, &[]));
                 let target = name(rest);
-                let known = match kind {
-                    b'S' => self.statements.contains(&target),
-                    _ => self.portals.contains(&target),
-                };
                 if tag == b'C' {
                     match kind {
-                        b'S' => self.statements.remove(&target),
-                        _ => self.portals.remove(&target),
+                        b'S' => {
+                            self.statements.remove(&target);
+                            if let Some(old) = self.parses.remove(&target) {
+                                self.parse_bytes -= old.len();
+                            }
+                        }
+                        _ => {
+                            self.portals.remove(&target);
+                        }
                     };
+                    // A Close of an unknown name is harmless (the server says CloseComplete).
+                    return Use::Send;
                 }
-                // A Close of an unknown name is harmless (the server says CloseComplete).
-                known || tag == b'C'
+                match kind {
+                    b'S' => self.statement_use(&target),
+                    _ => known(self.portals.contains(&target)),
+                }
             }
-            _ => true,
+            _ => Use::Send,
+        }
+    }
+
+    /// A message using statement `name`: sent, sent after its Parse again, or skipped.
+    fn statement_use(&mut self, name: &[u8]) -> Use {
+        if self.statements.contains(name) {
+            return Use::Send;
+        }
+        match self.parses.get(name) {
+            Some(parse) => {
+                let parse = parse.clone();
+                self.statements.insert(name.to_vec());
+                Use::PrepareFirst(parse)
+            }
+            None => Use::Skip,
+        }
+    }
+
+    fn remember_parse(&mut self, name: &[u8], body: &[u8]) {
+        if name.is_empty() {
+            return; // the unnamed statement is parsed again before each use
+        }
+        if self.parses.len() >= PARSES_KEPT || self.parse_bytes + body.len() > PARSE_BYTES_KEPT {
+            return;
+        }
+        let mut parse = Vec::with_capacity(body.len() + 5);
+        encode(b'P', body, &mut parse);
+        self.parse_bytes += parse.len();
+        if let Some(old) = self.parses.insert(name.to_vec(), parse) {
+            self.parse_bytes -= old.len();
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct LogOptions {
     pub replay: crate::replay::Options,
     pub target: crate::conninfo::Target,
     pub passwords: crate::conninfo::Passwords,
+    /// Ask the target for parameter types (not with `--check`, which connects nowhere).
+    pub probe_types: bool,
 }
 
 /// One input of several files, read in the order given.

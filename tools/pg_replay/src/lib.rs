@@ -8,9 +8,11 @@
 //! - [`replay`]: the dispatcher and the session tasks; [`client`]: logging in;
 //!   [`conninfo`]: the target and passwords.
 //! - [`report`]: the regression report and the progress line; [`records`]: NDJSON.
-//! - [`run`]: the replay as the shared runtime drives it.
+//! - [`run`]: the replay as the shared runtime drives it; [`check`]: `--check`, the inputs
+//!   read and summed up without a replay.
 
 pub mod capture;
+pub mod check;
 pub mod client;
 pub mod conninfo;
 pub mod input;
@@ -33,7 +35,8 @@ Examples:
   pg_replay --target postgresql://replay@10.0.0.7/app --speed 2 cap.pgw
   pg_replay --target 'host=/tmp port=5433' --max-idle 5 postgresql-15-main.log
   pg_replay --target 'host=newdb' --only-database app --start 10m --end 20m cap.pgw
-  pg_replay --target 'host=newdb' --speed max --json cap.pgw   # as fast as it answers";
+  pg_replay --target 'host=newdb' --speed max --json cap.pgw   # as fast as it answers
+  pg_replay --check --log-line-prefix '%m [%p] %q%u@%d ' postgresql-15-main.log";
 
 /// Replay PostgreSQL sessions from a pgwire_trace capture or a server log into another
 /// server, each session on its own connection with its original timing, and report per
@@ -45,8 +48,13 @@ pub struct Args {
     /// The server to replay into: 'host=… port=… user=… dbname=…' or postgresql://…
     /// (sessions log in as their original user to their original database; user and
     /// dbname here serve those whose start-up the input lacks)
-    #[arg(long, value_name = "CONNINFO")]
-    pub target: String,
+    #[arg(long, value_name = "CONNINFO", required_unless_present = "check")]
+    pub target: Option<String>,
+    /// Only read the inputs and report what they hold (sessions, statements with their
+    /// original times, lines that did not parse) without connecting anywhere: a log checked
+    /// before a long replay
+    #[arg(long, conflicts_with_all = ["target", "speed", "max_idle", "max_connections"])]
+    pub check: bool,
     /// Capture files (pgwire_trace --record) or server logs, replayed as one time line
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
@@ -211,5 +219,19 @@ mod tests {
         assert_eq!(a.output_args().interval(), Some(Duration::from_secs(5)));
         assert!(Args::try_parse_from(["pg_replay", "a.pgw"]).is_err());
         assert!(Args::try_parse_from(["pg_replay", "--target", "x"]).is_err());
+        // --check needs no target and takes no replay options.
+        assert!(
+            Args::try_parse_from(["pg_replay", "--check", "a.log"])
+                .unwrap()
+                .check
+        );
+        for bad in [
+            &["--target", "x"][..],
+            &["--speed", "2"],
+            &["--max-connections", "3"],
+        ] {
+            let argv = ["pg_replay", "--check", "a.log"].iter().chain(bad);
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 }

@@ -93,6 +93,8 @@ pub struct SessionRow<'a> {
 #[derive(Serialize, JsonSchema)]
 pub struct Summary<'a> {
     pub ts_ns: u64,
+    /// `--check`: the input was only read, nothing replayed (the replay figures are 0).
+    pub check: bool,
     /// Wall time of the replay.
     pub elapsed_ns: u64,
     /// The input's time line replayed (first to last event).

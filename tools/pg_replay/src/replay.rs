@@ -38,8 +38,10 @@ use crate::{
 
 /// How far ahead of the schedule the dispatcher reads.
 const LOOKAHEAD: Duration = Duration::from_millis(500);
-/// Bytes read from the input and not yet sent, at most.
-const BUDGET_BYTES: usize = 32 << 20;
+/// Bytes read from the input and not yet sent, at most: with --speed max the dispatcher
+/// reads ahead until this is full, so it is what memory grows to (8 MiB is hundreds of
+/// statements for each of a hundred sessions).
+const BUDGET_BYTES: usize = 8 << 20;
 /// How long a session waits for the server to close after Terminate.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -156,7 +158,11 @@ impl Replay {
         options: Options,
         report: mpsc::Sender<Outcome>,
     ) -> anyhow::Result<Replay> {
+        // One I/O thread: each statement is a write and a read on its session's socket, and
+        // with more threads most of the time went to waking tasks across them (measured:
+        // docs/PERFORMANCE.md).
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .thread_name("pg_replay-io")
             .build()
@@ -502,9 +508,12 @@ async fn replay_session(
                 break;
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
-            _ = stop.wait_for(|s| *s) => { summary.unsent += 1; break }
+        // Behind schedule or unpaced, a timer would only cost.
+        if due > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = stop.wait_for(|s| *s) => { summary.unsent += 1; break }
+            }
         }
         // As the original client did: wait for the answers it had (never for more than
         // this replay asked for: messages skipped must not make it wait forever).

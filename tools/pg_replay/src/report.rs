@@ -146,6 +146,11 @@ impl Report {
         }
     }
 
+    /// Original statements taken so far.
+    pub fn statements_read(&self) -> u64 {
+        self.statements.values().map(|s| s.original.calls).sum()
+    }
+
     fn statement(&mut self, c: &Completed) -> &mut Statement {
         normalize_into(&c.sql, &mut self.key);
         // Look up before inserting: a statement seen before costs no key copy.
@@ -185,10 +190,16 @@ impl Report {
         self.shown.truncate(SESSIONS_SHOWN);
     }
 
-    /// The statements, by time added (most first).
-    fn sorted(&self) -> Vec<(&String, &Statement)> {
+    /// The statements, by time added (most first); with `--check`, by original total time
+    /// and then calls.
+    fn sorted(&self, check: bool) -> Vec<(&String, &Statement)> {
         let mut v: Vec<_> = self.statements.iter().collect();
-        v.sort_by(|a, b| b.1.added_ns().cmp(&a.1.added_ns()).then(a.0.cmp(b.0)));
+        if check {
+            let key = |s: &Statement| (s.original.latency.total_ns, s.original.calls);
+            v.sort_by(|a, b| key(b.1).cmp(&key(a.1)).then(a.0.cmp(b.0)));
+        } else {
+            v.sort_by(|a, b| b.1.added_ns().cmp(&a.1.added_ns()).then(a.0.cmp(b.0)));
+        }
         v
     }
 
@@ -196,7 +207,7 @@ impl Report {
     pub fn finish(&self, out: &mut Output, run: &Run<'_>) -> io::Result<()> {
         let summary = self.summary(run);
         if out.json {
-            for (sql, s) in self.sorted() {
+            for (sql, s) in self.sorted(run.check) {
                 out.record(&Record::Statement(rec::StatementRow {
                     query: sql,
                     truncated: s.truncated,
@@ -226,6 +237,7 @@ impl Report {
         let i = run.input;
         rec::Summary {
             ts_ns: output::unix_ns(),
+            check: run.check,
             elapsed_ns: run.elapsed_ns,
             input_ns: run.input_ns,
             speed: run.speed.is_finite().then_some(run.speed),
@@ -255,81 +267,75 @@ impl Report {
     }
 
     fn text(&self, width: Option<usize>, s: &rec::Summary<'_>, run: &Run<'_>) -> String {
-        let secs = |ns: u64| ns as f64 / 1e9;
-        let speed = if run.speed.is_finite() {
-            format!("speed {}", run.speed)
+        let mut t = if run.check {
+            check_header(s)
         } else {
-            "speed unbounded".to_string()
+            replay_header(s, run)
         };
-        let mut t = format!(
-            "Replayed {} sessions in {:.1} s of {:.1} s of the original ({speed}): {} failed, {} waited for a connection{}\n",
-            s.sessions,
-            secs(s.elapsed_ns),
-            secs(s.input_ns),
-            s.sessions_failed,
-            s.sessions_queued,
-            if s.sessions_filtered > 0 {
-                format!(", {} left out by the filters", s.sessions_filtered)
-            } else {
-                String::new()
-            }
-        );
-        t += &format!(
-            "Statements: {} original, {} replayed; errors: {} original, {} replayed, {} new\n",
-            s.statements_original,
-            s.statements_replay,
-            s.errors_original,
-            s.errors_replay,
-            s.new_errors
-        );
-        if run.speed.is_finite() {
-            t += &format!(
-                "Behind schedule: p50 {}, p99 {}, max {}; {} writes not sent\n",
-                output::human_ns(s.lag_p50_ns),
-                output::human_ns(s.lag_p99_ns),
-                output::human_ns(s.lag_max_ns),
-                s.unsent
-            );
-        } else {
-            t += &format!("No schedule (--speed max); {} writes not sent\n", s.unsent);
-        }
-        let i = &s.input;
-        let mut notes = vec![];
-        if i.encrypted_sessions > 0 {
-            notes.push(format!(
-                "{} sessions were encrypted (TLS) and could not be replayed",
-                i.encrypted_sessions
-            ));
-        }
-        if i.incomplete_sessions > 0 {
-            notes.push(format!(
-                "{} sessions were cut short where a message was not captured whole",
-                i.incomplete_sessions
-            ));
-        }
-        if i.skipped_unprepared > 0 {
-            notes.push(format!(
-                "{} messages used statements prepared before the input began and were skipped",
-                i.skipped_unprepared
-            ));
-        }
-        if i.skipped_copy > 0 {
-            notes.push(format!(
-                "{} COPY ... FROM STDIN statements were skipped (a log does not hold their data)",
-                i.skipped_copy
-            ));
-        }
-        if i.bad_lines > 0 {
-            notes.push(format!("{} lines of the input did not parse", i.bad_lines));
-        }
-        for n in notes {
-            t += &format!("Input: {n}\n");
-        }
-        for (line, text) in &run.input.bad_line_examples {
-            t += &format!("  line {line}: {}\n", output::cut_to_width(text, Some(100)));
-        }
+        t += &input_notes(run.input);
         t.push('\n');
-        let sorted = self.sorted();
+        if run.check {
+            t += &self.check_table(width);
+        } else {
+            t += &self.replay_tables(width);
+        }
+        t
+    }
+
+    /// `--check`: the statements as the input holds them, by total time.
+    fn check_table(&self, width: Option<usize>) -> String {
+        let sorted = self.sorted(true);
+        let ms_of = |l: &Latencies, ns: f64| {
+            if l.calls == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.3}", ns / 1e6)
+            }
+        };
+        let rows: Vec<Vec<String>> = sorted
+            .iter()
+            .take(self.top)
+            .map(|(sql, st)| {
+                let o = &st.original.latency;
+                vec![
+                    st.original.calls.to_string(),
+                    st.original.errors.to_string(),
+                    ms_of(o, o.total_ns as f64),
+                    ms_of(o, o.mean_ns()),
+                    ms_of(o, o.percentile_ns(50.0)),
+                    ms_of(o, o.percentile_ns(99.0)),
+                    output::one_line(sql),
+                ]
+            })
+            .collect();
+        let mut t = "Per statement, by total time:\n".to_string();
+        t += &output::table(
+            &[
+                "CALLS",
+                "ERRORS",
+                "TOTAL_MS",
+                "MEAN_MS",
+                "P50_MS",
+                "P99_MS",
+                "STATEMENT",
+            ],
+            &rows,
+            width,
+        );
+        t.push('\n');
+        if sorted.len() > self.top {
+            t += &format!(
+                "({} more statements; --top N shows more)\n",
+                sorted.len() - self.top
+            );
+        }
+        t
+    }
+
+    /// The regression tables: per statement, new errors, sessions behind.
+    fn replay_tables(&self, width: Option<usize>) -> String {
+        let mut t = String::new();
+        let sorted = self.sorted(false);
         let ms = |ns: f64| format!("{:.3}", ns / 1e6);
         // A side without durations (a log without log_min_duration_statement) shows none.
         let ms_of = |l: &Latencies, ns: f64| {
@@ -432,8 +438,105 @@ impl Report {
     }
 }
 
+/// The replay's first lines: sessions, statements on both sides, how far behind.
+fn replay_header(s: &rec::Summary<'_>, run: &Run<'_>) -> String {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let speed = if run.speed.is_finite() {
+        format!("speed {}", run.speed)
+    } else {
+        "speed unbounded".to_string()
+    };
+    let mut t = format!(
+        "Replayed {} sessions in {:.1} s of {:.1} s of the original ({speed}): {} failed, {} waited for a connection{}\n",
+        s.sessions,
+        secs(s.elapsed_ns),
+        secs(s.input_ns),
+        s.sessions_failed,
+        s.sessions_queued,
+        filtered(s)
+    );
+    t += &format!(
+        "Statements: {} original, {} replayed; errors: {} original, {} replayed, {} new\n",
+        s.statements_original,
+        s.statements_replay,
+        s.errors_original,
+        s.errors_replay,
+        s.new_errors
+    );
+    if run.speed.is_finite() {
+        t += &format!(
+            "Behind schedule: p50 {}, p99 {}, max {}; {} writes not sent\n",
+            output::human_ns(s.lag_p50_ns),
+            output::human_ns(s.lag_p99_ns),
+            output::human_ns(s.lag_max_ns),
+            s.unsent
+        );
+    } else {
+        t += &format!("No schedule (--speed max); {} writes not sent\n", s.unsent);
+    }
+    t
+}
+
+/// `--check`'s first lines: what the input holds and how fast it was read.
+fn check_header(s: &rec::Summary<'_>) -> String {
+    let secs = s.elapsed_ns as f64 / 1e9;
+    let mb = s.input.bytes as f64 / 1e6;
+    format!(
+        "Read {} sessions and {} statements ({} errors) over {:.1} s of the original{}\n\
+         Input: {} ({mb:.1} MB in {secs:.2} s, {:.0} MB/s)\n",
+        s.sessions,
+        s.statements_original,
+        s.errors_original,
+        s.input_ns as f64 / 1e9,
+        filtered(s),
+        s.input.format,
+        mb / secs.max(1e-6)
+    )
+}
+
+fn filtered(s: &rec::Summary<'_>) -> String {
+    if s.sessions_filtered > 0 {
+        format!(", {} left out by the filters", s.sessions_filtered)
+    } else {
+        String::new()
+    }
+}
+
+/// What the input could not give: one line per kind, and the first bad lines.
+fn input_notes(i: &InputStats) -> String {
+    let notes = [
+        (
+            i.encrypted_sessions,
+            "sessions were encrypted (TLS) and could not be replayed",
+        ),
+        (
+            i.incomplete_sessions,
+            "sessions were cut short where a message was not captured whole",
+        ),
+        (
+            i.skipped_unprepared,
+            "messages used statements prepared before the input began and were skipped",
+        ),
+        (
+            i.skipped_copy,
+            "COPY ... FROM STDIN statements were skipped (a log does not hold their data)",
+        ),
+        (i.bad_lines, "lines of the input did not parse"),
+    ];
+    let mut t = String::new();
+    for (n, what) in notes.iter().filter(|(n, _)| *n > 0) {
+        t += &format!("Input: {n} {what}\n");
+    }
+    for (line, text) in &i.bad_line_examples {
+        t += &format!("  line {line}: {}\n", output::cut_to_width(text, Some(100)));
+    }
+    t
+}
+
 /// What the report says about the run as a whole.
 pub struct Run<'a> {
+    /// `--check`: the input only read.
+    pub check: bool,
     pub elapsed_ns: u64,
     pub input_ns: u64,
     pub speed: f64,
@@ -497,7 +600,7 @@ mod tests {
             key: 1,
             completed: done("select 1", 1_000_000, true),
         });
-        let sorted = r.sorted();
+        let sorted = r.sorted(false);
         assert_eq!(sorted.len(), 2);
         assert_eq!(sorted[0].0, "select * from t where id = $1");
         assert_eq!(sorted[0].1.added_ns(), 20_000_000);
@@ -505,6 +608,7 @@ mod tests {
         assert_eq!(sorted[1].1.new_errors(), 1);
         let input = InputStats::default();
         let run = Run {
+            check: false,
             elapsed_ns: 1,
             input_ns: 1,
             speed: 1.0,

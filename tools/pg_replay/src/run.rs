@@ -25,55 +25,33 @@ use crate::{
     source::{InputStats, Window},
 };
 
+/// How often the outcomes of the sessions are taken into the report.
+const BATCH_EVERY: Duration = Duration::from_millis(20);
 /// How often the live line on a terminal is redrawn.
 const LIVE_EVERY: Duration = Duration::from_millis(500);
 
 pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     let started = Instant::now();
-    let target = conninfo::parse(&args.target).context("--target")?;
+    let window = window(args)?;
+    let options = options(args);
+    let Some(conninfo) = &args.target else {
+        // --check: sessions without a start-up are named after the local defaults.
+        let target = conninfo::parse("")?;
+        let logs = log_options(args, &options, target.clone(), Passwords::default(), false);
+        let inputs = Inputs::open(&args.files, args.format, window, logs)?;
+        return Ok(Some(crate::check::start(args, inputs, target, started)));
+    };
+    let target = conninfo::parse(conninfo).context("--target")?;
     let passwords = Passwords::load(&target, args.password_file.as_deref())?;
     client::check_reachable(&target)?;
-    let window = Window {
-        start_ns: args.start.map_or(0, |d| d.as_nanos() as u64),
-        end_ns: args.end.map(|d| d.as_nanos() as u64),
-    };
-    if let (Some(s), Some(e)) = (args.start, args.end)
-        && e <= s
-    {
-        anyhow::bail!("--end ({e:?}) is not after --start ({s:?})");
-    }
-    let options = Options {
-        speed: args.speed,
-        max_idle: args.max_idle,
-        max_connections: args.max_connections.map(|n| n as usize),
-        user: args.user.clone(),
-        database: args.database.clone(),
-        only_databases: args.only_database.clone(),
-        only_users: args.only_user.clone(),
-        only_applications: args.only_application.clone(),
-    };
     let inputs = Inputs::open(
         &args.files,
         args.format,
         window,
-        LogOptions {
-            log_line_prefix: args.log_line_prefix.clone(),
-            strict: args.strict,
-            replay: options.clone(),
-            target: target.clone(),
-            passwords: passwords.clone(),
-        },
+        log_options(args, &options, target.clone(), passwords.clone(), true),
     )?;
     let format = inputs.format_name();
-    let what = format!(
-        "Replaying {} into {}",
-        args.files
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        target.describe()
-    );
+    let what = format!("Replaying {} into {}", files_of(args), target.describe());
     let mut details = vec![format.to_string()];
     details.push(if args.speed.is_finite() {
         format!("speed {}", args.speed)
@@ -102,6 +80,59 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         started,
         watch: vec![],
     }))
+}
+
+/// The input files as messages name them.
+pub(crate) fn files_of(args: &Args) -> String {
+    args.files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn log_options(
+    args: &Args,
+    options: &Options,
+    target: conninfo::Target,
+    passwords: Passwords,
+    probe_types: bool,
+) -> LogOptions {
+    LogOptions {
+        log_line_prefix: args.log_line_prefix.clone(),
+        strict: args.strict,
+        replay: options.clone(),
+        target,
+        passwords,
+        probe_types,
+    }
+}
+
+/// `--start`/`--end` as a window of the input's time line.
+fn window(args: &Args) -> anyhow::Result<Window> {
+    let window = Window {
+        start_ns: args.start.map_or(0, |d| d.as_nanos() as u64),
+        end_ns: args.end.map(|d| d.as_nanos() as u64),
+    };
+    if let (Some(s), Some(e)) = (args.start, args.end)
+        && e <= s
+    {
+        anyhow::bail!("--end ({e:?}) is not after --start ({s:?})");
+    }
+    Ok(window)
+}
+
+pub(crate) fn options(args: &Args) -> Options {
+    Options {
+        speed: args.speed,
+        max_idle: args.max_idle,
+        max_connections: args.max_connections.map(|n| n as usize),
+        user: args.user.clone(),
+        database: args.database.clone(),
+        only_databases: args.only_database.clone(),
+        only_users: args.only_user.clone(),
+        only_applications: args.only_application.clone(),
+    }
 }
 
 struct ReplayTrace<'a> {
@@ -180,9 +211,9 @@ impl ReplayTrace<'_> {
 
 impl Trace for ReplayTrace<'_> {
     fn wait(&mut self, timeout: Duration) {
-        if let Ok(o) = self.rx.recv_timeout(timeout) {
-            self.take(o);
-        }
+        // Outcomes are taken in batches (drain): waking up for each of tens of thousands a
+        // second cost the replay's threads more than the aggregation itself.
+        std::thread::sleep(timeout.min(BATCH_EVERY));
     }
 
     fn drain(&mut self, _out: &mut Output) -> anyhow::Result<()> {
@@ -221,6 +252,7 @@ impl Trace for ReplayTrace<'_> {
         let stats = input.as_ref().unwrap_or(&empty);
         let p = &self.replay.progress;
         let run = Run {
+            check: false,
             elapsed_ns: self.started.elapsed().as_nanos() as u64,
             input_ns: p.input_ns.load(Relaxed),
             speed: self.args.speed,

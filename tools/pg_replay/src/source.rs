@@ -89,8 +89,8 @@ pub struct InputStats {
     /// Sessions cut short because a message was not captured whole (the capture limit, or
     /// bytes lost in the kernel): nothing after it is replayed.
     pub incomplete_sessions: u64,
-    /// Binds, Executes and Describes of statements prepared before the input began (or
-    /// before `--start`), skipped.
+    /// Binds, Executes and Describes of statements prepared before the input began,
+    /// skipped (one prepared before `--start` is prepared again at its first use).
     pub skipped_unprepared: u64,
     /// `COPY … FROM STDIN` statements of a log, skipped: their data is not in it.
     pub skipped_copy: u64,

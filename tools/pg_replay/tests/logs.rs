@@ -184,11 +184,8 @@ fn stderr_csvlog_and_jsonlog_replay_to_the_same_statements_and_pgreplay_fails_th
             &path,
         ]);
         assert!(out.status.success(), "{format}");
-        let summary = out
-            .json()
-            .into_iter()
-            .find(|r| r["type"] == "summary")
-            .unwrap();
+        let records = out.json();
+        let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
         assert_eq!(summary["input"]["format"], format);
         assert_eq!(summary["input"]["bad_lines"], 0, "{format}: {summary}");
         assert_eq!(summary["errors_original"], 1, "{format}: {summary}");
@@ -198,6 +195,37 @@ fn stderr_csvlog_and_jsonlog_replay_to_the_same_statements_and_pgreplay_fails_th
             statement_calls(&target),
             expected,
             "{format}: pg_stat_statements calls"
+        );
+        // --check reads the same sessions and statements without a target.
+        let check = replay(&[
+            "--check",
+            "--log-line-prefix",
+            "%m|%u|%d|%c|",
+            "--json",
+            &path,
+        ]);
+        assert!(check.status.success(), "{format}: --check");
+        let checked = check.json();
+        let check_summary = checked.iter().find(|r| r["type"] == "summary").unwrap();
+        assert_eq!(check_summary["check"], true);
+        for field in ["sessions", "statements_original", "errors_original"] {
+            assert_eq!(check_summary[field], summary[field], "{format}: {field}");
+        }
+        assert_eq!(check_summary["statements_replay"], 0);
+        let original_calls = |records: &[serde_json::Value]| -> BTreeMap<String, u64> {
+            records
+                .iter()
+                .filter(|r| r["type"] == "statement")
+                .map(|r| {
+                    let q = r["query"].as_str().unwrap().to_string();
+                    (q, r["original"]["calls"].as_u64().unwrap())
+                })
+                .collect()
+        };
+        assert_eq!(
+            original_calls(&checked),
+            original_calls(&records),
+            "{format}"
         );
     }
 

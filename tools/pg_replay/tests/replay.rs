@@ -294,6 +294,144 @@ fn a_long_statement_delays_no_other_session_and_speed_scales_the_wall_time() {
     );
 }
 
+/// One session ticking for a second, silent for three, ticking for another second.
+const BURSTS: &str = "
+import psycopg, sys, time
+with psycopg.connect(sys.argv[1], autocommit=True, application_name='bursts') as c:
+    for burst in range(2):
+        for i in range(20):
+            c.execute('select 1').fetchone()
+            time.sleep(0.05)
+        if burst == 0:
+            time.sleep(3)
+";
+
+/// Three sessions sleeping half a second at the same time.
+const SLEEPERS: &str = "
+import psycopg, sys, threading
+def sleep():
+    with psycopg.connect(sys.argv[1], autocommit=True, application_name='sleeper') as c:
+        c.execute('select pg_sleep(0.5)').fetchone()
+ts = [threading.Thread(target=sleep) for _ in range(3)]
+for t in ts: t.start()
+for t in ts: t.join()
+";
+
+fn python(script: &str, pg: &Postgres) {
+    let py = Command::new("/usr/bin/python3")
+        .args(["-c", script, &conninfo(pg)])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+}
+
+/// Calls of statements matching `like` on `pg`, from pg_stat_statements.
+fn calls_like(pg: &Postgres, like: &str) -> u64 {
+    pg.psql(&format!(
+        "select coalesce(sum(calls), 0) from pg_stat_statements where query like '{like}'"
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn idle_cuts_windows_connection_limits_and_sessions_joined_midway() {
+    require_root();
+    let _lock = exclusive();
+    let original = cluster();
+    let target = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let target_s = conninfo(&target);
+
+    // --max-idle: the three silent seconds become half of one; --start/--end: the second
+    // burst alone (it begins about 4 s after the session).
+    let bursts = dir.path().join("bursts.pgw");
+    capture(&original, &bursts, || python(BURSTS, &original));
+    let bursts_s = bursts.display().to_string();
+    target.psql("select pg_stat_statements_reset()").unwrap();
+    let out = replay(&[
+        "--target",
+        &target_s,
+        "--json",
+        "--max-idle",
+        "0.5",
+        &bursts_s,
+    ]);
+    assert!(out.status.success());
+    let s = summary(&out);
+    let elapsed = s["elapsed_ns"].as_f64().unwrap() / 1e9;
+    assert!(
+        (1.9..3.2).contains(&elapsed),
+        "--max-idle 0.5: {elapsed} s: {s}"
+    );
+    assert_eq!(calls_like(&target, "select $1"), 40);
+    target.psql("select pg_stat_statements_reset()").unwrap();
+    let out = replay(&[
+        "--target", &target_s, "--json", "--start", "3", "--end", "10", &bursts_s,
+    ]);
+    assert!(out.status.success());
+    let s = summary(&out);
+    assert_eq!(calls_like(&target, "select $1"), 20, "{s}");
+    // psycopg prepared `select 1` (its fifth run) before the window: prepared again.
+    assert_eq!(s["input"]["skipped_unprepared"], 0, "{s}");
+
+    // pgbench -M prepared began before the capture: its statements were prepared before
+    // it, so their Binds and Executes are skipped and counted, and nothing of it runs;
+    // --max-connections 1 makes the three sleepers wait for it and for each other.
+    let joined = dir.path().join("joined.pgw");
+    let pgbench = Command::new("pgbench")
+        .args(original.conn_args())
+        .args([
+            "-n", "-S", "-M", "prepared", "-c", "1", "-T", "4", "postgres",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    capture(&original, &joined, || {
+        python(SLEEPERS, &original);
+        let mut pgbench = pgbench;
+        assert!(pgbench.wait().unwrap().success());
+    });
+    target.psql("select pg_stat_statements_reset()").unwrap();
+    let out = replay(&[
+        "--target",
+        &target_s,
+        "--json",
+        "--user",
+        "postgres",
+        "--database",
+        "postgres",
+        "--max-connections",
+        "1",
+        &joined.display().to_string(),
+    ]);
+    assert!(out.status.success());
+    let s = summary(&out);
+    assert!(
+        s["input"]["skipped_unprepared"].as_u64().unwrap() > 100,
+        "{s}"
+    );
+    assert_eq!(calls_like(&target, "%pgbench_accounts%"), 0);
+    assert_eq!(calls_like(&target, "select pg_sleep($1)"), 3);
+    assert_eq!(s["sessions"], 4, "{s}");
+    assert_eq!(s["sessions_queued"], 3, "{s}");
+    // One after another: three half seconds at least.
+    let sleep = out
+        .json()
+        .into_iter()
+        .find(|r| r["type"] == "statement" && r["query"] == "select pg_sleep($1)")
+        .unwrap();
+    assert_eq!(sleep["replay"]["calls"], 3);
+    assert!(s["elapsed_ns"].as_u64().unwrap() >= 1_500_000_000, "{s}");
+}
+
 #[test]
 fn bad_captures_and_bad_targets_end_with_clear_errors() {
     require_root();

@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         replay: Default::default(),
         target,
         passwords: Default::default(),
+        probe_types: false,
     };
     let input = Box::new(std::io::Cursor::new(log.to_vec()));
     let Ok(mut source) = LogSource::from_reader("fuzz", input, format, Window::default(), &opts)

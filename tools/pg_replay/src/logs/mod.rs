@@ -17,16 +17,16 @@
 //!   the log.
 //!
 //! Statements logged at their end are placed at their start; a small window of events is
-//! held and sorted so that they go out in time order ([`REORDER_NS`]).
+//! held and sorted so that they go out in time order ([`REORDER_NS`]), within a memory
+//! bound ([`HELD_BYTES_LIMIT`]).
 
 mod formats;
+mod held;
 pub mod prefix;
 mod statement;
 mod types;
 
 use std::{
-    cmp::Reverse,
-    collections::BinaryHeap,
     fs::File,
     io::{BufRead, BufReader},
     path::Path,
@@ -48,6 +48,11 @@ use statement::{Logged, Message};
 /// Events are held until the log is this far past them, so that statements logged at
 /// their end (and placed at their start) go out in order.
 pub const REORDER_NS: u64 = 2_000_000_000;
+/// ... unless they hold more than this: then the earliest go out sooner (a busy server's two
+/// seconds of log can be hundreds of MB). Sessions stay in order either way, since the
+/// earliest held event always goes first; only a statement that ran longer than the log
+/// held may then go out a little late.
+pub const HELD_BYTES_LIMIT: usize = 8 << 20;
 
 /// A statement waiting for its `duration:` line (log_statement logged it as it started).
 struct Pending {
@@ -71,38 +76,13 @@ struct SessionState {
     prepared: HashSet<String>,
 }
 
-/// An event with its place in the time line.
-struct Timed {
-    ts_ns: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Timed {
-    fn eq(&self, o: &Timed) -> bool {
-        (self.ts_ns, self.seq) == (o.ts_ns, o.seq)
-    }
-}
-impl Eq for Timed {}
-impl PartialOrd for Timed {
-    fn partial_cmp(&self, o: &Timed) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Timed {
-    fn cmp(&self, o: &Timed) -> std::cmp::Ordering {
-        (self.ts_ns, self.seq).cmp(&(o.ts_ns, o.seq))
-    }
-}
-
 /// A server log being read.
 pub struct LogSource {
     entries: Box<dyn Entries>,
     path: String,
     sessions: HashMap<String, SessionState>,
     next_key: u64,
-    held: BinaryHeap<Reverse<Timed>>,
-    seq: u64,
+    held: held::Held,
     /// The latest time a line carried.
     latest_ns: u64,
     window: Window,
@@ -149,14 +129,16 @@ impl LogSource {
                 opts.strict,
             )),
         };
-        let prober = types::Prober::new(opts.target.clone(), opts.passwords.clone())?;
+        let prober = types::Prober::new(
+            opts.probe_types.then(|| opts.target.clone()),
+            opts.passwords.clone(),
+        )?;
         Ok(LogSource {
             entries,
             path: name.to_string(),
             sessions: HashMap::new(),
             next_key: 1,
-            held: BinaryHeap::new(),
-            seq: 0,
+            held: held::Held::default(),
             latest_ns: 0,
             window,
             first_ns: None,
@@ -176,12 +158,7 @@ impl LogSource {
     }
 
     fn hold(&mut self, ts_ns: u64, event: Event) {
-        self.seq += 1;
-        self.held.push(Reverse(Timed {
-            ts_ns,
-            seq: self.seq,
-            event,
-        }));
+        self.held.push(ts_ns, event);
     }
 
     /// Reads one entry into held events; false at the end of the log.
@@ -503,17 +480,18 @@ impl LogSource {
     /// The next held event that may go out, through the window.
     fn release(&mut self) -> Option<Event> {
         loop {
-            let ready = self
-                .held
-                .peek()
-                .is_some_and(|Reverse(t)| self.done || t.ts_ns + REORDER_NS <= self.latest_ns);
+            let ready = self.held.first_ns().is_some_and(|ts| {
+                self.done
+                    || ts + REORDER_NS <= self.latest_ns
+                    || self.held.bytes() > HELD_BYTES_LIMIT
+            });
             if !ready {
                 return None;
             }
-            let Reverse(t) = self.held.pop()?;
-            let first = *self.first_ns.get_or_insert(t.ts_ns);
+            let (ts_ns, event) = self.held.pop()?;
+            let first = *self.first_ns.get_or_insert(ts_ns);
             let start = first + self.window.start_ns;
-            match (self.window.place(first, t.ts_ns), t.event) {
+            match (self.window.place(first, ts_ns), event) {
                 (Place::Inside, e @ Event::Begin { key, .. }) => {
                     self.open.insert(key);
                     return Some(e);
@@ -545,12 +523,8 @@ impl LogSource {
                     self.done = true;
                     self.window.end_ns = None;
                     let open: Vec<u64> = self.open.drain().collect();
-                    for (i, key) in open.into_iter().enumerate() {
-                        self.held.push(Reverse(Timed {
-                            ts_ns: end,
-                            seq: i as u64,
-                            event: Event::End { key, ts_ns: end },
-                        }));
+                    for key in open {
+                        self.held.push(end, Event::End { key, ts_ns: end });
                     }
                 }
             }

@@ -56,7 +56,10 @@ pub const SEVERITIES: &[&str] = &[
 
 /// The severity at the start of `rest` (`LOG:  `), and the text after it.
 pub fn severity(rest: &str) -> Option<(&str, &str)> {
-    let (word, text) = rest.split_once(":  ")?;
+    // The word is short (WARNING, STATEMENT, DEBUG1): look for its colon only that far,
+    // not through the whole line.
+    let colon = rest.bytes().take(10).position(|c| c == b':')?;
+    let (word, text) = (&rest[..colon], rest[colon..].strip_prefix(":  ")?);
     SEVERITIES.contains(&word).then_some((word, text))
 }
 
@@ -166,10 +169,24 @@ impl Prefix {
 
 /// The length of an escape's value: up to the next literal's text, else up to a space.
 fn value_len(rest: &str, next: Option<&Piece>) -> usize {
-    match next {
-        Some(Piece::Literal(text)) => rest.find(text.as_str()).unwrap_or(rest.len()),
-        _ => rest.find(' ').unwrap_or(rest.len()),
+    let until = match next {
+        Some(Piece::Literal(text)) => text.as_str(),
+        _ => " ",
+    };
+    // By the literal's first byte, then the rest of it: values are short and the literal
+    // is a character or two, for which a substring searcher costs more to set up than to run.
+    let Some(&first) = until.as_bytes().first() else {
+        return 0;
+    };
+    let b = rest.as_bytes();
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == first) {
+        if b[from + i..].starts_with(until.as_bytes()) {
+            return from + i;
+        }
+        from += i + 1;
     }
+    rest.len()
 }
 
 /// `2026-12-02 08:01:45.960 UTC` (with milliseconds) or `2026-12-02 08:01:45 UTC`: ns since
@@ -182,10 +199,9 @@ pub fn timestamp(s: &str, millis: bool) -> Option<(u64, usize)> {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
+        b.get(r)?.iter().try_fold(0u64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+        })
     };
     if b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
         return None;

@@ -24,7 +24,8 @@ const CACHE_LIMIT: usize = 50_000;
 /// Where the probes go, and what they found.
 pub struct Prober {
     runtime: tokio::runtime::Runtime,
-    target: Target,
+    /// None with `--check`: nothing is sent, so no types are asked for.
+    target: Option<Target>,
     passwords: Passwords,
     /// One connection per (user, database); None when it could not be opened.
     conns: HashMap<(String, String), Option<(Reader, Writer)>>,
@@ -32,7 +33,7 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(target: Target, passwords: Passwords) -> anyhow::Result<Prober> {
+    pub fn new(target: Option<Target>, passwords: Passwords) -> anyhow::Result<Prober> {
         Ok(Prober {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -46,6 +47,9 @@ impl Prober {
 
     /// The types to declare for `sql` run with `values` by `login`.
     pub fn types(&mut self, login: &Login, sql: &str, values: &[Option<String>]) -> Vec<u32> {
+        let Some(target) = &self.target else {
+            return vec![];
+        };
         if values.is_empty() {
             return vec![];
         }
@@ -58,7 +62,7 @@ impl Prober {
         if !self.conns.contains_key(&conn_key) {
             let c = self
                 .runtime
-                .block_on(client::connect(&self.target, &self.passwords, login))
+                .block_on(client::connect(target, &self.passwords, login))
                 .ok();
             self.conns.insert(conn_key.clone(), c);
         }
