@@ -138,6 +138,39 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: Some(crate::measure::decoder_throughput),
     },
     Scenario {
+        name: "pgwire_trace_tls",
+        tool: "pgwire_trace",
+        description: "As pgwire_trace, over TCP with TLS (`ssl = on`, pgbench with \
+                  `sslmode=require`): pgwire_trace reads the plaintext through uprobes on \
+                  libssl's SSL_read and SSL_write (entry and return, two traps per call) and \
+                  copies none of the encrypted socket bytes; the bpftrace script attaches the \
+                  same uprobes and copies the first 64 bytes of each call's plaintext.",
+        server: Setup::Postgres {
+            pg: || PgOptions {
+                tls: true,
+                ..Default::default()
+            },
+            scale: 10,
+        },
+        workload: "-S",
+        events_field: "requests",
+        tool_args: |s| {
+            let pg = s.pg()?;
+            Ok(vec![
+                "-p".into(),
+                pg.postmaster_pid()?.to_string(),
+                "--summary".into(),
+            ])
+        },
+        bpftrace: |s| {
+            let pid = s.pg()?.postmaster_pid()?;
+            let lib = pgbpf_capture::tls::libssl_of(pid)
+                .ok_or_else(|| anyhow::anyhow!("the postmaster maps no libssl"))?;
+            Ok(include_str!("../bpftrace/pgwire_trace_tls.bt").replace("@LIBSSL@", &lib))
+        },
+        extra: None,
+    },
+    Scenario {
         name: "shmem",
         tool: "shmem",
         description: "PostgreSQL on the host with force_parallel_mode = on and parallel costs 0, \

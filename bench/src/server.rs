@@ -41,16 +41,27 @@ impl Server {
 
 fn pgbench_tps(pg: &Postgres, args: &Args, workload: &str, seconds: u64) -> anyhow::Result<f64> {
     let c = args.clients.to_string();
-    let out = pg.pgbench(&[
-        workload,
-        "-n",
-        "-c",
-        &c,
-        "-j",
-        &c,
-        "-T",
-        &seconds.to_string(),
-    ])?;
+    let t = seconds.to_string();
+    let load = [workload, "-n", "-c", &c, "-j", &c, "-T", &t];
+    let out = if pg.tls {
+        // Over TCP with TLS required: what the TLS scenario measures.
+        pgbpf_testkit::run(
+            std::process::Command::new("pgbench")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &pg.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .args(load)
+                .arg("postgres")
+                .env("PGSSLMODE", "require"),
+        )?
+    } else {
+        pg.pgbench(&load)?
+    };
     out.lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next())

@@ -73,6 +73,32 @@ pub fn statement_key(sql: &str) -> String {
         .join(" ")
 }
 
+/// A self-signed certificate for `localhost` made by `openssl req` in `dir`: (certificate,
+/// key) paths.
+pub fn self_signed_certificate(
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use anyhow::Context as _;
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "2",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt))
+    .context("openssl req (the openssl package)")?;
+    Ok((crt, key))
+}
+
 /// Runs a command, failing with its stderr when it exits non-zero. Returns stdout.
 pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;

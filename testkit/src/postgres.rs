@@ -25,6 +25,9 @@ pub struct PgOptions {
     pub pg_stat_statements: bool,
     /// Run the server in a podman container with these limits (command and volumes are ours).
     pub container: Option<ContainerSpec>,
+    /// `ssl = on` with a self-signed certificate made by `openssl req`, and TCP connections
+    /// accepted over TLS only (`hostssl`; `hostnossl` rejected). Host servers only.
+    pub tls: bool,
 }
 
 /// A running cluster.
@@ -36,12 +39,35 @@ pub struct Postgres {
     pub bin_dir: PathBuf,
     child: Option<Child>,
     pub container: Option<Container>,
+    /// Started with `ssl = on` (TCP over TLS only).
+    pub tls: bool,
 }
 
 fn postgres_ids() -> anyhow::Result<(u32, u32)> {
     let u = nix::unistd::User::from_name("postgres")?
         .ok_or_else(|| anyhow!("no postgres user; install the postgresql package"))?;
     Ok((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// A self-signed certificate for the server in `dir` (key readable by the server only), TCP
+/// allowed over TLS only; the settings that turn it on.
+fn tls_only(dir: &Path, data: &Path, uid: u32, gid: u32) -> anyhow::Result<Vec<(String, String)>> {
+    let (crt, key) = crate::self_signed_certificate(dir)?;
+    for f in [&crt, &key] {
+        nix::unistd::chown(f, Some(uid.into()), Some(gid.into()))?;
+    }
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all all 127.0.0.1/32 trust\n\
+         hostnossl all all 127.0.0.1/32 reject\n",
+    )?;
+    Ok(vec![
+        ("ssl".into(), "on".into()),
+        ("ssl_cert_file".into(), crt.display().to_string()),
+        ("ssl_key_file".into(), key.display().to_string()),
+    ])
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -92,6 +118,10 @@ impl Postgres {
             .uid(uid)
             .gid(gid);
         run(&mut initdb).context("initdb")?;
+        let mut tls_settings = vec![];
+        if opts.tls {
+            tls_settings = tls_only(dir.path(), &data, uid, gid)?;
+        }
 
         let port = free_port()?;
         let mut settings: Vec<(String, String)> = vec![
@@ -107,6 +137,7 @@ impl Postgres {
             ));
             settings.push(("pg_stat_statements.track".into(), "all".into()));
         }
+        settings.extend(tls_settings);
         settings.extend(opts.settings.iter().cloned());
         let mut pg = Postgres {
             dir,
@@ -115,6 +146,7 @@ impl Postgres {
             bin_dir,
             child: None,
             container: None,
+            tls: opts.tls,
         };
         match &opts.container {
             None => pg.spawn_on_host(uid, gid, &settings)?,
@@ -125,6 +157,14 @@ impl Postgres {
             pg.psql("create extension if not exists pg_stat_statements")?;
         }
         Ok(pg)
+    }
+
+    /// libpq's conninfo over TCP on 127.0.0.1 (with `sslmode`, e.g. `require`).
+    pub fn tcp_conninfo(&self, sslmode: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode={sslmode}",
+            self.port
+        )
     }
 
     fn server_args(&self, data: &Path, sock: &Path, settings: &[(String, String)]) -> Vec<String> {

@@ -24,6 +24,8 @@ pub struct Redis {
     pub socket: PathBuf,
     /// `requirepass`, when the server has one.
     pub password: Option<String>,
+    /// The TLS port (`--tls-port`, self-signed certificate), when the server has one.
+    pub tls_port: Option<u16>,
     process: Process,
     pid: u32,
 }
@@ -44,6 +46,27 @@ impl Redis {
         Redis::launch(config, false)
     }
 
+    /// A server that also listens for TLS on [`Redis::tls_port`] (a self-signed certificate
+    /// made by `openssl req`; clients are not asked for theirs).
+    pub fn start_tls() -> anyhow::Result<Redis> {
+        Redis::launch_with(&[], false, true)
+    }
+
+    /// redis-benchmark over TLS (without checking the certificate) with `args`.
+    pub fn benchmark_tls(&self, args: &[&str]) -> anyhow::Result<String> {
+        let port = self.tls_port.context("the server has no TLS port")?;
+        run(Command::new("redis-benchmark")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--tls",
+                "--insecure",
+            ])
+            .args(args))
+    }
+
     /// A server in a podman container (the host's binaries, the host's network, its
     /// directory shared with the host).
     pub fn start_in_container() -> anyhow::Result<Redis> {
@@ -51,6 +74,14 @@ impl Redis {
     }
 
     fn launch(config: &[(&str, &str)], in_container: bool) -> anyhow::Result<Redis> {
+        Redis::launch_with(config, in_container, false)
+    }
+
+    fn launch_with(
+        config: &[(&str, &str)],
+        in_container: bool,
+        tls: bool,
+    ) -> anyhow::Result<Redis> {
         let dir = tempfile::Builder::new()
             .prefix("pgbpf-redis-")
             .tempdir_in("/tmp")?;
@@ -79,6 +110,24 @@ impl Redis {
         ]
         .map(String::from)
         .to_vec();
+        let mut tls_port = None;
+        if tls {
+            let (crt, key) = crate::self_signed_certificate(dir.path())?;
+            let p = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let (crt, key) = (crt.display().to_string(), key.display().to_string());
+            for (k, v) in [
+                ("--tls-port", p.to_string()),
+                ("--tls-cert-file", crt.clone()),
+                ("--tls-key-file", key),
+                ("--tls-ca-cert-file", crt),
+                ("--tls-auth-clients", "no".into()),
+            ] {
+                args.extend([k.to_string(), v]);
+            }
+            tls_port = Some(p);
+        }
         let mut password = None;
         for (k, v) in config {
             args.push(format!("--{k}"));
@@ -116,6 +165,7 @@ impl Redis {
             port,
             socket,
             password,
+            tls_port,
             process,
             pid,
         };

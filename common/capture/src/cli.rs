@@ -33,6 +33,10 @@ pub struct CaptureArgs {
     /// 6.4; older kernels always use the syscalls)
     #[arg(long)]
     pub syscall_hooks: bool,
+    /// Do not read TLS plaintext through the processes' libssl (uprobes on SSL_read and
+    /// SSL_write); TLS connections are then only counted as encrypted
+    #[arg(long)]
+    pub no_tls: bool,
 }
 
 impl CaptureArgs {
@@ -43,6 +47,7 @@ impl CaptureArgs {
             capture: self.capture,
             buffer_mb: self.buffer_mb,
             syscall_hooks: self.syscall_hooks,
+            tls: !self.no_tls,
             verbose,
         }
     }

@@ -2,6 +2,12 @@
 //! fed with each direction's bytes and gaps (bytes lost in the kernel, bytes beyond the
 //! capture limit), opened and closed by the capture's OPEN/EXISTING/CLOSE records and ended
 //! when their process exits. The same path serves live tracing and `--read`.
+//!
+//! TLS: a connection whose socket bytes turn out to be TLS records (at its first bytes, or
+//! after the stream negotiated encryption, as PostgreSQL's SSLRequest) gets its encrypted
+//! bytes dropped; the plaintext the TLS library read and wrote (records flagged `tls`)
+//! takes their place, and when only encrypted application data comes, the stream is told it
+//! cannot be decoded.
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -24,7 +30,43 @@ pub trait Stream {
     fn client_secrets(&self) -> &[(usize, usize)] {
         &[]
     }
+    /// The stream agreed on encryption in the clear (PostgreSQL's SSLRequest answered `S`):
+    /// the socket bytes that follow are TLS records.
+    fn negotiated_encryption(&self) -> bool {
+        false
+    }
+    /// TLS plaintext follows: the bytes the TLS library read and wrote, in place of the
+    /// encrypted ones (from the first byte after the handshake, or joined midway).
+    fn tls_begins(&mut self) {}
+    /// Encrypted application data came and no plaintext: nothing more can be decoded.
+    fn tls_undecodable(&mut self) {}
 }
+
+/// What a connection's TLS is, as its records showed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tls {
+    /// No TLS seen (yet).
+    #[default]
+    Clear,
+    /// TLS records on the socket (the handshake), no plaintext yet: dropped.
+    Handshake,
+    /// Encrypted application data and no plaintext: not decodable.
+    Undecodable,
+    /// Plaintext from the TLS library.
+    Plaintext,
+}
+
+/// A TLS record header at the start of `b`: content type change_cipher_spec, alert,
+/// handshake or application_data, then version 3.x. No PostgreSQL message (a letter tag, or
+/// a start-up length below 2^24) nor RESP command (`*`, `$`, text) starts so.
+fn tls_record_type(b: &[u8]) -> Option<u8> {
+    match b {
+        [t @ 0x14..=0x17, 0x03, v, ..] if *v <= 0x04 => Some(*t),
+        _ => None,
+    }
+}
+
+const TLS_APPLICATION_DATA: u8 = 0x17;
 
 /// One connection: who holds it and its decoder.
 #[derive(Debug)]
@@ -39,6 +81,9 @@ pub struct Conn<S> {
     pub role: u8,
     /// Monotonic time of the last record (when `pid` was last confirmed).
     pub last_ns: u64,
+    pub tls: Tls,
+    /// A DATA record of it was fed.
+    seen_data: bool,
     pub stream: S,
 }
 
@@ -73,6 +118,45 @@ impl<S: Stream> Default for Connections<S> {
     }
 }
 
+/// Whether record `r` of `conn` goes to its stream: TLS plaintext does (the first turns the
+/// stream to it), encrypted socket bytes do not.
+fn tls_keeps<S: Stream>(conn: &mut Conn<S>, r: &Record) -> bool {
+    let first = !conn.seen_data;
+    conn.seen_data = true;
+    if r.tls {
+        if conn.tls != Tls::Plaintext {
+            conn.tls = Tls::Plaintext;
+            conn.stream.tls_begins();
+        }
+        return true;
+    }
+    match conn.tls {
+        Tls::Plaintext | Tls::Undecodable => false,
+        Tls::Handshake => {
+            if tls_record_type(&r.payload) == Some(TLS_APPLICATION_DATA) {
+                conn.tls = Tls::Undecodable;
+                conn.stream.tls_undecodable();
+            }
+            false
+        }
+        Tls::Clear => {
+            let Some(kind) = tls_record_type(&r.payload) else {
+                return true;
+            };
+            if !(first || conn.stream.negotiated_encryption()) {
+                return true;
+            }
+            if kind == TLS_APPLICATION_DATA {
+                conn.tls = Tls::Undecodable;
+                conn.stream.tls_undecodable();
+            } else {
+                conn.tls = Tls::Handshake;
+            }
+            false
+        }
+    }
+}
+
 impl<S: Stream> Connections<S> {
     fn open(&mut self, r: &Record, from_start: bool) -> &mut Conn<S> {
         self.conns.entry(r.conn_id).or_insert_with(|| {
@@ -89,6 +173,8 @@ impl<S: Stream> Connections<S> {
                 peer,
                 role: r.role,
                 last_ns: r.ts_ns,
+                tls: Tls::Clear,
+                seen_data: false,
                 stream: S::open(from_start),
             }
         })
@@ -138,6 +224,11 @@ impl<S: Stream> Connections<S> {
                 conn.pid = r.tgid;
                 conn.fd = r.fd;
                 conn.last_ns = conn.last_ns.max(r.ts_ns);
+                if !tls_keeps(conn, r) {
+                    done(conn, events);
+                    self.secrets = secrets;
+                    return;
+                }
                 // On the server the client's bytes are read; on the client they are written.
                 let (client_dir, server_dir) = if conn.role == ROLE_SERVER {
                     (DIR_READ, DIR_WRITE)
@@ -219,5 +310,112 @@ impl<S: Stream> Connections<S> {
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
         self.conns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ROLE_CLIENT;
+
+    /// A stream that keeps what it was given and told.
+    #[derive(Default)]
+    struct Kept {
+        client: Vec<u8>,
+        server: Vec<u8>,
+        negotiated: bool,
+        tls: bool,
+        undecodable: bool,
+    }
+
+    impl Stream for Kept {
+        type Event = ();
+        fn open(_: bool) -> Kept {
+            Kept::default()
+        }
+        fn client_bytes(&mut self, _: u64, data: &[u8], _: u64, _: &mut Vec<()>) {
+            self.client.extend(data);
+            // As PostgreSQL's SSLRequest would be answered.
+            self.negotiated |= data == b"ssl?";
+        }
+        fn server_bytes(&mut self, _: u64, data: &[u8], _: u64, _: &mut Vec<()>) {
+            self.server.extend(data);
+        }
+        fn close(&mut self, _: u64, _: &mut Vec<()>) {}
+        fn negotiated_encryption(&self) -> bool {
+            self.negotiated && !self.tls
+        }
+        fn tls_begins(&mut self) {
+            self.tls = true;
+        }
+        fn tls_undecodable(&mut self) {
+            self.undecodable = true;
+        }
+    }
+
+    fn data(dir: u8, tls: bool, payload: &[u8]) -> Record {
+        Record {
+            kind: Kind::Data,
+            role: ROLE_CLIENT,
+            dir,
+            conn_id: 1,
+            tls,
+            len: payload.len() as u64,
+            payload: payload.to_vec(),
+            ..Record::default()
+        }
+    }
+
+    fn feed(c: &mut Connections<Kept>, r: Record) -> Tls {
+        let mut tls = Tls::Clear;
+        c.feed(&r, &mut vec![], |conn, _| tls = conn.tls);
+        tls
+    }
+
+    const HELLO: &[u8] = b"\x16\x03\x01\x00\x05hello";
+    const APP_DATA: &[u8] = b"\x17\x03\x03\x00\x05xxxxx";
+
+    #[test]
+    fn plaintext_replaces_the_encrypted_bytes_after_a_negotiated_start() {
+        let mut c = Connections::<Kept>::default();
+        assert_eq!(feed(&mut c, data(DIR_WRITE, false, b"ssl?")), Tls::Clear);
+        assert_eq!(feed(&mut c, data(DIR_WRITE, false, HELLO)), Tls::Handshake);
+        assert_eq!(
+            feed(&mut c, data(DIR_WRITE, true, b"startup")),
+            Tls::Plaintext
+        );
+        // Encrypted socket bytes after that (an alert) are dropped.
+        assert_eq!(
+            feed(&mut c, data(DIR_READ, false, APP_DATA)),
+            Tls::Plaintext
+        );
+        assert_eq!(feed(&mut c, data(DIR_READ, true, b"ready")), Tls::Plaintext);
+        let s = &c.conns[&1].stream;
+        assert_eq!(
+            (s.client.as_slice(), s.server.as_slice()),
+            (&b"ssl?startup"[..], &b"ready"[..])
+        );
+        assert!(s.tls && !s.undecodable);
+    }
+
+    #[test]
+    fn tls_from_the_first_byte_without_plaintext_is_undecodable() {
+        let mut c = Connections::<Kept>::default();
+        assert_eq!(feed(&mut c, data(DIR_WRITE, false, HELLO)), Tls::Handshake);
+        assert_eq!(feed(&mut c, data(DIR_READ, false, HELLO)), Tls::Handshake);
+        assert_eq!(
+            feed(&mut c, data(DIR_WRITE, false, APP_DATA)),
+            Tls::Undecodable
+        );
+        let s = &c.conns[&1].stream;
+        assert!(s.client.is_empty() && s.server.is_empty() && s.undecodable);
+    }
+
+    #[test]
+    fn bytes_like_a_tls_record_in_the_middle_of_a_clear_stream_are_kept() {
+        let mut c = Connections::<Kept>::default();
+        feed(&mut c, data(DIR_WRITE, false, b"*1\r\n"));
+        assert_eq!(feed(&mut c, data(DIR_WRITE, false, APP_DATA)), Tls::Clear);
+        assert_eq!(c.conns[&1].stream.client.len(), 4 + APP_DATA.len());
     }
 }

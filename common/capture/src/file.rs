@@ -4,11 +4,13 @@
 //! File layout (all integers little-endian):
 //! ```text
 //! "PGBPFCAP" | u32 version (2) | u32 protocol | i64 wall-clock ns minus monotonic ns
-//! then records: u32 length of what follows | u8 kind | u8 role | u8 dir | u8 0 |
+//! then records: u32 length of what follows | u8 kind | u8 role | u8 dir | u8 flags |
 //!   u32 tgid | u32 tid | u32 fd | u32 port | u64 conn_id | u64 ts_ns (monotonic) |
 //!   u64 len | u64 lost_read | u64 lost_write | payload
 //! ```
-//! The payload of a DATA record is the captured bytes (the first of `len`); of an OPEN
+//! `flags` bit 0: the DATA payload is TLS plaintext (from the TLS library), not socket bytes
+//! (0 in files written before TLS was read). The payload of a DATA record is the captured
+//! bytes (the first of `len`); of an OPEN
 //! record the connection's address as text; of a COUNTERS record the kernel's counters as
 //! u64s. The protocol says what the DATA payloads hold ([`Protocol::code`]: 1 PostgreSQL,
 //! 2 Redis); version 1 files (pgwire_trace before the capture was shared) have 0 there and
@@ -80,6 +82,8 @@ pub struct Record {
     pub len: u64,
     /// Bytes lost before this record (ring buffer full): read, write.
     pub lost: [u64; 2],
+    /// The payload is TLS plaintext read or written through the TLS library.
+    pub tls: bool,
     pub payload: Vec<u8>,
 }
 
@@ -107,7 +111,7 @@ impl<W: Write> Writer<W> {
     pub fn write(&mut self, r: &Record) -> anyhow::Result<()> {
         let mut b = Vec::with_capacity(4 + FIXED + r.payload.len());
         b.extend(((FIXED + r.payload.len()) as u32).to_le_bytes());
-        b.extend([r.kind.code(), r.role, r.dir, 0]);
+        b.extend([r.kind.code(), r.role, r.dir, u8::from(r.tls)]);
         for v in [r.tgid, r.tid, r.fd, r.port] {
             b.extend(v.to_le_bytes());
         }
@@ -230,6 +234,7 @@ impl<R: Read> Reader<R> {
         r.kind = kind;
         r.role = b[1];
         r.dir = b[2];
+        r.tls = b[3] & 1 != 0;
         r.tgid = u32_at(&b, 4);
         r.tid = u32_at(&b, 8);
         r.fd = u32_at(&b, 12);
@@ -266,6 +271,8 @@ mod tests {
             ts_ns: 123_456,
             len: 100,
             lost: [1, 2],
+            // The TLS flag survives the round trip.
+            tls: true,
             payload: payload.to_vec(),
         }
     }

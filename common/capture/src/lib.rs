@@ -20,6 +20,7 @@ pub mod file;
 pub mod lines;
 pub mod live;
 pub mod sockets;
+pub mod tls;
 pub mod wire;
 
 pub use file::{Kind, Reader, Record, Writer};

@@ -10,8 +10,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use pgbpf_capture_ebpf::{
-    HEADER_BYTES, KIND_CLOSE, KIND_DATA, KIND_OPEN, ROLE_CLIENT, ROLE_SERVER, RecordHeader,
-    SockInfo, SockKey, counter,
+    FLAG_TLS, HEADER_BYTES, KIND_CLOSE, KIND_DATA, KIND_OPEN, ROLE_CLIENT, ROLE_SERVER,
+    RecordHeader, SockInfo, SockKey, counter,
 };
 use pgbpf_common::{
     loader::{self, Loaded},
@@ -24,6 +24,7 @@ use crate::{
     Protocol,
     file::{Kind, Record},
     sockets::{self, SocketState},
+    tls,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture"));
@@ -62,6 +63,8 @@ pub struct Options {
     pub buffer_mb: u32,
     /// The syscall exits instead of the socket tracepoints.
     pub syscall_hooks: bool,
+    /// Read TLS plaintext through the processes' libssl.
+    pub tls: bool,
     pub verbose: bool,
 }
 
@@ -220,6 +223,7 @@ pub fn parse_item(item: &[u8], into: &mut Record) -> bool {
     into.kind = kind;
     into.role = h.role;
     into.dir = h.dir;
+    into.tls = h.flags & FLAG_TLS != 0;
     into.tgid = h.tgid;
     into.tid = h.tid;
     into.fd = h.fd;
@@ -246,6 +250,10 @@ pub struct Capture {
     /// The connections open at start, as EXISTING records: a tool feeds them to its decoder
     /// (and capture file) before the first drain.
     pub existing: Vec<Record>,
+    /// The libssl files probed for TLS plaintext.
+    pub libssl: Vec<tls::Libssl>,
+    /// TLS plaintext is read (not `--no-tls`).
+    pub tls_enabled: bool,
     last_prune: Instant,
     record: Record,
 }
@@ -277,6 +285,18 @@ impl Capture {
         let pg_paths = u32::from(protocol.kernel_pg_paths);
         let accept_fork = u32::from(protocol.accept_fork);
         check_architecture(protocol)?;
+        // The TLS libraries of the servers (and of the clients given as the target).
+        let libssl = if opts.tls {
+            let pids: Vec<u32> = procs
+                .iter()
+                .filter(|p| p.is_server || track_clients == 1)
+                .map(|p| p.pid)
+                .collect();
+            tls::find(&pids)
+        } else {
+            vec![]
+        };
+        let tls_hooks = u32::from(!libssl.is_empty());
         let mut loaded = loader::load(protocol.tool, OBJECT, opts.verbose, |l| {
             target.set_globals(l);
             l.override_global("CAPTURE_LIMIT", &capture, true)
@@ -286,6 +306,7 @@ impl Capture {
                 .override_global("FOLLOW_ACCEPT_FORK", &accept_fork, true)
                 .override_global("FORK_CHILD_PID_OFFSET", &fork_offset, true)
                 .override_global("RING_BYTES", &ring_bytes, true)
+                .override_global("TLS_HOOKS", &tls_hooks, true)
                 .map_max_entries("EVENTS", ring_bytes as u32)
                 .map_max_entries("HAS_SOCKS", pid_max);
         })?;
@@ -301,6 +322,12 @@ impl Capture {
         loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
         loaded.attach_tracepoint("enter_bind", "syscalls", "sys_enter_bind")?;
         attach_data_hooks(&mut loaded, opts.syscall_hooks)?;
+        // Before the sockets are read from /proc: a TLS call begun in between is placed by
+        // its socket I/O like any other.
+        for lib in &libssl {
+            tls::attach(&mut loaded, lib)
+                .with_context(|| format!("probing {} for TLS plaintext", lib.path))?;
+        }
         for (enter, exit, name) in PAIRED_SYSCALLS {
             loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
             loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
@@ -342,6 +369,7 @@ impl Capture {
                     ts_ns: now,
                     len: 0,
                     lost: [0, 0],
+                    tls: false,
                     payload: peer.clone().into_bytes(),
                 });
             }
@@ -357,6 +385,8 @@ impl Capture {
             ports,
             listeners: found.listeners.len(),
             existing,
+            libssl,
+            tls_enabled: opts.tls,
             last_prune: Instant::now(),
             record: Record::default(),
         })
@@ -374,11 +404,24 @@ impl Capture {
     /// The start-up line's facts: ports, listening sockets, open connections.
     pub fn details(&self) -> Vec<String> {
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
-        vec![
+        let mut details = vec![
             format!("ports {}", ports.join("/")),
             format!("{} listening sockets", self.listeners),
             format!("{} open connections", self.existing.len()),
-        ]
+        ];
+        if !self.libssl.is_empty() {
+            let libs: Vec<&str> = self.libssl.iter().map(|l| l.path.as_str()).collect();
+            details.push(format!("TLS through {}", libs.join(", ")));
+        }
+        details
+    }
+
+    /// What is probed for TLS plaintext, for [`tls::undecodable_reason`].
+    pub fn tls_probed(&self) -> tls::Probed {
+        tls::Probed {
+            enabled: self.tls_enabled,
+            libssl: self.libssl.iter().map(|l| l.path.clone()).collect(),
+        }
     }
 
     /// When loading began.

@@ -45,6 +45,9 @@ pub trait Wire {
     fn stop_capturing(&mut self) -> Vec<(u32, u32)> {
         vec![]
     }
+    /// What the live capture probes for TLS plaintext, for why a TLS connection is not
+    /// decoded.
+    fn tls_probed(&mut self, _probed: crate::tls::Probed) {}
     /// Reports one event (a line, a record, or a count for the summary).
     fn event(&mut self, out: &mut Output, e: &Self::Event) -> io::Result<()>;
     /// The report of an interval or of the whole trace; `kernel`: the kernel's counters.
@@ -136,7 +139,8 @@ pub fn attach<'a, W: Wire + 'a>(
     out: &mut Output,
 ) -> anyhow::Result<Attached<'a>> {
     let wall = output::wall_offset_ns();
-    let wire = make(wall);
+    let mut wire = make(wall);
+    wire.tls_probed(capture.tls_probed());
     let recorder = match record {
         Some(path) => Some(Writer::new(
             BufWriter::new(

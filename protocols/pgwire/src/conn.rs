@@ -101,8 +101,15 @@ pub struct Connection {
     /// After an error in an extended batch the server skips everything up to Sync.
     skipping: bool,
     awaiting_encryption_answer: bool,
-    /// True once the connection switched to TLS or GSS encryption: payload not visible.
+    /// The request awaiting its answer was a GSSENCRequest (else an SSLRequest).
+    requested_gss: bool,
+    /// True while the payload is not visible: the connection switched to TLS or GSS
+    /// encryption, and (for TLS) no plaintext from the TLS library came yet.
     pub encrypted: bool,
+    /// The server answered an SSLRequest with `S`: the socket bytes that follow are TLS.
+    pub tls_negotiated: bool,
+    /// The bytes decoded are TLS plaintext (from the TLS library).
+    pub tls: bool,
     /// Start-up parameters (user, database, application_name, ...).
     pub startup: Vec<(String, String)>,
     /// Last ReadyForQuery status: b'I', b'T' or b'E'.
@@ -239,7 +246,10 @@ impl Connection {
             pending: VecDeque::new(),
             skipping: false,
             awaiting_encryption_answer: false,
+            requested_gss: false,
             encrypted: false,
+            tls_negotiated: false,
+            tls: false,
             startup: vec![],
             authenticating: false,
             secrets: Vec::new(),
@@ -310,6 +320,21 @@ impl Connection {
         (frames, lost)
     }
 
+    /// The TLS library's plaintext follows: after a negotiated TLS start the client's
+    /// start-up message comes next; joined midway, decoding goes on from where it is.
+    pub fn tls_begins(&mut self) {
+        self.tls = true;
+        if self.encrypted && self.tls_negotiated {
+            self.encrypted = false;
+            self.client.expect_startup();
+        }
+    }
+
+    /// Only encrypted bytes come (no plaintext from a TLS library): nothing is visible.
+    pub fn tls_undecodable(&mut self) {
+        self.encrypted = true;
+    }
+
     /// Bytes the client sent (at `ts_ns`); `missing` bytes after them were not captured.
     pub fn client_bytes(&mut self, ts_ns: u64, data: &[u8], missing: u64) {
         self.secrets.clear();
@@ -354,6 +379,7 @@ impl Connection {
             self.awaiting_encryption_answer = false;
             if answer == b'S' || answer == b'G' {
                 self.encrypted = true;
+                self.tls_negotiated = answer == b'S' && !self.requested_gss;
                 return;
             }
             self.client.expect_startup();
@@ -379,8 +405,13 @@ impl Connection {
                 self.startup = params;
                 self.authenticating = true;
             }
-            Frontend::SslRequest | Frontend::GssEncRequest => {
-                self.awaiting_encryption_answer = true
+            Frontend::SslRequest => {
+                self.awaiting_encryption_answer = true;
+                self.requested_gss = false;
+            }
+            Frontend::GssEncRequest => {
+                self.awaiting_encryption_answer = true;
+                self.requested_gss = true;
             }
             Frontend::Query { sql } => {
                 let statements = statements_of(sql);
@@ -791,7 +822,15 @@ mod tests {
         let mut c = Connection::new(true);
         c.client_bytes(0, &ssl, 0);
         assert!(c.server_bytes(1, b"S", 0).is_empty());
-        assert!(c.encrypted);
+        assert!(c.encrypted && c.tls_negotiated);
+        // The plaintext of the TLS library: the start-up message, then a query.
+        c.tls_begins();
+        assert!(!c.encrypted && c.tls);
+        let body = b"\x00\x03\x00\x00user\0bob\0\0";
+        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        startup.extend_from_slice(body);
+        c.client_bytes(2, &startup, 0);
+        assert_eq!(c.startup, vec![("user".to_string(), "bob".to_string())]);
         let mut c = Connection::new(true);
         c.client_bytes(0, &ssl, 0);
         c.server_bytes(1, b"N", 0);

@@ -59,7 +59,12 @@ struct SessionStream {
     startup: Vec<(String, String)>,
     /// An SSLRequest or GSSENCRequest was sent: the server's next byte answers it.
     awaiting_encryption_answer: bool,
+    requested_gss: bool,
+    /// Nothing of the session is visible: GSS, or TLS without the library's plaintext.
     encrypted: bool,
+    /// The server answered the SSLRequest with `S`: the TLS plaintext (a TLS capture)
+    /// continues the session from its start-up message.
+    tls_negotiated: bool,
     /// A message went missing: nothing after it is kept.
     broken: bool,
     /// The messages of the client bytes fed last that are to be replayed, encoded.
@@ -90,7 +95,9 @@ impl Stream for SessionStream {
             from_start,
             startup: vec![],
             awaiting_encryption_answer: false,
+            requested_gss: false,
             encrypted: false,
+            tls_negotiated: false,
             broken: false,
             kept: vec![],
             skipped: 0,
@@ -126,7 +133,10 @@ impl Stream for SessionStream {
         if self.awaiting_encryption_answer {
             self.awaiting_encryption_answer = false;
             match data.first() {
-                Some(b'S' | b'G') => self.encrypted = true,
+                Some(b'S' | b'G') => {
+                    self.encrypted = true;
+                    self.tls_negotiated = data.first() == Some(&b'S') && !self.requested_gss;
+                }
                 Some(_) => self.client.expect_startup(),
                 None => {}
             }
@@ -136,6 +146,22 @@ impl Stream for SessionStream {
 
     fn close(&mut self, _ts_ns: u64, out: &mut Vec<Completed>) {
         out.extend(self.conn.close());
+    }
+
+    fn negotiated_encryption(&self) -> bool {
+        self.tls_negotiated && self.encrypted
+    }
+
+    fn tls_begins(&mut self) {
+        self.conn.tls_begins();
+        if self.encrypted && self.tls_negotiated {
+            self.encrypted = false;
+            self.client.expect_startup();
+        }
+    }
+
+    fn tls_undecodable(&mut self) {
+        self.encrypted = true;
     }
 }
 
@@ -157,8 +183,13 @@ impl SessionStream {
             };
             match Frontend::decode(&frame) {
                 Ok(Frontend::Startup { params, .. }) => self.startup = params,
-                Ok(Frontend::SslRequest | Frontend::GssEncRequest) => {
-                    self.awaiting_encryption_answer = true
+                Ok(Frontend::SslRequest) => {
+                    self.awaiting_encryption_answer = true;
+                    self.requested_gss = false;
+                }
+                Ok(Frontend::GssEncRequest) => {
+                    self.awaiting_encryption_answer = true;
+                    self.requested_gss = true;
                 }
                 _ => {}
             }

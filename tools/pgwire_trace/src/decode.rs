@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pgbpf_capture::{
     Record,
-    conns::{Conn, Connections, Stream},
+    conns::{Conn, Connections, Stream, Tls},
 };
 use pgbpf_pgwire::conn::{Completed, Connection};
 
@@ -28,6 +28,10 @@ pub struct Request {
 pub struct ConnMeta {
     /// Client address (server side) or server address (client side).
     pub peer: String,
+    /// The connection is TLS, decoded from the TLS library's plaintext.
+    pub tls: bool,
+    /// The peer as lines show it: ` tls` after it for a TLS connection.
+    pub label: String,
     pub user: Option<String>,
     pub database: Option<String>,
     pub application: Option<String>,
@@ -40,13 +44,15 @@ pub struct ConnMeta {
 #[derive(Clone, Debug)]
 pub enum Event {
     Request(Request),
-    /// A connection switched to TLS or GSS encryption: its payload cannot be seen.
+    /// A connection's payload cannot be seen: GSS encryption, or TLS without plaintext.
     Encrypted {
         /// Wall-clock ns of the record that showed it.
         unix_ns: u64,
         pid: u32,
         conn_id: u64,
         peer: String,
+        /// Why it cannot be decoded.
+        reason: String,
     },
 }
 
@@ -72,8 +78,8 @@ pub struct PgStream {
     c: Connection,
     /// Counted into the stats already.
     seen_encrypted: bool,
-    /// Built once the start-up parameters are known (rebuilt if they change).
-    meta: Option<(usize, Arc<ConnMeta>)>,
+    /// Built once the start-up parameters are known (rebuilt if they or the TLS change).
+    meta: Option<(usize, bool, Arc<ConnMeta>)>,
     malformed: u64,
     unmatched: u64,
 }
@@ -106,6 +112,18 @@ impl Stream for PgStream {
     fn client_secrets(&self) -> &[(usize, usize)] {
         self.c.secrets()
     }
+
+    fn negotiated_encryption(&self) -> bool {
+        self.c.tls_negotiated && !self.c.tls
+    }
+
+    fn tls_begins(&mut self) {
+        self.c.tls_begins();
+    }
+
+    fn tls_undecodable(&mut self) {
+        self.c.tls_undecodable();
+    }
 }
 
 /// Decodes every connection of a capture.
@@ -115,6 +133,9 @@ pub struct Decoder {
     pub stats: DecodeStats,
     /// Connections that turned encrypted, for the live capture to stop copying: (tgid, fd).
     pub stop_capturing: Vec<(u32, u32)>,
+    /// The libssl files the live capture probes (None reading a file): why a TLS
+    /// connection could not be decoded.
+    pub tls_probed: Option<pgbpf_capture::tls::Probed>,
     /// Statements completed by the record being fed (kept to reuse its memory).
     done: Vec<Completed>,
 }
@@ -123,6 +144,7 @@ pub struct Decoder {
 struct Completion<'a> {
     stats: &'a mut DecodeStats,
     stop_capturing: &'a mut Vec<(u32, u32)>,
+    tls_probed: Option<&'a pgbpf_capture::tls::Probed>,
     wall_offset_ns: i64,
     ts_ns: u64,
     out: &'a mut Vec<Event>,
@@ -135,13 +157,24 @@ impl Completion<'_> {
 
     fn take(&mut self, conn: &mut Conn<PgStream>, done: &mut Vec<Completed>) {
         let s = &mut conn.stream;
-        if s.c.encrypted && !s.seen_encrypted {
+        // TLS negotiated is not yet undecodable: the library's plaintext may follow.
+        let hidden = s.c.encrypted && (!s.c.tls_negotiated || conn.tls == Tls::Undecodable);
+        if hidden && !s.seen_encrypted {
             s.seen_encrypted = true;
+            let reason = if !s.c.tls_negotiated && conn.tls != Tls::Undecodable {
+                "GSSAPI encryption is not decoded".to_string()
+            } else {
+                match self.tls_probed {
+                    Some(probed) => pgbpf_capture::tls::undecodable_reason(conn.pid, probed),
+                    None => "TLS, and the capture holds none of its plaintext".to_string(),
+                }
+            };
             self.out.push(Event::Encrypted {
                 unix_ns: self.wall(self.ts_ns),
                 pid: conn.pid,
                 conn_id: conn.id,
                 peer: conn.peer.clone(),
+                reason,
             });
             self.stats.encrypted += 1;
             self.stop_capturing.push((conn.pid, conn.fd));
@@ -154,8 +187,9 @@ impl Completion<'_> {
         if done.is_empty() {
             return;
         }
+        let tls = conn.tls == Tls::Plaintext;
         let meta = match &s.meta {
-            Some((n, m)) if *n == s.c.startup.len() => m.clone(),
+            Some((n, t, m)) if *n == s.c.startup.len() && *t == tls => m.clone(),
             _ => {
                 let startup = |key: &str| {
                     s.c.startup
@@ -165,11 +199,17 @@ impl Completion<'_> {
                 };
                 let m = Arc::new(ConnMeta {
                     peer: conn.peer.clone(),
+                    tls,
+                    label: if tls {
+                        format!("{} tls", conn.peer)
+                    } else {
+                        conn.peer.clone()
+                    },
                     user: startup("user"),
                     database: startup("database").or_else(|| startup("user")),
                     application: startup("application_name"),
                 });
-                s.meta = Some((s.c.startup.len(), m.clone()));
+                s.meta = Some((s.c.startup.len(), tls, m.clone()));
                 m
             }
         };
@@ -196,6 +236,7 @@ impl Decoder {
             wall_offset_ns,
             stats: DecodeStats::default(),
             stop_capturing: vec![],
+            tls_probed: None,
             done: vec![],
         }
     }
@@ -228,6 +269,7 @@ impl Decoder {
         let mut completion = Completion {
             stats: &mut self.stats,
             stop_capturing: &mut self.stop_capturing,
+            tls_probed: self.tls_probed.as_ref(),
             wall_offset_ns: self.wall_offset_ns,
             ts_ns,
             out,
@@ -305,6 +347,7 @@ mod tests {
             ts_ns: ts,
             len: payload.len() as u64,
             lost: [0, 0],
+            tls: false,
             payload: payload.to_vec(),
         }
     }

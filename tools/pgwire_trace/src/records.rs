@@ -1,5 +1,6 @@
 //! pgwire_trace's NDJSON records (docs/schema/pgwire_trace.json): a `request` per statement
-//! as it completes, `encrypted` once per connection that switched to TLS or GSS; with
+//! as it completes, `encrypted` once per connection whose payload cannot be seen (GSS, or
+//! TLS without plaintext from the TLS library); with
 //! `--summary` a `statement` row per normalized statement in each report and each interval's
 //! `interval`; the run's `summary` last. Field names follow `pgbpf_common::records`.
 
@@ -15,7 +16,8 @@ pub use pgbpf_capture::Lost;
 pub enum Record<'a> {
     /// One request and its response.
     Request(Request<'a>),
-    /// A connection switched to TLS or GSS encryption: its payload is not visible.
+    /// A connection's payload is not visible: GSS encryption, or TLS whose plaintext the
+    /// TLS library did not give (not a dynamically linked OpenSSL, `--no-tls`).
     Encrypted(Encrypted<'a>),
     /// One normalized statement in a `--summary` report.
     Statement(StatementRow<'a>),
@@ -35,6 +37,8 @@ pub struct Request<'a> {
     pub conn_id: u64,
     /// The client's address (server side) or the server's (client side).
     pub peer: &'a str,
+    /// The connection is TLS (decoded from the TLS library's plaintext).
+    pub tls: bool,
     /// The user of the connection (from its start-up message).
     pub user: Option<&'a str>,
     /// Its database.
@@ -73,6 +77,8 @@ pub struct Encrypted<'a> {
     pub conn_id: u64,
     /// The client's address (server side) or the server's (client side).
     pub peer: &'a str,
+    /// Why its payload cannot be decoded.
+    pub reason: &'a str,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -104,7 +110,7 @@ pub struct Totals {
     pub errors: u64,
     /// Connections seen.
     pub connections: u64,
-    /// Of them, encrypted (TLS or GSS).
+    /// Of them, not decodable (GSS, or TLS without plaintext).
     pub encrypted: u64,
     /// Responses not paired with a request because bytes around them were lost.
     pub unmatched: u64,

@@ -93,6 +93,7 @@ impl Reporter {
                 pid,
                 conn_id,
                 peer,
+                reason,
             } => {
                 if out.json {
                     out.record(&Record::Encrypted(rec::Encrypted {
@@ -100,12 +101,13 @@ impl Reporter {
                         pid: *pid,
                         conn_id: *conn_id,
                         peer,
+                        reason,
                     }))
                 } else if self.style.summary {
                     Ok(())
                 } else {
                     out.text(&format!(
-                        "# PID {pid} {peer}: connection encrypted (TLS/GSS), payload not visible\n"
+                        "# PID {pid} {peer}: connection encrypted, payload not visible: {reason}\n"
                     ))
                 }
             }
@@ -164,6 +166,7 @@ impl Reporter {
             pid: r.pid,
             conn_id: r.conn_id,
             peer: &r.meta.peer,
+            tls: r.meta.tls,
             user: r.meta.user.as_deref(),
             database: r.meta.database.as_deref(),
             application: r.meta.application.as_deref(),
@@ -204,7 +207,7 @@ impl Reporter {
             &Line {
                 start_unix_ns: r.start_unix_ns,
                 pid: r.pid,
-                peer: &r.meta.peer,
+                peer: &r.meta.label,
                 duration_ns: Some(ns),
                 status: d.sqlstate.as_deref().unwrap_or("ok"),
                 size: d.rows,

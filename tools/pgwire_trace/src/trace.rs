@@ -60,6 +60,10 @@ impl Wire for PgWire {
         std::mem::take(&mut self.decoder.stop_capturing)
     }
 
+    fn tls_probed(&mut self, probed: pgbpf_capture::tls::Probed) {
+        self.decoder.tls_probed = Some(probed);
+    }
+
     fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
         self.reporter.event(out, e)
     }

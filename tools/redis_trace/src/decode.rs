@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pgbpf_capture::{
     Record,
-    conns::{Conn, Connections, Stream},
+    conns::{Conn, Connections, Stream, Tls},
 };
 use pgbpf_resp::{Completed, Connection, Event as Resp, Push, Transaction};
 
@@ -16,6 +16,10 @@ pub struct Who {
     pub conn_id: u64,
     /// The client's address (server side) or the server's (client side).
     pub peer: Arc<str>,
+    /// The connection is TLS, decoded from the TLS library's plaintext.
+    pub tls: bool,
+    /// The peer as lines show it: ` tls` after it for a TLS connection.
+    pub label: Arc<str>,
 }
 
 /// What the decoder tells the reporter; times are wall-clock ns.
@@ -37,12 +41,19 @@ pub enum Event {
         who: Who,
         push: Push,
     },
+    /// A TLS connection whose plaintext the TLS library did not give: not decodable.
+    Encrypted {
+        who: Who,
+        reason: String,
+    },
 }
 
 /// Totals over the whole trace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DecodeStats {
     pub connections: u64,
+    /// Of them TLS without plaintext: not decodable.
+    pub encrypted: u64,
     pub commands: u64,
     pub errors: u64,
     pub transactions: u64,
@@ -63,7 +74,10 @@ pub struct DecodeStats {
 pub struct RespStream {
     c: Connection,
     counted: pgbpf_resp::conn::Counts,
-    peer: Option<Arc<str>>,
+    /// (TLS, peer, label) as the connection's events report it.
+    peer: Option<(bool, Arc<str>, Arc<str>)>,
+    /// Reported as not decodable.
+    reported: bool,
 }
 
 impl Stream for RespStream {
@@ -74,6 +88,7 @@ impl Stream for RespStream {
             c: Connection::new(from_start),
             counted: Default::default(),
             peer: None,
+            reported: false,
         }
     }
 
@@ -94,12 +109,28 @@ impl Stream for RespStream {
     }
 }
 
+/// The decoder's fields `take` needs, borrowed apart from its connection table.
+macro_rules! context {
+    ($d:ident) => {
+        Context {
+            stats: &mut $d.stats,
+            wall_offset_ns: $d.wall_offset_ns,
+            tls_probed: $d.tls_probed.as_ref(),
+            stop_capturing: &mut $d.stop_capturing,
+        }
+    };
+}
+
 /// Decodes every connection of a capture.
 pub struct Decoder {
     conns: Connections<RespStream>,
     wall_offset_ns: i64,
     pub stats: DecodeStats,
     resp: Vec<Resp>,
+    /// The libssl files the live capture probes (None reading a file).
+    pub tls_probed: Option<pgbpf_capture::tls::Probed>,
+    /// Connections not decodable, for the live capture to stop copying: (tgid, fd).
+    pub stop_capturing: Vec<(u32, u32)>,
 }
 
 impl Decoder {
@@ -110,6 +141,8 @@ impl Decoder {
             wall_offset_ns,
             stats: DecodeStats::default(),
             resp: vec![],
+            tls_probed: None,
+            stop_capturing: vec![],
         }
     }
 
@@ -125,10 +158,9 @@ impl Decoder {
     /// Feeds one record; appends what it completed to `out`.
     pub fn feed_into(&mut self, r: &Record, out: &mut Vec<Event>) {
         let mut resp = std::mem::take(&mut self.resp);
-        let (stats, wall) = (&mut self.stats, self.wall_offset_ns);
-        self.conns.feed(r, &mut resp, |conn, resp| {
-            take(stats, wall, conn, resp, out)
-        });
+        let mut ctx = context!(self);
+        self.conns
+            .feed(r, &mut resp, |conn, resp| take(&mut ctx, conn, resp, out));
         self.resp = resp;
         self.totals();
     }
@@ -136,11 +168,10 @@ impl Decoder {
     /// Ends every connection still open.
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         let mut resp = std::mem::take(&mut self.resp);
-        let (stats, wall) = (&mut self.stats, self.wall_offset_ns);
+        let mut ctx = context!(self);
         let now = pgbpf_common::output::mono_ns();
-        self.conns.finish(now, &mut resp, |conn, resp| {
-            take(stats, wall, conn, resp, out)
-        });
+        self.conns
+            .finish(now, &mut resp, |conn, resp| take(&mut ctx, conn, resp, out));
         self.resp = resp;
         self.totals();
     }
@@ -153,11 +184,11 @@ impl Decoder {
         out: &mut Vec<Event>,
     ) -> Vec<(u32, u32)> {
         let mut resp = std::mem::take(&mut self.resp);
-        let (stats, wall) = (&mut self.stats, self.wall_offset_ns);
+        let mut ctx = context!(self);
         let gone = self
             .conns
             .close_exited(sampled_ns, alive, &mut resp, |conn, resp| {
-                take(stats, wall, conn, resp, out)
+                take(&mut ctx, conn, resp, out)
             });
         self.resp = resp;
         self.totals();
@@ -172,15 +203,61 @@ impl Decoder {
     }
 }
 
+/// What `take` needs of the decoder.
+struct Context<'a> {
+    stats: &'a mut DecodeStats,
+    wall_offset_ns: i64,
+    tls_probed: Option<&'a pgbpf_capture::tls::Probed>,
+    stop_capturing: &'a mut Vec<(u32, u32)>,
+}
+
 /// Moves what connection `conn` completed (`resp`) to `out` with who was talking; counts.
 fn take(
-    stats: &mut DecodeStats,
-    wall_offset_ns: i64,
+    ctx: &mut Context<'_>,
     conn: &mut Conn<RespStream>,
     resp: &mut Vec<Resp>,
     out: &mut Vec<Event>,
 ) {
+    let (stats, wall_offset_ns) = (&mut *ctx.stats, ctx.wall_offset_ns);
+    let tls = conn.tls == Tls::Plaintext;
     let s = &mut conn.stream;
+    let (_, peer, label) = match &s.peer {
+        Some(p) if p.0 == tls => p.clone(),
+        _ => {
+            let label = if tls {
+                format!("{} tls", conn.peer)
+            } else {
+                conn.peer.clone()
+            };
+            let p = (
+                tls,
+                Arc::from(conn.peer.as_str()),
+                Arc::from(label.as_str()),
+            );
+            s.peer = Some(p.clone());
+            p
+        }
+    };
+    let who = Who {
+        pid: conn.pid,
+        conn_id: conn.id,
+        peer,
+        tls,
+        label,
+    };
+    if conn.tls == Tls::Undecodable && !s.reported {
+        s.reported = true;
+        stats.encrypted += 1;
+        ctx.stop_capturing.push((conn.pid, conn.fd));
+        let reason = match ctx.tls_probed {
+            Some(probed) => pgbpf_capture::tls::undecodable_reason(conn.pid, probed),
+            None => "TLS, and the capture holds none of its plaintext".to_string(),
+        };
+        out.push(Event::Encrypted {
+            who: who.clone(),
+            reason,
+        });
+    }
     let now = s.c.counts();
     stats.unmatched += now.unmatched - s.counted.unmatched;
     stats.malformed += now.malformed - s.counted.malformed;
@@ -191,15 +268,6 @@ fn take(
     if resp.is_empty() {
         return;
     }
-    let peer = s
-        .peer
-        .get_or_insert_with(|| Arc::from(conn.peer.as_str()))
-        .clone();
-    let who = Who {
-        pid: conn.pid,
-        conn_id: conn.id,
-        peer,
-    };
     let wall = |ns: u64| pgbpf_common::output::wall_of(wall_offset_ns, ns);
     for e in resp.drain(..) {
         out.push(match e {

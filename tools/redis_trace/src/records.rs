@@ -18,6 +18,8 @@ pub enum Record<'a> {
     Command(Command<'a>),
     /// MULTI … EXEC or DISCARD: the commands in it are `command` records with its number.
     Transaction(Transaction<'a>),
+    /// A TLS connection whose plaintext the TLS library did not give: not decodable.
+    Encrypted(Encrypted<'a>),
     /// One command name's figures in a `--summary` report.
     CommandStats(CommandRow<'a>),
     /// A top key or key prefix (`--keys`).
@@ -38,6 +40,8 @@ pub struct Command<'a> {
     pub conn_id: u64,
     /// The client's address (server side) or the server's (client side).
     pub peer: &'a str,
+    /// The connection is TLS (decoded from the TLS library's plaintext).
+    pub tls: bool,
     /// The command, upper case, with the subcommand of container commands (`CONFIG GET`).
     pub command: &'a str,
     /// Its key, when it has one.
@@ -77,6 +81,7 @@ pub struct Transaction<'a> {
     pub pid: u32,
     pub conn_id: u64,
     pub peer: &'a str,
+    pub tls: bool,
     /// Its number on the connection.
     pub transaction: u64,
     /// From MULTI to the reply of EXEC (or DISCARD).
@@ -88,6 +93,16 @@ pub struct Transaction<'a> {
     pub status: &'a str,
     /// The error code of an aborted EXEC.
     pub error: Option<&'a str>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Encrypted<'a> {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub conn_id: u64,
+    pub peer: &'a str,
+    /// Why its payload cannot be decoded.
+    pub reason: &'a str,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -140,6 +155,8 @@ pub struct Totals {
     /// Values the server sent unasked: pub/sub messages, invalidations, MONITOR lines.
     pub pushes: u64,
     pub connections: u64,
+    /// Of them TLS without plaintext from the TLS library: not decodable.
+    pub encrypted: u64,
     /// Replies that could not be paired with their command, and commands dropped
     /// unanswered, after bytes went missing.
     pub unmatched: u64,

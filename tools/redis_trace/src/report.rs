@@ -204,6 +204,7 @@ impl Reporter {
                         pid: who.pid,
                         conn_id: who.conn_id,
                         peer: &who.peer,
+                        tls: who.tls,
                         transaction: tx.id,
                         duration_ns: ns,
                         commands: tx.commands,
@@ -225,6 +226,24 @@ impl Reporter {
             }
             // Counted in the totals; one line per pub/sub message would drown the commands.
             Event::Push { .. } => Ok(()),
+            Event::Encrypted { who, reason } => {
+                if out.json {
+                    out.record(&Record::Encrypted(rec::Encrypted {
+                        ts_ns: output::unix_ns(),
+                        pid: who.pid,
+                        conn_id: who.conn_id,
+                        peer: &who.peer,
+                        reason,
+                    }))
+                } else if self.style.summary {
+                    Ok(())
+                } else {
+                    out.text(&format!(
+                        "# PID {} {}: connection encrypted, payload not visible: {reason}\n",
+                        who.pid, who.peer
+                    ))
+                }
+            }
         }
     }
 
@@ -293,6 +312,7 @@ impl Reporter {
             pid: who.pid,
             conn_id: who.conn_id,
             peer: &who.peer,
+            tls: who.tls,
             command: c.name(),
             key: c.key().as_ref().map(arg_text),
             args,
@@ -365,7 +385,7 @@ impl Reporter {
             &Line {
                 start_unix_ns,
                 pid: who.pid,
-                peer: &who.peer,
+                peer: &who.label,
                 duration_ns: ns,
                 status,
                 size: reply_bytes,
@@ -596,6 +616,7 @@ fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> rec::Totals {
         transactions: s.transactions,
         pushes: s.pushes,
         connections: s.connections,
+        encrypted: s.encrypted,
         unmatched: s.unmatched,
         malformed: s.malformed,
         skipped_bytes: s.skipped_bytes,

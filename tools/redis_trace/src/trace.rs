@@ -52,6 +52,15 @@ impl Wire for RedisWire {
         self.decoder.close_exited(sampled_ns, alive, out)
     }
 
+    /// Connections not decodable (TLS without plaintext): the kernel stops copying them.
+    fn stop_capturing(&mut self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.decoder.stop_capturing)
+    }
+
+    fn tls_probed(&mut self, probed: pgbpf_capture::tls::Probed) {
+        self.decoder.tls_probed = Some(probed);
+    }
+
     fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
         self.reporter.event(out, e)
     }

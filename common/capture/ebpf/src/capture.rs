@@ -8,7 +8,9 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use pgbpf_capture_ebpf::{CAPTURE_MAX_BUF, CAPTURE_MAX_VECTORED, DIR_READ, DIR_WRITE, counter};
+use pgbpf_capture_ebpf::{
+    CAPTURE_MAX_BUF, CAPTURE_MAX_VECTORED, DIR_READ, DIR_WRITE, SockInfo, counter,
+};
 use pgbpf_common_ebpf::{
     atomic_add,
     counters::{add, bump},
@@ -17,7 +19,7 @@ use pgbpf_common_ebpf::{
 };
 
 use crate::{
-    CAPTURE_LIMIT,
+    CAPTURE_LIMIT, TLS_HOOKS,
     conns::{SOCKS, key_of, may_have_socks},
     emit::{Moved, send_buffer, send_vectored},
     ids, now,
@@ -93,15 +95,23 @@ fn sock_data(ctx: &RawTracePointContext, dir: u8) -> i32 {
 }
 
 /// Sends the bytes a read or write moved (`moved`, with the syscall's arguments `fd`, buffer or
-/// iovecs or msghdr, count) when `fd` is a traced connection of `tgid`.
+/// iovecs or msghdr, count) when `fd` is a traced connection of `tgid` that is not TLS.
 #[inline(always)]
 fn capture(id: u64, tgid: u32, moved: u64, op: u8, dir: u8, [fd, ptr, count]: [u64; 3]) {
     let key = key_of(tgid, fd);
     let Some(info) = SOCKS.get_ptr_mut(&key) else {
         return;
     };
+    // Encrypted bytes: inside a TLS library call (whose return sends the plaintext), or of
+    // a socket such a call used before (the handshake's, alerts).
+    if TLS_HOOKS.load() != 0 && crate::tls::inside_call(id as u32, fd as u32, info) {
+        return;
+    }
     // SAFETY: `info` is a map value pointer, valid during this program.
     let snapshot = unsafe { *info };
+    if snapshot.tls != 0 {
+        return;
+    }
     // Stamped at the end of the transfer: when a read's data arrived, when a write was handed
     // to the kernel (PostgreSQL's sockets are non-blocking, so that is also when it began).
     let m = Moved {
@@ -111,6 +121,7 @@ fn capture(id: u64, tgid: u32, moved: u64, op: u8, dir: u8, [fd, ptr, count]: [u
         dir,
         ts: now(),
         len: moved,
+        flags: 0,
     };
     let want = moved.min(CAPTURE_LIMIT.load() as u64);
     let sent = match op {
@@ -126,6 +137,14 @@ fn capture(id: u64, tgid: u32, moved: u64, op: u8, dir: u8, [fd, ptr, count]: [u
         }
         _ => return,
     };
+    deliver(info, &snapshot, dir, moved, sent);
+}
+
+/// After a DATA record of `moved` bytes in `dir` was sent (`sent`: the bytes captured) or
+/// not (the ring was full): the truncation and loss counters, and the connection's lost
+/// bytes, which travel with its next record.
+#[inline(always)]
+pub fn deliver(info: *mut SockInfo, snapshot: &SockInfo, dir: u8, moved: u64, sent: Option<u64>) {
     match sent {
         Some(captured) => {
             if captured < moved {

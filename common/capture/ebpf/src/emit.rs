@@ -38,7 +38,7 @@ fn fill_header(h: *mut RecordHeader, kind: u8, key: &SockKey, tid: u32, info: &S
         (*h).kind = kind;
         (*h).role = info.role;
         (*h).dir = 0;
-        (*h)._pad = 0;
+        (*h).flags = 0;
     }
 }
 
@@ -102,8 +102,10 @@ pub struct Moved<'a> {
     pub info: &'a SockInfo,
     pub dir: u8,
     pub ts: u64,
-    /// Bytes the syscall moved.
+    /// Bytes the syscall (or the TLS call) moved.
     pub len: u64,
+    /// RecordHeader::flags.
+    pub flags: u8,
 }
 
 /// Sends a DATA record with the first `n` (<= CAPTURE_MAX_BUF) bytes at `buf` (user memory), read
@@ -140,6 +142,7 @@ fn send_sized<const N: usize>(m: &Moved, buf: u64, n: u64) -> Option<u64> {
             probe_read_user_raw((*rec).data.as_mut_ptr().cast(), n as u32, buf as *const _) == 0;
         let captured = if ok { n } else { 0 };
         (*rec).header.dir = m.dir;
+        (*rec).header.flags = m.flags;
         (*rec).header.len = m.len;
         (*rec).header.captured = captured as u32;
         (*rec).header.lost = m.info.lost;
@@ -179,6 +182,7 @@ pub fn send_vectored(m: &Moved, iov: u64, count: u64, want: u64) -> Option<u64> 
     // SAFETY: this CPU's scratch header.
     unsafe {
         (*s).header.dir = m.dir;
+        (*s).header.flags = m.flags;
         (*s).header.len = m.len;
         (*s).header.captured = captured as u32;
         (*s).header.lost = m.info.lost;

@@ -51,7 +51,10 @@ pub struct SockInfo {
     /// Set on the postmaster's copy once a forked backend took the connection over: its
     /// close is then not the end of the connection.
     pub handed_off: u8,
-    pub _pad: [u8; 2],
+    /// 1 once a TLS library call was seen doing this socket's I/O: its bytes are encrypted
+    /// and not copied (the plaintext comes from the library's uprobes).
+    pub tls: u8,
+    pub _pad: u8,
     /// Server port of the connection (0 for Unix sockets of unknown port).
     pub port: u32,
 }
@@ -74,8 +77,12 @@ pub struct RecordHeader {
     pub kind: u8,
     pub role: u8,
     pub dir: u8,
-    pub _pad: u8,
+    /// FLAG_TLS: the payload is TLS plaintext from the TLS library, not socket bytes.
+    pub flags: u8,
 }
+
+/// RecordHeader::flags: plaintext read or written through the TLS library.
+pub const FLAG_TLS: u8 = 1;
 
 pub const HEADER_BYTES: usize = core::mem::size_of::<RecordHeader>();
 
@@ -100,7 +107,10 @@ pub mod counter {
     // that the counters of older capture files keep their meaning.
     /// Vectored calls with more iovecs than looked at.
     pub const IOVECS_SKIPPED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// TLS reads and writes whose connection could not be told (no socket I/O in the call,
+    /// and the SSL object not seen before).
+    pub const TLS_UNMAPPED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 #[cfg(feature = "user")]

@@ -6,6 +6,7 @@
 //! - [`conns`]: the connection table (SOCKS, keyed by (tgid, fd)) and the programs that keep it.
 //! - [`capture`]: the data path, from a read or write to a DATA record.
 //! - [`emit`]: the records and the ring buffer they go through.
+//! - [`tls`]: TLS plaintext from uprobes on libssl, on the same connections.
 //!
 //! A read or write of a process that holds no traced connection costs one array load
 //! (HAS_SOCKS); any other costs one hash lookup.
@@ -15,6 +16,7 @@
 mod capture;
 mod conns;
 mod emit;
+mod tls;
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use pgbpf_capture_ebpf::counter;
@@ -42,6 +44,9 @@ pub static FOLLOW_ACCEPT_FORK: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// Offset of child_pid in sched_process_fork (from tracefs).
 #[unsafe(no_mangle)]
 pub static FORK_CHILD_PID_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(44);
+/// 1: libssl's uprobes are attached; socket I/O inside a TLS call is not copied.
+#[unsafe(no_mangle)]
+pub static TLS_HOOKS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// Ring buffer size: past a quarter full, a record wakes userspace up.
 #[unsafe(no_mangle)]
 pub static RING_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(16 << 20);

@@ -1,0 +1,203 @@
+//! The TLS library of the traced processes: every distinct libssl they map (the file as
+//! the process sees it, reached through /proc/PID/root so that a container's own libssl is
+//! the one probed), with uprobes on its read, write and handshake functions; and why a
+//! process's TLS cannot be decoded when it has none.
+
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::uprobe::UProbeAttachLocation;
+use pgbpf_common::{loader::Loaded, procs};
+
+/// Entry programs and the functions they are attached to; the return of each goes to
+/// `ssl_return`. SSL_read_ex and SSL_write_ex are OpenSSL 1.1.1 and later; SSL_peek is left
+/// alone (its bytes are read again by SSL_read). The handshake's socket I/O is only marked
+/// TLS (never copied): SSL_accept and SSL_connect may do it without SSL_do_handshake.
+const FUNCTIONS: &[(&str, &str)] = &[
+    ("ssl_read", "SSL_read"),
+    ("ssl_read_ex", "SSL_read_ex"),
+    ("ssl_write", "SSL_write"),
+    ("ssl_write_ex", "SSL_write_ex"),
+    ("ssl_handshake", "SSL_do_handshake"),
+    ("ssl_handshake", "SSL_accept"),
+    ("ssl_handshake", "SSL_connect"),
+];
+
+/// One libssl file, probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Libssl {
+    /// Its path inside the process that maps it.
+    pub path: String,
+    /// The same file as this process reaches it.
+    pub host_path: PathBuf,
+    /// Processes of the target found mapping it.
+    pub pids: Vec<u32>,
+}
+
+/// The libssl mapped by process `pid`: its path as the process sees it.
+pub fn libssl_of(pid: u32) -> Option<String> {
+    let maps = procs::memory_maps(pid, false)?;
+    maps.iter().find_map(|m| match &m.pathname {
+        procfs::process::MMapPath::Path(p) if is_libssl(p) => Some(p.display().to_string()),
+        _ => None,
+    })
+}
+
+/// `libssl.so.3`, `libssl.so.1.1`, `libssl.so` (not NSS's `libssl3.so`).
+fn is_libssl(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libssl.so"))
+}
+
+/// Where a system keeps its libssl: a process that is yet to load it (a shell about to run
+/// psql) will take it from there.
+const SYSTEM_LIBSSL: &[&str] = &[
+    "usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "usr/lib/aarch64-linux-gnu/libssl.so.3",
+    "usr/lib64/libssl.so.3",
+    "usr/lib/libssl.so.3",
+    "usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "usr/lib64/libssl.so.1.1",
+];
+
+/// The distinct libssl files mapped by `pids`, and the system's own in each of their roots
+/// (one per device and inode).
+pub fn find(pids: &[u32]) -> Vec<Libssl> {
+    let mut seen: Vec<((u64, u64), Libssl)> = vec![];
+    let add = |pid: u32, path: String, seen: &mut Vec<((u64, u64), Libssl)>| {
+        let root = format!("/proc/{pid}/root");
+        let host_path = Path::new(&root).join(path.trim_start_matches('/'));
+        let Ok(meta) = std::fs::metadata(&host_path) else {
+            return;
+        };
+        let id = (meta.dev(), meta.ino());
+        match seen.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, lib)) => {
+                if !lib.pids.contains(&pid) {
+                    lib.pids.push(pid);
+                }
+            }
+            None => seen.push((
+                id,
+                Libssl {
+                    path,
+                    host_path,
+                    pids: vec![pid],
+                },
+            )),
+        }
+    };
+    let mut roots = HashSet::new();
+    for &pid in pids {
+        if let Some(path) = libssl_of(pid) {
+            add(pid, path, &mut seen);
+        }
+        let root = std::fs::metadata(format!("/proc/{pid}/root")).map(|m| (m.dev(), m.ino()));
+        if let Ok(root) = root
+            && roots.insert(root)
+        {
+            for p in SYSTEM_LIBSSL {
+                add(pid, format!("/{p}"), &mut seen);
+            }
+        }
+    }
+    seen.into_iter().map(|(_, l)| l).collect()
+}
+
+/// Attaches the TLS programs to every function of `lib` it has; the functions attached.
+pub fn attach(loaded: &mut Loaded, lib: &Libssl) -> anyhow::Result<usize> {
+    let symbols = pgbpf_common::elf::ElfFile::open(&lib.host_path)?;
+    let mut attached = 0;
+    for (prog, function) in FUNCTIONS {
+        if symbols.symbol(function)?.is_none() {
+            continue;
+        }
+        let at = UProbeAttachLocation::Symbol(function);
+        loaded.attach_uprobe(prog, &lib.host_path, at)?;
+        loaded.attach_uprobe("ssl_return", &lib.host_path, at)?;
+        attached += 1;
+    }
+    if attached == 0 {
+        anyhow::bail!(
+            "{} has none of the TLS functions ({})",
+            lib.path,
+            FUNCTIONS
+                .iter()
+                .map(|(_, f)| *f)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(attached)
+}
+
+/// What the live capture probes for TLS plaintext.
+#[derive(Clone, Debug, Default)]
+pub struct Probed {
+    /// TLS plaintext is read (not `--no-tls`).
+    pub enabled: bool,
+    /// The libssl paths probed, as their processes see them.
+    pub libssl: HashSet<String>,
+}
+
+/// Why the TLS of process `pid`'s connections cannot be decoded, said once per connection.
+pub fn undecodable_reason(pid: u32, probed: &Probed) -> String {
+    if !probed.enabled {
+        return "TLS, and its plaintext is not read (--no-tls)".to_string();
+    }
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return format!("TLS, and no plaintext came from PID {pid}'s TLS library before it exited");
+    }
+    match libssl_of(pid) {
+        None => format!(
+            "PID {pid} maps no libssl: its TLS is not a dynamically linked OpenSSL \
+             (Go crypto/tls, rustls, a static BoringSSL...), so its plaintext cannot be read"
+        ),
+        Some(path) if !probed.libssl.contains(&path) => {
+            format!("PID {pid}'s {path} was not probed (it was mapped after the start)")
+        }
+        Some(path) => format!(
+            "PID {pid}'s {path} is probed but no plaintext came through it (its TLS may be \
+             linked in statically)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libssl_names_are_told_from_others() {
+        for yes in [
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            "/lib/libssl.so.1.1",
+        ] {
+            assert!(is_libssl(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/usr/lib/libssl3.so",
+            "/usr/lib/libcrypto.so.3",
+            "/usr/bin/ssl",
+        ] {
+            assert!(!is_libssl(Path::new(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn this_process_maps_no_libssl_and_says_why() {
+        let me = std::process::id();
+        assert_eq!(libssl_of(me), None);
+        let on = Probed {
+            enabled: true,
+            libssl: HashSet::new(),
+        };
+        assert!(undecodable_reason(me, &on).contains("maps no libssl"));
+        assert!(undecodable_reason(me, &Probed::default()).contains("--no-tls"));
+        assert!(undecodable_reason(u32::MAX, &on).contains("exited"));
+    }
+}
