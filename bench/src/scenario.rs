@@ -126,14 +126,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         workload: "-S",
         events_field: "requests",
-        tool_args: |s| {
-            let pg = s.pg()?;
-            Ok(vec![
-                "-p".into(),
-                pg.postmaster_pid()?.to_string(),
-                "--summary".into(),
-            ])
-        },
+        tool_args: postmaster_summary_args,
         bpftrace: |_| Ok(include_str!("../bpftrace/pgwire_trace.bt").to_string()),
         extra: Some(crate::measure::decoder_throughput),
     },
@@ -154,14 +147,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         workload: "-S",
         events_field: "requests",
-        tool_args: |s| {
-            let pg = s.pg()?;
-            Ok(vec![
-                "-p".into(),
-                pg.postmaster_pid()?.to_string(),
-                "--summary".into(),
-            ])
-        },
+        tool_args: postmaster_summary_args,
         bpftrace: |s| {
             let pid = s.pg()?.postmaster_pid()?;
             let lib = pgbpf_capture::tls::libssl_of(pid)
@@ -318,6 +304,15 @@ pub fn names() -> Vec<&'static str> {
 
 pub fn find(tool: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == tool)
+}
+
+/// `pgwire_trace -p POSTMASTER --summary` for the bench's PostgreSQL.
+fn postmaster_summary_args(s: &Server) -> anyhow::Result<Vec<String>> {
+    Ok(vec![
+        "-p".into(),
+        s.pg()?.postmaster_pid()?.to_string(),
+        "--summary".into(),
+    ])
 }
 
 /// `redis_trace -p PID --summary` for the bench's redis-server.
