@@ -63,6 +63,31 @@ impl ElfFile {
         })
     }
 
+    /// Up to `len` bytes of the file at virtual address `vaddr` (fewer where its segment's
+    /// file contents end); None when no segment holds it in the file.
+    pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
+        let segment = self
+            .segments()
+            .ok()?
+            .into_iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)?;
+        let start = segment.offset.checked_add(vaddr - segment.vaddr)?;
+        let end = start
+            .checked_add(len.min(segment.filesz - (vaddr - segment.vaddr)))?
+            .min(self.data.len() as u64);
+        self.data
+            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+    }
+
+    /// The name of the section holding virtual address `vaddr`.
+    pub fn section_name_at(&self, vaddr: u64) -> Option<String> {
+        let f = self.parse().ok()?;
+        let s = f
+            .sections()
+            .find(|s| vaddr >= s.address() && vaddr - s.address() < s.size())?;
+        s.name().ok().map(str::to_string)
+    }
+
     /// Address of a named symbol in this file: .symtab first, then .dynsym.
     pub fn symbol(&self, name: &str) -> anyhow::Result<Option<u64>> {
         let f = self.parse()?;

@@ -457,6 +457,16 @@ impl Loaded {
         Ok(())
     }
 
+    /// The tool's name, for messages.
+    pub fn tool(&self) -> &str {
+        &self.tool
+    }
+
+    /// `-v`: loader and attachment detail on stderr.
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+
     fn note_attached(&self, hook: &str) {
         if self.verbose {
             eprintln!(

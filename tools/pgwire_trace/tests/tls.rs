@@ -233,8 +233,9 @@ fn no_tls_reports_encrypted_with_the_reason_and_decodes_nothing() {
     );
 }
 
-/// The first byte of `function` in `pid`'s memory (through its libssl mapping).
-fn first_byte(pid: u32, function: &str) -> u8 {
+/// The first byte of the probed read function in `pid`'s memory (through its libssl
+/// mapping): where the TLS read probe goes, as the tool chooses it.
+fn read_probe_byte(pid: u32) -> u8 {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let lib = maps
         .lines()
@@ -247,8 +248,12 @@ fn first_byte(pid: u32, function: &str) -> u8 {
         .to_string();
     let host = format!("/proc/{pid}/root{lib}");
     let elf = pgbpf_common::elf::ElfFile::open(std::path::Path::new(&host)).unwrap();
-    let vaddr = elf.symbol(function).unwrap().unwrap();
-    let offset = elf.vaddr_to_offset(vaddr).unwrap();
+    let sites = pgbpf_capture::tls::sites::plan(&elf).unwrap();
+    let site = sites
+        .iter()
+        .find(|s| s.prog.starts_with("ssl_read"))
+        .unwrap();
+    let offset = site.offset;
     // The mapping of the file that holds that offset.
     let addr = maps
         .lines()
@@ -279,23 +284,24 @@ fn no_uprobe_is_left_in_libssl_after_exit_or_kill() {
     let _lock = exclusive();
     let pg = tls_cluster();
     let postmaster = pg.postmaster_pid().unwrap();
-    let before = first_byte(postmaster, "SSL_read");
+    let before = read_probe_byte(postmaster);
     let arg = postmaster.to_string();
     for kill in [false, true] {
         let tool = Traced::start(BIN, &["-p", &arg]).unwrap();
         // A uprobe is a breakpoint instruction (int3) over the function's first byte.
-        assert_eq!(first_byte(postmaster, "SSL_read"), 0xcc, "attached");
+        assert_eq!(read_probe_byte(postmaster), 0xcc, "attached");
         if kill {
             drop(tool); // SIGKILL
         } else {
             tool.stop().unwrap();
         }
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(
-            first_byte(postmaster, "SSL_read"),
-            before,
-            "kill -9: {kill}"
-        );
+        // The kernel removes each probe as it closes its event, one RCU grace period
+        // (tens of milliseconds) apart.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while read_probe_byte(postmaster) != before && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(read_probe_byte(postmaster), before, "kill -9: {kill}");
     }
 }
 

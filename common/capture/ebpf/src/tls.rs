@@ -1,5 +1,6 @@
 //! TLS plaintext, from uprobes on the traced processes' own libssl (OpenSSL 1.1 and 3):
-//! SSL_read, SSL_read_ex, SSL_write, SSL_write_ex and SSL_do_handshake. At a call's entry its
+//! SSL_read, SSL_read_ex, SSL_write, SSL_write_ex (or the internal functions they call, with
+//! the _ex functions' arguments) and SSL_do_handshake. At a call's entry its
 //! buffer is remembered per thread; the socket read or write the library does inside the call
 //! names the connection (and marks the socket TLS, so that its encrypted bytes are never
 //! copied); at the call's return the plaintext goes out as a DATA record of that connection,
@@ -38,11 +39,19 @@ struct TlsCall {
     count_ptr: u64,
     /// The descriptor the call did socket I/O on (or its SSL object used before); -1 unknown.
     fd: i64,
+    /// What SSL_FDS said at the entry: the return updates it only when the call learnt
+    /// another descriptor (a map update costs more than a comparison).
+    known_fd: i64,
+    /// CALL_*, or CALL_NONE between calls: the entry stays for the thread's next call, written
+    /// in place (cheaper than a delete and an insert per call).
     kind: u8,
     _pad: [u8; 7],
 }
 
-/// Calls in progress, by thread id (LRU: a thread killed inside a call leaves its entry).
+/// The thread is between TLS calls.
+const CALL_NONE: u8 = 0;
+
+/// The thread's current call, by thread id (LRU: threads that exit leave their entry).
 #[map]
 static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
@@ -68,6 +77,9 @@ pub fn inside_call(tid: u32, fd: u32, info: *mut SockInfo) -> bool {
     };
     // SAFETY: map value pointers, valid during this program.
     unsafe {
+        if (*call).kind == CALL_NONE {
+            return false;
+        }
         (*call).fd = i64::from(fd);
         (*info).tls = 1;
     }
@@ -89,10 +101,18 @@ fn enter(ctx: &ProbeContext, kind: u8, ex: bool) -> u32 {
         buf: ctx.arg(1).unwrap_or(0),
         count_ptr: if ex { ctx.arg(3).unwrap_or(0) } else { 0 },
         fd,
+        known_fd: fd,
         kind,
         _pad: [0; 7],
     };
-    let _ = TLS_CALLS.insert(&(id as u32), &call, 0);
+    let tid = id as u32;
+    match TLS_CALLS.get_ptr_mut(&tid) {
+        // SAFETY: map value pointer, valid during this program.
+        Some(slot) => unsafe { *slot = call },
+        None => {
+            let _ = TLS_CALLS.insert(&tid, &call, 0);
+        }
+    }
     0
 }
 
@@ -100,12 +120,19 @@ fn enter(ctx: &ProbeContext, kind: u8, ex: bool) -> u32 {
 fn leave(ctx: &RetProbeContext) -> u32 {
     let (id, tgid) = ids();
     let tid = id as u32;
-    // SAFETY: copied out before removal.
-    let Some(call) = (unsafe { TLS_CALLS.get(&tid) }).copied() else {
+    let Some(slot) = TLS_CALLS.get_ptr_mut(&tid) else {
         return 0;
     };
-    let _ = TLS_CALLS.remove(&tid);
-    if call.fd >= 0 {
+    // SAFETY: map value pointer, copied out, then marked free for the thread's next call.
+    let call = unsafe {
+        let call = *slot;
+        (*slot).kind = CALL_NONE;
+        call
+    };
+    if call.kind == CALL_NONE {
+        return 0;
+    }
+    if call.fd >= 0 && call.fd != call.known_fd {
         let key = SslKey {
             tgid,
             _pad: 0,
@@ -118,7 +145,9 @@ fn leave(ctx: &RetProbeContext) -> u32 {
     }
     let ret: i64 = ctx.ret::<i32>() as i64;
     let moved = if call.count_ptr != 0 {
-        if ret != 1 {
+        // SSL_read_ex/SSL_write_ex return 1 on success, the internal functions they call
+        // (probed in their place where found, see the userspace tls::sites) a positive value.
+        if ret <= 0 {
             return 0;
         }
         // SAFETY: user memory (a size_t the library wrote), read by helper.
