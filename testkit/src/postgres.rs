@@ -26,7 +26,8 @@ pub struct PgOptions {
     /// Run the server in a podman container with these limits (command and volumes are ours).
     pub container: Option<ContainerSpec>,
     /// `ssl = on` with a self-signed certificate made by `openssl req`, and TCP connections
-    /// accepted over TLS only (`hostssl`; `hostnossl` rejected). Host servers only.
+    /// accepted over TLS only (`hostssl`; `hostnossl` rejected). In a container, with the
+    /// host's network (`ContainerSpec::host_network`) for TCP.
     pub tls: bool,
 }
 
@@ -212,8 +213,17 @@ impl Postgres {
         spec: &ContainerSpec,
         settings: &[(String, String)],
     ) -> anyhow::Result<()> {
-        let mut settings = settings.to_vec();
-        settings.push(("listen_addresses".into(), String::new()));
+        // Files of ours (TLS certificate and key) are under the volume's path in there.
+        let host_dir = self.dir.path().display().to_string();
+        let mut settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| match v.strip_prefix(&host_dir) {
+                Some(rest) => (k.clone(), format!("/pgbpf{rest}")),
+                None => (k.clone(), v.clone()),
+            })
+            .collect();
+        let listen = if spec.host_network { "127.0.0.1" } else { "" };
+        settings.push(("listen_addresses".into(), listen.into()));
         let args = self.server_args(
             Path::new("/pgbpf/data"),
             Path::new("/pgbpf/sock"),

@@ -3,8 +3,9 @@
 //! libssl. Counts are checked against pg_stat_statements and errors against the server log,
 //! on the server side (a connection opened before the trace joined) and on the client side
 //! (pgbench's pid); a TLS capture replays with pg_replay; `--no-tls` reports the
-//! connections as encrypted with the reason and decodes nothing; no uprobe is left in
-//! libssl after the tool exits or is killed.
+//! connections as encrypted with the reason and decodes nothing, and so does a client with
+//! a TLS of its own (busybox's ssl_client); a server in a podman container is read through
+//! the libssl in its root; no uprobe is left in libssl after the tool exits or is killed.
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -231,6 +232,150 @@ fn no_tls_reports_encrypted_with_the_reason_and_decodes_nothing() {
         (s["encrypted"].as_u64(), s["malformed"].as_u64()),
         (Some(3), Some(0))
     );
+}
+
+/// A PostgreSQL message of type `tag` (0: the untyped start-up message) with `body`.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = if tag == 0 { vec![] } else { vec![tag] };
+    m.extend(((body.len() + 4) as u32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+/// Reads backend messages up to ReadyForQuery; their type bytes.
+fn until_ready(from: &mut impl std::io::Read) -> Vec<u8> {
+    let mut tags = vec![];
+    loop {
+        let mut head = [0u8; 5];
+        from.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        from.read_exact(&mut body).unwrap();
+        tags.push(head[0]);
+        if head[0] == b'Z' {
+            return tags;
+        }
+    }
+}
+
+/// busybox's ssl_client, a static binary with a TLS of its own (no libssl), carries a
+/// session we start in the clear (SSLRequest, 'S') over the socket we hand it: traced by its
+/// pid, the connection is reported once as encrypted with the reason, and nothing is decoded
+/// (no garbage taken for protocol). ssl_client speaks TLS 1.2 with SHA-1 signatures only,
+/// which OpenSSL 3 accepts below security level 1: this cluster's own setting.
+#[test]
+fn a_client_with_its_own_tls_is_reported_encrypted_and_not_decoded() {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with(&PgOptions {
+        tls: true,
+        settings: vec![("ssl_ciphers".into(), "HIGH:@SECLEVEL=0".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", pg.port)).unwrap();
+    sock.write_all(&message(0, &80_877_103u32.to_be_bytes()))
+        .unwrap();
+    let mut answer = [0u8];
+    sock.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], b'S', "the server accepts TLS");
+    let fd = sock.as_raw_fd();
+    let mut cmd = Command::new("busybox");
+    cmd.args(["ssl_client", "-s", "3", "-n", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only dup2, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut client = cmd.spawn().expect("busybox ssl_client (busybox-static)");
+    let (mut to, mut from) = (client.stdin.take().unwrap(), client.stdout.take().unwrap());
+    let pid = client.id();
+    let tool = Traced::start(BIN, &["-p", &pid.to_string(), "--json"]).unwrap();
+    to.write_all(&message(
+        0,
+        b"\0\x03\0\0user\0postgres\0database\0postgres\0\0",
+    ))
+    .unwrap();
+    assert_eq!(until_ready(&mut from).first(), Some(&b'R'), "logged in");
+    for _ in 0..3 {
+        to.write_all(&message(b'Q', b"select 1\0")).unwrap();
+        // RowDescription, DataRow, CommandComplete, ReadyForQuery: the server answered.
+        assert_eq!(until_ready(&mut from), b"TDCZ");
+    }
+    let records = tool.stop().unwrap().json();
+    to.write_all(&message(b'X', b"")).unwrap();
+    // ssl_client outlives its input while the socket is open (this process holds it too).
+    drop((to, sock));
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(
+        requests(&records).is_empty(),
+        "nothing decoded: {records:?}"
+    );
+    let encrypted: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "encrypted")
+        .collect();
+    assert_eq!(encrypted.len(), 1, "once: {encrypted:?}");
+    assert_eq!(encrypted[0]["pid"], pid);
+    let reason = encrypted[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("maps no libssl"), "{reason}");
+    let s = summary(&records);
+    assert_eq!(
+        (s["encrypted"].as_u64(), s["malformed"].as_u64()),
+        (Some(1), Some(0))
+    );
+}
+
+/// A TLS server in a podman container (its own root, the host's network): the libssl mapped
+/// in there, reached through /proc/PID/root, is the one probed, and the plaintext of its
+/// connections counts what pg_stat_statements counts.
+#[test]
+fn tls_in_a_container_is_read_through_its_own_libssl() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with_pgbench(
+        &PgOptions {
+            pg_stat_statements: true,
+            tls: true,
+            container: Some(pgbpf_testkit::container::ContainerSpec {
+                host_network: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        1,
+    )
+    .expect("a PostgreSQL with ssl = on in a podman container");
+    let id = pg.container.as_ref().unwrap().id.clone();
+    let mut tool = Traced::start(BIN, &["--container", &id[..12], "--json"]).unwrap();
+    let started = tool.stderr_so_far();
+    assert!(started.contains("TLS through /"), "{started}");
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    let out = pgbench_tls(&pg, &["-n", "-S", "-M", "extended", "-c", "2", "-t", "100"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let records = tool.stop().unwrap().json();
+    let reqs: Vec<&Value> = requests(&records)
+        .into_iter()
+        .filter(|r| r["tls"] == true)
+        .collect();
+    assert_eq!(ours(&reqs).get(SELECT), pgss(&pg).get(SELECT), "{reqs:?}");
+    assert_eq!(ours(&reqs).get(SELECT), Some(&200));
+    assert_eq!(summary(&records)["malformed"], 0);
 }
 
 /// The first byte of the probed read function in `pid`'s memory (through its libssl
