@@ -88,9 +88,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     which("bpftrace")?;
 
     let pg = match scenario.server {
-        scenario::Setup::Redis => {
+        scenario::Setup::Redis { tls } => {
             eprintln!("starting redis-server...");
-            Server::Redis(Redis::start()?)
+            Server::Redis(if tls {
+                Redis::start_tls()?
+            } else {
+                Redis::start()?
+            })
         }
         scenario::Setup::Postgres { pg, scale } => {
             eprintln!("starting PostgreSQL and loading pgbench scale {scale}...");

@@ -63,7 +63,7 @@ impl Results {
         Results {
             name: s.name,
             tool: s.tool,
-            redis: matches!(s.server, crate::scenario::Setup::Redis),
+            redis: matches!(s.server, crate::scenario::Setup::Redis { .. }),
             description: s.description,
             events: s.events_field,
             reps: args.reps,

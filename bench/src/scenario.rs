@@ -13,8 +13,8 @@ pub type ExtraMeasurement =
 pub enum Setup {
     /// PostgreSQL with these options, `pgbench -i -s scale`, under pgbench.
     Postgres { pg: fn() -> PgOptions, scale: u32 },
-    /// A redis-server under redis-benchmark.
-    Redis,
+    /// A redis-server under redis-benchmark (over its TLS port when `tls`).
+    Redis { tls: bool },
 }
 
 /// One benchmark scenario.
@@ -135,9 +135,12 @@ pub const SCENARIOS: &[Scenario] = &[
         tool: "pgwire_trace",
         description: "As pgwire_trace, over TCP with TLS (`ssl = on`, pgbench with \
                   `sslmode=require`): pgwire_trace reads the plaintext through uprobes on \
-                  libssl's SSL_read and SSL_write (entry and return, two traps per call) and \
-                  copies none of the encrypted socket bytes; the bpftrace script attaches the \
-                  same uprobes and copies the first 64 bytes of each call's plaintext.",
+                  libssl's internal read and write functions (entry and return; their first \
+                  instruction is one the kernel emulates) and copies none of the encrypted \
+                  socket bytes; the bpftrace script attaches uprobes to SSL_read and SSL_write \
+                  (whose first instruction is stepped) and copies the first 64 bytes of each \
+                  call's plaintext. pgbench shares the server's libssl on this host, so its own \
+                  TLS calls hit the breakpoints too.",
         server: Setup::Postgres {
             pg: || PgOptions {
                 tls: true,
@@ -269,7 +272,7 @@ pub const SCENARIOS: &[Scenario] = &[
                   bpftrace script copies the first 64 bytes of every read and write of \
                   redis-server to userspace (printf) without decoding. Rates are requests per \
                   second (the tps column).",
-        server: Setup::Redis,
+        server: Setup::Redis { tls: false },
         workload: "-t set,get -P 1",
         events_field: "commands",
         tool_args: redis_summary_args,
@@ -284,12 +287,34 @@ pub const SCENARIOS: &[Scenario] = &[
                   replies, so the rate is ten times higher and the cost is mostly the decoding \
                   in userspace, which competes with redis-server and redis-benchmark for this \
                   machine's two cores.",
-        server: Setup::Redis,
+        server: Setup::Redis { tls: false },
         workload: "-t set,get -P 16",
         events_field: "commands",
         tool_args: redis_summary_args,
         bpftrace: |_| Ok(include_str!("../bpftrace/redis_trace.bt").to_string()),
         extra: Some(crate::measure::decoder_throughput),
+    },
+    Scenario {
+        name: "redis_trace_tls",
+        tool: "redis_trace",
+        description: "As redis_trace, over redis-server's TLS port (`--tls-port`, redis-benchmark \
+                  --tls): redis_trace reads the plaintext through uprobes on libssl's internal \
+                  read and write functions (entry and return) and copies none of the encrypted \
+                  socket bytes; the bpftrace script attaches uprobes to SSL_read and SSL_write of \
+                  redis-server and copies the first 64 bytes of each call's plaintext. \
+                  redis-benchmark shares the server's libssl on this host, so its own TLS calls \
+                  hit the breakpoints too.",
+        server: Setup::Redis { tls: true },
+        workload: "-t set,get -P 1",
+        events_field: "commands",
+        tool_args: redis_summary_args,
+        bpftrace: |s| {
+            let pid = s.redis()?.pid();
+            let lib = pgbpf_capture::tls::libssl_of(pid)
+                .ok_or_else(|| anyhow::anyhow!("redis-server maps no libssl"))?;
+            Ok(include_str!("../bpftrace/redis_trace_tls.bt").replace("@LIBSSL@", &lib))
+        },
+        extra: None,
     },
 ];
 

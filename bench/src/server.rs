@@ -90,6 +90,11 @@ fn redis_rps(r: &Redis, args: &Args, workload: &str, seconds: u64) -> anyhow::Re
     let mut all = words.clone();
     all.extend(["-n", &n, "-c", &c, "-q"]);
     let started = Instant::now();
-    r.benchmark(&all).context("redis-benchmark")?;
+    if r.tls_port.is_some() {
+        // A server with a TLS port is there for the TLS scenario: load that port.
+        r.benchmark_tls(&all).context("redis-benchmark --tls")?;
+    } else {
+        r.benchmark(&all).context("redis-benchmark")?;
+    }
     Ok((requests * tests) as f64 / started.elapsed().as_secs_f64())
 }

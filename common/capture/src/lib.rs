@@ -37,6 +37,9 @@ pub struct Lost {
     pub bytes: u64,
     /// Connections not tracked because the kernel's socket table was full.
     pub sockets_table_full: u64,
+    /// TLS reads and writes whose plaintext was dropped because their connection could not
+    /// be told (the call did no socket I/O and its SSL object had done none before).
+    pub tls_unplaced: u64,
 }
 
 impl Lost {
@@ -47,7 +50,27 @@ impl Lost {
             records: at(counter::LOST_RECORDS),
             bytes: at(counter::LOST_BYTES),
             sockets_table_full: at(counter::SOCKETS_FULL),
+            tls_unplaced: at(counter::TLS_UNMAPPED),
         }
+    }
+
+    /// For the wire tools' totals line: "3 records (120 bytes)", and what else was lost
+    /// when anything was.
+    pub fn text(&self) -> String {
+        let mut t = format!("{} records ({} bytes)", self.records, self.bytes);
+        if self.sockets_table_full != 0 {
+            t += &format!(
+                ", {} connections (socket table full)",
+                self.sockets_table_full
+            );
+        }
+        if self.tls_unplaced != 0 {
+            t += &format!(
+                ", {} TLS reads and writes of unknown connections",
+                self.tls_unplaced
+            );
+        }
+        t
     }
 }
 

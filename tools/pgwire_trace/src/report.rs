@@ -351,14 +351,13 @@ impl Reporter {
 pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
     let lost = Lost::of(kernel);
     format!(
-        "# {} requests ({} errors) on {} connections ({} encrypted); lost: {} records ({} bytes); \
+        "# {} requests ({} errors) on {} connections ({} encrypted); lost: {}; \
          {} responses unmatched after gaps; {} bytes beyond the capture limit; {} malformed messages",
         s.requests,
         s.errors,
         s.connections,
         s.encrypted,
-        lost.records,
-        lost.bytes,
+        lost.text(),
         s.unmatched,
         s.truncated_bytes,
         s.malformed

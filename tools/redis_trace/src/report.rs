@@ -591,16 +591,15 @@ impl Reporter {
 pub fn totals_line(s: &DecodeStats, kernel: &[u64]) -> String {
     let lost = Lost::of(kernel);
     format!(
-        "# {} commands ({} errors, {} transactions), {} pushes, on {} connections; lost: {} \
-         records ({} bytes); {} unmatched after gaps; {} bytes beyond the capture limit; {} \
+        "# {} commands ({} errors, {} transactions), {} pushes, on {} connections; lost: {}; \
+         {} unmatched after gaps; {} bytes beyond the capture limit; {} \
          malformed values",
         s.commands,
         s.errors,
         s.transactions,
         s.pushes,
         s.connections,
-        lost.records,
-        lost.bytes,
+        lost.text(),
         s.unmatched,
         s.truncated_bytes,
         s.malformed
