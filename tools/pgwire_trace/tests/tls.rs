@@ -113,14 +113,11 @@ fn tls_server_side_counts_equal_pg_stat_statements_and_a_joined_connection_decod
         tool.stderr_so_far()
     );
     for mode in ["extended", "prepared"] {
-        let out = pgbench_tls(&pg, &["-n", "-S", "-M", mode, "-c", "2", "-t", "100"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pgbpf_testkit::run(&mut pgbench_tls(
+            &pg,
+            &["-n", "-S", "-M", mode, "-c", "2", "-t", "100"],
+        ))
+        .unwrap();
     }
     let failing = Command::new("psql")
         .arg(pg.tcp_conninfo("require"))
@@ -359,14 +356,11 @@ fn tls_in_a_container_is_read_through_its_own_libssl() {
     let started = tool.stderr_so_far();
     assert!(started.contains("TLS through /"), "{started}");
     pg.psql("select pg_stat_statements_reset()").unwrap();
-    let out = pgbench_tls(&pg, &["-n", "-S", "-M", "extended", "-c", "2", "-t", "100"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pgbpf_testkit::run(&mut pgbench_tls(
+        &pg,
+        &["-n", "-S", "-M", "extended", "-c", "2", "-t", "100"],
+    ))
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let records = tool.stop().unwrap().json();
     let reqs: Vec<&Value> = requests(&records)
