@@ -18,12 +18,16 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "pgbpf-bench",
-    after_help = "Example:\n  sudo target/release/pgbpf-bench page_reclaim --reps 5 --seconds 15"
+    after_help = "Examples:\n  sudo target/release/pgbpf-bench page_reclaim --reps 5 --seconds 15\n  \
+                  sudo target/release/pgbpf-bench --all --reps 3 --seconds 10"
 )]
 pub struct Args {
-    /// The tool to measure
-    #[arg(value_parser = scenario::names())]
-    pub tool: String,
+    /// The scenario to measure (a tool's name, or a tool's name and what sets it apart)
+    #[arg(value_parser = scenario::names(), required_unless_present = "all")]
+    pub tool: Option<String>,
+    /// Measure every scenario, one after another, and rewrite each one's section
+    #[arg(long, conflicts_with_all = ["tool", "baseline"])]
+    pub all: bool,
     /// Repetitions of each variant (interleaved: none, tool, bpftrace, then rotated)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: u32,
@@ -50,16 +54,27 @@ pub struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = if args.tool == "pg_replay" {
-        replay::run(&args)
-    } else {
-        measure::run(&args)
+    let names = match &args.tool {
+        Some(name) => vec![name.clone()],
+        None => scenario::names().into_iter().map(String::from).collect(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgbpf-bench: error: {e:#}");
-            ExitCode::FAILURE
+    // With --all a failed scenario is reported and the others still run.
+    let mut failed = vec![];
+    for name in names {
+        let result = if name == "pg_replay" {
+            replay::run(&args)
+        } else {
+            measure::run(&args, &name)
+        };
+        if let Err(e) = result {
+            eprintln!("pgbpf-bench: error: {name}: {e:#}");
+            failed.push(name);
         }
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("pgbpf-bench: failed: {}", failed.join(", "));
+        ExitCode::FAILURE
     }
 }

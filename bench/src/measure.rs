@@ -48,6 +48,8 @@ pub struct Samples {
     pub tracer_cpu_pct: Vec<f64>,
     /// What the tool's summary counted as lost (its `lost` object, bytes left out).
     pub lost: Vec<f64>,
+    /// Memory the kernel charges for the tracer's BPF maps while attached, KiB.
+    pub bpf_map_kib: Vec<u64>,
 }
 
 /// Run time and run count of the BPF programs loaded since `before` was taken.
@@ -64,12 +66,11 @@ fn program_ids() -> HashSet<u32> {
     loaded_programs().flatten().map(|p| p.id()).collect()
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub fn run(args: &Args, name: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches BPF programs and starts containers: run it as root");
     }
-    let scenario =
-        scenario::find(&args.tool).ok_or_else(|| anyhow!("no scenario for {}", args.tool))?;
+    let scenario = scenario::find(name).ok_or_else(|| anyhow!("no scenario for {name}"))?;
     let tool_bin = args.bin_dir.join(scenario.tool);
     let baseline_bin = args.baseline.as_ref().map(|d| d.join(scenario.tool));
     for bin in std::iter::once(&tool_bin).chain(&baseline_bin) {
@@ -121,6 +122,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 s.tracer_cpu_pct.extend(t.cpu_pct);
                 s.events_per_s.extend(t.events_per_s);
                 s.lost.extend(t.lost);
+                s.bpf_map_kib.extend(t.bpf_map_kib);
             }
             eprintln!(
                 "rep {}/{} {:?}: {:.0} tps",
@@ -177,6 +179,7 @@ struct TracerRun {
     lost: Option<f64>,
     /// Run time and runs of the tracer's BPF programs, when kernel.bpf_stats is on.
     bpf: Option<BpfCost>,
+    bpf_map_kib: Option<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -238,6 +241,7 @@ fn run_variant(
     });
     let startup_ms = t.startup.as_secs_f64() * 1e3;
     let peak_rss_kib = t.peak_rss_kib();
+    let bpf_map_kib = bpf_map_bytes(t.pid()).map(|b| b / 1024);
     let out = t.stop()?;
     if !out.status.success() {
         bail!("{v:?} exited with {}: {}", out.status, out.stderr);
@@ -258,8 +262,31 @@ fn run_variant(
             events_per_s,
             lost,
             bpf,
+            bpf_map_kib,
         }),
     })
+}
+
+/// The memory the kernel charges for process `pid`'s BPF maps (the `memlock` of each map
+/// descriptor it holds, /proc/PID/fdinfo): what its maps cost, used or not.
+fn bpf_map_bytes(pid: u32) -> Option<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut total = 0;
+    for fd in fds.flatten() {
+        let is_map =
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let memlock = std::fs::read_to_string(info).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        total += memlock.unwrap_or(0);
+    }
+    Some(total)
 }
 
 /// User + system CPU seconds of process `pid` so far (/proc/PID/stat utime and stime).

@@ -77,7 +77,7 @@ impl Results {
         }
     }
 
-    fn rows(&self) -> Vec<[String; 9]> {
+    fn rows(&self) -> Vec<[String; 10]> {
         let base = median(&self.samples[0].tps);
         self.variants
             .iter()
@@ -99,6 +99,13 @@ impl Results {
                         "-".into()
                     } else {
                         format!("{:.1}", median(&rss))
+                    },
+                    if s.bpf_map_kib.is_empty() {
+                        "-".into()
+                    } else {
+                        let maps: Vec<f64> =
+                            s.bpf_map_kib.iter().map(|&k| k as f64 / 1024.0).collect();
+                        format!("{:.1}", median(&maps))
                     },
                     if s.tracer_cpu_pct.is_empty() {
                         "-".into()
@@ -136,8 +143,8 @@ impl Results {
         );
         for r in self.rows() {
             out.push_str(&format!(
-                "  {:<16} median {:>8} tps  ratio {}  startup {:>5} ms  peak RSS {:>6} MiB  tracer {:>5}% CPU  BPF {:>5} ns/run, {:>6}% CPU\n",
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+                "  {:<16} median {:>8} tps  ratio {}  startup {:>5} ms  peak RSS {:>6} MiB  maps {:>6} MiB  tracer {:>5}% CPU  BPF {:>5} ns/run, {:>6}% CPU\n",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]
             ));
         }
         out.push_str(&format!(
@@ -196,8 +203,8 @@ impl Results {
             ));
         }
         s.push_str(&self.extra);
-        s.push_str("| variant | median TPS | ratio to no tracing | startup to attached (ms) | peak RSS (MiB) | tracer CPU (% of one core) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("| variant | median TPS | ratio to no tracing | startup to attached (ms) | peak RSS (MiB) | BPF map memory (MiB) | tracer CPU (% of one core) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in self.rows() {
             s.push_str(&format!("| {} |\n", r.join(" | ")));
         }
