@@ -151,12 +151,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "-S",
         events_field: "requests",
         tool_args: postmaster_summary_args,
-        bpftrace: |s| {
-            let pid = s.pg()?.postmaster_pid()?;
-            let lib = pgbpf_capture::tls::libssl_of(pid)
-                .ok_or_else(|| anyhow::anyhow!("the postmaster maps no libssl"))?;
-            Ok(include_str!("../bpftrace/pgwire_trace_tls.bt").replace("@LIBSSL@", &lib))
-        },
+        bpftrace: |s| tls_plaintext_script(s.pg()?.postmaster_pid()?, "postgres"),
         extra: None,
     },
     Scenario {
@@ -308,12 +303,7 @@ pub const SCENARIOS: &[Scenario] = &[
         workload: "-t set,get -P 1",
         events_field: "commands",
         tool_args: redis_summary_args,
-        bpftrace: |s| {
-            let pid = s.redis()?.pid();
-            let lib = pgbpf_capture::tls::libssl_of(pid)
-                .ok_or_else(|| anyhow::anyhow!("redis-server maps no libssl"))?;
-            Ok(include_str!("../bpftrace/redis_trace_tls.bt").replace("@LIBSSL@", &lib))
-        },
+        bpftrace: |s| tls_plaintext_script(s.redis()?.pid(), "redis-server"),
         extra: None,
     },
 ];
@@ -329,6 +319,16 @@ pub fn names() -> Vec<&'static str> {
 
 pub fn find(tool: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == tool)
+}
+
+/// The bpftrace script of the TLS scenarios: SSL_read/SSL_write of the libssl that server
+/// process `pid` maps, in the processes named `comm`.
+fn tls_plaintext_script(pid: u32, comm: &str) -> anyhow::Result<String> {
+    let lib = pgbpf_capture::tls::libssl_of(pid)
+        .ok_or_else(|| anyhow::anyhow!("PID {pid} ({comm}) maps no libssl"))?;
+    Ok(include_str!("../bpftrace/tls_plaintext.bt")
+        .replace("@LIBSSL@", &lib)
+        .replace("@COMM@", comm))
 }
 
 /// `pgwire_trace -p POSTMASTER --summary` for the bench's PostgreSQL.

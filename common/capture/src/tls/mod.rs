@@ -1,8 +1,7 @@
 //! The TLS library of the traced processes: every distinct libssl they map (the file as
 //! the process sees it, reached through /proc/PID/root so that a container's own libssl is
 //! the one probed), with uprobes on its read, write and handshake functions (placed by
-//! [`sites`]); and why a
-//! process's TLS cannot be decoded when it has none.
+//! [`sites`]); and why a process's TLS cannot be decoded when it has none.
 
 use std::{
     collections::HashSet,
