@@ -56,6 +56,17 @@ fn container_cgroup(server: &Server) -> anyhow::Result<(String, String)> {
     Ok((path, dir))
 }
 
+/// `-p POSTMASTER`.
+fn postmaster_args(s: &Server) -> anyhow::Result<Vec<String>> {
+    Ok(vec!["-p".into(), s.pg()?.postmaster_pid()?.to_string()])
+}
+
+/// A bpftrace script with the server's postgres binary in place of `@POSTGRES@`.
+fn postgres_script(s: &Server, script: &str) -> anyhow::Result<String> {
+    let postgres = s.pg()?.bin_dir.join("postgres");
+    Ok(script.replace("@POSTGRES@", &postgres.display().to_string()))
+}
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "page_reclaim",
@@ -88,28 +99,38 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "query_latency",
         tool: "query_latency",
-        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): every \
-                  statement fires query__start and query__done (and PortalRun's \
-                  query__execute__start/done), four USDT hits per statement for query_latency; \
-                  the bpftrace script attaches query__start/done only, with \
-                  --usdt-file-activation to raise the semaphores.",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
+                  query_latency times each request from its first bytes (socket tracepoint) to \
+                  its ReadyForQuery (socket tracepoint) and reads the text where PortalRun \
+                  finishes (one USDT hit per statement); the bpftrace script attaches \
+                  query__start/done (two USDT hits per statement), with --usdt-file-activation \
+                  to raise the semaphores.",
         server: Setup::Postgres {
             pg: PgOptions::default,
             scale: 10,
         },
         workload: "-S",
         events_field: "calls",
-        tool_args: |s| {
-            let pg = s.pg()?;
-            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/query_latency.bt")),
+        extra: None,
+    },
+    Scenario {
+        name: "query_latency_extended",
+        tool: "query_latency",
+        description: "As query_latency, over the extended protocol (pgbench -S -M extended: \
+                  Parse, Bind, Describe, Execute and Sync per statement): query_latency as \
+                  there; the bpftrace script times PortalRun's query__execute__start/done (two \
+                  USDT hits per statement) without the text, which bpftrace cannot read from \
+                  debug_query_string in a position-independent postgres.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
         },
-        bpftrace: |s| {
-            let pg = s.pg()?;
-            Ok(include_str!("../bpftrace/query_latency.bt").replace(
-                "@POSTGRES@",
-                &pg.bin_dir.join("postgres").display().to_string(),
-            ))
-        },
+        workload: "-S -M extended",
+        events_field: "calls",
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/query_latency_extended.bt")),
         extra: None,
     },
     Scenario {
@@ -180,17 +201,8 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         workload: "-S",
         events_field: "events",
-        tool_args: |s| {
-            let pg = s.pg()?;
-            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
-        },
-        bpftrace: |s| {
-            let pg = s.pg()?;
-            Ok(include_str!("../bpftrace/shmem.bt").replace(
-                "@POSTGRES@",
-                &pg.bin_dir.join("postgres").display().to_string(),
-            ))
-        },
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/shmem.bt")),
         extra: None,
     },
     Scenario {
@@ -219,13 +231,7 @@ pub const SCENARIOS: &[Scenario] = &[
                 "cpu-clock".into(),
             ])
         },
-        bpftrace: |s| {
-            let pg = s.pg()?;
-            Ok(include_str!("../bpftrace/llcache_per_query.bt").replace(
-                "@POSTGRES@",
-                &pg.bin_dir.join("postgres").display().to_string(),
-            ))
-        },
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/llcache_per_query.bt")),
         extra: None,
     },
     Scenario {

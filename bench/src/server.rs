@@ -42,7 +42,8 @@ impl Server {
 fn pgbench_tps(pg: &Postgres, args: &Args, workload: &str, seconds: u64) -> anyhow::Result<f64> {
     let c = args.clients.to_string();
     let t = seconds.to_string();
-    let load = [workload, "-n", "-c", &c, "-j", &c, "-T", &t];
+    let mut load: Vec<&str> = workload.split_whitespace().collect();
+    load.extend(["-n", "-c", &c, "-j", &c, "-T", &t]);
     let out = if pg.tls {
         // Over TCP with TLS required: what the TLS scenario measures.
         pgbpf_testkit::run(

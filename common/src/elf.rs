@@ -6,10 +6,64 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow, bail};
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
-/// An ELF file read into memory.
+/// An ELF file, mapped into memory.
 pub struct ElfFile {
     pub path: PathBuf,
-    data: Vec<u8>,
+    data: Mapped,
+}
+
+/// A file mapped read-only: only the pages parsed are read in, where reading a 10 MB postgres
+/// binary whole for its symbol tables and notes made it most of a tool's memory. (Written
+/// with nix rather than a mapping crate: a dozen lines.) Packages replace binaries by
+/// renaming a new file into place, so the mapped file does not shrink under us.
+struct Mapped {
+    ptr: std::ptr::NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> anyhow::Result<Mapped> {
+        let file = std::fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len())?;
+        let len = std::num::NonZeroUsize::new(len).ok_or_else(|| anyhow!("empty file"))?;
+        // SAFETY: a private read-only mapping of a whole regular file, unmapped on drop; the
+        // bytes are only ever read as a slice.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                len,
+                nix::sys::mman::ProtFlags::PROT_READ,
+                nix::sys::mman::MapFlags::MAP_PRIVATE,
+                &file,
+                0,
+            )
+        }?;
+        Ok(Mapped {
+            ptr,
+            len: len.get(),
+        })
+    }
+}
+
+// SAFETY: read-only memory, never written through: as shareable as a `&[u8]`.
+unsafe impl Send for Mapped {}
+// SAFETY: as above.
+unsafe impl Sync for Mapped {}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes mapped at `ptr` until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, not used after this.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr, self.len) };
+    }
 }
 
 /// A loadable segment: where it sits in the file and in memory.
@@ -23,7 +77,7 @@ pub struct Segment {
 
 impl ElfFile {
     pub fn open(path: &Path) -> anyhow::Result<ElfFile> {
-        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let data = Mapped::open(path).with_context(|| format!("reading {}", path.display()))?;
         let f = ElfFile {
             path: path.to_path_buf(),
             data,

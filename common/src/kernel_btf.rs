@@ -2,74 +2,301 @@
 //! running kernel's BTF, for kernel programs that follow pointers with bpf_probe_read_kernel.
 //!
 //! aya-ebpf has no CO-RE relocations yet, so a program that must walk kernel structures gets
-//! their layout from userspace as globals. Parsing /sys/kernel/btf/vmlinux takes ~100 ms.
+//! their layout from userspace as globals. Written by hand rather than with a BTF crate: those
+//! build a model of every type (btfparse: ~100 ms and ~50 MiB for vmlinux), where a tool needs
+//! a dozen members. This reader streams the file in pieces: it finds the names asked for in
+//! the string section, then keeps 12 bytes per type (kind, name, where its members are) and
+//! reads a struct's members only when asked: a few milliseconds and about 2 MiB.
 
-use std::path::Path;
+use std::{collections::HashMap, fs::File, io::Read as _, os::unix::fs::FileExt as _, path::Path};
 
 use anyhow::{Context as _, anyhow, bail};
-use btfparse::{Offset, Readable, TypeInformation};
 
 /// The kernel's own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// BTF bytes held in memory (btfparse reads through the `Readable` trait).
-struct Bytes(Vec<u8>);
+const MAGIC: u16 = 0xeb9f;
+const HEADER_LEN: usize = 24;
 
-impl Readable for Bytes {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start
-            .checked_add(buffer.len())
-            .and_then(|end| self.0.get(start..end))
-        {
-            Some(b) => {
-                buffer.copy_from_slice(b);
-                Ok(())
-            }
-            None => Err(btfparse::Error::new(
-                btfparse::ErrorKind::EOF,
-                "read past the end of the BTF data",
-            )),
-        }
-    }
+// Kinds (include/uapi/linux/btf.h).
+const KIND_INT: u8 = 1;
+const KIND_ARRAY: u8 = 3;
+const KIND_STRUCT: u8 = 4;
+const KIND_UNION: u8 = 5;
+const KIND_ENUM: u8 = 6;
+const KIND_TYPEDEF: u8 = 8;
+const KIND_RESTRICT: u8 = 11;
+const KIND_FUNC_PROTO: u8 = 13;
+const KIND_VAR: u8 = 14;
+const KIND_DATASEC: u8 = 15;
+const KIND_DECL_TAG: u8 = 17;
+const KIND_TYPE_TAG: u8 = 18;
+const KIND_ENUM64: u8 = 19;
+
+/// Bytes after a type's 12-byte header, by kind and member count (kinds 9 and 10,
+/// volatile and const, are qualifiers like typedef).
+fn extra_len(kind: u8, vlen: u32) -> Option<u64> {
+    let vlen = u64::from(vlen);
+    Some(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        2 | 7 | KIND_TYPEDEF..=KIND_RESTRICT | 12 | 16 | KIND_TYPE_TAG => 0,
+        _ => return None,
+    })
 }
 
-/// A parsed BTF file, asked for member offsets.
+/// What is kept of one type.
+#[derive(Clone, Copy, Default)]
+struct Entry {
+    kind: u8,
+    /// A struct's member offsets hold a bitfield size in their top 8 bits.
+    kind_flag: bool,
+    /// Members of a struct or union.
+    vlen: u16,
+    name_off: u32,
+    /// Struct or union: file offset of its members; typedef and qualifiers: the type named.
+    data: u32,
+}
+
+/// The running kernel's types, asked for member offsets.
 pub struct KernelTypes {
-    types: TypeInformation,
+    file: File,
+    path: String,
+    /// Offsets in the string section of the names asked for (see [`KernelTypes::open_for`]).
+    names: HashMap<String, u32>,
+    /// By type id (0 is void).
+    types: Vec<Entry>,
 }
 
 impl KernelTypes {
-    /// The running kernel's types.
-    pub fn running() -> anyhow::Result<KernelTypes> {
-        KernelTypes::open(Path::new(VMLINUX_BTF))
+    /// The running kernel's types, able to answer for the structs and members named in
+    /// `wanted` (`("task_struct", "mm")`, member paths separated by dots).
+    pub fn running(wanted: &[(&str, &str)]) -> anyhow::Result<KernelTypes> {
+        KernelTypes::open_for(Path::new(VMLINUX_BTF), wanted)
     }
 
-    pub fn open(path: &Path) -> anyhow::Result<KernelTypes> {
-        let bytes = std::fs::read(path).with_context(|| {
-            format!(
-                "cannot read {} (a kernel built with CONFIG_DEBUG_INFO_BTF is needed)",
-                path.display()
-            )
+    pub fn open_for(path: &Path, wanted: &[(&str, &str)]) -> anyhow::Result<KernelTypes> {
+        let shown = path.display().to_string();
+        let mut file = File::open(path).with_context(|| {
+            format!("cannot read {shown} (a kernel built with CONFIG_DEBUG_INFO_BTF is needed)")
         })?;
-        let types = TypeInformation::new(&Bytes(bytes))
-            .map_err(|e| anyhow!("cannot parse the BTF of {}: {e:?}", path.display()))?;
-        Ok(KernelTypes { types })
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact(&mut header)
+            .with_context(|| format!("{shown} is too short for BTF"))?;
+        let u32_at =
+            |o: usize| u32::from_le_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
+        if u16::from_le_bytes([header[0], header[1]]) != MAGIC {
+            bail!("{shown} is not BTF (no magic number; big-endian BTF is not read)");
+        }
+        let base = u64::from(u32_at(4));
+        let (type_off, type_len) = (base + u64::from(u32_at(8)), u64::from(u32_at(12)));
+        let (str_off, str_len) = (base + u64::from(u32_at(16)), u64::from(u32_at(20)));
+        let mut names: Vec<&str> = vec![];
+        for (s, p) in wanted {
+            names.push(s);
+            names.extend(p.split('.'));
+        }
+        let mut types = KernelTypes {
+            names: find_strings(&file, str_off, str_len, &names)
+                .with_context(|| format!("reading the string section of {shown}"))?,
+            types: vec![],
+            file,
+            path: shown,
+        };
+        types.index(type_off, type_len)?;
+        Ok(types)
+    }
+
+    /// One pass over the type section, keeping an [`Entry`] per type.
+    fn index(&mut self, start: u64, len: u64) -> anyhow::Result<()> {
+        let mut types = vec![Entry::default()];
+        let mut buf = vec![0u8; 1 << 16];
+        let mut pos = start;
+        let end = start + len;
+        // Bytes of `buf` holding the file from `pos`.
+        let (mut have, mut at) = (0usize, 0usize);
+        while pos < end {
+            if have - at < 12 {
+                buf.copy_within(at..have, 0);
+                have -= at;
+                at = 0;
+                let want = ((end - pos) as usize).min(buf.len()).saturating_sub(have);
+                let n = self
+                    .file
+                    .read_at(&mut buf[have..have + want], pos + have as u64)?;
+                if n == 0 && have < 12 {
+                    bail!("{}: the type section ends inside a type", self.path);
+                }
+                have += n;
+            }
+            let word = |o: usize| {
+                u32::from_le_bytes([
+                    buf[at + o],
+                    buf[at + o + 1],
+                    buf[at + o + 2],
+                    buf[at + o + 3],
+                ])
+            };
+            let (name_off, info, size_or_type) = (word(0), word(4), word(8));
+            let kind = ((info >> 24) & 0x1f) as u8;
+            let vlen = info & 0xffff;
+            let extra = extra_len(kind, vlen)
+                .ok_or_else(|| anyhow!("{}: unknown BTF kind {kind}", self.path))?;
+            let members_at = pos + 12;
+            types.push(Entry {
+                kind,
+                kind_flag: info >> 31 != 0,
+                vlen: vlen as u16,
+                name_off,
+                data: match kind {
+                    KIND_STRUCT | KIND_UNION => u32::try_from(members_at).unwrap_or(u32::MAX),
+                    _ => size_or_type,
+                },
+            });
+            let step = 12 + extra;
+            pos += step;
+            // Skip what the buffer holds of this type, then whatever lies beyond it.
+            let in_buf = ((have - at) as u64).min(step) as usize;
+            at += in_buf;
+            if (in_buf as u64) < step {
+                have = 0;
+                at = 0;
+            }
+        }
+        self.types = types;
+        Ok(())
     }
 
     /// Byte offset of `path` (members separated by dots, e.g. "used_blocks.count") in
-    /// `struct_name`, which must be a whole byte (no bitfield).
+    /// `struct_name`, which must be a whole byte (no bitfield). Both must have been asked for
+    /// when opening.
     pub fn offset(&self, struct_name: &str, path: &str) -> anyhow::Result<u32> {
-        let id = self
+        let name = self.name(struct_name)?;
+        let mut id = self
             .types
-            .id_of(struct_name)
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && t.name_off == name && t.vlen > 0)
             .ok_or_else(|| anyhow!("this kernel's BTF has no type {struct_name}"))?;
-        match self.types.offset_of(id, path) {
-            Ok((_, Offset::ByteOffset(n))) => Ok(n),
-            Ok((_, other)) => bail!("{struct_name}.{path} is a bitfield ({other:?})"),
-            Err(e) => bail!("this kernel's {struct_name} has no member {path} ({e:?})"),
+        let mut total = 0u32;
+        for part in path.split('.') {
+            let (member_type, bits) = self
+                .member(id, self.name(part)?, 0)?
+                .ok_or_else(|| anyhow!("this kernel's {struct_name} has no member {path}"))?;
+            if bits % 8 != 0 {
+                bail!("{struct_name}.{path} is a bitfield");
+            }
+            total += bits / 8;
+            id = self.resolve(member_type);
         }
+        Ok(total)
     }
+
+    fn name(&self, s: &str) -> anyhow::Result<u32> {
+        self.names
+            .get(s)
+            .copied()
+            .ok_or_else(|| anyhow!("this kernel's BTF has no name {s}"))
+    }
+
+    /// The type under typedefs and qualifiers.
+    fn resolve(&self, mut id: usize) -> usize {
+        for _ in 0..32 {
+            match self.types.get(id) {
+                Some(t) if matches!(t.kind, KIND_TYPEDEF..=KIND_RESTRICT | KIND_TYPE_TAG) => {
+                    id = t.data as usize
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// (type, bit offset) of the member named `name` of struct or union `id`, looking into
+    /// its anonymous struct and union members too (`mm_struct.arg_start` is in one).
+    fn member(&self, id: usize, name: u32, depth: u32) -> anyhow::Result<Option<(usize, u32)>> {
+        let Some(t) = self
+            .types
+            .get(id)
+            .filter(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION))
+        else {
+            return Ok(None);
+        };
+        let mut raw = vec![0u8; 12 * t.vlen as usize];
+        self.file
+            .read_exact_at(&mut raw, u64::from(t.data))
+            .with_context(|| format!("reading the members of a type in {}", self.path))?;
+        for m in raw.as_chunks::<12>().0 {
+            let word = |o: usize| u32::from_le_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
+            let (member_name, member_type, offset) = (word(0), word(4) as usize, word(8));
+            let bits = if t.kind_flag {
+                offset & 0x00ff_ffff
+            } else {
+                offset
+            };
+            if member_name == name {
+                return Ok(Some((member_type, bits)));
+            }
+            if member_name == 0 && depth < 8 {
+                let inner = self.resolve(member_type);
+                if let Some((ty, b)) = self.member(inner, name, depth + 1)? {
+                    return Ok(Some((ty, bits + b)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Offsets in the string section (at `start`, `len` bytes) of each of `names` that is there
+/// as a whole string, read in pieces.
+fn find_strings(
+    file: &File,
+    start: u64,
+    len: u64,
+    names: &[&str],
+) -> anyhow::Result<HashMap<String, u32>> {
+    const PIECE: usize = 1 << 20;
+    let longest = names.iter().map(|n| n.len()).max().unwrap_or(0) + 2;
+    let mut found = HashMap::new();
+    let mut buf = vec![0u8; PIECE + longest];
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], start + at)?;
+        let piece = &buf[..n];
+        for name in names {
+            if found.contains_key(*name) {
+                continue;
+            }
+            let needle = name.as_bytes();
+            // A whole string: NUL (or the section's start) before, NUL after.
+            let mut from = 0;
+            while let Some(i) = find(&piece[from..], needle) {
+                let s = from + i;
+                let starts = s == 0 && at == 0 || s > 0 && piece[s - 1] == 0;
+                if starts && piece.get(s + needle.len()) == Some(&0) {
+                    found.insert(name.to_string(), (at + s as u64) as u32);
+                    break;
+                }
+                from = s + 1;
+            }
+        }
+        if at + n as u64 >= len {
+            break;
+        }
+        // The next piece overlaps this one by a name's length, for names across the seam.
+        at += (n - longest) as u64;
+    }
+    Ok(found)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -78,14 +305,23 @@ mod tests {
 
     #[test]
     fn offsets_of_the_running_kernel() {
-        let k = KernelTypes::running().unwrap();
+        let k = KernelTypes::running(&[
+            ("shmem_sb_info", "max_blocks"),
+            ("shmem_sb_info", "used_blocks.count"),
+            ("task_struct", "mm"),
+            ("mm_struct", "arg_start"),
+            ("task_struct", "no_such_member"),
+        ])
+        .unwrap();
         // Members at the start of their struct on every kernel since 4.x.
         assert_eq!(k.offset("shmem_sb_info", "max_blocks").unwrap(), 0);
         assert!(k.offset("task_struct", "mm").unwrap() > 0);
         // Nested path through an embedded struct.
         assert!(k.offset("shmem_sb_info", "used_blocks.count").unwrap() >= 8);
+        // Inside an anonymous struct.
+        assert!(k.offset("mm_struct", "arg_start").unwrap() > 0);
         let e = k.offset("task_struct", "no_such_member").unwrap_err();
-        assert!(e.to_string().contains("no member no_such_member"), "{e}");
+        assert!(e.to_string().contains("no_such_member"), "{e}");
         assert!(k.offset("no_such_struct", "x").is_err());
     }
 
@@ -93,8 +329,16 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("btf");
+        let wanted = [("task_struct", "mm")];
         std::fs::write(&p, b"\x9f\xeb\x01\x00garbage").unwrap();
-        assert!(KernelTypes::open(&p).is_err());
-        assert!(KernelTypes::open(&dir.path().join("missing")).is_err());
+        assert!(KernelTypes::open_for(&p, &wanted).is_err());
+        // A header whose sections point past the end.
+        let mut h = vec![0x9f, 0xeb, 1, 0];
+        for v in [24u32, 0, 1000, 1000, 1000] {
+            h.extend(v.to_le_bytes());
+        }
+        std::fs::write(&p, &h).unwrap();
+        assert!(KernelTypes::open_for(&p, &wanted).is_err());
+        assert!(KernelTypes::open_for(&dir.path().join("missing"), &wanted).is_err());
     }
 }

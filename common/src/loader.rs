@@ -136,11 +136,38 @@ pub struct Loaded {
 
 /// A ring buffer item as the kernel program's record type, when it holds a whole one.
 pub fn record<T: aya::Pod>(item: &[u8]) -> Option<T> {
-    if item.len() < std::mem::size_of::<T>() {
+    record_prefix(item, std::mem::size_of::<T>())
+}
+
+/// A ring buffer item of at least `min_len` bytes as the kernel program's record type, the
+/// bytes it lacks zero: for records whose tail (text) is sent only as long as needed.
+pub fn record_prefix<T: aya::Pod>(item: &[u8], min_len: usize) -> Option<T> {
+    if item.len() < min_len {
         return None;
     }
-    // SAFETY: a whole T (checked length); Pod types accept any bytes; read unaligned.
-    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) })
+    let n = item.len().min(std::mem::size_of::<T>());
+    // SAFETY: a Pod type, every bit pattern (zeros included) valid.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    // SAFETY: `n` fits both the item and the value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(item.as_ptr(), (&raw mut value).cast::<u8>(), n);
+    }
+    Some(value)
+}
+
+/// Like [`drain_records`], for records that may be cut short down to `min_len` bytes
+/// ([`record_prefix`]).
+pub fn drain_prefixed_records<T: aya::Pod, E>(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    min_len: usize,
+    mut each: impl FnMut(&T) -> Result<(), E>,
+) -> Result<(), E> {
+    while let Some(item) = ring.next() {
+        if let Some(r) = record_prefix::<T>(&item, min_len) {
+            each(&r)?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits up to `timeout` for `fd` (a ring buffer) to become readable. The tools' kernel
@@ -161,14 +188,9 @@ pub fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
 /// be one are skipped); stops at the first error, leaving the rest for the next drain.
 pub fn drain_records<T: aya::Pod, E>(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    mut each: impl FnMut(&T) -> Result<(), E>,
+    each: impl FnMut(&T) -> Result<(), E>,
 ) -> Result<(), E> {
-    while let Some(item) = ring.next() {
-        if let Some(r) = record::<T>(&item) {
-            each(&r)?;
-        }
-    }
-    Ok(())
+    drain_prefixed_records(ring, std::mem::size_of::<T>(), each)
 }
 
 /// Loads `object` (embedded with `aya::include_bytes_aligned!`) after `configure` set its
@@ -184,6 +206,9 @@ pub fn load<'a>(
     crate::tracefs::ensure_mounted()?;
     raise_memlock_rlimit(tool, verbose);
     let mut loader = EbpfLoader::new();
+    // Maps a tool may not use are created as small as the kernel allows; the tool's configure
+    // sizes those it uses.
+    loader.map_max_entries(crate::query::CONTEXT_MAP, 1);
     if verbose {
         loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
     }

@@ -5,9 +5,21 @@ use std::time::Duration;
 
 use aya::{Ebpf, maps::HashMap};
 pub use pgbpf_common_ebpf::query::{
-    PROTOCOL_EXTENDED, PROTOCOL_NONE, PROTOCOL_SIMPLE, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP,
-    QueryContext,
+    PROTOCOL_EXTENDED, PROTOCOL_NONE, PROTOCOL_SIMPLE, PROTOCOL_TLS, PROTOCOL_UNKNOWN,
+    QUERY_TEXT_CAP, QueryContext,
 };
+
+/// The query context's map. Every tool's object has it (the exit hook forgets contexts), so
+/// the loader creates it with one entry unless the tool keeps contexts ([`keep_context`]).
+pub const CONTEXT_MAP: &str = "PGBPF_QUERIES";
+
+/// Backends whose current statement the query context can hold.
+pub const CONTEXT_ENTRIES: u32 = 16384;
+
+/// Sizes the query context for a tool that keeps it (call from `loader::load`'s configure).
+pub fn keep_context(loader: &mut aya::EbpfLoader<'_>) {
+    loader.map_max_entries(CONTEXT_MAP, CONTEXT_ENTRIES);
+}
 
 /// A statement in progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +36,7 @@ pub fn protocol_name(p: u8) -> &'static str {
         PROTOCOL_SIMPLE => "simple",
         PROTOCOL_EXTENDED => "extended",
         PROTOCOL_UNKNOWN => "unknown",
+        PROTOCOL_TLS => "tls",
         _ => "none",
     }
 }
@@ -45,7 +58,7 @@ pub fn monotonic_ns() -> u64 {
 /// Every backend's current statement, longest-running first.
 pub fn active_queries(ebpf: &Ebpf) -> anyhow::Result<Vec<ActiveQuery>> {
     let map = ebpf
-        .map("PGBPF_QUERIES")
+        .map(CONTEXT_MAP)
         .ok_or_else(|| anyhow::anyhow!("the eBPF object has no PGBPF_QUERIES map"))?;
     let map: HashMap<_, u32, QueryContext> = HashMap::try_from(map)?;
     let now = monotonic_ns();

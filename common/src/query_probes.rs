@@ -83,37 +83,94 @@ pub fn plan(binary: &Path, root: &Path, tool: &str) -> anyhow::Result<Plan> {
             probes.len(),
         );
     }
-    // The extended protocol has no text argument on its probes: the text is in the exported
-    // global debug_query_string, given to the program as an extra argument.
-    let symbols = Symbols::open(binary, root)?;
-    let dqs = symbols
-        .require("debug_query_string")
-        .context("the extended protocol's statement text")?;
-    // query__execute__start/done also sit in ProcessQuery, nested inside PortalRun for every
-    // DML statement: only PortalRun's own sites give one span per Execute message.
-    let portal_run = symbols.range("PortalRun")?;
-    let in_portal_run = |p: &UsdtProbe| match portal_run {
-        Some((start, size)) if size > 0 => p.address >= start && p.address < start + size,
-        _ => true,
-    };
+    let portal = PortalRun::find(binary, root, "the extended protocol's statement text")?;
     let mut sites = vec![];
     for (name, id) in wanted {
         let execute = id == PROBE_EXECUTE_START || id == PROBE_EXECUTE_DONE;
         for p in probes
             .iter()
-            .filter(|p| p.name == name && (!execute || in_portal_run(p)))
+            .filter(|p| p.name == name && (!execute || portal.holds(p)))
         {
             let mut p = p.clone();
             if id == PROBE_EXECUTE_START {
-                p.args = vec![UsdtArg {
-                    size: 8,
-                    signed: false,
-                    location: ArgLocation::Global { vaddr: dqs },
-                }];
+                p.args = vec![portal.text_arg()];
             }
             sites.push((p, id));
         }
     }
+    let returns = vec![false; sites.len()];
+    Ok(Plan {
+        sites,
+        source: "USDT",
+        returns,
+    })
+}
+
+/// Where PortalRun is, and debug_query_string: the extended protocol's probes have no text
+/// argument, so the text is read from that exported global, given to the program as an extra
+/// argument.
+struct PortalRun {
+    range: Option<(u64, u64)>,
+    debug_query_string: u64,
+}
+
+impl PortalRun {
+    fn find(binary: &Path, root: &Path, why: &'static str) -> anyhow::Result<PortalRun> {
+        let symbols = Symbols::open(binary, root)?;
+        Ok(PortalRun {
+            debug_query_string: symbols.require("debug_query_string").context(why)?,
+            range: symbols.range("PortalRun")?,
+        })
+    }
+
+    /// query__execute__start/done also sit in ProcessQuery, nested inside PortalRun for every
+    /// DML statement: only PortalRun's own sites give one span per statement.
+    fn holds(&self, p: &UsdtProbe) -> bool {
+        match self.range {
+            Some((start, size)) if size > 0 => p.address >= start && p.address < start + size,
+            _ => true,
+        }
+    }
+
+    fn text_arg(&self) -> UsdtArg {
+        UsdtArg {
+            size: 8,
+            signed: false,
+            location: ArgLocation::Global {
+                vaddr: self.debug_query_string,
+            },
+        }
+    }
+}
+
+/// The sites where PortalRun finishes a statement (its own query__execute__done, for either
+/// protocol), each with debug_query_string as argument 0: where query_latency's default
+/// mechanism reads a request's text.
+pub fn plan_statement_ends(binary: &Path, root: &Path, tool: &str) -> anyhow::Result<Plan> {
+    let probes = usdt::probes(binary)?;
+    let ends: Vec<&UsdtProbe> = probes
+        .iter()
+        .filter(|p| p.name == "query__execute__done")
+        .collect();
+    if ends.is_empty() {
+        bail!(
+            "{} has no USDT probe query__execute__done (searched its .note.stapsdt: {} probes); \
+             {tool} needs a PostgreSQL built with --enable-dtrace, as Debian's and Ubuntu's \
+             packages are, or --uprobes with one that has symbols",
+            binary.display(),
+            probes.len(),
+        );
+    }
+    let portal = PortalRun::find(binary, root, "the statement text")?;
+    let sites: Vec<(UsdtProbe, u32)> = ends
+        .into_iter()
+        .filter(|p| portal.holds(p))
+        .map(|p| {
+            let mut p = p.clone();
+            p.args = vec![portal.text_arg()];
+            (p, PROBE_EXECUTE_DONE)
+        })
+        .collect();
     let returns = vec![false; sites.len()];
     Ok(Plan {
         sites,
@@ -152,6 +209,21 @@ mod tests {
         assert_eq!(count(PROBE_EXECUTE_START), 1);
         assert_eq!(count(PROBE_EXECUTE_DONE), 1);
         assert!(p.sites.iter().all(|(s, _)| s.semaphore_offset.is_some()));
+    }
+
+    #[test]
+    fn statement_ends_are_portal_runs_done_with_the_text() {
+        let bin = postgres::installed_bin_dir().unwrap().join("postgres");
+        let p = plan_statement_ends(&bin, Path::new("/"), "tool").unwrap();
+        assert_eq!(p.sites.len(), 1, "PortalRun's own site only");
+        let (site, id) = &p.sites[0];
+        assert_eq!(
+            (site.name.as_str(), *id),
+            ("query__execute__done", PROBE_EXECUTE_DONE)
+        );
+        assert!(matches!(site.args[0].location, ArgLocation::Global { .. }));
+        let e = plan_statement_ends(Path::new("/bin/ls"), Path::new("/"), "mytool");
+        assert!(e.is_err());
     }
 
     #[test]

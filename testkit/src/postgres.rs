@@ -29,6 +29,8 @@ pub struct PgOptions {
     /// accepted over TLS only (`hostssl`; `hostnossl` rejected). In a container, with the
     /// host's network (`ContainerSpec::host_network`) for TCP.
     pub tls: bool,
+    /// The port to listen on (default: a free one).
+    pub port: Option<u16>,
 }
 
 /// A running cluster.
@@ -71,7 +73,8 @@ fn tls_only(dir: &Path, data: &Path, uid: u32, gid: u32) -> anyhow::Result<Vec<(
     ])
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A TCP port nobody listens on now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -124,7 +127,10 @@ impl Postgres {
             tls_settings = tls_only(dir.path(), &data, uid, gid)?;
         }
 
-        let port = free_port()?;
+        let port = match opts.port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let mut settings: Vec<(String, String)> = vec![
             ("fsync".into(), "off".into()),
             ("shared_buffers".into(), "32MB".into()),
@@ -317,6 +323,26 @@ impl Postgres {
             .args(self.conn_args())
             .args(args)
             .arg("postgres"))
+    }
+
+    /// pgbench over TCP with TLS required (a cluster started with `tls`), output discarded,
+    /// errors kept: run it with `crate::run`.
+    pub fn pgbench_tls(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("pgbench");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .arg("postgres")
+        .env("PGSSLMODE", "require")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        cmd
     }
 
     /// A psql connection kept open, for statements run one at a time on one backend.

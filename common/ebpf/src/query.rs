@@ -12,6 +12,8 @@ pub const PROTOCOL_SIMPLE: u8 = 1;
 pub const PROTOCOL_EXTENDED: u8 = 2;
 /// Timed without protocol-specific probes (uprobes on PortalRun).
 pub const PROTOCOL_UNKNOWN: u8 = 3;
+/// A TLS connection: its messages are encrypted where the socket hooks see them.
+pub const PROTOCOL_TLS: u8 = 4;
 
 /// Probe ids handed to the loader with each site (`pgbpf_common::query_probes`): which
 /// PostgreSQL probe fired, for [`track_probe`].
@@ -76,6 +78,7 @@ mod kernel {
     };
 
     /// Current statement by backend (thread id; PostgreSQL backends are single-threaded).
+    /// Created with one entry unless the tool keeps contexts (`pgbpf_common::query`).
     #[map]
     pub static PGBPF_QUERIES: HashMap<u32, QueryContext> = HashMap::with_max_entries(16384, 0);
 
@@ -119,6 +122,14 @@ mod kernel {
         // SAFETY: helper without arguments.
         q.start_ns = unsafe { bpf_ktime_get_ns() };
         q.protocol = protocol;
+        query_copy_text(q, text);
+        true
+    }
+
+    /// Copies the statement text at `text` (user memory, NUL-terminated; 0: none) into `q`, at
+    /// most `--text-bytes` of it, marking it truncated when it did not fit.
+    #[inline(always)]
+    pub fn query_copy_text(q: &mut QueryContext, text: u64) {
         let max = (PGBPF_QUERY_TEXT_MAX.load() as usize).clamp(1, QUERY_TEXT_CAP);
         let len = if text == 0 {
             0
@@ -132,7 +143,6 @@ mod kernel {
         q.text_len = len as u32;
         // The helper stops at the buffer's end (keeping a NUL): a full buffer means cut text.
         q.truncated = u8::from(len + 1 >= max);
-        true
     }
 
     /// This backend's current statement, if one is running and tracked.

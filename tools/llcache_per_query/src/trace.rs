@@ -13,7 +13,7 @@ use llcache_per_query_ebpf::{SampleCounts, SampleKey};
 use pgbpf_common::{
     loader::{self, Loaded},
     output::Output,
-    postgres, query_probes,
+    postgres, query, query_probes,
     query_string::QueryAddrs,
     records::Scope,
     runtime::{Attached, Trace},
@@ -71,6 +71,9 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
             .override_global("TEXT_MAX", &text_bytes, true)
             .override_global("READ_QUERY_STRING", &read_query_string, true);
         QueryAddrs::set_globals(l, &fork_child_offset);
+        if read_query_string == 0 {
+            query::keep_context(l);
+        }
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;

@@ -47,25 +47,6 @@ fn summary(records: &[Value]) -> &Value {
     records.iter().rfind(|r| r["type"] == "summary").unwrap()
 }
 
-/// pgbench over TCP with TLS required.
-fn pgbench_tls(pg: &Postgres, args: &[&str]) -> Command {
-    let mut cmd = Command::new("pgbench");
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port.to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(args)
-    .arg("postgres")
-    .env("PGSSLMODE", "require")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    cmd
-}
-
 /// pg_stat_statements' calls by statement text (as `statement_key` spells it).
 fn pgss(pg: &Postgres) -> HashMap<String, u64> {
     pg.psql("select calls || E'\\x1f' || query from pg_stat_statements where toplevel")
@@ -113,11 +94,8 @@ fn tls_server_side_counts_equal_pg_stat_statements_and_a_joined_connection_decod
         tool.stderr_so_far()
     );
     for mode in ["extended", "prepared"] {
-        pgbpf_testkit::run(&mut pgbench_tls(
-            &pg,
-            &["-n", "-S", "-M", mode, "-c", "2", "-t", "100"],
-        ))
-        .unwrap();
+        pgbpf_testkit::run(&mut pg.pgbench_tls(&["-n", "-S", "-M", mode, "-c", "2", "-t", "100"]))
+            .unwrap();
     }
     let failing = Command::new("psql")
         .arg(pg.tcp_conninfo("require"))
@@ -170,7 +148,8 @@ fn tls_client_side_by_pgbench_pid() {
     require_root();
     let _lock = exclusive();
     let pg = tls_cluster();
-    let mut bench = pgbench_tls(&pg, &["-n", "-S", "-M", "extended", "-c", "1", "-T", "5"])
+    let mut bench = pg
+        .pgbench_tls(&["-n", "-S", "-M", "extended", "-c", "1", "-T", "5"])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
@@ -202,7 +181,8 @@ fn no_tls_reports_encrypted_with_the_reason_and_decodes_nothing() {
     let pg = tls_cluster();
     let postmaster = pg.postmaster_pid().unwrap().to_string();
     let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "--no-tls"]).unwrap();
-    let out = pgbench_tls(&pg, &["-n", "-S", "-c", "2", "-t", "50"])
+    let out = pg
+        .pgbench_tls(&["-n", "-S", "-c", "2", "-t", "50"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -356,10 +336,9 @@ fn tls_in_a_container_is_read_through_its_own_libssl() {
     let started = tool.stderr_so_far();
     assert!(started.contains("TLS through /"), "{started}");
     pg.psql("select pg_stat_statements_reset()").unwrap();
-    pgbpf_testkit::run(&mut pgbench_tls(
-        &pg,
-        &["-n", "-S", "-M", "extended", "-c", "2", "-t", "100"],
-    ))
+    pgbpf_testkit::run(
+        &mut pg.pgbench_tls(&["-n", "-S", "-M", "extended", "-c", "2", "-t", "100"]),
+    )
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let records = tool.stop().unwrap().json();
@@ -475,7 +454,8 @@ fn a_tls_capture_replays_with_pg_replay_like_a_plaintext_one() {
     let postmaster = pg.postmaster_pid().unwrap().to_string();
     pg.psql("select pg_stat_statements_reset()").unwrap();
     let tool = Traced::start(BIN, &["-p", &postmaster, "--summary", "--record", &file_s]).unwrap();
-    let out = pgbench_tls(&pg, &["-n", "-S", "-M", "prepared", "-c", "2", "-t", "50"])
+    let out = pg
+        .pgbench_tls(&["-n", "-S", "-M", "prepared", "-c", "2", "-t", "50"])
         .output()
         .unwrap();
     assert!(out.status.success());

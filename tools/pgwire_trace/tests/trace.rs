@@ -681,6 +681,36 @@ fn help_and_a_one_second_trace() {
 }
 
 #[test]
+fn a_server_started_after_the_tool_is_traced_by_its_port() {
+    require_root();
+    let _lock = exclusive();
+    let port = pgbpf_testkit::postgres::free_port().unwrap();
+    let tool = Traced::start(BIN, &["--port", &port.to_string(), "--json"]).unwrap();
+    // Its listening sockets are seen as it binds them: the Unix one by the path
+    // .../.s.PGSQL.PORT, the TCP ones by the port.
+    let pg = Postgres::start_with(&PgOptions {
+        port: Some(port),
+        ..Default::default()
+    })
+    .unwrap();
+    pg.psql("select 'over the unix socket'").unwrap();
+    let tcp = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        ))
+        .args(["-X", "-c", "select 'over tcp'"])
+        .output()
+        .unwrap();
+    assert!(tcp.status.success(), "{tcp:?}");
+    let records = tool.stop().unwrap().json();
+    let reqs = requests(&records);
+    let sqls: Vec<&str> = reqs.iter().filter_map(|r| r["query"].as_str()).collect();
+    for q in ["select 'over the unix socket'", "select 'over tcp'"] {
+        assert_eq!(find(&reqs, q).len(), 1, "{q}: {sqls:?}");
+    }
+}
+
+#[test]
 fn port_alone_and_statements_longer_than_the_capture_limit() {
     require_root();
     let _lock = exclusive();

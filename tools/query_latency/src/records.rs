@@ -29,7 +29,8 @@ pub struct Slow<'a> {
     pub ts_ns: u64,
     pub pid: u32,
     pub duration_ns: u64,
-    /// `simple` (Query message) or `extended` (Parse/Bind/Execute).
+    /// `simple` (Query message), `extended` (Parse/Bind/Execute), `tls` (a TLS connection,
+    /// whose messages cannot be seen) or `unknown` (`--uprobes`).
     pub protocol: &'a str,
     pub query: &'a str,
     /// The text was cut at `--text-bytes`.
@@ -42,7 +43,7 @@ pub struct Active<'a> {
     pub pid: u32,
     /// How long it has been running.
     pub elapsed_ns: u64,
-    /// `simple` (Query message) or `extended` (Parse/Bind/Execute).
+    /// `simple` (Query message), `extended` (Parse/Bind/Execute) or `unknown` (`--uprobes`).
     pub protocol: &'a str,
     pub query: &'a str,
     pub truncated: bool,

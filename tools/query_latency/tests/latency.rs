@@ -3,13 +3,12 @@
 //! within a stated tolerance; a 50 ms sleep lands in the 32-64 ms bucket; probe semaphores are
 //! back to zero after the tool exits; bad targets get clear errors.
 //!
-//! Spans: query_latency times PortalRun (query__execute__start/done) for the extended
-//! protocol and the whole simple query (query__start/done: parse, plan, execute, commit) for
-//! the simple one. Two independent spans enclose ours call by call: pg_stat_statements'
-//! mean_exec_time (+ mean_plan_time with track_planning = on) lies inside it, and pgbench's
-//! own per-statement latency (`-r`: from sending the statement to its ReadyForQuery, the same
-//! CLOCK_MONOTONIC) lies around it. So, means over the same 400 calls:
-//! 0.8 x pgss mean <= our mean <= pgbench's mean + 2 us (its 1 us print rounding); the 0.8
+//! Spans: query_latency times each request from its first bytes to its ReadyForQuery (the
+//! socket tracepoints), for either protocol. Two independent spans enclose ours call by
+//! call: pg_stat_statements' mean_exec_time (+ mean_plan_time with track_planning = on) lies
+//! inside it, and pgbench's own per-statement latency (`-r`: from sending the statement to
+//! its ReadyForQuery, the same CLOCK_MONOTONIC) lies around it. So, means over the same 400
+//! calls: 0.8 x pgss mean <= our mean <= pgbench's mean + 2 us (its 1 us print rounding); the 0.8
 //! allows for clock granularity. A fixed ratio above pgss is no bound: parse time and
 //! scheduling stalls outside their span vary with the machine (CI saw 2.6 x).
 
@@ -201,6 +200,108 @@ fn prepared_statements_count_match_pg_stat_statements() {
     run_protocol("prepared");
 }
 
+/// Every finished statement as a `slow` record (`-m 0`): (protocol, text).
+fn finished(records: &[Value]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "slow")
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (field("protocol"), field("query"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_is_one_entry_whatever_it_runs() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "0"]).unwrap();
+    // One session (each -c one Query message): a multi-statement string, PREPARE and an
+    // EXECUTE (whose PortalRun runs the prepared statement's inside its own), then a failing
+    // statement, which finishes nothing.
+    let out = Command::new("psql")
+        .args(pg.conn_args())
+        .args(["-X", "-q", "-d", "postgres"])
+        .args([
+            "-c",
+            "select 1; select 2",
+            "-c",
+            "prepare p as select $1::int + 1",
+        ])
+        .args(["-c", "execute p(41)", "-c", "select 1/0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("division by zero"),
+        "{out:?}"
+    );
+    let records = tool.stop().unwrap().json();
+    schema::validate("query_latency", &records);
+    let seen = finished(&records);
+    let ours: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|(p, q)| (p.as_str(), q.as_str()))
+        .filter(|(_, q)| !q.contains("pg_catalog"))
+        .collect();
+    assert_eq!(
+        ours,
+        [
+            ("simple", "select 1; select 2"),
+            ("simple", "prepare p as select $1::int + 1"),
+            ("simple", "execute p(41)"),
+        ],
+        "{seen:?}"
+    );
+    let lost = &summary(&records)["lost"];
+    assert_eq!(lost["began_before_attach"], 0, "{lost}");
+}
+
+#[test]
+fn tls_statements_count_match_pg_stat_statements() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with_pgbench(
+        &PgOptions {
+            pg_stat_statements: true,
+            tls: true,
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "0"]).unwrap();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    for mode in ["simple", "extended"] {
+        pgbpf_testkit::run(&mut pg.pgbench_tls(&["-n", "-S", "-M", mode, "-c", "2", "-t", "100"]))
+            .unwrap();
+    }
+    let records = tool.stop().unwrap().json();
+    schema::validate("query_latency", &records);
+    let selects: Vec<(String, String)> = finished(&records)
+        .into_iter()
+        .filter(|(_, q)| q.starts_with("SELECT abalance"))
+        .collect();
+    assert!(
+        selects.iter().all(|(p, _)| p == "tls"),
+        "encrypted requests are reported as such: {selects:?}"
+    );
+    let theirs: u64 = pg
+        .psql(
+            "select sum(calls) from pg_stat_statements \
+             where query like 'SELECT abalance FROM pgbench_accounts%'",
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(theirs, 400, "pgbench ran 2 x 2 x 100 selects");
+    assert_eq!(selects.len() as u64, theirs, "selects traced over TLS");
+}
+
 #[test]
 fn a_50ms_sleep_is_in_the_32_to_64ms_bucket_and_reported_slow() {
     require_root();
@@ -227,16 +328,16 @@ fn a_50ms_sleep_is_in_the_32_to_64ms_bucket_and_reported_slow() {
     assert!((50_000_000..64_000_000).contains(&ns), "{ns}");
 }
 
-/// The semaphore of query__start in a running backend, read from its memory; waits up to
-/// 5 s for it to become `want` (the kernel lowers it asynchronously after detach).
-fn query_start_semaphore(pid: u32, want: u16) -> u16 {
+/// The semaphore of `probe` in a running backend, read from its memory; waits up to 5 s for
+/// it to become `want` (the kernel lowers it asynchronously after detach).
+fn semaphore(probe: &str, pid: u32, want: u16) -> u16 {
     let bin = pgbpf_common::postgres::installed_bin_dir()
         .unwrap()
         .join("postgres");
     let probe = pgbpf_common::usdt::probes(&bin)
         .unwrap()
         .into_iter()
-        .find(|p| p.name == "query__start")
+        .find(|p| p.name == probe)
         .unwrap();
     pgbpf_testkit::wait_semaphore(pid, "/bin/postgres", probe.semaphore_offset.unwrap(), want)
         .unwrap()
@@ -247,38 +348,47 @@ fn semaphores_are_zero_again_after_exit() {
     require_root();
     let _lock = exclusive();
     let pg = cluster();
-    // A backend that lives across the tool's whole run.
+    // A backend that lives across the tool's runs.
     let mut psql = Command::new("psql")
         .args(pg.conn_args())
-        .args(["-X", "-d", "postgres", "-c", "select pg_sleep(8)"])
+        .args(["-X", "-d", "postgres", "-c", "select pg_sleep(16)"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let backend: u32 = loop {
         let out = pg
-            .psql("select pid from pg_stat_activity where query = 'select pg_sleep(8)'")
+            .psql("select pid from pg_stat_activity where query = 'select pg_sleep(16)'")
             .unwrap();
         if let Ok(pid) = out.trim().parse() {
             break pid;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(
-        query_start_semaphore(backend, 0),
-        0,
-        "semaphore raised before the tool ran"
-    );
-    let tool = Traced::start(BIN, &["-p", &pg.postmaster_pid().unwrap().to_string()]).unwrap();
-    assert!(
-        query_start_semaphore(backend, 1) >= 1,
-        "the tool did not raise the semaphore"
-    );
-    assert!(tool.stop().unwrap().status.success());
-    assert_eq!(
-        query_start_semaphore(backend, 0),
-        0,
-        "semaphore left raised after the tool exited"
-    );
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    // By default PortalRun's end is probed; the query context (--active) adds query__start.
+    for (probe, extra) in [
+        ("query__execute__done", None),
+        ("query__start", Some("--active")),
+    ] {
+        assert_eq!(
+            semaphore(probe, backend, 0),
+            0,
+            "{probe}: semaphore raised before the tool ran"
+        );
+        let mut args = vec!["-p", postmaster.as_str()];
+        args.extend(extra);
+        let tool = Traced::start(BIN, &args).unwrap();
+        assert!(
+            semaphore(probe, backend, 1) >= 1,
+            "{probe}: the tool did not raise the semaphore"
+        );
+        assert!(tool.stop().unwrap().status.success());
+        assert_eq!(
+            semaphore(probe, backend, 0),
+            0,
+            "{probe}: semaphore left raised after the tool exited"
+        );
+    }
     let _ = psql.kill();
     let _ = psql.wait();
 }
@@ -304,7 +414,7 @@ fn a_binary_without_probes_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stderr
-            .contains("/bin/ls has no USDT probe query__start"),
+            .contains("/bin/ls has no USDT probe query__execute__done"),
         "{}",
         out.stderr
     );

@@ -72,21 +72,28 @@ const OFFSET_NAMES: [&str; 11] = [
     "OFF_MM_ARG_START",
 ];
 
+/// The kernel struct members the programs follow, in the order of [`OFFSET_NAMES`].
+const KERNEL_MEMBERS: [(&str, &str); 11] = [
+    ("task_struct", "files"),
+    ("files_struct", "fdt"),
+    ("fdtable", "fd"),
+    ("file", "f_inode"),
+    ("inode", "i_sb"),
+    ("super_block", "s_magic"),
+    ("super_block", "s_fs_info"),
+    ("shmem_sb_info", "max_blocks"),
+    ("shmem_sb_info", "used_blocks.count"),
+    ("task_struct", "mm"),
+    ("mm_struct", "arg_start"),
+];
+
 fn kernel_offsets() -> anyhow::Result<[u32; 11]> {
-    let k = KernelTypes::running()?;
-    Ok([
-        k.offset("task_struct", "files")?,
-        k.offset("files_struct", "fdt")?,
-        k.offset("fdtable", "fd")?,
-        k.offset("file", "f_inode")?,
-        k.offset("inode", "i_sb")?,
-        k.offset("super_block", "s_magic")?,
-        k.offset("super_block", "s_fs_info")?,
-        k.offset("shmem_sb_info", "max_blocks")?,
-        k.offset("shmem_sb_info", "used_blocks.count")?,
-        k.offset("task_struct", "mm")?,
-        k.offset("mm_struct", "arg_start")?,
-    ])
+    let k = KernelTypes::running(&KERNEL_MEMBERS)?;
+    let mut offsets = [0; 11];
+    for (slot, (s, member)) in offsets.iter_mut().zip(KERNEL_MEMBERS) {
+        *slot = k.offset(s, member)?;
+    }
+    Ok(offsets)
 }
 
 /// Processes the snapshot covers: the target's, or every postgres process without a target.

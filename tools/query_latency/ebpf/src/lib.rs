@@ -2,10 +2,15 @@
 #![no_std]
 
 pub use pgbpf_common_ebpf::query::{
-    PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP,
+    PROTOCOL_EXTENDED, PROTOCOL_SIMPLE, PROTOCOL_TLS, PROTOCOL_UNKNOWN, QUERY_TEXT_CAP,
 };
 
-/// One finished statement, sent through the ring buffer.
+/// Bytes before the text in a ring buffer record.
+pub const QUERY_EVENT_HEADER: usize = core::mem::offset_of!(QueryEvent, text);
+
+/// One finished statement, sent through the ring buffer. The kernel sends only as much of
+/// `text` as the statement needs (records of 64, 128, 256 or 512 text bytes); userspace reads
+/// a shorter record into a zeroed `QueryEvent`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct QueryEvent {
@@ -23,7 +28,7 @@ pub struct QueryEvent {
 pub mod counter {
     /// A finished statement could not be sent (ring buffer full).
     pub const RINGBUF_FULL: u32 = 0;
-    /// A statement could not be tracked (query context map full).
+    /// A statement could not be tracked (query context or request map full).
     pub const CONTEXT_FULL: u32 = 1;
     /// A statement ended that started before the tool attached.
     pub const DONE_WITHOUT_START: u32 = 2;
