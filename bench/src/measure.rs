@@ -36,6 +36,8 @@ pub fn variants(args: &Args) -> Vec<Variant> {
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
     pub tps: Vec<f64>,
+    /// Server and load generator CPU per transaction, µs (see `Run`).
+    pub cpu_us_per_txn: Vec<f64>,
     pub startup_ms: Vec<f64>,
     pub peak_rss_kib: Vec<u64>,
     /// Events per second the tool reported handling (its `--json` summary).
@@ -116,6 +118,7 @@ pub fn run(args: &Args, name: &str) -> anyhow::Result<()> {
             let run = run_variant(&pg, args, scenario, &bins, &tool_args, &script, variants[v])?;
             let s = &mut samples[v];
             s.tps.push(run.tps);
+            s.cpu_us_per_txn.extend(run.cpu_us_per_txn);
             if let Some(t) = run.tracer {
                 s.startup_ms.push(t.startup_ms);
                 s.peak_rss_kib.extend(t.peak_rss_kib);
@@ -167,6 +170,9 @@ pub fn run(args: &Args, name: &str) -> anyhow::Result<()> {
 /// One pgbench run beside variant `v`, and what the tracer reported.
 struct Run {
     tps: f64,
+    /// CPU time of the server and the load generator per transaction (or request), µs:
+    /// where a tracer's probes and programs run, and far steadier than TPS on a shared VM.
+    cpu_us_per_txn: Option<f64>,
     tracer: Option<TracerRun>,
 }
 
@@ -224,10 +230,24 @@ fn run_variant(
         )?),
     };
     let cpu_before = tracer.as_ref().and_then(|t| cpu_seconds(t.pid()));
+    // Backends of the run before (or of the warm-up) end after their clients: give the
+    // postmaster time to reap them before the count starts, and again after the run.
+    std::thread::sleep(Duration::from_millis(300));
+    let (server_before, client_before) = (pg.cpu_seconds(), children_cpu_seconds());
     let ran_from = Instant::now();
     let tps = pg.load(args, scenario.workload, args.seconds)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu_us_per_txn = server_before
+        .zip(pg.cpu_seconds())
+        .map(|(a, b)| b - a + children_cpu_seconds() - client_before)
+        .filter(|_| tps > 0.0)
+        .map(|cpu| 1e6 * cpu / (tps * args.seconds as f64));
     let Some(t) = tracer else {
-        return Ok(Run { tps, tracer: None });
+        return Ok(Run {
+            tps,
+            cpu_us_per_txn,
+            tracer: None,
+        });
     };
     let cpu_pct = cpu_before
         .zip(cpu_seconds(t.pid()))
@@ -255,6 +275,7 @@ fn run_variant(
     }
     Ok(Run {
         tps,
+        cpu_us_per_txn,
         tracer: Some(TracerRun {
             startup_ms,
             peak_rss_kib,
@@ -291,14 +312,34 @@ fn bpf_map_bytes(pid: u32) -> Option<u64> {
 
 /// User + system CPU seconds of process `pid` so far (/proc/PID/stat utime and stime).
 fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat_cpu_seconds(pid, false)
+}
+
+/// User + system CPU seconds of process `pid` so far, with `children` those of its children
+/// that exited and were waited for (cutime, cstime: a postmaster's backends once they end).
+pub fn stat_cpu_seconds(pid: u32, children: bool) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which may itself hold spaces and parentheses.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name.
+    let last = if children { 14 } else { 12 };
+    let mut ticks = 0.0;
+    for f in &fields[11..=last.min(fields.len().saturating_sub(1))] {
+        ticks += f.parse::<f64>().ok()?;
+    }
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
     Some(ticks / hz as f64)
+}
+
+/// CPU seconds of this process's children that exited and were waited for (the load
+/// generator, once its run is over).
+fn children_cpu_seconds() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
+    usage.map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
 }
 
 /// The tool's final record, `"type": "summary"`.

@@ -77,7 +77,7 @@ impl Results {
         }
     }
 
-    fn rows(&self) -> Vec<[String; 10]> {
+    fn rows(&self) -> Vec<[String; 11]> {
         let base = median(&self.samples[0].tps);
         self.variants
             .iter()
@@ -90,6 +90,11 @@ impl Results {
                     label(v, self.tool),
                     format!("{tps:.0}"),
                     format!("{:.3}", tps / base),
+                    if s.cpu_us_per_txn.is_empty() {
+                        "-".into()
+                    } else {
+                        format!("{:.1}", median(&s.cpu_us_per_txn))
+                    },
                     if s.startup_ms.is_empty() {
                         "-".into()
                     } else {
@@ -143,8 +148,8 @@ impl Results {
         );
         for r in self.rows() {
             out.push_str(&format!(
-                "  {:<16} median {:>8} tps  ratio {}  startup {:>5} ms  peak RSS {:>6} MiB  maps {:>6} MiB  tracer {:>5}% CPU  BPF {:>5} ns/run, {:>6}% CPU\n",
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]
+                "  {:<16} median {:>8} tps  ratio {}  CPU {:>6} µs/txn  startup {:>5} ms  peak RSS {:>6} MiB  maps {:>6} MiB  tracer {:>5}% CPU  BPF {:>5} ns/run, {:>6}% CPU\n",
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]
             ));
         }
         out.push_str(&format!(
@@ -203,8 +208,8 @@ impl Results {
             ));
         }
         s.push_str(&self.extra);
-        s.push_str("| variant | median TPS | ratio to no tracing | startup to attached (ms) | peak RSS (MiB) | BPF map memory (MiB) | tracer CPU (% of one core) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("| variant | median TPS | ratio to no tracing | CPU per transaction (µs) | startup to attached (ms) | peak RSS (MiB) | BPF map memory (MiB) | tracer CPU (% of one core) | BPF ns per run | BPF CPU (% of one core) | all runs (TPS) |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in self.rows() {
             s.push_str(&format!("| {} |\n", r.join(" | ")));
         }

@@ -99,12 +99,11 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "query_latency",
         tool: "query_latency",
-        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
-                  query_latency times each request from its first bytes (socket tracepoint) to \
-                  its ReadyForQuery (socket tracepoint) and reads the text where PortalRun \
-                  finishes (one USDT hit per statement); the bpftrace script attaches \
-                  query__start/done (two USDT hits per statement), with --usdt-file-activation \
-                  to raise the semaphores.",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): every \
+                  statement fires query__start and query__done (and PortalRun's \
+                  query__execute__start/done), four USDT hits per statement for query_latency; \
+                  the bpftrace script attaches query__start/done only, with \
+                  --usdt-file-activation to raise the semaphores.",
         server: Setup::Postgres {
             pg: PgOptions::default,
             scale: 10,
@@ -119,9 +118,9 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "query_latency_extended",
         tool: "query_latency",
         description: "As query_latency, over the extended protocol (pgbench -S -M extended: \
-                  Parse, Bind, Describe, Execute and Sync per statement): query_latency as \
-                  there; the bpftrace script times PortalRun's query__execute__start/done (two \
-                  USDT hits per statement) without the text, which bpftrace cannot read from \
+                  Parse, Bind, Describe, Execute and Sync per statement): PortalRun's \
+                  query__execute__start/done, two USDT hits per statement, for query_latency and \
+                  for the bpftrace script, which keys nothing by statement: bpftrace cannot read \
                   debug_query_string in a position-independent postgres.",
         server: Setup::Postgres {
             pg: PgOptions::default,

@@ -31,6 +31,17 @@ impl Server {
 
     /// Runs the scenario's load (`workload`: pgbench's script option, or redis-benchmark's
     /// arguments) for about `seconds`: transactions or requests per second.
+    /// CPU seconds the server has used so far: a postmaster with its backends that ended, or
+    /// redis-server.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        match self {
+            Server::Postgres(pg) => {
+                crate::measure::stat_cpu_seconds(pg.postmaster_pid().ok()?, true)
+            }
+            Server::Redis(r) => crate::measure::stat_cpu_seconds(r.pid(), false),
+        }
+    }
+
     pub fn load(&self, args: &Args, workload: &str, seconds: u64) -> anyhow::Result<f64> {
         match self {
             Server::Postgres(pg) => pgbench_tps(pg, args, workload, seconds),

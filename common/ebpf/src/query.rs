@@ -79,6 +79,8 @@ mod kernel {
 
     /// Current statement by backend (thread id; PostgreSQL backends are single-threaded).
     /// Created with one entry unless the tool keeps contexts (`pgbpf_common::query`).
+    /// Preallocated: before Linux 6.1 perf_event programs (llcache_per_query's samples) may
+    /// only use preallocated hash maps.
     #[map]
     pub static PGBPF_QUERIES: HashMap<u32, QueryContext> = HashMap::with_max_entries(16384, 0);
 

@@ -52,6 +52,10 @@ pub struct Args {
     /// Use uprobes on PortalRun even where USDT probes exist (both protocols, execution only)
     #[arg(long)]
     pub uprobes: bool,
+    /// Time whole requests, from their first byte to their ReadyForQuery (commit and results
+    /// included), with socket tracepoints and one USDT hit per statement
+    #[arg(long, conflicts_with_all = ["active", "uprobes"])]
+    pub requests: bool,
     /// Show at most this many statements in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,

@@ -26,9 +26,10 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
     for &pid in &target.tgids {
         postgres::postgres_binary_of_pid(pid)?;
     }
-    // The query context (four hits per statement) where the user asked for what only it
-    // gives; else requests timed from the socket hooks with one hit per statement.
-    let keep_context = args.active || args.uprobes;
+    // The query context (four USDT hits per statement), or with --requests the socket hooks
+    // and one hit per statement: measured, the hooks' programs cost as much as the three
+    // traps they save (docs/query_latency.md, OVERHEAD).
+    let keep_context = !args.requests;
     let plan = if args.uprobes {
         query_probes::plan_uprobes(&binary, &root)?
     } else if keep_context {

@@ -3,8 +3,10 @@
 //! within a stated tolerance; a 50 ms sleep lands in the 32-64 ms bucket; probe semaphores are
 //! back to zero after the tool exits; bad targets get clear errors.
 //!
-//! Spans: query_latency times each request from its first bytes to its ReadyForQuery (the
-//! socket tracepoints), for either protocol. Two independent spans enclose ours call by
+//! Spans: by default query_latency times PortalRun (query__execute__start/done) for the
+//! extended protocol and the whole simple query (query__start/done: parse, plan, execute,
+//! commit) for the simple one; with --requests each request from its first bytes to its
+//! ReadyForQuery (the socket tracepoints). Two independent spans enclose either call by
 //! call: pg_stat_statements' mean_exec_time (+ mean_plan_time with track_planning = on) lies
 //! inside it, and pgbench's own per-statement latency (`-r`: from sending the statement to
 //! its ReadyForQuery, the same CLOCK_MONOTONIC) lies around it. So, means over the same 400
@@ -134,12 +136,14 @@ fn summary(records: &[Value]) -> &Value {
         .expect("a summary record")
 }
 
-fn run_protocol(mode: &str) {
+fn run_protocol(mode: &str, extra: &[&str]) {
     require_root();
     let _lock = exclusive();
     let pg = cluster();
     let postmaster = pg.postmaster_pid().unwrap().to_string();
-    let tool = Traced::start(BIN, &["-p", &postmaster, "--json"]).unwrap();
+    let mut args = vec!["-p", postmaster.as_str(), "--json"];
+    args.extend(extra);
+    let tool = Traced::start(BIN, &args).unwrap();
     pg.psql("select pg_stat_statements_reset()").unwrap();
     // pgbench's backends are forked after the tool attached: they must be covered.
     let client = client_latencies(
@@ -187,17 +191,23 @@ fn run_protocol(mode: &str) {
 
 #[test]
 fn simple_protocol_counts_match_pg_stat_statements() {
-    run_protocol("simple");
+    run_protocol("simple", &[]);
+}
+
+#[test]
+fn with_requests_simple_and_prepared_counts_match_pg_stat_statements() {
+    run_protocol("simple", &["--requests"]);
+    run_protocol("prepared", &["--requests"]);
 }
 
 #[test]
 fn extended_protocol_counts_match_pg_stat_statements() {
-    run_protocol("extended");
+    run_protocol("extended", &[]);
 }
 
 #[test]
 fn prepared_statements_count_match_pg_stat_statements() {
-    run_protocol("prepared");
+    run_protocol("prepared", &[]);
 }
 
 /// Every finished statement as a `slow` record (`-m 0`): (protocol, text).
@@ -213,12 +223,12 @@ fn finished(records: &[Value]) -> Vec<(String, String)> {
 }
 
 #[test]
-fn a_request_is_one_entry_whatever_it_runs() {
+fn with_requests_a_request_is_one_entry_whatever_it_runs() {
     require_root();
     let _lock = exclusive();
     let pg = cluster();
     let postmaster = pg.postmaster_pid().unwrap().to_string();
-    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "0"]).unwrap();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "0", "--requests"]).unwrap();
     // One session (each -c one Query message): a multi-statement string, PREPARE and an
     // EXECUTE (whose PortalRun runs the prepared statement's inside its own), then a failing
     // statement, which finishes nothing.
@@ -260,7 +270,7 @@ fn a_request_is_one_entry_whatever_it_runs() {
 }
 
 #[test]
-fn tls_statements_count_match_pg_stat_statements() {
+fn with_requests_tls_statements_count_match_pg_stat_statements() {
     require_root();
     let _lock = exclusive();
     let pg = Postgres::start_with_pgbench(
@@ -273,7 +283,7 @@ fn tls_statements_count_match_pg_stat_statements() {
     )
     .unwrap();
     let postmaster = pg.postmaster_pid().unwrap().to_string();
-    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "0"]).unwrap();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--json", "-m", "0", "--requests"]).unwrap();
     pg.psql("select pg_stat_statements_reset()").unwrap();
     for mode in ["simple", "extended"] {
         pgbpf_testkit::run(&mut pg.pgbench_tls(&["-n", "-S", "-M", mode, "-c", "2", "-t", "100"]))
@@ -414,11 +424,22 @@ fn a_binary_without_probes_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stderr
-            .contains("/bin/ls has no USDT probe query__execute__done"),
+            .contains("/bin/ls has no USDT probe query__start"),
         "{}",
         out.stderr
     );
     assert!(out.stderr.contains("--enable-dtrace"), "{}", out.stderr);
+    let out = run_tool(BIN, &["--postgres", "/bin/ls", "--requests"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr
+            .contains("/bin/ls has no USDT probe query__execute__done"),
+        "{}",
+        out.stderr
+    );
+    // The request span needs none of what --active and --uprobes choose.
+    let out = run_tool(BIN, &["--requests", "--active"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
 }
 
 #[test]

@@ -1,16 +1,17 @@
 //! query_latency's kernel programs.
 //!
-//! By default a statement is timed per request, from the first bytes of the client's request
-//! (the socket layer's `sock_recv_length`, or the exit of recvfrom) to the ReadyForQuery that
-//! ends it (`sock_send_length`, or the exit of sendto, whose last six bytes are `Z 0 0 0 5 _`),
-//! with the text read from debug_query_string where PortalRun finishes (its
-//! `query__execute__done` USDT site): one uprobe hit per statement, the socket hooks being
-//! tracepoints, which cost far less than a uprobe's trap. On TLS connections the request's
-//! end is encrypted: there each statement is sent when its PortalRun finishes.
+//! By default the query context (`pg_probe`: query__start/done and PortalRun's
+//! query__execute__start/done, or uprobes on PortalRun) keeps each backend's current
+//! statement from its start, and a statement is sent when it finishes: four USDT hits per
+//! statement of the simple protocol, two of the extended one.
 //!
-//! `--active` and `--uprobes` use the query context instead (`pg_probe`: query__start/done and
-//! PortalRun's query__execute__start/done, or uprobes on PortalRun), which keeps each
-//! backend's current statement from its start for other readers, at four hits per statement.
+//! With `--requests` a statement is timed per request, from the first bytes of the client's
+//! request (the socket layer's `sock_recv_length`, or the exit of recvfrom) to the
+//! ReadyForQuery that ends it (`sock_send_length`, or the exit of sendto, whose last six bytes
+//! are `Z 0 0 0 5 _`), with the text read from debug_query_string where PortalRun finishes (its
+//! `query__execute__done` USDT site): one uprobe hit per statement, but the socket hooks run
+//! for every socket read and write on the machine. On TLS connections the request's end is
+//! encrypted: there each statement is sent when its PortalRun finishes.
 #![no_std]
 #![no_main]
 
@@ -105,7 +106,7 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-// ---- The query context (`--active`, `--uprobes`) ----
+// ---- The query context (the default) ----
 
 #[uprobe]
 pub fn pg_probe(ctx: ProbeContext) -> u32 {
@@ -117,7 +118,7 @@ pub fn pg_probe(ctx: ProbeContext) -> u32 {
     0
 }
 
-// ---- Requests (the default) ----
+// ---- Requests (`--requests`) ----
 
 /// One backend's request: when it arrived, its protocol and the text of its first finished
 /// statement (in `q`).
