@@ -4,13 +4,7 @@
 //! later, close() and fork; userspace adds the connections open at start.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_probe_read_user,
-        generated::{
-            bpf_probe_read_user as probe_read_user_raw,
-            bpf_probe_read_user_str as probe_read_user_str_raw,
-        },
-    },
+    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str as probe_read_user_str_raw},
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap},
     programs::TracePointContext,
