@@ -325,7 +325,7 @@ pub fn stat_cpu_seconds(pid: u32, children: bool) -> Option<f64> {
     // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12 to 15 after the name.
     let last = if children { 14 } else { 12 };
     let mut ticks = 0.0;
-    for f in &fields[11..=last.min(fields.len().saturating_sub(1))] {
+    for f in fields.get(11..=last)? {
         ticks += f.parse::<f64>().ok()?;
     }
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;

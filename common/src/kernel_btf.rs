@@ -85,8 +85,7 @@ impl KernelTypes {
         let mut header = [0u8; HEADER_LEN];
         file.read_exact(&mut header)
             .with_context(|| format!("{shown} is too short for BTF"))?;
-        let u32_at =
-            |o: usize| u32::from_le_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]]);
+        let u32_at = |o: usize| le32(&header, o);
         if u16::from_le_bytes([header[0], header[1]]) != MAGIC {
             bail!("{shown} is not BTF (no magic number; big-endian BTF is not read)");
         }
@@ -126,19 +125,12 @@ impl KernelTypes {
                 let n = self
                     .file
                     .read_at(&mut buf[have..have + want], pos + have as u64)?;
-                if n == 0 && have < 12 {
+                have += n;
+                if have < 12 {
                     bail!("{}: the type section ends inside a type", self.path);
                 }
-                have += n;
             }
-            let word = |o: usize| {
-                u32::from_le_bytes([
-                    buf[at + o],
-                    buf[at + o + 1],
-                    buf[at + o + 2],
-                    buf[at + o + 3],
-                ])
-            };
+            let word = |o: usize| le32(&buf, at + o);
             let (name_off, info, size_or_type) = (word(0), word(4), word(8));
             let kind = ((info >> 24) & 0x1f) as u8;
             let vlen = info & 0xffff;
@@ -228,7 +220,7 @@ impl KernelTypes {
             .read_exact_at(&mut raw, u64::from(t.data))
             .with_context(|| format!("reading the members of a type in {}", self.path))?;
         for m in raw.as_chunks::<12>().0 {
-            let word = |o: usize| u32::from_le_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
+            let word = |o: usize| le32(m, o);
             let (member_name, member_type, offset) = (word(0), word(4) as usize, word(8));
             let bits = if t.kind_flag {
                 offset & 0x00ff_ffff
@@ -247,6 +239,11 @@ impl KernelTypes {
         }
         Ok(None)
     }
+}
+
+/// The little-endian u32 at `at` of `bytes` (callers keep `at + 4` within them).
+fn le32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 /// Offsets in the string section (at `start`, `len` bytes) of each of `names` that is there
