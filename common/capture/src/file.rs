@@ -17,7 +17,7 @@
 //! hold PostgreSQL. A replay tool frames the DATA payloads per connection and direction with
 //! the protocol's framer (`pgbpf_pgwire::Framer`, `pgbpf_resp::Framer`).
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 
 use anyhow::{Context, bail};
 
@@ -142,7 +142,7 @@ impl<W: Write> Writer<W> {
 }
 
 /// Reads a capture file record by record.
-pub struct Reader<R: Read> {
+pub struct Reader<R: BufRead> {
     input: R,
     pub wall_offset_ns: i64,
     /// Records read so far (for error messages).
@@ -159,7 +159,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-impl<R: Read> Reader<R> {
+impl<R: BufRead> Reader<R> {
     /// Opens a capture of `protocol`'s traffic; a capture of another protocol is refused with
     /// the tool that reads it.
     pub fn new(mut input: R, protocol: &Protocol) -> anyhow::Result<Reader<R>> {
@@ -206,43 +206,31 @@ impl<R: Read> Reader<R> {
     /// [`Reader::next_record`] into `r`, reusing its memory (a decoder reading millions of
     /// records allocates none per record); false at the end.
     pub fn next_into(&mut self, r: &mut Record) -> anyhow::Result<bool> {
+        // A record wholly in the input's buffer is parsed there (one buffer look instead of
+        // four reads of it: a tenth of `--read`'s time went to those calls).
+        let buffered = self.input.fill_buf()?;
+        if buffered.is_empty() {
+            return Ok(false);
+        }
+        if let Some(len) = buffered.get(..4).map(|b| u32_at(b, 0) as usize)
+            && let Some(record) = buffered.get(4..4 + len)
+        {
+            parse(record, &mut self.count, r)?;
+            self.input.consume(4 + len);
+            return Ok(true);
+        }
+        // Across the buffer's end: read it out piece by piece.
         let mut len = [0u8; 4];
-        match self.input.read(&mut len[..1])? {
-            0 => return Ok(false),
-            _ => self
-                .input
-                .read_exact(&mut len[1..])
-                .with_context(|| self.cut())?,
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        if !(FIXED..=MAX_RECORD).contains(&len) {
-            bail!(
-                "record {} has an impossible length {len}: the file is corrupt",
-                self.count + 1
-            );
-        }
-        let mut b = [0u8; FIXED];
-        self.input.read_exact(&mut b).with_context(|| self.cut())?;
-        let Some(kind) = Kind::from_code(b[0]) else {
-            bail!("record {} has an unknown kind {}", self.count + 1, b[0]);
-        };
-        r.payload.resize(len - FIXED, 0);
         self.input
-            .read_exact(&mut r.payload)
+            .read_exact(&mut len)
             .with_context(|| self.cut())?;
-        self.count += 1;
-        r.kind = kind;
-        r.role = b[1];
-        r.dir = b[2];
-        r.tls = b[3] & 1 != 0;
-        r.tgid = u32_at(&b, 4);
-        r.tid = u32_at(&b, 8);
-        r.fd = u32_at(&b, 12);
-        r.port = u32_at(&b, 16);
-        r.conn_id = u64_at(&b, 20);
-        r.ts_ns = u64_at(&b, 28);
-        r.len = u64_at(&b, 36);
-        r.lost = [u64_at(&b, 44), u64_at(&b, 52)];
+        let len = u32::from_le_bytes(len) as usize;
+        check_len(len, self.count)?;
+        let mut record = vec![0u8; len];
+        self.input
+            .read_exact(&mut record)
+            .with_context(|| self.cut())?;
+        parse(&record, &mut self.count, r)?;
         Ok(true)
     }
 
@@ -252,6 +240,40 @@ impl<R: Read> Reader<R> {
             self.count + 1
         )
     }
+}
+
+fn check_len(len: usize, count: u64) -> anyhow::Result<()> {
+    if !(FIXED..=MAX_RECORD).contains(&len) {
+        bail!(
+            "record {} has an impossible length {len}: the file is corrupt",
+            count + 1
+        );
+    }
+    Ok(())
+}
+
+/// One record's bytes after its length into `r`; `count`: records read before it.
+fn parse(b: &[u8], count: &mut u64, r: &mut Record) -> anyhow::Result<()> {
+    check_len(b.len(), *count)?;
+    let Some(kind) = Kind::from_code(b[0]) else {
+        bail!("record {} has an unknown kind {}", *count + 1, b[0]);
+    };
+    r.payload.clear();
+    r.payload.extend_from_slice(&b[FIXED..]);
+    *count += 1;
+    r.kind = kind;
+    r.role = b[1];
+    r.dir = b[2];
+    r.tls = b[3] & 1 != 0;
+    r.tgid = u32_at(b, 4);
+    r.tid = u32_at(b, 8);
+    r.fd = u32_at(b, 12);
+    r.port = u32_at(b, 16);
+    r.conn_id = u64_at(b, 20);
+    r.ts_ns = u64_at(b, 28);
+    r.len = u64_at(b, 36);
+    r.lost = [u64_at(b, 44), u64_at(b, 52)];
+    Ok(())
 }
 
 #[cfg(test)]
@@ -295,6 +317,15 @@ mod tests {
             assert_eq!(&r.next_record().unwrap().unwrap(), want);
         }
         assert!(r.next_record().unwrap().is_none());
+        // Records across the ends of the input's buffer (every one, with a 7-byte buffer).
+        for capacity in [1, 7, 64] {
+            let input = std::io::BufReader::with_capacity(capacity, &bytes[..]);
+            let mut r = Reader::new(input, &crate::POSTGRES).unwrap();
+            for want in &recs {
+                assert_eq!(&r.next_record().unwrap().unwrap(), want, "{capacity}");
+            }
+            assert!(r.next_record().unwrap().is_none());
+        }
     }
 
     #[test]

@@ -167,10 +167,8 @@ fn password_ranges(data: &[u8], at_boundary: bool, out: &mut Vec<(usize, usize)>
 pub fn statements_of(mut sql: String) -> Vec<String> {
     let body = sql.trim_end();
     let body = body.strip_suffix(';').unwrap_or(body);
-    if body
-        .bytes()
-        .any(|c| matches!(c, b';' | b'\'' | b'"' | b'-' | b'$'))
-    {
+    let b = body.as_bytes();
+    if memchr::memchr3(b';', b'\'', b'"', b).is_some() || memchr::memchr2(b'-', b'$', b).is_some() {
         return split_statements(&sql);
     }
     let end = body.trim_end().len();

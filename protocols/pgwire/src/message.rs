@@ -81,7 +81,7 @@ impl<'a> Reader<'a> {
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn cstr(&mut self) -> Result<String, DecodeError> {
-        let Some(end) = self.b.iter().position(|&c| c == 0) else {
+        let Some(end) = memchr::memchr(0, self.b) else {
             if self.truncated {
                 let s = text(self.b);
                 self.b = &[];

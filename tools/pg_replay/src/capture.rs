@@ -14,7 +14,7 @@
 use std::{
     collections::VecDeque,
     fs::File,
-    io::{BufReader, Read},
+    io::{BufRead, BufReader},
     path::Path,
 };
 
@@ -297,7 +297,7 @@ impl SessionStream {
 
 /// A capture file being read.
 pub struct CaptureSource {
-    reader: Reader<Box<dyn Read + Send>>,
+    reader: Reader<Box<dyn BufRead + Send>>,
     path: String,
     conns: Connections<SessionStream>,
     record: Record,
@@ -320,7 +320,7 @@ impl CaptureSource {
     /// A capture read from `input` (`name` is how messages call it).
     pub fn from_reader(
         name: &str,
-        input: Box<dyn Read + Send>,
+        input: Box<dyn BufRead + Send>,
         window: Window,
     ) -> anyhow::Result<CaptureSource> {
         let reader = Reader::new(input, &pgbpf_capture::POSTGRES)
