@@ -307,6 +307,42 @@ impl Loaded {
             .map_err(|e: ProgramError| anyhow!("program {name}: {e}"))
     }
 
+    /// Loads programs `names` (those of them not loaded yet) on two threads at once, before
+    /// they are attached: the kernel verifies each in the calling thread, and a tool's large
+    /// programs (the capture's socket programs, 12 ms each) then take the time of one.
+    /// A program that fails here is left unloaded: attaching it loads it again and reports
+    /// the error with its hook.
+    pub fn preload(&mut self, names: &[&str]) {
+        use aya::programs::Program;
+        let todo: Vec<&mut Program> = self
+            .ebpf
+            .programs_mut()
+            .filter(|(name, p)| names.contains(name) && p.fd().is_err())
+            .map(|(_, p)| p)
+            .collect();
+        // Each thread takes the next program when done with one: the large ones spread out.
+        let queue = std::sync::Mutex::new(todo.into_iter());
+        let work = || {
+            loop {
+                let Some(p) = queue.lock().ok().and_then(|mut q| q.next()) else {
+                    return;
+                };
+                let _ = match p {
+                    Program::TracePoint(p) => p.load(),
+                    Program::RawTracePoint(p) => p.load(),
+                    Program::UProbe(p) => p.load(),
+                    Program::KProbe(p) => p.load(),
+                    Program::PerfEvent(p) => p.load(),
+                    _ => Ok(()),
+                };
+            }
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(work);
+            work();
+        });
+    }
+
     /// Loads program `prog` (once: it may serve several tracepoints) and attaches it to the
     /// tracepoint `category:event`.
     pub fn attach_tracepoint(
@@ -334,8 +370,10 @@ impl Loaded {
         let verbose = self.verbose;
         let hook = format!("raw tracepoint {event}");
         let p: &mut RawTracePoint = self.program(prog)?;
-        p.load()
-            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        }
         p.attach(event)
             .map_err(|e| explain_program_error(&hook, e, verbose))?;
         self.note_attached(&hook);
@@ -467,8 +505,10 @@ impl Loaded {
             .map_err(|(_, e)| e)
             .context("reading online CPUs")?;
         let p: &mut PerfEvent = self.program(prog)?;
-        p.load()
-            .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|e| explain_program_error(&hook, e, verbose))?;
+        }
         for cpu in cpus {
             p.attach(
                 config,

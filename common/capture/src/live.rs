@@ -297,6 +297,7 @@ impl Capture {
             vec![]
         };
         let tls_hooks = u32::from(!libssl.is_empty());
+        let tls_plans = tls::plan_in_background(&libssl);
         let mut loaded = loader::load(protocol.tool, OBJECT, opts.verbose, |l| {
             target.set_globals(l);
             l.override_global("CAPTURE_LIMIT", &capture, true)
@@ -317,6 +318,12 @@ impl Capture {
                 map.insert(p, &1, 0)?;
             }
         }
+        // The socket and TLS programs are most of the verifier's work: both cores at it.
+        let mut large: Vec<&str> = SOCKET_TRACEPOINTS.iter().map(|(prog, _)| *prog).collect();
+        if !libssl.is_empty() {
+            large.extend(tls::sites::PROGRAMS);
+        }
+        loaded.preload(&large);
         target.attach_fork_tracking(&mut loaded)?;
         loaded.attach_tracepoint("on_fork", "sched", "sched_process_fork")?;
         loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
@@ -324,8 +331,12 @@ impl Capture {
         attach_data_hooks(&mut loaded, opts.syscall_hooks)?;
         // Before the sockets are read from /proc: a TLS call begun in between is placed by
         // its socket I/O like any other.
-        for lib in &libssl {
-            tls::attach(&mut loaded, lib)
+        let plans = tls_plans
+            .join()
+            .map_err(|_| anyhow::anyhow!("planning the TLS probes failed"))?;
+        for (lib, sites) in libssl.iter().zip(plans) {
+            sites
+                .and_then(|sites| tls::attach(&mut loaded, lib, &sites))
                 .with_context(|| format!("probing {} for TLS plaintext", lib.path))?;
         }
         for (enter, exit, name) in PAIRED_SYSCALLS {

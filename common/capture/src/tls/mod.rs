@@ -96,9 +96,9 @@ pub fn find(pids: &[u32]) -> Vec<Libssl> {
     seen.into_iter().map(|(_, l)| l).collect()
 }
 
-/// Attaches the TLS programs to `lib` where [`sites::plan`] puts them, each with the return
+/// Attaches the TLS programs to `lib` at `sites` (from [`plan`]), each with the return
 /// program `ssl_return` at the same place, for every process that maps it (filtering is the
-/// kernel program's job); the number of sites.
+/// kernel program's job).
 ///
 /// Why not for the traced processes only (a perf event per process, which the kernel honours
 /// by putting the breakpoints in that process alone): closing such an event costs a grace
@@ -106,17 +106,8 @@ pub fn find(pids: &[u32]) -> Vec<Libssl> {
 /// 17 s, in parallel or not). A postmaster forks a backend per connection; its probes would
 /// have to be opened at each fork and closed at each exit: the tool would fall behind from a
 /// few connections a second on, and take seconds to exit.
-pub fn attach(loaded: &mut Loaded, lib: &Libssl) -> anyhow::Result<usize> {
-    let elf = pgbpf_common::elf::ElfFile::open(&lib.host_path)?;
-    let sites = sites::plan(&elf)?;
-    if sites.is_empty() {
-        anyhow::bail!(
-            "{} has none of the TLS functions ({})",
-            lib.path,
-            sites::FUNCTIONS.join(", ")
-        );
-    }
-    for site in &sites {
+pub fn attach(loaded: &mut Loaded, lib: &Libssl, sites: &[sites::Site]) -> anyhow::Result<()> {
+    for site in sites {
         if loaded.verbose() {
             eprintln!(
                 "{}: TLS probe on {} in {} ({:#x})",
@@ -130,7 +121,31 @@ pub fn attach(loaded: &mut Loaded, lib: &Libssl) -> anyhow::Result<usize> {
         loaded.attach_uprobe(site.prog, &lib.host_path, at)?;
         loaded.attach_uprobe("ssl_return", &lib.host_path, at)?;
     }
-    Ok(sites.len())
+    Ok(())
+}
+
+/// Where [`attach`] puts the probes in `lib` ([`sites::plan`]); an error when it has none of
+/// the functions.
+pub fn plan(lib: &Libssl) -> anyhow::Result<Vec<sites::Site>> {
+    let elf = pgbpf_common::elf::ElfFile::open(&lib.host_path)?;
+    let sites = sites::plan(&elf)?;
+    if sites.is_empty() {
+        anyhow::bail!(
+            "{} has none of the TLS functions ({})",
+            lib.path,
+            sites::FUNCTIONS.join(", ")
+        );
+    }
+    Ok(sites)
+}
+
+/// [`plan`] for every library, in a thread of its own: disassembling libssl's wrappers
+/// (about 20 ms) then overlaps the kernel's verification of the programs.
+pub fn plan_in_background(
+    libs: &[Libssl],
+) -> std::thread::JoinHandle<Vec<anyhow::Result<Vec<sites::Site>>>> {
+    let libs = libs.to_vec();
+    std::thread::spawn(move || libs.iter().map(plan).collect())
 }
 
 /// What the live capture probes for TLS plaintext.
