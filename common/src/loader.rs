@@ -29,6 +29,14 @@ use aya::{
     util::online_cpus,
 };
 
+/// A uprobe for [`Loaded::preload`] to attach: program `prog` at `offset` in `binary`.
+#[derive(Clone, Debug)]
+pub struct UprobeSite {
+    pub prog: &'static str,
+    pub binary: std::path::PathBuf,
+    pub offset: u64,
+}
+
 /// The kernel-side description of a USDT site: how to read each argument.
 pub fn usdt_spec(probe: &UsdtProbe, probe_id: u32) -> UsdtSpec {
     let mut spec = UsdtSpec {
@@ -312,14 +320,24 @@ impl Loaded {
     /// programs (the capture's socket programs, 12 ms each) then take the time of one.
     /// A program that fails here is left unloaded: attaching it loads it again and reports
     /// the error with its hook.
-    pub fn preload(&mut self, names: &[&str]) {
+    ///
+    /// Meanwhile a third thread loads the programs of `uprobes` and attaches them (for every
+    /// process that maps the file): the first probe on a file waits for the kernel to place
+    /// its breakpoints in every process mapping it and for an RCU grace period (14 ms for
+    /// libssl here), a wait that costs no CPU and so hides behind the verification. An error
+    /// attaching them is returned, with the probe.
+    pub fn preload(&mut self, names: &[&str], uprobes: &[UprobeSite]) -> anyhow::Result<()> {
         use aya::programs::Program;
-        let todo: Vec<&mut Program> = self
-            .ebpf
-            .programs_mut()
-            .filter(|(name, p)| names.contains(name) && p.fd().is_err())
-            .map(|(_, p)| p)
-            .collect();
+        let verbose = self.verbose;
+        let mut probe_programs: Vec<(&str, &mut Program)> = vec![];
+        let mut todo: Vec<&mut Program> = vec![];
+        for (name, p) in self.ebpf.programs_mut() {
+            if uprobes.iter().any(|u| u.prog == name) {
+                probe_programs.push((name, p));
+            } else if names.contains(&name) && p.fd().is_err() {
+                todo.push(p);
+            }
+        }
         // Each thread takes the next program when done with one: the large ones spread out.
         let queue = std::sync::Mutex::new(todo.into_iter());
         let work = || {
@@ -337,10 +355,40 @@ impl Loaded {
                 };
             }
         };
-        std::thread::scope(|scope| {
+        let attach_probes = || -> anyhow::Result<Vec<String>> {
+            let mut hooks = vec![];
+            for site in uprobes {
+                let location = UProbeAttachLocation::AbsoluteOffset(site.offset);
+                let hook = format!("uprobe {}:{location:?}", site.binary.display());
+                let p = probe_programs
+                    .iter_mut()
+                    .find(|(name, _)| *name == site.prog)
+                    .map(|(_, p)| &mut **p)
+                    .ok_or_else(|| anyhow!("the eBPF object has no program {}", site.prog))?;
+                let p: &mut UProbe = p
+                    .try_into()
+                    .map_err(|e: ProgramError| anyhow!("program {}: {e}", site.prog))?;
+                if p.fd().is_err() {
+                    p.load()
+                        .map_err(|e| explain_program_error(&hook, e, verbose))?;
+                }
+                p.attach([location], &site.binary, UProbeScope::AllProcesses)
+                    .map_err(|e| explain_program_error(&hook, e, verbose))?;
+                hooks.push(hook);
+            }
+            Ok(hooks)
+        };
+        let attached = std::thread::scope(|scope| {
+            let probes = scope.spawn(attach_probes);
             scope.spawn(work);
             work();
-        });
+            probes.join()
+        })
+        .map_err(|_| anyhow!("attaching the uprobes failed"))??;
+        for hook in attached {
+            self.note_attached(&hook);
+        }
+        Ok(())
     }
 
     /// Loads program `prog` (once: it may serve several tracepoints) and attaches it to the

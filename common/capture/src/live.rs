@@ -277,7 +277,10 @@ impl Capture {
         if targeted && procs.is_empty() {
             anyhow::bail!("no process in {}", target.describe());
         }
-        let ports = server_ports(protocol, &opts.ports);
+        // Reading the servers' listening sockets walks the kernel's TCP tables (8 ms with a
+        // large hash): on the other core, while the kernel loads the object.
+        let given_ports = opts.ports.clone();
+        let ports = std::thread::spawn(move || server_ports(protocol, &given_ports));
         let capture = opts.capture;
         let ring_bytes: u64 = u64::from(opts.buffer_mb) << 20;
         let fork_offset = tracefs::field("sched", "sched_process_fork", "child_pid")?.offset;
@@ -312,33 +315,35 @@ impl Capture {
                 .map_max_entries("HAS_SOCKS", pid_max);
         })?;
         target.fill_maps(&mut loaded.ebpf)?;
+        let ports = ports
+            .join()
+            .map_err(|_| anyhow::anyhow!("finding the servers' ports failed"))?;
         {
             let mut map: HashMap<_, u16, u8> = HashMap::try_from(loaded.map_mut("PORTS")?)?;
             for p in &ports {
                 map.insert(p, &1, 0)?;
             }
         }
-        // The socket and TLS programs are most of the verifier's work: both cores at it.
-        let mut large: Vec<&str> = SOCKET_TRACEPOINTS.iter().map(|(prog, _)| *prog).collect();
-        if !libssl.is_empty() {
-            large.extend(tls::sites::PROGRAMS);
+        // The socket programs are most of the verifier's work (both cores at it), while
+        // the TLS probes are placed: before the sockets are read from /proc, so that a TLS
+        // call begun in between is placed by its socket I/O like any other.
+        let plans = tls_plans
+            .join()
+            .map_err(|_| anyhow::anyhow!("planning the TLS probes failed"))?;
+        let mut tls_probes = vec![];
+        for (lib, sites) in libssl.iter().zip(plans) {
+            let sites = sites.with_context(|| format!("probing {} for TLS plaintext", lib.path))?;
+            tls_probes.extend(tls::uprobes(&loaded, lib, &sites));
         }
-        loaded.preload(&large);
+        let large: Vec<&str> = SOCKET_TRACEPOINTS.iter().map(|(prog, _)| *prog).collect();
+        loaded
+            .preload(&large, &tls_probes)
+            .context("probing libssl for TLS plaintext")?;
         target.attach_fork_tracking(&mut loaded)?;
         loaded.attach_tracepoint("on_fork", "sched", "sched_process_fork")?;
         loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
         loaded.attach_tracepoint("enter_bind", "syscalls", "sys_enter_bind")?;
         attach_data_hooks(&mut loaded, opts.syscall_hooks)?;
-        // Before the sockets are read from /proc: a TLS call begun in between is placed by
-        // its socket I/O like any other.
-        let plans = tls_plans
-            .join()
-            .map_err(|_| anyhow::anyhow!("planning the TLS probes failed"))?;
-        for (lib, sites) in libssl.iter().zip(plans) {
-            sites
-                .and_then(|sites| tls::attach(&mut loaded, lib, &sites))
-                .with_context(|| format!("probing {} for TLS plaintext", lib.path))?;
-        }
         for (enter, exit, name) in PAIRED_SYSCALLS {
             loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
             loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;

@@ -9,8 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::uprobe::UProbeAttachLocation;
-use pgbpf_common::{loader::Loaded, procs};
+use pgbpf_common::{
+    loader::{Loaded, UprobeSite},
+    procs,
+};
 
 pub mod sites;
 
@@ -96,7 +98,7 @@ pub fn find(pids: &[u32]) -> Vec<Libssl> {
     seen.into_iter().map(|(_, l)| l).collect()
 }
 
-/// Attaches the TLS programs to `lib` at `sites` (from [`plan`]), each with the return
+/// The probes of the TLS programs on `lib` at `sites` (from [`plan`]), each with the return
 /// program `ssl_return` at the same place, for every process that maps it (filtering is the
 /// kernel program's job).
 ///
@@ -106,7 +108,8 @@ pub fn find(pids: &[u32]) -> Vec<Libssl> {
 /// 17 s, in parallel or not). A postmaster forks a backend per connection; its probes would
 /// have to be opened at each fork and closed at each exit: the tool would fall behind from a
 /// few connections a second on, and take seconds to exit.
-pub fn attach(loaded: &mut Loaded, lib: &Libssl, sites: &[sites::Site]) -> anyhow::Result<()> {
+pub fn uprobes(loaded: &Loaded, lib: &Libssl, sites: &[sites::Site]) -> Vec<UprobeSite> {
+    let mut out = vec![];
     for site in sites {
         if loaded.verbose() {
             eprintln!(
@@ -117,14 +120,18 @@ pub fn attach(loaded: &mut Loaded, lib: &Libssl, sites: &[sites::Site]) -> anyho
                 site.vaddr
             );
         }
-        let at = UProbeAttachLocation::AbsoluteOffset(site.offset);
-        loaded.attach_uprobe(site.prog, &lib.host_path, at)?;
-        loaded.attach_uprobe("ssl_return", &lib.host_path, at)?;
+        for prog in [site.prog, "ssl_return"] {
+            out.push(UprobeSite {
+                prog,
+                binary: lib.host_path.clone(),
+                offset: site.offset,
+            });
+        }
     }
-    Ok(())
+    out
 }
 
-/// Where [`attach`] puts the probes in `lib` ([`sites::plan`]); an error when it has none of
+/// Where [`uprobes`] puts the probes in `lib` ([`sites::plan`]); an error when it has none of
 /// the functions.
 pub fn plan(lib: &Libssl) -> anyhow::Result<Vec<sites::Site>> {
     let elf = pgbpf_common::elf::ElfFile::open(&lib.host_path)?;

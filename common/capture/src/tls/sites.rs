@@ -53,9 +53,6 @@ const DIRECTIONS: [Direction; 2] = [
 
 /// The program of the handshake functions.
 pub const HANDSHAKE_PROG: &str = "ssl_handshake";
-/// The programs a plan of a current OpenSSL uses (the internal functions take the `_ex`
-/// programs), with the return program every site also gets.
-pub const PROGRAMS: [&str; 4] = ["ssl_read_ex", "ssl_write_ex", HANDSHAKE_PROG, "ssl_return"];
 
 /// The handshake's socket I/O is only marked TLS (never copied): SSL_accept and SSL_connect
 /// may do it without SSL_do_handshake. Once per connection: cost does not matter here.
