@@ -291,23 +291,8 @@ fn run_variant(
 /// The memory the kernel charges for process `pid`'s BPF maps (the `memlock` of each map
 /// descriptor it holds, /proc/PID/fdinfo): what its maps cost, used or not.
 fn bpf_map_bytes(pid: u32) -> Option<u64> {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    let mut total = 0;
-    for fd in fds.flatten() {
-        let is_map =
-            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-map");
-        if !is_map {
-            continue;
-        }
-        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-        let memlock = std::fs::read_to_string(info).ok().and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        });
-        total += memlock.unwrap_or(0);
-    }
-    Some(total)
+    let maps = pgbpf_common::map_memory::maps_of(pid)?;
+    Some(maps.iter().map(|m| m.bytes).sum())
 }
 
 /// User + system CPU seconds of process `pid` so far (/proc/PID/stat utime and stime).

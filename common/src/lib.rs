@@ -27,6 +27,7 @@ pub mod elf;
 pub mod kernel_btf;
 pub mod latency;
 pub mod loader;
+pub mod map_memory;
 pub mod output;
 pub mod perf;
 pub mod periods;

@@ -216,7 +216,10 @@ pub fn load<'a>(
     let mut loader = EbpfLoader::new();
     // Maps a tool may not use are created as small as the kernel allows; the tool's configure
     // sizes those it uses.
-    loader.map_max_entries(crate::query::CONTEXT_MAP, 1);
+    loader
+        .map_max_entries(crate::query::CONTEXT_MAP, 1)
+        .map_max_entries(crate::query_string::ADDR_MAP, 1)
+        .map_max_entries(crate::query_string::WANTED_MAP, 1);
     if verbose {
         loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
     }
@@ -226,6 +229,9 @@ pub fn load<'a>(
         .map_err(|e| explain_load_error(e, verbose))?;
     if verbose {
         eprintln!("{tool}: object loaded in {:.1} ms", ms(started.elapsed()));
+        if let Some(maps) = crate::map_memory::maps_of(std::process::id()) {
+            eprintln!("{tool}: {}", crate::map_memory::summary(&maps));
+        }
     }
     Ok(Loaded {
         ebpf,

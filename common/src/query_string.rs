@@ -42,6 +42,13 @@ impl QueryStringLocator {
     }
 }
 
+/// The kernel's map of debug_query_string's address per process, and its size in the object.
+pub const ADDR_MAP: &str = "PGBPF_QUERY_ADDR";
+const ADDR_ENTRIES: u32 = 16384;
+/// The processes whose address is still to be found, and its size in the object.
+pub const WANTED_MAP: &str = "PGBPF_ADDR_WANTED";
+const WANTED_ENTRIES: u32 = 1024;
+
 /// The userspace half of `pgbpf_common_ebpf::query_string`: keeps the kernel's map of
 /// addresses filled.
 pub struct QueryAddrs {
@@ -50,8 +57,13 @@ pub struct QueryAddrs {
 
 impl QueryAddrs {
     /// Sets the loader globals the kernel half needs (call in `loader::load`'s closure).
+    /// Its maps get their full size here: the loader creates them with one entry for the
+    /// tools that do not read statement text this way (an LRU map is preallocated: 1.3 MiB).
     pub fn set_globals<'a>(loader: &mut aya::EbpfLoader<'a>, fork_child_offset: &'a u32) {
-        loader.override_global("PGBPF_QS_FORK_CHILD_OFFSET", fork_child_offset, true);
+        loader
+            .override_global("PGBPF_QS_FORK_CHILD_OFFSET", fork_child_offset, true)
+            .map_max_entries(ADDR_MAP, ADDR_ENTRIES)
+            .map_max_entries(WANTED_MAP, WANTED_ENTRIES);
     }
 
     /// The value for [`QueryAddrs::set_globals`], from the fork tracepoint's format.

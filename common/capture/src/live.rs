@@ -313,6 +313,11 @@ impl Capture {
                 .override_global("TLS_HOOKS", &tls_hooks, true)
                 .map_max_entries("EVENTS", ring_bytes as u32)
                 .map_max_entries("HAS_SOCKS", pid_max);
+            if tls_hooks == 0 {
+                // No TLS probes: their maps (7.4 MiB, LRU maps are preallocated) stay empty.
+                l.map_max_entries("SSL_FDS", 1)
+                    .map_max_entries("TLS_CALLS", 1);
+            }
         })?;
         target.fill_maps(&mut loaded.ebpf)?;
         let ports = ports

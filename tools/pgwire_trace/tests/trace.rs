@@ -341,6 +341,13 @@ fn run_pgbench_mode(mode: &str, hooks: Hooks) {
         "{}",
         finished.stderr
     );
+    // -v says what the kernel's maps hold: the ring buffer is the default --buffer-mb, 16.
+    let maps = finished
+        .stderr
+        .lines()
+        .find(|l| l.contains(" BPF maps, "))
+        .unwrap_or_else(|| panic!("no map memory line: {}", finished.stderr));
+    assert!(maps.contains("EVENTS 16.0"), "{maps}");
     let records = finished.json();
     let mut ours: HashMap<&str, u64> = HashMap::new();
     for r in requests(&records) {

@@ -1,0 +1,105 @@
+//! The BPF maps a process holds and the memory the kernel charges for each (`memlock` in
+//! the map's fdinfo): what `-v` prints once a tool's object is loaded, and what the bench
+//! records per tool.
+
+use std::collections::HashSet;
+
+/// One map of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapMemory {
+    /// The map's name in the object (empty when the kernel does not say).
+    pub name: String,
+    /// Bytes the kernel charges for it (entries preallocated or not, a ring's pages).
+    pub bytes: u64,
+}
+
+/// The distinct BPF maps process `pid` holds descriptors of, largest first; None when its
+/// descriptors cannot be read.
+pub fn maps_of(pid: u32) -> Option<Vec<MapMemory>> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut seen = HashSet::new();
+    let mut maps = vec![];
+    for fd in fds.flatten() {
+        let is_map =
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let Ok(text) = std::fs::read_to_string(info) else {
+            continue;
+        };
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) else {
+            continue;
+        };
+        if !seen.insert(id) {
+            continue;
+        }
+        let name = u32::try_from(id)
+            .ok()
+            .and_then(|id| aya::maps::MapInfo::from_id(id).ok())
+            .and_then(|m| m.name_as_str().map(str::to_string))
+            .unwrap_or_default();
+        maps.push(MapMemory { name, bytes });
+    }
+    maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    Some(maps)
+}
+
+/// One line for `-v`: the total, then the maps of 64 KiB or more.
+pub fn summary(maps: &[MapMemory]) -> String {
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let total: u64 = maps.iter().map(|m| m.bytes).sum();
+    let large: Vec<String> = maps
+        .iter()
+        .filter(|m| m.bytes >= 64 << 10)
+        .map(|m| format!("{} {:.2} MiB", m.name, mib(m.bytes)))
+        .collect();
+    let small = maps.len() - large.len();
+    let mut line = format!("{} BPF maps, {:.2} MiB", maps.len(), mib(total));
+    if !large.is_empty() {
+        line += &format!(": {}", large.join(", "));
+    }
+    if small > 0 {
+        line += &format!(" and {small} under 64 KiB");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_the_large_maps() {
+        let maps = [
+            MapMemory {
+                name: "EVENTS".into(),
+                bytes: 16 << 20,
+            },
+            MapMemory {
+                name: "SOCKS".into(),
+                bytes: 3 << 19,
+            },
+            MapMemory {
+                name: "PORTS".into(),
+                bytes: 4096,
+            },
+        ];
+        assert_eq!(
+            summary(&maps),
+            "3 BPF maps, 17.50 MiB: EVENTS 16.00 MiB, SOCKS 1.50 MiB and 1 under 64 KiB"
+        );
+    }
+
+    #[test]
+    fn a_process_without_maps_has_none() {
+        assert_eq!(maps_of(std::process::id()), Some(vec![]));
+        assert_eq!(maps_of(u32::MAX), None);
+    }
+}
