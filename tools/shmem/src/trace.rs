@@ -4,14 +4,11 @@
 
 use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
-use aya::{
-    maps::{MapData, RingBuf},
-    programs::uprobe::UProbeAttachLocation,
-};
+use aya::maps::{MapData, RingBuf};
 use pgbpf_common::{
     elf::Symbols,
     kernel_btf::KernelTypes,
-    loader::{self, Loaded},
+    loader::{self, Loaded, UprobeSite},
     output::Output,
     postgres, procs,
     query_string::QueryAddrs,
@@ -118,6 +115,9 @@ fn pid_namespace(pids: &[u32]) -> Option<(u64, u64)> {
 
 /// Prints the snapshot; unless `--snapshot`, loads and attaches.
 pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    // This kernel's struct layout is read from its BTF on the other core meanwhile (a few
+    // megabytes scanned: as long as the snapshot's smaps reading).
+    let offsets = std::thread::spawn(kernel_offsets);
     let mut target = Target::resolve(&args.target, None)?;
     let roots = target.roots();
     let not_postgres: Vec<u32> = roots
@@ -157,7 +157,10 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         fork_child_offset: QueryAddrs::fork_child_offset()?,
         ..Default::default()
     };
-    match kernel_offsets() {
+    let offsets = offsets
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the kernel's BTF failed")));
+    match offsets {
         Ok(o) => {
             g.offsets = o;
             g.have_offsets = 1;
@@ -183,10 +186,17 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         }
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
-    let mut functions = 0;
-    if let Some((bin, _)) = &binary {
-        functions = attach_functions(&mut loaded, bin)?;
-    }
+    let probes = match &binary {
+        Some((bin, _)) => function_probes(bin)?,
+        None => vec![],
+    };
+    let functions = probes.len();
+    // The syscall programs verified on both cores while the function probes are placed
+    // (the first on the postgres binary waits ~20 ms for its breakpoints, with no CPU).
+    let programs: Vec<&str> = std::iter::once("enter_close")
+        .chain(SYSCALLS.iter().flat_map(|(enter, exit, _)| [*enter, *exit]))
+        .collect();
+    loaded.preload(&programs, &probes)?;
     // Statements are read at each event from the process's debug_query_string.
     let (query_addrs, _) = QueryAddrs::start(&mut loaded, &pids)?;
     target.attach_fork_tracking(&mut loaded)?;
@@ -213,21 +223,25 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
     }))
 }
 
-fn attach_functions(loaded: &mut Loaded, binary: &Path) -> anyhow::Result<usize> {
+/// The uprobes on PostgreSQL's shared-memory functions in `binary` (those it has).
+fn function_probes(binary: &Path) -> anyhow::Result<Vec<UprobeSite>> {
     let symbols = Symbols::open(binary, Path::new("/"))?;
-    let mut n = 0;
+    let mut probes = vec![];
     for (prog, symbol) in FUNCTIONS {
-        if symbols.address(symbol)?.is_none() {
+        let Some(vaddr) = symbols.address(symbol)? else {
             eprintln!(
                 "shmem: note: {} has no symbol {symbol}: its calls are seen as syscalls only",
                 binary.display()
             );
             continue;
-        }
-        loaded.attach_uprobe(prog, binary, UProbeAttachLocation::Symbol(symbol))?;
-        n += 1;
+        };
+        probes.push(UprobeSite {
+            prog,
+            binary: binary.to_path_buf(),
+            offset: symbols.binary.vaddr_to_offset(vaddr)?,
+        });
     }
-    Ok(n)
+    Ok(probes)
 }
 
 /// Every call is a ring buffer record.
