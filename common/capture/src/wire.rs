@@ -56,6 +56,18 @@ pub trait Wire {
     fn kernel_counters(&self) -> Option<&[u64]>;
 }
 
+/// Reports `events` and empties it, reading each in place (not moved out as a drain does:
+/// an event is a few hundred bytes).
+fn report_all<W: Wire>(
+    wire: &mut W,
+    out: &mut Output,
+    events: &mut Vec<W::Event>,
+) -> io::Result<()> {
+    let result = events.iter().try_for_each(|e| wire.event(out, e));
+    events.clear();
+    result
+}
+
 /// Decoding, reporting and recording, shared by the live loop's steps.
 struct Sink<W: Wire> {
     wire: W,
@@ -93,10 +105,7 @@ impl<W: Wire> Sink<W> {
     }
 
     fn report_events(&mut self, out: &mut Output) -> io::Result<()> {
-        for e in self.events.drain(..) {
-            self.wire.event(out, &e)?;
-        }
-        Ok(())
+        report_all(&mut self.wire, out, &mut self.events)
     }
 
     /// Ends the capture file (with `--record`): the kernel's counters, then the file flushed.
@@ -245,18 +254,14 @@ pub fn read<W: Wire>(
         match reader.next_into(&mut r) {
             Ok(true) => {
                 wire.feed(&r, &mut events);
-                for e in events.drain(..) {
-                    wire.event(out, &e)?;
-                }
+                report_all(&mut wire, out, &mut events)?;
             }
             Ok(false) => break None,
             Err(e) => break Some(e),
         }
     };
     wire.finish(&mut events);
-    for e in events.drain(..) {
-        wire.event(out, &e)?;
-    }
+    report_all(&mut wire, out, &mut events)?;
     let kernel = wire.kernel_counters().unwrap_or_default().to_vec();
     wire.report(out, Scope::Total, &kernel)?;
     if damage.is_none() && wire.kernel_counters().is_none() {

@@ -580,9 +580,15 @@ impl Connection {
                 self.transaction = status;
                 self.ready += 1;
                 self.skipping = false;
-                for mut c in self.answered.drain(..) {
+                for c in &mut self.answered {
                     c.transaction = Some(status);
-                    done.push(c);
+                }
+                // Handed over whole: a statement is ~230 bytes, and moving each one through
+                // every stage showed as a sixth of decoding.
+                if done.is_empty() {
+                    std::mem::swap(done, &mut self.answered);
+                } else {
+                    done.append(&mut self.answered);
                 }
                 // Everything up to the first boundary is answered (or was never executed).
                 while let Some(p) = self.pending.pop_front() {

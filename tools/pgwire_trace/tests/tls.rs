@@ -220,8 +220,10 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads backend messages up to ReadyForQuery; their type bytes.
-fn until_ready(from: &mut impl std::io::Read) -> Vec<u8> {
-    let mut tags = vec![];
+/// The tags of the messages up to ReadyForQuery, and the text of any error or notice among
+/// them (for a failing assertion to show).
+fn until_ready(from: &mut impl std::io::Read) -> (Vec<u8>, String) {
+    let (mut tags, mut said) = (vec![], String::new());
     loop {
         let mut head = [0u8; 5];
         from.read_exact(&mut head).unwrap();
@@ -229,8 +231,11 @@ fn until_ready(from: &mut impl std::io::Read) -> Vec<u8> {
         let mut body = vec![0u8; len - 4];
         from.read_exact(&mut body).unwrap();
         tags.push(head[0]);
+        if matches!(head[0], b'E' | b'N') {
+            said += &String::from_utf8_lossy(&body).replace('\0', " ");
+        }
         if head[0] == b'Z' {
-            return tags;
+            return (tags, said);
         }
     }
 }
@@ -280,11 +285,13 @@ fn a_client_with_its_own_tls_is_reported_encrypted_and_not_decoded() {
         b"\0\x03\0\0user\0postgres\0database\0postgres\0\0",
     ))
     .unwrap();
-    assert_eq!(until_ready(&mut from).first(), Some(&b'R'), "logged in");
+    let (tags, said) = until_ready(&mut from);
+    assert_eq!(tags.first(), Some(&b'R'), "logged in: {tags:?} {said}");
     for _ in 0..3 {
         to.write_all(&message(b'Q', b"select 1\0")).unwrap();
         // RowDescription, DataRow, CommandComplete, ReadyForQuery: the server answered.
-        assert_eq!(until_ready(&mut from), b"TDCZ");
+        let (tags, said) = until_ready(&mut from);
+        assert_eq!(tags, b"TDCZ", "{said}");
     }
     let records = tool.stop().unwrap().json();
     to.write_all(&message(b'X', b"")).unwrap();
