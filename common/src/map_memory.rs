@@ -1,6 +1,7 @@
 //! The BPF maps a process holds and the memory the kernel charges for each (`memlock` in
 //! the map's fdinfo): what `-v` prints once a tool's object is loaded, and what the bench
-//! records per tool.
+//! records per tool. Kernels before 6.4 report an estimate from key and value sizes there
+//! (a ring buffer shows as 0).
 
 use std::collections::HashSet;
 
@@ -40,15 +41,27 @@ pub fn maps_of(pid: u32) -> Option<Vec<MapMemory>> {
         if !seen.insert(id) {
             continue;
         }
-        let name = u32::try_from(id)
-            .ok()
-            .and_then(|id| aya::maps::MapInfo::from_id(id).ok())
-            .and_then(|m| m.name_as_str().map(str::to_string))
-            .unwrap_or_default();
+        let name = map_name(pid, &fd.file_name().to_string_lossy(), id).unwrap_or_default();
         maps.push(MapMemory { name, bytes });
     }
     maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
     Some(maps)
+}
+
+/// The name of map `id`, held as descriptor `fd` by `pid`: through a duplicate of our own
+/// descriptor (no privilege needed), else by its id (which needs CAP_SYS_ADMIN).
+fn map_name(pid: u32, fd: &str, id: u64) -> Option<String> {
+    let info = if pid == std::process::id() {
+        let fd: i32 = fd.parse().ok()?;
+        // SAFETY: a descriptor of this process, open while /proc listed it; duplicated, and
+        // only the duplicate is owned (and closed) here. Closed in between, dup fails.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let own = borrowed.try_clone_to_owned().ok()?;
+        aya::maps::MapData::from_fd(own).ok()?.info().ok()?
+    } else {
+        aya::maps::MapInfo::from_id(u32::try_from(id).ok()?).ok()?
+    };
+    info.name_as_str().map(str::to_string)
 }
 
 /// One line for `-v`: the total, then the maps of 64 KiB or more.

@@ -25,7 +25,7 @@ pub fn normalize_into(sql: &str, out: &mut String) {
     let b = sql.as_bytes();
     // Only a statement that has `$n` parameters needs the numbering to start after them.
     let mut next_param = if b.contains(&b'$') {
-        highest_param(b) + 1
+        highest_param(b).saturating_add(1)
     } else {
         1
     };
@@ -88,7 +88,7 @@ pub fn normalize_into(sql: &str, out: &mut String) {
             Some((start, end)) => {
                 out.push_str(&sql[copied..start]);
                 push_param(out, next_param);
-                next_param += 1;
+                next_param = next_param.saturating_add(1);
                 i = end;
                 copied = end;
             }
@@ -243,6 +243,11 @@ mod tests {
             "select t1.c2 from \"T 3\" where a = $1"
         );
         assert_eq!(normalize("select $2, 7"), "select $2, $3");
+        // the highest parameter number there is: no overflow
+        assert_eq!(
+            normalize("select $4294967295, 7"),
+            "select $4294967295, $4294967295"
+        );
         assert_eq!(normalize("  BEGIN;  "), "BEGIN");
         assert_eq!(normalize("select 1 ; ;"), "select $1");
         assert_eq!(

@@ -340,7 +340,8 @@ impl Capture {
             let sites = sites.with_context(|| format!("probing {} for TLS plaintext", lib.path))?;
             tls_probes.extend(tls::uprobes(&loaded, lib, &sites));
         }
-        let large: Vec<&str> = SOCKET_TRACEPOINTS.iter().map(|(prog, _)| *prog).collect();
+        let data_programs = data_programs(opts.syscall_hooks);
+        let large: Vec<&str> = data_programs.iter().map(String::as_str).collect();
         loaded
             .preload(&large, &tls_probes)
             .context("probing libssl for TLS plaintext")?;
@@ -505,11 +506,7 @@ impl Capture {
 /// perf record a syscall tracepoint builds for every call of every process first), else the
 /// exits of the read and write syscalls.
 fn attach_data_hooks(loaded: &mut Loaded, syscall_hooks: bool) -> anyhow::Result<()> {
-    let socket_layer = !syscall_hooks
-        && SOCKET_TRACEPOINTS
-            .iter()
-            .all(|(_, event)| tracefs::format("sock", event).is_ok());
-    if socket_layer {
+    if socket_layer(syscall_hooks) {
         for (prog, event) in SOCKET_TRACEPOINTS {
             loaded.attach_raw_tracepoint(prog, event)?;
         }
@@ -525,6 +522,29 @@ fn attach_data_hooks(loaded: &mut Loaded, syscall_hooks: bool) -> anyhow::Result
             .with_context(|| format!("attaching to the exit of {name}"))?;
     }
     Ok(())
+}
+
+/// The socket layer's tracepoints are used (not `--syscall-hooks`, and this kernel has them).
+fn socket_layer(syscall_hooks: bool) -> bool {
+    !syscall_hooks
+        && SOCKET_TRACEPOINTS
+            .iter()
+            .all(|(_, event)| tracefs::format("sock", event).is_ok())
+}
+
+/// The programs [`attach_data_hooks`] will attach, for loading them ahead.
+fn data_programs(syscall_hooks: bool) -> Vec<String> {
+    if socket_layer(syscall_hooks) {
+        SOCKET_TRACEPOINTS
+            .iter()
+            .map(|(prog, _)| prog.to_string())
+            .collect()
+    } else {
+        DATA_SYSCALLS
+            .iter()
+            .map(|name| format!("exit_{name}"))
+            .collect()
+    }
 }
 
 /// The kernel programs read syscall arguments from saved registers, whose layout they know

@@ -117,7 +117,7 @@ fn pid_namespace(pids: &[u32]) -> Option<(u64, u64)> {
 pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     // This kernel's struct layout is read from its BTF on the other core meanwhile (a few
     // megabytes scanned: as long as the snapshot's smaps reading).
-    let offsets = std::thread::spawn(kernel_offsets);
+    let offsets = (!args.snapshot).then(|| std::thread::spawn(kernel_offsets));
     let mut target = Target::resolve(&args.target, None)?;
     let roots = target.roots();
     let not_postgres: Vec<u32> = roots
@@ -157,9 +157,10 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         fork_child_offset: QueryAddrs::fork_child_offset()?,
         ..Default::default()
     };
-    let offsets = offsets
-        .join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the kernel's BTF failed")));
+    let offsets = match offsets.map(std::thread::JoinHandle::join) {
+        Some(Ok(offsets)) => offsets,
+        _ => Err(anyhow::anyhow!("reading the kernel's BTF failed")),
+    };
     match offsets {
         Ok(o) => {
             g.offsets = o;
