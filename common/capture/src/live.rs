@@ -340,7 +340,8 @@ impl Capture {
             let sites = sites.with_context(|| format!("probing {} for TLS plaintext", lib.path))?;
             tls_probes.extend(tls::uprobes(&loaded, lib, &sites));
         }
-        let data_programs = data_programs(opts.syscall_hooks);
+        let socket_layer = socket_layer(opts.syscall_hooks);
+        let data_programs = data_programs(socket_layer);
         let large: Vec<&str> = data_programs.iter().map(String::as_str).collect();
         loaded
             .preload(&large, &tls_probes)
@@ -349,7 +350,7 @@ impl Capture {
         loaded.attach_tracepoint("on_fork", "sched", "sched_process_fork")?;
         loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
         loaded.attach_tracepoint("enter_bind", "syscalls", "sys_enter_bind")?;
-        attach_data_hooks(&mut loaded, opts.syscall_hooks)?;
+        attach_data_hooks(&mut loaded, socket_layer)?;
         for (enter, exit, name) in PAIRED_SYSCALLS {
             loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
             loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
@@ -504,9 +505,9 @@ impl Capture {
 /// Where reads and writes are captured: the socket layer's tracepoints when the kernel has
 /// them (they fire for socket I/O only, and a raw tracepoint calls the program without the
 /// perf record a syscall tracepoint builds for every call of every process first), else the
-/// exits of the read and write syscalls.
-fn attach_data_hooks(loaded: &mut Loaded, syscall_hooks: bool) -> anyhow::Result<()> {
-    if socket_layer(syscall_hooks) {
+/// exits of the read and write syscalls (`socket_layer` from [`socket_layer`]).
+fn attach_data_hooks(loaded: &mut Loaded, socket_layer: bool) -> anyhow::Result<()> {
+    if socket_layer {
         for (prog, event) in SOCKET_TRACEPOINTS {
             loaded.attach_raw_tracepoint(prog, event)?;
         }
@@ -533,8 +534,8 @@ fn socket_layer(syscall_hooks: bool) -> bool {
 }
 
 /// The programs [`attach_data_hooks`] will attach, for loading them ahead.
-fn data_programs(syscall_hooks: bool) -> Vec<String> {
-    if socket_layer(syscall_hooks) {
+fn data_programs(socket_layer: bool) -> Vec<String> {
+    if socket_layer {
         SOCKET_TRACEPOINTS
             .iter()
             .map(|(prog, _)| prog.to_string())
