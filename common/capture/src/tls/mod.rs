@@ -209,15 +209,25 @@ mod tests {
     }
 
     #[test]
-    fn this_process_maps_no_libssl_and_says_why() {
-        let me = std::process::id();
-        assert_eq!(libssl_of(me), None);
+    fn a_process_without_libssl_is_told_apart_and_says_why() {
+        // Not this process: other tests here map libssl's file to read its symbols, and
+        // a mapped file is what libssl_of looks for. `sleep` links no libssl.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // spawn returns once exec has happened (std waits for it to report errors), so
+        // the forked test binary's mappings are gone by now.
+        assert_eq!(libssl_of(pid), None);
         let on = Probed {
             enabled: true,
             libssl: HashSet::new(),
         };
-        assert!(undecodable_reason(me, &on).contains("maps no libssl"));
-        assert!(undecodable_reason(me, &Probed::default()).contains("--no-tls"));
+        assert!(undecodable_reason(pid, &on).contains("maps no libssl"));
+        assert!(undecodable_reason(pid, &Probed::default()).contains("--no-tls"));
         assert!(undecodable_reason(u32::MAX, &on).contains("exited"));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
