@@ -171,6 +171,16 @@ impl Target {
         loaded.attach_tracepoint("pgbpf_forget_exit", "sched", "sched_process_exit")
     }
 
+    /// The programs [`Self::attach_fork_tracking`] attaches, for a tool that loads its
+    /// programs ahead ([`crate::loader::Loaded::preload`]).
+    pub fn fork_tracking_programs(&self) -> &'static [&'static str] {
+        if self.follow_forks != 0 {
+            &["pgbpf_follow_fork", "pgbpf_forget_exit"]
+        } else {
+            &["pgbpf_forget_exit"]
+        }
+    }
+
     /// Sets the filter globals of `pgbpf_common_ebpf::target` before the object is loaded.
     pub fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         loader

@@ -111,19 +111,33 @@ fn find_sockets(
     let mut next_id = EXISTING_ID_BASE;
     let unix_port = |path: &str| (protocol.unix_port)(path).filter(|&p| p == 0 || is_port(p));
     for p in procs {
+        if !p.is_server && !clients {
+            continue;
+        }
         let fds = procs::socket_fds(p.pid);
         if fds.is_empty() {
             continue;
         }
-        let ns = std::fs::read_link(format!("/proc/{}/ns/net", p.pid))
-            .map(|l| l.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let table = by_netns
-            .entry(ns)
-            .or_insert_with(|| sockets::sockets_seen_by(p.pid));
+        // Each socket asked through a duplicate of it, or where that is refused (an old
+        // kernel, no ptrace right), looked up in /proc/net once per network namespace.
+        let asked = sockets::ProcessSockets::open(p.pid).ok();
+        let mut state_of = |fd: u32, inode: u64| -> Option<SocketState> {
+            match asked.as_ref().map(|a| a.state(fd)) {
+                Some(Ok(state)) => return state,
+                Some(Err(nix::errno::Errno::EBADF)) => return None,
+                _ => {}
+            }
+            let ns = std::fs::read_link(format!("/proc/{}/ns/net", p.pid))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let table = by_netns
+                .entry(ns)
+                .or_insert_with(|| sockets::sockets_seen_by(p.pid));
+            table.get(&inode).cloned()
+        };
         for (fd, inode) in fds {
             let key = SockKey { tgid: p.pid, fd };
-            let (role, port, peer) = match (table.get(&inode), p.is_server) {
+            let (role, port, peer) = match (state_of(fd, inode).as_ref(), p.is_server) {
                 (Some(SocketState::Listening { port }), true) if is_port(*port) => {
                     found.listeners.push((key, *port));
                     continue;
@@ -342,9 +356,16 @@ impl Capture {
         }
         let socket_layer = socket_layer(opts.syscall_hooks);
         let data_programs = data_programs(socket_layer);
-        let large: Vec<&str> = data_programs.iter().map(String::as_str).collect();
+        // The large data programs first in the loading queue, the small ones after (they
+        // fill in while the large ones are verified instead of loading one by one below).
+        let mut programs: Vec<&str> = data_programs.iter().map(String::as_str).collect();
+        programs.extend(target.fork_tracking_programs());
+        programs.extend(["on_fork", "enter_close", "enter_bind"]);
+        for (enter, exit, _) in PAIRED_SYSCALLS {
+            programs.extend([enter, exit]);
+        }
         loaded
-            .preload(&large, &tls_probes)
+            .preload(&programs, &tls_probes)
             .context("probing libssl for TLS plaintext")?;
         target.attach_fork_tracking(&mut loaded)?;
         loaded.attach_tracepoint("on_fork", "sched", "sched_process_fork")?;

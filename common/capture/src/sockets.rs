@@ -5,8 +5,13 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
+use nix::{
+    errno::Errno,
+    sys::socket::{SockType, SockaddrStorage, getpeername, getsockname, getsockopt, sockopt},
+};
 use procfs::net::{TcpNetEntry, TcpState, UnixNetEntry, UnixState};
 
 /// What /proc/net says about one socket inode.
@@ -35,21 +40,25 @@ pub fn pg_socket_port(path: &str) -> Option<u16> {
 
 /// A TCP socket's state (listening and established sockets only).
 fn tcp_state(e: &TcpNetEntry) -> Option<SocketState> {
-    let ip = |a: &SocketAddr| match a {
-        SocketAddr::V4(v4) => v4.ip().to_string(),
-        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
-    };
     match e.state {
         TcpState::Listen => Some(SocketState::Listening {
             port: e.local_address.port(),
         }),
-        TcpState::Established => Some(SocketState::Tcp {
-            local: ip(&e.local_address),
-            local_port: e.local_address.port(),
-            remote: ip(&e.remote_address),
-            remote_port: e.remote_address.port(),
-        }),
+        TcpState::Established => Some(tcp_connected(e.local_address, e.remote_address)),
         _ => None,
+    }
+}
+
+fn tcp_connected(local: SocketAddr, remote: SocketAddr) -> SocketState {
+    let ip = |a: &SocketAddr| match a {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    };
+    SocketState::Tcp {
+        local: ip(&local),
+        local_port: local.port(),
+        remote: ip(&remote),
+        remote_port: remote.port(),
     }
 }
 
@@ -86,6 +95,77 @@ pub fn sockets_seen_by(pid: u32) -> HashMap<u64, SocketState> {
     let unix = p.unix().into_iter().flatten();
     let unix = unix.filter_map(|e| Some((e.inode, unix_state(&e)?)));
     tcp.chain(unix).collect()
+}
+
+/// One process's socket descriptors, each asked what it is through a duplicate of it
+/// (pidfd_getfd, Linux 5.6; root may take any process's descriptors): a few system calls per
+/// socket where /proc/net/tcp walks every bucket of the kernel's established hash (2 ms per
+/// read however few sockets there are) and has to be read per network namespace. nix 0.30
+/// has no pidfd_getfd, so the two pidfd calls go through libc.
+pub struct ProcessSockets {
+    pidfd: OwnedFd,
+}
+
+impl ProcessSockets {
+    pub fn open(pid: u32) -> nix::Result<Self> {
+        let pid = libc::pid_t::try_from(pid).map_err(|_| Errno::ESRCH)?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        Ok(Self { pidfd: owned(fd)? })
+    }
+
+    /// The state of descriptor `fd`: None for a socket that is neither listening nor
+    /// connected, or not a stream; an error when it cannot be duplicated (not permitted, an
+    /// old kernel, or EBADF: closed since the process's fds were listed).
+    pub fn state(&self, fd: u32) -> nix::Result<Option<SocketState>> {
+        let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags, and returns a
+        // new descriptor (ours to close) or -1.
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
+        Ok(socket_state(&owned(dup)?))
+    }
+}
+
+/// A descriptor a system call returned (or its errno).
+fn owned(ret: libc::c_long) -> nix::Result<OwnedFd> {
+    let fd = RawFd::try_from(ret).map_err(|_| Errno::EINVAL)?;
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a new descriptor just returned to us, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What a socket of ours says of itself, in /proc/net's terms.
+fn socket_state(sock: &OwnedFd) -> Option<SocketState> {
+    if getsockopt(sock, sockopt::SockType).ok()? != SockType::Stream {
+        return None;
+    }
+    let listening = getsockopt(sock, sockopt::AcceptConn).ok()?;
+    let local: SockaddrStorage = getsockname(sock.as_raw_fd()).ok()?;
+    // ENOTCONN for a socket not (or not yet) connected.
+    let peer: Option<SockaddrStorage> = getpeername(sock.as_raw_fd()).ok();
+    if let Some(unix) = local.as_unix_addr() {
+        // An accepted socket carries its listener's path, as in /proc/net/unix.
+        let path = unix.path().map(|p| p.to_string_lossy().into_owned());
+        return match (listening, peer) {
+            (true, _) => Some(SocketState::UnixBound { path: path? }),
+            (false, Some(_)) => Some(SocketState::Unix { path }),
+            (false, None) => None,
+        };
+    }
+    let local = inet_address(&local)?;
+    if listening {
+        return Some(SocketState::Listening { port: local.port() });
+    }
+    Some(tcp_connected(local, inet_address(&peer?)?))
+}
+
+fn inet_address(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// The text identifying a connection, from a socket address as the kernel passed it to
@@ -211,6 +291,52 @@ mod tests {
             seen.values().any(|s| *s == SocketState::Listening { port }),
             "{seen:?}"
         );
+    }
+
+    /// Sockets asked through duplicates say what /proc/net says of them: a TCP listener,
+    /// both ends of a TCP connection, a Unix listener and both ends of a Unix connection
+    /// (the accepted end named by its listener's path, the client's unnamed).
+    #[test]
+    fn asked_sockets_agree_with_proc_net() {
+        use std::os::{fd::AsRawFd as _, unix::net::UnixListener};
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp_client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let (tcp_server, _) = tcp.accept().unwrap();
+        let dir = std::env::temp_dir().join(format!("pgbpf-sockets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".s.PGSQL.7777");
+        let _ = std::fs::remove_file(&path);
+        let unix = UnixListener::bind(&path).unwrap();
+        let unix_client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (unix_server, _) = unix.accept().unwrap();
+        let me = std::process::id();
+        let table = sockets_seen_by(me);
+        let asked = ProcessSockets::open(me).unwrap();
+        let fds = [
+            tcp.as_raw_fd(),
+            tcp_client.as_raw_fd(),
+            tcp_server.as_raw_fd(),
+            unix.as_raw_fd(),
+            unix_client.as_raw_fd(),
+            unix_server.as_raw_fd(),
+        ];
+        let inodes = pgbpf_common::procs::socket_fds(me);
+        for fd in fds {
+            let fd = fd as u32;
+            let inode = inodes.iter().find(|(f, _)| *f == fd).unwrap().1;
+            let state = asked.state(fd).unwrap();
+            assert!(state.is_some(), "fd {fd}");
+            assert_eq!(state.as_ref(), table.get(&inode), "fd {fd}");
+        }
+        assert_eq!(
+            asked.state(unix_server.as_raw_fd() as u32).unwrap(),
+            Some(SocketState::Unix {
+                path: Some(path.display().to_string())
+            })
+        );
+        assert_eq!(asked.state(999_999), Err(Errno::EBADF));
+        assert!(ProcessSockets::open(u32::MAX).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
