@@ -8,7 +8,13 @@
 //! the string section, then keeps 12 bytes per type (kind, name, where its members are) and
 //! reads a struct's members only when asked: a few milliseconds and about 2 MiB.
 
-use std::{collections::HashMap, fs::File, io::Read as _, os::unix::fs::FileExt as _, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::Read as _,
+    os::unix::fs::FileExt as _,
+    path::Path,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 
@@ -247,7 +253,8 @@ fn le32(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Offsets in the string section (at `start`, `len` bytes) of each of `names` that is there
-/// as a whole string, read in pieces.
+/// as a whole string: one pass over its strings (NUL-terminated, found with memchr), read a
+/// megabyte at a time, that ends once every name is found.
 fn find_strings(
     file: &File,
     start: u64,
@@ -255,45 +262,36 @@ fn find_strings(
     names: &[&str],
 ) -> anyhow::Result<HashMap<String, u32>> {
     const PIECE: usize = 1 << 20;
-    let longest = names.iter().map(|n| n.len()).max().unwrap_or(0) + 2;
-    let mut found = HashMap::new();
-    let mut buf = vec![0u8; PIECE + longest];
+    let wanted: HashSet<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+    let mut found: HashMap<String, u32> = HashMap::new();
+    let mut buf = vec![0u8; PIECE];
+    // Offset in the section of the piece read, always the start of a string.
     let mut at = 0u64;
-    while at < len {
-        let n = ((len - at) as usize).min(buf.len());
+    while at < len && found.len() < wanted.len() {
+        let n = ((len - at) as usize).min(PIECE);
         file.read_exact_at(&mut buf[..n], start + at)?;
         let piece = &buf[..n];
-        for name in names {
-            if found.contains_key(*name) {
-                continue;
+        let mut from = 0;
+        while let Some(end) = memchr::memchr(0, &piece[from..]) {
+            let string = &piece[from..from + end];
+            if wanted.contains(string) {
+                let offset = u32::try_from(at + from as u64)?;
+                found
+                    .entry(String::from_utf8_lossy(string).into_owned())
+                    .or_insert(offset);
             }
-            let needle = name.as_bytes();
-            // A whole string: NUL (or the section's start) before, NUL after.
-            let mut from = 0;
-            while let Some(i) = find(&piece[from..], needle) {
-                let s = from + i;
-                let starts = s == 0 && at == 0 || s > 0 && piece[s - 1] == 0;
-                if starts && piece.get(s + needle.len()) == Some(&0) {
-                    found.insert(name.to_string(), (at + s as u64) as u32);
-                    break;
-                }
-                from = s + 1;
-            }
+            from += end + 1;
         }
-        if at + n as u64 >= len {
-            break;
+        if at + n as u64 == len {
+            break; // an unterminated last string is no name
         }
-        // The next piece overlaps this one by a name's length, for names across the seam.
-        at += (n - longest) as u64;
+        if from == 0 {
+            bail!("a string of over {PIECE} bytes in the BTF string section");
+        }
+        // The next piece starts at the string this one cut (if any).
+        at += from as u64;
     }
     Ok(found)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ impl QueryAddrs {
         Ok(tracefs::field("sched", "sched_process_fork", "child_pid")?.offset)
     }
 
+    /// The programs [`Self::start`] attaches, for a tool that loads its programs ahead
+    /// ([`crate::loader::Loaded::preload`]).
+    pub const PROGRAMS: [&str; 2] = ["pgbpf_inherit_query_addr", "pgbpf_forget_query_addr"];
+
     /// After load: locates `pids` (those that may have events now) and attaches the fork and
     /// exec programs. Returns the tracker and how many of `pids` run PostgreSQL.
     pub fn start(loaded: &mut Loaded, pids: &[u32]) -> anyhow::Result<(QueryAddrs, usize)> {
@@ -78,8 +82,9 @@ impl QueryAddrs {
             locator: QueryStringLocator::new(),
         };
         let located = addrs.locate(loaded, pids)?;
-        loaded.attach_tracepoint("pgbpf_inherit_query_addr", "sched", "sched_process_fork")?;
-        loaded.attach_tracepoint("pgbpf_forget_query_addr", "sched", "sched_process_exec")?;
+        let [inherit, forget] = Self::PROGRAMS;
+        loaded.attach_tracepoint(inherit, "sched", "sched_process_fork")?;
+        loaded.attach_tracepoint(forget, "sched", "sched_process_exec")?;
         Ok((addrs, located))
     }
 

@@ -115,8 +115,8 @@ fn pid_namespace(pids: &[u32]) -> Option<(u64, u64)> {
 
 /// Prints the snapshot; unless `--snapshot`, loads and attaches.
 pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
-    // This kernel's struct layout is read from its BTF on the other core meanwhile (a few
-    // megabytes scanned: as long as the snapshot's smaps reading).
+    // This kernel's struct layout is read from its BTF on another thread meanwhile (the
+    // names' strings found, then one pass over the types: 2-3 ms).
     let offsets = (!args.snapshot).then(|| std::thread::spawn(kernel_offsets));
     let mut target = Target::resolve(&args.target, None)?;
     let roots = target.roots();
@@ -135,69 +135,36 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         target.follow_descendants()?;
     }
     let pids = snapshot_pids(&target);
-    let snap = snapshot::take(&pids);
-    if out.json {
-        snap.write_json(out)?;
-    } else {
-        out.text(&snap.render(out.width))?;
-    }
-    // Shown before attaching, which takes a while: a Ctrl-C meanwhile keeps it.
-    out.flush()?;
+    // Read on another thread while the programs load and verify (the verifier leaves a core
+    // idle while the first uprobe on the postgres binary waits for its breakpoints); shown
+    // before anything is attached, and also when loading fails.
+    let snapshot = std::thread::spawn({
+        let pids = pids.clone();
+        move || snapshot::take(&pids)
+    });
+    let show_snapshot = |out: &mut Output| -> anyhow::Result<()> {
+        let snap = snapshot
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading the shared-memory snapshot failed"))?;
+        if out.json {
+            snap.write_json(out)?;
+        } else {
+            out.text(&snap.render(out.width))?;
+        }
+        // Shown before attaching: a Ctrl-C meanwhile keeps it.
+        out.flush()?;
+        Ok(())
+    };
     if args.snapshot {
+        show_snapshot(out)?;
         return Ok(None);
     }
-
-    let binary = if not_postgres.len() == roots.len() && !roots.is_empty() {
-        None
-    } else {
-        postgres::binary_for_target(&target, args.postgres.as_deref()).ok()
-    };
-    let mut g = Globals {
-        page_bytes: system::page_size(),
-        fork_child_offset: QueryAddrs::fork_child_offset()?,
-        ..Default::default()
-    };
-    let offsets = match offsets.map(std::thread::JoinHandle::join) {
-        Some(Ok(offsets)) => offsets,
-        _ => Err(anyhow::anyhow!("reading the kernel's BTF failed")),
-    };
-    match offsets {
-        Ok(o) => {
-            g.offsets = o;
-            g.have_offsets = 1;
-        }
-        Err(e) => eprintln!(
-            "shmem: note: without this kernel's struct layout ({e:#}), events show no backend \
-             type and failures no free space"
-        ),
-    }
-    if let Some((dev, ino)) = pid_namespace(&pids) {
-        g.pidns_dev = dev;
-        g.pidns_ino = ino;
-    }
-    let mut loaded = loader::load("shmem", OBJECT, args.out.verbose, |l| {
-        target.set_globals(l);
-        l.override_global("HAVE_OFFSETS", &g.have_offsets, true)
-            .override_global("PAGE_BYTES", &g.page_bytes, true)
-            .override_global("PIDNS_DEV", &g.pidns_dev, true)
-            .override_global("PIDNS_INO", &g.pidns_ino, true);
-        QueryAddrs::set_globals(l, &g.fork_child_offset);
-        for (name, value) in OFFSET_NAMES.iter().zip(&g.offsets) {
-            l.override_global(name, value, true);
-        }
-    })?;
-    target.fill_maps(&mut loaded.ebpf)?;
-    let probes = match &binary {
-        Some((bin, _)) => function_probes(bin)?,
-        None => vec![],
-    };
-    let functions = probes.len();
-    // The syscall programs verified on both cores while the function probes are placed
-    // (the first on the postgres binary waits ~20 ms for its breakpoints, with no CPU).
-    let programs: Vec<&str> = std::iter::once("enter_close")
-        .chain(SYSCALLS.iter().flat_map(|(enter, exit, _)| [*enter, *exit]))
-        .collect();
-    loaded.preload(&programs, &probes)?;
+    let loading = load(args, &target, &roots, &not_postgres, &pids, offsets);
+    show_snapshot(out)?;
+    let Loading {
+        mut loaded,
+        functions,
+    } = loading?;
     // Statements are read at each event from the process's debug_query_string.
     let (query_addrs, _) = QueryAddrs::start(&mut loaded, &pids)?;
     target.attach_fork_tracking(&mut loaded)?;
@@ -222,6 +189,78 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
             reporter: Reporter::new(args.failures),
         }),
     }))
+}
+
+/// The kernel programs loaded, with the function probes attached.
+struct Loading {
+    loaded: Loaded,
+    functions: usize,
+}
+
+/// Loads the object for `target` and its programs, attaching the uprobes on the postgres
+/// binary's shared-memory functions (the tracepoints are attached by the caller).
+fn load(
+    args: &Args,
+    target: &Target,
+    roots: &[u32],
+    not_postgres: &[u32],
+    pids: &[u32],
+    offsets: Option<std::thread::JoinHandle<anyhow::Result<[u32; 11]>>>,
+) -> anyhow::Result<Loading> {
+    let binary = if not_postgres.len() == roots.len() && !roots.is_empty() {
+        None
+    } else {
+        postgres::binary_for_target(target, args.postgres.as_deref()).ok()
+    };
+    let mut g = Globals {
+        page_bytes: system::page_size(),
+        fork_child_offset: QueryAddrs::fork_child_offset()?,
+        ..Default::default()
+    };
+    let offsets = match offsets.map(std::thread::JoinHandle::join) {
+        Some(Ok(offsets)) => offsets,
+        _ => Err(anyhow::anyhow!("reading the kernel's BTF failed")),
+    };
+    match offsets {
+        Ok(o) => {
+            g.offsets = o;
+            g.have_offsets = 1;
+        }
+        Err(e) => eprintln!(
+            "shmem: note: without this kernel's struct layout ({e:#}), events show no backend \
+             type and failures no free space"
+        ),
+    }
+    if let Some((dev, ino)) = pid_namespace(pids) {
+        g.pidns_dev = dev;
+        g.pidns_ino = ino;
+    }
+    let mut loaded = loader::load("shmem", OBJECT, args.out.verbose, |l| {
+        target.set_globals(l);
+        l.override_global("HAVE_OFFSETS", &g.have_offsets, true)
+            .override_global("PAGE_BYTES", &g.page_bytes, true)
+            .override_global("PIDNS_DEV", &g.pidns_dev, true)
+            .override_global("PIDNS_INO", &g.pidns_ino, true);
+        QueryAddrs::set_globals(l, &g.fork_child_offset);
+        for (name, value) in OFFSET_NAMES.iter().zip(&g.offsets) {
+            l.override_global(name, value, true);
+        }
+    })?;
+    target.fill_maps(&mut loaded.ebpf)?;
+    let probes = match &binary {
+        Some((bin, _)) => function_probes(bin)?,
+        None => vec![],
+    };
+    let functions = probes.len();
+    // The syscall programs verified on both cores while the function probes are placed
+    // (the first on the postgres binary waits ~20 ms for its breakpoints, with no CPU).
+    let programs: Vec<&str> = std::iter::once("enter_close")
+        .chain(SYSCALLS.iter().flat_map(|(enter, exit, _)| [*enter, *exit]))
+        .chain(QueryAddrs::PROGRAMS)
+        .chain(target.fork_tracking_programs().iter().copied())
+        .collect();
+    loaded.preload(&programs, &probes)?;
+    Ok(Loading { loaded, functions })
 }
 
 /// The uprobes on PostgreSQL's shared-memory functions in `binary` (those it has).
