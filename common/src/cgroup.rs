@@ -45,8 +45,15 @@ fn unescape_mount_path(s: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// The cgroup v2 mount point of this machine.
+/// The cgroup v2 mount point of this machine: ours, or in a container with a cgroup namespace
+/// of its own (`kubectl debug --profile=sysadmin`, podman's `--cgroupns=private`), whose
+/// /sys/fs/cgroup shows only its own subtree, the host's, reached through the root of the
+/// host's init (PID 1 of the host PID namespace the container shares), so that cgroup paths,
+/// ids and levels are the node's.
 pub fn v2_mount() -> anyhow::Result<PathBuf> {
+    if let Some(host) = host_v2_mount() {
+        return Ok(host);
+    }
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     parse_cgroup2_mount(&text).ok_or_else(|| {
@@ -55,6 +62,18 @@ pub fn v2_mount() -> anyhow::Result<PathBuf> {
              mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
         )
     })
+}
+
+/// The host's cgroup v2 mount as seen through /proc/1/root, when PID 1 (the host's init in the
+/// host PID namespace) is in another cgroup namespace than this process.
+fn host_v2_mount() -> Option<PathBuf> {
+    let ours = std::fs::read_link("/proc/self/ns/cgroup").ok()?;
+    if std::fs::read_link("/proc/1/ns/cgroup").ok()? == ours {
+        return None;
+    }
+    let text = std::fs::read_to_string("/proc/1/mountinfo").ok()?;
+    let point = parse_cgroup2_mount(&text)?;
+    Some(Path::new("/proc/1/root").join(point.strip_prefix("/").ok()?))
 }
 
 /// One cgroup of the v2 hierarchy.
@@ -71,10 +90,19 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// `path` is either inside the hierarchy ("/kubepods/pod1") or a directory under `mount`.
+    /// `path` is either inside the hierarchy ("/kubepods/pod1") or a directory under `mount`
+    /// (as this process or, for the host's mount seen from a container, the host names it).
     pub fn open(mount: &Path, path: &str) -> anyhow::Result<Cgroup> {
         let p = Path::new(path);
-        let rel = p.strip_prefix(mount).unwrap_or(p);
+        // The mount as the host names it, when seen through the host init's root.
+        let host_point = mount
+            .strip_prefix("/proc/1/root")
+            .map(|point| Path::new("/").join(point));
+        let rel = p
+            .strip_prefix(mount)
+            .ok()
+            .or_else(|| p.strip_prefix(host_point.as_ref().ok()?).ok())
+            .unwrap_or(p);
         let rel = rel.strip_prefix("/").unwrap_or(rel);
         let dir = mount.join(rel);
         let meta = std::fs::metadata(&dir)
@@ -262,6 +290,74 @@ fn describe_list(list: &[ContainerCgroup]) -> String {
         .join(", ")
 }
 
+/// The Kubernetes pod UID a cgroup directory name stands for: the kubelet's systemd driver
+/// names a pod `kubepods[-QOS]-pod<UID with _ for ->.slice`, its cgroupfs driver `pod<UID>`.
+pub fn pod_uid(dir_name: &str) -> Option<String> {
+    let uid = match dir_name.strip_suffix(".slice") {
+        Some(slice) if slice.starts_with("kubepods") => slice.rsplit_once("-pod")?.1,
+        Some(_) => return None,
+        None => dir_name.strip_prefix("pod")?,
+    };
+    let uid = uid.replace('_', "-").to_ascii_lowercase();
+    // A UUID: 36 characters, hexadecimal digits and four dashes.
+    let uuid = uid.len() == 36
+        && uid.bytes().filter(|&b| b == b'-').count() == 4
+        && uid.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit());
+    uuid.then_some(uid)
+}
+
+/// The cgroup of the Kubernetes pod whose UID starts with `query` (its containers are below
+/// it), found anywhere under `mount`.
+pub fn find_pod(mount: &Path, query: &str) -> anyhow::Result<(String, Cgroup)> {
+    let q = query.trim().to_ascii_lowercase().replace('_', "-");
+    if q.is_empty() || !q.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()) {
+        bail!("pod UID {query:?} is not a UID or the start of one (as in metadata.uid)");
+    }
+    let mut hits: HashMap<String, PathBuf> = HashMap::new();
+    let mut stack = vec![mount.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match pod_uid(&name) {
+                // A pod's own cgroups are its containers: no pod below a pod.
+                Some(uid) if uid.starts_with(&q) => {
+                    hits.entry(uid).or_insert(entry.path());
+                }
+                Some(_) => {}
+                None => stack.push(entry.path()),
+            }
+        }
+    }
+    let mut hits: Vec<(String, PathBuf)> = hits.into_iter().collect();
+    match hits.len() {
+        1 => {
+            let (uid, dir) = hits.remove(0);
+            let rel = dir.strip_prefix(mount).unwrap_or(&dir);
+            let cgroup = Cgroup::open(mount, &rel.to_string_lossy())?;
+            Ok((uid, cgroup))
+        }
+        0 => bail!(
+            "no Kubernetes pod cgroup matches {query:?} under {} (kubepods…-pod<UID>.slice or \
+             pod<UID>)",
+            mount.display()
+        ),
+        _ => {
+            hits.sort();
+            let uids: Vec<&str> = hits.iter().map(|(u, _)| u.as_str()).collect();
+            bail!(
+                "pod UID {query:?} is ambiguous, it matches {}: give more characters",
+                uids.join(", ")
+            )
+        }
+    }
+}
+
 /// The v2 cgroup path of a process ("0::/path" in /proc/PID/cgroup).
 pub fn cgroup_of_pid(pid: u32) -> anyhow::Result<String> {
     crate::procs::cgroup_v2_of(pid).ok_or_else(|| {
@@ -338,6 +434,59 @@ mod tests {
     use super::*;
 
     const ID: &str = "3f2a9c0d5b8e4f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192";
+
+    #[test]
+    fn kubernetes_pod_cgroups_are_told_by_name() {
+        let uid = "0f6a1c2e-93b4-4c1d-8e2f-5a6b7c8d9e0f";
+        for name in [
+            "kubepods-burstable-pod0f6a1c2e_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice",
+            "kubepods-besteffort-pod0f6a1c2e_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice",
+            "kubepods-pod0f6a1c2e_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice",
+            "pod0f6a1c2e-93b4-4c1d-8e2f-5a6b7c8d9e0f",
+        ] {
+            assert_eq!(pod_uid(name).as_deref(), Some(uid), "{name}");
+        }
+        for name in [
+            "kubepods-burstable.slice",
+            "kubepods.slice",
+            "podman",
+            "pod1234",
+            "system-pod0f6a1c2e_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice",
+            "cri-containerd-0f6a1c2e93b44c1d8e2f5a6b7c8d9e0f0f6a1c2e93b44c1d8e2f5a6b7c8d9e0f.scope",
+        ] {
+            assert_eq!(pod_uid(name), None, "{name}");
+        }
+    }
+
+    /// A kubelet-shaped tree (systemd driver) in a plain directory: the pod is found by a
+    /// prefix of its UID, with dashes or underscores; a prefix two pods share is refused.
+    #[test]
+    fn pods_are_found_by_uid_prefix() {
+        let root = tempfile::tempdir().unwrap();
+        let qos = root.path().join("kubepods.slice/kubepods-burstable.slice");
+        let pods = [
+            "kubepods-burstable-pod0f6a1c2e_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice",
+            "kubepods-burstable-pod0f6a9999_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice",
+        ];
+        for pod in pods {
+            let ctr = qos.join(pod).join("cri-containerd-abc.scope");
+            std::fs::create_dir_all(&ctr).unwrap();
+            std::fs::write(qos.join(pod).join("cgroup.procs"), "").unwrap();
+        }
+        let (uid, cg) = find_pod(root.path(), "0f6a1c2e-93b4").unwrap();
+        assert_eq!(uid, "0f6a1c2e-93b4-4c1d-8e2f-5a6b7c8d9e0f");
+        assert_eq!(
+            cg.path,
+            format!("/kubepods.slice/kubepods-burstable.slice/{}", pods[0])
+        );
+        assert_eq!(cg.level, 3);
+        assert!(find_pod(root.path(), "0f6a1c2e_93b4").is_ok());
+        let e = find_pod(root.path(), "0f6a").unwrap_err().to_string();
+        assert!(e.contains("ambiguous"), "{e}");
+        let e = find_pod(root.path(), "ffff").unwrap_err().to_string();
+        assert!(e.contains("no Kubernetes pod"), "{e}");
+        assert!(find_pod(root.path(), "not-a-uid!").is_err());
+    }
 
     #[test]
     fn mountinfo_hybrid_and_pure() {

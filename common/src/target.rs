@@ -24,6 +24,10 @@ pub struct TargetArgs {
     /// Trace only this cgroup (a cgroup v2 path such as /kubepods.slice/x) and those below it
     #[arg(long, value_name = "PATH", conflicts_with_all = ["pids", "container"])]
     pub cgroup: Option<String>,
+    /// Trace only the containers of this Kubernetes pod: its UID (metadata.uid) or a unique
+    /// prefix
+    #[arg(long, value_name = "UID", conflicts_with_all = ["pids", "container", "cgroup"])]
+    pub pod: Option<String>,
 }
 
 /// The comm filter, for tools where a process name is a natural selector.
@@ -45,6 +49,8 @@ pub struct Target {
     pub cgroup: Option<Cgroup>,
     /// Set when the cgroup came from `--container`.
     pub container: Option<ContainerCgroup>,
+    /// The pod's UID when the cgroup came from `--pod`.
+    pub pod: Option<String>,
     /// Task name filter, NUL padded as the kernel keeps it.
     pub comm: Option<[u8; 16]>,
     // Globals handed to the loader by reference, so they must live here.
@@ -74,6 +80,11 @@ impl Target {
         } else if let Some(path) = &args.cgroup {
             let mount = cgroup::v2_mount()?;
             t.cgroup = Some(Cgroup::open(&mount, path)?);
+        } else if let Some(query) = &args.pod {
+            let mount = cgroup::v2_mount()?;
+            let (uid, cg) = cgroup::find_pod(&mount, query)?;
+            t.cgroup = Some(cg);
+            t.pod = Some(uid);
         }
         if let Some(name) = comm {
             if name.is_empty() {
@@ -104,6 +115,8 @@ impl Target {
                 c.runtime.name(),
                 c.cgroup.path
             )
+        } else if let (Some(uid), Some(c)) = (&self.pod, &self.cgroup) {
+            format!("pod {uid} (cgroup {})", c.path)
         } else if let Some(c) = &self.cgroup {
             format!("cgroup {}", c.path)
         } else if !self.tgids.is_empty() {

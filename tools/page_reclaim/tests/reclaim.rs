@@ -215,17 +215,23 @@ fn container_reclaim_is_attributed_and_matches_vmstat() {
     );
 }
 
+/// A file of `mib` MiB of zeros in `dir`, on disk (so reading it fills the page cache).
+fn data_file(dir: &std::path::Path, mib: u32) -> anyhow::Result<std::path::PathBuf> {
+    let file = dir.join("data.bin");
+    let count = format!("count={mib}");
+    run(Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", &count, "status=none", "conv=fsync"]))?;
+    Ok(file)
+}
+
 #[test]
 fn pid_and_comm_filters_split_two_readers() {
     require_root();
     let _lock = exclusive();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("data.bin");
-    run(Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", file.display()))
-        .args(["bs=1M", "count=200", "status=none", "conv=fsync"]))
-    .unwrap();
+    let file = data_file(dir.path(), 200).unwrap();
     let cg =
         MemoryCgroup::create(&format!("pgbpf-filters-{}", std::process::id()), 48 << 20).unwrap();
     // Both readers wait for the go file, so the tools can attach to their pids first; exec
@@ -288,4 +294,81 @@ fn pid_and_comm_filters_split_two_readers() {
         after - before,
         0.10,
     );
+}
+
+/// `--pod`: a Kubernetes pod's cgroups laid out as the kubelet's systemd driver makes them
+/// (`kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<UID>.slice`, a
+/// `cri-containerd-<ID>.scope` per container) with a memory limit, and a reader in its
+/// container: found by a prefix of the UID, every row is the pod's, the total matches vmstat.
+/// A second pod, whose reader runs just before, stays out.
+#[test]
+fn a_kubernetes_pod_is_traced_by_a_prefix_of_its_uid() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let file = data_file(dir.path(), 200).unwrap();
+    let qos = "kubepods.slice/kubepods-burstable.slice";
+    let pod_cgroup = |uid: &str, ctr: char| {
+        let slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
+        let scope = format!("cri-containerd-{}.scope", ctr.to_string().repeat(64));
+        (format!("{qos}/{slice}"), format!("{qos}/{slice}/{scope}"))
+    };
+    let uid = "5e1f0c3a-7b2d-4e8f-9a6b-0c1d2e3f4a5b";
+    let other_uid = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
+    let (pod, ctr) = pod_cgroup(uid, 'a');
+    let (other_pod, other_ctr) = pod_cgroup(other_uid, 'b');
+    let in_pod = MemoryCgroup::create(&ctr, 48 << 20).unwrap();
+    let in_other = MemoryCgroup::create(&other_ctr, 48 << 20).unwrap();
+    // Each reader waits for its go file, so the tool can attach first; exec keeps the pid.
+    let (go_ours, go_theirs) = (dir.path().join("go-ours"), dir.path().join("go-theirs"));
+    let reader = |cg: &MemoryCgroup, go: &std::path::Path| {
+        cg.spawn(&format!(
+            "while [ ! -e {g} ]; do sleep 0.05; done; exec cat {f} {f} > /dev/null",
+            g = go.display(),
+            f = file.display()
+        ))
+        .unwrap()
+    };
+    let mut ours = reader(&in_pod, &go_ours);
+    let mut theirs = reader(&in_other, &go_theirs);
+    let mut traced = Traced::start(BIN, &["--pod", &uid[..8], "--json"]).unwrap();
+    let said = traced.stderr_so_far();
+    assert!(
+        said.contains(&format!("pod {uid} (cgroup /{pod})")),
+        "{said}"
+    );
+
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("sync; echo 1 > /proc/sys/vm/drop_caches"))
+    .unwrap();
+    // The other pod's reader first, alone, then ours: only ours is traced.
+    std::fs::write(&go_theirs, "").unwrap();
+    assert!(theirs.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = vmstat(&PGSTEAL);
+    std::fs::write(&go_ours, "").unwrap();
+    assert!(ours.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let after = vmstat(&PGSTEAL);
+    let records = traced.stop().unwrap().json();
+    drop((in_pod, in_other));
+    // The pods' and QoS slices, left by the containers' removal.
+    let mount = pgbpf_common::cgroup::v2_mount().unwrap();
+    for rel in [pod.as_str(), other_pod.as_str(), qos, "kubepods.slice"] {
+        for root in [mount.clone(), "/sys/fs/cgroup/memory".into()] {
+            let _ = std::fs::remove_dir(root.join(rel));
+        }
+    }
+
+    let rows = total_rows(&records, "process");
+    assert!(!rows.is_empty(), "{records:?}");
+    for r in &rows {
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(ours.id())), "{r}");
+    }
+    let cgroups = total_rows(&records, "cgroup");
+    assert_eq!(cgroups.len(), 1, "{cgroups:?}");
+    let pages = summary(&records)["reclaimed_pages"].as_u64().unwrap();
+    eprintln!("pod: {pages} pages, vmstat {}", after - before);
+    assert_within("the pod's reader", pages, after - before, 0.10);
 }
