@@ -25,6 +25,9 @@ for applet in $("$busybox" --list); do
     [ -e "$context/bin/$applet" ] || ln -s busybox "$context/bin/$applet"
 done
 cp deploy/image/Containerfile "$context/"
-podman build --quiet --tag "$name" --tag "${name%:*}:latest" "$context" >/dev/null
+# NAME's repository without its tag (a registry's :port is not a tag: no / after a tag).
+repo=$name
+case ${name##*/} in *:*) repo=${name%:*} ;; esac
+podman build --quiet --tag "$name" --tag "$repo:latest" "$context" >/dev/null
 bytes=$(podman image inspect --format '{{.Size}}' "$name")
 echo "$name $bytes bytes ($(( bytes / 1048576 )) MiB)"

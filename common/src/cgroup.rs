@@ -65,7 +65,8 @@ pub fn v2_mount() -> anyhow::Result<PathBuf> {
 }
 
 /// The host's cgroup v2 mount as seen through /proc/1/root, when PID 1 (the host's init in the
-/// host PID namespace) is in another cgroup namespace than this process.
+/// host PID namespace) is in another cgroup namespace than this process and its mount is the
+/// whole hierarchy.
 fn host_v2_mount() -> Option<PathBuf> {
     let ours = std::fs::read_link("/proc/self/ns/cgroup").ok()?;
     if std::fs::read_link("/proc/1/ns/cgroup").ok()? == ours {
@@ -73,8 +74,16 @@ fn host_v2_mount() -> Option<PathBuf> {
     }
     let text = std::fs::read_to_string("/proc/1/mountinfo").ok()?;
     let point = parse_cgroup2_mount(&text)?;
-    Some(Path::new("/proc/1/root").join(point.strip_prefix("/").ok()?))
+    let host = Path::new("/proc/1/root").join(point.strip_prefix("/").ok()?);
+    // The hierarchy's root (cgroup id, the directory's inode, 1), not the view of another
+    // cgroup namespace: PID 1 may be a pod's pause process sharing its PID namespace.
+    std::fs::metadata(&host)
+        .is_ok_and(|m| m.ino() == ROOT_CGROUP_ID)
+        .then_some(host)
 }
+
+/// The cgroup id (inode) of a v2 hierarchy's root directory.
+const ROOT_CGROUP_ID: u64 = 1;
 
 /// One cgroup of the v2 hierarchy.
 #[derive(Clone, Debug, PartialEq, Eq)]

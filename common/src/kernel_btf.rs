@@ -262,7 +262,12 @@ fn find_strings(
     names: &[&str],
 ) -> anyhow::Result<HashMap<String, u32>> {
     const PIECE: usize = 1 << 20;
-    let wanted: HashSet<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+    // The empty string (offset 0, also the name of anonymous members) is no name.
+    let wanted: HashSet<&[u8]> = names
+        .iter()
+        .map(|n| n.as_bytes())
+        .filter(|n| !n.is_empty())
+        .collect();
     let mut found: HashMap<String, u32> = HashMap::new();
     let mut buf = vec![0u8; PIECE];
     // Offset in the section of the piece read, always the start of a string.

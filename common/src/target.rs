@@ -30,6 +30,16 @@ pub struct TargetArgs {
     pub pod: Option<String>,
 }
 
+impl TargetArgs {
+    /// No target given: every process.
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty()
+            && self.container.is_none()
+            && self.cgroup.is_none()
+            && self.pod.is_none()
+    }
+}
+
 /// The comm filter, for tools where a process name is a natural selector.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct CommArg {

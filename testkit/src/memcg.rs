@@ -29,8 +29,13 @@ impl MemoryCgroup {
             std::fs::write(d.join("memory.limit_in_bytes"), limit_bytes.to_string())?;
             Some(d)
         } else {
-            // Pure v2: enable the memory controller for children of the root, then set the limit.
-            let _ = std::fs::write(mount.join("cgroup.subtree_control"), "+memory");
+            // Pure v2: enable the memory controller for the children of the root and of every
+            // cgroup down to this one's parent (a nested name), then set the limit.
+            let mut dir = mount.clone();
+            for part in std::path::Path::new(name).components() {
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory");
+                dir.push(part);
+            }
             std::fs::write(v2_dir.join("memory.max"), limit_bytes.to_string())?;
             None
         };

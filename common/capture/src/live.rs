@@ -119,10 +119,13 @@ fn find_sockets(
             continue;
         }
         // Each socket asked through a duplicate of it, or where that is refused (an old
-        // kernel, no ptrace right), looked up in /proc/net once per network namespace.
-        let asked = sockets::ProcessSockets::open(p.pid).ok();
+        // kernel, no ptrace right) or would re-tag the socket (net_cls, net_prio), looked up
+        // in /proc/net once per network namespace.
+        let asked = sockets::duplicating_is_harmless(p.pid)
+            .then(|| sockets::ProcessSockets::open(p.pid).ok())
+            .flatten();
         let mut state_of = |fd: u32, inode: u64| -> Option<SocketState> {
-            match asked.as_ref().map(|a| a.state(fd)) {
+            match asked.as_ref().map(|a| a.state(fd, inode)) {
                 Some(Ok(state)) => return state,
                 Some(Err(nix::errno::Errno::EBADF)) => return None,
                 _ => {}

@@ -114,15 +114,45 @@ impl ProcessSockets {
         Ok(Self { pidfd: owned(fd)? })
     }
 
-    /// The state of descriptor `fd`: None for a socket that is neither listening nor
-    /// connected, or not a stream; an error when it cannot be duplicated (not permitted, an
-    /// old kernel, or EBADF: closed since the process's fds were listed).
-    pub fn state(&self, fd: u32) -> nix::Result<Option<SocketState>> {
+    /// The state of descriptor `fd`, socket `inode` when the process's fds were listed: None
+    /// for a socket that is neither listening nor established, or not a stream; an error when
+    /// it cannot be duplicated (not permitted, an old kernel), or EBADF when it was closed
+    /// since (or holds another socket by now).
+    pub fn state(&self, fd: u32, inode: u64) -> nix::Result<Option<SocketState>> {
         let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
         // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags, and returns a
         // new descriptor (ours to close) or -1.
         let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
-        Ok(socket_state(&owned(dup)?))
+        let sock = owned(dup)?;
+        if nix::sys::stat::fstat(&sock)?.st_ino != inode {
+            return Err(Errno::EBADF);
+        }
+        Ok(socket_state(&sock))
+    }
+}
+
+/// Whether duplicating `pid`'s sockets leaves them as they were. A socket descriptor received
+/// by a process is re-tagged with that process's net_cls class id and net_prio index (cgroup
+/// v1 controllers that tc and iptables rules match on), which must not change for the traced
+/// connections: true when neither controller is mounted, or when this process is in the same
+/// net_cls and net_prio cgroups as `pid` (the tags written are then the ones there).
+pub fn duplicating_is_harmless(pid: u32) -> bool {
+    let tagging = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                let controllers = l.split(':').nth(1).unwrap_or_default();
+                controllers
+                    .split(',')
+                    .any(|c| c == "net_cls" || c == "net_prio")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let ours = std::fs::read_to_string("/proc/self/cgroup").map(|t| tagging(&t));
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map(|t| tagging(&t));
+    match (ours, theirs) {
+        (Ok(ours), Ok(theirs)) => ours == theirs,
+        _ => false,
     }
 }
 
@@ -146,8 +176,13 @@ fn socket_state(sock: &OwnedFd) -> Option<SocketState> {
     // ENOTCONN for a socket not (or not yet) connected.
     let peer: Option<SockaddrStorage> = getpeername(sock.as_raw_fd()).ok();
     if let Some(unix) = local.as_unix_addr() {
-        // An accepted socket carries its listener's path, as in /proc/net/unix.
-        let path = unix.path().map(|p| p.to_string_lossy().into_owned());
+        // An accepted socket carries its listener's path, as in /proc/net/unix, which shows
+        // an abstract name with an @ for its leading NUL.
+        let path = match (unix.path(), unix.as_abstract()) {
+            (Some(p), _) => Some(p.to_string_lossy().into_owned()),
+            (None, Some(name)) => Some(format!("@{}", String::from_utf8_lossy(name))),
+            (None, None) => None,
+        };
         return match (listening, peer) {
             (true, _) => Some(SocketState::UnixBound { path: path? }),
             (false, Some(_)) => Some(SocketState::Unix { path }),
@@ -158,7 +193,33 @@ fn socket_state(sock: &OwnedFd) -> Option<SocketState> {
     if listening {
         return Some(SocketState::Listening { port: local.port() });
     }
+    // Connected sockets half closed (CLOSE_WAIT, FIN_WAIT...) have a peer too: established
+    // only, as /proc/net/tcp was read.
+    if !tcp_established(sock) {
+        return None;
+    }
     Some(tcp_connected(local, inet_address(&peer?)?))
+}
+
+/// The socket is TCP and established (TCP_INFO, which other protocols refuse). nix 0.30 has
+/// no TCP_INFO option, so it is read through libc.
+fn tcp_established(sock: &OwnedFd) -> bool {
+    // TCP_ESTABLISHED of include/net/tcp_states.h.
+    const ESTABLISHED: u8 = 1;
+    // SAFETY: tcp_info is plain integers, for which zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the option's buffer is `info`, of `len` bytes, both ours and live.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    ret == 0 && info.tcpi_state == ESTABLISHED
 }
 
 fn inet_address(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -295,7 +356,8 @@ mod tests {
 
     /// Sockets asked through duplicates say what /proc/net says of them: a TCP listener,
     /// both ends of a TCP connection, a Unix listener and both ends of a Unix connection
-    /// (the accepted end named by its listener's path, the client's unnamed).
+    /// (the accepted end named by its listener's path, the client's unnamed), an abstract
+    /// Unix listener (@name); a connection its client closed is not open for either.
     #[test]
     fn asked_sockets_agree_with_proc_net() {
         use std::os::{fd::AsRawFd as _, unix::net::UnixListener};
@@ -309,7 +371,17 @@ mod tests {
         let unix = UnixListener::bind(&path).unwrap();
         let unix_client = std::os::unix::net::UnixStream::connect(&path).unwrap();
         let (unix_server, _) = unix.accept().unwrap();
+        use std::os::linux::net::SocketAddrExt as _;
         let me = std::process::id();
+        let name = format!("pgbpf-sockets-{me}");
+        let abstract_addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_listener = UnixListener::bind_addr(&abstract_addr).unwrap();
+        // A connection its client closed: CLOSE_WAIT on the server side, not an open one.
+        let closing = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let (closed_by_client, _) = tcp.accept().unwrap();
+        drop(closing);
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let table = sockets_seen_by(me);
         let asked = ProcessSockets::open(me).unwrap();
         let fds = [
@@ -319,22 +391,50 @@ mod tests {
             unix.as_raw_fd(),
             unix_client.as_raw_fd(),
             unix_server.as_raw_fd(),
+            abstract_listener.as_raw_fd(),
         ];
         let inodes = pgbpf_common::procs::socket_fds(me);
+        let inode_of = |fd: i32| inodes.iter().find(|(f, _)| *f == fd as u32).unwrap().1;
         for fd in fds {
             let fd = fd as u32;
             let inode = inodes.iter().find(|(f, _)| *f == fd).unwrap().1;
-            let state = asked.state(fd).unwrap();
+            let state = asked.state(fd, inode).unwrap();
             assert!(state.is_some(), "fd {fd}");
             assert_eq!(state.as_ref(), table.get(&inode), "fd {fd}");
         }
         assert_eq!(
-            asked.state(unix_server.as_raw_fd() as u32).unwrap(),
+            asked
+                .state(
+                    unix_server.as_raw_fd() as u32,
+                    inode_of(unix_server.as_raw_fd())
+                )
+                .unwrap(),
             Some(SocketState::Unix {
                 path: Some(path.display().to_string())
             })
         );
-        assert_eq!(asked.state(999_999), Err(Errno::EBADF));
+        assert_eq!(
+            asked
+                .state(
+                    abstract_listener.as_raw_fd() as u32,
+                    inode_of(abstract_listener.as_raw_fd())
+                )
+                .unwrap(),
+            Some(SocketState::UnixBound {
+                path: format!("@{name}")
+            })
+        );
+        let fd = closed_by_client.as_raw_fd();
+        assert_eq!(asked.state(fd as u32, inode_of(fd)), Ok(None));
+        assert_eq!(table.get(&inode_of(fd)), None);
+        assert_eq!(asked.state(999_999, 1), Err(Errno::EBADF));
+        // A descriptor that holds another socket than the one listed counts as closed.
+        let tcp_fd = tcp.as_raw_fd() as u32;
+        assert_eq!(
+            asked.state(tcp_fd, inode_of(unix.as_raw_fd())),
+            Err(Errno::EBADF)
+        );
+        assert!(duplicating_is_harmless(me));
         assert!(ProcessSockets::open(u32::MAX).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -40,9 +40,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
     let events = events::parse(&args.events, args.period)?;
     // Before anything is loaded: no PMU is the common failure in VMs, and it deserves one line.
     events::check_counters(&events)?;
-    let no_target = args.target.pids.is_empty()
-        && args.target.container.is_none()
-        && args.target.cgroup.is_none();
+    let no_target = args.target.is_empty();
     // Without a target, postgres processes only: samples of anything else have no statement.
     let comm = args.comm.as_deref().or(no_target.then_some("postgres"));
     let mut target = Target::resolve(&args.target, comm)?;

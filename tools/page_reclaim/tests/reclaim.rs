@@ -317,6 +317,15 @@ fn a_kubernetes_pod_is_traced_by_a_prefix_of_its_uid() {
     let other_uid = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
     let (pod, ctr) = pod_cgroup(uid, 'a');
     let (other_pod, other_ctr) = pod_cgroup(other_uid, 'b');
+    // The pods' and QoS slices, left by the containers' removal: removed however the test ends.
+    let mount = pgbpf_common::cgroup::v2_mount().unwrap();
+    let mut slices = vec![];
+    for rel in [pod.as_str(), other_pod.as_str(), qos, "kubepods.slice"] {
+        for root in [mount.clone(), "/sys/fs/cgroup/memory".into()] {
+            slices.push(root.join(rel));
+        }
+    }
+    let _slices = RemovedOnDrop(slices);
     let in_pod = MemoryCgroup::create(&ctr, 48 << 20).unwrap();
     let in_other = MemoryCgroup::create(&other_ctr, 48 << 20).unwrap();
     // Each reader waits for its go file, so the tool can attach first; exec keeps the pid.
@@ -353,13 +362,6 @@ fn a_kubernetes_pod_is_traced_by_a_prefix_of_its_uid() {
     let after = vmstat(&PGSTEAL);
     let records = traced.stop().unwrap().json();
     drop((in_pod, in_other));
-    // The pods' and QoS slices, left by the containers' removal.
-    let mount = pgbpf_common::cgroup::v2_mount().unwrap();
-    for rel in [pod.as_str(), other_pod.as_str(), qos, "kubepods.slice"] {
-        for root in [mount.clone(), "/sys/fs/cgroup/memory".into()] {
-            let _ = std::fs::remove_dir(root.join(rel));
-        }
-    }
 
     let rows = total_rows(&records, "process");
     assert!(!rows.is_empty(), "{records:?}");
@@ -371,4 +373,15 @@ fn a_kubernetes_pod_is_traced_by_a_prefix_of_its_uid() {
     let pages = summary(&records)["reclaimed_pages"].as_u64().unwrap();
     eprintln!("pod: {pages} pages, vmstat {}", after - before);
     assert_within("the pod's reader", pages, after - before, 0.10);
+}
+
+/// Empty directories (cgroups) removed in order when dropped.
+struct RemovedOnDrop(Vec<std::path::PathBuf>);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }

@@ -137,7 +137,8 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
     let pids = snapshot_pids(&target);
     // Read on another thread while the programs load and verify (the verifier leaves a core
     // idle while the first uprobe on the postgres binary waits for its breakpoints); shown
-    // before anything is attached, and also when loading fails.
+    // before the tracepoints are attached and the first event can arrive, and also when
+    // loading fails.
     let snapshot = std::thread::spawn({
         let pids = pids.clone();
         move || snapshot::take(&pids)
@@ -151,7 +152,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         } else {
             out.text(&snap.render(out.width))?;
         }
-        // Shown before attaching: a Ctrl-C meanwhile keeps it.
+        // Shown before the tracing starts: a Ctrl-C from now on keeps it.
         out.flush()?;
         Ok(())
     };
