@@ -110,6 +110,7 @@ fn find_sockets(
     let mut found = Found::default();
     let mut next_id = EXISTING_ID_BASE;
     let unix_port = |path: &str| (protocol.unix_port)(path).filter(|&p| p == 0 || is_port(p));
+    let our_tags = sockets::tagging_cgroups("self");
     for p in procs {
         if !p.is_server && !clients {
             continue;
@@ -121,20 +122,24 @@ fn find_sockets(
         // Each socket asked through a duplicate of it, or where that is refused (an old
         // kernel, no ptrace right) or would re-tag the socket (net_cls, net_prio), looked up
         // in /proc/net once per network namespace.
-        let asked = sockets::duplicating_is_harmless(p.pid)
+        let asked = sockets::duplicating_is_harmless(our_tags.as_deref(), p.pid)
             .then(|| sockets::ProcessSockets::open(p.pid).ok())
             .flatten();
+        // The process's network namespace, read once, when a socket needs the fallback.
+        let mut netns: Option<String> = None;
         let mut state_of = |fd: u32, inode: u64| -> Option<SocketState> {
             match asked.as_ref().map(|a| a.state(fd, inode)) {
                 Some(Ok(state)) => return state,
                 Some(Err(nix::errno::Errno::EBADF)) => return None,
                 _ => {}
             }
-            let ns = std::fs::read_link(format!("/proc/{}/ns/net", p.pid))
-                .map(|l| l.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let ns = netns.get_or_insert_with(|| {
+                std::fs::read_link(format!("/proc/{}/ns/net", p.pid))
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
             let table = by_netns
-                .entry(ns)
+                .entry(ns.clone())
                 .or_insert_with(|| sockets::sockets_seen_by(p.pid));
             table.get(&inode).cloned()
         };

@@ -131,13 +131,13 @@ impl ProcessSockets {
     }
 }
 
-/// Whether duplicating `pid`'s sockets leaves them as they were. A socket descriptor received
-/// by a process is re-tagged with that process's net_cls class id and net_prio index (cgroup
-/// v1 controllers that tc and iptables rules match on), which must not change for the traced
-/// connections: true when neither controller is mounted, or when this process is in the same
-/// net_cls and net_prio cgroups as `pid` (the tags written are then the ones there).
-pub fn duplicating_is_harmless(pid: u32) -> bool {
-    let tagging = |text: &str| -> Vec<String> {
+/// The net_cls and net_prio cgroups of a process (`proc` is a pid or "self"), the lines of
+/// /proc/PROC/cgroup that name them; None when unreadable. A socket descriptor received by a
+/// process is re-tagged with that process's net_cls class id and net_prio index (cgroup v1
+/// controllers that tc and iptables rules match on).
+pub fn tagging_cgroups(proc: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{proc}/cgroup")).ok()?;
+    Some(
         text.lines()
             .filter(|l| {
                 let controllers = l.split(':').nth(1).unwrap_or_default();
@@ -146,14 +146,15 @@ pub fn duplicating_is_harmless(pid: u32) -> bool {
                     .any(|c| c == "net_cls" || c == "net_prio")
             })
             .map(str::to_string)
-            .collect()
-    };
-    let ours = std::fs::read_to_string("/proc/self/cgroup").map(|t| tagging(&t));
-    let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map(|t| tagging(&t));
-    match (ours, theirs) {
-        (Ok(ours), Ok(theirs)) => ours == theirs,
-        _ => false,
-    }
+            .collect(),
+    )
+}
+
+/// Whether duplicating `pid`'s sockets leaves their tags as they were: true when neither
+/// controller is mounted, or when this process (`ours`, from [`tagging_cgroups`]) is in the
+/// same net_cls and net_prio cgroups as `pid` (the tags written are then the ones there).
+pub fn duplicating_is_harmless(ours: Option<&[String]>, pid: u32) -> bool {
+    ours.is_some_and(|ours| tagging_cgroups(&pid.to_string()).is_some_and(|t| t == ours))
 }
 
 /// A descriptor a system call returned (or its errno).
@@ -434,7 +435,8 @@ mod tests {
             asked.state(tcp_fd, inode_of(unix.as_raw_fd())),
             Err(Errno::EBADF)
         );
-        assert!(duplicating_is_harmless(me));
+        let ours = tagging_cgroups("self");
+        assert!(duplicating_is_harmless(ours.as_deref(), me));
         assert!(ProcessSockets::open(u32::MAX).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
