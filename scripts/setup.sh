@@ -2,7 +2,8 @@
 # Installs everything pgbpf needs on a fresh Debian 12 x86_64 machine (run as root), idempotently:
 # apt packages (LLVM 22 for bpf-linker, PostgreSQL 15, Redis 7, podman + runc, bpftrace, sdt headers,
 # psycopg and Debian's pgreplay for pg_replay's tests, openssl for TLS test certificates, GNU time for the bench,
-# busybox-static's ssl_client: a client with TLS of its own for the TLS tests),
+# busybox-static's ssl_client: a client with TLS of its own for the TLS tests, prometheus to scrape
+# pgbpf_exporter in its test),
 # the pinned userspace and eBPF rust toolchains, and bpf-linker. Prints one line per step.
 set -euo pipefail
 
@@ -18,7 +19,8 @@ quiet() { local log; log=$(mktemp); if ! "$@" >"$log" 2>&1; then tail -30 "$log"
 
 PKGS=(build-essential ca-certificates curl pkg-config llvm-22-dev
       postgresql postgresql-contrib podman runc bpftrace systemtap-sdt-dev procps util-linux psmisc
-      man-db redis-server redis-tools python3-psycopg pgreplay openssl time busybox-static)
+      man-db redis-server redis-tools python3-psycopg pgreplay openssl time busybox-static
+      prometheus)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -213,10 +213,13 @@ fn run_variant(
 ) -> anyhow::Result<Run> {
     let programs_before = program_ids();
     let tool = |bin: &std::path::Path| {
-        Traced::start_until(
-            Command::new(bin).args(tool_args).arg("--json"),
-            pgbpf_testkit::tool::ATTACHED,
-        )
+        let mut cmd = Command::new(bin);
+        cmd.args(tool_args);
+        if scenario.is_exporter() {
+            Traced::start_until(&mut cmd, scenario::EXPORTER_READY)
+        } else {
+            Traced::start_until(cmd.arg("--json"), pgbpf_testkit::tool::ATTACHED)
+        }
     };
     let tracer = match v {
         Variant::NoTracing => None,
@@ -268,7 +271,7 @@ fn run_variant(
     }
     // The baseline build's records may be of another vocabulary: only TPS and costs count.
     let (mut events_per_s, mut lost) = (None, None);
-    if v == Variant::Tool {
+    if v == Variant::Tool && !scenario.is_exporter() {
         let records = out.json();
         events_per_s = Some(events_per_second(&records, scenario.events_field)?);
         lost = Some(lost_in(summary_of(&records)?));
@@ -418,5 +421,66 @@ pub fn decoder_throughput(
          decoding, pairing and aggregation, one core).\n\n",
         scenario.tool,
         mb / s
+    ))
+}
+
+/// pgbpf_exporter only: what each collector's programs cost, from the exporter's own
+/// self-metrics (`pgbpf_bpf_program_run_seconds_total` by collector) over one more run.
+pub fn exporter_collectors(
+    server: &Server,
+    args: &Args,
+    tool_bin: &std::path::Path,
+    scenario: &scenario::Scenario,
+) -> anyhow::Result<String> {
+    let tool_args = (scenario.tool_args)(server)?;
+    let listen = tool_args
+        .iter()
+        .skip_while(|a| *a != "--listen")
+        .nth(1)
+        .context("the exporter scenario gives --listen")?
+        .clone();
+    let exporter = Traced::start_until(
+        Command::new(tool_bin).args(&tool_args),
+        scenario::EXPORTER_READY,
+    )?;
+    let ran_from = Instant::now();
+    let tps = server.load(args, scenario.workload, args.seconds)?;
+    let over = ran_from.elapsed().as_secs_f64();
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "10"])
+        .arg(format!("http://{listen}/metrics"))
+        .output()?;
+    exporter.stop()?;
+    if !out.status.success() {
+        bail!("scraping the exporter failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = String::new();
+    for collector in ["query_latency", "page_reclaim", "io_timeouts"] {
+        let label = format!("collector=\"{collector}\"");
+        let sum = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains(&label))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum()
+        };
+        let seconds = sum("pgbpf_bpf_program_run_seconds_total");
+        let runs = sum("pgbpf_bpf_program_runs_total");
+        rows.push_str(&format!(
+            "| {collector} | {runs:.0} | {} | {:.3} % |\n",
+            if runs > 0.0 {
+                format!("{:.0}", seconds * 1e9 / runs)
+            } else {
+                "-".into()
+            },
+            100.0 * seconds / over
+        ));
+    }
+    Ok(format!(
+        "Per collector, from the exporter's own pgbpf_bpf_program_run_seconds_total and \
+         pgbpf_bpf_program_runs_total over one more {}-second run ({tps:.0} TPS):\n\n\
+         | collector | program runs | ns per run | in-kernel CPU (% of one core) |\n\
+         |---|---:|---:|---:|\n{rows}\n",
+        args.seconds
     ))
 }

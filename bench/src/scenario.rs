@@ -31,7 +31,8 @@ pub struct Scenario {
     /// The measured load: pgbench's script option (-S select-only, -N simple-update, ...), or
     /// redis-benchmark's arguments.
     pub workload: &'static str,
-    /// Field of the tool's `--json` summary that counts the events it handled.
+    /// Field of the tool's `--json` summary that counts the events it handled (empty for
+    /// the exporter, which prints no summary: see [`Scenario::is_exporter`]).
     pub events_field: &'static str,
     /// The tool's arguments for a running server.
     pub tool_args: fn(&Server) -> anyhow::Result<Vec<String>>,
@@ -311,6 +312,29 @@ pub const SCENARIOS: &[Scenario] = &[
         bpftrace: |s| tls_plaintext_script(s.redis()?.pid(), "redis-server"),
         extra: None,
     },
+    Scenario {
+        name: "pgbpf_exporter",
+        tool: "pgbpf_exporter",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (simple protocol): \
+                  pgbpf_exporter with its default collectors (query_latency: four USDT hits per \
+                  statement, an event per statement into a per-statement histogram; \
+                  page_reclaim and io_timeouts: vmscan and writeback tracepoints, quiet under this \
+                  load) and its default BPF run-time statistics on; the bpftrace script keeps a \
+                  histogram per statement text and cgroup from query__start/done and the same \
+                  reclaim and throttling sums per cgroup in the kernel.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
+        workload: "-S",
+        events_field: "",
+        tool_args: |_| {
+            let port = pgbpf_testkit::postgres::free_port()?;
+            Ok(vec!["--listen".into(), format!("127.0.0.1:{port}")])
+        },
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/pgbpf_exporter.bt")),
+        extra: Some(crate::measure::exporter_collectors),
+    },
 ];
 
 /// The scenarios and pg_replay's benchmark (of its own: it traces nothing).
@@ -321,6 +345,17 @@ pub fn names() -> Vec<&'static str> {
         .chain(["pg_replay"])
         .collect()
 }
+
+impl Scenario {
+    /// The exporter serves metrics instead of printing records: it has no `--json` and says
+    /// [`EXPORTER_READY`] once attached.
+    pub fn is_exporter(&self) -> bool {
+        self.tool == "pgbpf_exporter"
+    }
+}
+
+/// What pgbpf_exporter prints on stderr once its collectors are attached.
+pub const EXPORTER_READY: &str = "serving http";
 
 pub fn find(tool: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == tool)

@@ -315,6 +315,38 @@ pub fn pod_uid(dir_name: &str) -> Option<String> {
     uuid.then_some(uid)
 }
 
+/// Where a cgroup sits: the container and the Kubernetes pod it belongs to, read from the
+/// names along its path (labels of the exporter's per-container metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Placement {
+    /// The cgroup v2 path ("/system.slice/postgresql@15-main.service").
+    pub cgroup: String,
+    /// The first 12 hex digits of the innermost container's id, or empty.
+    pub container: String,
+    /// The pod's UID, or empty.
+    pub pod: String,
+}
+
+impl Placement {
+    pub fn of_path(path: &str) -> Placement {
+        let mut placement = Placement {
+            cgroup: path.to_string(),
+            ..Placement::default()
+        };
+        let mut parent = "";
+        for name in path.split('/').filter(|n| !n.is_empty()) {
+            if let Some((_, id)) = container_id(name, parent) {
+                placement.container = id[..12].to_string();
+            }
+            if let Some(uid) = pod_uid(name) {
+                placement.pod = uid;
+            }
+            parent = name;
+        }
+        placement
+    }
+}
+
 /// The cgroup of the Kubernetes pod whose UID starts with `query` (its containers are below
 /// it), found anywhere under `mount`.
 pub fn find_pod(mount: &Path, query: &str) -> anyhow::Result<(String, Cgroup)> {
@@ -379,6 +411,8 @@ pub fn cgroup_of_pid(pid: u32) -> anyhow::Result<String> {
 pub struct CgroupNames {
     mount: Option<PathBuf>,
     names: HashMap<u64, String>,
+    /// The path of every cgroup seen by a walk.
+    paths: HashMap<u64, String>,
 }
 
 impl CgroupNames {
@@ -386,7 +420,15 @@ impl CgroupNames {
         CgroupNames {
             mount: v2_mount().ok(),
             names: HashMap::new(),
+            paths: HashMap::new(),
         }
+    }
+
+    /// The cgroup v2 path of `id`, or None for a cgroup that is gone (walks the tree once
+    /// per unknown id, as [`CgroupNames::name`]).
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        self.name(id);
+        self.paths.get(&id).cloned()
     }
 
     /// A short readable name: "podman:3f2a1b2c3d4e" for a container, else the cgroup path,
@@ -414,18 +456,18 @@ impl CgroupNames {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let rel = dir
+                .strip_prefix(mount)
+                .unwrap_or(&dir)
+                .to_string_lossy()
+                .into_owned();
+            let path = format!("/{rel}");
             let label = match container_id(&name, &parent) {
                 Some((rt, cid)) => format!("{}:{}", rt.name(), &cid[..12]),
-                None => {
-                    let rel = dir
-                        .strip_prefix(mount)
-                        .unwrap_or(&dir)
-                        .to_string_lossy()
-                        .into_owned();
-                    format!("/{rel}")
-                }
+                None => path.clone(),
             };
             self.names.insert(meta.ino(), label);
+            self.paths.insert(meta.ino(), path);
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -443,6 +485,21 @@ mod tests {
     use super::*;
 
     const ID: &str = "3f2a9c0d5b8e4f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192";
+
+    #[test]
+    fn a_placement_names_the_innermost_container_and_its_pod() {
+        let pod = "kubepods-burstable-pod0f6a1c2e_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice";
+        let path =
+            format!("/kubepods.slice/kubepods-burstable.slice/{pod}/cri-containerd-{ID}.scope");
+        let p = Placement::of_path(&path);
+        assert_eq!(p.container, &ID[..12]);
+        assert_eq!(p.pod, "0f6a1c2e-93b4-4c1d-8e2f-5a6b7c8d9e0f");
+        assert_eq!(p.cgroup, path);
+        let host = Placement::of_path("/system.slice/postgresql@15-main.service");
+        assert_eq!((host.container.as_str(), host.pod.as_str()), ("", ""));
+        let docker = Placement::of_path(&format!("/docker/{ID}"));
+        assert_eq!(docker.container, &ID[..12]);
+    }
 
     #[test]
     fn kubernetes_pod_cgroups_are_told_by_name() {

@@ -18,7 +18,9 @@ fn checked_in_schemas_and_field_tables_are_current() {
         "docs/schema/README.md is not what common::records::VOCABULARY generates: {REGENERATE}"
     );
     for t in tools() {
-        let generated = (t.schema)();
+        let Some(generated) = t.schema.map(|generate| generate()) else {
+            continue;
+        };
         let path = root.join(format!("docs/schema/{}.json", t.name));
         let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
@@ -128,10 +130,13 @@ fn man_pages_render_with_man() {
                 t.name
             );
         }
-        assert!(
-            text.contains("--duration") && text.contains("--json"),
-            "{text}"
-        );
+        // The tracing tools share the output options; the exporter serves HTTP instead.
+        let options: &[&str] = if t.schema.is_some() {
+            &["--duration", "--json"]
+        } else {
+            &["--listen", "--collect"]
+        };
+        assert!(options.iter().all(|o| text.contains(o)), "{text}");
         assert!(text.contains(&format!("docs/{}.md", t.name)), "{text}");
     }
 }

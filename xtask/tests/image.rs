@@ -4,7 +4,12 @@
 //! PostgreSQL on the host as the same binaries run on the host do: the same shared-memory
 //! snapshot, and, traced side by side over one pgbench run, the same statement counts as each
 //! other and as pg_stat_statements. With a cgroup namespace of its own, the image finds a
-//! PostgreSQL in another container by its id.
+//! PostgreSQL in another container by its id. The Kubernetes manifests (deploy/kubernetes/),
+//! run with their pods' settings: the debug pod's shmem sees what the host's does, the
+//! exporter DaemonSet's pod serves the statements pgbench ran.
+
+// Helpers of a test binary: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
@@ -18,6 +23,7 @@ use pgbpf_testkit::{
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/pgbpf-test:latest";
+const EXPORTER_IMAGE: &str = "localhost/pgbpf-exporter-test:latest";
 /// A statement with no constant, so that every tool and pg_stat_statements show it as typed.
 const MARKER: &str = "select count(*) from image_check";
 const CALLS: u64 = 40;
@@ -34,7 +40,10 @@ fn build_image() -> PathBuf {
             cmd.env_remove(&*key);
         }
     }
-    let out = cmd.arg(IMAGE).output().expect("running scripts/image.sh");
+    let out = cmd
+        .args([IMAGE, EXPORTER_IMAGE])
+        .output()
+        .expect("running scripts/image.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -156,6 +165,26 @@ fn snapshots(
     pair
 }
 
+/// The marker statement's table, and a pgbench script running the statement.
+fn marker_script(pg: &Postgres) -> PathBuf {
+    pg.psql("create table image_check (x int)").unwrap();
+    let script = pg.dir.path().join("marker.sql");
+    std::fs::write(&script, format!("{MARKER};\n")).unwrap();
+    script
+}
+
+/// The marker statement [`CALLS`] times, by pgbench; its output.
+fn run_marker(pg: &Postgres, script: &std::path::Path) -> String {
+    pg.pgbench(&[
+        "-n",
+        "-t",
+        &CALLS.to_string(),
+        "-f",
+        &script.display().to_string(),
+    ])
+    .unwrap()
+}
+
 /// query_latency's calls of the marker statement.
 fn latency_calls(records: &[Value]) -> u64 {
     records
@@ -203,9 +232,7 @@ fn the_debug_image_traces_the_hosts_postgres_as_the_host_does() {
     );
 
     // query_latency and pgwire_trace, on the host and in the image, over one pgbench run.
-    pg.psql("create table image_check (x int)").unwrap();
-    let script = pg.dir.path().join("marker.sql");
-    std::fs::write(&script, format!("{MARKER};\n")).unwrap();
+    let script = marker_script(&pg);
     let traced: BTreeMap<&str, Traced> = [
         (
             "query_latency on the host",
@@ -233,15 +260,7 @@ fn the_debug_image_traces_the_hosts_postgres_as_the_host_does() {
     .into_iter()
     .map(|(what, t)| (what, t.unwrap_or_else(|e| panic!("{what}: {e:#}"))))
     .collect();
-    let bench = pg
-        .pgbench(&[
-            "-n",
-            "-t",
-            &CALLS.to_string(),
-            "-f",
-            &script.display().to_string(),
-        ])
-        .unwrap();
+    let bench = run_marker(&pg, &script);
     let pgss: u64 = pg
         .psql(&format!(
             "select coalesce(sum(calls), 0) from pg_stat_statements where query = '{MARKER}'"
@@ -297,4 +316,190 @@ fn in_a_private_cgroup_namespace_the_image_finds_another_container() {
         in_container, on_host,
         "shmem --container in a private cgroup namespace and on the host"
     );
+}
+
+/// A manifest of deploy/kubernetes/, read as the API server reads it (YAML into JSON).
+fn manifest(name: &str) -> Value {
+    let path = repo_root().join("deploy/kubernetes").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A pod manifest's container run as a kubelet would run it, with the pod's namespaces,
+/// privileges and host paths. Not with `podman kube play`: this podman (4.3) ignores hostPID
+/// and hostIPC there (its pods got PID and IPC namespaces of their own, checked), so the
+/// manifest's fields are applied as `podman run` options instead. Removed on drop.
+fn run_as_pod(name: &str, spec: &Value, image: &str) -> Containers {
+    let container = &spec["containers"][0];
+    let mut cmd = podman();
+    cmd.args(["run", "-d", "--name", name]);
+    for (field, option) in [
+        ("hostPID", "--pid=host"),
+        ("hostNetwork", "--network=host"),
+        ("hostIPC", "--ipc=host"),
+    ] {
+        if spec[field] == true {
+            cmd.arg(option);
+        }
+    }
+    if container["securityContext"]["privileged"] == true {
+        cmd.arg("--privileged");
+    }
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        let host = volume["hostPath"]["path"].as_str().unwrap();
+        cmd.arg("-v")
+            .arg(format!("{host}:{}", mount["mountPath"].as_str().unwrap()));
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let command = strings(&container["command"]);
+    if let Some(entrypoint) = command.first() {
+        cmd.args(["--entrypoint", entrypoint]);
+    }
+    cmd.arg(image)
+        .args(command.iter().skip(1))
+        .args(strings(&container["args"]));
+    let running = Containers(vec![name.to_string()]);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    running
+}
+
+/// The metrics text the exporter serves on `port` once `ready` is in it (up to 60 s).
+fn metrics_when(port: &str, ready: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{port}/metrics"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(ready) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {ready} on :{port}/metrics: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_run_with_their_pods_settings() {
+    require_root();
+    let _lock = exclusive();
+    let bin = build_image();
+    let version = env!("CARGO_PKG_VERSION");
+    let pg = Postgres::start_with(&PgOptions {
+        pg_stat_statements: true,
+        settings: vec![("autovacuum".into(), "off".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+
+    // The debug pod: kubectl debug's sysadmin profile, as the tools need it.
+    let pod = manifest("debug-pod.yaml");
+    let spec = &pod["spec"];
+    for shared in ["hostPID", "hostNetwork", "hostIPC"] {
+        assert_eq!(spec[shared], true, "debug pod: {shared}");
+    }
+    let container = &spec["containers"][0];
+    assert_eq!(container["image"], format!("localhost/pgbpf:{version}"));
+    assert_eq!(container["securityContext"]["privileged"], true);
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/host");
+    assert_eq!(spec["volumes"][0]["hostPath"]["path"], "/");
+    let in_pod = format!("pgbpf-debug-{}", std::process::id());
+    let debug = run_as_pod(&in_pod, &pod["spec"], IMAGE);
+    let args = ["-p", &pm, "--snapshot", "--json"];
+    let (on_host, in_debug_pod) = snapshots(
+        || Command::new(bin.join("shmem")).args(args).output(),
+        || {
+            podman()
+                .args(["exec", &in_pod, "shmem"])
+                .args(args)
+                .output()
+        },
+    );
+    assert!(!on_host.is_empty());
+    assert_eq!(
+        in_debug_pod, on_host,
+        "shmem in the debug pod and on the host"
+    );
+    drop(debug);
+
+    // The exporter: the DaemonSet's pod template, played as a pod (podman plays no
+    // DaemonSets); its port, annotations and arguments agree.
+    let daemonset = manifest("exporter.yaml");
+    assert_eq!(daemonset["kind"], "DaemonSet");
+    let template = &daemonset["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"],
+        daemonset["spec"]["selector"]["matchLabels"]
+    );
+    let spec = &template["spec"];
+    assert_eq!(
+        spec["hostPID"], true,
+        "the exporter needs the host's processes"
+    );
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!("localhost/pgbpf-exporter:{version}")
+    );
+    assert_eq!(container["securityContext"]["privileged"], true);
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let listen = args[args.iter().position(|&a| a == "--listen").unwrap() + 1];
+    let port = listen.rsplit(':').next().unwrap();
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port);
+    assert_eq!(container["ports"][0]["containerPort"].to_string(), port);
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["port"].to_string(),
+        port
+    );
+    let exporter = run_as_pod(
+        &format!("pgbpf-exporter-{}", std::process::id()),
+        spec,
+        EXPORTER_IMAGE,
+    );
+    metrics_when(port, "pgbpf_collector_up{collector=\"query_latency\"} 1");
+    run_marker(&pg, &marker_script(&pg));
+    // All of them drained (every 100 ms) before the scrape that counts them.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let series = format!("pgbpf_statement_duration_seconds_count{{statement=\"{MARKER}");
+    let text = metrics_when(port, &series);
+    let counted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(&series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        counted, CALLS as f64,
+        "the exporter pod's count of {MARKER}\n{text}"
+    );
+    drop(exporter);
 }

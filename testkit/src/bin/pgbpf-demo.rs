@@ -65,6 +65,36 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "query_latency exited with {status}");
 
+    let port = pgbpf_testkit::postgres::free_port()?;
+    say(&format!(
+        "pgbpf_exporter --listen 127.0.0.1:{port}   (the same probes, for Prometheus: /metrics, \
+         read here with curl)"
+    ));
+    let mut exporter = Command::new("pgbpf_exporter")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!("pgbench -S -c 2 -T 5");
+    pg.pgbench(&["-S", "-c", "2", "-j", "2", "-T", "5", "-n"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()?;
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    eprintln!("curl -s 127.0.0.1:{port}/metrics | grep -E '_count|reclaim_bytes|collector_up'");
+    for line in text.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.contains("_count{") || l.contains("reclaim_bytes") || l.contains("collector_up"))
+    }) {
+        println!("{line}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(exporter.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = exporter.wait()?;
+    anyhow::ensure!(status.success(), "pgbpf_exporter exited with {status}");
+
     say(&format!(
         "llcache_per_query --container {short} -e cpu-clock -d 8   (CPU time per statement; \
          without -e: last-level cache references and misses, where the CPU has counters)"

@@ -38,7 +38,7 @@ impl Names {
         }
     }
 
-    fn wb_reason(&self, n: u32) -> String {
+    pub fn wb_reason(&self, n: u32) -> String {
         self.wb_reasons
             .iter()
             .find(|(v, _)| *v == n)

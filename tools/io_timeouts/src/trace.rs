@@ -61,8 +61,23 @@ const OFFSETS: &[(&str, &str, &str, &str)] = &[
     ("RQC_RWBS", "block", "block_rq_complete", "rwbs"),
 ];
 
-/// Reads the field offsets, loads and attaches.
-pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+/// The programs attached: pauses, waits, writebacks and block requests arrive in `ring`.
+pub struct Throttling {
+    pub loaded: Loaded,
+    /// One [`IoEvent`] per pause, wait, writeback and block request.
+    pub ring: RingBuf<MapData>,
+    /// Finds the statement text of PostgreSQL processes met later ([`QueryAddrs::locate_wanted`]).
+    pub query_addrs: QueryAddrs,
+    /// Names of writeback reasons, from the tracepoint's format.
+    pub names: Names,
+    /// PostgreSQL processes whose statement text was located at start.
+    pub located: usize,
+    pub target: Target,
+}
+
+/// Reads the field offsets, loads and attaches (the tool, and the exporter's throttling
+/// collector).
+pub fn attach(args: &Args) -> anyhow::Result<Throttling> {
     let mut target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
     target.follow_descendants()?;
@@ -99,20 +114,33 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         loaded.attach_tracepoint("rq_complete", "block", "block_rq_complete")?;
     }
     let ring = loaded.take_ring_buffer("EVENTS")?;
+    Ok(Throttling {
+        loaded,
+        ring,
+        query_addrs,
+        names,
+        located,
+        target,
+    })
+}
+
+/// Reads the field offsets, loads and attaches.
+pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    let t = attach(args)?;
     Ok(Some(Attached {
         what: format!(
             "Tracing write throttling of {}{}",
-            target.describe(),
+            t.target.describe(),
             if args.block { ", with block I/O" } else { "" }
         ),
-        details: vec![format!("{located} PostgreSQL processes located")],
-        started: loaded.started,
-        watch: target.roots(),
+        details: vec![format!("{} PostgreSQL processes located", t.located)],
+        started: t.loaded.started,
+        watch: t.target.roots(),
         trace: Box::new(IoTrace {
-            reporter: Reporter::new(args, names),
-            loaded,
-            ring,
-            query_addrs,
+            reporter: Reporter::new(args, t.names),
+            loaded: t.loaded,
+            ring: t.ring,
+            query_addrs: t.query_addrs,
         }),
     }))
 }

@@ -42,8 +42,9 @@ fn nr_reclaimed_offset() -> anyhow::Result<u32> {
     Ok(memcg.offset)
 }
 
-/// Resolves the target, loads and attaches the programs.
-pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+/// Resolves the target, loads and attaches the programs (the tool, and the exporter's reclaim
+/// collector, which reads the maps with [`read_snapshot`]).
+pub fn attach(args: &Args) -> anyhow::Result<(Loaded, Target)> {
     let target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
     let offset = nr_reclaimed_offset()?;
@@ -55,6 +56,12 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
     for (prog, event) in HOOKS {
         loaded.attach_tracepoint(prog, "vmscan", event)?;
     }
+    Ok((loaded, target))
+}
+
+/// Resolves the target, loads and attaches the programs.
+pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    let (loaded, target) = attach(args)?;
     let reporter = Reporter::new(args, target.describe(), system::page_size());
     Ok(Some(Attached {
         what: format!("Tracing memory reclaim of {}", target.describe()),
@@ -88,7 +95,7 @@ impl Trace for ReclaimTrace {
 }
 
 /// Sums the per-CPU maps into one [`Snapshot`] (cumulative since attach).
-fn read_snapshot(loaded: &Loaded) -> anyhow::Result<Snapshot> {
+pub fn read_snapshot(loaded: &Loaded) -> anyhow::Result<Snapshot> {
     let ebpf = &loaded.ebpf;
     let map = |name: &str| {
         ebpf.map(name)

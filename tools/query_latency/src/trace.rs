@@ -1,7 +1,7 @@
 //! Finds the postgres binary and its probes, attaches them, and drains the finished
 //! statements from the ring buffer.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use pgbpf_common::{
@@ -19,8 +19,30 @@ use crate::{Args, report::Reporter};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/query_latency"));
 
-/// Finds the binary and its probe sites, loads and attaches.
-pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+/// A postgres binary's statement probes, attached: finished statements arrive in `ring`.
+pub struct Statements {
+    pub loaded: Loaded,
+    /// One [`QueryEvent`] per finished statement (drained with [`drain`]).
+    pub ring: RingBuf<MapData>,
+    /// The binary whose probes are attached (every process running it is traced).
+    pub binary: PathBuf,
+    /// How statements are timed: "4 USDT sites", "1 USDT site, socket tracepoints".
+    pub mechanism: String,
+    pub target: Target,
+}
+
+/// Hands every finished statement waiting in the ring to `each`.
+pub fn drain<E>(
+    ring: &mut RingBuf<MapData>,
+    each: impl FnMut(&QueryEvent) -> Result<(), E>,
+) -> Result<(), E> {
+    // Records carry as much text as the statement has (see QueryEvent).
+    loader::drain_prefixed_records(ring, QUERY_EVENT_HEADER, each)
+}
+
+/// Finds the binary and its probe sites, loads and attaches (the tool, and the exporter's
+/// statement collector).
+pub fn attach(args: &Args) -> anyhow::Result<Statements> {
     let mut target = Target::resolve(&args.target, None)?;
     let (binary, root) = postgres::binary_for_target(&target, args.postgres.as_deref())?;
     for &pid in &target.tgids {
@@ -60,6 +82,24 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         format!("{} {} site, {hooks}", plan.sites.len(), plan.source)
     };
     let ring = loaded.take_ring_buffer("EVENTS")?;
+    Ok(Statements {
+        loaded,
+        ring,
+        binary,
+        mechanism,
+        target,
+    })
+}
+
+/// Finds the binary and its probe sites, loads and attaches.
+pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    let Statements {
+        loaded,
+        ring,
+        binary,
+        mechanism,
+        target,
+    } = attach(args)?;
     Ok(Some(Attached {
         what: format!(
             "Tracing statements of {} in {}",
@@ -108,12 +148,7 @@ impl Trace for LatencyTrace {
 
     fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let reporter = &mut self.reporter;
-        // Records carry as much text as the statement has (see QueryEvent).
-        Ok(loader::drain_prefixed_records(
-            &mut self.ring,
-            QUERY_EVENT_HEADER,
-            |ev: &QueryEvent| reporter.event(out, ev),
-        )?)
+        Ok(drain(&mut self.ring, |ev| reporter.event(out, ev))?)
     }
 
     fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {

@@ -21,6 +21,9 @@ pub struct QueryEvent {
     pub text_len: u32,
     pub _pad2: u32,
     pub duration_ns: u64,
+    /// cgroup v2 id of the backend at the statement's end (the exporter's per-container
+    /// series: the backend may be gone by the time its record is read).
+    pub cgroup_id: u64,
     pub text: [u8; QUERY_TEXT_CAP],
 }
 

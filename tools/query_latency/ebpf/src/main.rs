@@ -19,7 +19,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_F_NO_PREALLOC,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -54,6 +55,7 @@ struct SizedEvent<const N: usize> {
     text_len: u32,
     _pad2: u32,
     duration_ns: u64,
+    cgroup_id: u64,
     text: [u8; N],
 }
 
@@ -74,6 +76,7 @@ fn send_sized<const N: usize>(q: &QueryContext, duration_ns: u64) {
         (*ev).truncated = q.truncated;
         (*ev).text_len = q.text_len;
         (*ev).duration_ns = duration_ns;
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
         // Copy only the text in use.
         let n = (q.text_len as usize + 1).min(N);
         let dst = &mut (*ev).text;

@@ -1,0 +1,292 @@
+//! pgbpf_exporter scraped by a real Prometheus (Debian's package) while pgbench runs on a
+//! real PostgreSQL: the statement latency histogram's count, read back through Prometheus'
+//! query API, matches pg_stat_statements' calls; the self-metrics are there; a memory cgroup
+//! pushed into reclaim shows in the reclaim series as in its memory.stat.
+
+// Helpers of a test binary: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pgbpf_testkit::{
+    exclusive,
+    memcg::MemoryCgroup,
+    postgres::{PgOptions, Postgres, free_port},
+    repo_root, require_root, run,
+    tool::Traced,
+    vmstat,
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgbpf_exporter");
+
+/// The exporter, started and serving on a free port.
+fn exporter(extra: &[&str]) -> (Traced, u16) {
+    let port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--listen", &listen]).args(extra);
+    let t = Traced::start_until(&mut cmd, "serving http").unwrap();
+    (t, port)
+}
+
+/// GET over HTTP with curl (as a user would), the body; None on any failure.
+fn get(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "10", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A Prometheus server scraping `target` every second, killed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: pgbpf\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (apt-get install prometheus; scripts/setup.sh does)");
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while get(&p.url("/-/ready")).is_none() {
+            assert!(Instant::now() < deadline, "prometheus did not get ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// An instant query's result vector.
+    fn query(&self, promql: &str) -> Vec<Value> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "10", &self.url("/api/v1/query")])
+            .args(["--data-urlencode", &format!("query={promql}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "query {promql} failed");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["status"], "success", "{v}");
+        v["data"]["result"].as_array().unwrap().clone()
+    }
+
+    /// The single value of a query that sums to one series (0 when there is none).
+    fn value(&self, promql: &str) -> f64 {
+        match self.query(promql).first() {
+            Some(s) => s["value"][1].as_str().unwrap().parse().unwrap(),
+            None => 0.0,
+        }
+    }
+
+    /// Waits until Prometheus has scraped the exporter twice after now.
+    fn wait_for_scrapes(&self) {
+        let since = self.value("max(timestamp(up{job=\"pgbpf\"}))");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let last = self.value("max(timestamp(up{job=\"pgbpf\"}))");
+            if last >= since + 2.0 && self.value("max(up{job=\"pgbpf\"})") == 1.0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no scrape of the exporter");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// pg_stat_statements' calls of the statements whose text starts with `prefix`.
+fn pgss_calls(pg: &Postgres, prefix: &str) -> f64 {
+    pg.psql(&format!(
+        "select coalesce(sum(calls), 0) from pg_stat_statements where query ilike '{prefix}%'"
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn prometheus_scrapes_statement_latency_that_matches_pg_stat_statements() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with_pgbench(
+        &PgOptions {
+            pg_stat_statements: true,
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let (exporter, port) = exporter(&["--collect", "query_latency,page_reclaim,io_timeouts"]);
+    let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
+    prometheus.wait_for_scrapes();
+    let selects = "sum(pgbpf_statement_duration_seconds_count{statement=~\"(?i)select abalance from pgbench_accounts.*\"})";
+    let before = prometheus.value(selects);
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    // Simple and extended protocol, four clients.
+    pg.pgbench(&["-S", "-c", "4", "-j", "2", "-t", "1500"])
+        .unwrap();
+    pg.pgbench(&["-S", "-M", "extended", "-c", "2", "-t", "1000"])
+        .unwrap();
+    let want = pgss_calls(&pg, "select abalance from pgbench_accounts");
+    assert_eq!(want, 8000.0, "pgbench ran what it was asked");
+    prometheus.wait_for_scrapes();
+    let got = prometheus.value(selects) - before;
+    assert!(
+        (got - want).abs() <= 0.02 * want,
+        "Prometheus has {got} calls of the pgbench select, pg_stat_statements {want}"
+    );
+    // The histogram's buckets hold every call (le="+Inf" is the count), and the self-metrics
+    // say what ran.
+    let inf = prometheus.value(
+        "sum(pgbpf_statement_duration_seconds_bucket{le=\"+Inf\",statement=~\"(?i)select abalance from pgbench_accounts.*\"})",
+    );
+    assert_eq!(inf, prometheus.value(selects));
+    let p99 = prometheus.value(
+        "histogram_quantile(0.99, sum by (le) (pgbpf_statement_duration_seconds_bucket{statement=~\"(?i)select abalance.*\"}))",
+    );
+    assert!(p99 > 0.0 && p99 < 1.0, "p99 of an index lookup: {p99} s");
+    for collector in ["query_latency", "page_reclaim", "io_timeouts"] {
+        assert_eq!(
+            prometheus.value(&format!("pgbpf_collector_up{{collector=\"{collector}\"}}")),
+            1.0,
+            "{collector} is up"
+        );
+        assert!(
+            prometheus.value(&format!("pgbpf_bpf_programs{{collector=\"{collector}\"}}")) > 0.0,
+            "{collector} has programs loaded"
+        );
+    }
+    let runs = prometheus.value(
+        "sum(pgbpf_bpf_program_runs_total{collector=\"query_latency\",program=\"pg_probe\"})",
+    );
+    // Four USDT hits per simple-protocol statement (query__start/done and PortalRun's
+    // execute start/done), two per extended one (PortalRun's only): 6000 and 2000 of them.
+    assert!(
+        runs >= 4.0 * 6000.0 + 2.0 * 2000.0,
+        "USDT hits: {runs} runs for {want} statements"
+    );
+    assert_eq!(
+        prometheus.value("sum(pgbpf_lost_events_total{collector=\"query_latency\"})"),
+        0.0
+    );
+    // Every metric the exporter serves is in its manual's METRICS table.
+    let text = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    let manual = std::fs::read_to_string(repo_root().join("docs/pgbpf_exporter.md")).unwrap();
+    let undocumented: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !manual.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "metrics missing from docs/pgbpf_exporter.md: {undocumented:?}"
+    );
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stderr.contains("detaching"), "{}", done.stderr);
+    drop(pg);
+}
+
+/// A number of `/metrics` text: the sum of the series of `name` whose labels contain all of
+/// `with`.
+fn metric_sum(text: &str, name: &str, with: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn reclaim_in_a_memory_cgroup_is_counted_as_the_kernel_counts_it() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.bin");
+    run(Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", "count=200", "status=none", "conv=fsync"]))
+    .unwrap();
+    let (exporter, port) = exporter(&["--collect", "page_reclaim"]);
+    let cg =
+        MemoryCgroup::create(&format!("pgbpf-exporter-{}", std::process::id()), 48 << 20).unwrap();
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("sync; echo 1 > /proc/sys/vm/drop_caches"))
+    .unwrap();
+    let pgsteal = ["pgsteal_anon", "pgsteal_file"];
+    let before = vmstat(&pgsteal);
+    // 400 MiB of page cache read through a 48 MiB limit: the reader reclaims in its cgroup.
+    let f = file.display();
+    let mut reader = cg.spawn(&format!("exec cat {f} {f} > /dev/null")).unwrap();
+    assert!(reader.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let stolen = (vmstat(&pgsteal) - before) * pgbpf_common::system::page_size();
+    let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    let reclaimed = metric_sum(
+        &metrics,
+        "pgbpf_reclaim_bytes_total",
+        &[&format!("cgroup=\"{}\"", cg.path)],
+    );
+    eprintln!(
+        "exporter: {reclaimed} bytes reclaimed in {}; vmstat: {stolen}",
+        cg.path
+    );
+    assert!(
+        stolen > 0 && (reclaimed - stolen as f64).abs() <= 0.10 * stolen as f64,
+        "exporter: {reclaimed} bytes reclaimed in {}; /proc/vmstat: {stolen} stolen\n{metrics}",
+        cg.path
+    );
+    let stall = metric_sum(
+        &metrics,
+        "pgbpf_reclaim_stall_seconds_total",
+        &[&format!("cgroup=\"{}\"", cg.path)],
+    );
+    assert!(stall > 0.0, "stall time of the reclaiming reader");
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+}
