@@ -1,62 +1,40 @@
-//! Which cgroup, container and pod a process or a kernel cgroup id is in: the labels of the
-//! per-container series. Looked up once per process or cgroup and kept a while, since
-//! events arrive by the thousand per second from a few hundred processes.
+//! Which cgroup, container and pod a kernel cgroup id stands for: the labels of the
+//! per-container series. Events carry the cgroup id the kernel saw (the task may be gone
+//! when they are read); each id is looked up once, since events arrive by the thousand per
+//! second.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::PathBuf};
 
-use pgbpf_common::{
-    cgroup::{CgroupNames, Placement},
-    procs,
-};
+use pgbpf_common::cgroup::{self, CgroupNames, Placement};
 
 use crate::families::Labels;
 
-/// How long a process's placement is trusted: a pid reused by a process in another container
-/// is labelled right again after this.
-const KEEP: Duration = Duration::from_secs(60);
-
-/// Placements by pid and by cgroup id.
+/// Placements by cgroup id.
 pub struct Placements {
-    by_pid: HashMap<u32, Placement>,
     by_cgroup: HashMap<u64, Placement>,
     names: CgroupNames,
-    since: Instant,
+    /// The cgroup v2 tree the paths are relative to.
+    mount: Option<PathBuf>,
 }
 
 impl Default for Placements {
     fn default() -> Self {
         Placements {
-            by_pid: HashMap::new(),
             by_cgroup: HashMap::new(),
             names: CgroupNames::new(),
-            since: Instant::now(),
+            mount: cgroup::v2_mount().ok(),
         }
     }
 }
 
 impl Placements {
-    /// The placement of process `pid` (an empty one when it is gone or unreadable).
-    pub fn of_pid(&mut self, pid: u32) -> &Placement {
-        if self.since.elapsed() > KEEP {
-            self.by_pid.clear();
-            self.since = Instant::now();
-        }
-        self.by_pid.entry(pid).or_insert_with(|| {
-            procs::cgroup_v2_of(pid)
-                .map(|path| Placement::of_path(&path))
-                .unwrap_or_default()
-        })
-    }
-
     /// The placement of the cgroup the kernel calls `id` ("cgroup#ID" when it is gone).
     /// Cgroup ids are never reused (they are inode numbers of kernfs, 64-bit), so this is
     /// kept as long as the table is not too big.
     pub fn of_cgroup(&mut self, id: u64) -> &Placement {
         if self.by_cgroup.len() > 16_384 {
             self.by_cgroup.clear();
+            self.names = CgroupNames::new();
         }
         let names = &mut self.names;
         self.by_cgroup
@@ -71,6 +49,19 @@ impl Placements {
     }
 }
 
+impl Placements {
+    /// Whether the placement's cgroup still exists (series of removed containers are
+    /// dropped once nothing more can happen in them).
+    pub fn exists(&self, p: &Placement) -> bool {
+        match &self.mount {
+            Some(mount) if p.cgroup.starts_with('/') => {
+                mount.join(p.cgroup.trim_start_matches('/')).is_dir()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A placement as labels: cgroup, container (12 hex digits or empty), pod (UID or empty).
 pub fn labels(p: &Placement) -> Labels {
     vec![
@@ -82,14 +73,24 @@ pub fn labels(p: &Placement) -> Labels {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
     use super::*;
 
     #[test]
-    fn this_process_is_placed_by_its_own_cgroup() {
+    fn this_process_is_placed_by_its_cgroups_id() {
         let mut p = Placements::default();
-        let me = p.of_pid(std::process::id()).clone();
-        let want = procs::cgroup_v2_of(std::process::id()).unwrap();
-        assert_eq!(me.cgroup, want);
-        assert_eq!(p.of_pid(u32::MAX), &Placement::default());
+        let path = pgbpf_common::procs::cgroup_v2_of(std::process::id()).unwrap();
+        let mount = cgroup::v2_mount().unwrap();
+        // A cgroup's id is its directory's inode number.
+        let id = std::fs::metadata(mount.join(path.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        let me = p.of_cgroup(id).clone();
+        assert_eq!(me.cgroup, path);
+        assert!(p.exists(&me));
+        let gone = p.of_cgroup(u64::MAX).clone();
+        assert_eq!(gone.cgroup, format!("cgroup#{}", u64::MAX));
+        assert!(!p.exists(&gone));
     }
 }

@@ -4,9 +4,12 @@
 //!
 //! The first N statements seen get series of their own; later ones are counted in their
 //! placement's `statement="other"` series and remembered as candidates with the time they
-//! took. A series without a call for the idle time is retired (it goes stale in Prometheus)
-//! and its place goes to the candidate with the most total time. Every series only grows,
-//! so `rate()` and `increase()` stay right: nothing moves between series.
+//! took. At each maintenance pass (every rescan, 10 s) a series without a call for the idle
+//! time is retired (it goes stale in Prometheus) and its place goes to the candidate with
+//! the most time; and a candidate that took more than twice the time of the least busy
+//! series in the pass's window takes that one's place (so a burst of one-off statements,
+//! initdb's or a migration's, does not hold the places for the idle time). Every series
+//! only grows, so `rate()` and `increase()` stay right: nothing moves between series.
 
 use std::{
     collections::HashMap,
@@ -27,6 +30,24 @@ pub struct Key {
 struct Series {
     histogram: Histogram,
     last_call: Instant,
+    /// Nanoseconds of calls since the last maintenance pass.
+    recent_ns: u64,
+}
+
+impl Series {
+    fn new(now: Instant) -> Series {
+        Series {
+            histogram: Histogram::default(),
+            last_call: now,
+            recent_ns: 0,
+        }
+    }
+
+    fn observe(&mut self, ns: u64, now: Instant) {
+        self.histogram.observe_ns(ns);
+        self.last_call = now;
+        self.recent_ns += ns;
+    }
 }
 
 /// The statement label of the series that counts what has no series of its own.
@@ -37,10 +58,10 @@ pub struct StatementTable {
     idle: Duration,
     series: HashMap<Key, Series>,
     /// Per placement: the statements without a series of their own.
-    other: HashMap<Placement, Histogram>,
+    other: HashMap<Placement, Series>,
     /// Statements waiting for a place, with the nanoseconds they took meanwhile.
     candidates: HashMap<Key, u64>,
-    /// Series retired for idleness since start.
+    /// Series retired (idle, or displaced by a busier statement) since start.
     pub retired: u64,
 }
 
@@ -59,64 +80,78 @@ impl StatementTable {
     /// One finished statement.
     pub fn record(&mut self, key: Key, ns: u64, now: Instant) {
         if let Some(s) = self.series.get_mut(&key) {
-            s.histogram.observe_ns(ns);
-            s.last_call = now;
+            s.observe(ns, now);
             return;
         }
         if self.series.len() < self.capacity {
-            let mut histogram = Histogram::default();
-            histogram.observe_ns(ns);
             self.candidates.remove(&key);
-            self.series.insert(
-                key,
-                Series {
-                    histogram,
-                    last_call: now,
-                },
-            );
+            self.series
+                .entry(key)
+                .or_insert_with(|| Series::new(now))
+                .observe(ns, now);
             return;
         }
         self.other
             .entry(key.placement.clone())
-            .or_default()
-            .observe_ns(ns);
-        // Candidates are bounded too: beyond four times the places, new ones are not
-        // remembered (their time still counts in "other").
-        let bound = self.capacity.saturating_mul(4);
+            .or_insert_with(|| Series::new(now))
+            .observe(ns, now);
         if let Some(total) = self.candidates.get_mut(&key) {
             *total += ns;
-        } else if self.candidates.len() < bound {
-            self.candidates.insert(key, ns);
+            return;
         }
+        // Candidates are bounded too: at four times the places, the half that took the
+        // least time is forgotten (their time still counts in "other"), so that a burst of
+        // one-off statements cannot keep a busy one out.
+        let bound = self.capacity.saturating_mul(4).max(2);
+        if self.candidates.len() >= bound {
+            let mut totals: Vec<u64> = self.candidates.values().copied().collect();
+            let (_, &mut median, _) = totals.select_nth_unstable(bound / 2);
+            self.candidates.retain(|_, &mut t| t > median);
+        }
+        self.candidates.insert(key, ns);
     }
 
-    /// Retires series idle for longer than the idle time and gives their places to the
-    /// candidates that took the most time.
-    pub fn retire_idle(&mut self, now: Instant) {
+    /// The maintenance pass: retires series idle for longer than the idle time, gives free
+    /// places to the candidates that took the most time, lets a candidate busier than twice
+    /// the least busy series take its place; then starts a new window.
+    pub fn maintain(&mut self, now: Instant) {
         let before = self.series.len();
         let idle = self.idle;
         self.series
             .retain(|_, s| now.saturating_duration_since(s.last_call) <= idle);
         self.retired += (before - self.series.len()) as u64;
-        let free = self.capacity - self.series.len();
-        if free == 0 || self.candidates.is_empty() {
-            return;
-        }
+        // A placement's "other" goes too when idle (a removed container's): nothing can be
+        // lost, it had no call for that long.
+        self.other
+            .retain(|_, s| now.saturating_duration_since(s.last_call) <= idle);
         let mut waiting: Vec<(Key, u64)> = self.candidates.drain().collect();
         waiting.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let rest = waiting.split_off(free.min(waiting.len()));
-        for (key, _) in waiting {
+        for (key, waited_ns) in waiting {
+            if self.series.len() >= self.capacity {
+                let Some((least, least_ns)) = self
+                    .series
+                    .iter()
+                    .min_by_key(|(k, s)| (s.recent_ns, *k))
+                    .map(|(k, s)| (k.clone(), s.recent_ns))
+                else {
+                    break;
+                };
+                if waited_ns <= least_ns.saturating_mul(2) {
+                    break;
+                }
+                self.series.remove(&least);
+                self.retired += 1;
+            }
             // A new series starts empty: what the statement took while waiting stays in
-            // "other", where it was counted.
-            self.series.insert(
-                key,
-                Series {
-                    histogram: Histogram::default(),
-                    last_call: now,
-                },
-            );
+            // "other", where it was counted. For the rest of this pass it weighs what it
+            // took, so that a less busy candidate does not displace it in turn.
+            let mut promoted = Series::new(now);
+            promoted.recent_ns = waited_ns;
+            self.series.insert(key, promoted);
         }
-        self.candidates.extend(rest);
+        for s in self.series.values_mut() {
+            s.recent_ns = 0;
+        }
     }
 
     /// Every series: its statement and placement, and its histogram; "other" last.
@@ -125,7 +160,7 @@ impl StatementTable {
             .series
             .iter()
             .map(|(k, s)| (k.statement.as_str(), &k.placement, &s.histogram));
-        let other = self.other.iter().map(|(p, h)| (OTHER, p, h));
+        let other = self.other.iter().map(|(p, s)| (OTHER, p, &s.histogram));
         own.chain(other)
     }
 
@@ -169,27 +204,50 @@ mod tests {
         assert_eq!(other, 6);
     }
 
+    fn count(t: &StatementTable, statement: &str) -> Option<u64> {
+        t.each()
+            .find(|(s, ..)| *s == statement)
+            .map(|(_, _, h)| h.count)
+    }
+
     #[test]
-    fn an_idle_series_gives_its_place_to_the_busiest_candidate_and_counts_only_grow() {
-        let start = Instant::now();
-        let mut t = StatementTable::new(1, Duration::from_secs(60));
-        t.record(key("old"), 1_000, start);
-        t.record(key("small"), 1_000, start);
-        t.record(key("big"), 9_000, start);
-        let other_before = t.each().find(|(s, ..)| *s == OTHER).unwrap().2.count;
-        t.retire_idle(start + Duration::from_secs(30));
-        assert_eq!(t.len(), 1, "nothing idle yet");
-        t.retire_idle(start + Duration::from_secs(61));
+    fn a_busier_candidate_displaces_the_least_busy_series_and_counts_only_grow() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut t = StatementTable::new(1, Duration::from_secs(600));
+        for _ in 0..5 {
+            t.record(key("a"), 1_000, t0);
+        }
+        for _ in 0..3 {
+            t.record(key("b"), 1_000, t0);
+        }
+        // b took 3 µs while a took 5: a keeps its place.
+        t.maintain(at(10));
+        assert_eq!((count(&t, "a"), count(&t, OTHER)), (Some(5), Some(3)));
+        // Next window: a 1 µs, b 5 µs, more than twice a's: b takes the place.
+        t.record(key("a"), 1_000, at(11));
+        for _ in 0..5 {
+            t.record(key("b"), 1_000, at(11));
+        }
+        t.maintain(at(20));
         assert_eq!(t.retired, 1);
-        let names: Vec<&str> = t.each().map(|(s, ..)| s).collect();
-        assert!(
-            names.contains(&"big") && !names.contains(&"old"),
-            "{names:?}"
-        );
-        let other_after = t.each().find(|(s, ..)| *s == OTHER).unwrap().2.count;
-        assert_eq!(other_after, other_before, "other never shrinks");
-        t.record(key("big"), 1_000, start + Duration::from_secs(62));
-        let big = t.each().find(|(s, ..)| *s == "big").unwrap().2.count;
-        assert_eq!(big, 1, "a promoted series starts from its promotion");
+        assert_eq!(count(&t, "a"), None, "a displaced");
+        assert_eq!(count(&t, OTHER), Some(8), "other never shrinks");
+        assert_eq!(count(&t, "b"), Some(0), "a promoted series starts empty");
+        t.record(key("b"), 1_000, at(21));
+        assert_eq!(count(&t, "b"), Some(1));
+    }
+
+    #[test]
+    fn idle_series_and_an_idle_other_are_retired() {
+        let t0 = Instant::now();
+        let mut t = StatementTable::new(1, Duration::from_secs(60));
+        t.record(key("a"), 1_000, t0);
+        t.record(key("b"), 1_000, t0);
+        t.maintain(t0 + Duration::from_secs(5));
+        assert_eq!((count(&t, "a"), count(&t, OTHER)), (Some(1), Some(1)));
+        t.maintain(t0 + Duration::from_secs(61));
+        assert!(t.is_empty() && t.each().next().is_none());
+        assert_eq!(t.retired, 1);
     }
 }

@@ -1,7 +1,9 @@
 //! pgbpf_exporter scraped by a real Prometheus (Debian's package) while pgbench runs on a
 //! real PostgreSQL: the statement latency histogram's count, read back through Prometheus'
-//! query API, matches pg_stat_statements' calls; the self-metrics are there; a memory cgroup
-//! pushed into reclaim shows in the reclaim series as in its memory.stat.
+//! query API, matches pg_stat_statements' calls; the self-metrics are there; a server in a
+//! container (its root an overlay of the host's) is counted once, under its container's
+//! label; a memory cgroup pushed into reclaim shows in the reclaim series as the kernel's
+//! /proc/vmstat counts it.
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -12,6 +14,7 @@ use std::{
 };
 
 use pgbpf_testkit::{
+    container::ContainerSpec,
     exclusive,
     memcg::MemoryCgroup,
     postgres::{PgOptions, Postgres, free_port},
@@ -287,6 +290,52 @@ fn reclaim_in_a_memory_cgroup_is_counted_as_the_kernel_counts_it() {
         &[&format!("cgroup=\"{}\"", cg.path)],
     );
     assert!(stall > 0.0, "stall time of the reclaiming reader");
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+}
+
+#[test]
+fn a_server_in_a_container_is_counted_once_under_its_container() {
+    require_root();
+    let _lock = exclusive();
+    let (exporter, port) = exporter(&["--collect", "query_latency"]);
+    // Started after the exporter, from the host's binary seen through the container's
+    // overlay root: another device number, the same file underneath, which the exporter
+    // already traces (attaching it again would count every statement twice).
+    let pg = Postgres::start_with_pgbench(
+        &PgOptions {
+            pg_stat_statements: true,
+            container: Some(ContainerSpec::default()),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let id = pg.container.as_ref().unwrap().id[..12].to_string();
+    // initdb's hundreds of one-off statements took the exporter's 100 places: pgbench's
+    // select, busier, takes one at the next maintenance pass (every 10 s), which also
+    // rescans for postgres binaries and sees the container's.
+    pg.pgbench(&["-S", "-c", "2", "-t", "200"]).unwrap();
+    std::thread::sleep(Duration::from_secs(11));
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    pg.pgbench(&["-S", "-c", "2", "-t", "500"]).unwrap();
+    let want = pgss_calls(&pg, "select abalance from pgbench_accounts");
+    std::thread::sleep(Duration::from_millis(500));
+    let text = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    let got = metric_sum(
+        &text,
+        "pgbpf_statement_duration_seconds_count",
+        &[
+            "SELECT abalance FROM pgbench_accounts",
+            &format!("container=\"{id}\""),
+        ],
+    );
+    assert_eq!(got, want, "the container's selects\n{text}");
+    let binaries = text
+        .lines()
+        .filter(|l| l.starts_with("pgbpf_postgres_binaries_traced{"))
+        .count();
+    assert_eq!(binaries, 1, "one file traced\n{text}");
     let done = exporter.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);
 }

@@ -44,6 +44,9 @@ pub struct IoEvent {
     pub b: u64,
     pub c: u64,
     pub d: u64,
+    /// cgroup v2 id of the task the event happened in (0 for block completions, which run
+    /// in interrupt context): the exporter's per-container series.
+    pub cgroup_id: u64,
     pub comm: [u8; 16],
     pub name: [u8; BDI_CAP],
     pub query_len: u32,

@@ -9,7 +9,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf,
+    },
     macros::{map, tracepoint},
     maps::{LruHashMap, RingBuf},
     programs::TracePointContext,
@@ -117,6 +120,8 @@ fn send(ctx: &TracePointContext, kind: u8, fill: impl FnOnce(&mut IoEvent)) {
     e.b = 0;
     e.c = 0;
     e.d = 0;
+    // SAFETY: helper without arguments.
+    e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     e.name = [0; BDI_CAP];
     e.truncated = 0;
@@ -253,6 +258,8 @@ pub fn rq_complete(ctx: TracePointContext) -> u32 {
     e.b = issued.bytes;
     e.c = key.dev as u64;
     e.d = field::<i32>(&ctx, &RQC_ERROR) as i64 as u64;
+    // Interrupt context: not the issuer's cgroup.
+    e.cgroup_id = 0;
     e.comm = issued.comm;
     e.name = [0; BDI_CAP];
     field_bytes(&ctx, &RQC_RWBS, &mut e.name[..10]);

@@ -56,7 +56,8 @@ impl Throttling {
     fn event(&mut self, ev: &IoEvent) {
         match ev.kind {
             kind::DIRTY_PAUSE | kind::RECLAIM_THROTTLE => {
-                let placement = self.placements.of_pid(ev.tgid).clone();
+                // The cgroup the kernel saw: the task may be gone when this is read.
+                let placement = self.placements.of_cgroup(ev.cgroup_id).clone();
                 let w = self.by_cgroup.entry(placement).or_default();
                 if ev.kind == kind::DIRTY_PAUSE {
                     w.dirty_pauses += 1;
@@ -92,6 +93,13 @@ impl Collector for Throttling {
         }
         // Processes met before they were located: their next events carry the statement.
         self.query_addrs.locate_wanted(&mut self.loaded)
+    }
+
+    fn rescan(&mut self) -> anyhow::Result<()> {
+        // Containers removed since have nothing more to say: their series go.
+        let placements = &self.placements;
+        self.by_cgroup.retain(|p, _| placements.exists(p));
+        Ok(())
     }
 
     fn families(&mut self, out: &mut Families) -> anyhow::Result<()> {

@@ -35,8 +35,32 @@ pub trait Collector: Send {
     /// The loaded objects, for the self-metrics.
     fn objects(&self) -> Vec<&Loaded>;
 
+    /// Run time and runs per program name, summed over the objects (and over those let go:
+    /// counters never go down).
+    fn programs(&self) -> ProgramStats {
+        program_stats(&self.objects())
+    }
+
     /// Events lost so far, by why (the kernel's COUNTERS).
     fn lost(&self) -> anyhow::Result<Vec<(&'static str, u64)>>;
+}
+
+/// Seconds and runs per program name.
+pub type ProgramStats = BTreeMap<String, (f64, u64)>;
+
+/// The kernel's run time and run count of every loaded program of `objects`, by name
+/// (programs of the same name in several objects, one per postgres binary, summed).
+pub fn program_stats(objects: &[&Loaded]) -> ProgramStats {
+    let mut programs = ProgramStats::new();
+    for object in objects {
+        for (name, program) in object.ebpf.programs() {
+            let Ok(info) = program.info() else { continue };
+            let p = programs.entry(name.to_string()).or_default();
+            p.0 += info.run_time().as_secs_f64();
+            p.1 += info.run_count();
+        }
+    }
+    programs
 }
 
 /// Starts the collector `name`.
@@ -84,18 +108,12 @@ pub fn self_metrics(
     }
     for c in running.iter() {
         let collector = c.name();
-        // Programs of the same name in several objects (one per postgres binary) are summed.
-        let mut programs: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-        let mut loaded_programs = 0u64;
-        for object in c.objects() {
-            for (name, program) in object.ebpf.programs() {
-                let Ok(info) = program.info() else { continue };
-                loaded_programs += 1;
-                let p = programs.entry(name.to_string()).or_default();
-                p.0 += info.run_time().as_secs_f64();
-                p.1 += info.run_count();
-            }
-        }
+        let loaded_programs = c
+            .objects()
+            .iter()
+            .flat_map(|o| o.ebpf.programs())
+            .filter(|(_, p)| p.info().is_ok())
+            .count();
         out.gauge(
             "pgbpf_bpf_programs",
             "Kernel programs the collector has loaded.",
@@ -104,7 +122,7 @@ pub fn self_metrics(
             vec![("collector", collector.into())],
             loaded_programs as f64,
         );
-        for (program, (seconds, runs)) in programs {
+        for (program, (seconds, runs)) in c.programs() {
             let labels = vec![("collector", collector.into()), ("program", program)];
             out.counter(
                 "pgbpf_bpf_program_run_seconds",

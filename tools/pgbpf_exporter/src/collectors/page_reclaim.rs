@@ -1,11 +1,14 @@
 //! Memory reclaim per container: page_reclaim's vmscan tracepoint programs on every process;
 //! the kernel keeps cumulative sums per process and cgroup, read at each scrape and summed
-//! per cgroup.
+//! per cgroup. The kernel's table holds 8192 processes: those that exited are folded into
+//! per-cgroup sums here and removed from it at each rescan, so a node running for months
+//! never fills it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use page_reclaim_ebpf::{KINDS, counter};
-use pgbpf_common::{cgroup::Placement, loader::Loaded, system};
+use aya::maps::PerCpuHashMap;
+use page_reclaim_ebpf::{KINDS, ReclaimKey, ReclaimStats, counter};
+use pgbpf_common::{cgroup::Placement, loader::Loaded, procs, system};
 
 use super::{Collector, tool_args};
 use crate::{
@@ -21,6 +24,8 @@ pub struct Reclaim {
     loaded: Loaded,
     placements: Placements,
     page_size: u64,
+    /// What exited processes reclaimed, per cgroup id (their rows removed from the kernel's).
+    exited: HashMap<u64, Sums>,
 }
 
 impl Reclaim {
@@ -32,16 +37,27 @@ impl Reclaim {
             loaded,
             placements: Placements::default(),
             page_size: system::page_size(),
+            exited: HashMap::new(),
         })
     }
 }
 
 /// Sums of one cgroup, per kind.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Sums {
     pages: [u64; KINDS],
     episodes: [u64; KINDS],
     stall_ns: [u64; KINDS],
+}
+
+impl Sums {
+    fn add(&mut self, pages: &[u64; KINDS], episodes: &[u64; KINDS], stall_ns: &[u64; KINDS]) {
+        for k in 0..KINDS {
+            self.pages[k] += pages[k];
+            self.episodes[k] += episodes[k];
+            self.stall_ns[k] += stall_ns[k];
+        }
+    }
 }
 
 impl Collector for Reclaim {
@@ -54,18 +70,47 @@ impl Collector for Reclaim {
         Ok(())
     }
 
+    fn rescan(&mut self) -> anyhow::Result<()> {
+        let snapshot = page_reclaim::trace::read_snapshot(&self.loaded)?;
+        let mut stats: PerCpuHashMap<_, ReclaimKey, ReclaimStats> =
+            PerCpuHashMap::try_from(self.loaded.map_mut("STATS")?)?;
+        // An exited process reclaims no more: its row is final.
+        for (key, t) in snapshot.processes {
+            if procs::alive(key.tgid) {
+                continue;
+            }
+            if stats.remove(&key).is_ok() {
+                self.exited.entry(key.cgroup_id).or_default().add(
+                    &t.pages,
+                    &t.episodes,
+                    &t.stall_ns,
+                );
+            }
+        }
+        // Cgroups removed since (containers gone) have nothing more to say.
+        let placements = &mut self.placements;
+        self.exited.retain(|&id, _| {
+            let p = placements.of_cgroup(id).clone();
+            placements.exists(&p)
+        });
+        Ok(())
+    }
+
     fn families(&mut self, out: &mut Families) -> anyhow::Result<()> {
         let snapshot = page_reclaim::trace::read_snapshot(&self.loaded)?;
+        let mut by_id: HashMap<u64, Sums> = self.exited.clone();
+        for (key, t) in &snapshot.processes {
+            by_id
+                .entry(key.cgroup_id)
+                .or_default()
+                .add(&t.pages, &t.episodes, &t.stall_ns);
+        }
         let mut by_cgroup: BTreeMap<Placement, Sums> = BTreeMap::new();
-        for (key, totals) in &snapshot.processes {
-            let sums = by_cgroup
-                .entry(self.placements.of_cgroup(key.cgroup_id).clone())
-                .or_default();
-            for k in 0..KINDS {
-                sums.pages[k] += totals.pages[k];
-                sums.episodes[k] += totals.episodes[k];
-                sums.stall_ns[k] += totals.stall_ns[k];
-            }
+        for (id, s) in by_id {
+            by_cgroup
+                .entry(self.placements.of_cgroup(id).clone())
+                .or_default()
+                .add(&s.pages, &s.episodes, &s.stall_ns);
         }
         for (placement, sums) in &by_cgroup {
             for (k, kind) in KIND_NAMES.iter().enumerate() {

@@ -7,7 +7,7 @@
 //! postgres) needs its own; a file no process runs any more is let go.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -16,7 +16,7 @@ use std::{
 use pgbpf_common::{loader::Loaded, postgres, procs, query, sql::normalize};
 use query_latency_ebpf::counter;
 
-use super::{Collector, tool_args};
+use super::{Collector, ProgramStats, program_stats, tool_args};
 use crate::{
     Args,
     families::Families,
@@ -24,8 +24,16 @@ use crate::{
     statements::{Key, StatementTable},
 };
 
-/// A file, whichever path reaches it: (device, inode).
-type FileId = (u64, u64);
+/// A file, whichever path and mount reach it: (inode, size, modification time in ns).
+/// Not the device: the overlay mount of each container has a device number of its own
+/// (in stat(2) and in /proc/PID/maps alike) while the inode number, size and times are the
+/// file's underneath, the one uprobes attach to; attaching it twice would count every
+/// statement twice.
+type FileId = (u64, u64, i128);
+
+/// How long a binary that could not be attached is left alone before it is tried again
+/// (its server may have been starting, or exited during the attach).
+const RETRY_REFUSED: Duration = Duration::from_secs(300);
 
 struct Instance {
     id: FileId,
@@ -37,8 +45,13 @@ struct Instance {
 
 pub struct Statements {
     instances: Vec<Instance>,
-    /// Binaries that could not be attached (no probes): not tried again at every rescan.
-    refused: HashSet<FileId>,
+    /// Binaries that could not be attached (no probes), and when: not tried again at every
+    /// rescan.
+    refused: HashMap<FileId, Instant>,
+    /// Lost events and program statistics of the binaries let go, so that the counters
+    /// never go down.
+    detached_lost: [u64; 2],
+    detached_programs: ProgramStats,
     table: StatementTable,
     placements: Placements,
     verbose: bool,
@@ -48,7 +61,9 @@ impl Statements {
     pub fn start(args: &Args) -> anyhow::Result<Statements> {
         let mut s = Statements {
             instances: vec![],
-            refused: HashSet::new(),
+            refused: HashMap::new(),
+            detached_lost: [0; 2],
+            detached_programs: ProgramStats::new(),
             table: StatementTable::new(
                 args.statements as usize,
                 Duration::from_secs(u64::from(args.statement_idle) * 60),
@@ -60,7 +75,7 @@ impl Statements {
         if let Ok(dir) = postgres::installed_bin_dir() {
             let binary = dir.join("postgres");
             if let Ok(meta) = std::fs::metadata(&binary)
-                && let Err(e) = s.attach((meta.dev(), meta.ino()), binary, true)
+                && let Err(e) = s.attach(file_id(&meta), binary, true)
             {
                 first_error = Some(e);
             }
@@ -94,7 +109,7 @@ impl Statements {
             }
             Err(e) => {
                 eprintln!("pgbpf_exporter: query_latency: cannot trace {path}: {e:#}");
-                self.refused.insert(id);
+                self.refused.insert(id, Instant::now());
                 Err(e)
             }
         }
@@ -103,16 +118,53 @@ impl Statements {
     fn attached(&self, id: FileId) -> bool {
         self.instances.iter().any(|i| i.id == id)
     }
+
+    /// The postgres binary `pid` runs, as a file id and a path this process can open.
+    fn postgres_binary(&self, pid: u32) -> Option<(FileId, PathBuf)> {
+        if procs::comm_of(pid).as_deref() != Some("postgres") {
+            return None;
+        }
+        let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        let (exe, _root) = postgres::binary_of_pid(pid).ok()?;
+        if !postgres::is_postgres_binary(&exe) {
+            return None;
+        }
+        Some((file_id(&meta), exe))
+    }
+
+    /// Lets a binary no process runs any more go, keeping its counters.
+    fn detach(&mut self, i: Instance) {
+        if self.verbose {
+            eprintln!(
+                "pgbpf_exporter: query_latency: no server runs {} any more: detached",
+                i.binary.display()
+            );
+        }
+        if let Ok(lost) = lost_of(&i.statements.loaded) {
+            for (sum, n) in self.detached_lost.iter_mut().zip(lost) {
+                *sum += n;
+            }
+        }
+        for (name, (seconds, runs)) in program_stats(&[&i.statements.loaded]) {
+            let p = self.detached_programs.entry(name).or_default();
+            p.0 += seconds;
+            p.1 += runs;
+        }
+    }
 }
 
-/// The postgres binary `pid` runs, as a file id and a path this process can open.
-fn postgres_binary(pid: u32) -> Option<(FileId, PathBuf)> {
-    if procs::comm_of(pid).as_deref() != Some("postgres") {
-        return None;
-    }
-    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-    let (exe, _root) = postgres::binary_of_pid(pid).ok()?;
-    postgres::is_postgres_binary(&exe).then_some(((meta.dev(), meta.ino()), exe))
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    let mtime = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    (meta.ino(), meta.size(), mtime)
+}
+
+/// A query_latency object's lost events: ring buffer full, statement map full.
+fn lost_of(loaded: &Loaded) -> anyhow::Result<[u64; 2]> {
+    let c: [u64; counter::COUNT as usize] = loaded.counters()?;
+    Ok([
+        c[counter::RINGBUF_FULL as usize],
+        c[counter::CONTEXT_FULL as usize],
+    ])
 }
 
 impl Collector for Statements {
@@ -141,27 +193,27 @@ impl Collector for Statements {
     fn rescan(&mut self) -> anyhow::Result<()> {
         let mut running = HashSet::new();
         for pid in procs::all_pids() {
-            let Some((id, binary)) = postgres_binary(pid) else {
+            let Some((id, binary)) = self.postgres_binary(pid) else {
                 continue;
             };
             running.insert(id);
-            if !self.attached(id) && !self.refused.contains(&id) {
+            let refused_lately = self
+                .refused
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < RETRY_REFUSED);
+            if !self.attached(id) && !refused_lately {
                 // Refused binaries are remembered and logged by attach.
                 let _ = self.attach(id, binary, false);
             }
         }
-        let verbose = self.verbose;
-        self.instances.retain(|i| {
-            let keep = i.pinned || running.contains(&i.id);
-            if !keep && verbose {
-                eprintln!(
-                    "pgbpf_exporter: query_latency: no server runs {} any more: detached",
-                    i.binary.display()
-                );
-            }
-            keep
-        });
-        self.table.retire_idle(Instant::now());
+        let (keep, gone): (Vec<Instance>, Vec<Instance>) = std::mem::take(&mut self.instances)
+            .into_iter()
+            .partition(|i| i.pinned || running.contains(&i.id));
+        self.instances = keep;
+        for i in gone {
+            self.detach(i);
+        }
+        self.table.maintain(Instant::now());
         Ok(())
     }
 
@@ -183,7 +235,7 @@ impl Collector for Statements {
         .set(vec![], self.table.len() as f64);
         out.counter(
             "pgbpf_statement_series_retired",
-            "Statement series dropped after --statement-idle minutes without a call.",
+            "Statement series dropped: idle for --statement-idle minutes, or displaced by a busier statement.",
         )
         .set(vec![], self.table.retired as f64);
         let traced = out.gauge(
@@ -194,7 +246,7 @@ impl Collector for Statements {
             traced.set(
                 vec![
                     ("binary", display(&i.binary)),
-                    ("inode", i.id.1.to_string()),
+                    ("inode", i.id.0.to_string()),
                 ],
                 1.0,
             );
@@ -209,16 +261,26 @@ impl Collector for Statements {
             .collect()
     }
 
+    fn programs(&self) -> ProgramStats {
+        let mut stats = program_stats(&self.objects());
+        for (name, (seconds, runs)) in &self.detached_programs {
+            let p = stats.entry(name.clone()).or_default();
+            p.0 += seconds;
+            p.1 += runs;
+        }
+        stats
+    }
+
     fn lost(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
-        let (mut full, mut context) = (0, 0);
+        let mut lost = self.detached_lost;
         for i in &self.instances {
-            let c: [u64; counter::COUNT as usize] = i.statements.loaded.counters()?;
-            full += c[counter::RINGBUF_FULL as usize];
-            context += c[counter::CONTEXT_FULL as usize];
+            for (sum, n) in lost.iter_mut().zip(lost_of(&i.statements.loaded)?) {
+                *sum += n;
+            }
         }
         Ok(vec![
-            ("ring_buffer_full", full),
-            ("statement_map_full", context),
+            ("ring_buffer_full", lost[0]),
+            ("statement_map_full", lost[1]),
         ])
     }
 }
