@@ -152,12 +152,15 @@ impl Results {
                 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]
             ));
         }
-        out.push_str(&format!(
-            "  {} handled {:.0} {} per second\n",
-            self.tool,
-            median(&self.samples[1].events_per_s),
-            self.events
-        ));
+        // The exporter prints no summary to count its events from.
+        if !self.events.is_empty() {
+            out.push_str(&format!(
+                "  {} handled {:.0} {} per second\n",
+                self.tool,
+                median(&self.samples[1].events_per_s),
+                self.events
+            ));
+        }
         if let Some(added) = self.added_latency_us() {
             out.push_str(&format!("  added latency per request {added:.2} µs\n"));
         }
@@ -180,19 +183,21 @@ impl Results {
                 .unwrap_or_default(),
             self.description
         ));
-        let rate = median(&self.samples[1].events_per_s);
-        s.push_str(&format!(
-            "While attached, {} handled a median of {rate:.0} {} per second",
-            self.tool, self.events
-        ));
-        let lost = &self.samples[1].lost;
-        if !lost.is_empty() {
+        if !self.events.is_empty() {
+            let rate = median(&self.samples[1].events_per_s);
             s.push_str(&format!(
-                " and lost {:.0} events in all runs together",
-                lost.iter().sum::<f64>()
+                "While attached, {} handled a median of {rate:.0} {} per second",
+                self.tool, self.events
             ));
+            let lost = &self.samples[1].lost;
+            if !lost.is_empty() {
+                s.push_str(&format!(
+                    " and lost {:.0} events in all runs together",
+                    lost.iter().sum::<f64>()
+                ));
+            }
+            s.push_str(".\n\n");
         }
-        s.push_str(".\n\n");
         if let Some(dir) = &self.baseline {
             s.push_str(&format!(
                 "**{} (baseline)** is the same tool from `{dir}` (`--baseline`, an earlier build), \

@@ -24,6 +24,7 @@ Examples:
   pgbpf_exporter                               # every collector, /metrics on port 9435
   pgbpf_exporter --listen 127.0.0.1:9435 --collect query_latency
   pgbpf_exporter --collect page_reclaim,io_timeouts --statements 50
+  pgbpf_exporter --postgres /usr/local/pgsql/bin/postgres   # a custom build, before it runs
   curl -s localhost:9435/metrics | grep pgbpf_statement_duration_seconds_count";
 
 /// Serves PostgreSQL statement latency, memory reclaim and write throttling per container on
@@ -42,6 +43,10 @@ pub struct Args {
         default_value = "query_latency,page_reclaim,io_timeouts"
     )]
     pub collect: Vec<CollectorName>,
+    /// A postgres binary to trace from the start (repeatable; default: the installed
+    /// server's); servers of other binaries are found as they run
+    #[arg(long, value_name = "PATH")]
+    pub postgres: Vec<std::path::PathBuf>,
     /// Statements with series of their own; the others are counted as statement="other"
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -339,3 +339,52 @@ fn a_server_in_a_container_is_counted_once_under_its_container() {
     let done = exporter.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);
 }
+
+#[test]
+fn a_collector_that_cannot_attach_says_why_and_the_others_run() {
+    require_root();
+    let _lock = exclusive();
+    // A real postgres binary without its USDT notes (objcopy), as a build without
+    // --enable-dtrace would be.
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("postgres");
+    let installed = pgbpf_common::postgres::installed_bin_dir()
+        .unwrap()
+        .join("postgres");
+    run(Command::new("objcopy")
+        .args(["--remove-section", ".note.stapsdt"])
+        .arg(&installed)
+        .arg(&bare))
+    .unwrap();
+    let bare_arg = bare.display().to_string();
+    let (mut exporter, port) = exporter(&[
+        "--collect",
+        "query_latency,page_reclaim",
+        "--postgres",
+        &bare_arg,
+    ]);
+    let log = exporter.stderr_so_far();
+    assert!(
+        log.contains("query_latency: not collecting") && log.contains("no USDT probe"),
+        "{log}"
+    );
+    let text = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    assert!(
+        text.contains("pgbpf_collector_up{collector=\"query_latency\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pgbpf_collector_up{collector=\"page_reclaim\"} 1"),
+        "{text}"
+    );
+    let error = text
+        .lines()
+        .find(|l| l.starts_with("pgbpf_collector_error{collector=\"query_latency\""))
+        .unwrap_or_else(|| panic!("no pgbpf_collector_error for query_latency:\n{text}"));
+    assert!(
+        error.contains(&bare_arg) && error.ends_with(" 1.0"),
+        "{error}"
+    );
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+}

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use pgbpf_common::{loader::Loaded, postgres, procs, query, sql::normalize};
 use query_latency_ebpf::counter;
 
@@ -71,8 +72,17 @@ impl Statements {
             placements: Placements::default(),
             verbose: args.verbose,
         };
+        // Binaries named with --postgres must be traceable: a mistake there is said at
+        // once (the collector does not start). The installed server's is tried quietly.
+        for binary in &args.postgres {
+            let meta = std::fs::metadata(binary)
+                .with_context(|| format!("--postgres {}", binary.display()))?;
+            s.attach(file_id(&meta), binary.clone(), true)?;
+        }
         let mut first_error = None;
-        if let Ok(dir) = postgres::installed_bin_dir() {
+        if args.postgres.is_empty()
+            && let Ok(dir) = postgres::installed_bin_dir()
+        {
             let binary = dir.join("postgres");
             if let Ok(meta) = std::fs::metadata(&binary)
                 && let Err(e) = s.attach(file_id(&meta), binary, true)
