@@ -85,6 +85,12 @@ pub trait Trace {
         false
     }
 
+    /// The loaded objects, for what reads their programs' statistics and counters (the
+    /// exporter's self-metrics). None by default.
+    fn objects(&self) -> Vec<&crate::loader::Loaded> {
+        vec![]
+    }
+
     /// Called instead of `finish` when stdout was closed (`tool | head`): keeps complete what
     /// does not need stdout (a capture file). Nothing by default.
     fn output_gone(&mut self) -> anyhow::Result<()> {
@@ -94,7 +100,7 @@ pub trait Trace {
 
 /// A tool that is attached and ready for the live loop.
 pub struct Attached<'a> {
-    pub trace: Box<dyn Trace + 'a>,
+    pub trace: Box<dyn Trace + Send + 'a>,
     /// The start-up line's beginning: "Tracing memory reclaim of PID 4242".
     pub what: String,
     /// Facts for the start-up line's parentheses, before "attached in N ms".

@@ -85,6 +85,18 @@ impl Postgres {
         Postgres::start_with(&PgOptions::default())
     }
 
+    /// A cluster with pg_stat_statements and pgbench's tables at scale 1: the usual
+    /// cross-check set-up.
+    pub fn with_pgss_and_pgbench() -> anyhow::Result<Postgres> {
+        Postgres::start_with_pgbench(
+            &PgOptions {
+                pg_stat_statements: true,
+                ..Default::default()
+            },
+            1,
+        )
+    }
+
     /// A cluster with `opts` and pgbench's tables at `scale` (pgbench -i -q).
     pub fn start_with_pgbench(opts: &PgOptions, scale: u32) -> anyhow::Result<Postgres> {
         let pg = Postgres::start_with(opts)?;

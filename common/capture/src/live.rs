@@ -525,6 +525,11 @@ impl Capture {
         Ok(())
     }
 
+    /// The loaded object (its programs' statistics, its maps).
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
     /// The kernel's counters (lost records and bytes, truncated reads and writes, ...).
     pub fn counters(&self) -> anyhow::Result<Counters> {
         self.loaded.counters()

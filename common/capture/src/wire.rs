@@ -121,7 +121,7 @@ impl<W: Wire> Sink<W> {
 /// A wire tool's start: decodes the capture file of `--read`, or attaches live (with
 /// `--record`). `make` builds the tool's decoder and report from the records' wall-clock
 /// offset.
-pub fn start<'a, W: Wire + 'a>(
+pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
     protocol: &'static Protocol,
     target: &TargetArgs,
     capture: &CaptureArgs,
@@ -141,7 +141,7 @@ pub fn start<'a, W: Wire + 'a>(
 /// Starts tracing: the capture is attached; the connections open now go to the decoder (and
 /// the file `record`, when given) first. `make` builds the decoder from the wall-clock offset
 /// of the records' times (the one the file is written with).
-pub fn attach<'a, W: Wire + 'a>(
+pub fn attach<'a, W: Wire<Event: Send> + Send + 'a>(
     capture: Capture,
     make: impl FnOnce(i64) -> W,
     record: Option<&Path>,
@@ -187,6 +187,10 @@ struct WireTrace<W: Wire> {
 impl<W: Wire> Trace for WireTrace<W> {
     fn wait(&mut self, timeout: Duration) {
         self.capture.wait(timeout);
+    }
+
+    fn objects(&self) -> Vec<&pgbpf_common::loader::Loaded> {
+        vec![self.capture.loaded()]
     }
 
     fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {

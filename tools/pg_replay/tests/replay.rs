@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
 use pgbpf_testkit::{
     exclusive,
-    postgres::{PgOptions, Postgres},
+    postgres::Postgres,
     require_root,
     tool::{Finished, Traced, run_tool},
 };
@@ -31,14 +31,7 @@ fn pgwire_trace() -> String {
 const PG_REPLAY: &str = env!("CARGO_BIN_EXE_pg_replay");
 
 fn cluster() -> Postgres {
-    Postgres::start_with_pgbench(
-        &PgOptions {
-            pg_stat_statements: true,
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap()
+    Postgres::with_pgss_and_pgbench().unwrap()
 }
 
 /// libpq's conninfo of a test cluster (its Unix socket).

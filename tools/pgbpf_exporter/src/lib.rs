@@ -2,8 +2,8 @@
 //! served on `/metrics` for Prometheus (ebpf_exporter's and coroot-node-agent's job, for
 //! PostgreSQL). Manual: docs/pgbpf_exporter.md.
 //!
-//! - [`collectors`]: one per tool (statements, reclaim, throttling), attached with the tools'
-//!   own `attach`, and the exporter's self-metrics.
+//! - [`collectors`]: one per tool (statements, reclaim, throttling, wire requests), attached
+//!   with the tools' own code, and the exporter's self-metrics.
 //! - [`statements`]: per-statement latency histograms with a bounded number of series.
 //! - [`families`]: metric families as a scrape builds them, encoded by `prometheus-client`.
 //! - [`placement`]: which container and pod a process is in (labels).
@@ -24,6 +24,7 @@ Examples:
   pgbpf_exporter                               # every collector, /metrics on port 9435
   pgbpf_exporter --listen 127.0.0.1:9435 --collect query_latency
   pgbpf_exporter --collect page_reclaim,io_timeouts --statements 50
+  pgbpf_exporter --collect query_latency,pgwire_trace   # also requests and errors by SQLSTATE class
   pgbpf_exporter --postgres /usr/local/pgsql/bin/postgres   # a custom build, before it runs
   curl -s localhost:9435/metrics | grep pgbpf_statement_duration_seconds_count";
 
@@ -35,7 +36,8 @@ pub struct Args {
     /// Where to serve /metrics: [HOST]:PORT (no host: every address)
     #[arg(long, value_name = "ADDR", default_value = ":9435", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// The collectors to run, comma separated
+    /// The collectors to run, comma separated (pgwire_trace, which copies every request and
+    /// response of every server to decode it, is not among the default ones)
     #[arg(
         long,
         value_name = "LIST",
@@ -76,6 +78,10 @@ pub enum CollectorName {
     /// Dirty-page and reclaim throttling, writeback per device (io_timeouts)
     #[value(name = "io_timeouts")]
     IoTimeouts,
+    /// PostgreSQL requests and errors by SQLSTATE class, from the wire (pgwire_trace's
+    /// capture: every read and write of every server connection is copied and decoded)
+    #[value(name = "pgwire_trace")]
+    PgwireTrace,
 }
 
 impl CollectorName {
@@ -84,6 +90,7 @@ impl CollectorName {
             CollectorName::QueryLatency => "query_latency",
             CollectorName::PageReclaim => "page_reclaim",
             CollectorName::IoTimeouts => "io_timeouts",
+            CollectorName::PgwireTrace => "pgwire_trace",
         }
     }
 }

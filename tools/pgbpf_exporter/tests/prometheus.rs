@@ -138,6 +138,11 @@ impl Drop for Prometheus {
     }
 }
 
+/// A cluster with pg_stat_statements and pgbench's tables (scale 1).
+fn cluster() -> Postgres {
+    Postgres::with_pgss_and_pgbench().unwrap()
+}
+
 /// pg_stat_statements' calls of the statements whose text starts with `prefix`.
 fn pgss_calls(pg: &Postgres, prefix: &str) -> f64 {
     pg.psql(&format!(
@@ -153,14 +158,7 @@ fn pgss_calls(pg: &Postgres, prefix: &str) -> f64 {
 fn prometheus_scrapes_statement_latency_that_matches_pg_stat_statements() {
     require_root();
     let _lock = exclusive();
-    let pg = Postgres::start_with_pgbench(
-        &PgOptions {
-            pg_stat_statements: true,
-            ..Default::default()
-        },
-        1,
-    )
-    .unwrap();
+    let pg = cluster();
     let (exporter, port) = exporter(&["--collect", "query_latency,page_reclaim,io_timeouts"]);
     let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
     prometheus.wait_for_scrapes();
@@ -384,6 +382,48 @@ fn a_collector_that_cannot_attach_says_why_and_the_others_run() {
     assert!(
         error.contains(&bare_arg) && error.ends_with(" 1.0"),
         "{error}"
+    );
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+}
+
+#[test]
+fn wire_requests_and_errors_match_the_servers_own_counts() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let (exporter, port) = exporter(&["--collect", "pgwire_trace"]);
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    pg.pgbench(&["-S", "-n", "-c", "2", "-t", "500"]).unwrap();
+    for _ in 0..3 {
+        // Each fails: SQLSTATE 22012, class 22.
+        assert!(pg.psql("select 1/0").is_err());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let text = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    // pg_stat_statements counts every statement that completed (the reset included, the
+    // one reading the sum not yet), the failed ones not; the server log has each error.
+    let completed: f64 = pg
+        .psql("select sum(calls) from pg_stat_statements")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let logged = pg.server_log().matches("ERROR:  division by zero").count() as f64;
+    assert_eq!(logged, 3.0, "{}", pg.server_log());
+    let database = "database=\"postgres\"";
+    let requests = metric_sum(&text, "pgbpf_wire_requests_total", &[database]);
+    let errors = metric_sum(
+        &text,
+        "pgbpf_wire_errors_total",
+        &[database, "sqlstate_class=\"22\""],
+    );
+    assert_eq!(errors, logged, "errors of class 22\n{text}");
+    assert_eq!(
+        requests,
+        completed + logged,
+        "requests: pg_stat_statements' calls (the query reading them not yet among them) and \
+         the errors\n{text}"
     );
     let done = exporter.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);

@@ -84,36 +84,6 @@ impl Reporter {
         }
     }
 
-    /// Handles one decoder event.
-    pub fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
-        match e {
-            Event::Request(r) => self.request(out, r),
-            Event::Encrypted {
-                unix_ns,
-                pid,
-                conn_id,
-                peer,
-                reason,
-            } => {
-                if out.json {
-                    out.record(&Record::Encrypted(rec::Encrypted {
-                        ts_ns: *unix_ns,
-                        pid: *pid,
-                        conn_id: *conn_id,
-                        peer,
-                        reason,
-                    }))
-                } else if self.style.summary {
-                    Ok(())
-                } else {
-                    out.text(&format!(
-                        "# PID {pid} {peer}: connection encrypted, payload not visible: {reason}\n"
-                    ))
-                }
-            }
-        }
-    }
-
     fn request(&mut self, out: &mut Output, r: &Request) -> io::Result<()> {
         let d = &r.done;
         let ns = r.end_unix_ns.saturating_sub(r.start_unix_ns);
@@ -293,21 +263,6 @@ impl Reporter {
         Ok(())
     }
 
-    /// The report of the interval that ended (with --summary, its table), or of the whole
-    /// trace (with --summary its table; always the totals).
-    pub fn report(
-        &mut self,
-        out: &mut Output,
-        scope: Scope,
-        stats: &DecodeStats,
-        kernel: &[u64],
-    ) -> io::Result<()> {
-        match scope {
-            Scope::Interval => self.interval(out, stats, kernel),
-            Scope::Total => self.finish(out, stats, kernel),
-        }
-    }
-
     fn interval(
         &mut self,
         out: &mut Output,
@@ -376,5 +331,52 @@ fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> Totals {
         truncated_bytes: s.truncated_bytes,
         malformed: s.malformed,
         lost: Lost::of(kernel),
+    }
+}
+
+impl crate::trace::Requests for Reporter {
+    /// Handles one decoder event.
+    fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
+        match e {
+            Event::Request(r) => self.request(out, r),
+            Event::Encrypted {
+                unix_ns,
+                pid,
+                conn_id,
+                peer,
+                reason,
+            } => {
+                if out.json {
+                    out.record(&Record::Encrypted(rec::Encrypted {
+                        ts_ns: *unix_ns,
+                        pid: *pid,
+                        conn_id: *conn_id,
+                        peer,
+                        reason,
+                    }))
+                } else if self.style.summary {
+                    Ok(())
+                } else {
+                    out.text(&format!(
+                        "# PID {pid} {peer}: connection encrypted, payload not visible: {reason}\n"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The report of the interval that ended (with --summary, its table), or of the whole
+    /// trace (with --summary its table; always the totals).
+    fn report(
+        &mut self,
+        out: &mut Output,
+        scope: Scope,
+        stats: &DecodeStats,
+        kernel: &[u64],
+    ) -> io::Result<()> {
+        match scope {
+            Scope::Interval => self.interval(out, stats, kernel),
+            Scope::Total => self.finish(out, stats, kernel),
+        }
     }
 }

@@ -8,27 +8,47 @@ use pgbpf_common::{output::Output, records::Scope};
 
 use crate::{
     Args,
-    decode::{Decoder, Event},
+    decode::{DecodeStats, Decoder, Event},
     report::Reporter,
 };
 
-/// pgwire_trace's decoder and report, as the capture drives them.
-pub struct PgWire {
+/// What is done with the decoded requests: printed and summed (the tool's [`Reporter`]), or
+/// counted (pgbpf_exporter's wire collector).
+pub trait Requests {
+    fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()>;
+    fn report(
+        &mut self,
+        out: &mut Output,
+        scope: Scope,
+        stats: &DecodeStats,
+        kernel: &[u64],
+    ) -> io::Result<()>;
+}
+
+/// pgwire_trace's decoder and what is done with its requests, as the capture drives them.
+pub struct PgWire<R = Reporter> {
     decoder: Decoder,
-    reporter: Reporter,
+    requests: R,
 }
 
 impl PgWire {
     /// `wall_offset_ns`: wall-clock minus monotonic time of the records.
     pub fn new(args: &Args, wall_offset_ns: i64) -> PgWire {
+        PgWire::with(Reporter::new(crate::style(args)), wall_offset_ns)
+    }
+}
+
+impl<R: Requests> PgWire<R> {
+    /// The decoder handing its requests to `requests`.
+    pub fn with(requests: R, wall_offset_ns: i64) -> PgWire<R> {
         PgWire {
             decoder: Decoder::new(wall_offset_ns),
-            reporter: Reporter::new(crate::style(args)),
+            requests,
         }
     }
 }
 
-impl Wire for PgWire {
+impl<R: Requests> Wire for PgWire<R> {
     type Event = Event;
 
     fn feed(&mut self, r: &Record, out: &mut Vec<Event>) {
@@ -65,11 +85,11 @@ impl Wire for PgWire {
     }
 
     fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
-        self.reporter.event(out, e)
+        self.requests.event(out, e)
     }
 
     fn report(&mut self, out: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()> {
-        self.reporter
+        self.requests
             .report(out, scope, &self.decoder.stats, kernel)
     }
 
