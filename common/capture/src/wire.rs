@@ -56,6 +56,98 @@ pub trait Wire {
     fn kernel_counters(&self) -> Option<&[u64]>;
 }
 
+/// A protocol's decoder, as [`Decoded`] drives it (pgwire_trace's and redis_trace's).
+pub trait Decode {
+    type Event;
+    /// Totals over the whole trace, for the report.
+    type Stats;
+    /// Decodes one record; appends what it completed to `out`.
+    fn feed_into(&mut self, r: &Record, out: &mut Vec<Self::Event>);
+    /// Secret ranges of the payload of the record fed last.
+    fn secrets(&self) -> &[(usize, usize)];
+    /// Ends every connection still open.
+    fn finish_into(&mut self, out: &mut Vec<Self::Event>);
+    /// Ends the connections of processes gone at `sampled_ns`; returns their (tgid, fd).
+    fn close_exited_into(
+        &mut self,
+        sampled_ns: u64,
+        alive: &dyn Fn(u32) -> bool,
+        out: &mut Vec<Self::Event>,
+    ) -> Vec<(u32, u32)>;
+    /// Connections the kernel should stop copying (encrypted ones), taken.
+    fn take_stop_capturing(&mut self) -> Vec<(u32, u32)>;
+    /// What the live capture probes for TLS plaintext.
+    fn set_tls_probed(&mut self, probed: crate::tls::Probed);
+    /// The kernel's counters a capture file carried.
+    fn kernel_counters(&self) -> Option<&[u64]>;
+    fn stats(&self) -> &Self::Stats;
+}
+
+/// What is done with a decoder's events: printed and summed (a tool's report), or counted
+/// (pgbpf_exporter's wire collectors).
+pub trait Report<E, S> {
+    fn event(&mut self, out: &mut Output, e: &E) -> io::Result<()>;
+    /// The report of an interval or of the whole trace.
+    fn report(
+        &mut self,
+        out: &mut Output,
+        scope: Scope,
+        stats: &S,
+        kernel: &[u64],
+    ) -> io::Result<()>;
+}
+
+/// A decoder and what is done with its events: the [`Wire`] of every decoding tool.
+pub struct Decoded<D, R> {
+    pub decoder: D,
+    pub report: R,
+}
+
+impl<D: Decode, R: Report<D::Event, D::Stats>> Wire for Decoded<D, R> {
+    type Event = D::Event;
+
+    fn feed(&mut self, r: &Record, out: &mut Vec<D::Event>) {
+        self.decoder.feed_into(r, out);
+    }
+
+    fn secrets(&self) -> &[(usize, usize)] {
+        self.decoder.secrets()
+    }
+
+    fn finish(&mut self, out: &mut Vec<D::Event>) {
+        self.decoder.finish_into(out);
+    }
+
+    fn close_exited(
+        &mut self,
+        sampled_ns: u64,
+        alive: &dyn Fn(u32) -> bool,
+        out: &mut Vec<D::Event>,
+    ) -> Vec<(u32, u32)> {
+        self.decoder.close_exited_into(sampled_ns, alive, out)
+    }
+
+    fn stop_capturing(&mut self) -> Vec<(u32, u32)> {
+        self.decoder.take_stop_capturing()
+    }
+
+    fn tls_probed(&mut self, probed: crate::tls::Probed) {
+        self.decoder.set_tls_probed(probed);
+    }
+
+    fn event(&mut self, out: &mut Output, e: &D::Event) -> io::Result<()> {
+        self.report.event(out, e)
+    }
+
+    fn report(&mut self, out: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()> {
+        self.report.report(out, scope, self.decoder.stats(), kernel)
+    }
+
+    fn kernel_counters(&self) -> Option<&[u64]> {
+        self.decoder.kernel_counters()
+    }
+}
+
 /// Reports `events` and empties it, reading each in place (not moved out as a drain does:
 /// an event is a few hundred bytes).
 fn report_all<W: Wire>(

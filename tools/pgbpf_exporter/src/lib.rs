@@ -2,7 +2,7 @@
 //! served on `/metrics` for Prometheus (ebpf_exporter's and coroot-node-agent's job, for
 //! PostgreSQL). Manual: docs/pgbpf_exporter.md.
 //!
-//! - [`collectors`]: one per tool (statements, reclaim, throttling, wire requests), attached
+//! - [`collectors`]: one per tool (statements, reclaim, throttling, wire requests), run
 //!   with the tools' own code, and the exporter's self-metrics.
 //! - [`statements`]: per-statement latency histograms with a bounded number of series.
 //! - [`families`]: metric families as a scrape builds them, encoded by `prometheus-client`.
@@ -25,6 +25,7 @@ Examples:
   pgbpf_exporter --listen 127.0.0.1:9435 --collect query_latency
   pgbpf_exporter --collect page_reclaim,io_timeouts --statements 50
   pgbpf_exporter --collect query_latency,pgwire_trace   # also requests and errors by SQLSTATE class
+  pgbpf_exporter --collect redis_trace                  # Redis commands and errors by code
   pgbpf_exporter --postgres /usr/local/pgsql/bin/postgres   # a custom build, before it runs
   curl -s localhost:9435/metrics | grep pgbpf_statement_duration_seconds_count";
 
@@ -36,8 +37,8 @@ pub struct Args {
     /// Where to serve /metrics: [HOST]:PORT (no host: every address)
     #[arg(long, value_name = "ADDR", default_value = ":9435", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// The collectors to run, comma separated (pgwire_trace, which copies every request and
-    /// response of every server to decode it, is not among the default ones)
+    /// The collectors to run, comma separated (pgwire_trace and redis_trace, which copy every
+    /// request and response of every server to decode them, are not among the default ones)
     #[arg(
         long,
         value_name = "LIST",
@@ -82,6 +83,9 @@ pub enum CollectorName {
     /// capture: every read and write of every server connection is copied and decoded)
     #[value(name = "pgwire_trace")]
     PgwireTrace,
+    /// Redis commands per name and errors per code, from the wire (redis_trace's capture)
+    #[value(name = "redis_trace")]
+    RedisTrace,
 }
 
 impl CollectorName {
@@ -91,6 +95,7 @@ impl CollectorName {
             CollectorName::PageReclaim => "page_reclaim",
             CollectorName::IoTimeouts => "io_timeouts",
             CollectorName::PgwireTrace => "pgwire_trace",
+            CollectorName::RedisTrace => "redis_trace",
         }
     }
 }

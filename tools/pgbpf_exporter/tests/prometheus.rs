@@ -18,6 +18,7 @@ use pgbpf_testkit::{
     exclusive,
     memcg::MemoryCgroup,
     postgres::{PgOptions, Postgres, free_port},
+    redis::Redis,
     repo_root, require_root, run,
     tool::Traced,
     vmstat,
@@ -425,6 +426,54 @@ fn wire_requests_and_errors_match_the_servers_own_counts() {
         "requests: pg_stat_statements' calls (the query reading them not yet among them) and \
          the errors\n{text}"
     );
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+}
+
+#[test]
+fn redis_commands_and_errors_match_info_commandstats_and_errorstats() {
+    require_root();
+    let _lock = exclusive();
+    let redis = Redis::start().unwrap();
+    let (exporter, port) = exporter(&["--collect", "redis_trace"]);
+    redis
+        .benchmark(&["-t", "set,get", "-n", "2000", "-c", "2", "-q"])
+        .unwrap();
+    redis.cli(&["LPUSH", "mylist", "a"]).unwrap();
+    // WRONGTYPE twice, ERR (unknown command) once: error replies, not failures of redis-cli.
+    for args in [
+        &["GET", "mylist"][..],
+        &["GET", "mylist"],
+        &["NOSUCHCOMMAND"],
+    ] {
+        let _ = redis.cli(args);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let text = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    let calls = redis.command_calls().unwrap();
+    for command in ["set", "get", "lpush"] {
+        let ours = metric_sum(
+            &text,
+            "pgbpf_redis_commands_total",
+            &[&format!("command=\"{}\"", command.to_uppercase())],
+        );
+        assert_eq!(
+            ours, calls[command] as f64,
+            "{command}: INFO commandstats {calls:?}\n{text}"
+        );
+    }
+    let errors = redis.error_counts().unwrap();
+    for code in ["WRONGTYPE", "ERR"] {
+        let ours = metric_sum(
+            &text,
+            "pgbpf_redis_errors_total",
+            &[&format!("code=\"{code}\"")],
+        );
+        assert_eq!(
+            ours, errors[code] as f64,
+            "{code}: INFO errorstats {errors:?}\n{text}"
+        );
+    }
     let done = exporter.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);
 }

@@ -71,6 +71,6 @@ fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached
         &args.capture,
         args.out.verbose,
         out,
-        |wall| trace::PgWire::new(args, wall),
+        |wall| trace::pg_wire(args, wall),
     )
 }

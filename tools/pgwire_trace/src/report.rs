@@ -334,7 +334,7 @@ fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> Totals {
     }
 }
 
-impl crate::trace::Requests for Reporter {
+impl pgbpf_capture::wire::Report<Event, DecodeStats> for Reporter {
     /// Handles one decoder event.
     fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
         match e {

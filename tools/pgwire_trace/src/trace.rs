@@ -1,10 +1,10 @@
 //! The decoder and report as the shared capture (`pgbpf_capture::wire`) drives them, live and
 //! with `--read`: PostgreSQL requests into the report.
 
-use std::io;
-
-use pgbpf_capture::{Record, wire::Wire};
-use pgbpf_common::{output::Output, records::Scope};
+use pgbpf_capture::{
+    Record,
+    wire::{Decode, Decoded},
+};
 
 use crate::{
     Args,
@@ -12,88 +12,60 @@ use crate::{
     report::Reporter,
 };
 
-/// What is done with the decoded requests: printed and summed (the tool's [`Reporter`]), or
-/// counted (pgbpf_exporter's wire collector).
-pub trait Requests {
-    fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()>;
-    fn report(
-        &mut self,
-        out: &mut Output,
-        scope: Scope,
-        stats: &DecodeStats,
-        kernel: &[u64],
-    ) -> io::Result<()>;
-}
+/// pgwire_trace's decoder and what is done with its requests (by default its report).
+pub type PgWire<R = Reporter> = Decoded<Decoder, R>;
 
-/// pgwire_trace's decoder and what is done with its requests, as the capture drives them.
-pub struct PgWire<R = Reporter> {
-    decoder: Decoder,
-    requests: R,
-}
-
-impl PgWire {
-    /// `wall_offset_ns`: wall-clock minus monotonic time of the records.
-    pub fn new(args: &Args, wall_offset_ns: i64) -> PgWire {
-        PgWire::with(Reporter::new(crate::style(args)), wall_offset_ns)
+/// The tool's decoder and report; `wall_offset_ns`: wall-clock minus monotonic time of the
+/// records.
+pub fn pg_wire(args: &Args, wall_offset_ns: i64) -> PgWire {
+    Decoded {
+        decoder: Decoder::new(wall_offset_ns),
+        report: Reporter::new(crate::style(args)),
     }
 }
 
-impl<R: Requests> PgWire<R> {
-    /// The decoder handing its requests to `requests`.
-    pub fn with(requests: R, wall_offset_ns: i64) -> PgWire<R> {
-        PgWire {
-            decoder: Decoder::new(wall_offset_ns),
-            requests,
-        }
-    }
-}
-
-impl<R: Requests> Wire for PgWire<R> {
+impl Decode for Decoder {
     type Event = Event;
+    type Stats = DecodeStats;
 
-    fn feed(&mut self, r: &Record, out: &mut Vec<Event>) {
-        self.decoder.feed_into(r, out);
+    fn feed_into(&mut self, r: &Record, out: &mut Vec<Event>) {
+        Decoder::feed_into(self, r, out);
     }
 
     /// Password messages: overwritten in a capture file.
     fn secrets(&self) -> &[(usize, usize)] {
-        self.decoder.secrets()
+        Decoder::secrets(self)
     }
 
-    fn finish(&mut self, out: &mut Vec<Event>) {
-        out.extend(self.decoder.finish());
+    fn finish_into(&mut self, out: &mut Vec<Event>) {
+        out.extend(self.finish());
     }
 
-    fn close_exited(
+    fn close_exited_into(
         &mut self,
         sampled_ns: u64,
         alive: &dyn Fn(u32) -> bool,
         out: &mut Vec<Event>,
     ) -> Vec<(u32, u32)> {
-        let (events, gone) = self.decoder.close_exited(sampled_ns, alive);
+        let (events, gone) = self.close_exited(sampled_ns, alive);
         out.extend(events);
         gone
     }
 
     /// Encrypted connections: nothing to decode, so the kernel stops copying them.
-    fn stop_capturing(&mut self) -> Vec<(u32, u32)> {
-        std::mem::take(&mut self.decoder.stop_capturing)
+    fn take_stop_capturing(&mut self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.stop_capturing)
     }
 
-    fn tls_probed(&mut self, probed: pgbpf_capture::tls::Probed) {
-        self.decoder.tls_probed = Some(probed);
-    }
-
-    fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
-        self.requests.event(out, e)
-    }
-
-    fn report(&mut self, out: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()> {
-        self.requests
-            .report(out, scope, &self.decoder.stats, kernel)
+    fn set_tls_probed(&mut self, probed: pgbpf_capture::tls::Probed) {
+        self.tls_probed = Some(probed);
     }
 
     fn kernel_counters(&self) -> Option<&[u64]> {
-        self.decoder.kernel_counters()
+        Decoder::kernel_counters(self)
+    }
+
+    fn stats(&self) -> &DecodeStats {
+        &self.stats
     }
 }

@@ -74,6 +74,6 @@ fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached
         &args.capture,
         args.out.verbose,
         out,
-        |wall| trace::RedisWire::new(args, wall),
+        |wall| trace::redis_wire(args, wall),
     )
 }

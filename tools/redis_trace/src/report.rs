@@ -158,95 +158,6 @@ impl Reporter {
         }
     }
 
-    /// Handles one decoder event.
-    pub fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
-        match e {
-            Event::Command {
-                who,
-                start_unix_ns,
-                end_unix_ns,
-                done,
-            } => {
-                let ns = duration_ns(*start_unix_ns, *end_unix_ns, done);
-                if self.style.summary {
-                    self.count(done, ns);
-                    return Ok(());
-                }
-                if out.json {
-                    return out.record(&Record::Command(self.command_record(
-                        who,
-                        *start_unix_ns,
-                        ns,
-                        done,
-                    )));
-                }
-                self.line(out, who, *start_unix_ns, ns, done)
-            }
-            Event::Transaction {
-                who,
-                start_unix_ns,
-                end_unix_ns,
-                tx,
-            } => {
-                if self.style.summary {
-                    return Ok(());
-                }
-                let (status, error) = match &tx.outcome {
-                    TxOutcome::Executed => ("executed", None),
-                    TxOutcome::Aborted(code) => ("aborted", Some(code.as_str())),
-                    TxOutcome::WatchFailed => ("watch_failed", None),
-                    TxOutcome::Discarded => ("discarded", None),
-                };
-                let ns = end_unix_ns.saturating_sub(*start_unix_ns);
-                if out.json {
-                    return out.record(&Record::Transaction(rec::Transaction {
-                        ts_ns: *start_unix_ns,
-                        pid: who.pid,
-                        conn_id: who.conn_id,
-                        peer: &who.peer,
-                        tls: who.tls,
-                        transaction: tx.id,
-                        duration_ns: ns,
-                        commands: tx.commands,
-                        status,
-                        error,
-                    }));
-                }
-                let text = format!(
-                    "MULTI…{} #{}: {} commands {status}",
-                    if tx.outcome == TxOutcome::Discarded {
-                        "DISCARD"
-                    } else {
-                        "EXEC"
-                    },
-                    tx.id,
-                    tx.commands
-                );
-                self.write_line(out, who, *start_unix_ns, Some(ns), status, None, &text)
-            }
-            // Counted in the totals; one line per pub/sub message would drown the commands.
-            Event::Push { .. } => Ok(()),
-            Event::Encrypted { who, reason } => {
-                if out.json {
-                    out.record(&Record::Encrypted(rec::Encrypted {
-                        ts_ns: output::unix_ns(),
-                        pid: who.pid,
-                        conn_id: who.conn_id,
-                        peer: &who.peer,
-                        reason,
-                    }))
-                } else if self.style.summary {
-                    Ok(())
-                } else {
-                    out.text(&format!(
-                        "# PID {} {}: connection encrypted, payload not visible: {reason}\n",
-                        who.pid, who.peer
-                    ))
-                }
-            }
-        }
-    }
-
     fn count(&mut self, d: &Completed, ns: Option<u64>) {
         let style_keys = self.style.keys;
         let request = d.command.wire;
@@ -392,50 +303,6 @@ impl Reporter {
                 text,
             },
         )
-    }
-
-    /// The report of the interval that ended (with --summary, its tables), or of the whole
-    /// trace (with --summary its tables and histograms; always the totals).
-    pub fn report(
-        &mut self,
-        out: &mut Output,
-        scope: Scope,
-        stats: &DecodeStats,
-        kernel: &[u64],
-    ) -> io::Result<()> {
-        if scope == Scope::Interval && !self.style.summary {
-            return Ok(());
-        }
-        let (figures, period) = self.figures.end(scope);
-        let interval_ns = common::ns(period);
-        if out.json {
-            if self.style.summary {
-                self.rows(out, scope, interval_ns, &figures)?;
-            }
-            let t = totals(stats, kernel, interval_ns);
-            return out.record(&match scope {
-                Scope::Interval => Record::Interval(t),
-                Scope::Total => Record::Summary(t),
-            });
-        }
-        let mut text = String::new();
-        if self.style.summary {
-            text.push('\n');
-            if scope == Scope::Interval {
-                text.push_str(&format!("{}\n", output::hms_now()));
-            }
-            text.push_str(&self.table(out.width, &figures));
-            text.push('\n');
-            if self.style.keys {
-                text.push_str(&self.key_table(out.width, &figures));
-            }
-            if scope == Scope::Total {
-                text.push_str(&self.histograms(&figures));
-            }
-        }
-        text.push_str(&totals_line(stats, kernel));
-        text.push('\n');
-        out.text(&text)
     }
 
     /// Commands by total time, then by calls.
@@ -621,5 +488,140 @@ fn totals(s: &DecodeStats, kernel: &[u64], interval_ns: u64) -> rec::Totals {
         skipped_bytes: s.skipped_bytes,
         truncated_bytes: s.truncated_bytes,
         lost: Lost::of(kernel),
+    }
+}
+
+impl pgbpf_capture::wire::Report<Event, DecodeStats> for Reporter {
+    /// Handles one decoder event.
+    fn event(&mut self, out: &mut Output, e: &Event) -> io::Result<()> {
+        match e {
+            Event::Command {
+                who,
+                start_unix_ns,
+                end_unix_ns,
+                done,
+            } => {
+                let ns = duration_ns(*start_unix_ns, *end_unix_ns, done);
+                if self.style.summary {
+                    self.count(done, ns);
+                    return Ok(());
+                }
+                if out.json {
+                    return out.record(&Record::Command(self.command_record(
+                        who,
+                        *start_unix_ns,
+                        ns,
+                        done,
+                    )));
+                }
+                self.line(out, who, *start_unix_ns, ns, done)
+            }
+            Event::Transaction {
+                who,
+                start_unix_ns,
+                end_unix_ns,
+                tx,
+            } => {
+                if self.style.summary {
+                    return Ok(());
+                }
+                let (status, error) = match &tx.outcome {
+                    TxOutcome::Executed => ("executed", None),
+                    TxOutcome::Aborted(code) => ("aborted", Some(code.as_str())),
+                    TxOutcome::WatchFailed => ("watch_failed", None),
+                    TxOutcome::Discarded => ("discarded", None),
+                };
+                let ns = end_unix_ns.saturating_sub(*start_unix_ns);
+                if out.json {
+                    return out.record(&Record::Transaction(rec::Transaction {
+                        ts_ns: *start_unix_ns,
+                        pid: who.pid,
+                        conn_id: who.conn_id,
+                        peer: &who.peer,
+                        tls: who.tls,
+                        transaction: tx.id,
+                        duration_ns: ns,
+                        commands: tx.commands,
+                        status,
+                        error,
+                    }));
+                }
+                let text = format!(
+                    "MULTI…{} #{}: {} commands {status}",
+                    if tx.outcome == TxOutcome::Discarded {
+                        "DISCARD"
+                    } else {
+                        "EXEC"
+                    },
+                    tx.id,
+                    tx.commands
+                );
+                self.write_line(out, who, *start_unix_ns, Some(ns), status, None, &text)
+            }
+            // Counted in the totals; one line per pub/sub message would drown the commands.
+            Event::Push { .. } => Ok(()),
+            Event::Encrypted { who, reason } => {
+                if out.json {
+                    out.record(&Record::Encrypted(rec::Encrypted {
+                        ts_ns: output::unix_ns(),
+                        pid: who.pid,
+                        conn_id: who.conn_id,
+                        peer: &who.peer,
+                        reason,
+                    }))
+                } else if self.style.summary {
+                    Ok(())
+                } else {
+                    out.text(&format!(
+                        "# PID {} {}: connection encrypted, payload not visible: {reason}\n",
+                        who.pid, who.peer
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The report of the interval that ended (with --summary, its tables), or of the whole
+    /// trace (with --summary its tables and histograms; always the totals).
+    fn report(
+        &mut self,
+        out: &mut Output,
+        scope: Scope,
+        stats: &DecodeStats,
+        kernel: &[u64],
+    ) -> io::Result<()> {
+        if scope == Scope::Interval && !self.style.summary {
+            return Ok(());
+        }
+        let (figures, period) = self.figures.end(scope);
+        let interval_ns = common::ns(period);
+        if out.json {
+            if self.style.summary {
+                self.rows(out, scope, interval_ns, &figures)?;
+            }
+            let t = totals(stats, kernel, interval_ns);
+            return out.record(&match scope {
+                Scope::Interval => Record::Interval(t),
+                Scope::Total => Record::Summary(t),
+            });
+        }
+        let mut text = String::new();
+        if self.style.summary {
+            text.push('\n');
+            if scope == Scope::Interval {
+                text.push_str(&format!("{}\n", output::hms_now()));
+            }
+            text.push_str(&self.table(out.width, &figures));
+            text.push('\n');
+            if self.style.keys {
+                text.push_str(&self.key_table(out.width, &figures));
+            }
+            if scope == Scope::Total {
+                text.push_str(&self.histograms(&figures));
+            }
+        }
+        text.push_str(&totals_line(stats, kernel));
+        text.push('\n');
+        out.text(&text)
     }
 }

@@ -5,12 +5,13 @@
 //! - [`query_latency`]: statement latency histograms.
 //! - [`page_reclaim`]: reclaim per container.
 //! - [`io_timeouts`]: dirty-page and reclaim throttling, writeback.
-//! - [`pgwire_trace`]: requests and errors by SQLSTATE class, from the wire.
+//! - [`wire`]: PostgreSQL requests and errors by SQLSTATE class, Redis commands and errors by
+//!   code, from the wire.
 
 pub mod io_timeouts;
 pub mod page_reclaim;
-pub mod pgwire_trace;
 pub mod query_latency;
+pub mod wire;
 
 use std::collections::BTreeMap;
 
@@ -71,7 +72,8 @@ pub fn start(name: CollectorName, args: &Args) -> anyhow::Result<Box<dyn Collect
         CollectorName::QueryLatency => Box::new(query_latency::Statements::start(args)?),
         CollectorName::PageReclaim => Box::new(page_reclaim::Reclaim::start(args)?),
         CollectorName::IoTimeouts => Box::new(io_timeouts::Throttling::start(args)?),
-        CollectorName::PgwireTrace => Box::new(pgwire_trace::WireRequests::start(args)?),
+        CollectorName::PgwireTrace => Box::new(wire::WireCollector::postgres(args)?),
+        CollectorName::RedisTrace => Box::new(wire::WireCollector::redis(args)?),
     })
 }
 
