@@ -456,7 +456,12 @@ pub fn exporter_collectors(
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rows = String::new();
-    for collector in ["query_latency", "page_reclaim", "io_timeouts"] {
+    // The collectors that ran, as the exporter lists them.
+    let collectors = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("pgbpf_collector_up{collector=\""))
+        .filter_map(|l| l.split_once('"').map(|(name, _)| name));
+    for collector in collectors {
         let label = format!("collector=\"{collector}\"");
         let sum = |name: &str| -> f64 {
             text.lines()

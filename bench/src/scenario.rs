@@ -319,9 +319,11 @@ pub const SCENARIOS: &[Scenario] = &[
                   pgbpf_exporter with its default collectors (query_latency: four USDT hits per \
                   statement, an event per statement into a per-statement histogram; \
                   page_reclaim and io_timeouts: vmscan and writeback tracepoints, quiet under this \
-                  load) and its default BPF run-time statistics on; the bpftrace script keeps a \
-                  histogram per statement text and cgroup from query__start/done and the same \
-                  reclaim and throttling sums per cgroup in the kernel.",
+                  load; shmem: shared-memory syscall tracepoints, filtered to postgres in the \
+                  kernel) and its default BPF run-time statistics on; the bpftrace script keeps a \
+                  histogram per statement text and cgroup from query__start/done, the same \
+                  reclaim and throttling sums per cgroup and postgres' shared-memory syscall \
+                  counts per cgroup and result in the kernel.",
         server: Setup::Postgres {
             pg: PgOptions::default,
             scale: 10,

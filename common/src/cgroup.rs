@@ -301,6 +301,9 @@ fn describe_list(list: &[ContainerCgroup]) -> String {
 
 /// The Kubernetes pod UID a cgroup directory name stands for: the kubelet's systemd driver
 /// names a pod `kubepods[-QOS]-pod<UID with _ for ->.slice`, its cgroupfs driver `pod<UID>`.
+/// A UID is a UUID, or for a static pod (a manifest the kubelet reads from disk: etcd,
+/// kube-apiserver) the 32 hex digits of the manifest's hash, which its mirror pod's
+/// metadata.uid shows too.
 pub fn pod_uid(dir_name: &str) -> Option<String> {
     let uid = match dir_name.strip_suffix(".slice") {
         Some(slice) if slice.starts_with("kubepods") => slice.rsplit_once("-pod")?.1,
@@ -312,7 +315,8 @@ pub fn pod_uid(dir_name: &str) -> Option<String> {
     let uuid = uid.len() == 36
         && uid.bytes().filter(|&b| b == b'-').count() == 4
         && uid.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit());
-    uuid.then_some(uid)
+    let config_hash = uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit());
+    (uuid || config_hash).then_some(uid)
 }
 
 /// Where a cgroup sits: the container and the Kubernetes pod it belongs to, read from the
@@ -512,11 +516,26 @@ mod tests {
         ] {
             assert_eq!(pod_uid(name).as_deref(), Some(uid), "{name}");
         }
+        // A static pod (kube-apiserver's manifest on a control-plane node): its UID is the
+        // manifest's hash, as its mirror pod's metadata.uid shows it.
+        let hash = "6f2d3a7c4f5f8b41d7e1e2e5e9f1b3c4";
+        for name in [
+            "kubepods-burstable-pod6f2d3a7c4f5f8b41d7e1e2e5e9f1b3c4.slice",
+            "pod6f2d3a7c4f5f8b41d7e1e2e5e9f1b3c4",
+        ] {
+            assert_eq!(pod_uid(name).as_deref(), Some(hash), "{name}");
+        }
+        let p = Placement::of_path(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice/\
+             cri-containerd-{ID}.scope"
+        ));
+        assert_eq!((p.pod.as_str(), p.container.as_str()), (hash, &ID[..12]));
         for name in [
             "kubepods-burstable.slice",
             "kubepods.slice",
             "podman",
             "pod1234",
+            "kubepods-burstable-pod6f2d3a7c4f5f8b41d7e1e2e5e9f1b3c.slice",
             "system-pod0f6a1c2e_93b4_4c1d_8e2f_5a6b7c8d9e0f.slice",
             "cri-containerd-0f6a1c2e93b44c1d8e2f5a6b7c8d9e0f0f6a1c2e93b44c1d8e2f5a6b7c8d9e0f.scope",
         ] {

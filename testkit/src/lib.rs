@@ -3,6 +3,7 @@
 //! - [`postgres`]: a throwaway PostgreSQL cluster (Debian's binaries) on the host or in a
 //!   podman container, with psql, pgbench and the server log.
 //! - [`container`]: podman containers run with runc on the host's own root filesystem.
+//! - [`dsm`]: a parallel query that runs a container's /dev/shm out of space, and its log.
 //! - [`memcg`]: a hand-made memory cgroup with a limit, for pressure outside containers.
 //! - [`tool`]: run a pgbpf tool until it has attached, stop it with Ctrl-C, collect output.
 //! - [`schema`]: check a tool's real NDJSON output against its JSON Schema.
@@ -14,6 +15,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod container;
+pub mod dsm;
 pub mod memcg;
 pub mod postgres;
 pub mod redis;

@@ -77,3 +77,50 @@ impl Drop for MemoryCgroup {
         }
     }
 }
+
+/// The kubelet's QoS slice (systemd driver) the test pods are made in.
+const KUBELET_QOS: &str = "kubepods.slice/kubepods-burstable.slice";
+
+/// The cgroup name (for [`MemoryCgroup::create`]) of a container of a Kubernetes pod as the
+/// kubelet's systemd driver and containerd make it: `kubepods.slice/kubepods-burstable.slice/
+/// kubepods-burstable-pod<UID, _ for ->.slice/cri-containerd-<64-hex ID>.scope`.
+pub fn kubelet_container(uid: &str, id: &str) -> String {
+    format!(
+        "{KUBELET_QOS}/{}/cri-containerd-{id}.scope",
+        kubelet_pod_slice(uid)
+    )
+}
+
+fn kubelet_pod_slice(uid: &str) -> String {
+    format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"))
+}
+
+/// The pods' and QoS slices a container's [`MemoryCgroup`] left behind (its removal removes
+/// only its own directory), removed on drop however the test ends, innermost first, in both
+/// hierarchies. Made before the containers, dropped after them.
+pub struct KubeletSlices(Vec<PathBuf>);
+
+impl KubeletSlices {
+    pub fn new(uids: &[&str]) -> anyhow::Result<KubeletSlices> {
+        let mount = pgbpf_common::cgroup::v2_mount()?;
+        let rels = uids
+            .iter()
+            .map(|uid| format!("{KUBELET_QOS}/{}", kubelet_pod_slice(uid)))
+            .chain([KUBELET_QOS.to_string(), "kubepods.slice".to_string()]);
+        let mut dirs = vec![];
+        for rel in rels {
+            for root in [mount.clone(), "/sys/fs/cgroup/memory".into()] {
+                dirs.push(root.join(&rel));
+            }
+        }
+        Ok(KubeletSlices(dirs))
+    }
+}
+
+impl Drop for KubeletSlices {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

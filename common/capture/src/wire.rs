@@ -86,6 +86,9 @@ pub trait Decode {
 /// What is done with a decoder's events: printed and summed (a tool's report), or counted
 /// (pgbpf_exporter's wire collectors).
 pub trait Report<E, S> {
+    /// Sees each record before the decoder does (the exporter learns from the open records
+    /// which process accepted each connection). Nothing by default.
+    fn record(&mut self, _r: &Record) {}
     fn event(&mut self, out: &mut Output, e: &E) -> io::Result<()>;
     /// The report of an interval or of the whole trace.
     fn report(
@@ -107,6 +110,7 @@ impl<D: Decode, R: Report<D::Event, D::Stats>> Wire for Decoded<D, R> {
     type Event = D::Event;
 
     fn feed(&mut self, r: &Record, out: &mut Vec<D::Event>) {
+        self.report.record(r);
         self.decoder.feed_into(r, out);
     }
 

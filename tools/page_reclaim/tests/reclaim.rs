@@ -15,7 +15,7 @@ use std::{
 use pgbpf_testkit::{
     container::ContainerSpec,
     exclusive,
-    memcg::MemoryCgroup,
+    memcg::{KubeletSlices, MemoryCgroup, kubelet_container},
     postgres::{PgOptions, Postgres},
     require_root, run, schema,
     tool::Traced,
@@ -307,25 +307,13 @@ fn a_kubernetes_pod_is_traced_by_a_prefix_of_its_uid() {
     let _lock = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let file = data_file(dir.path(), 200).unwrap();
-    let qos = "kubepods.slice/kubepods-burstable.slice";
-    let pod_cgroup = |uid: &str, ctr: char| {
-        let slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
-        let scope = format!("cri-containerd-{}.scope", ctr.to_string().repeat(64));
-        (format!("{qos}/{slice}"), format!("{qos}/{slice}/{scope}"))
-    };
     let uid = "5e1f0c3a-7b2d-4e8f-9a6b-0c1d2e3f4a5b";
     let other_uid = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
-    let (pod, ctr) = pod_cgroup(uid, 'a');
-    let (other_pod, other_ctr) = pod_cgroup(other_uid, 'b');
+    let ctr = kubelet_container(uid, &"a".repeat(64));
+    let other_ctr = kubelet_container(other_uid, &"b".repeat(64));
+    let pod = ctr.rsplit_once('/').unwrap().0.to_string();
     // The pods' and QoS slices, left by the containers' removal: removed however the test ends.
-    let mount = pgbpf_common::cgroup::v2_mount().unwrap();
-    let mut slices = vec![];
-    for rel in [pod.as_str(), other_pod.as_str(), qos, "kubepods.slice"] {
-        for root in [mount.clone(), "/sys/fs/cgroup/memory".into()] {
-            slices.push(root.join(rel));
-        }
-    }
-    let _slices = RemovedOnDrop(slices);
+    let _slices = KubeletSlices::new(&[uid, other_uid]).unwrap();
     let in_pod = MemoryCgroup::create(&ctr, 48 << 20).unwrap();
     let in_other = MemoryCgroup::create(&other_ctr, 48 << 20).unwrap();
     // Each reader waits for its go file, so the tool can attach first; exec keeps the pid.
@@ -373,15 +361,4 @@ fn a_kubernetes_pod_is_traced_by_a_prefix_of_its_uid() {
     let pages = summary(&records)["reclaimed_pages"].as_u64().unwrap();
     eprintln!("pod: {pages} pages, vmstat {}", after - before);
     assert_within("the pod's reader", pages, after - before, 0.10);
-}
-
-/// Empty directories (cgroups) removed in order when dropped.
-struct RemovedOnDrop(Vec<std::path::PathBuf>);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
 }

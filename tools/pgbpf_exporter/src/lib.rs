@@ -2,7 +2,8 @@
 //! served on `/metrics` for Prometheus (ebpf_exporter's and coroot-node-agent's job, for
 //! PostgreSQL). Manual: docs/pgbpf_exporter.md.
 //!
-//! - [`collectors`]: one per tool (statements, reclaim, throttling, wire requests), run
+//! - [`collectors`]: one per tool (statements, reclaim, throttling, shared-memory calls,
+//!   wire requests), run
 //!   with the tools' own code, and the exporter's self-metrics.
 //! - [`statements`]: per-statement latency histograms with a bounded number of series.
 //! - [`families`]: metric families as a scrape builds them, encoded by `prometheus-client`.
@@ -43,7 +44,7 @@ pub struct Args {
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "query_latency,page_reclaim,io_timeouts"
+        default_value = "query_latency,page_reclaim,io_timeouts,shmem"
     )]
     pub collect: Vec<CollectorName>,
     /// A postgres binary to trace from the start (repeatable; default: the installed
@@ -79,6 +80,10 @@ pub enum CollectorName {
     /// Dirty-page and reclaim throttling, writeback per device (io_timeouts)
     #[value(name = "io_timeouts")]
     IoTimeouts,
+    /// Shared-memory calls of postgres processes by call and result, failures (ENOSPC of
+    /// /dev/shm) included (shmem's syscall programs)
+    #[value(name = "shmem")]
+    Shmem,
     /// PostgreSQL requests and errors by SQLSTATE class, from the wire (pgwire_trace's
     /// capture: every read and write of every server connection is copied and decoded)
     #[value(name = "pgwire_trace")]
@@ -94,6 +99,7 @@ impl CollectorName {
             CollectorName::QueryLatency => "query_latency",
             CollectorName::PageReclaim => "page_reclaim",
             CollectorName::IoTimeouts => "io_timeouts",
+            CollectorName::Shmem => "shmem",
             CollectorName::PgwireTrace => "pgwire_trace",
             CollectorName::RedisTrace => "redis_trace",
         }

@@ -2,8 +2,10 @@
 //! real PostgreSQL: the statement latency histogram's count, read back through Prometheus'
 //! query API, matches pg_stat_statements' calls; the self-metrics are there; a server in a
 //! container (its root an overlay of the host's) is counted once, under its container's
-//! label; a memory cgroup pushed into reclaim shows in the reclaim series as the kernel's
-//! /proc/vmstat counts it.
+//! label; a memory cgroup (a static Kubernetes pod's container, as the kubelet makes it)
+//! pushed into reclaim shows in the reclaim series, with its container and pod labels, as the
+//! kernel's /proc/vmstat counts it; a container's /dev/shm running out shows as the failed
+//! calls the server log reports.
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -15,8 +17,9 @@ use std::{
 
 use pgbpf_testkit::{
     container::ContainerSpec,
+    dsm::{BIG_JOIN, resize_errors, server_short_of_shm},
     exclusive,
-    memcg::MemoryCgroup,
+    memcg::{KubeletSlices, MemoryCgroup, kubelet_container},
     postgres::{PgOptions, Postgres, free_port},
     redis::Redis,
     repo_root, require_root, run,
@@ -160,7 +163,7 @@ fn prometheus_scrapes_statement_latency_that_matches_pg_stat_statements() {
     require_root();
     let _lock = exclusive();
     let pg = cluster();
-    let (exporter, port) = exporter(&["--collect", "query_latency,page_reclaim,io_timeouts"]);
+    let (exporter, port) = exporter(&["--collect", "query_latency,page_reclaim,io_timeouts,shmem"]);
     let prometheus = Prometheus::start(&format!("127.0.0.1:{port}"));
     prometheus.wait_for_scrapes();
     let selects = "sum(pgbpf_statement_duration_seconds_count{statement=~\"(?i)select abalance from pgbench_accounts.*\"})";
@@ -213,8 +216,15 @@ fn prometheus_scrapes_statement_latency_that_matches_pg_stat_statements() {
         prometheus.value("sum(pgbpf_lost_events_total{collector=\"query_latency\"})"),
         0.0
     );
-    // Every metric the exporter serves is in its manual's METRICS table.
-    let text = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    assert_documented(&get(&format!("http://127.0.0.1:{port}/metrics")).unwrap());
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stderr.contains("detaching"), "{}", done.stderr);
+    drop(pg);
+}
+
+/// Every metric family of a `/metrics` text is in the manual's METRICS table.
+fn assert_documented(text: &str) {
     let manual = std::fs::read_to_string(repo_root().join("docs/pgbpf_exporter.md")).unwrap();
     let undocumented: Vec<&str> = text
         .lines()
@@ -226,10 +236,6 @@ fn prometheus_scrapes_statement_latency_that_matches_pg_stat_statements() {
         undocumented.is_empty(),
         "metrics missing from docs/pgbpf_exporter.md: {undocumented:?}"
     );
-    let done = exporter.stop().unwrap();
-    assert!(done.status.success(), "{}", done.stderr);
-    assert!(done.stderr.contains("detaching"), "{}", done.stderr);
-    drop(pg);
 }
 
 /// A number of `/metrics` text: the sum of the series of `name` whose labels contain all of
@@ -254,8 +260,12 @@ fn reclaim_in_a_memory_cgroup_is_counted_as_the_kernel_counts_it() {
         .args(["bs=1M", "count=200", "status=none", "conv=fsync"]))
     .unwrap();
     let (exporter, port) = exporter(&["--collect", "page_reclaim"]);
-    let cg =
-        MemoryCgroup::create(&format!("pgbpf-exporter-{}", std::process::id()), 48 << 20).unwrap();
+    // The reader in a container of a static Kubernetes pod (its UID a manifest's hash), made
+    // as the kubelet's systemd driver and containerd make it.
+    let uid = "6f2d3a7c4f5f8b41d7e1e2e5e9f1b3c4";
+    let id = format!("{:064x}", std::process::id());
+    let _slices = KubeletSlices::new(&[uid]).unwrap();
+    let cg = MemoryCgroup::create(&kubelet_container(uid, &id), 48 << 20).unwrap();
     run(Command::new("sh")
         .arg("-c")
         .arg("sync; echo 1 > /proc/sys/vm/drop_caches"))
@@ -269,11 +279,12 @@ fn reclaim_in_a_memory_cgroup_is_counted_as_the_kernel_counts_it() {
     std::thread::sleep(Duration::from_millis(300));
     let stolen = (vmstat(&pgsteal) - before) * pgbpf_common::system::page_size();
     let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
-    let reclaimed = metric_sum(
-        &metrics,
-        "pgbpf_reclaim_bytes_total",
-        &[&format!("cgroup=\"{}\"", cg.path)],
+    let placed = format!(
+        "cgroup=\"{}\",container=\"{}\",pod=\"{uid}\"",
+        cg.path,
+        &id[..12]
     );
+    let reclaimed = metric_sum(&metrics, "pgbpf_reclaim_bytes_total", &[&placed]);
     eprintln!(
         "exporter: {reclaimed} bytes reclaimed in {}; vmstat: {stolen}",
         cg.path
@@ -283,11 +294,7 @@ fn reclaim_in_a_memory_cgroup_is_counted_as_the_kernel_counts_it() {
         "exporter: {reclaimed} bytes reclaimed in {}; /proc/vmstat: {stolen} stolen\n{metrics}",
         cg.path
     );
-    let stall = metric_sum(
-        &metrics,
-        "pgbpf_reclaim_stall_seconds_total",
-        &[&format!("cgroup=\"{}\"", cg.path)],
-    );
+    let stall = metric_sum(&metrics, "pgbpf_reclaim_stall_seconds_total", &[&placed]);
     assert!(stall > 0.0, "stall time of the reclaiming reader");
     let done = exporter.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);
@@ -335,6 +342,64 @@ fn a_server_in_a_container_is_counted_once_under_its_container() {
         .filter(|l| l.starts_with("pgbpf_postgres_binaries_traced{"))
         .count();
     assert_eq!(binaries, 1, "one file traced\n{text}");
+    let done = exporter.stop().unwrap();
+    assert!(done.status.success(), "{}", done.stderr);
+}
+
+#[test]
+fn shared_memory_failures_in_a_container_are_the_server_logs_errors() {
+    require_root();
+    let _lock = exclusive();
+    let pg = server_short_of_shm().unwrap();
+    let id = pg.container.as_ref().unwrap().id[..12].to_string();
+    let (exporter, port) = exporter(&["--collect", "shmem"]);
+    // Twice: the container's 64 MB /dev/shm cannot hold the hash table's DSM segment.
+    for _ in 0..2 {
+        let err = pg.psql(BIG_JOIN).expect_err("the join must fail");
+        assert!(format!("{err:#}").contains("No space left"), "{err:#}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let text = get(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+    // One failed call per segment: a leader repeats its worker's error in its own log line.
+    let mut errors = resize_errors(&pg.server_log());
+    errors.sort_by(|a, b| a.segment.cmp(&b.segment));
+    errors.dedup_by(|a, b| a.segment == b.segment);
+    let in_container = format!("container=\"{id}\"");
+    let enospc = [
+        in_container.as_str(),
+        "call=\"fallocate\"",
+        "result=\"ENOSPC\"",
+    ];
+    let failures = metric_sum(&text, "pgbpf_shm_calls_total", &enospc);
+    assert_eq!(
+        failures,
+        errors.len() as f64,
+        "failed fallocates vs the server log's resize errors {errors:?}\n{text}"
+    );
+    let asked: u64 = errors.iter().map(|e| e.bytes).sum();
+    assert_eq!(
+        metric_sum(&text, "pgbpf_shm_requested_bytes_total", &enospc),
+        asked as f64,
+        "bytes the failed calls asked for, as the server log says"
+    );
+    // The segments were created and sized before one grew too big.
+    assert!(
+        metric_sum(
+            &text,
+            "pgbpf_shm_calls_total",
+            &[&in_container, "call=\"open\"", "result=\"ok\""]
+        ) >= 2.0,
+        "{text}"
+    );
+    // Kept for the manual's example.
+    let _ = std::fs::write(
+        repo_root().join("target/exporter-shmem-example.txt"),
+        text.lines()
+            .filter(|l| l.starts_with("pgbpf_shm_") || l.contains("collector=\"shmem\""))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert_documented(&text);
     let done = exporter.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);
 }
@@ -396,6 +461,9 @@ fn wire_requests_and_errors_match_the_servers_own_counts() {
     let (exporter, port) = exporter(&["--collect", "pgwire_trace"]);
     pg.psql("select pg_stat_statements_reset()").unwrap();
     pg.pgbench(&["-S", "-n", "-c", "2", "-t", "500"]).unwrap();
+    // A connection per transaction: backends gone before the exporter reads their records.
+    pg.pgbench(&["-S", "-n", "-C", "-c", "2", "-t", "100"])
+        .unwrap();
     for _ in 0..3 {
         // Each fails: SQLSTATE 22012, class 22.
         assert!(pg.psql("select 1/0").is_err());
@@ -426,6 +494,15 @@ fn wire_requests_and_errors_match_the_servers_own_counts() {
         "requests: pg_stat_statements' calls (the query reading them not yet among them) and \
          the errors\n{text}"
     );
+    // Every request placed in the server's cgroup, short sessions' too (by the postmaster
+    // that accepted them).
+    let cgroup = pgbpf_common::procs::cgroup_v2_of(pg.postmaster_pid().unwrap()).unwrap();
+    let placed = metric_sum(
+        &text,
+        "pgbpf_wire_requests_total",
+        &[database, &format!("cgroup=\"{cgroup}\"")],
+    );
+    assert_eq!(placed, requests, "requests in {cgroup}\n{text}");
     let done = exporter.stop().unwrap();
     assert!(done.status.success(), "{}", done.stderr);
 }

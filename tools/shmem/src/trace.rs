@@ -160,36 +160,68 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         show_snapshot(out)?;
         return Ok(None);
     }
-    let loading = load(args, &target, &roots, &not_postgres, &pids, offsets);
+    let with_functions = !(not_postgres.len() == roots.len() && !roots.is_empty());
+    let loading = load(args, &target, with_functions, &pids, offsets);
     show_snapshot(out)?;
-    let Loading {
-        mut loaded,
-        functions,
-    } = loading?;
-    // Statements are read at each event from the process's debug_query_string.
-    let (query_addrs, _) = QueryAddrs::start(&mut loaded, &pids)?;
-    target.attach_fork_tracking(&mut loaded)?;
-    loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
-    for (enter, exit, name) in SYSCALLS {
-        loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
-        loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
-    }
-    let ring = loaded.take_ring_buffer("EVENTS")?;
+    let programs = loading?.attach(&target, &pids)?;
     Ok(Some(Attached {
         what: format!("Tracing shared memory of {}", target.describe()),
         details: vec![
             format!("{} syscalls", SYSCALLS.len() + 1),
-            format!("{functions} PostgreSQL functions"),
+            format!("{} PostgreSQL functions", programs.functions),
         ],
-        started: loaded.started,
+        started: programs.loaded.started,
         watch: roots,
         trace: Box::new(ShmTrace {
-            loaded,
-            ring,
-            query_addrs,
+            programs,
             reporter: Reporter::new(args.failures),
         }),
     }))
+}
+
+/// shmem's kernel programs, attached: every call of the target's processes is a record of
+/// `ring`.
+pub struct Programs {
+    pub loaded: Loaded,
+    pub ring: RingBuf<MapData>,
+    /// Where each process keeps its statement (located as processes are met).
+    pub query_addrs: QueryAddrs,
+    /// PostgreSQL functions probed (dsm_create, PGSharedMemoryCreate).
+    pub functions: usize,
+}
+
+/// Loads and attaches the syscall programs for `target` (no snapshot, no function probes):
+/// pgbpf_exporter's shared-memory collector, which counts the calls of every postgres
+/// process on the node.
+pub fn attach(args: &Args, target: &Target) -> anyhow::Result<Programs> {
+    let offsets = std::thread::spawn(kernel_offsets);
+    let pids = snapshot_pids(target);
+    load(args, target, false, &pids, Some(offsets))?.attach(target, &pids)
+}
+
+impl Loading {
+    /// Attaches the syscall tracepoints (the function probes are already placed).
+    fn attach(self, target: &Target, pids: &[u32]) -> anyhow::Result<Programs> {
+        let Loading {
+            mut loaded,
+            functions,
+        } = self;
+        // Statements are read at each event from the process's debug_query_string.
+        let (query_addrs, _) = QueryAddrs::start(&mut loaded, pids)?;
+        target.attach_fork_tracking(&mut loaded)?;
+        loaded.attach_tracepoint("enter_close", "syscalls", "sys_enter_close")?;
+        for (enter, exit, name) in SYSCALLS {
+            loaded.attach_tracepoint(enter, "syscalls", &format!("sys_enter_{name}"))?;
+            loaded.attach_tracepoint(exit, "syscalls", &format!("sys_exit_{name}"))?;
+        }
+        let ring = loaded.take_ring_buffer("EVENTS")?;
+        Ok(Programs {
+            loaded,
+            ring,
+            query_addrs,
+            functions,
+        })
+    }
 }
 
 /// The kernel programs loaded, with the function probes attached.
@@ -199,19 +231,19 @@ struct Loading {
 }
 
 /// Loads the object for `target` and its programs, attaching the uprobes on the postgres
-/// binary's shared-memory functions (the tracepoints are attached by the caller).
+/// binary's shared-memory functions when `with_functions` (the tracepoints are attached by
+/// [`Loading::attach`]).
 fn load(
     args: &Args,
     target: &Target,
-    roots: &[u32],
-    not_postgres: &[u32],
+    with_functions: bool,
     pids: &[u32],
     offsets: Option<std::thread::JoinHandle<anyhow::Result<[u32; 11]>>>,
 ) -> anyhow::Result<Loading> {
-    let binary = if not_postgres.len() == roots.len() && !roots.is_empty() {
-        None
-    } else {
+    let binary = if with_functions {
         postgres::binary_for_target(target, args.postgres.as_deref()).ok()
+    } else {
+        None
     };
     let mut g = Globals {
         page_bytes: system::page_size(),
@@ -287,25 +319,24 @@ fn function_probes(binary: &Path) -> anyhow::Result<Vec<UprobeSite>> {
 
 /// Every call is a ring buffer record.
 struct ShmTrace {
-    loaded: Loaded,
-    ring: RingBuf<MapData>,
-    query_addrs: QueryAddrs,
+    programs: Programs,
     reporter: Reporter,
 }
 
 impl Trace for ShmTrace {
     fn wait(&mut self, timeout: Duration) {
-        loader::wait_readable(&self.ring, timeout);
+        loader::wait_readable(&self.programs.ring, timeout);
     }
 
     fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let reporter = &mut self.reporter;
-        loader::drain_records(&mut self.ring, |raw: &ShmEvent| {
+        let p = &mut self.programs;
+        loader::drain_records(&mut p.ring, |raw: &ShmEvent| {
             reporter.event(out, &event::decode(raw))
         })?;
         // Processes met before they were located (started outside a traced tree): their next
         // events carry the statement.
-        self.query_addrs.locate_wanted(&mut self.loaded)
+        p.query_addrs.locate_wanted(&mut p.loaded)
     }
 
     fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
@@ -321,6 +352,6 @@ impl Trace for ShmTrace {
 
 impl ShmTrace {
     fn counters(&self) -> anyhow::Result<[u64; counter::COUNT as usize]> {
-        self.loaded.counters()
+        self.programs.loaded.counters()
     }
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use pgbpf_testkit::{
-    container::ContainerSpec,
+    dsm::{BIG_JOIN, ResizeError, parallel_hash_settings, resize_errors, server_short_of_shm},
     exclusive,
     postgres::{PgOptions, Postgres},
     require_root, schema,
@@ -20,45 +20,8 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmem");
 
-/// Server settings that make any join parallel and let its hash table grow past 64 MB (set
-/// for the server, so the statement text is the join alone).
-fn parallel_hash() -> Vec<(String, String)> {
-    [
-        ("work_mem", "1GB"),
-        ("parallel_setup_cost", "0"),
-        ("parallel_tuple_cost", "0"),
-        ("min_parallel_table_scan_size", "0"),
-        ("max_parallel_workers_per_gather", "2"),
-        ("enable_mergejoin", "off"),
-        ("enable_nestloop", "off"),
-        ("log_line_prefix", "%p %b "),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-const BIG_JOIN: &str =
-    "select count(*) from pgbench_accounts a join pgbench_accounts b on a.aid = b.aid";
-
 fn events(records: &[Value]) -> Vec<&Value> {
     records.iter().filter(|r| r["type"] == "event").collect()
-}
-
-/// "1234 parallel worker ERROR:  could not resize shared memory segment "/PostgreSQL.N" to
-/// B bytes: No space left on device" → (pid, backend type, segment, bytes).
-fn resize_error(log: &str) -> Option<(u32, String, String, u64)> {
-    log.lines().find_map(|l| {
-        let (head, msg) = l.split_once(" ERROR:  could not resize shared memory segment \"")?;
-        let (pid, backend) = head.split_once(' ')?;
-        let (segment, rest) = msg.split_once("\" to ")?;
-        let bytes = rest.split_once(" bytes")?.0.parse().ok()?;
-        Some((
-            pid.parse().ok()?,
-            backend.to_string(),
-            segment.to_string(),
-            bytes,
-        ))
-    })
 }
 
 /// `df -B1 /dev/shm` as (size, used).
@@ -71,13 +34,7 @@ fn df(output: &str) -> (u64, u64) {
 fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     require_root();
     let _lock = exclusive();
-    let pg = Postgres::start_with(&PgOptions {
-        settings: parallel_hash(),
-        container: Some(ContainerSpec::default()),
-        ..Default::default()
-    })
-    .expect("a PostgreSQL in a podman container");
-    pg.pgbench(&["-i", "-s", "20", "-q"]).unwrap();
+    let pg = server_short_of_shm().expect("a PostgreSQL in a podman container");
     let container = pg.container.as_ref().unwrap();
     let id = &container.id[..12];
 
@@ -105,8 +62,14 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     );
 
     let log = pg.server_log();
-    let (log_pid, log_backend, segment, bytes) =
-        resize_error(&log).unwrap_or_else(|| panic!("no resize ERROR in the server log:\n{log}"));
+    let ResizeError {
+        pid: log_pid,
+        backend_type: log_backend,
+        segment,
+        bytes,
+    } = resize_errors(&log)
+        .pop()
+        .unwrap_or_else(|| panic!("no resize ERROR in the server log:\n{log}"));
     let failed: Vec<&Value> = events(&records)
         .into_iter()
         .filter(|e| e["failed"] == true)
@@ -227,7 +190,7 @@ fn pid_covers_backends_started_later_and_a_postmaster_that_exits() {
     require_root();
     let _lock = exclusive();
     let pg = Postgres::start_with(&PgOptions {
-        settings: parallel_hash(),
+        settings: parallel_hash_settings(),
         ..Default::default()
     })
     .unwrap();

@@ -28,12 +28,17 @@ pub struct Throttling {
     loaded: Loaded,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     query_addrs: QueryAddrs,
+    counts: Counts,
+    page_size: u64,
+}
+
+/// What the records added up to so far.
+struct Counts {
     names: Names,
     placements: Placements,
     by_cgroup: BTreeMap<Placement, Waits>,
     /// Pages written per (device, reason).
     writeback: BTreeMap<(String, String), u64>,
-    page_size: u64,
 }
 
 impl Throttling {
@@ -45,14 +50,18 @@ impl Throttling {
             loaded: t.loaded,
             ring: t.ring,
             query_addrs: t.query_addrs,
-            names: t.names,
-            placements: Placements::default(),
-            by_cgroup: BTreeMap::new(),
-            writeback: BTreeMap::new(),
+            counts: Counts {
+                names: t.names,
+                placements: Placements::default(),
+                by_cgroup: BTreeMap::new(),
+                writeback: BTreeMap::new(),
+            },
             page_size: system::page_size(),
         })
     }
+}
 
+impl Counts {
     fn event(&mut self, ev: &IoEvent) {
         match ev.kind {
             kind::DIRTY_PAUSE | kind::RECLAIM_THROTTLE => {
@@ -82,28 +91,25 @@ impl Collector for Throttling {
     }
 
     fn poll(&mut self) -> anyhow::Result<()> {
-        let mut events = vec![];
+        let counts = &mut self.counts;
         pgbpf_common::loader::drain_records(&mut self.ring, |ev: &IoEvent| {
-            events.push(*ev);
+            counts.event(ev);
             Ok::<(), std::convert::Infallible>(())
         })
         .unwrap_or_else(|never| match never {});
-        for ev in &events {
-            self.event(ev);
-        }
         // Processes met before they were located: their next events carry the statement.
         self.query_addrs.locate_wanted(&mut self.loaded)
     }
 
     fn rescan(&mut self) -> anyhow::Result<()> {
         // Containers removed since have nothing more to say: their series go.
-        let placements = &self.placements;
-        self.by_cgroup.retain(|p, _| placements.exists(p));
+        let placements = &self.counts.placements;
+        self.counts.by_cgroup.retain(|p, _| placements.exists(p));
         Ok(())
     }
 
     fn families(&mut self, out: &mut Families) -> anyhow::Result<()> {
-        for (placement, w) in &self.by_cgroup {
+        for (placement, w) in &self.counts.by_cgroup {
             let labels = placement::labels(placement);
             let mut add = |reason: &str, waits: u64, ns: u64| {
                 let mut l = labels.clone();
@@ -127,7 +133,7 @@ impl Collector for Throttling {
                 add("reclaim", w.reclaim_waits, w.reclaim_ns);
             }
         }
-        for ((device, reason), pages) in &self.writeback {
+        for ((device, reason), pages) in &self.counts.writeback {
             out.counter(
                 "pgbpf_writeback_bytes",
                 "Bytes the kernel's flushers wrote back, per backing device and reason.",

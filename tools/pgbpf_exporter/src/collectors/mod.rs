@@ -5,12 +5,14 @@
 //! - [`query_latency`]: statement latency histograms.
 //! - [`page_reclaim`]: reclaim per container.
 //! - [`io_timeouts`]: dirty-page and reclaim throttling, writeback.
+//! - [`shmem`]: shared-memory calls and their failures.
 //! - [`wire`]: PostgreSQL requests and errors by SQLSTATE class, Redis commands and errors by
 //!   code, from the wire.
 
 pub mod io_timeouts;
 pub mod page_reclaim;
 pub mod query_latency;
+pub mod shmem;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -72,6 +74,7 @@ pub fn start(name: CollectorName, args: &Args) -> anyhow::Result<Box<dyn Collect
         CollectorName::QueryLatency => Box::new(query_latency::Statements::start(args)?),
         CollectorName::PageReclaim => Box::new(page_reclaim::Reclaim::start(args)?),
         CollectorName::IoTimeouts => Box::new(io_timeouts::Throttling::start(args)?),
+        CollectorName::Shmem => Box::new(shmem::SharedMemory::start(args)?),
         CollectorName::PgwireTrace => Box::new(wire::WireCollector::postgres(args)?),
         CollectorName::RedisTrace => Box::new(wire::WireCollector::redis(args)?),
     })

@@ -11,7 +11,7 @@ use std::{
 };
 
 use pgbpf_capture::{
-    Protocol,
+    Kind, Protocol, Record,
     wire::{Decode, Decoded, Report},
 };
 use pgbpf_capture_ebpf::counter;
@@ -34,6 +34,9 @@ const KEEP_PLACEMENT: Duration = Duration::from_secs(60);
 /// count as "other".
 const MAX_WIRE_VALUES: usize = 64;
 
+/// Server processes remembered with the process that accepted their connection.
+const MAX_OPENERS: usize = 65_536;
+
 /// Counts per metric and label set, and the servers' placements.
 #[derive(Default)]
 pub struct Tally {
@@ -41,6 +44,10 @@ pub struct Tally {
     wire_values: Vec<String>,
     placements: HashMap<u32, Placement>,
     placements_since: Option<Instant>,
+    /// The process that accepted the connection a server process serves (a postmaster, for
+    /// the backend it forked), by server pid: placed in its stead when the server process is
+    /// gone by the time its records are read (a session shorter than a drain, `pgbench -C`).
+    openers: HashMap<u32, u32>,
 }
 
 impl Tally {
@@ -63,8 +70,9 @@ impl Tally {
         "other".to_string()
     }
 
-    /// The placement of `pid`, read from /proc once a minute at most: the server process is
-    /// alive while its connection is (a session shorter than a drain is not placed).
+    /// The placement of `pid`, read from /proc once a minute at most; of the process that
+    /// accepted its connection when `pid` is gone (same container: a backend is its
+    /// postmaster's child); empty when neither is there.
     fn placement(&mut self, pid: u32) -> Placement {
         if self
             .placements_since
@@ -73,14 +81,23 @@ impl Tally {
             self.placements.clear();
             self.placements_since = Some(Instant::now());
         }
-        self.placements
-            .entry(pid)
-            .or_insert_with(|| {
-                procs::cgroup_v2_of(pid)
-                    .map(|path| Placement::of_path(&path))
-                    .unwrap_or_default()
-            })
-            .clone()
+        if let Some(p) = self.placements.get(&pid) {
+            return p.clone();
+        }
+        let of = |pid| procs::cgroup_v2_of(pid).map(|path| Placement::of_path(&path));
+        let placement = of(pid)
+            .or_else(|| self.openers.get(&pid).and_then(|&opener| of(opener)))
+            .unwrap_or_default();
+        self.placements.insert(pid, placement.clone());
+        placement
+    }
+
+    /// `server` serves a connection `opener` accepted.
+    fn opened_by(&mut self, server: u32, opener: u32) {
+        if self.openers.len() >= MAX_OPENERS {
+            self.openers.clear();
+        }
+        self.openers.insert(server, opener);
     }
 }
 
@@ -92,9 +109,32 @@ fn lock(tally: &Mutex<Tally>) -> MutexGuard<'_, Tally> {
 struct Counting<F> {
     tally: Arc<Mutex<Tally>>,
     count: F,
+    /// The accepting process by connection, while the connection is open: the tally learns
+    /// which process accepted each server process's connection, so short sessions are placed.
+    opener_of: HashMap<u64, u32>,
 }
 
 impl<E, S, F: FnMut(&E, &mut Tally)> Report<E, S> for Counting<F> {
+    fn record(&mut self, r: &Record) {
+        match r.kind {
+            Kind::Open => {
+                self.opener_of.insert(r.conn_id, r.tgid);
+            }
+            Kind::Data => {
+                if let Some(&opener) = self.opener_of.get(&r.conn_id)
+                    && opener != r.tgid
+                {
+                    lock(&self.tally).opened_by(r.tgid, opener);
+                }
+            }
+            // Its requests are counted after this (the decoder ends them at the close).
+            Kind::Close => {
+                self.opener_of.remove(&r.conn_id);
+            }
+            _ => {}
+        }
+    }
+
     fn event(&mut self, _out: &mut Output, e: &E) -> io::Result<()> {
         (self.count)(e, &mut lock(&self.tally));
         Ok(())
@@ -148,6 +188,7 @@ impl WireCollector {
                 report: Counting {
                     tally: shared,
                     count,
+                    opener_of: HashMap::new(),
                 },
             },
             None,

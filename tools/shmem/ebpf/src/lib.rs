@@ -47,6 +47,8 @@ pub struct ShmEvent {
     /// (ftruncate/fallocate of a /dev/shm file; valid when `has_space` is 1).
     pub space_total: u64,
     pub space_free: u64,
+    /// The caller's cgroup (v2 id) when the call began: where it ran even once it is gone.
+    pub cgroup_id: u64,
     pub tgid: u32,
     pub tid: u32,
     /// The tgid in the target's pid namespace (a container's own numbering), 0 unknown.

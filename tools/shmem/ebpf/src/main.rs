@@ -8,8 +8,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_str_bytes, generated,
     },
     macros::{map, tracepoint, uprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -108,6 +108,8 @@ fn new_event(kind: u8) -> Option<&'static mut ShmEvent> {
     e.tid = id as u32;
     // SAFETY: helper without arguments.
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: helper without arguments.
+    e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     e.kind = kind;
     e.fd = -1;
     e.query_len = 0;
