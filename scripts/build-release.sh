@@ -14,8 +14,8 @@ if ! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --
 fi
 rm -f "$log"
 dir=target/$triple/release
-for t in tools/*/; do
-    tool=$(basename "$t")
+# Each tool, and `pgbpf`: all of them in one multi-call binary (the debug image's).
+for tool in $(basename -a tools/*/) pgbpf; do
     # ldd prints "statically linked" (static-pie) or "not a dynamic executable" for these.
     if ldd "$dir/$tool" 2>&1 | grep -q '=>'; then
         echo "build-release: $dir/$tool is dynamically linked:" >&2; ldd "$dir/$tool" >&2; exit 1

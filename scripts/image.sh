@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the two images with podman, offline, FROM scratch, from the static release binaries:
-# the debug image (deploy/image/Containerfile: every tool and a static busybox for a shell) and
+# the debug image (deploy/image/Containerfile: every tool, as links to the multi-call binary
+# `pgbpf`, and a static busybox for a shell) and
 # the exporter's (deploy/image/Containerfile.exporter: pgbpf_exporter alone, for the DaemonSet).
 # Prints each image's name and size on a line. Usage: scripts/image.sh [NAME [EXPORTER_NAME]]
 # (default localhost/pgbpf:VERSION and localhost/pgbpf-exporter:VERSION, also tagged :latest).
@@ -32,10 +33,12 @@ build() {
 }
 
 mkdir "$context/bin"
+# One binary for every tool (they share most of their code: a third of their separate sizes),
+# each tool a link to it. The exporter has its own image: the debug one stays small.
+cp "$dir/pgbpf" "$context/bin/"
 for t in tools/*/; do
     tool=$(basename "$t")
-    # The exporter has its own image: the debug one stays small.
-    [ "$tool" = pgbpf_exporter ] || cp "$dir/$tool" "$context/bin/"
+    [ "$tool" = pgbpf_exporter ] || ln -s pgbpf "$context/bin/$tool"
 done
 cp "$busybox" "$context/bin/busybox"
 # busybox's applets as links, but never over a tool of ours.

@@ -68,6 +68,14 @@ fn postgres_script(s: &Server, script: &str) -> anyhow::Result<String> {
     Ok(script.replace("@POSTGRES@", &postgres.display().to_string()))
 }
 
+/// A server whose commits reach the disk (the harness turns fsync off for speed otherwise).
+fn fsync_on() -> PgOptions {
+    PgOptions {
+        settings: vec![("fsync".into(), "on".into())],
+        ..Default::default()
+    }
+}
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "page_reclaim",
@@ -243,12 +251,8 @@ pub const SCENARIOS: &[Scenario] = &[
                   issue to its completion, besides the dirty-throttling, reclaim and writeback \
                   tracepoints (which fire rarely at the default vm.dirty_* settings); the \
                   bpftrace script does the same per process, without statements.",
-        // The harness turns fsync off for speed; commits must reach the disk here.
         server: Setup::Postgres {
-            pg: || PgOptions {
-                settings: vec![("fsync".into(), "on".into())],
-                ..Default::default()
-            },
+            pg: fsync_on,
             scale: 10,
         },
         workload: "-N",
@@ -262,6 +266,27 @@ pub const SCENARIOS: &[Scenario] = &[
             ])
         },
         bpftrace: |_| Ok(include_str!("../bpftrace/io_timeouts.bt").to_string()),
+        extra: None,
+    },
+    Scenario {
+        name: "lwlocks",
+        tool: "lwlocks",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -N with fsync on (each \
+                  commit a WAL flush the other client may queue behind on WALWrite): lwlocks -p \
+                  POSTMASTER attaches the lwlock__wait__start/done USDT sites (two traps per \
+                  sleep, none on the fast path) and reads the statement per wait; the bpftrace \
+                  script keeps a histogram per tranche name and mode in the kernel.",
+        server: Setup::Postgres {
+            pg: fsync_on,
+            scale: 10,
+        },
+        workload: "-N",
+        events_field: "events",
+        tool_args: |s| {
+            let pg = s.pg()?;
+            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
+        },
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/lwlocks.bt")),
         extra: None,
     },
     Scenario {

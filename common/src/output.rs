@@ -75,6 +75,32 @@ pub fn log2_histogram(unit: &str, slots: &[u64]) -> String {
     out
 }
 
+/// Appends the table of the first `top` of `items` (already in order), each made a row by
+/// `row`, then "(N more rows)" when some were left out; nothing when `items` is empty.
+pub fn top_table<T>(
+    out: &mut String,
+    header: &[&str],
+    items: &[T],
+    top: usize,
+    width: Option<usize>,
+    row: impl FnMut(&T) -> Vec<String>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = items.iter().take(top).map(row).collect();
+    out.push_str(&table(header, &rows, width));
+    out.push('\n');
+    more_rows(out, items.len(), top);
+}
+
+/// "(N more rows)" under a table cut at `top` of its `rows` rows.
+pub fn more_rows(out: &mut String, rows: usize, top: usize) {
+    if rows > top {
+        out.push_str(&format!("({} more rows)\n", rows - top));
+    }
+}
+
 /// Width available for tables: the terminal's, or none (no cutting) when stdout is not one.
 pub fn terminal_width() -> Option<usize> {
     terminal_size::terminal_size_of(io::stdout()).map(|(w, _)| w.0 as usize)

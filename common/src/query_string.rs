@@ -132,6 +132,19 @@ impl IdleLabels {
         self.lookup(pid).0
     }
 
+    /// What an event's process was running, from its `statement` code and text
+    /// (`pgbpf_common_ebpf::query_string::statement`): the normalized statement,
+    /// "[statement not read]" for a PostgreSQL process not located yet, else its label.
+    pub fn statement(&mut self, pid: u32, code: u8, text: &[u8], len: u32) -> String {
+        use pgbpf_common_ebpf::query_string::statement;
+        match code {
+            statement::RUNNING => crate::sql::normalize(&crate::query::text_of(text, len)),
+            // Not located yet: only a PostgreSQL process has a statement to miss.
+            statement::UNREADABLE if self.is_postgres(pid) => "[statement not read]".to_string(),
+            _ => self.label(pid),
+        }
+    }
+
     /// Whether `pid` is a PostgreSQL process (false when it is gone).
     pub fn is_postgres(&mut self, pid: u32) -> bool {
         self.lookup(pid).1

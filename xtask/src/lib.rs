@@ -68,6 +68,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "lwlocks",
+            command: lwlocks::Args::command,
+            schema: Some(schema_of::<lwlocks::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "redis_trace",
             command: redis_trace::Args::command,
             schema: Some(schema_of::<redis_trace::records::Record>),

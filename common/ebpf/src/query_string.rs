@@ -19,6 +19,30 @@ pub enum StatementRead {
     Unreadable,
 }
 
+/// [`StatementRead`] as an event's `statement` byte, for userspace.
+pub mod statement {
+    /// No statement running, or not a PostgreSQL process.
+    pub const NONE: u8 = 0;
+    /// A statement's text follows.
+    pub const RUNNING: u8 = 1;
+    /// The process's statement could not be read (not located yet).
+    pub const UNREADABLE: u8 = 2;
+}
+
+impl StatementRead {
+    /// As an event carries it: (`statement` code, text length, truncated 0/1).
+    #[inline(always)]
+    pub fn fields(self) -> (u8, u32, u8) {
+        match self {
+            StatementRead::Running { len, truncated } => {
+                (statement::RUNNING, len as u32, u8::from(truncated))
+            }
+            StatementRead::Idle => (statement::NONE, 0, 0),
+            StatementRead::Unreadable => (statement::UNREADABLE, 0, 0),
+        }
+    }
+}
+
 #[cfg(target_arch = "bpf")]
 pub use kernel::*;
 

@@ -65,6 +65,18 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "query_latency exited with {status}");
 
+    say(&format!(
+        "lwlocks -p {postmaster} -d 8   (where backends sleep on LWLocks, per tranche and statement)"
+    ));
+    let mut tool = Command::new("lwlocks")
+        .args(["-p", &postmaster, "-d", "8", "--top", "8"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -c 8 -T 5 (TPC-B: eight clients updating ten tellers and one branch)");
+    pg.pgbench(&["-c", "8", "-j", "2", "-T", "5", "-n"])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "lwlocks exited with {status}");
+
     let port = pgbpf_testkit::postgres::free_port()?;
     say(&format!(
         "pgbpf_exporter --listen 127.0.0.1:{port}   (the same probes, for Prometheus: /metrics, \

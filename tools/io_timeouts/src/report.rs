@@ -3,14 +3,12 @@
 
 use std::{collections::HashMap, io, time::Duration};
 
-use io_timeouts_ebpf::{IoEvent, kind, statement};
+use io_timeouts_ebpf::{IoEvent, kind};
 use pgbpf_common::{
     output::{self, Output},
     periods::{Periods, period_text},
-    query,
     query_string::IdleLabels,
     records::{self, Scope},
-    sql::normalize,
     system,
 };
 
@@ -207,14 +205,9 @@ impl Reporter {
     /// One event.
     pub fn event(&mut self, out: &mut Output, ev: &IoEvent) -> io::Result<()> {
         self.events += 1;
-        let query = match ev.statement {
-            statement::RUNNING => normalize(&query::text_of(&ev.query, ev.query_len)),
-            // Not located yet: only a PostgreSQL process has a statement to miss.
-            statement::UNREADABLE if self.idle_labels.is_postgres(ev.tgid) => {
-                "[statement not read]".to_string()
-            }
-            _ => self.idle_labels.label(ev.tgid),
-        };
+        let query = self
+            .idle_labels
+            .statement(ev.tgid, ev.statement, &ev.query, ev.query_len);
         let who = Who {
             pid: ev.tgid,
             comm: output::c_str(&ev.comm),
@@ -246,68 +239,50 @@ impl Reporter {
         ));
         let mut dirty: Vec<_> = p.dirty.iter().collect();
         dirty.sort_by(|a, b| b.1.total_ms.cmp(&a.1.total_ms).then(a.0.cmp(b.0)));
-        if !dirty.is_empty() {
-            let rows: Vec<Vec<String>> = dirty
-                .iter()
-                .take(self.top)
-                .map(|(w, d)| {
-                    vec![
-                        w.pid.to_string(),
-                        w.comm.clone(),
-                        d.count.to_string(),
-                        d.total_ms.to_string(),
-                        d.max_ms.to_string(),
-                        format!("{:.0}", d.period_ms as f64 / d.count.max(1) as f64),
-                        mib(d.max_dirty, self.page_bytes),
-                        mib(d.last_limit, self.page_bytes),
-                        d.bdi.clone(),
-                        output::one_line(&w.query),
-                    ]
-                })
-                .collect();
-            let header = [
-                "PID",
-                "COMM",
-                "PAUSES",
-                "TOTAL_MS",
-                "MAX_MS",
-                "PERIOD_MS",
-                "DIRTY_MB",
-                "LIMIT_MB",
-                "BDI",
-                "QUERY",
-            ];
-            out.push_str(&output::table(&header, &rows, width));
-            out.push('\n');
-            more(&mut out, dirty.len(), self.top);
-        }
+        let header = [
+            "PID",
+            "COMM",
+            "PAUSES",
+            "TOTAL_MS",
+            "MAX_MS",
+            "PERIOD_MS",
+            "DIRTY_MB",
+            "LIMIT_MB",
+            "BDI",
+            "QUERY",
+        ];
+        output::top_table(&mut out, &header, &dirty, self.top, width, |(w, d)| {
+            vec![
+                w.pid.to_string(),
+                w.comm.clone(),
+                d.count.to_string(),
+                d.total_ms.to_string(),
+                d.max_ms.to_string(),
+                format!("{:.0}", d.period_ms as f64 / d.count.max(1) as f64),
+                mib(d.max_dirty, self.page_bytes),
+                mib(d.last_limit, self.page_bytes),
+                d.bdi.clone(),
+                output::one_line(&w.query),
+            ]
+        });
         let waits: u64 = p.reclaim.values().map(|w| w.count).sum();
         out.push_str(&format!("Reclaim throttling: {waits} waits {when}\n"));
         let mut reclaim: Vec<_> = p.reclaim.iter().collect();
         reclaim.sort_by(|a, b| b.1.total_us.cmp(&a.1.total_us).then(a.0.cmp(b.0)));
-        if !reclaim.is_empty() {
-            let rows: Vec<Vec<String>> = reclaim
-                .iter()
-                .take(self.top)
-                .map(|(who, w)| {
-                    vec![
-                        who.pid.to_string(),
-                        who.comm.clone(),
-                        w.count.to_string(),
-                        format!("{:.1}", w.total_us as f64 / 1000.0),
-                        format!("{:.1}", w.max_us as f64 / 1000.0),
-                        throttle_reasons(w.reasons),
-                        output::one_line(&who.query),
-                    ]
-                })
-                .collect();
-            let header = [
-                "PID", "COMM", "WAITS", "TOTAL_MS", "MAX_MS", "REASONS", "QUERY",
-            ];
-            out.push_str(&output::table(&header, &rows, width));
-            out.push('\n');
-            more(&mut out, reclaim.len(), self.top);
-        }
+        let header = [
+            "PID", "COMM", "WAITS", "TOTAL_MS", "MAX_MS", "REASONS", "QUERY",
+        ];
+        output::top_table(&mut out, &header, &reclaim, self.top, width, |(who, w)| {
+            vec![
+                who.pid.to_string(),
+                who.comm.clone(),
+                w.count.to_string(),
+                format!("{:.1}", w.total_us as f64 / 1000.0),
+                format!("{:.1}", w.max_us as f64 / 1000.0),
+                throttle_reasons(w.reasons),
+                output::one_line(&who.query),
+            ]
+        });
         let pages: u64 = p.writeback.values().map(|w| w.pages).sum();
         out.push_str(&format!(
             "Writeback by the flusher threads (all processes): {pages} pages ({} MiB) {when}\n",
@@ -350,7 +325,7 @@ impl Reporter {
                 ));
                 out.push_str(&output::log2_histogram("usecs", &b.log2_us));
             }
-            more(&mut out, block.len(), self.top);
+            output::more_rows(&mut out, block.len(), self.top);
         }
         out.push_str(&format!("lost: {lost} events (ring buffer full)\n\n"));
         sink.text(&out)
@@ -465,12 +440,6 @@ fn print_each(out: &mut Output, ev: &IoEvent, who: &Who) -> io::Result<()> {
     );
     let line = output::cut_to_width(&line, out.width);
     out.text(&format!("{line}\n"))
-}
-
-fn more(out: &mut String, rows: usize, top: usize) {
-    if rows > top {
-        out.push_str(&format!("({} more rows)\n", rows - top));
-    }
 }
 
 #[cfg(test)]

@@ -153,16 +153,14 @@ impl Reporter {
             if hit.is_some() {
                 header.push("HIT%");
             }
-            let rows: Vec<Vec<String>> = sorted
-                .iter()
-                .take(self.top)
-                .map(|(k, r)| self.row(sink.width, k, r))
-                .collect();
-            out.push_str(&output::table(&header, &rows, sink.width));
-            out.push('\n');
-            if sorted.len() > self.top {
-                out.push_str(&format!("({} more rows)\n", sorted.len() - self.top));
-            }
+            output::top_table(
+                &mut out,
+                &header,
+                &sorted,
+                self.top,
+                sink.width,
+                |(k, r)| self.row(sink.width, k, r),
+            );
         }
         out.push('\n');
         out.push_str(&self.totals_line(&p.totals()));

@@ -18,12 +18,8 @@ pub mod kind {
     pub const BLOCK_IO: u8 = 4;
 }
 
-/// What the process was doing when the event happened (pgbpf_common_ebpf::query_string).
-pub mod statement {
-    pub const NONE: u8 = 0;
-    pub const RUNNING: u8 = 1;
-    pub const UNREADABLE: u8 = 2;
-}
+/// What the process was doing at the event (pgbpf_common_ebpf::query_string).
+pub use pgbpf_common_ebpf::query_string::statement;
 
 /// One event, through the ring buffer. The meaning of `a`..`d` depends on `kind`:
 /// - DIRTY_PAUSE: pause ms, period ms, dirty pages, limit pages (`name`: the bdi);

@@ -20,10 +20,7 @@ use aya_ebpf::{
 use io_timeouts_ebpf::{BDI_CAP, IoEvent, counter, kind, statement};
 use pgbpf_common_ebpf::counters::bump;
 use pgbpf_common_ebpf::ring;
-use pgbpf_common_ebpf::{
-    query_string::{StatementRead, read_statement},
-    target::current_is_target,
-};
+use pgbpf_common_ebpf::{query_string::read_statement, target::current_is_target};
 
 // Every counter has a slot in the shared map.
 const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
@@ -124,17 +121,7 @@ fn send(ctx: &TracePointContext, kind: u8, fill: impl FnOnce(&mut IoEvent)) {
     e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     e.name = [0; BDI_CAP];
-    e.truncated = 0;
-    e.query_len = 0;
-    e.statement = match read_statement(e.tgid, &mut e.query) {
-        StatementRead::Running { len, truncated } => {
-            e.query_len = len as u32;
-            e.truncated = u8::from(truncated);
-            statement::RUNNING
-        }
-        StatementRead::Idle => statement::NONE,
-        StatementRead::Unreadable => statement::UNREADABLE,
-    };
+    (e.statement, e.query_len, e.truncated) = read_statement(e.tgid, &mut e.query).fields();
     fill(e);
     // Userspace drains every 100 ms; no wakeup per event.
     slot.submit(ring::NO_WAKEUP);

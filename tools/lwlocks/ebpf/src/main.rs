@@ -1,0 +1,117 @@
+//! lwlocks' kernel programs: PostgreSQL's USDT probes lwlock__wait__start / __done, which fire
+//! only when a backend really sleeps on an LWLock (never on the fast path), carry the tranche's
+//! name and the mode. A wait's start is kept per thread; its end is one ring buffer event with
+//! the duration and the statement the process runs, read from its own `debug_query_string`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, uprobe},
+    maps::{HashMap, RingBuf},
+    programs::ProbeContext,
+};
+use lwlocks_ebpf::{TRANCHE_CAP, WaitEvent, counter, probe};
+use pgbpf_common_ebpf::{
+    counters::bump,
+    query_string::read_statement,
+    ring,
+    target::current_is_target,
+    usdt::{usdt_arg, usdt_spec},
+};
+
+// Every counter has a slot in the shared map.
+const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// A wait in progress: when it began, in which mode.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Waiting {
+    start_ns: u64,
+    mode: u32,
+    _pad: u32,
+}
+
+/// Waits in progress by thread. A backend waits on one LWLock at a time (it sleeps), so one
+/// slot per thread is exact; a thread killed mid-wait leaves its slot, overwritten by the
+/// next wait of a thread with that id.
+#[map]
+static WAITING: HashMap<u32, Waiting> = HashMap::with_max_entries(16384, 0);
+
+/// Both probes: the site's probe id (its attachment's cookie) tells start from done.
+#[uprobe]
+pub fn lwlock_probe(ctx: ProbeContext) -> u32 {
+    let Some(spec) = usdt_spec(&ctx) else {
+        return 0;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    match spec.probe_id {
+        probe::WAIT_START => {
+            if !current_is_target() {
+                return 0;
+            }
+            let w = Waiting {
+                // SAFETY: helper without arguments.
+                start_ns: unsafe { bpf_ktime_get_ns() },
+                mode: usdt_arg(&ctx, spec, 1).unwrap_or(-1) as u32,
+                _pad: 0,
+            };
+            if WAITING.insert(&tid, &w, 0).is_err() {
+                bump(counter::WAITING_FULL);
+            }
+        }
+        probe::WAIT_DONE => {
+            // SAFETY: plain lookup; the value is copied out.
+            let Some(w) = (unsafe { WAITING.get(&tid) }).copied() else {
+                if current_is_target() {
+                    bump(counter::DONE_WITHOUT_START);
+                }
+                return 0;
+            };
+            let _ = WAITING.remove(&tid);
+            let tranche = usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64;
+            send(tranche, &w);
+        }
+        _ => {}
+    }
+    0
+}
+
+/// Sends the ended wait with its tranche name and the process's statement.
+#[inline(always)]
+fn send(tranche: u64, w: &Waiting) {
+    let Some(mut slot) = EVENTS.reserve::<WaitEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    // SAFETY: the reserved record, written field by field (too big for the stack).
+    let e = unsafe { &mut *slot.as_mut_ptr() };
+    let id = bpf_get_current_pid_tgid();
+    e.tgid = (id >> 32) as u32;
+    e.tid = id as u32;
+    e.start_ns = w.start_ns;
+    // SAFETY: helper without arguments.
+    e.duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(w.start_ns);
+    // SAFETY: helper without arguments.
+    e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    e.mode = w.mode;
+    e._pad = 0;
+    e._pad2 = 0;
+    e.tranche = [0; TRANCHE_CAP];
+    if tranche != 0 {
+        // SAFETY: reads a string of the current process; fails cleanly if unmapped.
+        let _ = unsafe { bpf_probe_read_user_str_bytes(tranche as *const u8, &mut e.tranche) };
+    }
+    e.query[0] = 0;
+    (e.statement, e.query_len, e.truncated) = read_statement(e.tgid, &mut e.query).fields();
+    // Userspace drains every 100 ms; no wakeup per event.
+    slot.submit(ring::NO_WAKEUP);
+}
+
+pgbpf_common_ebpf::program_support!();

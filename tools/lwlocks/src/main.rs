@@ -1,0 +1,4 @@
+//! lwlocks' binary: everything is in the library (src/lib.rs).
+fn main() -> std::process::ExitCode {
+    pgbpf_common::runtime::main::<lwlocks::Args>()
+}

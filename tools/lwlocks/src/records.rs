@@ -1,0 +1,76 @@
+//! lwlocks' NDJSON records (docs/schema/lwlocks.json): in each report a `wait` row per
+//! (tranche, mode, backend type, statement) and a `tranche` row per tranche; then the report's
+//! `interval` or the run's `summary`. Field names follow `pgbpf_common::records`.
+
+use pgbpf_common::records::Scope;
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// Every line lwlocks prints with `--json`.
+#[derive(Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record<'a> {
+    /// The waits of one (tranche, mode, backend type, statement).
+    Wait(Wait<'a>),
+    /// The waits on one tranche, all modes, backends and statements together.
+    Tranche(Tranche<'a>),
+    /// The end of an interval report.
+    Interval(Totals),
+    /// The end of the run.
+    Summary(Totals),
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Wait<'a> {
+    pub scope: Scope,
+    pub ts_ns: u64,
+    pub interval_ns: u64,
+    /// The LWLock tranche's name (WALWrite, BufferContent, LockManager, ...).
+    pub tranche: &'a str,
+    /// The mode asked for: exclusive, shared, or wait_until_free (LWLockAcquireOrWait).
+    pub mode: &'a str,
+    pub backend_type: &'a str,
+    /// The statement its process was running (normalized), or "[no statement: <kind>]".
+    pub query: &'a str,
+    /// Sleeps on the lock.
+    pub waits: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    /// Wait durations: a log2 histogram of microseconds.
+    pub hist_log2_us: Vec<u64>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Tranche<'a> {
+    pub scope: Scope,
+    pub ts_ns: u64,
+    pub interval_ns: u64,
+    pub tranche: &'a str,
+    pub waits: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub hist_log2_us: Vec<u64>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Totals {
+    pub ts_ns: u64,
+    /// The report's period: the interval, or the whole run in the summary.
+    pub interval_ns: u64,
+    /// LWLock waits in the period.
+    pub waits: u64,
+    /// Their time together.
+    pub total_ns: u64,
+    /// Waits received from the kernel since the tool attached.
+    pub events: u64,
+    pub lost: Lost,
+}
+
+/// Waits not counted since the tool attached.
+#[derive(Serialize, JsonSchema)]
+pub struct Lost {
+    /// The ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Too many waits in progress at once to remember their start.
+    pub waiting_full: u64,
+}
