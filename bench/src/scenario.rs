@@ -290,6 +290,28 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "locks",
+        tool: "locks",
+        description: "PostgreSQL on the host, pgbench scale 1, the default TPC-B-like script \
+                  (each transaction updates the one branch row: the other client waits for it, \
+                  a ShareLock on the holder's transaction id): locks -p POSTMASTER attaches the \
+                  lock__wait__start/done and deadlock__found USDT sites (two traps per wait) and \
+                  reads the statement at both ends; the bpftrace script keeps a histogram per \
+                  lock type and mode in the kernel.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 1,
+        },
+        workload: "-b tpcb-like",
+        events_field: "events",
+        tool_args: |s| {
+            let pg = s.pg()?;
+            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
+        },
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/locks.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "redis_trace",
         tool: "redis_trace",
         description: "redis-server on the host, redis-benchmark -t set,get with 2 clients, no \

@@ -1,5 +1,6 @@
 //! Latencies of one group (a statement, a backend): calls, total, max and percentiles from a
-//! log-linear histogram (buckets under 1 % wide), so memory stays bounded however many calls.
+//! log-linear histogram (buckets under 1 % wide), so memory stays bounded however many calls;
+//! and [`WaitTimes`], the count, total, max and log2 histogram (bcc's) of waits.
 
 use foldhash::HashMap;
 
@@ -129,5 +130,49 @@ mod tests {
             assert!((got - want).abs() / want < 0.01, "p{p}: {got} vs {want}");
         }
         assert_eq!(l.percentile_ns(100.0), 10_000_000.0);
+    }
+}
+
+/// Waits of one group (a lock, a tranche): count, total, max, and a log2 histogram of
+/// microseconds as the records carry it (`hist_log2_us`).
+#[derive(Clone, Debug, Default)]
+pub struct WaitTimes {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub log2_us: Vec<u64>,
+}
+
+impl WaitTimes {
+    pub fn add(&mut self, ns: u64) {
+        self.count += 1;
+        self.total_ns = self.total_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+        let slot = crate::output::log2_slot(ns / 1000);
+        if self.log2_us.len() <= slot {
+            self.log2_us.resize(slot + 1, 0);
+        }
+        self.log2_us[slot] += 1;
+    }
+
+    pub fn mean_ns(&self) -> u64 {
+        self.total_ns / self.count.max(1)
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    #[test]
+    fn waits_sum_and_bucket_by_microseconds() {
+        let mut w = WaitTimes::default();
+        for ns in [500, 1_500, 3_000, 1_000_000] {
+            w.add(ns);
+        }
+        assert_eq!((w.count, w.total_ns, w.max_ns), (4, 1_005_000, 1_000_000));
+        assert_eq!(w.mean_ns(), 251_250);
+        // 0 us and 1 us in slot 0, 3 us in slot 1, 1000 us in slot 9.
+        assert_eq!(w.log2_us, [2, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
     }
 }

@@ -13,7 +13,8 @@
 //! - [`query`]: userspace view of the query context (each backend's current statement).
 //! - [`query_probes`]: the PostgreSQL probe sites that keep the query context, and attaching them.
 //! - [`query_string`]: where each PostgreSQL process keeps `debug_query_string`, for reading the statement at an event.
-//! - [`postgres`]: finding the postgres binary of a process or of the machine.
+//! - [`postgres`]: finding the postgres binary of a process or of the machine; backend types.
+//! - [`pg_probes`]: the start and drain of a tool built on PostgreSQL's USDT probes and a ring buffer.
 //! - [`procs`]: what /proc says about processes (through procfs).
 //! - [`system`]: page size and other facts about this machine.
 //! - [`sql`]: statement normalization (constants → `$n`), as pg_stat_statements does.
@@ -31,6 +32,7 @@ pub mod map_memory;
 pub mod output;
 pub mod perf;
 pub mod periods;
+pub mod pg_probes;
 pub mod postgres;
 pub mod procs;
 pub mod query;

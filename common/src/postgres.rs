@@ -162,6 +162,26 @@ pub fn process_kind(pid: u32) -> Option<(String, bool)> {
     Some((comm, false)).filter(|c| !c.0.is_empty())
 }
 
+/// Backend types of processes (their titles read once each): what the tools show per event
+/// when the event itself does not carry it. A process gone before its first lookup is
+/// "unknown"; the table starts over beyond 65 536 processes (pids are reused).
+#[derive(Default)]
+pub struct BackendTypes {
+    by_pid: std::collections::HashMap<u32, String>,
+}
+
+impl BackendTypes {
+    pub fn of(&mut self, pid: u32) -> String {
+        if self.by_pid.len() >= 65_536 {
+            self.by_pid.clear();
+        }
+        self.by_pid
+            .entry(pid)
+            .or_insert_with(|| process_kind(pid).map_or_else(|| "unknown".into(), |(kind, _)| kind))
+            .clone()
+    }
+}
+
 /// The leader's pid in a parallel worker's title ("... parallel worker for PID 4242").
 pub fn parallel_leader(title: &str) -> Option<u32> {
     let rest = &title[title.find("parallel worker for PID ")? + 24..];

@@ -151,6 +151,10 @@ impl IdleLabels {
     }
 
     fn lookup(&mut self, pid: u32) -> (String, bool) {
+        // Pids are reused: beyond this many processes the table starts over.
+        if self.by_pid.len() >= 65_536 {
+            self.by_pid.clear();
+        }
         self.by_pid
             .entry(pid)
             .or_insert_with(|| match crate::postgres::process_kind(pid) {

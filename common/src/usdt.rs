@@ -235,6 +235,39 @@ pub struct RawNote {
     pub args: String,
 }
 
+/// Every site of the probes `wanted` (name, the id the kernel program dispatches on) in
+/// `binary`, with its id; an error naming the missing probes when one has no site (a server
+/// built without `--enable-dtrace`).
+pub fn sites(
+    binary: &Path,
+    wanted: &[(&str, u32)],
+    tool: &str,
+) -> anyhow::Result<Vec<(UsdtProbe, u32)>> {
+    let all = probes(binary)?;
+    let sites: Vec<(UsdtProbe, u32)> = all
+        .iter()
+        .filter_map(|p| {
+            let (_, id) = wanted.iter().find(|(name, _)| p.name == *name)?;
+            Some((p.clone(), *id))
+        })
+        .collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !sites.iter().any(|(p, _)| p.name == *name))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{} has no USDT probes {} (searched its .note.stapsdt: {} probes); {tool} needs a \
+             PostgreSQL built with --enable-dtrace, as Debian's and Ubuntu's packages are",
+            binary.display(),
+            missing.join(", "),
+            all.len()
+        );
+    }
+    Ok(sites)
+}
+
 /// Every USDT probe site of `binary`.
 pub fn probes(binary: &Path) -> anyhow::Result<Vec<UsdtProbe>> {
     let elf = ElfFile::open(binary)?;

@@ -15,6 +15,7 @@ type Main = fn() -> ExitCode;
 const TOOLS: &[(&str, Main)] = &[
     ("io_timeouts", run::<io_timeouts::Args>),
     ("llcache_per_query", run::<llcache_per_query::Args>),
+    ("locks", run::<locks::Args>),
     ("lwlocks", run::<lwlocks::Args>),
     ("page_reclaim", run::<page_reclaim::Args>),
     ("pg_replay", run::<pg_replay::Args>),

@@ -68,6 +68,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "locks",
+            command: locks::Args::command,
+            schema: Some(schema_of::<locks::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "lwlocks",
             command: lwlocks::Args::command,
             schema: Some(schema_of::<lwlocks::records::Record>),

@@ -77,6 +77,32 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "lwlocks exited with {status}");
 
+    say(&format!(
+        "locks -p {postmaster} --each -d 6   (heavyweight lock waits as they end, and a deadlock)"
+    ));
+    let mut tool = Command::new("locks")
+        .args(["-p", &postmaster, "--each", "-d", "6"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("two sessions updating tellers 1 and 2 in opposite orders");
+    let update =
+        |tid: u32| format!("update pgbench_tellers set tbalance = tbalance + 1 where tid = {tid}");
+    let (mut a, mut b) = (pg.session()?, pg.session()?);
+    for (s, tid) in [(&mut a, 1), (&mut b, 2)] {
+        s.run("begin")?;
+        s.run(&update(tid))?;
+    }
+    // One of the two is cancelled by the deadlock check after deadlock_timeout (1 s).
+    let _ = std::thread::scope(|s| {
+        let first = s.spawn(|| a.run(&update(2)));
+        std::thread::sleep(Duration::from_millis(200));
+        let second = b.run(&update(1));
+        (first.join().is_ok(), second.is_ok())
+    });
+    drop((a, b));
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "locks exited with {status}");
+
     let port = pgbpf_testkit::postgres::free_port()?;
     say(&format!(
         "pgbpf_exporter --listen 127.0.0.1:{port}   (the same probes, for Prometheus: /metrics, \

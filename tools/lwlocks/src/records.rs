@@ -2,7 +2,7 @@
 //! (tranche, mode, backend type, statement) and a `tranche` row per tranche; then the report's
 //! `interval` or the run's `summary`. Field names follow `pgbpf_common::records`.
 
-use pgbpf_common::records::Scope;
+use pgbpf_common::{pg_probes::Lost, records::Scope};
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -27,7 +27,7 @@ pub struct Wait<'a> {
     pub interval_ns: u64,
     /// The LWLock tranche's name (WALWrite, BufferContent, LockManager, ...).
     pub tranche: &'a str,
-    /// The mode asked for: exclusive, shared, or wait_until_free (LWLockAcquireOrWait).
+    /// The mode asked for, as the probe passes it: exclusive or shared.
     pub mode: &'a str,
     pub backend_type: &'a str,
     /// The statement its process was running (normalized), or "[no statement: <kind>]".
@@ -45,10 +45,13 @@ pub struct Tranche<'a> {
     pub scope: Scope,
     pub ts_ns: u64,
     pub interval_ns: u64,
+    /// The LWLock tranche's name.
     pub tranche: &'a str,
+    /// Sleeps on its locks, every mode, backend and statement together.
     pub waits: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+    /// Wait durations: a log2 histogram of microseconds.
     pub hist_log2_us: Vec<u64>,
 }
 
@@ -64,13 +67,4 @@ pub struct Totals {
     /// Waits received from the kernel since the tool attached.
     pub events: u64,
     pub lost: Lost,
-}
-
-/// Waits not counted since the tool attached.
-#[derive(Serialize, JsonSchema)]
-pub struct Lost {
-    /// The ring buffer was full.
-    pub ringbuf_full: u64,
-    /// Too many waits in progress at once to remember their start.
-    pub waiting_full: u64,
 }

@@ -156,7 +156,7 @@ fn a_binary_without_the_probes_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("has no USDT probes lwlock__wait__start/done")
+            .contains("has no USDT probes lwlock__wait__start, lwlock__wait__done")
             && out.stderr.lines().count() == 1,
         "{}",
         out.stderr

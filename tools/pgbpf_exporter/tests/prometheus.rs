@@ -263,9 +263,9 @@ fn reclaim_in_a_memory_cgroup_is_counted_as_the_kernel_counts_it() {
     // The reader in a container of a static Kubernetes pod (its UID a manifest's hash), made
     // as the kubelet's systemd driver and containerd make it.
     let uid = "6f2d3a7c4f5f8b41d7e1e2e5e9f1b3c4";
-    let id = format!("{:064x}", std::process::id());
+    let id = "5b8e4f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081923f2a9c0d";
     let _slices = KubeletSlices::new(&[uid]).unwrap();
-    let cg = MemoryCgroup::create(&kubelet_container(uid, &id), 48 << 20).unwrap();
+    let cg = MemoryCgroup::create(&kubelet_container(uid, id), 48 << 20).unwrap();
     run(Command::new("sh")
         .arg("-c")
         .arg("sync; echo 1 > /proc/sys/vm/drop_caches"))

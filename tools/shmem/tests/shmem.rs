@@ -68,7 +68,8 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
         segment,
         bytes,
     } = resize_errors(&log)
-        .pop()
+        .into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no resize ERROR in the server log:\n{log}"));
     let failed: Vec<&Value> = events(&records)
         .into_iter()

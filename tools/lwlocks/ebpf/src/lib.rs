@@ -40,7 +40,8 @@ pub struct WaitEvent {
     pub query: [u8; QUERY_CAP],
 }
 
-/// Indexes of the COUNTERS per-CPU array.
+/// Indexes of the COUNTERS per-CPU array (0 and 1 as `pgbpf_common::pg_probes::Lost` reads
+/// them).
 pub mod counter {
     /// A wait could not be sent (ring buffer full).
     pub const RINGBUF_FULL: u32 = 0;

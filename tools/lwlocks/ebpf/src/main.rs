@@ -11,7 +11,7 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{map, uprobe},
-    maps::{HashMap, RingBuf},
+    maps::{LruHashMap, RingBuf},
     programs::ProbeContext,
 };
 use lwlocks_ebpf::{TRANCHE_CAP, WaitEvent, counter, probe};
@@ -39,10 +39,10 @@ struct Waiting {
 }
 
 /// Waits in progress by thread. A backend waits on one LWLock at a time (it sleeps), so one
-/// slot per thread is exact; a thread killed mid-wait leaves its slot, overwritten by the
-/// next wait of a thread with that id.
+/// slot per thread is exact; a thread killed mid-wait leaves its slot behind, which the LRU
+/// lets go once the map is full (never a live wait's: those are the recent ones).
 #[map]
-static WAITING: HashMap<u32, Waiting> = HashMap::with_max_entries(16384, 0);
+static WAITING: LruHashMap<u32, Waiting> = LruHashMap::with_max_entries(16384, 0);
 
 /// Both probes: the site's probe id (its attachment's cookie) tells start from done.
 #[uprobe]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use pgbpf_common::{loader::Loaded, target::Target};
+use pgbpf_common::{cgroup::Placement, loader::Loaded, target::Target};
 use shmem::event;
 use shmem_ebpf::{ShmEvent, counter};
 
@@ -27,8 +27,8 @@ struct Calls {
 pub struct SharedMemory {
     programs: shmem::trace::Programs,
     placements: Placements,
-    /// By (cgroup id, call, result: "ok" or the errno's name).
-    calls: BTreeMap<(u64, &'static str, String), Calls>,
+    /// By (where, call, result: "ok" or the errno's name).
+    calls: BTreeMap<(Placement, &'static str, String), Calls>,
 }
 
 impl SharedMemory {
@@ -46,8 +46,13 @@ impl SharedMemory {
     }
 }
 
-/// Counts one kernel record in `calls`.
-fn count(calls: &mut BTreeMap<(u64, &'static str, String), Calls>, raw: &ShmEvent) {
+/// Counts one kernel record in `calls`, placed when it is read (a container removed right
+/// after a failure still has its labels).
+fn count(
+    calls: &mut BTreeMap<(Placement, &'static str, String), Calls>,
+    placements: &mut Placements,
+    raw: &ShmEvent,
+) {
     let ev = event::decode(raw);
     // Function events (dsm_create, ...) have no result; the exporter probes none.
     if !ev.is_syscall {
@@ -57,7 +62,8 @@ fn count(calls: &mut BTreeMap<(u64, &'static str, String), Calls>, raw: &ShmEven
         Some(errno) => event::errno_name(errno),
         None => "ok".to_string(),
     };
-    let c = calls.entry((raw.cgroup_id, ev.call, result)).or_default();
+    let placement = placements.of_cgroup(raw.cgroup_id).clone();
+    let c = calls.entry((placement, ev.call, result)).or_default();
     c.calls += 1;
     c.bytes += ev.size;
 }
@@ -68,10 +74,10 @@ impl Collector for SharedMemory {
     }
 
     fn poll(&mut self) -> anyhow::Result<()> {
-        let calls = &mut self.calls;
+        let (calls, placements) = (&mut self.calls, &mut self.placements);
         let p = &mut self.programs;
         pgbpf_common::loader::drain_records(&mut p.ring, |raw: &ShmEvent| {
-            count(calls, raw);
+            count(calls, placements, raw);
             Ok::<(), std::convert::Infallible>(())
         })
         .unwrap_or_else(|never| match never {});
@@ -81,17 +87,14 @@ impl Collector for SharedMemory {
 
     fn rescan(&mut self) -> anyhow::Result<()> {
         // Containers removed since have nothing more to say: their series go.
-        let placements = &mut self.placements;
-        self.calls.retain(|(cgroup, _, _), _| {
-            let p = placements.of_cgroup(*cgroup).clone();
-            placements.exists(&p)
-        });
+        let placements = &self.placements;
+        self.calls.retain(|(p, _, _), _| placements.exists(p));
         Ok(())
     }
 
     fn families(&mut self, out: &mut Families) -> anyhow::Result<()> {
-        for ((cgroup, call, result), c) in &self.calls {
-            let mut labels = placement::labels(self.placements.of_cgroup(*cgroup));
+        for ((placement, call, result), c) in &self.calls {
+            let mut labels = placement::labels(placement);
             labels.push(("call", call.to_string()));
             labels.push(("result", result.clone()));
             out.counter(

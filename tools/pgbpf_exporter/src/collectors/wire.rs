@@ -109,7 +109,7 @@ fn lock(tally: &Mutex<Tally>) -> MutexGuard<'_, Tally> {
 struct Counting<F> {
     tally: Arc<Mutex<Tally>>,
     count: F,
-    /// The accepting process by connection, while the connection is open: the tally learns
+    /// The accepting process by connection, until its serving process is known: the tally learns
     /// which process accepted each server process's connection, so short sessions are placed.
     opener_of: HashMap<u64, u32>,
 }
@@ -118,13 +118,20 @@ impl<E, S, F: FnMut(&E, &mut Tally)> Report<E, S> for Counting<F> {
     fn record(&mut self, r: &Record) {
         match r.kind {
             Kind::Open => {
+                if self.opener_of.len() >= MAX_OPENERS {
+                    self.opener_of.clear();
+                }
                 self.opener_of.insert(r.conn_id, r.tgid);
             }
+            // The first record of the process serving it (a forked backend) is all there is
+            // to learn: its connection is forgotten then (a backend never closes its socket,
+            // so no close record would come).
             Kind::Data => {
                 if let Some(&opener) = self.opener_of.get(&r.conn_id)
                     && opener != r.tgid
                 {
                     lock(&self.tally).opened_by(r.tgid, opener);
+                    self.opener_of.remove(&r.conn_id);
                 }
             }
             // Its requests are counted after this (the decoder ends them at the close).

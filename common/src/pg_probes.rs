@@ -1,0 +1,162 @@
+//! The life of a tool whose kernel programs are PostgreSQL's own USDT probes and whose events
+//! come through one ring buffer (lwlocks, locks): the target resolved, the postgres binary's
+//! probe sites found, the object loaded with the target filter and the statement reading
+//! (`debug_query_string`), one program attached at every site, and a [`Trace`] handing each
+//! record to the tool's report. A tool supplies its object, probes and a [`ProbeReport`].
+
+use std::{io, path::Path, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    loader::{self, Loaded},
+    output::Output,
+    postgres,
+    query_string::QueryAddrs,
+    records::Scope,
+    runtime::{Attached, Trace},
+    target::{Target, TargetArgs},
+    usdt,
+};
+
+/// What a tool does with its ring buffer's records.
+pub trait ProbeReport: Send + 'static {
+    /// The kernel's record.
+    type Event: aya::Pod;
+    /// One record (printed at once with `--each`, or only counted).
+    fn event(&mut self, out: &mut Output, e: &Self::Event) -> io::Result<()>;
+    /// The report of an interval or of the whole run; `kernel`: the COUNTERS map.
+    fn report(&mut self, out: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()>;
+}
+
+/// A tool's probes: which, and with which program.
+pub struct Probes<'a> {
+    pub tool: &'static str,
+    /// The eBPF object (`aya::include_bytes_aligned!`).
+    pub object: &'static [u8],
+    /// The uprobe program attached at every site.
+    pub program: &'static str,
+    /// USDT probe names with the id the program dispatches on.
+    pub probes: &'a [(&'static str, u32)],
+    /// "LWLock waits", "lock waits": what the attach line says is traced.
+    pub what: &'static str,
+}
+
+/// Slots of the COUNTERS map read for the report (every tool has fewer).
+const COUNTERS: usize = 8;
+
+/// What the kernel side of a probe tool could not count: its COUNTERS slots 0 (a record that
+/// did not fit in the ring buffer) and 1 (a wait whose start could not be kept), the same in
+/// every such tool.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Lost {
+    /// The ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Too many waits in progress at once to remember their start.
+    pub waiting_full: u64,
+}
+
+impl Lost {
+    pub fn from_counters(kernel: &[u64]) -> Lost {
+        Lost {
+            ringbuf_full: kernel.first().copied().unwrap_or(0),
+            waiting_full: kernel.get(1).copied().unwrap_or(0),
+        }
+    }
+
+    /// The report's last line.
+    pub fn line(&self) -> String {
+        format!(
+            "lost: {} events (ring buffer full), {} waits (too many at once)\n\n",
+            self.ringbuf_full, self.waiting_full
+        )
+    }
+}
+
+/// Resolves the target, finds the sites, loads and attaches; the tool's `report` gets every
+/// record.
+pub fn start<'a, R: ProbeReport>(
+    p: &Probes<'_>,
+    target_args: &TargetArgs,
+    postgres_path: Option<&Path>,
+    verbose: bool,
+    report: R,
+) -> anyhow::Result<Option<Attached<'a>>> {
+    let mut target = Target::resolve(target_args, None)?;
+    let (binary, _root) = postgres::binary_for_target(&target, postgres_path)?;
+    for &pid in &target.tgids {
+        postgres::postgres_binary_of_pid(pid)?;
+    }
+    let sites = usdt::sites(&binary, p.probes, p.tool)?;
+    loader::check_privileges()?;
+    // A postmaster's backends are its children, also those forked later.
+    target.follow_descendants()?;
+    let fork_child_offset = QueryAddrs::fork_child_offset()?;
+    let mut loaded = loader::load(p.tool, p.object, verbose, |l| {
+        target.set_globals(l);
+        QueryAddrs::set_globals(l, &fork_child_offset);
+    })?;
+    target.fill_maps(&mut loaded.ebpf)?;
+    target.attach_fork_tracking(&mut loaded)?;
+    // Statements are read at each event from the process's debug_query_string.
+    let (query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
+    for (site, id) in &sites {
+        loaded.attach_usdt(p.program, &binary, site, *id)?;
+    }
+    let ring = loaded.take_ring_buffer("EVENTS")?;
+    Ok(Some(Attached {
+        what: format!(
+            "Tracing {} of {} in {}",
+            p.what,
+            target.describe(),
+            binary.display()
+        ),
+        details: vec![
+            format!("{} USDT sites", sites.len()),
+            format!("{located} PostgreSQL processes located"),
+        ],
+        started: loaded.started,
+        watch: target.roots(),
+        trace: Box::new(ProbeTrace {
+            loaded,
+            ring,
+            query_addrs,
+            report,
+        }),
+    }))
+}
+
+/// Every event is a ring buffer record.
+struct ProbeTrace<R> {
+    loaded: Loaded,
+    ring: RingBuf<MapData>,
+    query_addrs: QueryAddrs,
+    report: R,
+}
+
+impl<R: ProbeReport> Trace for ProbeTrace<R> {
+    fn wait(&mut self, timeout: Duration) {
+        loader::wait_readable(&self.ring, timeout);
+    }
+
+    fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let report = &mut self.report;
+        loader::drain_records(&mut self.ring, |e: &R::Event| report.event(out, e))?;
+        // Processes met before they were located: their next events carry the statement.
+        self.query_addrs.locate_wanted(&mut self.loaded)
+    }
+
+    fn interval(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let kernel: [u64; COUNTERS] = self.loaded.counters()?;
+        Ok(self.report.report(out, Scope::Interval, &kernel)?)
+    }
+
+    fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
+        let kernel: [u64; COUNTERS] = self.loaded.counters()?;
+        Ok(self.report.report(out, Scope::Total, &kernel)?)
+    }
+
+    fn objects(&self) -> Vec<&Loaded> {
+        vec![&self.loaded]
+    }
+}

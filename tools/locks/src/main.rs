@@ -1,0 +1,4 @@
+//! locks' binary: everything is in the library (src/lib.rs).
+fn main() -> std::process::ExitCode {
+    pgbpf_common::runtime::main::<locks::Args>()
+}
