@@ -191,6 +191,9 @@ impl ProbeReport for Reporter {
             .statement(ev.tgid, ev.statement, &ev.query, ev.query_len);
         match ev.kind {
             kind::WAIT_START => {
+                // Its type read now, while it runs: a deadlock's finder is gone moments after
+                // its error, and a waiter may be too by the time its wait's end is read.
+                self.backends.of(ev.tgid);
                 if self.in_progress.len() >= MAX_IN_PROGRESS {
                     self.in_progress.clear();
                 }

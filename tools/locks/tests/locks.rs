@@ -168,6 +168,8 @@ fn a_deadlock_names_the_finder_and_the_other_waiter_as_the_server_log_does() {
     let other_sql = if finder == a_pid { UPDATE_1 } else { UPDATE_2 };
     let normalized = |sql: &str| pgbpf_common::sql::normalize(sql);
     assert_eq!(d["query"], normalized(finder_sql).as_str(), "{d}");
+    // Its type was read while it waited (it is gone right after its error).
+    assert_eq!(d["backend_type"], "client backend", "{d}");
     assert_eq!(d["mode"], "ShareLock");
     let waiting = d["waiting"].as_array().unwrap();
     let o = waiting
@@ -175,6 +177,7 @@ fn a_deadlock_names_the_finder_and_the_other_waiter_as_the_server_log_does() {
         .find(|w| w["pid"].as_u64() == Some(u64::from(other)))
         .unwrap_or_else(|| panic!("the other waiter is missing: {d}"));
     assert_eq!(o["query"], normalized(other_sql).as_str());
+    assert_eq!(o["backend_type"], "client backend");
     let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["deadlocks"], 1);
     // The other waiter got its lock once the finder's transaction was rolled back.
