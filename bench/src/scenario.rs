@@ -282,10 +282,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         workload: "-N",
         events_field: "events",
-        tool_args: |s| {
-            let pg = s.pg()?;
-            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
-        },
+        tool_args: postmaster_args,
         bpftrace: |s| postgres_script(s, include_str!("../bpftrace/lwlocks.bt")),
         extra: None,
     },
@@ -304,10 +301,7 @@ pub const SCENARIOS: &[Scenario] = &[
         },
         workload: "-b tpcb-like",
         events_field: "events",
-        tool_args: |s| {
-            let pg = s.pg()?;
-            Ok(vec!["-p".into(), pg.postmaster_pid()?.to_string()])
-        },
+        tool_args: postmaster_args,
         bpftrace: |s| postgres_script(s, include_str!("../bpftrace/locks.bt")),
         extra: None,
     },
