@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 triple=x86_64-unknown-linux-gnu
 # With an explicit --target, RUSTFLAGS reach only the target's crates, not build scripts or
-# proc-macros (which cannot be static); aya-build sets its own flags for the eBPF crates.
+# proc-macros (which cannot be static); pgbpf-build sets its own flags for the eBPF crates.
 log=$(mktemp)
 if ! RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$triple" >"$log" 2>&1; then
     tail -40 "$log" >&2; rm -f "$log"; exit 1

@@ -26,7 +26,7 @@ step setup scripts/setup.sh || true
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --all-targets --locked -- -D warnings
-step clippy-ebpf cargo +nightly-2026-08-01 clippy --locked -p pgbpf-common-ebpf -p page_reclaim-ebpf -p query_latency-ebpf -p pgbpf-capture-ebpf -p shmem-ebpf -p llcache_per_query-ebpf -p io_timeouts-ebpf -p lwlocks-ebpf -p locks-ebpf -p pgbpf-selftest-ebpf \
+step clippy-ebpf cargo +nightly-2026-08-01 clippy --locked -p pgbpf-common-ebpf -p page_reclaim-ebpf -p query_latency-ebpf -p pgbpf-capture-ebpf -p shmem-ebpf -p llcache_per_query-ebpf -p io_timeouts-ebpf -p lwlocks-ebpf -p locks-ebpf -p cpu_wait-ebpf -p pgbpf-selftest-ebpf \
     --target bpfel-unknown-none -Z build-std=core --target-dir target/ebpf-clippy -- -D warnings
 step build cargo test --locked --no-run
 step static-release scripts/build-release.sh
@@ -35,7 +35,7 @@ step fuzz-pgwire sh -c 'cd protocols/pgwire && cargo +nightly-2026-08-01 fuzz ru
 step fuzz-resp sh -c 'cd protocols/resp && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
 # pg_replay's inputs: server logs of each format, and capture records after a valid header.
 step fuzz-replay sh -c 'cd tools/pg_replay/fuzz && cargo +nightly-2026-08-01 fuzz run logs -- -max_total_time=15 && cargo +nightly-2026-08-01 fuzz run capture -- -max_total_time=15'
-# Default members only: the eBPF crates are built by aya-build, not for the host.
+# Default members only: the eBPF crates are built by pgbpf-build (common/build), not for the host.
 # Test binaries run one after another; privileged tests also take a machine-wide lock.
 rm -f "$logs/skipped.log"
 cargo test --locked --no-fail-fast >"$logs/tests.log" 2>&1

@@ -306,6 +306,26 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "cpu_wait",
+        tool: "cpu_wait",
+        description: "PostgreSQL on the host, pgbench scale 1, pgbench -S with 2 clients (each \
+                  select a wakeup of the backend, a run-queue wait and a sleep waiting for the \
+                  client: the most context switches per second of any load here): cpu_wait -p \
+                  POSTMASTER attaches the scheduler's raw tracepoints for the whole machine, \
+                  reads the statement and wait event at each switch of a backend and sends one \
+                  event per stretch off the CPU; the bpftrace script keeps a run-queue histogram \
+                  per pid and migrations in the kernel from the classic sched tracepoints.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 1,
+        },
+        workload: "-S",
+        events_field: "events",
+        tool_args: postmaster_args,
+        bpftrace: |_| Ok(include_str!("../bpftrace/cpu_wait.bt").to_string()),
+        extra: None,
+    },
+    Scenario {
         name: "redis_trace",
         tool: "redis_trace",
         description: "redis-server on the host, redis-benchmark -t set,get with 2 clients, no \

@@ -3,6 +3,8 @@
 //! probe sites found, the object loaded with the target filter and the statement reading
 //! (`debug_query_string`), one program attached at every site, and a [`Trace`] handing each
 //! record to the tool's report. A tool supplies its object, probes and a [`ProbeReport`].
+//! A tool on other hooks (cpu_wait's scheduler tracepoints) loads and attaches itself and
+//! hands its ring buffer to the same [`record_trace`].
 
 use std::{io, path::Path, time::Duration};
 
@@ -117,13 +119,25 @@ pub fn start<'a, R: ProbeReport>(
         ],
         started: loaded.started,
         watch: target.roots(),
-        trace: Box::new(ProbeTrace {
-            loaded,
-            ring,
-            query_addrs,
-            report,
-        }),
+        trace: record_trace(loaded, ring, query_addrs, report),
     }))
+}
+
+/// The runtime's view of a tool whose events are records of one ring buffer, carrying
+/// statements read by `pgbpf_common_ebpf::query_string` (hence `query_addrs`), handed to
+/// `report`; interval and final reports get the tool's COUNTERS.
+pub fn record_trace<R: ProbeReport>(
+    loaded: Loaded,
+    ring: RingBuf<MapData>,
+    query_addrs: QueryAddrs,
+    report: R,
+) -> Box<dyn Trace + Send> {
+    Box::new(ProbeTrace {
+        loaded,
+        ring,
+        query_addrs,
+        report,
+    })
 }
 
 /// Every event is a ring buffer record.

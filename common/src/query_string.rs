@@ -1,20 +1,23 @@
 //! Where each PostgreSQL process keeps `debug_query_string`, the pointer to the statement it is
-//! running (NULL between statements): an absolute address per process, for kernel programs
-//! that read the statement at the moment of an event instead of following statement probes.
+//! running (NULL between statements), and `my_wait_event_info`, the pointer to the wait event
+//! it reports: absolute addresses per process, for kernel programs that read them at the
+//! moment of an event instead of following statement probes.
 //!
-//! The variable is in .bss (exported in .dynsym even from stripped builds), so its address is
-//! the binary's load bias in that process plus the symbol's vaddr. Binaries are told apart by
-//! (device, inode) of /proc/PID/exe, so servers of different versions each get their own.
+//! The variables are in .bss and .data (exported in .dynsym even from stripped builds), so an
+//! address is the binary's load bias in that process plus the symbol's vaddr. Binaries are
+//! told apart by (device, inode) of /proc/PID/exe, so servers of different versions each get
+//! their own.
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path};
 
 use anyhow::Context as _;
-pub use pgbpf_common_ebpf::query_string::NO_QUERY_STRING;
+pub use pgbpf_common_ebpf::query_string::{NO_QUERY_STRING, QueryAddr};
 
 use crate::{elf::Symbols, loader::Loaded, tracefs};
 
-/// The symbol's vaddr and the first loadable segment's, of one binary (None: no symbol).
-type BinaryFacts = Option<(u64, u64)>;
+/// Of one binary: the vaddrs of debug_query_string and my_wait_event_info (0: none, before
+/// PostgreSQL 14) and of the first loadable segment; None: no debug_query_string.
+type BinaryFacts = Option<(u64, u64, u64)>;
 
 #[derive(Default)]
 pub struct QueryStringLocator {
@@ -26,9 +29,9 @@ impl QueryStringLocator {
         QueryStringLocator::default()
     }
 
-    /// The address of `debug_query_string` in process `pid`, if it runs a binary that has the
-    /// symbol and the process is still there.
-    pub fn address(&mut self, pid: u32) -> Option<u64> {
+    /// The addresses of the variables in process `pid`, if it runs a binary that has
+    /// debug_query_string and the process is still there.
+    pub fn address(&mut self, pid: u32) -> Option<QueryAddr> {
         let exe = format!("/proc/{pid}/exe");
         let md = std::fs::metadata(&exe).ok()?;
         let (dev, ino) = (md.dev(), md.ino());
@@ -36,13 +39,21 @@ impl QueryStringLocator {
             .by_binary
             .entry((dev, ino))
             .or_insert_with(|| binary_facts(Path::new(&exe), &format!("/proc/{pid}/root")));
-        let (vaddr, first_vaddr) = facts?;
+        let (statement, wait_event, first_vaddr) = facts?;
         let maps = crate::procs::memory_maps(pid, false)?;
-        Some(load_bias(&maps, ino, first_vaddr)? + vaddr)
+        let bias = load_bias(&maps, ino, first_vaddr)?;
+        Some(QueryAddr {
+            statement: bias + statement,
+            wait_event: if wait_event == 0 {
+                0
+            } else {
+                bias + wait_event
+            },
+        })
     }
 }
 
-/// The kernel's map of debug_query_string's address per process, and its size in the object.
+/// The kernel's map of the variables' addresses per process, and its size in the object.
 pub const ADDR_MAP: &str = "PGBPF_QUERY_ADDR";
 const ADDR_ENTRIES: u32 = 16384;
 /// The processes whose address is still to be found, and its size in the object.
@@ -91,13 +102,17 @@ impl QueryAddrs {
     /// Records where each of `pids` keeps debug_query_string (or that it has none). Returns
     /// how many have one.
     fn locate(&mut self, loaded: &mut Loaded, pids: &[u32]) -> anyhow::Result<usize> {
-        let mut map: aya::maps::HashMap<_, u32, u64> =
-            aya::maps::HashMap::try_from(loaded.map_mut("PGBPF_QUERY_ADDR")?)?;
+        let mut map: aya::maps::HashMap<_, u32, QueryAddr> =
+            aya::maps::HashMap::try_from(loaded.map_mut(ADDR_MAP)?)?;
         let mut found = 0;
         for &pid in pids {
             let addr = self.locator.address(pid);
             found += usize::from(addr.is_some());
-            map.insert(&pid, &addr.unwrap_or(NO_QUERY_STRING), 0)
+            let none = QueryAddr {
+                statement: NO_QUERY_STRING,
+                wait_event: 0,
+            };
+            map.insert(&pid, &addr.unwrap_or(none), 0)
                 .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
         }
         Ok(found)
@@ -106,7 +121,7 @@ impl QueryAddrs {
     /// Locates the processes the kernel met without knowing where their statement is.
     pub fn locate_wanted(&mut self, loaded: &mut Loaded) -> anyhow::Result<()> {
         let mut wanted: aya::maps::HashMap<_, u32, u8> =
-            aya::maps::HashMap::try_from(loaded.map_mut("PGBPF_ADDR_WANTED")?)?;
+            aya::maps::HashMap::try_from(loaded.map_mut(WANTED_MAP)?)?;
         let pids: Vec<u32> = wanted.keys().filter_map(Result::ok).collect();
         for pid in &pids {
             let _ = wanted.remove(pid);
@@ -168,6 +183,11 @@ impl IdleLabels {
 fn binary_facts(exe: &Path, root: &str) -> BinaryFacts {
     let symbols = Symbols::open(exe, Path::new(root)).ok()?;
     let vaddr = symbols.address("debug_query_string").ok()??;
+    let wait_event = symbols
+        .address("my_wait_event_info")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     let first = symbols
         .binary
         .segments()
@@ -176,7 +196,7 @@ fn binary_facts(exe: &Path, root: &str) -> BinaryFacts {
         .map(|s| s.vaddr)
         .min()
         .unwrap_or(0);
-    Some((vaddr, first))
+    Some((vaddr, wait_event, first))
 }
 
 /// Load bias of the binary with inode `ino` in a process's memory maps: where its mapping
@@ -213,7 +233,7 @@ mod tests {
     #[test]
     fn this_process_has_no_query_string_and_a_dead_pid_none() {
         let mut l = QueryStringLocator::new();
-        assert_eq!(l.address(std::process::id()), None);
-        assert_eq!(l.address(u32::MAX), None);
+        assert!(l.address(std::process::id()).is_none());
+        assert!(l.address(u32::MAX).is_none());
     }
 }

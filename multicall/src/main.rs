@@ -13,6 +13,7 @@ type Main = fn() -> ExitCode;
 
 /// The tools this binary is, by name.
 const TOOLS: &[(&str, Main)] = &[
+    ("cpu_wait", run::<cpu_wait::Args>),
     ("io_timeouts", run::<io_timeouts::Args>),
     ("llcache_per_query", run::<llcache_per_query::Args>),
     ("locks", run::<locks::Args>),

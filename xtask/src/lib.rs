@@ -80,6 +80,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "cpu_wait",
+            command: cpu_wait::Args::command,
+            schema: Some(schema_of::<cpu_wait::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "redis_trace",
             command: redis_trace::Args::command,
             schema: Some(schema_of::<redis_trace::records::Record>),

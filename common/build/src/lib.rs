@@ -1,15 +1,30 @@
-//! Shared `build.rs` logic: every tool embeds its eBPF object, built here with aya-build.
+//! Shared `build.rs` logic: every tool embeds its eBPF object, built here by a nested
+//! `cargo build` for bpfel-unknown-none with the pinned nightly.
 //!
 //! The eBPF side needs a nightly whose LLVM major equals bpf-linker's (22 on Debian 12);
 //! nightlies from 2026-08-06 on use LLVM 23 and fail to link, so the nightly is pinned.
+//!
+//! Written here rather than with aya-build, which does the same but gives every tool, in
+//! every profile (check, test, release), a target directory of its own under OUT_DIR: core
+//! compiled for BPF some 40 times, 166 MB each, which filled a CI machine's disk. Here every
+//! eBPF crate builds in one directory beside the workspace's (`target/ebpf`): core and the
+//! shared crate once, then each tool's programs; the nested builds take turns on its lock.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::BufReader,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
+use cargo_metadata::Message;
 use object::build::elf::SectionData;
 
 /// The nightly used for the kernel side unless `PGBPF_EBPF_TOOLCHAIN` says otherwise.
 pub const EBPF_NIGHTLY: &str = "nightly-2026-08-01";
+
+/// The eBPF target (this project runs on little-endian x86_64).
+const TARGET: &str = "bpfel-unknown-none";
 
 /// Builds the eBPF crate `package` (a workspace member) into `$OUT_DIR/<bin name>`.
 pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
@@ -26,34 +41,111 @@ pub fn build_ebpf(package: &str) -> anyhow::Result<()> {
         .context("cargo metadata")?;
     let ebpf_package = metadata
         .packages
-        .into_iter()
+        .iter()
         .find(|p| p.name.as_str() == package)
         .ok_or_else(|| anyhow!("eBPF package {package} is not in the workspace"))?;
     let root_dir = ebpf_package
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf_package.manifest_path))?;
-    // aya-build watches the eBPF crate's own directory; its path dependencies (common/ebpf)
-    // must be watched too, or a change there leaves a stale object embedded.
+    println!("cargo:rerun-if-changed={root_dir}");
+    // Its path dependencies (common/ebpf) must be watched too, or a change there leaves a
+    // stale object embedded.
     for dep in &ebpf_package.dependencies {
         if let Some(path) = &dep.path {
             println!("cargo:rerun-if-changed={path}");
         }
     }
     let toolchain = std::env::var("PGBPF_EBPF_TOOLCHAIN").unwrap_or_else(|_| EBPF_NIGHTLY.into());
-    // aya-build wants a 'static toolchain name; build scripts are short-lived.
-    let toolchain: &'static str = Box::leak(toolchain.into_boxed_str());
-    let pkg = aya_build::Package {
-        name: ebpf_package.name.as_str(),
-        root_dir: root_dir.as_str(),
-        ..Default::default()
-    };
-    aya_build::build_ebpf([pkg], aya_build::Toolchain::Custom(toolchain))?;
+    let target_dir = metadata.target_directory.as_std_path().join("ebpf");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR is not set")?);
-    for bin in ebpf_package.targets.iter().filter(|t| t.is_bin()) {
-        strip_dwarf(&out_dir.join(bin.name.as_str()))?;
+    let arch =
+        std::env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH is not set")?;
+    for (name, object) in cargo_build(package, &toolchain, &arch, &target_dir)? {
+        let embedded = out_dir.join(&name);
+        std::fs::copy(&object, &embedded)
+            .with_context(|| format!("copying {} to {}", object.display(), embedded.display()))?;
+        strip_dwarf(&embedded)?;
     }
     Ok(())
+}
+
+/// Runs `cargo build` of `package`'s binaries for BPF in `target_dir`; returns each binary's
+/// name and file. The compiler's messages become build-script warnings.
+fn cargo_build(
+    package: &str,
+    toolchain: &str,
+    arch: &str,
+    target_dir: &Path,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut cmd = match which::which("rustup") {
+        Ok(rustup) => {
+            let mut c = Command::new(rustup);
+            c.args(["run", toolchain, "cargo"]);
+            c
+        }
+        Err(_) => Command::new("cargo"),
+    };
+    cmd.args(["build", "--package", package, "--bins", "--release"])
+        .args([
+            "--message-format=json",
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        // The common crate's architecture-dependent parts (registers, syscall numbers) are
+        // those of the machine the programs will run on; the DWARF becomes BTF.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+        )
+        // The outer build's compiler is the host toolchain's.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    // cargo's own lines (progress, waits for locks, its errors): shown only if it fails.
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let progress = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    let mut binaries = vec![];
+    for message in Message::parse_stream(BufReader::new(stdout)) {
+        match message.context("cargo's JSON messages")? {
+            Message::CompilerArtifact(a) => {
+                if let Some(exe) = a.executable {
+                    binaries.push((a.target.name.to_string(), exe.into_std_path_buf()));
+                }
+            }
+            Message::CompilerMessage(m) => {
+                for line in m.message.rendered.unwrap_or_default().lines() {
+                    println!("cargo:warning={line}");
+                }
+            }
+            Message::TextLine(line) => println!("cargo:warning={line}"),
+            _ => {}
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {cmd:?}"))?;
+    let progress = progress.join().unwrap_or_default();
+    if !status.success() {
+        for line in progress {
+            println!("cargo:warning={line}");
+        }
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(binaries)
 }
 
 /// Rewrites the eBPF object at `path` without its DWARF sections (and their relocations).

@@ -1,11 +1,26 @@
 //! The statement a PostgreSQL process is working on, read from its own `debug_query_string`
 //! at the moment of an event (a perf sample, a throttling tracepoint): nothing runs per
-//! statement. Userspace (`pgbpf_common::query_string`) puts each process's address of the
-//! variable in [`PGBPF_QUERY_ADDR`] and locates the processes listed in
-//! [`PGBPF_ADDR_WANTED`]; children inherit the address at fork, an exec forgets it.
+//! statement; and the wait event it has set (`my_wait_event_info`, what pg_stat_activity
+//! shows). Userspace (`pgbpf_common::query_string`) puts each process's addresses of the
+//! variables in [`PGBPF_QUERY_ADDR`] and locates the processes listed in
+//! [`PGBPF_ADDR_WANTED`]; children inherit the addresses at fork, an exec forgets them.
 
-/// `PGBPF_QUERY_ADDR` value of a process without debug_query_string (not PostgreSQL).
+/// `QueryAddr::statement` of a process without debug_query_string (not PostgreSQL).
 pub const NO_QUERY_STRING: u64 = u64::MAX;
+
+/// Where one process keeps the variables (absolute addresses in its memory).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct QueryAddr {
+    /// `debug_query_string` (`char *`), or [`NO_QUERY_STRING`].
+    pub statement: u64,
+    /// `my_wait_event_info` (`uint32 *`, PostgreSQL 14 on), or 0.
+    pub wait_event: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] plain data without padding, every bit pattern valid.
+unsafe impl aya::Pod for QueryAddr {}
 
 /// What [`read_statement`] found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,11 +71,12 @@ mod kernel {
         programs::TracePointContext,
     };
 
-    use super::{NO_QUERY_STRING, StatementRead};
+    use super::{NO_QUERY_STRING, QueryAddr, StatementRead};
 
-    /// Where debug_query_string lives in each PostgreSQL process (absolute address).
+    /// Where each PostgreSQL process keeps debug_query_string and my_wait_event_info.
     #[map]
-    pub static PGBPF_QUERY_ADDR: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+    pub static PGBPF_QUERY_ADDR: LruHashMap<u32, QueryAddr> =
+        LruHashMap::with_max_entries(16384, 0);
     /// Processes seen without a known address: userspace locates them and empties this.
     #[map]
     pub static PGBPF_ADDR_WANTED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1024, 0);
@@ -101,7 +117,7 @@ mod kernel {
     #[inline(always)]
     pub fn read_statement(tgid: u32, buf: &mut [u8]) -> StatementRead {
         // SAFETY: plain lookup; the value is copied out.
-        let Some(addr) = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).copied() else {
+        let Some(addr) = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).map(|a| a.statement) else {
             let _ = PGBPF_ADDR_WANTED.insert(&tgid, &1, 0);
             return StatementRead::Unreadable;
         };
@@ -124,6 +140,28 @@ mod kernel {
                 truncated: s.len() + 1 >= max,
             },
             Err(_) => StatementRead::Unreadable,
+        }
+    }
+
+    /// The wait event process `tgid` (the current task's process) has set: PostgreSQL's
+    /// `wait_event_info` (class in the top byte, as pg_stat_activity shows it), 0 when none
+    /// is set or the process is not located (read_statement asks for that).
+    #[inline(always)]
+    pub fn read_wait_event(tgid: u32) -> u32 {
+        // SAFETY: plain lookup; the value is copied out.
+        let Some(addr) = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).map(|a| a.wait_event) else {
+            return 0;
+        };
+        if addr == 0 {
+            return 0;
+        }
+        // SAFETY: reads the pointer, then the value, from the current process's memory;
+        // both fail cleanly if unmapped.
+        unsafe {
+            match bpf_probe_read_user(addr as *const u64) {
+                Ok(p) if p != 0 => bpf_probe_read_user(p as *const u32).unwrap_or(0),
+                _ => 0,
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The current task's saved user registers (`struct pt_regs`, by field name), and the
-//! syscall numbers that matter to the tools, for the architectures they know (aya-build sets
+//! syscall numbers that matter to the tools, for the architectures they know (pgbpf-build sets
 //! `bpf_target_arch` to the host's). Exit and socket tracepoints carry no syscall detail:
 //! reading it from the registers spares an enter program and a map update per call.
 

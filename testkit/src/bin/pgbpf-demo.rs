@@ -103,6 +103,31 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "locks exited with {status}");
 
+    say(&format!(
+        "cpu_wait -p {postmaster} -d 8 --top 6   (run-queue waits per backend and statement, \
+         with a CPU-heavy neighbour)"
+    ));
+    let mut tool = Command::new("cpu_wait")
+        .args(["-p", &postmaster, "-d", "8", "--top", "6"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -S -c 4 -T 5 beside two busy loops (sh -c 'while :; do :; done')");
+    let mut neighbours = (0..2)
+        .map(|_| {
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bench = pg.pgbench(&["-S", "-c", "4", "-j", "2", "-T", "5", "-n"]);
+    for n in &mut neighbours {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+    bench?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "cpu_wait exited with {status}");
+
     let port = pgbpf_testkit::postgres::free_port()?;
     say(&format!(
         "pgbpf_exporter --listen 127.0.0.1:{port}   (the same probes, for Prometheus: /metrics, \

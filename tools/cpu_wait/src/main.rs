@@ -1,0 +1,4 @@
+//! cpu_wait's binary: everything is in the library (src/lib.rs).
+fn main() -> std::process::ExitCode {
+    pgbpf_common::runtime::main::<cpu_wait::Args>()
+}
