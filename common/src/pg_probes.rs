@@ -25,6 +25,8 @@ use crate::{
 pub trait ProbeReport: Send + 'static {
     /// The kernel's record.
     type Event: aya::Pod;
+    /// The shortest record the kernel sends (one without its text tail, read as zeros).
+    const MIN_LEN: usize = std::mem::size_of::<Self::Event>();
     /// One record (printed at once with `--each`, or only counted).
     fn event(&mut self, out: &mut Output, e: &Self::Event) -> io::Result<()>;
     /// The report of an interval or of the whole run; `kernel`: the COUNTERS map.
@@ -155,7 +157,9 @@ impl<R: ProbeReport> Trace for ProbeTrace<R> {
 
     fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let report = &mut self.report;
-        loader::drain_records(&mut self.ring, |e: &R::Event| report.event(out, e))?;
+        loader::drain_prefixed_records(&mut self.ring, R::MIN_LEN, |e: &R::Event| {
+            report.event(out, e)
+        })?;
         // Processes met before they were located: their next events carry the statement.
         self.query_addrs.locate_wanted(&mut self.loaded)
     }

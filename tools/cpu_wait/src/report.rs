@@ -116,6 +116,7 @@ fn by_runq<K: Ord, V>(map: &HashMap<K, V>, runq: impl Fn(&V) -> u64) -> Vec<(&K,
 
 impl ProbeReport for Reporter {
     type Event = RunEvent;
+    const MIN_LEN: usize = cpu_wait_ebpf::HEAD_LEN;
 
     /// One stretch off the CPU.
     fn event(&mut self, _out: &mut Output, e: &RunEvent) -> io::Result<()> {

@@ -44,6 +44,10 @@ pub struct RunEvent {
     pub query: [u8; QUERY_CAP],
 }
 
+/// Bytes of a [`RunEvent`] before its text: all that is sent when it has none (most stretches
+/// begin between statements), the rest read as zeros.
+pub const HEAD_LEN: usize = core::mem::offset_of!(RunEvent, query);
+
 /// Indexes of the COUNTERS per-CPU array (0 and 1 as `pgbpf_common::pg_probes::Lost` reads
 /// them).
 pub mod counter {

@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
-use cpu_wait_ebpf::{RunEvent, STATE_NEW, STATE_PREEMPTED, counter, statement};
+use cpu_wait_ebpf::{HEAD_LEN, RunEvent, STATE_NEW, STATE_PREEMPTED, counter, statement};
 use pgbpf_common_ebpf::{
     counters::bump,
     query_string::{read_statement, read_wait_event},
@@ -55,7 +55,7 @@ struct Task {
 /// Traced tasks by tid. The LRU lets go of the entries of tasks gone without a last switch
 /// seen (the tool attached after their exit began) once the map is full.
 #[map]
-static TASKS: LruHashMap<u32, Task> = LruHashMap::with_max_entries(8192, 0);
+static TASKS: LruHashMap<u32, Task> = LruHashMap::with_max_entries(4096, 0);
 
 /// A zeroed [`Task`] to insert from (too big for the stack); never written.
 #[map]
@@ -196,19 +196,29 @@ fn runs_again(now: u64, tid: u32) {
     }
     t.event.sleep_ns = ready_ns.saturating_sub(out_ns);
     t.event.runq_ns = now.saturating_sub(ready_ns);
-    let Some(mut slot) = EVENTS.reserve::<RunEvent>(0) else {
+    if t.event.query_len == 0 {
+        send::<[u8; HEAD_LEN]>(&t.event);
+    } else {
+        send::<RunEvent>(&t.event);
+    }
+    t.event.migrations = 0;
+}
+
+/// Sends the first `size_of::<T>()` bytes of `e`.
+#[inline(always)]
+fn send<T: 'static>(e: &RunEvent) {
+    let Some(mut slot) = EVENTS.reserve::<T>(0) else {
         bump(counter::RINGBUF_FULL);
         return;
     };
-    // SAFETY: copies the whole event from map memory into the reserved record.
+    // SAFETY: copies the event's first bytes from map memory into the reserved record.
     unsafe {
         generated::bpf_probe_read_kernel(
             slot.as_mut_ptr() as *mut _,
-            core::mem::size_of::<RunEvent>() as u32,
-            &t.event as *const RunEvent as *const _,
+            core::mem::size_of::<T>() as u32,
+            e as *const RunEvent as *const _,
         );
     }
-    t.event.migrations = 0;
     // Userspace drains every 100 ms; no wakeup per event.
     slot.submit(ring::NO_WAKEUP);
 }
