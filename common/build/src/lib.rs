@@ -84,29 +84,44 @@ fn cargo_build(
             c.args(["run", toolchain, "cargo"]);
             c
         }
-        Err(_) => Command::new("cargo"),
+        Err(_) => {
+            println!(
+                "cargo:warning=rustup not found: the eBPF side is built with the cargo on \
+                 PATH, not {toolchain}"
+            );
+            Command::new("cargo")
+        }
     };
-    cmd.args(["build", "--package", package, "--bins", "--release"])
-        .args([
-            "--message-format=json",
-            "--target",
-            TARGET,
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        // The common crate's architecture-dependent parts (registers, syscall numbers) are
-        // those of the machine the programs will run on; the DWARF becomes BTF.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
-        )
-        // The outer build's compiler is the host toolchain's.
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    // --locked: the workspace's lock file already holds the eBPF crates (they are members);
+    // the nested build must not rewrite it under the outer one.
+    cmd.args([
+        "build",
+        "--locked",
+        "--package",
+        package,
+        "--bins",
+        "--release",
+    ])
+    .args([
+        "--message-format=json",
+        "--target",
+        TARGET,
+        "-Z",
+        "build-std=core",
+    ])
+    .arg("--target-dir")
+    .arg(target_dir)
+    // The common crate's architecture-dependent parts (registers, syscall numbers) are
+    // those of the machine the programs will run on; the DWARF becomes BTF.
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+    )
+    // The outer build's compiler is the host toolchain's.
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     // cargo's own lines (progress, waits for locks, its errors): shown only if it fails.
     let stderr = child.stderr.take().context("no stderr pipe")?;

@@ -77,11 +77,17 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "lwlocks exited with {status}");
 
+    let conn = pg.conn_args();
+    let dsn = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        conn[1], conn[3]
+    );
     say(&format!(
-        "locks -p {postmaster} --each -d 6   (heavyweight lock waits as they end, and a deadlock)"
+        "locks -p {postmaster} --each --dsn '{dsn}' -d 6   (heavyweight lock waits as they \
+         end, relations by name, and a deadlock)"
     ));
     let mut tool = Command::new("locks")
-        .args(["-p", &postmaster, "--each", "-d", "6"])
+        .args(["-p", &postmaster, "--each", "--dsn", &dsn, "-d", "6"])
         .spawn()?;
     std::thread::sleep(Duration::from_secs(1));
     eprintln!("two sessions updating tellers 1 and 2 in opposite orders");

@@ -21,6 +21,12 @@ const HOOKS: [(&str, &str); 4] = [
 
 /// Resolves the target (processes named postgres in it), loads and attaches.
 pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    // sched_switch's fourth argument, the state the task left in, came with Linux 5.18.
+    if !loader::kernel_at_least(5, 18) {
+        anyhow::bail!(
+            "cpu_wait needs Linux 5.18 or later (the prev_state argument of sched_switch)"
+        );
+    }
     let mut target = Target::resolve(&args.target, Some("postgres"))?;
     // sched_switch gives the task that runs next as a pointer: its pid is read at an offset.
     let k = KernelTypes::running(&[("task_struct", "pid"), ("task_struct", "tgid")])?;

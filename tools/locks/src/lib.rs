@@ -9,6 +9,7 @@
 //! - [`records`]: the NDJSON records (docs/schema/locks.json).
 
 pub mod lock;
+pub mod names;
 pub mod records;
 pub mod report;
 pub mod trace;
@@ -44,6 +45,10 @@ pub struct Args {
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Name the relations of this connection's database (libpq conninfo or URI: "dbname=app",
+    /// "postgresql://user@host/app"); without it relations are OIDs
+    #[arg(long, value_name = "CONNINFO")]
+    pub dsn: Option<String>,
 }
 
 pgbpf_common::tool!(Args, "locks", trace::start);

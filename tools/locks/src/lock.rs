@@ -52,15 +52,17 @@ pub fn relation(e: &LockEvent) -> Option<(u32, u32)> {
 }
 
 /// The locked object in full: "relation 5/16397", "tuple (0,1) of relation 5/16397",
-/// "transaction 1234", "advisory 5:1:42", ...
-pub fn describe(e: &LockEvent) -> String {
+/// "transaction 1234", "advisory 5:1:42", ...; a relation by `name` when it is given
+/// ("tuple (0,1) of relation pgbench_tellers").
+pub fn describe(e: &LockEvent, name: Option<&str>) -> String {
     let (f1, f2, f3, f4) = (e.field1, e.field2, e.field3, e.field4);
+    let rel = name.map_or_else(|| format!("{f1}/{f2}"), str::to_string);
     match type_name(e.locktag_type) {
-        "relation" => format!("relation {f1}/{f2}"),
-        "extend" => format!("extension of relation {f1}/{f2}"),
+        "relation" => format!("relation {rel}"),
+        "extend" => format!("extension of relation {rel}"),
         "frozenid" => format!("frozen ids of database {f1}"),
-        "page" => format!("page {f3} of relation {f1}/{f2}"),
-        "tuple" => format!("tuple ({f3},{f4}) of relation {f1}/{f2}"),
+        "page" => format!("page {f3} of relation {rel}"),
+        "tuple" => format!("tuple ({f3},{f4}) of relation {rel}"),
         "transactionid" => format!("transaction {f1}"),
         "virtualxid" => format!("virtual transaction {f1}/{f2}"),
         "spectoken" => format!("speculative token {f1}:{f2}"),
@@ -84,9 +86,16 @@ mod tests {
 
     #[test]
     fn locks_read_as_pg_locks_names_them() {
-        assert_eq!(describe(&event(5, [1234, 0, 0, 0])), "transaction 1234");
+        assert_eq!(
+            describe(&event(5, [1234, 0, 0, 0]), None),
+            "transaction 1234"
+        );
         let tuple = event(4, [5, 16397, 0, 1]);
-        assert_eq!(describe(&tuple), "tuple (0,1) of relation 5/16397");
+        assert_eq!(describe(&tuple, None), "tuple (0,1) of relation 5/16397");
+        assert_eq!(
+            describe(&tuple, Some("pgbench_tellers")),
+            "tuple (0,1) of relation pgbench_tellers"
+        );
         assert_eq!(relation(&tuple), Some((5, 16397)));
         assert_eq!(relation(&event(5, [1234, 0, 0, 0])), None);
         assert_eq!(type_name(10), "advisory");

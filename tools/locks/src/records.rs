@@ -78,6 +78,9 @@ pub struct Wait<'a> {
     pub database: Option<u32>,
     /// The relation's OID, for relation, extend, page and tuple locks.
     pub relation: Option<u32>,
+    /// Its name (schema-qualified outside public) with --dsn, for relations of the
+    /// connection's database.
+    pub relation_name: Option<String>,
     pub mode: &'a str,
     pub backend_type: &'a str,
     pub query: &'a str,

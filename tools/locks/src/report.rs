@@ -17,6 +17,7 @@ use pgbpf_common::{
 
 use crate::{
     Args, lock,
+    names::RelationNames,
     records::{Deadlock, LockWait, Record, Totals, Wait, Waiter},
 };
 
@@ -59,10 +60,12 @@ pub struct Reporter {
     in_progress: HashMap<u32, InProgress>,
     backends: BackendTypes,
     idle_labels: IdleLabels,
+    /// With --dsn.
+    names: Option<RelationNames>,
 }
 
 impl Reporter {
-    pub fn new(args: &Args) -> Reporter {
+    pub fn new(args: &Args, names: Option<RelationNames>) -> Reporter {
         Reporter {
             each: args.each,
             top: args.top.max(1),
@@ -71,7 +74,15 @@ impl Reporter {
             in_progress: HashMap::new(),
             backends: BackendTypes::default(),
             idle_labels: IdleLabels::default(),
+            names,
         }
+    }
+
+    /// With --dsn, the name of the relation `e`'s lock is on, when it has one and it is in
+    /// the connection's database.
+    fn relation_name(&mut self, e: &LockEvent) -> Option<String> {
+        let (db, rel) = lock::relation(e)?;
+        self.names.as_mut()?.name(db, rel)
     }
 
     /// A wait ended: counted, and printed with `--each`.
@@ -91,7 +102,8 @@ impl Reporter {
         if !self.each {
             return Ok(());
         }
-        let described = lock::describe(ev);
+        let name = self.relation_name(ev);
+        let described = lock::describe(ev, name.as_deref());
         if out.json {
             return out.record(&Record::LockWait(LockWait {
                 ts_ns: output::unix_ns(),
@@ -197,10 +209,11 @@ impl ProbeReport for Reporter {
                 if self.in_progress.len() >= MAX_IN_PROGRESS {
                     self.in_progress.clear();
                 }
+                let name = self.relation_name(ev);
                 let w = InProgress {
                     pid: ev.tgid,
                     start_ns: ev.start_ns,
-                    lock: lock::describe(ev),
+                    lock: lock::describe(ev, name.as_deref()),
                     mode: lock::mode_name(ev.mode),
                     query,
                 };
@@ -217,7 +230,8 @@ impl ProbeReport for Reporter {
     fn report(&mut self, sink: &mut Output, scope: Scope, lost: &[u64]) -> io::Result<()> {
         let (p, period) = self.periods.end(scope);
         if sink.json {
-            return json_report(sink, self.events, scope, period, &p, lost);
+            let names = self.names.as_mut();
+            return json_report(sink, self.events, scope, period, &p, lost, names);
         }
         let waits: u64 = p.waits.values().map(|w| w.count).sum();
         let total: u64 = p.waits.values().map(|w| w.total_ns).sum();
@@ -233,11 +247,19 @@ impl ProbeReport for Reporter {
         let header = [
             "LOCKTYPE", "RELATION", "MODE", "BACKEND", "WAITS", "TOTAL", "MAX", "QUERY",
         ];
+        let names = &mut self.names;
         output::top_table(&mut out, &header, &rows, self.top, sink.width, |(k, w)| {
             vec![
                 k.lock_type.to_string(),
-                k.relation
-                    .map_or_else(|| "-".to_string(), |(db, rel)| format!("{db}/{rel}")),
+                k.relation.map_or_else(
+                    || "-".to_string(),
+                    |(db, rel)| {
+                        names
+                            .as_mut()
+                            .and_then(|n| n.name(db, rel))
+                            .unwrap_or_else(|| format!("{db}/{rel}"))
+                    },
+                ),
                 k.mode.to_string(),
                 k.backend.clone(),
                 w.count.to_string(),
@@ -259,6 +281,7 @@ fn json_report(
     period: Duration,
     p: &Period,
     lost: &[u64],
+    mut names: Option<&mut RelationNames>,
 ) -> io::Result<()> {
     let ts_ns = output::unix_ns();
     let interval_ns = records::ns(period);
@@ -270,6 +293,9 @@ fn json_report(
             lock_type: k.lock_type,
             database: k.relation.map(|(db, _)| db),
             relation: k.relation.map(|(_, rel)| rel),
+            relation_name: k
+                .relation
+                .and_then(|(db, rel)| names.as_mut()?.name(db, rel)),
             mode: k.mode,
             backend_type: &k.backend,
             query: &k.query,

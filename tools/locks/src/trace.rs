@@ -8,7 +8,9 @@ use pgbpf_common::{
     runtime::Attached,
 };
 
-use crate::{Args, report::Reporter};
+use anyhow::Context as _;
+
+use crate::{Args, names::RelationNames, report::Reporter};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/locks"));
 
@@ -25,11 +27,18 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         ],
         what: "lock waits",
     };
+    // Connect first: a wrong --dsn is an error before anything is attached.
+    let names = args
+        .dsn
+        .as_deref()
+        .map(RelationNames::open)
+        .transpose()
+        .context("--dsn")?;
     pg_probes::start(
         &probes,
         &args.target,
         args.postgres.as_deref(),
         args.out.verbose,
-        Reporter::new(args),
+        Reporter::new(args, names),
     )
 }

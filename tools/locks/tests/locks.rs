@@ -110,6 +110,67 @@ fn a_row_lock_wait_is_timed_and_named_as_pg_locks_shows_it() {
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
 }
 
+#[test]
+fn with_dsn_a_table_lock_wait_names_the_table_pg_locks_points_at() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let args = pg.conn_args();
+    let dsn = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        args[1], args[3]
+    );
+    let tool = Traced::start(BIN, &["-p", &pm, "--each", "--json", "--dsn", &dsn]).unwrap();
+    let mut holder = pg.session().unwrap();
+    holder.run("begin").unwrap();
+    holder
+        .run("lock table pgbench_branches in access exclusive mode")
+        .unwrap();
+    let oid = std::thread::scope(|s| {
+        let blocked = s.spawn(|| pg.psql("select count(*) from pgbench_branches"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let oid = loop {
+            let row = pg
+                .psql("select relation from pg_locks where not granted and locktype = 'relation'")
+                .unwrap();
+            if let Some(line) = row.lines().next() {
+                break line.trim().parse::<u64>().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the select never waited");
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        holder.run("commit").unwrap();
+        blocked.join().unwrap().unwrap();
+        oid
+    });
+    let by_name = pg.psql("select 'pgbench_branches'::regclass::oid").unwrap();
+    assert_eq!(by_name.trim(), oid.to_string(), "pg_locks' relation");
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("locks", &records);
+    let rows: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "wait" && r["lock_type"] == "relation")
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["relation"].as_u64(), Some(oid));
+    assert_eq!(rows[0]["relation_name"], "pgbench_branches");
+    assert_eq!(rows[0]["mode"], "AccessShareLock");
+    // The wait as it ended names the table too.
+    let each = records
+        .iter()
+        .find(|r| r["type"] == "lock_wait" && r["lock_type"] == "relation")
+        .unwrap();
+    assert_eq!(each["lock"], "relation pgbench_branches");
+
+    // A --dsn that leads nowhere is an error before anything is attached.
+    let bad = run_tool(BIN, &["--dsn", "host=/nonexistent port=1", "-d", "1"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", bad.stderr);
+    assert!(bad.stderr.contains("--dsn"), "{}", bad.stderr);
+}
+
 /// "Process A waits for ShareLock on transaction X; blocked by process B." lines of the
 /// server log's deadlock DETAIL, as (A, B).
 fn deadlock_detail(log: &str) -> Vec<(u32, u32)> {

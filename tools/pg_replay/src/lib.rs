@@ -12,9 +12,9 @@
 //!   read and summed up without a replay.
 
 pub mod capture;
+// The client side lives in common/pgclient (locks --dsn uses it too).
+pub use pgbpf_pgclient::{client, conninfo};
 pub mod check;
-pub mod client;
-pub mod conninfo;
 pub mod input;
 pub mod logs;
 pub mod records;

@@ -15,7 +15,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, generated,
     },
     macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use cpu_wait_ebpf::{HEAD_LEN, RunEvent, STATE_NEW, STATE_PREEMPTED, counter, statement};
@@ -52,10 +52,12 @@ struct Task {
     ready_ns: u64,
 }
 
-/// Traced tasks by tid. The LRU lets go of the entries of tasks gone without a last switch
-/// seen (the tool attached after their exit began) once the map is full.
+/// Traced tasks by tid, each deleted at its last switch (traced or not by then: the target
+/// filter forgets a process at its exit, before that switch). A plain hash map: when it is
+/// full a task is not remembered and that is counted (an LRU map would silently evict the
+/// longest sleepers, idle backends, and lose their next wait).
 #[map]
-static TASKS: LruHashMap<u32, Task> = LruHashMap::with_max_entries(4096, 0);
+static TASKS: HashMap<u32, Task> = HashMap::with_max_entries(4096, 0);
 
 /// A zeroed [`Task`] to insert from (too big for the stack); never written.
 #[map]
@@ -71,7 +73,11 @@ pub fn cpu_switch(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if current_is_target() {
+    if prev_state & TASK_DEAD != 0 {
+        // A task's last switch: whatever it was, its entry goes (a pid reused later starts
+        // clean). Most tasks have none: the delete is a miss.
+        let _ = TASKS.remove(&(bpf_get_current_pid_tgid() as u32));
+    } else if current_is_target() {
         left_cpu(now, preempt, prev_state);
     }
     if let Some(tid) = task_field(next, TASK_PID_OFFSET.load()) {
@@ -87,7 +93,8 @@ pub fn cpu_wakeup(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     if let Some(t) = TASKS.get_ptr_mut(&tid) {
-        // SAFETY: this task's entry; its other writers run under the same runqueue lock.
+        // SAFETY: this task's entry. Its writers do not overlap: a wakeup runs after the task
+        // left the CPU (the waker waits for that), its next switch-in after the wakeup.
         let t = unsafe { &mut *t };
         if t.out_ns != 0 && t.ready_ns == 0 {
             // SAFETY: helper without arguments.
@@ -147,14 +154,11 @@ pub fn cpu_migrate(ctx: RawTracePointContext) -> i32 {
 fn left_cpu(now: u64, preempt: bool, prev_state: u32) {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if prev_state & TASK_DEAD != 0 {
-        let _ = TASKS.remove(&tid);
-        return;
-    }
     let Some(t) = entry(tid) else {
         return;
     };
-    // Preempted, or a sleep that did not happen (a signal was pending): still runnable.
+    // Preempted: still runnable. (A sleep cut short by a pending signal also leaves the task
+    // runnable; no wakeup follows, and that stretch is counted as WAKEUP_UNSEEN.)
     let state = if preempt { STATE_PREEMPTED } else { prev_state };
     t.out_ns = now;
     t.ready_ns = if state == STATE_PREEMPTED { now } else { 0 };
@@ -182,7 +186,8 @@ fn runs_again(now: u64, tid: u32) {
     let Some(t) = TASKS.get_ptr_mut(&tid) else {
         return;
     };
-    // SAFETY: this task's entry; its other writers run under the same runqueue lock.
+    // SAFETY: this task's entry. Its writers do not overlap: a wakeup runs after the task
+    // left the CPU (the waker waits for that), its next switch-in after the wakeup.
     let t = unsafe { &mut *t };
     if t.out_ns == 0 {
         return;

@@ -1,5 +1,5 @@
-//! Opens one replay connection: TCP or Unix socket, the start-up message with the
-//! original session's parameters, and authentication with the replay's own credentials
+//! Opens one connection: TCP or Unix socket, the start-up message with the
+//! given parameters (a replayed session's own), and authentication with the given credentials
 //! (trust, cleartext, md5, SCRAM-SHA-256 from `postgres-protocol`), up to the first
 //! ReadyForQuery. After that the session's captured bytes go over it unchanged.
 
@@ -10,7 +10,10 @@ use bytes::BytesMut;
 use fallible_iterator::FallibleIterator as _;
 use postgres_protocol::{
     authentication::{md5_hash, sasl},
-    message::{backend::Message, frontend},
+    message::{
+        backend::{ErrorResponseBody, Message},
+        frontend,
+    },
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
@@ -147,7 +150,7 @@ async fn connect_now(
                     offered.push(m.to_string());
                 }
                 if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                    bail!("the server offers SASL {offered:?}; the replay speaks SCRAM-SHA-256");
+                    bail!("the server offers SASL {offered:?}; pgbpf speaks SCRAM-SHA-256");
                 }
                 let s = sasl::ScramSha256::new(
                     password()?.as_bytes(),
@@ -168,15 +171,7 @@ async fn connect_now(
                     .context("the server's SCRAM signature does not verify")?;
             }
             Message::ErrorResponse(body) => {
-                let mut fields = body.fields();
-                let (mut code, mut text) = (String::new(), String::new());
-                while let Some(f) = fields.next()? {
-                    match f.type_() {
-                        b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        b'M' => text = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        _ => {}
-                    }
-                }
+                let (code, text) = error_fields(&body)?;
                 bail!(
                     "{} refused the login of {:?} to {:?}: {text} (SQLSTATE {code})",
                     target.describe(),
@@ -191,7 +186,7 @@ async fn connect_now(
             | Message::AuthenticationScmCredential
             | Message::AuthenticationGssContinue(_) => {
                 bail!(
-                    "the server asks for GSS/SSPI/Kerberos authentication, which the replay does not speak"
+                    "the server asks for GSS/SSPI/Kerberos authentication, which pgbpf does not speak"
                 )
             }
             // ParameterStatus, BackendKeyData, notices, NegotiateProtocolVersion.
@@ -213,4 +208,18 @@ async fn next_message(r: &mut Reader, input: &mut BytesMut) -> anyhow::Result<Me
             bail!("the server closed the connection while logging in");
         }
     }
+}
+
+/// An ErrorResponse's SQLSTATE and message.
+pub fn error_fields(body: &ErrorResponseBody) -> anyhow::Result<(String, String)> {
+    let (mut code, mut text) = (String::new(), String::new());
+    let mut fields = body.fields();
+    while let Some(f) = fields.next()? {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => text = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    Ok((code, text))
 }

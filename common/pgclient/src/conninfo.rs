@@ -1,16 +1,16 @@
-//! The replay target as libpq users write it: `'host=… port=… user=… dbname=…'` or a
+//! A server to connect to as libpq users write it: `'host=… port=… user=… dbname=…'` or a
 //! `postgresql://user:password@host:port/dbname?…` URI, with libpq's environment defaults
 //! (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`) and the
 //! password looked up per user in a `.pgpass`-format file.
 //!
 //! Written here because the crates that parse connection strings (tokio-postgres' `Config`)
-//! come with a whole client we do not use: the replay speaks the protocol itself.
+//! come with a whole client we do not use: the tools speak the protocol themselves.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-/// Where and as whom the replay connects.
+/// Where and as whom to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub host: Host,
@@ -74,7 +74,7 @@ fn parse_with_env(s: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
             "user" => user = Some(v),
             "dbname" => dbname = Some(v),
             "password" => password = Some(v),
-            // Accepted and not needed by a replay: the rest of what libpq users write.
+            // Accepted and not needed here: the rest of what libpq users write.
             "application_name"
             | "connect_timeout"
             | "options"
@@ -84,9 +84,9 @@ fn parse_with_env(s: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
             | "target_session_attrs"
             | "gssencmode" => {}
             "sslmode" if matches!(v.as_str(), "disable" | "allow" | "prefer") => {}
-            "sslmode" => bail!(
-                "sslmode={v}: the replay connects without TLS (use sslmode=disable or prefer)"
-            ),
+            "sslmode" => {
+                bail!("sslmode={v}: pgbpf connects without TLS (use sslmode=disable or prefer)")
+            }
             other => bail!("unknown connection option {other:?}"),
         }
     }
