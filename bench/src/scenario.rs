@@ -326,6 +326,26 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "spin_sema",
+        tool: "spin_sema",
+        description: "PostgreSQL on the host, pgbench scale 1, the default TPC-B-like script \
+                  (each transaction updates the one branch row: backends queue for its buffer \
+                  lock and the WAL locks and sleep on their semaphores): spin_sema -p \
+                  POSTMASTER puts uprobes at the entry and return of s_lock and \
+                  PGSemaphoreLock and times futex waits from the syscall tracepoints, with the \
+                  statement per wait; the bpftrace script keeps a histogram per kind in the \
+                  kernel.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 1,
+        },
+        workload: "-b tpcb-like",
+        events_field: "events",
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/spin_sema.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "redis_trace",
         tool: "redis_trace",
         description: "redis-server on the host, redis-benchmark -t set,get with 2 clients, no \

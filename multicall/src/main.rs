@@ -24,6 +24,7 @@ const TOOLS: &[(&str, Main)] = &[
     ("query_latency", run::<query_latency::Args>),
     ("redis_trace", run::<redis_trace::Args>),
     ("shmem", run::<shmem::Args>),
+    ("spin_sema", run::<spin_sema::Args>),
 ];
 
 fn main() -> ExitCode {

@@ -86,6 +86,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "spin_sema",
+            command: spin_sema::Args::command,
+            schema: Some(schema_of::<spin_sema::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "redis_trace",
             command: redis_trace::Args::command,
             schema: Some(schema_of::<redis_trace::records::Record>),

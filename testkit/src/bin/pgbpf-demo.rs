@@ -77,6 +77,19 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "lwlocks exited with {status}");
 
+    say(&format!(
+        "spin_sema -p {postmaster} -d 6 --top 6   (semaphore sleeps, spinlock delays and futex \
+         waits, per site and statement)"
+    ));
+    let mut tool = Command::new("spin_sema")
+        .args(["-p", &postmaster, "-d", "6", "--top", "6"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -c 8 -T 4 (TPC-B: eight clients updating one branch row)");
+    pg.pgbench(&["-c", "8", "-j", "2", "-T", "4", "-n"])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "spin_sema exited with {status}");
+
     let conn = pg.conn_args();
     let dsn = format!(
         "host={} port={} user=postgres dbname=postgres",

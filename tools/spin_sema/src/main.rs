@@ -1,0 +1,4 @@
+//! spin_sema's binary: everything is in the library (src/lib.rs).
+fn main() -> std::process::ExitCode {
+    pgbpf_common::runtime::main::<spin_sema::Args>()
+}
