@@ -125,7 +125,8 @@ async fn connect_now(
             .with_context(|| {
                 format!(
                     "the server asks a password for user {:?} and none was given \
-                     (PGPASSWORD, --password-file, ~/.pgpass or password= in --target)",
+                     (~/.pgpass, PGPASSWORD, password= in the connection string, or \
+                     pg_replay's --password-file)",
                     login.user
                 )
             })

@@ -87,14 +87,22 @@ fn parse_with_env(s: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
             "sslmode" => {
                 bail!("sslmode={v}: pgbpf connects without TLS (use sslmode=disable or prefer)")
             }
-            other => bail!("unknown connection option {other:?}"),
+            // Named only when it looks like an option: a URI whose password holds an
+            // unescaped '?' or '&' would otherwise show part of it here.
+            other if other.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+                bail!("unknown connection option {other:?}")
+            }
+            _ => bail!("an unknown connection option (a URI's password must escape / ? & @ :)"),
         }
     }
     let port = match port.as_deref().filter(|p| !p.is_empty()) {
         None => 5432,
         Some(p) => p
             .parse()
-            .with_context(|| format!("port {p:?} is not a port number"))?,
+            // Not echoed: in a URI whose password holds an unescaped '/', a piece of the
+            // password lands here.
+            .ok()
+            .context("the port is not a number (a URI's password must escape / ? & @ :)")?,
     };
     let host = match host.filter(|h| !h.is_empty()) {
         Some(h) if h.starts_with('/') || h.starts_with('@') => Host::Unix(PathBuf::from(h)),
@@ -204,7 +212,11 @@ fn percent_decode(s: &str) -> anyhow::Result<String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .context("a % without two hex digits in the URI")?;
-            out.push(u8::from_str_radix(hex, 16).with_context(|| format!("%{hex} in the URI"))?);
+            out.push(
+                u8::from_str_radix(hex, 16)
+                    .ok()
+                    .context("a % without two hex digits in the URI")?,
+            );
             i += 3;
         } else {
             out.push(b[i]);
@@ -321,6 +333,17 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn a_password_that_breaks_a_uri_apart_is_not_shown_in_the_error() {
+        for uri in [
+            "postgresql://u:se/cret@h/db",
+            "postgresql://u:s%zzecret@h/db",
+        ] {
+            let e = format!("{:#}", parse_with_env(uri, no_env).unwrap_err());
+            assert!(!e.contains("se") && !e.contains("cret"), "{uri}: {e}");
+        }
     }
 
     #[test]

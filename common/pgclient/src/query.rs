@@ -58,6 +58,11 @@ pub async fn simple_query(r: &mut Reader, w: &mut Writer, sql: &str) -> anyhow::
     }
 }
 
+/// How long a lookup may take before the connection is given up: the tools look names up
+/// in their drain loop, which must not stall (a half-open TCP connection, a pg_class held
+/// by VACUUM FULL).
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A connection used from synchronous code: its own single-threaded runtime.
 pub struct BlockingConnection {
     runtime: tokio::runtime::Runtime,
@@ -78,7 +83,14 @@ impl BlockingConnection {
         let login = Login {
             database: target.dbname.clone().unwrap_or_else(|| user.clone()),
             user,
-            params: vec![("application_name".into(), "pgbpf".into())],
+            // The server gives up on our lookups before we do.
+            params: vec![
+                ("application_name".into(), "pgbpf".into()),
+                (
+                    "options".into(),
+                    "-c statement_timeout=1500 -c lock_timeout=1000".into(),
+                ),
+            ],
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -89,8 +101,13 @@ impl BlockingConnection {
         Ok(BlockingConnection { runtime, conn })
     }
 
+    /// Runs `sql`; after an error other than the server's own (a timeout, a closed or broken
+    /// connection) the connection is in an unknown state: drop it.
     pub fn query(&mut self, sql: &str) -> anyhow::Result<Vec<Row>> {
         let (r, w) = &mut self.conn;
-        self.runtime.block_on(simple_query(r, w, sql))
+        // The timer is made inside the runtime (tokio's timers need one at creation).
+        self.runtime
+            .block_on(async { tokio::time::timeout(QUERY_TIMEOUT, simple_query(r, w, sql)).await })
+            .unwrap_or_else(|_| bail!("no answer within {QUERY_TIMEOUT:?}"))
     }
 }

@@ -9,7 +9,9 @@ use anyhow::Context as _;
 use pgbpf_pgclient::query::BlockingConnection;
 
 pub struct RelationNames {
-    conn: BlockingConnection,
+    /// None once a lookup failed for another reason than the server's answer: names stop
+    /// there (said once on stderr), the OIDs remain.
+    conn: Option<BlockingConnection>,
     /// The OID of the connection's database.
     database: u32,
     /// Names looked up (None: no such relation, or the lookup failed).
@@ -32,7 +34,7 @@ impl RelationNames {
             .and_then(|oid| oid.parse().ok())
             .context("the server did not say its database's OID")?;
         Ok(RelationNames {
-            conn,
+            conn: Some(conn),
             database,
             names: HashMap::new(),
         })
@@ -50,13 +52,21 @@ impl RelationNames {
         if self.names.len() >= MAX_NAMES {
             self.names.clear();
         }
+        let conn = self.conn.as_mut()?;
         // An integer formatted into the text: nothing from the outside reaches the SQL.
         let sql = format!(
             "select n.nspname, c.relname from pg_class c \
              join pg_namespace n on n.oid = c.relnamespace where c.oid = {rel}"
         );
-        let name = self.conn.query(&sql).ok().and_then(|rows| {
-            let row = rows.into_iter().next()?;
+        let rows = match conn.query(&sql) {
+            Ok(rows) => rows,
+            Err(e) => {
+                eprintln!("locks: --dsn: relation names stop here, OIDs follow: {e:#}");
+                self.conn = None;
+                return None;
+            }
+        };
+        let name = rows.into_iter().next().and_then(|row| {
             let (schema, relation) = (row.first()?.clone()?, row.get(1)?.clone()?);
             Some(if schema == "public" {
                 relation

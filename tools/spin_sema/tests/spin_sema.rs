@@ -166,5 +166,4 @@ fn semaphore_sleeps_and_futex_waits_of_contending_backends_match_ftrace() {
     }
     let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
-    assert_eq!(summary["lost"]["waiting_full"], 0);
 }

@@ -32,6 +32,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[derive(Clone, Copy)]
 struct Started {
     start_ns: u64,
+    /// The process that began it: a thread that died mid-wait leaves its entry, and another
+    /// process reusing the tid must not end it.
+    tgid: u64,
     /// s_lock's `file` and `func` (pointers into the binary) and `line`; a futex's op.
     file: u64,
     func: u64,
@@ -39,7 +42,7 @@ struct Started {
     line: u32,
 }
 
-/// Waits in progress by (thread << 8 | kind): a semaphore sleep holds a futex wait inside it.
+/// Waits in progress by (thread << 32 | kind): a semaphore sleep holds a futex wait inside it.
 /// A thread killed mid-wait leaves its entry behind, which the LRU lets go once full.
 #[map]
 static WAITING: LruHashMap<u64, Started> = LruHashMap::with_max_entries(16384, 0);
@@ -61,6 +64,7 @@ fn start(k: u8, file: u64, func: u64, detail: u32, line: u32) {
     let s = Started {
         // SAFETY: helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        tgid: bpf_get_current_pid_tgid() >> 32,
         file,
         func,
         detail,
@@ -134,6 +138,9 @@ fn end(k: u8, detail: Option<u32>) {
         return;
     };
     let _ = WAITING.remove(&key);
+    if s.tgid != bpf_get_current_pid_tgid() >> 32 {
+        return;
+    }
     let Some(e) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
