@@ -12,7 +12,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, generated,
+        bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -209,23 +209,12 @@ fn runs_again(now: u64, tid: u32) {
     t.event.migrations = 0;
 }
 
-/// Sends the first `size_of::<T>()` bytes of `e`.
+/// Sends the first `size_of::<T>()` bytes of `e`, counting a full ring buffer.
 #[inline(always)]
 fn send<T: 'static>(e: &RunEvent) {
-    let Some(mut slot) = EVENTS.reserve::<T>(0) else {
+    if !ring::send_copy::<T, RunEvent>(&EVENTS, e) {
         bump(counter::RINGBUF_FULL);
-        return;
-    };
-    // SAFETY: copies the event's first bytes from map memory into the reserved record.
-    unsafe {
-        generated::bpf_probe_read_kernel(
-            slot.as_mut_ptr() as *mut _,
-            core::mem::size_of::<T>() as u32,
-            e as *const RunEvent as *const _,
-        );
     }
-    // Userspace drains every 100 ms; no wakeup per event.
-    slot.submit(ring::NO_WAKEUP);
 }
 
 /// The entry of `tid`, made (zeroed) if it has none.

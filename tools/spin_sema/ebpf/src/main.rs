@@ -10,7 +10,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_user_str_bytes, generated,
+        bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -177,23 +177,12 @@ fn end(k: u8, detail: Option<u32>) {
     }
 }
 
-/// Sends the first `size_of::<T>()` bytes of `e`.
+/// Sends the first `size_of::<T>()` bytes of `e`, counting a full ring buffer.
 #[inline(always)]
 fn send<T: 'static>(e: &WaitEvent) {
-    let Some(mut slot) = EVENTS.reserve::<T>(0) else {
+    if !ring::send_copy::<T, WaitEvent>(&EVENTS, e) {
         bump(counter::RINGBUF_FULL);
-        return;
-    };
-    // SAFETY: copies the event's first bytes from map memory into the reserved record.
-    unsafe {
-        generated::bpf_probe_read_kernel(
-            slot.as_mut_ptr() as *mut _,
-            core::mem::size_of::<T>() as u32,
-            e as *const WaitEvent as *const _,
-        );
     }
-    // Userspace drains every 100 ms; no wakeup per event.
-    slot.submit(ring::NO_WAKEUP);
 }
 
 pgbpf_common_ebpf::program_support!();
