@@ -17,6 +17,7 @@
 //! - [`pg_probes`]: the start and drain of a tool built on PostgreSQL's USDT probes and a ring buffer.
 //! - [`procs`]: what /proc says about processes (through procfs).
 //! - [`system`]: page size and other facts about this machine.
+//! - [`stacks`]: `--stack`: stack ids read from the kernel's stack map, symbolized by blazesym, waits per stack.
 //! - [`sql`]: statement normalization (constants → `$n`), as pg_stat_statements does.
 //! - [`latency`]: latency aggregation with percentiles.
 //! - [`cli`]: shared command-line arguments and the interval clock.
@@ -41,6 +42,7 @@ pub mod query_string;
 pub mod records;
 pub mod runtime;
 pub mod sql;
+pub mod stacks;
 pub mod system;
 pub mod target;
 pub mod tracefs;

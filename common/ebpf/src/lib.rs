@@ -7,6 +7,7 @@
 //! - [`usdt`]: USDT argument specs (shared with userspace) and their evaluation.
 //! - [`counters`]: the per-CPU counters of what a tool lost (`COUNTERS`, `bump`, `add`).
 //! - [`ring`]: ring buffer flags by name.
+//! - [`stacks`]: user and kernel stack ids for `--stack` (one shared stack map).
 //! - [`syscall`]: arguments and results of the syscall tracepoints.
 //! - [`regs`]: the current task's syscall number and arguments from its saved registers.
 //! - [`log2_slot`]: bcc-style power-of-two histogram slots.
@@ -24,6 +25,7 @@ pub mod query_string;
 pub mod regs;
 #[cfg(target_arch = "bpf")]
 pub mod ring;
+pub mod stacks;
 #[cfg(target_arch = "bpf")]
 pub mod syscall;
 // Kernel-only: its #[no_mangle] globals must not end up in host binaries (they would be

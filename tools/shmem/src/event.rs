@@ -31,6 +31,8 @@ pub struct Event {
     pub space: Option<(u64, u64)>,
     pub query: String,
     pub detail: String,
+    /// The caller's user stack, innermost first (`--stack`).
+    pub stack: Option<pgbpf_common::stacks::Frames>,
 }
 
 impl Event {
@@ -167,6 +169,7 @@ pub fn decode(e: &ShmEvent) -> Event {
         space: (e.has_space != 0).then_some((e.space_total, e.space_free)),
         query: c_str(&e.query[..n]),
         detail,
+        stack: None,
     }
 }
 

@@ -25,6 +25,7 @@ Examples:
   shmem --container 3f2a -T      # a containerized PostgreSQL: its own /dev/shm, its pids
   shmem -p 4242 --snapshot       # only what is there now (no tracing)
   shmem -p 4242 --failures 10    # only failed calls, and a summary every 10 s
+  shmem -p 4242 --failures --stack  # and where in PostgreSQL each failed call was made
   shmem -p 4242 --json -d 60     # NDJSON: snapshot, events, summaries";
 
 /// Shared memory of PostgreSQL: a snapshot of the main segment, SysV and DSM segments,
@@ -47,6 +48,10 @@ pub struct Args {
     /// Print only failed calls as they happen (summaries still count everything)
     #[arg(long)]
     pub failures: bool,
+    /// Show the user stack of each call printed (with --failures: of each failed call), as
+    /// strace -k does, symbolized from the process's binaries and libraries
+    #[arg(long)]
+    pub stack: bool,
 }
 
 pgbpf_common::tool!(Args, "shmem", trace::start);

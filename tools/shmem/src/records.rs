@@ -188,6 +188,9 @@ pub struct Event<'a> {
     /// Its free space then.
     pub dev_shm_free_bytes: Option<u64>,
     pub query: &'a str,
+    /// The caller's user stack, innermost frame first: `function+0xoffset (file)`, or
+    /// `file+0xoffset` where no symbol covers the address (`--stack`; null without it).
+    pub user_stack: Option<Vec<&'a str>>,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -234,4 +237,6 @@ pub struct Lost {
     pub pending_full: u64,
     /// The table of file names was full (the call is shown without its segment name).
     pub fds_full: u64,
+    /// Stacks the kernel could not store (`--stack`).
+    pub stacks: u64,
 }

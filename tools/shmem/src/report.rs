@@ -66,6 +66,8 @@ pub struct Reporter {
     wall_offset_ns: i64,
     header_done: bool,
     periods: Periods<Period>,
+    /// Stacks the kernel could not store (`--stack`), since the tool attached.
+    pub stacks_lost: u64,
 }
 
 impl Reporter {
@@ -76,6 +78,7 @@ impl Reporter {
             wall_offset_ns: output::wall_offset_ns(),
             header_done: false,
             periods: Periods::new(),
+            stacks_lost: 0,
         }
     }
 
@@ -144,6 +147,7 @@ impl Reporter {
             text.push_str(&line);
             text.push('\n');
         }
+        push_stack(&mut text, e);
         out.text(&text)
     }
 
@@ -167,6 +171,10 @@ impl Reporter {
             dev_shm_size_bytes: e.space.map(|s| s.0),
             dev_shm_free_bytes: e.space.map(|s| s.1),
             query: &e.query,
+            user_stack: e
+                .stack
+                .as_ref()
+                .map(|f| f.iter().map(String::as_str).collect()),
         }
     }
 
@@ -206,6 +214,7 @@ impl Reporter {
                     ringbuf_full: lost_at(counter::RINGBUF_FULL),
                     pending_full: lost_at(counter::PENDING_FULL),
                     fds_full: lost_at(counter::FDS_FULL),
+                    stacks: self.stacks_lost,
                 },
             };
             return sink.record(&if whole_run {
@@ -248,6 +257,13 @@ impl Reporter {
                 e.result(),
                 failure_text(e)
             ));
+            push_stack(&mut out, e);
+        }
+        if self.stacks_lost > 0 {
+            out.push_str(&format!(
+                "stacks lost: {} (the kernel could not store them)\n",
+                self.stacks_lost
+            ));
         }
         let lost_total: u64 = lost.iter().sum();
         if lost_total > 0 {
@@ -259,6 +275,13 @@ impl Reporter {
             ));
         }
         sink.text(&out)
+    }
+}
+
+/// The call's stack under its line, innermost frame first (strace -k's layout).
+fn push_stack(text: &mut String, e: &Event) {
+    for frame in e.stack.iter().flat_map(|f| f.iter()) {
+        text.push_str(&format!("    > {frame}\n"));
     }
 }
 

@@ -14,6 +14,7 @@ use pgbpf_common::{
     query_string::QueryAddrs,
     records::Scope,
     runtime::{Attached, Trace},
+    stacks::{self, Stacks},
     system,
     target::Target,
 };
@@ -188,6 +189,8 @@ pub struct Programs {
     pub query_addrs: QueryAddrs,
     /// PostgreSQL functions probed (dsm_create, PGSharedMemoryCreate).
     pub functions: usize,
+    /// The callers' stacks (`--stack`).
+    pub stacks: Option<Stacks>,
 }
 
 /// Loads and attaches the syscall programs for `target` (no snapshot, no function probes):
@@ -205,6 +208,7 @@ impl Loading {
         let Loading {
             mut loaded,
             functions,
+            stacks,
         } = self;
         // Statements are read at each event from the process's debug_query_string.
         let (query_addrs, _) = QueryAddrs::start(&mut loaded, pids)?;
@@ -220,6 +224,7 @@ impl Loading {
             ring,
             query_addrs,
             functions,
+            stacks,
         })
     }
 }
@@ -228,6 +233,7 @@ impl Loading {
 struct Loading {
     loaded: Loaded,
     functions: usize,
+    stacks: Option<Stacks>,
 }
 
 /// Loads the object for `target` and its programs, attaching the uprobes on the postgres
@@ -275,6 +281,7 @@ fn load(
             .override_global("PIDNS_DEV", &g.pidns_dev, true)
             .override_global("PIDNS_INO", &g.pidns_ino, true);
         QueryAddrs::set_globals(l, &g.fork_child_offset);
+        stacks::configure(l, if args.stack { stacks::mode::USER } else { 0 });
         for (name, value) in OFFSET_NAMES.iter().zip(&g.offsets) {
             l.override_global(name, value, true);
         }
@@ -285,6 +292,11 @@ fn load(
         None => vec![],
     };
     let functions = probes.len();
+    let stacks = if args.stack {
+        Some(Stacks::take(&mut loaded)?)
+    } else {
+        None
+    };
     // The syscall programs verified on both cores while the function probes are placed
     // (the first on the postgres binary waits ~20 ms for its breakpoints, with no CPU).
     let programs: Vec<&str> = std::iter::once("enter_close")
@@ -293,7 +305,11 @@ fn load(
         .chain(target.fork_tracking_programs().iter().copied())
         .collect();
     loaded.preload(&programs, &probes)?;
-    Ok(Loading { loaded, functions })
+    Ok(Loading {
+        loaded,
+        functions,
+        stacks,
+    })
 }
 
 /// The uprobes on PostgreSQL's shared-memory functions in `binary` (those it has).
@@ -331,8 +347,14 @@ impl Trace for ShmTrace {
     fn drain(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let reporter = &mut self.reporter;
         let p = &mut self.programs;
+        let stacks = &mut p.stacks;
         loader::drain_records(&mut p.ring, |raw: &ShmEvent| {
-            reporter.event(out, &event::decode(raw))
+            let mut e = event::decode(raw);
+            if let Some(stacks) = stacks.as_mut() {
+                e.stack = stacks.user(raw.tgid, raw.user_stack);
+                reporter.stacks_lost = stacks.lost;
+            }
+            reporter.event(out, &e)
         })?;
         // Processes met before they were located (started outside a traced tree): their next
         // events carry the statement.

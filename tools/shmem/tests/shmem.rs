@@ -24,6 +24,22 @@ fn events(records: &[Value]) -> Vec<&Value> {
     records.iter().filter(|r| r["type"] == "event").collect()
 }
 
+/// A parallel scan (the server's settings make every scan parallel).
+const PARALLEL_COUNT: &str = "select count(*) from pgbench_accounts";
+
+/// `functions` are frames of `stack`, innermost first, in this order.
+fn assert_in_order(stack: &[String], functions: &[&str]) {
+    let at = |name: &str| {
+        stack
+            .iter()
+            .position(|s| s.starts_with(&format!("{name}+")))
+            .unwrap_or_else(|| panic!("{name} not in the stack {stack:#?}"))
+    };
+    for pair in functions.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{pair:?} in {stack:#?}");
+    }
+}
+
 /// `df -B1 /dev/shm` as (size, used).
 fn df(output: &str) -> (u64, u64) {
     let f: Vec<&str> = output.lines().nth(1).unwrap().split_whitespace().collect();
@@ -38,9 +54,9 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     let container = pg.container.as_ref().unwrap();
     let id = &container.id[..12];
 
-    let tool = Traced::start(BIN, &["--container", id, "--json"]).unwrap();
-    // The same trace as a user reads it: failures only, highlighted, with time.
-    let human = Traced::start(BIN, &["--container", id, "-T", "--failures"]).unwrap();
+    let tool = Traced::start(BIN, &["--container", id, "--json", "--stack"]).unwrap();
+    // The same trace as a user reads it: failures only, highlighted, with time and stack.
+    let human = Traced::start(BIN, &["--container", id, "-T", "--failures", "--stack"]).unwrap();
     let err = pg
         .psql(BIG_JOIN)
         .expect_err("the join must fail for lack of /dev/shm");
@@ -48,6 +64,25 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
         format!("{err:#}").contains("No space left on device"),
         "{err:#}"
     );
+    // The seed's failure (strace -k's stack of it): /dev/shm full before a parallel query
+    // starts, its first DSM segment cannot be made.
+    container
+        .exec(
+            "postgres",
+            "head -c $(( $(df -k --output=avail /dev/shm | tail -1) * 1024 - 16384 )) \
+             /dev/zero > /dev/shm/pgbpf_fill",
+        )
+        .unwrap();
+    let err = pg
+        .psql(PARALLEL_COUNT)
+        .expect_err("the parallel query must fail for lack of /dev/shm");
+    assert!(
+        format!("{err:#}").contains("No space left on device"),
+        "{err:#}"
+    );
+    container
+        .exec("postgres", "rm /dev/shm/pgbpf_fill")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
@@ -84,12 +119,57 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     assert_eq!(f["ns_pid"], log_pid, "the pid the server log names");
     assert_eq!(f["backend_type"], log_backend.as_str());
     assert_eq!(f["query"], BIG_JOIN);
+    // Where the call was made, as strace -k shows it: from the DSM segment's creation for
+    // the parallel query's shared state (PostgreSQL 15's exported functions; its static ones
+    // show as postgres+0xOFFSET in Debian's stripped binary).
+    let stack_of = |e: &Value| -> Vec<String> {
+        e["user_stack"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no stack: {e:#}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    // The hash table's growth: a new DSA segment (its static make_new_segment shows as
+    // postgres+0xOFFSET in Debian's stripped binary).
+    let stack = stack_of(f);
+    assert_in_order(
+        &stack,
+        &[
+            "posix_fallocate",
+            "dsm_create",
+            "dsa_allocate_extended",
+            "ExecParallelHashTableInsert",
+            "standard_ExecutorRun",
+            "PortalRun",
+        ],
+    );
+    // The parallel query's start, as in the seed.
+    let start = failed
+        .iter()
+        .find(|e| e["query"] == PARALLEL_COUNT)
+        .unwrap_or_else(|| panic!("no failure of the parallel count: {failed:#?}"));
+    assert_eq!(start["result"], "ENOSPC");
+    assert_in_order(
+        &stack_of(start),
+        &[
+            "dsm_create",
+            "InitializeParallelDSM",
+            "ExecInitParallelPlan",
+            "standard_ExecutorRun",
+        ],
+    );
     let line = human
         .stdout
         .lines()
         .find(|l| l.contains(&segment) && l.contains("fallocate"))
         .unwrap_or_else(|| panic!("no failure line for {segment}:\n{}", human.stdout));
     assert!(line.contains("ENOSPC") && line.contains(BIG_JOIN), "{line}");
+    assert!(
+        human.stdout.contains("    > dsm_create+"),
+        "{}",
+        human.stdout
+    );
     assert!(
         human.stdout.contains("fallocate asked for")
             && human.stdout.contains("free when the call began"),

@@ -60,6 +60,10 @@ pub struct ShmEvent {
     pub has_name: u8,
     pub _pad: u8,
     pub query_len: u32,
+    /// The caller's user stack id in the stack map (`--stack`), or
+    /// `pgbpf_common_ebpf::stacks::NONE` / `LOST`.
+    pub user_stack: i32,
+    pub _pad2: u32,
     pub name: [u8; NAME_CAP],
     pub title: [u8; TITLE_CAP],
     pub query: [u8; QUERY_CAP],

@@ -15,8 +15,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, TracePointContext},
 };
-use pgbpf_common_ebpf::ring;
-use pgbpf_common_ebpf::{counters::bump, syscall};
+use pgbpf_common_ebpf::{counters::bump, ring, stacks, syscall};
 use pgbpf_common_ebpf::{
     query_string::{StatementRead, read_statement},
     target::current_is_target,
@@ -113,6 +112,7 @@ fn new_event(kind: u8) -> Option<&'static mut ShmEvent> {
     e.kind = kind;
     e.fd = -1;
     e.query_len = 0;
+    e.user_stack = stacks::NONE;
     e.name[0] = 0;
     e.title[0] = 0;
     e.query[0] = 0;
@@ -226,6 +226,9 @@ fn finish(ctx: &TracePointContext, kind: u8) {
     }
     let rc = syscall::ret(ctx);
     parked.ret = rc;
+    // The caller's stack, as strace -k shows it (the same at the syscall's exit as at its
+    // entry).
+    parked.user_stack = stacks::user_stack(ctx);
     // SAFETY: helper without arguments.
     parked.duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(parked.ts_ns);
     if (kind == kind::OPEN || kind == kind::MEMFD_CREATE) && rc >= 0 {
@@ -558,6 +561,7 @@ fn pg_function(ctx: &ProbeContext, kind: u8) {
     };
     e.size = ctx.arg::<u64>(0).unwrap_or(0);
     e.arg = ctx.arg::<u64>(1).unwrap_or(0);
+    e.user_stack = stacks::user_stack(ctx);
     describe_process(e);
     send(e);
 }
