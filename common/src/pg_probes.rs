@@ -17,6 +17,7 @@ use crate::{
     query_string::QueryAddrs,
     records::Scope,
     runtime::{Attached, Trace},
+    stacks::{self, Stacks},
     target::{Target, TargetArgs},
     usdt,
 };
@@ -31,6 +32,9 @@ pub trait ProbeReport: Send + 'static {
     fn event(&mut self, out: &mut Output, e: &Self::Event) -> io::Result<()>;
     /// The report of an interval or of the whole run; `kernel`: the COUNTERS map.
     fn report(&mut self, out: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()>;
+    /// The stacks of the records' stack ids, given once after load when the tool asked for
+    /// them ([`Probes::stacks`]).
+    fn take_stacks(&mut self, _stacks: Stacks) {}
 }
 
 /// A tool's probes: which, and with which program.
@@ -44,6 +48,8 @@ pub struct Probes<'a> {
     pub probes: &'a [(&'static str, u32)],
     /// "LWLock waits", "lock waits": what the attach line says is traced.
     pub what: &'static str,
+    /// Which stacks the programs take (`pgbpf_common_ebpf::stacks::mode` bits; 0: none).
+    pub stacks: u32,
 }
 
 /// Slots of the COUNTERS map read for the report (every tool has fewer).
@@ -58,20 +64,28 @@ pub struct Lost {
     pub ringbuf_full: u64,
     /// Too many waits in progress at once to remember their start.
     pub waiting_full: u64,
+    /// Stacks the kernel could not store (`--stack`; null without it).
+    pub stacks: Option<u64>,
 }
 
 impl Lost {
-    pub fn from_counters(kernel: &[u64]) -> Lost {
+    /// From the COUNTERS map, and the stacks when the tool takes them.
+    pub fn from_counters(kernel: &[u64], stacks: Option<&Stacks>) -> Lost {
         Lost {
             ringbuf_full: kernel.first().copied().unwrap_or(0),
             waiting_full: kernel.get(1).copied().unwrap_or(0),
+            stacks: stacks.map(|s| s.lost),
         }
     }
 
     /// The report's last line.
     pub fn line(&self) -> String {
+        let stacks = self
+            .stacks
+            .map(|n| format!(", {n} stacks (the kernel did not store them)"))
+            .unwrap_or_default();
         format!(
-            "lost: {} events (ring buffer full), {} waits (too many at once)\n\n",
+            "lost: {} events (ring buffer full), {} waits (too many at once){stacks}\n\n",
             self.ringbuf_full, self.waiting_full
         )
     }
@@ -84,7 +98,7 @@ pub fn start<'a, R: ProbeReport>(
     target_args: &TargetArgs,
     postgres_path: Option<&Path>,
     verbose: bool,
-    report: R,
+    mut report: R,
 ) -> anyhow::Result<Option<Attached<'a>>> {
     let mut target = Target::resolve(target_args, None)?;
     let (binary, _root) = postgres::binary_for_target(&target, postgres_path)?;
@@ -99,7 +113,11 @@ pub fn start<'a, R: ProbeReport>(
     let mut loaded = loader::load(p.tool, p.object, verbose, |l| {
         target.set_globals(l);
         QueryAddrs::set_globals(l, &fork_child_offset);
+        stacks::configure(l, p.stacks);
     })?;
+    if p.stacks != 0 {
+        report.take_stacks(Stacks::take(&mut loaded)?);
+    }
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     // Statements are read at each event from the process's debug_query_string.

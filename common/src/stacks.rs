@@ -206,7 +206,7 @@ fn symbolize(symbolizer: &Symbolizer, side: Side, addrs: &[u64]) -> Vec<String> 
         .symbolize(&source, blazesym::symbolize::Input::AbsAddr(&lookup))
         .unwrap_or_default();
     let mut maps = None;
-    addrs
+    let mut frames: Vec<String> = addrs
         .iter()
         .enumerate()
         .map(|(i, &addr)| {
@@ -229,7 +229,17 @@ fn symbolize(symbolizer: &Symbolizer, side: Side, addrs: &[u64]) -> Vec<String> 
                 },
             }
         })
-        .collect()
+        .collect();
+    if let Side::Kernel = side {
+        // The tracer's own frames on top: the BPF program, the tracepoint's runners.
+        const OURS: [&str; 4] = ["bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_"];
+        let ours = frames
+            .iter()
+            .take_while(|f| OURS.iter().any(|p| f.starts_with(p)))
+            .count();
+        frames.drain(..ours);
+    }
+    frames
 }
 
 fn base_name(p: &Path) -> String {
@@ -332,12 +342,13 @@ impl StackWaits {
         rows
     }
 
-    /// The `top` stacks by wait time, each with its frames, as text.
-    pub fn text(&self, out: &mut String, top: usize, lost: u64) {
-        if self.rows.is_empty() && lost == 0 {
+    /// The `top` stacks by wait time, each with its frames, as text under `title` ("Top
+    /// stacks by wait time").
+    pub fn text(&self, out: &mut String, title: &str, top: usize) {
+        if self.rows.is_empty() {
             return;
         }
-        out.push_str("\nTop stacks by wait time:\n");
+        out.push_str(&format!("\n{title}:\n"));
         for (k, w) in self.ranked().into_iter().take(top) {
             out.push_str(&format!(
                 "  {}: {} waits, {} (mean {}, max {})\n",
@@ -353,11 +364,6 @@ impl StackWaits {
             for f in k.user.iter().flat_map(|f| f.iter()) {
                 out.push_str(&format!("      {f}\n"));
             }
-        }
-        if lost > 0 {
-            out.push_str(&format!(
-                "  stacks lost: {lost} (the kernel could not store them)\n"
-            ));
         }
     }
 
@@ -425,12 +431,11 @@ mod tests {
             (2, 12_000, 7_000)
         );
         let mut text = String::new();
-        w.text(&mut text, 1, 3);
+        w.text(&mut text, "Top stacks", 1);
         assert!(
             text.contains("XLogInsert+0x8") && !text.contains("XLogFlush"),
             "{text}"
         );
-        assert!(text.contains("stacks lost: 3"), "{text}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod memcg;
 pub mod postgres;
 pub mod redis;
 pub mod schema;
+pub mod stacks;
 pub mod tool;
 
 use std::{fs::File, path::PathBuf, process::Command};

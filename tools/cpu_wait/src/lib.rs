@@ -23,7 +23,8 @@ Examples:
   cpu_wait                          # every postgres process, a table at Ctrl-C
   cpu_wait -p 4242 10               # a postmaster and its backends, a table every 10 seconds
   cpu_wait --container 3f2a -d 30   # a containerized server for 30 seconds
-  cpu_wait --json -d 60             # NDJSON rows with log2 histograms";
+  cpu_wait --json -d 60             # NDJSON rows with log2 histograms
+  cpu_wait --stack -d 30            # and the stacks the time off the CPU comes from";
 
 /// Run-queue latency of PostgreSQL processes (from being woken or preempted to running
 /// again): log2 histograms per backend, statement and container, CPU migrations and
@@ -38,6 +39,10 @@ pub struct Args {
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also the top stacks by time off the CPU (kernel and user stacks of each task as it
+    /// left the CPU, symbolized)
+    #[arg(long)]
+    pub stack: bool,
 }
 
 pgbpf_common::tool!(Args, "cpu_wait", trace::start);

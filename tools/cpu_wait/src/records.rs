@@ -19,6 +19,8 @@ pub enum Record<'a> {
     Reason(Reason<'a>),
     /// The waits of the processes in one cgroup (a container).
     Cgroup(Cgroup<'a>),
+    /// Time off the CPU from one pair of stacks (`--stack`), per reason.
+    Stack(pgbpf_common::stacks::StackRow<'a>),
     /// The end of an interval report.
     Interval(Totals),
     /// The end of the run.

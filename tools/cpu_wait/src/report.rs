@@ -13,6 +13,7 @@ use pgbpf_common::{
     postgres::BackendTypes,
     query_string::IdleLabels,
     records::{self, Scope},
+    stacks::{StackWaits, Stacks},
 };
 
 use crate::{
@@ -82,6 +83,7 @@ struct Period {
     statements: HashMap<String, Use>,
     reasons: HashMap<&'static str, Why>,
     cgroups: HashMap<u64, Use>,
+    stacks: StackWaits,
 }
 
 pub struct Reporter {
@@ -92,6 +94,7 @@ pub struct Reporter {
     backends: BackendTypes,
     idle_labels: IdleLabels,
     cgroup_names: CgroupNames,
+    stacks: Option<Stacks>,
 }
 
 impl Reporter {
@@ -103,6 +106,7 @@ impl Reporter {
             backends: BackendTypes::default(),
             idle_labels: IdleLabels::default(),
             cgroup_names: CgroupNames::new(),
+            stacks: None,
         }
     }
 }
@@ -126,7 +130,13 @@ impl ProbeReport for Reporter {
             .statement(e.tgid, e.statement, &e.query, e.query_len);
         let why = reasons::reason(e);
         let types = &mut self.backends;
+        let (user, kernel) = match self.stacks.as_mut() {
+            Some(s) => (s.user(e.tgid, e.user_stack), s.kernel(e.kernel_stack)),
+            None => (None, None),
+        };
+        let off_cpu_ns = e.sleep_ns.saturating_add(e.runq_ns);
         for p in self.periods.each() {
+            p.stacks.add(why, user.clone(), kernel.clone(), off_cpu_ns);
             p.all.add(e);
             p.backends
                 .entry(e.tgid)
@@ -141,6 +151,10 @@ impl ProbeReport for Reporter {
             w.runq_ns = w.runq_ns.saturating_add(e.runq_ns);
         }
         Ok(())
+    }
+
+    fn take_stacks(&mut self, stacks: Stacks) {
+        self.stacks = Some(stacks);
     }
 
     /// The tables of the interval that ended, or of the whole run.
@@ -210,7 +224,9 @@ impl ProbeReport for Reporter {
             "{} waits not counted: their wakeup was not seen\n",
             unseen(kernel)
         ));
-        out.push_str(&Lost::from_counters(kernel).line());
+        p.stacks
+            .text(&mut out, "Top stacks by time off the CPU", self.top);
+        out.push_str(&Lost::from_counters(kernel, self.stacks.as_ref()).line());
         sink.text(&out)
     }
 }
@@ -276,12 +292,15 @@ impl Reporter {
                 waits: u.waits(),
             }))?;
         }
+        for row in p.stacks.rows(scope, ts_ns, interval_ns) {
+            out.record(&Record::Stack(row))?;
+        }
         let totals = Totals {
             ts_ns,
             interval_ns,
             waits: p.all.waits(),
             events: self.events,
-            lost: Lost::from_counters(kernel),
+            lost: Lost::from_counters(kernel, self.stacks.as_ref()),
             wakeup_unseen: unseen(kernel),
         };
         out.record(&match scope {

@@ -3,8 +3,14 @@
 //! BTF; records drained by `pgbpf_common::pg_probes::record_trace` into the report.
 
 use pgbpf_common::{
-    kernel_btf::KernelTypes, loader, output::Output, pg_probes, query_string::QueryAddrs,
-    runtime::Attached, target::Target,
+    kernel_btf::KernelTypes,
+    loader,
+    output::Output,
+    pg_probes,
+    query_string::QueryAddrs,
+    runtime::Attached,
+    stacks::{self, Stacks},
+    target::Target,
 };
 
 use crate::{Args, report::Reporter};
@@ -40,7 +46,13 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         QueryAddrs::set_globals(l, &fork_child_offset);
         l.override_global("TASK_PID_OFFSET", &pid_offset, true)
             .override_global("TASK_TGID_OFFSET", &tgid_offset, true);
+        let mode = stacks::mode::USER | stacks::mode::KERNEL;
+        stacks::configure(l, if args.stack { mode } else { 0 });
     })?;
+    let mut report = Reporter::new(args);
+    if args.stack {
+        pg_probes::ProbeReport::take_stacks(&mut report, Stacks::take(&mut loaded)?);
+    }
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     let (query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
@@ -53,6 +65,6 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         details: vec![format!("{located} PostgreSQL processes located")],
         started: loaded.started,
         watch: target.roots(),
-        trace: pg_probes::record_trace(loaded, ring, query_addrs, Reporter::new(args)),
+        trace: pg_probes::record_trace(loaded, ring, query_addrs, report),
     }))
 }

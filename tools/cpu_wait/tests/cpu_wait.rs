@@ -17,7 +17,7 @@ use std::{
 use pgbpf_testkit::{
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, schema,
+    require_root, schema, stacks,
     tool::Traced,
 };
 
@@ -117,6 +117,7 @@ fn busy_backends_waits_match_the_kernels_own_accounting() {
     let pids: Vec<u32> = sessions.iter().map(|s| s.backend_pid).collect();
     let pm = pg.postmaster_pid().unwrap().to_string();
     let tool = Traced::start(BIN, &["-p", &pm, "--json"]).unwrap();
+    let with_stacks = Traced::start(BIN, &["-p", &pm, "--json", "--stack"]).unwrap();
     let before: Vec<_> = pids.iter().map(|&p| kernel_counts(p)).collect();
     let spinners = Spinners::start(2, "0,1");
     std::thread::scope(|s| {
@@ -219,6 +220,24 @@ fn busy_backends_waits_match_the_kernels_own_accounting() {
     let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
     assert_eq!(summary["lost"]["waiting_full"], 0);
+    check_stacks(&with_stacks.stop().unwrap().json());
+}
+
+/// `--stack`: every stretch off the CPU under its stacks; an idle session's wait for its
+/// client is PostgreSQL reading the socket, asleep in epoll in the kernel.
+fn check_stacks(records: &[serde_json::Value]) {
+    schema::validate("cpu_wait", records);
+    stacks::assert_stacks_cover(records, "reason", "reason", "times");
+    let client = stacks::heaviest(records, "Client");
+    stacks::assert_in_order(
+        &stacks::frames(client, "user_stack"),
+        &["secure_read", "PostgresMain"],
+    );
+    let kernel = stacks::frames(client, "kernel_stack");
+    assert!(
+        kernel[0].starts_with("__schedule+") && kernel.iter().any(|f| f.contains("epoll_wait")),
+        "{kernel:#?}"
+    );
 }
 
 /// Run-queue waits of pgbench's backends, as counts per log2 slot of microseconds, while

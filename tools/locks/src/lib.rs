@@ -24,7 +24,8 @@ Examples:
   locks                            # every PostgreSQL of the installed binary, a table at Ctrl-C
   locks -p 4242 --each             # a postmaster's backends, every wait as it ends
   locks --container 3f2a 10        # a containerized server, a table every 10 seconds
-  locks --json -d 60               # NDJSON rows, waits and deadlocks";
+  locks --json -d 60               # NDJSON rows, waits and deadlocks
+  locks --stack -d 30              # and where in PostgreSQL the waits come from";
 
 /// Heavyweight lock waits of PostgreSQL backends (lock__wait__start/done USDT probes): count,
 /// total, max and a log2 histogram per lock type, relation, mode, backend type and statement;
@@ -45,6 +46,9 @@ pub struct Args {
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also the top stacks by wait time (user stacks of the waiters, symbolized)
+    #[arg(long)]
+    pub stack: bool,
     /// Name the relations of this connection's database (libpq conninfo or URI: "dbname=app",
     /// "postgresql://user@host/app"); without it relations are OIDs
     #[arg(long, value_name = "CONNINFO")]

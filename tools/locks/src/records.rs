@@ -17,6 +17,9 @@ pub enum Record<'a> {
     Deadlock(Deadlock<'a>),
     /// The waits of one (lock type, relation, mode, backend type, statement).
     Wait(Wait<'a>),
+    /// The waits from one stack (`--stack`), every lock, mode, backend and statement
+    /// together.
+    Stack(pgbpf_common::stacks::StackRow<'a>),
     /// The end of an interval report.
     Interval(Totals),
     /// The end of the run.

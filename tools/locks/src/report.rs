@@ -13,6 +13,7 @@ use pgbpf_common::{
     postgres::BackendTypes,
     query_string::IdleLabels,
     records::{self, Scope},
+    stacks::{StackWaits, Stacks},
 };
 
 use crate::{
@@ -39,6 +40,7 @@ struct Key {
 struct Period {
     waits: HashMap<Key, WaitTimes>,
     deadlocks: u64,
+    stacks: StackWaits,
 }
 
 /// A wait in progress, as its start event told it.
@@ -60,6 +62,7 @@ pub struct Reporter {
     in_progress: HashMap<u32, InProgress>,
     backends: BackendTypes,
     idle_labels: IdleLabels,
+    stacks: Option<Stacks>,
     /// With --dsn.
     names: Option<RelationNames>,
 }
@@ -74,6 +77,7 @@ impl Reporter {
             in_progress: HashMap::new(),
             backends: BackendTypes::default(),
             idle_labels: IdleLabels::default(),
+            stacks: None,
             names,
         }
     }
@@ -96,7 +100,13 @@ impl Reporter {
             backend,
             query,
         };
+        let stack = self
+            .stacks
+            .as_mut()
+            .and_then(|s| s.user(ev.tgid, ev.user_stack));
         for p in self.periods.each() {
+            p.stacks
+                .add(key.lock_type, stack.clone(), None, ev.duration_ns);
             p.waits.entry(key.clone()).or_default().add(ev.duration_ns);
         }
         if !self.each {
@@ -226,11 +236,16 @@ impl ProbeReport for Reporter {
         }
     }
 
-    /// The table of the interval that ended, or of the whole run.
+    fn take_stacks(&mut self, stacks: Stacks) {
+        self.stacks = Some(stacks);
+    }
+
+    /// The tables of the interval that ended, or of the whole run.
     fn report(&mut self, sink: &mut Output, scope: Scope, lost: &[u64]) -> io::Result<()> {
         let (p, period) = self.periods.end(scope);
         if sink.json {
             let names = self.names.as_mut();
+            let lost = Lost::from_counters(lost, self.stacks.as_ref());
             return json_report(sink, self.events, scope, period, &p, lost, names);
         }
         let waits: u64 = p.waits.values().map(|w| w.count).sum();
@@ -268,7 +283,8 @@ impl ProbeReport for Reporter {
                 output::one_line(&k.query),
             ]
         });
-        out.push_str(&Lost::from_counters(lost).line());
+        p.stacks.text(&mut out, "Top stacks by wait time", self.top);
+        out.push_str(&Lost::from_counters(lost, self.stacks.as_ref()).line());
         sink.text(&out)
     }
 }
@@ -280,7 +296,7 @@ fn json_report(
     scope: Scope,
     period: Duration,
     p: &Period,
-    lost: &[u64],
+    lost: Lost,
     mut names: Option<&mut RelationNames>,
 ) -> io::Result<()> {
     let ts_ns = output::unix_ns();
@@ -305,6 +321,9 @@ fn json_report(
             hist_log2_us: w.log2_us.clone(),
         }))?;
     }
+    for row in p.stacks.rows(scope, ts_ns, interval_ns) {
+        out.record(&Record::Stack(row))?;
+    }
     let totals = Totals {
         ts_ns,
         interval_ns,
@@ -312,7 +331,7 @@ fn json_report(
         total_ns: p.waits.values().map(|w| w.total_ns).sum(),
         deadlocks: p.deadlocks,
         events,
-        lost: Lost::from_counters(lost),
+        lost,
     };
     out.record(&match scope {
         Scope::Interval => Record::Interval(totals),

@@ -6,6 +6,7 @@ use pgbpf_common::{
     output::Output,
     pg_probes::{self, Probes},
     runtime::Attached,
+    stacks,
 };
 
 use anyhow::Context as _;
@@ -26,6 +27,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
             ("deadlock__found", probe::DEADLOCK),
         ],
         what: "lock waits",
+        stacks: if args.stack { stacks::mode::USER } else { 0 },
     };
     // Connect first: a wrong --dsn is an error before anything is attached.
     let names = args

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pgbpf_testkit::{
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, schema,
+    require_root, schema, stacks,
     tool::{Traced, run_tool},
 };
 
@@ -38,6 +38,7 @@ fn a_row_lock_wait_is_timed_and_named_as_pg_locks_shows_it() {
     let pg = cluster();
     let pm = pg.postmaster_pid().unwrap().to_string();
     let tool = Traced::start(BIN, &["-p", &pm, "--each", "--json"]).unwrap();
+    let with_stacks = Traced::start(BIN, &["-p", &pm, "--json", "--stack"]).unwrap();
     let mut holder = pg.session().unwrap();
     holder.run("begin").unwrap();
     holder.run(UPDATE_1).unwrap();
@@ -108,6 +109,16 @@ fn a_row_lock_wait_is_timed_and_named_as_pg_locks_shows_it() {
     assert_eq!(summary["waits"], 1);
     assert_eq!(summary["deadlocks"], 0);
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
+    // Where it waited: the update's wait for the holder's transaction.
+    let records = with_stacks.stop().unwrap().json();
+    let kinds = schema::validate("locks", &records);
+    assert_eq!(kinds, ["wait", "stack", "summary"], "record kinds");
+    stacks::assert_stacks_cover(&records, "wait", "lock_type", "waits");
+    let stack = stacks::frames(stacks::heaviest(&records, "transactionid"), "user_stack");
+    stacks::assert_in_order(
+        &stack,
+        &["XactLockTableWait", "heap_update", "standard_ExecutorRun"],
+    );
 }
 
 #[test]

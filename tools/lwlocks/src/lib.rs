@@ -21,7 +21,8 @@ Examples:
   lwlocks                          # every PostgreSQL of the installed binary, a table at Ctrl-C
   lwlocks -p 4242 10               # a postmaster and its backends, a table every 10 seconds
   lwlocks --container 3f2a -d 30   # a containerized server for 30 seconds
-  lwlocks --json -d 60             # NDJSON rows with log2 histograms";
+  lwlocks --json -d 60             # NDJSON rows with log2 histograms
+  lwlocks --stack -d 30            # and where in PostgreSQL the waits come from";
 
 /// LWLock waits of PostgreSQL backends (only real sleeps, from the lwlock__wait__start/done
 /// USDT probes): count, total, mean, max and a log2 histogram per tranche, mode, backend type
@@ -39,6 +40,9 @@ pub struct Args {
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also the top stacks by wait time (user stacks of the waiters, symbolized)
+    #[arg(long)]
+    pub stack: bool,
 }
 
 pgbpf_common::tool!(Args, "lwlocks", trace::start);

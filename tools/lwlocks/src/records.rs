@@ -14,6 +14,8 @@ pub enum Record<'a> {
     Wait(Wait<'a>),
     /// The waits on one tranche, all modes, backends and statements together.
     Tranche(Tranche<'a>),
+    /// The waits from one stack (`--stack`), every mode, backend and statement together.
+    Stack(pgbpf_common::stacks::StackRow<'a>),
     /// The end of an interval report.
     Interval(Totals),
     /// The end of the run.

@@ -12,6 +12,7 @@ use pgbpf_common::{
     postgres::BackendTypes,
     query_string::IdleLabels,
     records::{self, Scope},
+    stacks::{StackWaits, Stacks},
 };
 
 use crate::{
@@ -32,6 +33,7 @@ struct Key {
 struct Period {
     waits: HashMap<Key, WaitTimes>,
     tranches: HashMap<String, WaitTimes>,
+    stacks: StackWaits,
 }
 
 /// PostgreSQL's LWLockMode as a word.
@@ -51,6 +53,7 @@ pub struct Reporter {
     events: u64,
     backends: BackendTypes,
     idle_labels: IdleLabels,
+    stacks: Option<Stacks>,
 }
 
 impl Reporter {
@@ -61,6 +64,7 @@ impl Reporter {
             events: 0,
             backends: BackendTypes::default(),
             idle_labels: IdleLabels::default(),
+            stacks: None,
         }
     }
 }
@@ -85,7 +89,13 @@ impl ProbeReport for Reporter {
             backend: self.backends.of(ev.tgid),
             query,
         };
+        let stack = self
+            .stacks
+            .as_mut()
+            .and_then(|s| s.user(ev.tgid, ev.user_stack));
         for p in self.periods.each() {
+            p.stacks
+                .add(&key.tranche, stack.clone(), None, ev.duration_ns);
             p.waits.entry(key.clone()).or_default().add(ev.duration_ns);
             p.tranches
                 .entry(key.tranche.clone())
@@ -95,10 +105,15 @@ impl ProbeReport for Reporter {
         Ok(())
     }
 
+    fn take_stacks(&mut self, stacks: Stacks) {
+        self.stacks = Some(stacks);
+    }
+
     /// The tables of the interval that ended, or of the whole run.
     fn report(&mut self, sink: &mut Output, scope: Scope, lost: &[u64]) -> io::Result<()> {
         let (p, period) = self.periods.end(scope);
         if sink.json {
+            let lost = Lost::from_counters(lost, self.stacks.as_ref());
             return json_report(sink, self.events, scope, period, &p, lost);
         }
         let mut out = String::new();
@@ -150,7 +165,8 @@ impl ProbeReport for Reporter {
             out.push_str(&format!("\n{name} wait time:\n"));
             out.push_str(&output::log2_histogram("us", &w.log2_us));
         }
-        out.push_str(&Lost::from_counters(lost).line());
+        p.stacks.text(&mut out, "Top stacks by wait time", self.top);
+        out.push_str(&Lost::from_counters(lost, self.stacks.as_ref()).line());
         sink.text(&out)
     }
 }
@@ -162,7 +178,7 @@ fn json_report(
     scope: Scope,
     period: Duration,
     p: &Period,
-    lost: &[u64],
+    lost: Lost,
 ) -> io::Result<()> {
     let ts_ns = output::unix_ns();
     let interval_ns = records::ns(period);
@@ -193,13 +209,16 @@ fn json_report(
             hist_log2_us: w.log2_us.clone(),
         }))?;
     }
+    for row in p.stacks.rows(scope, ts_ns, interval_ns) {
+        out.record(&Record::Stack(row))?;
+    }
     let totals = Totals {
         ts_ns,
         interval_ns,
         waits: p.tranches.values().map(|w| w.count).sum(),
         total_ns: p.tranches.values().map(|w| w.total_ns).sum(),
         events,
-        lost: Lost::from_counters(lost),
+        lost,
     };
     out.record(&match scope {
         Scope::Interval => Record::Interval(totals),

@@ -6,6 +6,7 @@ use pgbpf_common::{
     output::Output,
     pg_probes::{self, Probes},
     runtime::Attached,
+    stacks,
 };
 
 use crate::{Args, report::Reporter};
@@ -23,6 +24,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
             ("lwlock__wait__done", probe::WAIT_DONE),
         ],
         what: "LWLock waits",
+        stacks: if args.stack { stacks::mode::USER } else { 0 },
     };
     pg_probes::start(
         &probes,

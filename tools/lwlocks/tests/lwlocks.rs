@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 use pgbpf_testkit::{
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, schema,
+    require_root, schema, stacks,
     tool::{Traced, run_tool},
 };
 
@@ -58,6 +58,8 @@ fn wal_waits_of_pgbench_rank_as_pg_stat_activity_samples_them() {
     .unwrap();
     let pm = pg.postmaster_pid().unwrap().to_string();
     let tool = Traced::start(BIN, &["-p", &pm, "--json"]).unwrap();
+    // The same waits with their stacks, beside it.
+    let with_stacks = Traced::start(BIN, &["-p", &pm, "--json", "--stack"]).unwrap();
     let mut session = pg.session().unwrap();
     let mut sampled: BTreeMap<String, f64> = BTreeMap::new();
     let mut samples = 0;
@@ -139,6 +141,7 @@ fn wal_waits_of_pgbench_rank_as_pg_stat_activity_samples_them() {
     assert_eq!(summary["waits"].as_u64(), Some(rows));
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
     assert_eq!(summary["lost"]["waiting_full"], 0);
+    check_stacks(&with_stacks.stop().unwrap().json());
     // pgbench's statements are named.
     assert!(
         records
@@ -146,6 +149,23 @@ fn wal_waits_of_pgbench_rank_as_pg_stat_activity_samples_them() {
             .any(|r| r["type"] == "wait"
                 && r["query"].as_str().unwrap().starts_with("UPDATE pgbench")),
         "no pgbench statement among the waits"
+    );
+}
+
+/// `--stack`: every wait has its stack (none lost), the stack rows of a tranche add up to its
+/// waits, and a commit's WALWrite waits come from XLogFlush at the transaction's commit.
+fn check_stacks(records: &[serde_json::Value]) {
+    let kinds = schema::validate("lwlocks", records);
+    assert_eq!(
+        kinds,
+        ["wait", "tranche", "stack", "summary"],
+        "record kinds"
+    );
+    stacks::assert_stacks_cover(records, "tranche", "tranche", "waits");
+    let wal_write = stacks::frames(stacks::heaviest(records, "WALWrite"), "user_stack");
+    stacks::assert_in_order(
+        &wal_write,
+        &["XLogFlush", "CommitTransactionCommand", "PostgresMain"],
     );
 }
 

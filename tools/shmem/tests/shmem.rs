@@ -13,7 +13,7 @@ use pgbpf_testkit::{
     dsm::{BIG_JOIN, ResizeError, parallel_hash_settings, resize_errors, server_short_of_shm},
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, schema,
+    require_root, schema, stacks,
     tool::{Traced, assert_quiet_in_head, run_tool},
 };
 use serde_json::Value;
@@ -26,19 +26,6 @@ fn events(records: &[Value]) -> Vec<&Value> {
 
 /// A parallel scan (the server's settings make every scan parallel).
 const PARALLEL_COUNT: &str = "select count(*) from pgbench_accounts";
-
-/// `functions` are frames of `stack`, innermost first, in this order.
-fn assert_in_order(stack: &[String], functions: &[&str]) {
-    let at = |name: &str| {
-        stack
-            .iter()
-            .position(|s| s.starts_with(&format!("{name}+")))
-            .unwrap_or_else(|| panic!("{name} not in the stack {stack:#?}"))
-    };
-    for pair in functions.windows(2) {
-        assert!(at(pair[0]) < at(pair[1]), "{pair:?} in {stack:#?}");
-    }
-}
 
 /// `df -B1 /dev/shm` as (size, used).
 fn df(output: &str) -> (u64, u64) {
@@ -122,18 +109,11 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
     // Where the call was made, as strace -k shows it: from the DSM segment's creation for
     // the parallel query's shared state (PostgreSQL 15's exported functions; its static ones
     // show as postgres+0xOFFSET in Debian's stripped binary).
-    let stack_of = |e: &Value| -> Vec<String> {
-        e["user_stack"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no stack: {e:#}"))
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect()
-    };
+    let stack_of = |e: &Value| stacks::frames(e, "user_stack");
     // The hash table's growth: a new DSA segment (its static make_new_segment shows as
     // postgres+0xOFFSET in Debian's stripped binary).
     let stack = stack_of(f);
-    assert_in_order(
+    stacks::assert_in_order(
         &stack,
         &[
             "posix_fallocate",
@@ -150,7 +130,7 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
         .find(|e| e["query"] == PARALLEL_COUNT)
         .unwrap_or_else(|| panic!("no failure of the parallel count: {failed:#?}"));
     assert_eq!(start["result"], "ENOSPC");
-    assert_in_order(
+    stacks::assert_in_order(
         &stack_of(start),
         &[
             "dsm_create",

@@ -22,7 +22,8 @@ Examples:
   spin_sema                          # every PostgreSQL of the installed binary, a table at Ctrl-C
   spin_sema -p 4242 10               # a postmaster and its backends, a table every 10 seconds
   spin_sema --container 3f2a -d 30   # a containerized server for 30 seconds
-  spin_sema --json -d 60             # NDJSON rows with log2 histograms";
+  spin_sema --json -d 60             # NDJSON rows with log2 histograms
+  spin_sema --stack -d 30            # and where in PostgreSQL the waits come from";
 
 /// Spinlock delays (s_lock), semaphore sleeps (PGSemaphoreLock) and futex waits of
 /// PostgreSQL processes: count, total, max and a log2 histogram per site, backend type and
@@ -40,6 +41,10 @@ pub struct Args {
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also the top stacks by wait time (user stacks of the waiters when the wait began,
+    /// symbolized)
+    #[arg(long)]
+    pub stack: bool,
 }
 
 pgbpf_common::tool!(Args, "spin_sema", trace::start);

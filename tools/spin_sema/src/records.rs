@@ -14,6 +14,8 @@ pub enum Record<'a> {
     Wait(Wait<'a>),
     /// The waits of one kind, every site, backend and statement together.
     Kind(Kind<'a>),
+    /// The waits from one stack (`--stack`), every site, backend and statement together.
+    Stack(pgbpf_common::stacks::StackRow<'a>),
     /// The end of an interval report.
     Interval(Totals),
     /// The end of the run.

@@ -11,6 +11,7 @@ use pgbpf_common::{
     postgres::BackendTypes,
     query_string::IdleLabels,
     records::{self, Scope},
+    stacks::{StackWaits, Stacks},
 };
 use spin_sema_ebpf::{WaitEvent, kind};
 
@@ -39,6 +40,7 @@ struct Waits {
 struct Period {
     waits: HashMap<Key, Waits>,
     kinds: HashMap<&'static str, WaitTimes>,
+    stacks: StackWaits,
 }
 
 /// The kind's word in tables and records.
@@ -89,6 +91,7 @@ pub struct Reporter {
     events: u64,
     backends: BackendTypes,
     idle_labels: IdleLabels,
+    stacks: Option<Stacks>,
 }
 
 impl Reporter {
@@ -99,6 +102,7 @@ impl Reporter {
             events: 0,
             backends: BackendTypes::default(),
             idle_labels: IdleLabels::default(),
+            stacks: None,
         }
     }
 }
@@ -123,7 +127,12 @@ impl ProbeReport for Reporter {
         } else {
             0
         };
+        let stack = self
+            .stacks
+            .as_mut()
+            .and_then(|s| s.user(e.tgid, e.user_stack));
         for p in self.periods.each() {
+            p.stacks.add(key.kind, stack.clone(), None, e.duration_ns);
             let w = p.waits.entry(key.clone()).or_default();
             w.times.add(e.duration_ns);
             w.delays += delays;
@@ -132,10 +141,15 @@ impl ProbeReport for Reporter {
         Ok(())
     }
 
+    fn take_stacks(&mut self, stacks: Stacks) {
+        self.stacks = Some(stacks);
+    }
+
     /// The tables of the interval that ended, or of the whole run.
     fn report(&mut self, sink: &mut Output, scope: Scope, lost: &[u64]) -> io::Result<()> {
         let (p, period) = self.periods.end(scope);
         if sink.json {
+            let lost = Lost::from_counters(lost, self.stacks.as_ref());
             return json_report(sink, self.events, scope, period, &p, lost);
         }
         let mut out = String::new();
@@ -194,7 +208,8 @@ impl ProbeReport for Reporter {
                 out.push_str(&output::log2_histogram("us", &w.log2_us));
             }
         }
-        out.push_str(&Lost::from_counters(lost).line());
+        p.stacks.text(&mut out, "Top stacks by wait time", self.top);
+        out.push_str(&Lost::from_counters(lost, self.stacks.as_ref()).line());
         sink.text(&out)
     }
 }
@@ -206,7 +221,7 @@ fn json_report(
     scope: Scope,
     period: Duration,
     p: &Period,
-    lost: &[u64],
+    lost: Lost,
 ) -> io::Result<()> {
     let ts_ns = output::unix_ns();
     let interval_ns = records::ns(period);
@@ -238,13 +253,16 @@ fn json_report(
             hist_log2_us: w.log2_us.clone(),
         }))?;
     }
+    for row in p.stacks.rows(scope, ts_ns, interval_ns) {
+        out.record(&Record::Stack(row))?;
+    }
     let totals = Totals {
         ts_ns,
         interval_ns,
         waits: p.kinds.values().map(|w| w.count).sum(),
         total_ns: p.kinds.values().map(|w| w.total_ns).sum(),
         events,
-        lost: Lost::from_counters(lost),
+        lost,
     };
     out.record(&match scope {
         Scope::Interval => Record::Interval(totals),

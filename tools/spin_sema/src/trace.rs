@@ -6,8 +6,14 @@
 use anyhow::Context as _;
 use aya::programs::uprobe::UProbeAttachLocation;
 use pgbpf_common::{
-    elf::Symbols, loader, output::Output, pg_probes, postgres, query_string::QueryAddrs,
-    runtime::Attached, target::Target,
+    elf::Symbols,
+    loader,
+    output::Output,
+    pg_probes, postgres,
+    query_string::QueryAddrs,
+    runtime::Attached,
+    stacks::{self, Stacks},
+    target::Target,
 };
 
 use crate::{Args, report::Reporter};
@@ -42,7 +48,12 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
     let mut loaded = loader::load("spin_sema", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
         QueryAddrs::set_globals(l, &fork_child_offset);
+        stacks::configure(l, if args.stack { stacks::mode::USER } else { 0 });
     })?;
+    let mut report = Reporter::new(args);
+    if args.stack {
+        pg_probes::ProbeReport::take_stacks(&mut report, Stacks::take(&mut loaded)?);
+    }
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     let (query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
@@ -69,6 +80,6 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         details: vec![format!("{located} PostgreSQL processes located")],
         started: loaded.started,
         watch: target.roots(),
-        trace: pg_probes::record_trace(loaded, ring, query_addrs, Reporter::new(args)),
+        trace: pg_probes::record_trace(loaded, ring, query_addrs, report),
     }))
 }

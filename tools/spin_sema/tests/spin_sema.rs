@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use pgbpf_testkit::{
     exclusive,
     postgres::{PgOptions, Postgres},
-    require_root, schema,
+    require_root, schema, stacks,
     tool::Traced,
 };
 
@@ -89,7 +89,7 @@ fn semaphore_sleeps_and_futex_waits_of_contending_backends_match_ftrace() {
     let pg = Postgres::start_with_pgbench(&PgOptions::default(), 1).unwrap();
     let mut sessions: Vec<_> = (0..8).map(|_| pg.session().unwrap()).collect();
     let pids: Vec<String> = sessions.iter().map(|s| s.backend_pid.to_string()).collect();
-    let mut args = vec!["--json".to_string()];
+    let mut args = vec!["--json".to_string(), "--stack".to_string()];
     for p in &pids {
         args.extend(["-p".to_string(), p.clone()]);
     }
@@ -166,4 +166,17 @@ fn semaphore_sleeps_and_futex_waits_of_contending_backends_match_ftrace() {
     }
     let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
+    // Where they slept: every wait under its stack; the row lock waits of the update among
+    // the semaphore sleeps.
+    stacks::assert_stacks_cover(&records, "kind", "kind", "waits");
+    let heaviest = stacks::frames(stacks::heaviest(&records, "semaphore"), "user_stack");
+    stacks::assert_in_order(&heaviest, &["PGSemaphoreLock", "PostgresMain"]);
+    assert!(
+        records.iter().any(|r| r["type"] == "stack"
+            && r["what"] == "semaphore"
+            && stacks::frames(r, "user_stack")
+                .iter()
+                .any(|f| f.starts_with("XactLockTableWait+"))),
+        "no semaphore sleep under XactLockTableWait"
+    );
 }

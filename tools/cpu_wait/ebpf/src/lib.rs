@@ -40,6 +40,10 @@ pub struct RunEvent {
     pub truncated: u8,
     pub _pad: u16,
     pub query_len: u32,
+    /// The task's user and kernel stack ids when it left the CPU (`--stack`), or
+    /// `pgbpf_common_ebpf::stacks::NONE` / `LOST`.
+    pub user_stack: i32,
+    pub kernel_stack: i32,
     pub _pad2: u32,
     pub query: [u8; QUERY_CAP],
 }

@@ -22,7 +22,7 @@ use cpu_wait_ebpf::{HEAD_LEN, RunEvent, STATE_NEW, STATE_PREEMPTED, counter, sta
 use pgbpf_common_ebpf::{
     counters::bump,
     query_string::{read_statement, read_wait_event},
-    ring,
+    ring, stacks,
     target::current_is_target,
 };
 
@@ -78,7 +78,7 @@ pub fn cpu_switch(ctx: RawTracePointContext) -> i32 {
         // clean). Most tasks have none: the delete is a miss.
         let _ = TASKS.remove(&(bpf_get_current_pid_tgid() as u32));
     } else if current_is_target() {
-        left_cpu(now, preempt, prev_state);
+        left_cpu(&ctx, now, preempt, prev_state);
     }
     if let Some(tid) = task_field(next, TASK_PID_OFFSET.load()) {
         runs_again(now, tid);
@@ -133,6 +133,7 @@ pub fn cpu_wakeup_new(ctx: RawTracePointContext) -> i32 {
     // SAFETY: helper without arguments.
     e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     (e.statement, e.query_len, e.truncated) = (statement::NONE, 0, 0);
+    (e.user_stack, e.kernel_stack) = (stacks::NONE, stacks::NONE);
     0
 }
 
@@ -151,7 +152,7 @@ pub fn cpu_migrate(ctx: RawTracePointContext) -> i32 {
 
 /// The current task leaves the CPU: remember when, why, and what it was running.
 #[inline(always)]
-fn left_cpu(now: u64, preempt: bool, prev_state: u32) {
+fn left_cpu(ctx: &RawTracePointContext, now: u64, preempt: bool, prev_state: u32) {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let Some(t) = entry(tid) else {
@@ -177,6 +178,10 @@ fn left_cpu(now: u64, preempt: bool, prev_state: u32) {
     };
     e.query[0] = 0;
     (e.statement, e.query_len, e.truncated) = read_statement(tgid, &mut e.query).fields();
+    // Where it left the CPU: the kernel's path into the scheduler (the why) and the user
+    // code that made the call.
+    e.user_stack = stacks::user_stack(ctx);
+    e.kernel_stack = stacks::kernel_stack(ctx);
 }
 
 /// Task `tid` runs again: if it is traced and its stretch off the CPU was seen from the

@@ -50,7 +50,8 @@ pub struct LockEvent {
     pub statement: u8,
     pub truncated: u8,
     pub query_len: u32,
-    pub _pad: u32,
+    /// The waiter's user stack id (`--stack`), or `pgbpf_common_ebpf::stacks::NONE` / `LOST`.
+    pub user_stack: i32,
     pub query: [u8; QUERY_CAP],
 }
 

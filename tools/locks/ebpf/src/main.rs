@@ -15,7 +15,7 @@ use locks_ebpf::{LockEvent, counter, kind, probe};
 use pgbpf_common_ebpf::{
     counters::bump,
     query_string::read_statement,
-    ring,
+    ring, stacks,
     target::current_is_target,
     usdt::{UsdtSpec, usdt_arg, usdt_spec},
 };
@@ -101,7 +101,12 @@ fn send(ctx: &ProbeContext, spec: &UsdtSpec, kind: u8, start_ns: u64, duration_n
     e.field4 = arg(3) as u32;
     e.locktag_type = arg(4) as u8;
     e.mode = arg(5) as u32;
-    e._pad = 0;
+    // A wait's stack when it ends (the same as at its start: inside WaitOnLock).
+    e.user_stack = if kind == kind::WAIT_START {
+        stacks::NONE
+    } else {
+        stacks::user_stack(ctx)
+    };
     e.query[0] = 0;
     (e.statement, e.query_len, e.truncated) = read_statement(e.tgid, &mut e.query).fields();
     // Userspace drains every 100 ms; no wakeup per event.

@@ -34,7 +34,8 @@ pub struct WaitEvent {
     pub truncated: u8,
     pub _pad: u16,
     pub query_len: u32,
-    pub _pad2: u32,
+    /// The waiter's user stack id (`--stack`), or `pgbpf_common_ebpf::stacks::NONE` / `LOST`.
+    pub user_stack: i32,
     /// The tranche's name (NUL padded).
     pub tranche: [u8; TRANCHE_CAP],
     pub query: [u8; QUERY_CAP],

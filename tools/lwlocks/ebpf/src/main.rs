@@ -18,7 +18,7 @@ use lwlocks_ebpf::{TRANCHE_CAP, WaitEvent, counter, probe};
 use pgbpf_common_ebpf::{
     counters::bump,
     query_string::read_statement,
-    ring,
+    ring, stacks,
     target::current_is_target,
     usdt::{usdt_arg, usdt_spec},
 };
@@ -76,7 +76,7 @@ pub fn lwlock_probe(ctx: ProbeContext) -> u32 {
             };
             let _ = WAITING.remove(&tid);
             let tranche = usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64;
-            send(tranche, &w);
+            send(&ctx, tranche, &w);
         }
         _ => {}
     }
@@ -85,7 +85,7 @@ pub fn lwlock_probe(ctx: ProbeContext) -> u32 {
 
 /// Sends the ended wait with its tranche name and the process's statement.
 #[inline(always)]
-fn send(tranche: u64, w: &Waiting) {
+fn send(ctx: &ProbeContext, tranche: u64, w: &Waiting) {
     let Some(mut slot) = EVENTS.reserve::<WaitEvent>(0) else {
         bump(counter::RINGBUF_FULL);
         return;
@@ -102,7 +102,8 @@ fn send(tranche: u64, w: &Waiting) {
     e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     e.mode = w.mode;
     e._pad = 0;
-    e._pad2 = 0;
+    // Where it waited: the stack at lwlock__wait__done is LWLockAcquire's, as at the start.
+    e.user_stack = stacks::user_stack(ctx);
     e.tranche = [0; TRANCHE_CAP];
     if tranche != 0 {
         // SAFETY: reads a string of the current process; fails cleanly if unmapped.

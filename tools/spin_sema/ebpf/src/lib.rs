@@ -40,6 +40,10 @@ pub struct WaitEvent {
     pub truncated: u8,
     pub _pad: u8,
     pub query_len: u32,
+    /// The waiter's user stack id when the wait began (`--stack`), or
+    /// `pgbpf_common_ebpf::stacks::NONE` / `LOST`.
+    pub user_stack: i32,
+    pub _pad2: u32,
     /// SPIN: where the spinlock is taken (NUL padded).
     pub file: [u8; FILE_CAP],
     pub func: [u8; FUNC_CAP],

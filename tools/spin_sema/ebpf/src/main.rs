@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::programs::tracing::StackIdContext;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
@@ -17,7 +18,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use pgbpf_common_ebpf::{
-    counters::bump, query_string::read_statement, ring, syscall, target::current_is_target,
+    counters::bump, query_string::read_statement, ring, stacks, syscall, target::current_is_target,
 };
 use spin_sema_ebpf::{HEAD_LEN, WaitEvent, counter, kind};
 
@@ -40,6 +41,9 @@ struct Started {
     func: u64,
     detail: u32,
     line: u32,
+    /// The waiter's user stack id (`--stack`).
+    user_stack: i32,
+    _pad: u32,
 }
 
 /// Waits in progress by (thread << 32 | kind): a semaphore sleep holds a futex wait inside it.
@@ -57,7 +61,7 @@ fn key(k: u8) -> u64 {
 }
 
 #[inline(always)]
-fn start(k: u8, file: u64, func: u64, detail: u32, line: u32) {
+fn start<C: StackIdContext>(ctx: &C, k: u8, file: u64, func: u64, detail: u32, line: u32) {
     if !current_is_target() {
         return;
     }
@@ -69,6 +73,8 @@ fn start(k: u8, file: u64, func: u64, detail: u32, line: u32) {
         func,
         detail,
         line,
+        user_stack: stacks::user_stack(ctx),
+        _pad: 0,
     };
     if WAITING.insert(&key(k), &s, 0).is_err() {
         bump(counter::WAITING_FULL);
@@ -81,7 +87,7 @@ pub fn spin_enter(ctx: ProbeContext) -> u32 {
     let file = ctx.arg::<u64>(1).unwrap_or(0);
     let line = ctx.arg::<u64>(2).unwrap_or(0) as u32;
     let func = ctx.arg::<u64>(3).unwrap_or(0);
-    start(kind::SPIN, file, func, 0, line);
+    start(&ctx, kind::SPIN, file, func, 0, line);
     0
 }
 
@@ -95,8 +101,8 @@ pub fn spin_return(ctx: RetProbeContext) -> u32 {
 
 /// PGSemaphoreLock(sema).
 #[uprobe]
-pub fn sema_enter(_ctx: ProbeContext) -> u32 {
-    start(kind::SEMAPHORE, 0, 0, 0, 0);
+pub fn sema_enter(ctx: ProbeContext) -> u32 {
+    start(&ctx, kind::SEMAPHORE, 0, 0, 0, 0);
     0
 }
 
@@ -118,7 +124,7 @@ fn is_wait(op: u32) -> bool {
 pub fn futex_enter(ctx: TracePointContext) -> u32 {
     let op = syscall::arg(&ctx, 1) as u32;
     if is_wait(op) {
-        start(kind::FUTEX, 0, 0, op, 0);
+        start(&ctx, kind::FUTEX, 0, 0, op, 0);
     }
     0
 }
@@ -158,6 +164,8 @@ fn end(k: u8, detail: Option<u32>) {
     e.detail = detail.unwrap_or(s.detail);
     e.line = s.line;
     e._pad = 0;
+    e.user_stack = s.user_stack;
+    e._pad2 = 0;
     e.file[0] = 0;
     e.func[0] = 0;
     if s.file != 0 {
