@@ -62,6 +62,13 @@ fn postmaster_args(s: &Server) -> anyhow::Result<Vec<String>> {
     Ok(vec!["-p".into(), s.pg()?.postmaster_pid()?.to_string()])
 }
 
+/// The arguments with `--stack` added.
+fn with_stack(args: anyhow::Result<Vec<String>>) -> anyhow::Result<Vec<String>> {
+    let mut args = args?;
+    args.push("--stack".into());
+    Ok(args)
+}
+
 /// A bpftrace script with the server's postgres binary in place of `@POSTGRES@`.
 fn postgres_script(s: &Server, script: &str) -> anyhow::Result<String> {
     let postgres = s.pg()?.bin_dir.join("postgres");
@@ -287,6 +294,45 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "lwlocks_stack",
+        tool: "lwlocks",
+        description: "As lwlocks, with --stack: each wait's user stack taken in the kernel \
+                  (a frame-pointer walk into the stack map) and symbolized once per distinct \
+                  stack by blazesym; the bpftrace script sums the time asleep per tranche and \
+                  user stack (ustack) in the kernel.",
+        server: Setup::Postgres {
+            pg: fsync_on,
+            scale: 10,
+        },
+        workload: "-N",
+        events_field: "events",
+        tool_args: |s| with_stack(postmaster_args(s)),
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/lwlocks_stack.bt")),
+        extra: None,
+    },
+    Scenario {
+        name: "lwlocks_hold",
+        tool: "lwlocks",
+        description: "As lwlocks, with --hold: also the lwlock__acquire, __condacquire, \
+                  __acquire__or__wait and __release USDT sites, a trap at every LWLock \
+                  acquisition and release (fast path included), the holds paired per thread \
+                  and summed per tranche and mode in the kernel; the bpftrace script adds the \
+                  same probes with a histogram per tranche.",
+        server: Setup::Postgres {
+            pg: fsync_on,
+            scale: 10,
+        },
+        workload: "-N",
+        events_field: "events",
+        tool_args: |s| {
+            let mut args = postmaster_args(s)?;
+            args.push("--hold".into());
+            Ok(args)
+        },
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/lwlocks_hold.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "locks",
         tool: "locks",
         description: "PostgreSQL on the host, pgbench scale 1, the default TPC-B-like script \
@@ -323,6 +369,24 @@ pub const SCENARIOS: &[Scenario] = &[
         events_field: "events",
         tool_args: postmaster_args,
         bpftrace: |_| Ok(include_str!("../bpftrace/cpu_wait.bt").to_string()),
+        extra: None,
+    },
+    Scenario {
+        name: "cpu_wait_stack",
+        tool: "cpu_wait",
+        description: "As cpu_wait, with --stack: the kernel and user stacks of each backend \
+                  leaving the CPU taken at the switch (two stack walks) and symbolized once per \
+                  distinct stack; the bpftrace script is bcc's offcputime: time off the CPU per \
+                  kernel and user stack summed in the kernel (a sched_switch tracepoint and a \
+                  kprobe on finish_task_switch).",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 1,
+        },
+        workload: "-S",
+        events_field: "events",
+        tool_args: |s| with_stack(postmaster_args(s)),
+        bpftrace: |_| Ok(include_str!("../bpftrace/cpu_wait_stack.bt").to_string()),
         extra: None,
     },
     Scenario {

@@ -35,6 +35,10 @@ pub trait ProbeReport: Send + 'static {
     /// The stacks of the records' stack ids, given once after load when the tool asked for
     /// them ([`Probes::stacks`]).
     fn take_stacks(&mut self, _stacks: Stacks) {}
+    /// Once after load: takes the maps the report reads itself (summed in the kernel).
+    fn take_maps(&mut self, _loaded: &mut Loaded) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A tool's probes: which, and with which program.
@@ -50,6 +54,8 @@ pub struct Probes<'a> {
     pub what: &'static str,
     /// Which stacks the programs take (`pgbpf_common_ebpf::stacks::mode` bits; 0: none).
     pub stacks: u32,
+    /// Maps sized at load (those of options not given: one entry).
+    pub map_sizes: &'a [(&'static str, u32)],
 }
 
 /// Slots of the COUNTERS map read for the report (every tool has fewer).
@@ -114,10 +120,14 @@ pub fn start<'a, R: ProbeReport>(
         target.set_globals(l);
         QueryAddrs::set_globals(l, &fork_child_offset);
         stacks::configure(l, p.stacks);
+        for (map, entries) in p.map_sizes {
+            l.map_max_entries(map, *entries);
+        }
     })?;
     if p.stacks != 0 {
         report.take_stacks(Stacks::take(&mut loaded)?);
     }
+    report.take_maps(&mut loaded)?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     // Statements are read at each event from the process's debug_query_string.

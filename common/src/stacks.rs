@@ -30,6 +30,47 @@ const MAP_ENTRIES: u32 = 16384;
 /// A symbolized stack, innermost frame first ("name+0xoff (module)").
 pub type Frames = Arc<[String]>;
 
+/// A symbolized stack and its number: stacks with the same frames (from processes with other
+/// layouts, or stored twice) have the same number, which is what reports sum by (hashing a
+/// number per event, not the frames).
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub id: u32,
+    pub frames: Frames,
+}
+
+impl Stack {
+    pub fn new(id: u32, frames: Frames) -> Stack {
+        Stack { id, frames }
+    }
+}
+
+impl PartialEq for Stack {
+    fn eq(&self, other: &Stack) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Stack {}
+
+impl std::hash::Hash for Stack {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.id.hash(h);
+    }
+}
+
+impl PartialOrd for Stack {
+    fn partial_cmp(&self, other: &Stack) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Stack {
+    fn cmp(&self, other: &Stack) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+
 /// Sizes the stack map and turns stack taking on (`mode` bits: [`mode::USER`],
 /// [`mode::KERNEL`]); without it the map has one entry and no program takes a stack.
 pub fn configure(loader: &mut aya::EbpfLoader<'_>, mode: u32) {
@@ -52,8 +93,10 @@ pub fn configure(loader: &mut aya::EbpfLoader<'_>, mode: u32) {
 pub struct Stacks {
     map: StackTraceMap<MapData>,
     symbolizer: SymbolizerThread,
-    user: HashMap<u32, Frames>,
-    kernel: HashMap<u32, Frames>,
+    user: HashMap<u32, Stack>,
+    kernel: HashMap<u32, Stack>,
+    /// Each distinct list of frames and its number.
+    numbers: HashMap<Frames, u32>,
     /// Stacks the kernel could not store (map full, or no stack to walk).
     pub lost: u64,
 }
@@ -70,13 +113,14 @@ impl Stacks {
             symbolizer: SymbolizerThread::default(),
             user: HashMap::new(),
             kernel: HashMap::new(),
+            numbers: HashMap::new(),
             lost: 0,
         })
     }
 
     /// The user stack `id` of process `tgid` (symbolized at its first sighting, while the
     /// process is alive); None when no stack was taken.
-    pub fn user(&mut self, tgid: u32, id: i32) -> Option<Frames> {
+    pub fn user(&mut self, tgid: u32, id: i32) -> Option<Stack> {
         let id = self.usable(id)?;
         if let Some(f) = self.user.get(&id) {
             return Some(f.clone());
@@ -89,21 +133,31 @@ impl Stacks {
         } else {
             stand_in(&addrs).unwrap_or(tgid)
         };
-        let frames: Frames = self.symbolizer.symbolize(Side::User(pid), addrs).into();
-        self.user.insert(id, frames.clone());
-        Some(frames)
+        let frames = self.symbolizer.symbolize(Side::User(pid), addrs);
+        let stack = self.number(frames);
+        self.user.insert(id, stack.clone());
+        Some(stack)
     }
 
     /// The kernel stack `id`; None when no stack was taken.
-    pub fn kernel(&mut self, id: i32) -> Option<Frames> {
+    pub fn kernel(&mut self, id: i32) -> Option<Stack> {
         let id = self.usable(id)?;
         if let Some(f) = self.kernel.get(&id) {
             return Some(f.clone());
         }
         let addrs = self.addresses(id)?;
-        let frames: Frames = self.symbolizer.symbolize(Side::Kernel, addrs).into();
-        self.kernel.insert(id, frames.clone());
-        Some(frames)
+        let frames = self.symbolizer.symbolize(Side::Kernel, addrs);
+        let stack = self.number(frames);
+        self.kernel.insert(id, stack.clone());
+        Some(stack)
+    }
+
+    /// The frames with their number (a new one for frames not met before).
+    fn number(&mut self, frames: Vec<String>) -> Stack {
+        let frames: Frames = frames.into();
+        let next = self.numbers.len() as u32;
+        let id = *self.numbers.entry(frames.clone()).or_insert(next);
+        Stack { id, frames }
     }
 
     fn usable(&mut self, id: i32) -> Option<u32> {
@@ -171,18 +225,23 @@ fn new_symbolizer() -> Symbolizer {
 }
 
 fn serve(rx: mpsc::Receiver<Request>) {
-    let mut symbolizer = new_symbolizer();
+    // The kernel's symbols (all of kallsyms) are read once and kept.
+    let kernel = new_symbolizer();
+    let mut user = new_symbolizer();
     let mut processes = std::collections::HashSet::new();
     for (side, addrs, reply) in rx {
-        if let Side::User(pid) = side
-            && processes.insert(pid)
-            && processes.len() > PROCESSES_PER_SYMBOLIZER
-        {
-            symbolizer = new_symbolizer();
-            processes.clear();
-            processes.insert(pid);
-        }
-        let _ = reply.send(symbolize(&symbolizer, side, &addrs));
+        let symbolizer = match side {
+            Side::Kernel => &kernel,
+            Side::User(pid) => {
+                if processes.insert(pid) && processes.len() > PROCESSES_PER_SYMBOLIZER {
+                    user = new_symbolizer();
+                    processes.clear();
+                    processes.insert(pid);
+                }
+                &user
+            }
+        };
+        let _ = reply.send(symbolize(symbolizer, side, &addrs));
     }
 }
 
@@ -292,15 +351,11 @@ fn file_offset(maps: &[(u64, u64, u64, String)], addr: u64) -> Option<String> {
 /// Waits summed per (what, user stack, kernel stack): the "where from" of a report.
 #[derive(Debug, Default)]
 pub struct StackWaits {
-    rows: HashMap<StackKey, WaitTimes>,
+    /// what → (user, kernel) → waits: looked up without allocating per event.
+    rows: HashMap<String, HashMap<StackPair, WaitTimes>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct StackKey {
-    what: String,
-    user: Option<Frames>,
-    kernel: Option<Frames>,
-}
+type StackPair = (Option<Stack>, Option<Stack>);
 
 /// One stack's row (`--stack` with `--json`): a record of type `stack`.
 #[derive(Serialize, JsonSchema)]
@@ -323,22 +378,30 @@ pub struct StackRow<'a> {
 
 impl StackWaits {
     /// One wait of `ns` for `what`, from these stacks (nothing is added when neither is known).
-    pub fn add(&mut self, what: &str, user: Option<Frames>, kernel: Option<Frames>, ns: u64) {
+    pub fn add(&mut self, what: &str, user: Option<Stack>, kernel: Option<Stack>, ns: u64) {
         if user.is_none() && kernel.is_none() {
             return;
         }
-        let key = StackKey {
-            what: what.to_string(),
-            user,
-            kernel,
+        let stacks = match self.rows.get_mut(what) {
+            Some(s) => s,
+            None => self.rows.entry(what.to_string()).or_default(),
         };
-        self.rows.entry(key).or_default().add(ns);
+        stacks.entry((user, kernel)).or_default().add(ns);
     }
 
-    /// The rows by total wait time, longest first.
-    fn ranked(&self) -> Vec<(&StackKey, &WaitTimes)> {
-        let mut rows: Vec<_> = self.rows.iter().collect();
-        rows.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
+    /// The rows (what, stacks, waits) by total wait time, longest first.
+    fn ranked(&self) -> Vec<(&str, &StackPair, &WaitTimes)> {
+        let mut rows: Vec<_> = self
+            .rows
+            .iter()
+            .flat_map(|(what, m)| m.iter().map(move |(k, w)| (what.as_str(), k, w)))
+            .collect();
+        rows.sort_by(|a, b| {
+            b.2.total_ns
+                .cmp(&a.2.total_ns)
+                .then(a.0.cmp(b.0))
+                .then(a.1.cmp(b.1))
+        });
         rows
     }
 
@@ -349,19 +412,18 @@ impl StackWaits {
             return;
         }
         out.push_str(&format!("\n{title}:\n"));
-        for (k, w) in self.ranked().into_iter().take(top) {
+        for (what, (user, kernel), w) in self.ranked().into_iter().take(top) {
             out.push_str(&format!(
-                "  {}: {} waits, {} (mean {}, max {})\n",
-                k.what,
+                "  {what}: {} waits, {} (mean {}, max {})\n",
                 w.count,
                 output::human_ns(w.total_ns),
                 output::human_ns(w.mean_ns()),
                 output::human_ns(w.max_ns)
             ));
-            for f in k.kernel.iter().flat_map(|f| f.iter()) {
+            for f in kernel.iter().flat_map(|s| s.frames.iter()) {
                 out.push_str(&format!("      [k] {f}\n"));
             }
-            for f in k.user.iter().flat_map(|f| f.iter()) {
+            for f in user.iter().flat_map(|s| s.frames.iter()) {
                 out.push_str(&format!("      {f}\n"));
             }
         }
@@ -371,24 +433,24 @@ impl StackWaits {
     pub fn rows(&self, scope: Scope, ts_ns: u64, interval_ns: u64) -> Vec<StackRow<'_>> {
         self.ranked()
             .into_iter()
-            .map(|(k, w)| StackRow {
+            .map(|(what, (user, kernel), w)| StackRow {
                 scope,
                 ts_ns,
                 interval_ns,
-                what: &k.what,
+                what,
                 waits: w.count,
                 total_ns: w.total_ns,
                 max_ns: w.max_ns,
-                user_stack: frames(&k.user),
-                kernel_stack: frames(&k.kernel),
+                user_stack: frames(user),
+                kernel_stack: frames(kernel),
             })
             .collect()
     }
 }
 
-fn frames(f: &Option<Frames>) -> Vec<&str> {
-    f.iter()
-        .flat_map(|f| f.iter().map(String::as_str))
+fn frames(s: &Option<Stack>) -> Vec<&str> {
+    s.iter()
+        .flat_map(|s| s.frames.iter().map(String::as_str))
         .collect()
 }
 
@@ -396,8 +458,11 @@ fn frames(f: &Option<Frames>) -> Vec<&str> {
 mod tests {
     use super::*;
 
-    fn stack(frames: &[&str]) -> Option<Frames> {
-        Some(frames.iter().map(|f| f.to_string()).collect())
+    fn stack(id: u32, frames: &[&str]) -> Option<Stack> {
+        Some(Stack::new(
+            id,
+            frames.iter().map(|f| f.to_string()).collect(),
+        ))
     }
 
     #[test]
@@ -405,19 +470,19 @@ mod tests {
         let mut w = StackWaits::default();
         w.add(
             "WALWrite",
-            stack(&["LWLockAcquire+0x10", "XLogFlush+0x20"]),
+            stack(1, &["LWLockAcquire+0x10", "XLogFlush+0x20"]),
             None,
             5_000,
         );
         w.add(
             "WALWrite",
-            stack(&["LWLockAcquire+0x10", "XLogFlush+0x20"]),
+            stack(1, &["LWLockAcquire+0x10", "XLogFlush+0x20"]),
             None,
             7_000,
         );
         w.add(
             "WALWrite",
-            stack(&["LWLockAcquire+0x10", "XLogInsert+0x8"]),
+            stack(2, &["LWLockAcquire+0x10", "XLogInsert+0x8"]),
             None,
             20_000,
         );

@@ -66,10 +66,11 @@ fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "query_latency exited with {status}");
 
     say(&format!(
-        "lwlocks -p {postmaster} -d 8   (where backends sleep on LWLocks, per tranche and statement)"
+        "lwlocks -p {postmaster} -d 8 --top 4 --stack   (where backends sleep on LWLocks, per \
+         tranche and statement, and from where in PostgreSQL)"
     ));
     let mut tool = Command::new("lwlocks")
-        .args(["-p", &postmaster, "-d", "8", "--top", "8"])
+        .args(["-p", &postmaster, "-d", "8", "--top", "4", "--stack"])
         .spawn()?;
     std::thread::sleep(Duration::from_secs(1));
     eprintln!("pgbench -c 8 -T 5 (TPC-B: eight clients updating ten tellers and one branch)");

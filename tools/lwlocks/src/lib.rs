@@ -5,8 +5,10 @@
 //!
 //! - [`trace`]: find the binary's probe sites, load, attach, drain the ring buffer.
 //! - [`report`]: the waits table per period.
+//! - [`hold`]: `--hold`: hold times per tranche and mode, summed in the kernel.
 //! - [`records`]: the NDJSON records (docs/schema/lwlocks.json).
 
+pub mod hold;
 pub mod records;
 pub mod report;
 pub mod trace;
@@ -22,7 +24,8 @@ Examples:
   lwlocks -p 4242 10               # a postmaster and its backends, a table every 10 seconds
   lwlocks --container 3f2a -d 30   # a containerized server for 30 seconds
   lwlocks --json -d 60             # NDJSON rows with log2 histograms
-  lwlocks --stack -d 30            # and where in PostgreSQL the waits come from";
+  lwlocks --stack -d 30            # and where in PostgreSQL the waits come from
+  lwlocks --hold -d 10             # and how long locks are held (costly: every acquisition)";
 
 /// LWLock waits of PostgreSQL backends (only real sleeps, from the lwlock__wait__start/done
 /// USDT probes): count, total, mean, max and a log2 histogram per tranche, mode, backend type
@@ -43,6 +46,10 @@ pub struct Args {
     /// Also the top stacks by wait time (user stacks of the waiters, symbolized)
     #[arg(long)]
     pub stack: bool,
+    /// Also hold times per tranche and mode (every acquisition and release is a probe hit:
+    /// a cost on every LWLock, see the manual's OVERHEAD)
+    #[arg(long)]
+    pub hold: bool,
 }
 
 pgbpf_common::tool!(Args, "lwlocks", trace::start);

@@ -2,6 +2,7 @@
 //! (tranche, mode, backend type, statement) and a `tranche` row per tranche; then the report's
 //! `interval` or the run's `summary`. Field names follow `pgbpf_common::records`.
 
+use lwlocks_ebpf::counter;
 use pgbpf_common::{pg_probes::Lost, records::Scope};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -14,6 +15,8 @@ pub enum Record<'a> {
     Wait(Wait<'a>),
     /// The waits on one tranche, all modes, backends and statements together.
     Tranche(Tranche<'a>),
+    /// `--hold`: the holds of one tranche and mode, every backend together.
+    Hold(Hold<'a>),
     /// The waits from one stack (`--stack`), every mode, backend and statement together.
     Stack(pgbpf_common::stacks::StackRow<'a>),
     /// The end of an interval report.
@@ -58,6 +61,55 @@ pub struct Tranche<'a> {
 }
 
 #[derive(Serialize, JsonSchema)]
+pub struct Hold<'a> {
+    pub scope: Scope,
+    pub ts_ns: u64,
+    pub interval_ns: u64,
+    /// The LWLock tranche's name.
+    pub tranche: &'a str,
+    /// The mode it was taken in: exclusive or shared (wait_until_free is never a hold).
+    pub mode: &'a str,
+    /// Holds that ended in the period (from acquisition to release).
+    pub holds: u64,
+    pub total_ns: u64,
+    /// The longest since the tool attached (the kernel keeps no per-period maximum).
+    pub max_ns: u64,
+    /// Hold durations: a log2 histogram of microseconds.
+    pub hist_log2_us: Vec<u64>,
+}
+
+/// `--hold`: acquisitions and releases that could not be paired, since the tool attached.
+#[derive(Serialize, JsonSchema)]
+pub struct HoldLost {
+    /// Locks taken while 20 were already held by the thread: not timed.
+    pub held_full: u64,
+    /// Releases without an open hold of their tranche (taken before the tool attached).
+    pub release_unmatched: u64,
+    /// Threads whose held locks could not be kept (the table of holders was full).
+    pub holders_full: u64,
+}
+
+impl HoldLost {
+    pub fn from_counters(kernel: &[u64]) -> HoldLost {
+        let at = |i: u32| kernel.get(i as usize).copied().unwrap_or(0);
+        HoldLost {
+            held_full: at(counter::HELD_FULL),
+            release_unmatched: at(counter::RELEASE_UNMATCHED),
+            holders_full: at(counter::HOLDERS_FULL),
+        }
+    }
+
+    /// The report's line.
+    pub fn line(&self) -> String {
+        format!(
+            "holds not timed: {} (too many held at once), {} releases without their \
+             acquisition, {} threads (too many holders)\n",
+            self.held_full, self.release_unmatched, self.holders_full
+        )
+    }
+}
+
+#[derive(Serialize, JsonSchema)]
 pub struct Totals {
     pub ts_ns: u64,
     /// The report's period: the interval, or the whole run in the summary.
@@ -69,4 +121,6 @@ pub struct Totals {
     /// Waits received from the kernel since the tool attached.
     pub events: u64,
     pub lost: Lost,
+    /// `--hold`'s unpaired acquisitions and releases (null without it).
+    pub holds_not_timed: Option<HoldLost>,
 }

@@ -1,7 +1,7 @@
 //! The waits table per (tranche, mode, backend type, statement) and the per-tranche totals
 //! with their log2 histograms, for each interval and the whole run; or NDJSON rows.
 
-use std::{collections::HashMap, io, time::Duration};
+use std::{collections::HashMap, io};
 
 use lwlocks_ebpf::WaitEvent;
 use pgbpf_common::{
@@ -17,7 +17,8 @@ use pgbpf_common::{
 
 use crate::{
     Args,
-    records::{Record, Totals, Tranche, Wait},
+    hold::{HoldTable, Holds},
+    records::{Hold, HoldLost, Record, Totals, Tranche, Wait},
 };
 
 /// What a wait is counted under.
@@ -37,7 +38,7 @@ struct Period {
 }
 
 /// PostgreSQL's LWLockMode as a word.
-fn mode_name(mode: u32) -> &'static str {
+pub(crate) fn mode_name(mode: u32) -> &'static str {
     match mode {
         0 => "exclusive",
         1 => "shared",
@@ -54,6 +55,9 @@ pub struct Reporter {
     backends: BackendTypes,
     idle_labels: IdleLabels,
     stacks: Option<Stacks>,
+    /// `--hold`: the kernel's hold times (taken after load).
+    hold: bool,
+    holds: Option<Holds>,
 }
 
 impl Reporter {
@@ -65,6 +69,8 @@ impl Reporter {
             backends: BackendTypes::default(),
             idle_labels: IdleLabels::default(),
             stacks: None,
+            hold: args.hold,
+            holds: None,
         }
     }
 }
@@ -109,12 +115,32 @@ impl ProbeReport for Reporter {
         self.stacks = Some(stacks);
     }
 
+    fn take_maps(&mut self, loaded: &mut pgbpf_common::loader::Loaded) -> anyhow::Result<()> {
+        if self.hold {
+            self.holds = Some(Holds::take(loaded)?);
+        }
+        Ok(())
+    }
+
     /// The tables of the interval that ended, or of the whole run.
     fn report(&mut self, sink: &mut Output, scope: Scope, lost: &[u64]) -> io::Result<()> {
         let (p, period) = self.periods.end(scope);
+        let holds = self.holds.as_mut().map(|h| match scope {
+            Scope::Interval => h.interval(),
+            Scope::Total => h.total(),
+        });
+        let hold_lost = self.holds.as_ref().map(|_| HoldLost::from_counters(lost));
         if sink.json {
-            let lost = Lost::from_counters(lost, self.stacks.as_ref());
-            return json_report(sink, self.events, scope, period, &p, lost);
+            let totals = Totals {
+                ts_ns: output::unix_ns(),
+                interval_ns: records::ns(period),
+                waits: p.tranches.values().map(|w| w.count).sum(),
+                total_ns: p.tranches.values().map(|w| w.total_ns).sum(),
+                events: self.events,
+                lost: Lost::from_counters(lost, self.stacks.as_ref()),
+                holds_not_timed: hold_lost,
+            };
+            return json_report(sink, scope, &p, holds.as_ref(), totals);
         }
         let mut out = String::new();
         let waits: u64 = p.tranches.values().map(|w| w.count).sum();
@@ -165,23 +191,45 @@ impl ProbeReport for Reporter {
             out.push_str(&format!("\n{name} wait time:\n"));
             out.push_str(&output::log2_histogram("us", &w.log2_us));
         }
+        if let Some(holds) = &holds {
+            hold_text(&mut out, holds, self.top, sink.width);
+        }
         p.stacks.text(&mut out, "Top stacks by wait time", self.top);
+        if let Some(l) = &hold_lost {
+            out.push_str(&l.line());
+        }
         out.push_str(&Lost::from_counters(lost, self.stacks.as_ref()).line());
         sink.text(&out)
     }
 }
 
-/// The report's rows as NDJSON records.
+/// `--hold`'s table: hold times per tranche and mode, longest total first.
+fn hold_text(out: &mut String, holds: &HoldTable, top: usize, width: Option<usize>) {
+    let mut rows: Vec<_> = holds.iter().collect();
+    rows.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
+    out.push_str("\nLWLock holds (max since attach):\n");
+    let header = ["TRANCHE", "MODE", "HOLDS", "TOTAL", "MEAN", "MAX"];
+    output::top_table(out, &header, &rows, top, width, |((tranche, mode), t)| {
+        vec![
+            tranche.clone(),
+            mode.to_string(),
+            t.holds.to_string(),
+            output::human_ns(t.total_ns),
+            output::human_ns(t.mean_ns()),
+            output::human_ns(t.max_ns),
+        ]
+    });
+}
+
+/// The report's rows as NDJSON records, then its `totals`.
 fn json_report(
     out: &mut Output,
-    events: u64,
     scope: Scope,
-    period: Duration,
     p: &Period,
-    lost: Lost,
+    holds: Option<&HoldTable>,
+    totals: Totals,
 ) -> io::Result<()> {
-    let ts_ns = output::unix_ns();
-    let interval_ns = records::ns(period);
+    let (ts_ns, interval_ns) = (totals.ts_ns, totals.interval_ns);
     for (k, w) in &p.waits {
         out.record(&Record::Wait(Wait {
             scope,
@@ -209,17 +257,22 @@ fn json_report(
             hist_log2_us: w.log2_us.clone(),
         }))?;
     }
+    for ((tranche, mode), t) in holds.into_iter().flatten() {
+        out.record(&Record::Hold(Hold {
+            scope,
+            ts_ns,
+            interval_ns,
+            tranche,
+            mode,
+            holds: t.holds,
+            total_ns: t.total_ns,
+            max_ns: t.max_ns,
+            hist_log2_us: t.log2_us.clone(),
+        }))?;
+    }
     for row in p.stacks.rows(scope, ts_ns, interval_ns) {
         out.record(&Record::Stack(row))?;
     }
-    let totals = Totals {
-        ts_ns,
-        interval_ns,
-        waits: p.tranches.values().map(|w| w.count).sum(),
-        total_ns: p.tranches.values().map(|w| w.total_ns).sum(),
-        events,
-        lost,
-    };
     out.record(&match scope {
         Scope::Interval => Record::Interval(totals),
         Scope::Total => Record::Summary(totals),

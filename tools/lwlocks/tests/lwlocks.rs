@@ -169,6 +169,52 @@ fn check_stacks(records: &[serde_json::Value]) {
     );
 }
 
+/// `--hold` under pgbench -S: every buffer access of a backend locks the page's content (the
+/// index descent's pages and the heap page, share mode), so the BufferContent holds equal the
+/// buffer accesses pg_stat_statements counts for the statements (shared_blks_hit + read),
+/// give or take the background processes' own.
+#[test]
+fn buffer_content_holds_follow_the_buffer_accesses_pg_stat_statements_counts() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::with_pgss_and_pgbench().unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    let tool = Traced::start(BIN, &["-p", &pm, "--json", "--hold"]).unwrap();
+    pg.pgbench(&["-S", "-n", "-c", "2", "-j", "2", "-T", "3"])
+        .unwrap();
+    let records = tool.stop().unwrap().json();
+    let kinds = schema::validate("lwlocks", &records);
+    assert!(kinds.iter().any(|k| k == "hold"), "{kinds:?}");
+    let blocks: u64 = pg
+        .psql(
+            "select sum(shared_blks_hit + shared_blks_read) from pg_stat_statements \
+             where query not like '%pg_stat_statements%'",
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let held = |tranche: &str, mode: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["type"] == "hold" && r["tranche"] == tranche && r["mode"] == mode)
+            .map(|r| r["holds"].as_u64().unwrap())
+            .sum()
+    };
+    let content = held("BufferContent", "shared") + held("BufferContent", "exclusive");
+    eprintln!("BufferContent holds {content}, buffer accesses {blocks}");
+    assert!(blocks > 10_000, "{blocks} buffer accesses");
+    assert!(
+        content as f64 >= blocks as f64 * 0.95 && content as f64 <= blocks as f64 * 1.1,
+        "{content} BufferContent holds for {blocks} buffer accesses"
+    );
+    // Every hold paired with its release, none past the capacity.
+    let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["holds_not_timed"]["held_full"], 0, "{summary}");
+    assert_eq!(summary["holds_not_timed"]["holders_full"], 0, "{summary}");
+}
+
 #[test]
 fn a_binary_without_the_probes_is_a_clear_error() {
     require_root();

@@ -32,7 +32,7 @@ pub struct Event {
     pub query: String,
     pub detail: String,
     /// The caller's user stack, innermost first (`--stack`).
-    pub stack: Option<pgbpf_common::stacks::Frames>,
+    pub stack: Option<pgbpf_common::stacks::Stack>,
 }
 
 impl Event {

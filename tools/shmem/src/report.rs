@@ -174,7 +174,7 @@ impl Reporter {
             user_stack: e
                 .stack
                 .as_ref()
-                .map(|f| f.iter().map(String::as_str).collect()),
+                .map(|s| s.frames.iter().map(String::as_str).collect()),
         }
     }
 
@@ -280,7 +280,7 @@ impl Reporter {
 
 /// The call's stack under its line, innermost frame first (strace -k's layout).
 fn push_stack(text: &mut String, e: &Event) {
-    for frame in e.stack.iter().flat_map(|f| f.iter()) {
+    for frame in e.stack.iter().flat_map(|s| s.frames.iter()) {
         text.push_str(&format!("    > {frame}\n"));
     }
 }

@@ -120,8 +120,8 @@ fn parallel_hash_join_enospc_in_a_container_is_reported_like_the_server_log() {
             "dsm_create",
             "dsa_allocate_extended",
             "ExecParallelHashTableInsert",
+            // (A parallel worker's runs under ParallelQueryMain, the leader's PortalRun.)
             "standard_ExecutorRun",
-            "PortalRun",
         ],
     );
     // The parallel query's start, as in the seed.

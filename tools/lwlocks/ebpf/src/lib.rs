@@ -12,6 +12,115 @@ pub mod probe {
     pub const WAIT_START: u32 = 1;
     /// lwlock__wait__done(tranche, mode): it woke up.
     pub const WAIT_DONE: u32 = 2;
+    /// lwlock__acquire(tranche, mode), lwlock__condacquire(tranche, mode) and
+    /// lwlock__acquire__or__wait(tranche, mode): the backend holds the lock (`--hold`).
+    pub const ACQUIRED: u32 = 3;
+    /// lwlock__release(tranche): it let one go (`--hold`).
+    pub const RELEASE: u32 = 4;
+}
+
+/// Locks a thread can be seen holding at once (PostgreSQL allows 200; a backend holds a few,
+/// up to the 16 lock-manager partitions when it reads pg_locks).
+pub const HELD_CAP: usize = 20;
+
+/// One lock held: its tranche's name (the pointer, the same for every lock of a tranche),
+/// the mode and when it was taken.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldLock {
+    pub name: u64,
+    pub start_ns: u64,
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// The LWLocks a thread holds, in the order it took them (`--hold`).
+///
+/// The release probe names the tranche only, not the lock: a release ends the most recent
+/// hold of its tranche still open. Locks of one tranche released in the order they were taken
+/// (not the usual nesting) get each other's durations; the tranche's count and total time are
+/// exact either way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Held {
+    pub n: u32,
+    pub _pad: u32,
+    pub locks: [HeldLock; HELD_CAP],
+}
+
+impl Held {
+    /// A lock of tranche `name` taken in `mode` at `now`; false when already [`HELD_CAP`]
+    /// locks are held (that hold is not timed).
+    #[inline(always)]
+    pub fn acquire(&mut self, name: u64, mode: u32, now: u64) -> bool {
+        let n = self.n as usize;
+        if n >= HELD_CAP {
+            return false;
+        }
+        self.locks[n] = HeldLock {
+            name,
+            start_ns: now,
+            mode,
+            _pad: 0,
+        };
+        self.n += 1;
+        true
+    }
+
+    /// A lock of tranche `name` released at `now`: the most recent open hold of that tranche
+    /// ends (removed, the later ones moved down), its (mode, duration) returned; None when
+    /// none is open (taken before the tool attached, or past [`HELD_CAP`]).
+    #[inline(always)]
+    pub fn release(&mut self, name: u64, now: u64) -> Option<(u32, u64)> {
+        let n = (self.n as usize).min(HELD_CAP);
+        let mut found = HELD_CAP;
+        // From the top: the bound is a constant for the verifier.
+        for back in 1..=HELD_CAP {
+            if back > n {
+                break;
+            }
+            let i = n - back;
+            if i < HELD_CAP && self.locks[i].name == name {
+                found = i;
+                break;
+            }
+        }
+        if found >= HELD_CAP {
+            return None;
+        }
+        let held = self.locks[found];
+        for i in 0..HELD_CAP - 1 {
+            if i >= found && i + 1 < n {
+                self.locks[i] = self.locks[i + 1];
+            }
+        }
+        self.n = (n - 1) as u32;
+        Some((held.mode, now.saturating_sub(held.start_ns)))
+    }
+}
+
+/// Key of the hold times kept in the kernel: a tranche (by its name's address) and mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HoldKey {
+    pub name: u64,
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// Log2 slots of microseconds kept per hold key (up to 2^31 us: half an hour).
+pub const HOLD_SLOTS: usize = 32;
+
+/// Hold times of one tranche and mode since the tool attached, summed in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HoldStats {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub log2_us: [u64; HOLD_SLOTS],
+    /// The tranche's name, read when its first hold ended.
+    pub tranche: [u8; TRANCHE_CAP],
 }
 
 /// What the process was doing at the event (pgbpf_common_ebpf::query_string).
@@ -50,9 +159,22 @@ pub mod counter {
     pub const WAITING_FULL: u32 = 1;
     /// A wait ended whose start was not seen (it began before the tool attached).
     pub const DONE_WITHOUT_START: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// `--hold`: a lock taken while [`super::HELD_CAP`] were held: its hold is not timed.
+    pub const HELD_FULL: u32 = 3;
+    /// `--hold`: a release without an open hold of its tranche (taken before the tool
+    /// attached, or not timed).
+    pub const RELEASE_UNMATCHED: u32 = 4;
+    /// `--hold`: a thread's held locks could not be kept (HELD full).
+    pub const HOLDERS_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 #[cfg(feature = "user")]
 // SAFETY: #[repr(C)] plain data without implicit padding, every bit pattern valid.
 unsafe impl aya::Pod for WaitEvent {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for HoldKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for HoldStats {}
