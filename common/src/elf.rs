@@ -1,5 +1,15 @@
 //! ELF facts the probes need: symbol addresses (.symtab, .dynsym, or a separate debug file
 //! found by build-id or .gnu_debuglink), virtual address → file offset, build-id.
+//!
+//! Addresses to names (stacks) are blazesym's (`crate::stacks`). Names to addresses stay here,
+//! on the object crate's tables: blazesym's `Inspector` gives the same answers for postgres
+//! (checked: six names, the same address and size each) and is quicker for a batch (1.7 ms
+//! against 2.5 ms for six names), but it is not `Send` and builds its name index per instance,
+//! where the tools look names up one at a time, from more than one thread, during start-up.
+//! Also here because blazesym does not do them: the debug file's place under a container's
+//! root (`/proc/PID/root/usr/lib/debug/...`; blazesym searches the host's), file offsets of
+//! arbitrary addresses (USDT sites and semaphores), section bytes (the TLS wrappers'
+//! disassembly) and the build-id.
 
 use std::path::{Path, PathBuf};
 
