@@ -333,6 +333,26 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "wal_per_query",
+        tool: "wal_per_query",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -N (an UPDATE and an \
+                  INSERT per transaction, each writing WAL): wal_per_query -p POSTMASTER \
+                  attaches query__execute__start/done (two traps per statement, reading the \
+                  process's pgWalUsage at each) and wal__insert (a trap per WAL record), and \
+                  sends an event per statement that wrote WAL; the bpftrace script attaches the \
+                  same probes and counts executions and records per resource manager in the \
+                  kernel.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
+        workload: "-N",
+        events_field: "events",
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/wal_per_query.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "locks",
         tool: "locks",
         description: "PostgreSQL on the host, pgbench scale 1, the default TPC-B-like script \

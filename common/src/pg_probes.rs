@@ -58,8 +58,8 @@ pub struct Probes<'a> {
     pub map_sizes: &'a [(&'static str, u32)],
 }
 
-/// Slots of the COUNTERS map read for the report (every tool has fewer).
-const COUNTERS: usize = 8;
+/// Slots of the COUNTERS map read for the report: all of them.
+const COUNTERS: usize = 32; // pgbpf_common_ebpf::counters::SLOTS (a kernel-only module)
 
 /// What the kernel side of a probe tool could not count: its COUNTERS slots 0 (a record that
 /// did not fit in the ring buffer) and 1 (a wait whose start could not be kept), the same in

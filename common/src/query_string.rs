@@ -15,9 +15,10 @@ pub use pgbpf_common_ebpf::query_string::{NO_QUERY_STRING, QueryAddr};
 
 use crate::{elf::Symbols, loader::Loaded, tracefs};
 
-/// Of one binary: the vaddrs of debug_query_string and my_wait_event_info (0: none, before
-/// PostgreSQL 14) and of the first loadable segment; None: no debug_query_string.
-type BinaryFacts = Option<(u64, u64, u64)>;
+/// Of one binary: the vaddrs of debug_query_string, my_wait_event_info (0: none, before
+/// PostgreSQL 14) and pgWalUsage (0: none, before 13), and of the first loadable segment;
+/// None: no debug_query_string.
+type BinaryFacts = Option<(u64, u64, u64, u64)>;
 
 #[derive(Default)]
 pub struct QueryStringLocator {
@@ -39,16 +40,14 @@ impl QueryStringLocator {
             .by_binary
             .entry((dev, ino))
             .or_insert_with(|| binary_facts(Path::new(&exe), &format!("/proc/{pid}/root")));
-        let (statement, wait_event, first_vaddr) = facts?;
+        let (statement, wait_event, wal_usage, first_vaddr) = facts?;
         let maps = crate::procs::memory_maps(pid, false)?;
         let bias = load_bias(&maps, ino, first_vaddr)?;
+        let at = |vaddr: u64| if vaddr == 0 { 0 } else { bias + vaddr };
         Some(QueryAddr {
             statement: bias + statement,
-            wait_event: if wait_event == 0 {
-                0
-            } else {
-                bias + wait_event
-            },
+            wait_event: at(wait_event),
+            wal_usage: at(wal_usage),
         })
     }
 }
@@ -111,6 +110,7 @@ impl QueryAddrs {
             let none = QueryAddr {
                 statement: NO_QUERY_STRING,
                 wait_event: 0,
+                wal_usage: 0,
             };
             map.insert(&pid, &addr.unwrap_or(none), 0)
                 .with_context(|| format!("remembering where PID {pid} keeps its statement"))?;
@@ -183,11 +183,9 @@ impl IdleLabels {
 fn binary_facts(exe: &Path, root: &str) -> BinaryFacts {
     let symbols = Symbols::open(exe, Path::new(root)).ok()?;
     let vaddr = symbols.address("debug_query_string").ok()??;
-    let wait_event = symbols
-        .address("my_wait_event_info")
-        .ok()
-        .flatten()
-        .unwrap_or(0);
+    let optional = |name: &str| symbols.address(name).ok().flatten().unwrap_or(0);
+    let wait_event = optional("my_wait_event_info");
+    let wal_usage = optional("pgWalUsage");
     let first = symbols
         .binary
         .segments()
@@ -196,7 +194,7 @@ fn binary_facts(exe: &Path, root: &str) -> BinaryFacts {
         .map(|s| s.vaddr)
         .min()
         .unwrap_or(0);
-    Some((vaddr, wait_event, first))
+    Some((vaddr, wait_event, wal_usage, first))
 }
 
 /// Load bias of the binary with inode `ino` in a process's memory maps: where its mapping

@@ -25,6 +25,7 @@ const TOOLS: &[(&str, Main)] = &[
     ("redis_trace", run::<redis_trace::Args>),
     ("shmem", run::<shmem::Args>),
     ("spin_sema", run::<spin_sema::Args>),
+    ("wal_per_query", run::<wal_per_query::Args>),
 ];
 
 fn main() -> ExitCode {

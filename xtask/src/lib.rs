@@ -80,6 +80,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "wal_per_query",
+            command: wal_per_query::Args::command,
+            schema: Some(schema_of::<wal_per_query::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "cpu_wait",
             command: cpu_wait::Args::command,
             schema: Some(schema_of::<cpu_wait::records::Record>),

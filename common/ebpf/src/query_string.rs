@@ -16,6 +16,19 @@ pub struct QueryAddr {
     pub statement: u64,
     /// `my_wait_event_info` (`uint32 *`, PostgreSQL 14 on), or 0.
     pub wait_event: u64,
+    /// `pgWalUsage` (a `WalUsage`: WAL records, full-page images, bytes, each 8 bytes; 13 on),
+    /// or 0.
+    pub wal_usage: u64,
+}
+
+/// PostgreSQL's `WalUsage` (src/include/executor/instrument.h, 13 on): what the process has
+/// written to the WAL since it started.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct WalUsage {
+    pub records: u64,
+    pub fpi: u64,
+    pub bytes: u64,
 }
 
 #[cfg(feature = "user")]
@@ -141,6 +154,20 @@ mod kernel {
             },
             Err(_) => StatementRead::Unreadable,
         }
+    }
+
+    /// What process `tgid` (the current task's process) has written to the WAL so far (its
+    /// `pgWalUsage`); None when not located or before PostgreSQL 13.
+    #[inline(always)]
+    pub fn read_wal_usage(tgid: u32) -> Option<super::WalUsage> {
+        // SAFETY: plain lookup; the value is copied out.
+        let addr = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).map(|a| a.wal_usage)?;
+        if addr == 0 {
+            return None;
+        }
+        // SAFETY: reads the variable from the current process's memory; fails cleanly if
+        // unmapped.
+        unsafe { bpf_probe_read_user(addr as *const super::WalUsage) }.ok()
     }
 
     /// The wait event process `tgid` (the current task's process) has set: PostgreSQL's

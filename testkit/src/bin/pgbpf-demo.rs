@@ -79,6 +79,20 @@ fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "lwlocks exited with {status}");
 
     say(&format!(
+        "wal_per_query -p {postmaster} -d 6 --top 5   (WAL written per statement, backend type \
+         and resource manager)"
+    ));
+    let mut tool = Command::new("wal_per_query")
+        .args(["-p", &postmaster, "-d", "6", "--top", "5"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    pg.psql("checkpoint")?;
+    eprintln!("checkpoint, then pgbench -N -c 2 -T 4 (an UPDATE and an INSERT per transaction)");
+    pg.pgbench(&["-N", "-c", "2", "-j", "2", "-T", "4", "-n"])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "wal_per_query exited with {status}");
+
+    say(&format!(
         "spin_sema -p {postmaster} -d 6 --top 6   (semaphore sleeps, spinlock delays and futex \
          waits, per site and statement)"
     ));

@@ -3,16 +3,17 @@
 //! wait event it had then; being woken (sched_wakeup, sched_wakeup_new) marks it runnable;
 //! running again (sched_switch, as `next`) ends the stretch: one ring buffer event with the
 //! time asleep and the time on a run queue. sched_migrate_task counts moves between CPUs.
-//! Only tasks that left the CPU while they were the target have an entry, so the lookups on
-//! every context switch of the machine are one pid read and one hash miss.
+//! Only tasks that left the CPU while they were the target have an entry, keyed by the task's
+//! address (what every hook is given: no read of its pid), so the work on every context switch
+//! of the machine is the target check and one hash miss.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -52,12 +53,12 @@ struct Task {
     ready_ns: u64,
 }
 
-/// Traced tasks by tid, each deleted at its last switch (traced or not by then: the target
+/// Traced tasks by `task_struct` address, each deleted at its last switch (traced or not by then: the target
 /// filter forgets a process at its exit, before that switch). A plain hash map: when it is
 /// full a task is not remembered and that is counted (an LRU map would silently evict the
 /// longest sleepers, idle backends, and lose their next wait).
 #[map]
-static TASKS: HashMap<u32, Task> = HashMap::with_max_entries(4096, 0);
+static TASKS: HashMap<u64, Task> = HashMap::with_max_entries(4096, 0);
 
 /// A zeroed [`Task`] to insert from (too big for the stack); never written.
 #[map]
@@ -72,27 +73,22 @@ pub fn cpu_switch(ctx: RawTracePointContext) -> i32 {
         (*args as u8 != 0, *args.add(2), *args.add(3) as u32)
     };
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let prev = unsafe { bpf_get_current_task() };
     if prev_state & TASK_DEAD != 0 {
-        // A task's last switch: whatever it was, its entry goes (a pid reused later starts
-        // clean). Most tasks have none: the delete is a miss.
-        let _ = TASKS.remove(&(bpf_get_current_pid_tgid() as u32));
+        // A task's last switch: whatever it was, its entry goes (a task_struct reused later
+        // starts clean). Most tasks have none: the delete is a miss.
+        let _ = TASKS.remove(&prev);
     } else if current_is_target() {
-        left_cpu(&ctx, now, preempt, prev_state);
+        left_cpu(&ctx, prev, preempt, prev_state);
     }
-    if let Some(tid) = task_field(next, TASK_PID_OFFSET.load()) {
-        runs_again(now, tid);
-    }
+    runs_again(next);
     0
 }
 
 /// sched_wakeup(p): p is runnable again.
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
 pub fn cpu_wakeup(ctx: RawTracePointContext) -> i32 {
-    let Some(tid) = task_field(first_arg(&ctx), TASK_PID_OFFSET.load()) else {
-        return 0;
-    };
-    if let Some(t) = TASKS.get_ptr_mut(&tid) {
+    if let Some(t) = TASKS.get_ptr_mut(&first_arg(&ctx)) {
         // SAFETY: this task's entry. Its writers do not overlap: a wakeup runs after the task
         // left the CPU (the waker waits for that), its next switch-in after the wakeup.
         let t = unsafe { &mut *t };
@@ -118,7 +114,7 @@ pub fn cpu_wakeup_new(ctx: RawTracePointContext) -> i32 {
     ) else {
         return 0;
     };
-    let Some(t) = entry(tid) else {
+    let Some(t) = entry(p) else {
         return 0;
     };
     // SAFETY: helper without arguments.
@@ -140,10 +136,7 @@ pub fn cpu_wakeup_new(ctx: RawTracePointContext) -> i32 {
 /// sched_migrate_task(p, dest_cpu): p moves to another CPU.
 #[raw_tracepoint(tracepoint = "sched_migrate_task")]
 pub fn cpu_migrate(ctx: RawTracePointContext) -> i32 {
-    let Some(tid) = task_field(first_arg(&ctx), TASK_PID_OFFSET.load()) else {
-        return 0;
-    };
-    if let Some(t) = TASKS.get_ptr_mut(&tid) {
+    if let Some(t) = TASKS.get_ptr_mut(&first_arg(&ctx)) {
         // SAFETY: this task's entry; a lost increment under a race costs one migration.
         unsafe { (*t).event.migrations += 1 };
     }
@@ -152,12 +145,14 @@ pub fn cpu_migrate(ctx: RawTracePointContext) -> i32 {
 
 /// The current task leaves the CPU: remember when, why, and what it was running.
 #[inline(always)]
-fn left_cpu(ctx: &RawTracePointContext, now: u64, preempt: bool, prev_state: u32) {
+fn left_cpu(ctx: &RawTracePointContext, task: u64, preempt: bool, prev_state: u32) {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    let Some(t) = entry(tid) else {
+    let Some(t) = entry(task) else {
         return;
     };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     // Preempted: still runnable. (A sleep cut short by a pending signal also leaves the task
     // runnable; no wakeup follows, and that stretch is counted as WAKEUP_UNSEEN.)
     let state = if preempt { STATE_PREEMPTED } else { prev_state };
@@ -184,11 +179,11 @@ fn left_cpu(ctx: &RawTracePointContext, now: u64, preempt: bool, prev_state: u32
     e.kernel_stack = stacks::kernel_stack(ctx);
 }
 
-/// Task `tid` runs again: if it is traced and its stretch off the CPU was seen from the
+/// Task `task` runs again: if it is traced and its stretch off the CPU was seen from the
 /// start, send it.
 #[inline(always)]
-fn runs_again(now: u64, tid: u32) {
-    let Some(t) = TASKS.get_ptr_mut(&tid) else {
+fn runs_again(task: u64) {
+    let Some(t) = TASKS.get_ptr_mut(&task) else {
         return;
     };
     // SAFETY: this task's entry. Its writers do not overlap: a wakeup runs after the task
@@ -197,6 +192,8 @@ fn runs_again(now: u64, tid: u32) {
     if t.out_ns == 0 {
         return;
     }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
     let (out_ns, ready_ns) = (t.out_ns, t.ready_ns);
     t.out_ns = 0;
     t.ready_ns = 0;
@@ -222,21 +219,21 @@ fn send<T: 'static>(e: &RunEvent) {
     }
 }
 
-/// The entry of `tid`, made (zeroed) if it has none.
+/// The entry of `task`, made (zeroed) if it has none.
 #[inline(always)]
-fn entry(tid: u32) -> Option<&'static mut Task> {
-    if let Some(t) = TASKS.get_ptr_mut(&tid) {
+fn entry(task: u64) -> Option<&'static mut Task> {
+    if let Some(t) = TASKS.get_ptr_mut(&task) {
         // SAFETY: a map value lives as long as the program runs.
         return Some(unsafe { &mut *t });
     }
     let empty = EMPTY.get_ptr(0)?;
     // SAFETY: the zeroed value of this CPU's slot, read by the helper.
-    if TASKS.insert(&tid, unsafe { &*empty }, 0).is_err() {
+    if TASKS.insert(&task, unsafe { &*empty }, 0).is_err() {
         bump(counter::WAITING_FULL);
         return None;
     }
     // SAFETY: as above.
-    TASKS.get_ptr_mut(&tid).map(|t| unsafe { &mut *t })
+    TASKS.get_ptr_mut(&task).map(|t| unsafe { &mut *t })
 }
 
 /// The first argument of a raw tracepoint (a `struct task_struct *` for these).
