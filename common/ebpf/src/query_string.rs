@@ -157,11 +157,15 @@ mod kernel {
     }
 
     /// What process `tgid` (the current task's process) has written to the WAL so far (its
-    /// `pgWalUsage`); None when not located or before PostgreSQL 13.
+    /// `pgWalUsage`); None when not located (userspace is asked to locate it) or before
+    /// PostgreSQL 13.
     #[inline(always)]
     pub fn read_wal_usage(tgid: u32) -> Option<super::WalUsage> {
         // SAFETY: plain lookup; the value is copied out.
-        let addr = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).map(|a| a.wal_usage)?;
+        let Some(addr) = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).map(|a| a.wal_usage) else {
+            let _ = PGBPF_ADDR_WANTED.insert(&tgid, &1, 0);
+            return None;
+        };
         if addr == 0 {
             return None;
         }

@@ -117,3 +117,15 @@ pub fn usdt_arg(ctx: &ProbeContext, spec: &UsdtSpec, n: usize) -> Option<i64> {
         ((raw << shift) >> shift) as i64
     })
 }
+
+/// The user stack pointer at the probe: a frame called from inside another sits below it.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: the probe's saved registers, valid while the program runs.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.sp;
+    #[cfg(not(bpf_target_arch = "aarch64"))]
+    return regs.rsp;
+}

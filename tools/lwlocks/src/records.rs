@@ -87,6 +87,8 @@ pub struct HoldLost {
     pub release_unmatched: u64,
     /// Threads whose held locks could not be kept (the table of holders was full).
     pub holders_full: u64,
+    /// Holds of a tranche and mode met when the table of hold times was full.
+    pub holds_full: u64,
 }
 
 impl HoldLost {
@@ -96,6 +98,7 @@ impl HoldLost {
             held_full: at(counter::HELD_FULL),
             release_unmatched: at(counter::RELEASE_UNMATCHED),
             holders_full: at(counter::HOLDERS_FULL),
+            holds_full: at(counter::HOLDS_FULL),
         }
     }
 
@@ -103,8 +106,8 @@ impl HoldLost {
     pub fn line(&self) -> String {
         format!(
             "holds not timed: {} (too many held at once), {} releases without their \
-             acquisition, {} threads (too many holders)\n",
-            self.held_full, self.release_unmatched, self.holders_full
+             acquisition, {} threads (too many holders), {} (hold table full)\n",
+            self.held_full, self.release_unmatched, self.holders_full, self.holds_full
         )
     }
 }

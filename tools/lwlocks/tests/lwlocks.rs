@@ -161,7 +161,7 @@ fn check_stacks(records: &[serde_json::Value]) {
         ["wait", "tranche", "stack", "summary"],
         "record kinds"
     );
-    stacks::assert_stacks_cover(records, "tranche", "tranche", "waits");
+    stacks::assert_stacks_cover(records, "tranche", "tranche", "waits", &[]);
     let wal_write = stacks::frames(stacks::heaviest(records, "WALWrite"), "user_stack");
     stacks::assert_in_order(
         &wal_write,

@@ -71,6 +71,11 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// Whether only failed calls are printed (`--failures`).
+    pub fn failures_only(&self) -> bool {
+        self.failures_only
+    }
+
     pub fn new(failures_only: bool) -> Reporter {
         Reporter {
             failures_only,

@@ -54,6 +54,7 @@ struct Globals {
     pidns_dev: u64,
     pidns_ino: u64,
     fork_child_offset: u32,
+    stacks_of_failures: u32,
 }
 
 const OFFSET_NAMES: [&str; 11] = [
@@ -254,6 +255,7 @@ fn load(
     let mut g = Globals {
         page_bytes: system::page_size(),
         fork_child_offset: QueryAddrs::fork_child_offset()?,
+        stacks_of_failures: u32::from(args.failures),
         ..Default::default()
     };
     let offsets = match offsets.map(std::thread::JoinHandle::join) {
@@ -279,7 +281,8 @@ fn load(
         l.override_global("HAVE_OFFSETS", &g.have_offsets, true)
             .override_global("PAGE_BYTES", &g.page_bytes, true)
             .override_global("PIDNS_DEV", &g.pidns_dev, true)
-            .override_global("PIDNS_INO", &g.pidns_ino, true);
+            .override_global("PIDNS_INO", &g.pidns_ino, true)
+            .override_global("STACKS_OF_FAILURES", &g.stacks_of_failures, true);
         QueryAddrs::set_globals(l, &g.fork_child_offset);
         stacks::configure(l, if args.stack { stacks::mode::USER } else { 0 });
         for (name, value) in OFFSET_NAMES.iter().zip(&g.offsets) {
@@ -350,7 +353,9 @@ impl Trace for ShmTrace {
         let stacks = &mut p.stacks;
         loader::drain_records(&mut p.ring, |raw: &ShmEvent| {
             let mut e = event::decode(raw);
-            if let Some(stacks) = stacks.as_mut() {
+            // Symbolized when shown: with --failures, failed calls only.
+            let shown = !reporter.failures_only() || e.failed();
+            if let Some(stacks) = stacks.as_mut().filter(|_| shown) {
                 e.stack = stacks.user(raw.tgid, raw.user_stack);
                 reporter.stacks_lost = stacks.lost;
             }

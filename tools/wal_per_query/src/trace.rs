@@ -1,11 +1,14 @@
-//! wal_per_query's probes: PostgreSQL's query__execute__start/done, wal__insert, query__start
-//! and transaction__abort sites, attached and drained by `pgbpf_common::pg_probes` into the
+//! wal_per_query's probes: PostgreSQL's query__execute__start/done, wal__insert and
+//! transaction__abort sites, attached and drained by `pgbpf_common::pg_probes` into the
 //! report.
 
 use pgbpf_common::{
+    elf::Symbols,
     output::Output,
     pg_probes::{self, Probes},
+    postgres,
     runtime::Attached,
+    target::Target,
 };
 use wal_per_query_ebpf::probe;
 
@@ -15,6 +18,18 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wa
 
 /// Resolves the target, finds the probe sites, loads and attaches.
 pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    // Before PostgreSQL 13 there is no pgWalUsage to read: say so rather than count nothing.
+    let target = Target::resolve(&args.target, None)?;
+    let (binary, root) = postgres::binary_for_target(&target, args.postgres.as_deref())?;
+    if Symbols::open(&binary, &root)?
+        .address("pgWalUsage")?
+        .is_none()
+    {
+        anyhow::bail!(
+            "{} has no pgWalUsage (PostgreSQL 13 or later is needed)",
+            binary.display()
+        );
+    }
     let probes = Probes {
         tool: "wal_per_query",
         object: OBJECT,
@@ -23,7 +38,6 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
             ("query__execute__start", probe::EXECUTE_START),
             ("query__execute__done", probe::EXECUTE_DONE),
             ("wal__insert", probe::WAL_INSERT),
-            ("query__start", probe::QUERY_START),
             ("transaction__abort", probe::ABORT),
         ],
         what: "WAL written per statement",

@@ -21,10 +21,38 @@ fn pgbench_statements_wal_equals_pg_stat_statements() {
     let _lock = exclusive();
     let pg = Postgres::with_pgss_and_pgbench().unwrap();
     let pm = pg.postmaster_pid().unwrap().to_string();
+    pg.psql(
+        "create table wt (a int); create function f() returns void language plpgsql as \
+         $$ begin insert into wt select generate_series(1, 10); end $$",
+    )
+    .unwrap();
     // Full-page images too: the first change of each page after a checkpoint.
     pg.psql("checkpoint").unwrap();
     pg.psql("select pg_stat_statements_reset()").unwrap();
     let tool = Traced::start(BIN, &["-p", &pm, "--json"]).unwrap();
+    // A statement that fails (its execution never ends), then one that writes; a function's
+    // statements count in the statement that called it.
+    let script = "insert into wt values (1 / 0);\n\
+                  insert into wt select generate_series(1, 100);\n\
+                  select f();\n";
+    // One session, going on after the error (psql without ON_ERROR_STOP).
+    let mut psql = std::process::Command::new("psql")
+        .args(pg.conn_args())
+        .args(["-X", "-q", "-d", "postgres"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    psql.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = psql.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("division by zero"), "{stderr}");
     pg.pgbench(&["-N", "-n", "-c", "2", "-j", "2", "-t", "500"])
         .unwrap();
     let out = tool.stop().unwrap();
@@ -49,8 +77,10 @@ fn pgbench_statements_wal_equals_pg_stat_statements() {
         .collect();
     let theirs: Wal = pg
         .psql(
+            // Top-level statements: a function's own are counted in the statement that
+            // called it (the test server tracks nested statements apart too).
             "select query, wal_records, wal_fpi, wal_bytes from pg_stat_statements \
-             where wal_records > 0 and query not like '%pg_stat_statements%'",
+             where toplevel and wal_records > 0 and query not like '%pg_stat_statements%'",
         )
         .unwrap()
         .lines()
@@ -65,6 +95,11 @@ fn pgbench_statements_wal_equals_pg_stat_statements() {
         ours.keys().collect::<Vec<_>>(),
         theirs.keys().collect::<Vec<_>>(),
         "the statements that wrote WAL"
+    );
+    assert_eq!(ours["select f()"].0, 10, "the function's ten inserts");
+    assert_eq!(
+        ours["insert into wt select generate_series($1, $2)"].0, 100,
+        "counted after the failed statement"
     );
     for (q, (records, fpi, bytes)) in &ours {
         let (r, f, b) = theirs[q];

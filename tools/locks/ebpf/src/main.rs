@@ -101,11 +101,12 @@ fn send(ctx: &ProbeContext, spec: &UsdtSpec, kind: u8, start_ns: u64, duration_n
     e.field4 = arg(3) as u32;
     e.locktag_type = arg(4) as u8;
     e.mode = arg(5) as u32;
-    // A wait's stack when it ends (the same as at its start: inside WaitOnLock).
-    e.user_stack = if kind == kind::WAIT_START {
-        stacks::NONE
-    } else {
+    // A wait's stack when it ends (the same as at its start: inside WaitOnLock); the report
+    // has no use for the others'.
+    e.user_stack = if kind == kind::WAIT_DONE {
         stacks::user_stack(ctx)
+    } else {
+        stacks::NONE
     };
     e.query[0] = 0;
     (e.statement, e.query_len, e.truncated) = read_statement(e.tgid, &mut e.query).fields();

@@ -166,7 +166,9 @@ pub mod counter {
     pub const RELEASE_UNMATCHED: u32 = 4;
     /// `--hold`: a thread's held locks could not be kept (HELD full).
     pub const HOLDERS_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// `--hold`: a hold of a tranche and mode not in HOLDS when it was full: not counted.
+    pub const HOLDS_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 #[cfg(feature = "user")]

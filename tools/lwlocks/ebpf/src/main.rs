@@ -163,6 +163,10 @@ fn add_hold(name: u64, mode: u32, ns: u64) {
             if ns > (*s).max_ns {
                 (*s).max_ns = ns;
             }
+            // The name could not be read at the first hold (its page not in memory then).
+            if (*s).tranche[0] == 0 && name != 0 {
+                let _ = bpf_probe_read_user_str_bytes(name as *const u8, &mut (*s).tranche);
+            }
         }
         return;
     }
@@ -182,7 +186,12 @@ fn add_hold(name: u64, mode: u32, ns: u64) {
         let _ = unsafe { bpf_probe_read_user_str_bytes(name as *const u8, &mut new.tranche) };
     }
     // Another CPU may have made it meanwhile: that first hold is then not counted.
-    let _ = HOLDS.insert(&key, new, aya_ebpf::bindings::BPF_NOEXIST as u64);
+    // -17: EEXIST, the other CPU's entry.
+    if let Err(e) = HOLDS.insert(&key, new, aya_ebpf::bindings::BPF_NOEXIST as u64)
+        && e != -17
+    {
+        bump(counter::HOLDS_FULL);
+    }
 }
 
 /// Sends the ended wait with its tranche name and the process's statement.

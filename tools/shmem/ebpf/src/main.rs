@@ -69,6 +69,9 @@ static OFF_TASK_MM: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 static OFF_MM_ARG_START: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 #[unsafe(no_mangle)]
 static PAGE_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(4096);
+/// 1 with --failures: stacks (--stack) are taken for failed calls only.
+#[unsafe(no_mangle)]
+static STACKS_OF_FAILURES: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// The target's pid namespace (st_dev, st_ino of /proc/PID/ns/pid); 0 = not asked.
 #[unsafe(no_mangle)]
 static PIDNS_DEV: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
@@ -228,7 +231,11 @@ fn finish(ctx: &TracePointContext, kind: u8) {
     parked.ret = rc;
     // The caller's stack, as strace -k shows it (the same at the syscall's exit as at its
     // entry).
-    parked.user_stack = stacks::user_stack(ctx);
+    parked.user_stack = if rc >= 0 && STACKS_OF_FAILURES.load() != 0 {
+        stacks::NONE
+    } else {
+        stacks::user_stack(ctx)
+    };
     // SAFETY: helper without arguments.
     parked.duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(parked.ts_ns);
     if (kind == kind::OPEN || kind == kind::MEMFD_CREATE) && rc >= 0 {
@@ -561,7 +568,9 @@ fn pg_function(ctx: &ProbeContext, kind: u8) {
     };
     e.size = ctx.arg::<u64>(0).unwrap_or(0);
     e.arg = ctx.arg::<u64>(1).unwrap_or(0);
-    e.user_stack = stacks::user_stack(ctx);
+    if STACKS_OF_FAILURES.load() == 0 {
+        e.user_stack = stacks::user_stack(ctx);
+    }
     describe_process(e);
     send(e);
 }

@@ -16,10 +16,8 @@ pub mod probe {
     pub const EXECUTE_DONE: u32 = 2;
     /// wal__insert(rmid, info): a WAL record is inserted.
     pub const WAL_INSERT: u32 = 3;
-    /// query__start: a new query string arrives (simple protocol): whatever was open ended.
-    pub const QUERY_START: u32 = 4;
-    /// transaction__abort: an error ended the transaction and any statement in it.
-    pub const ABORT: u32 = 5;
+    /// transaction__abort: an error ended the transaction and any execution in it.
+    pub const ABORT: u32 = 4;
 }
 
 /// What the process was doing at the event (pgbpf_common_ebpf::query_string).

@@ -4,7 +4,11 @@
 //! own `pgWalUsage` (records, full-page images, bytes it has written to the WAL) is read from
 //! its memory; a statement that wrote WAL is one ring buffer event with the difference, its
 //! records per resource manager and its text. Records outside any statement (commits, vacuum,
-//! checkpoints) are counted per resource manager in COUNTERS.
+//! checkpoints) are counted per resource manager in COUNTERS. An execution an error ended
+//! (its done probe never fires) is forgotten when its transaction aborts
+//! (transaction__abort), or at the next start found at or above its stack pointer (a nested
+//! execution runs below its caller's; an error caught in a subtransaction aborts no
+//! transaction).
 #![no_std]
 #![no_main]
 
@@ -19,7 +23,7 @@ use pgbpf_common_ebpf::{
     query_string::{WalUsage, read_statement, read_wal_usage},
     ring,
     target::current_is_target,
-    usdt::{usdt_arg, usdt_spec},
+    usdt::{stack_pointer, usdt_arg, usdt_spec},
 };
 use wal_per_query_ebpf::{RMGR_SLOTS, WalEvent, counter, probe};
 
@@ -37,6 +41,9 @@ struct Running {
     depth: u32,
     /// 1 when `start` was read.
     located: u32,
+    /// The outermost execution's stack pointer: a later start at or above it is a new
+    /// statement (the previous one ended in an error, past its done probe), not a nested one.
+    sp: u64,
     start_ns: u64,
     start: WalUsage,
     rmgr_records: [u32; RMGR_SLOTS],
@@ -71,7 +78,12 @@ pub fn wal_probe(ctx: ProbeContext) -> u32 {
                 bump(counter::RUNNING_FULL);
                 return 0;
             };
+            let sp = stack_pointer(&ctx);
+            if r.depth > 0 && sp >= r.sp {
+                forget(r);
+            }
             if r.depth == 0 {
+                r.sp = sp;
                 match read_wal_usage(tgid) {
                     Some(w) => {
                         r.start = w;
@@ -118,17 +130,32 @@ pub fn wal_probe(ctx: ProbeContext) -> u32 {
                 bump(counter::RMGR_OUTSIDE + slot as u32);
             }
         }
-        // A new query string, or an error that ended the transaction: any execution still
-        // open ended without its done probe (an error jumps past it).
-        probe::QUERY_START | probe::ABORT => {
+        probe::ABORT => {
             if let Some(r) = RUNNING.get_ptr_mut(&tid) {
                 // SAFETY: as above.
-                unsafe { (*r).depth = 0 };
+                forget(unsafe { &mut *r });
             }
         }
         _ => {}
     }
     0
+}
+
+/// An execution an error ended (its done probe never fired): not counted, as in
+/// pg_stat_statements; the records it wrote count as outside statements.
+#[inline(always)]
+fn forget(r: &mut Running) {
+    if r.depth == 0 {
+        return;
+    }
+    r.depth = 0;
+    for slot in 0..RMGR_SLOTS {
+        let n = r.rmgr_records[slot];
+        if n != 0 {
+            pgbpf_common_ebpf::counters::add(counter::RMGR_OUTSIDE + slot as u32, u64::from(n));
+        }
+    }
+    r.rmgr_records = [0; RMGR_SLOTS];
 }
 
 /// The outermost execution ended: send what it wrote, if anything.
