@@ -307,22 +307,18 @@ fn base_name(p: &Path) -> String {
         .unwrap_or_else(|| p.to_string_lossy().into_owned())
 }
 
-/// A live process whose executable mappings cover all of `addrs`: a PostgreSQL postmaster
-/// whose children (forked, never exec'd) share its layout. Under address-space randomization
-/// another instance's layout does not cover a stack of this one's.
+/// A live process whose executable mappings cover all of `addrs`: another process of the same
+/// PostgreSQL instance (its postmaster's children are forked, never exec'd, and share its
+/// layout). Under address-space randomization another instance's layout does not cover a
+/// stack of this one's.
 fn stand_in(addrs: &[u64]) -> Option<u32> {
     crate::procs::all_pids().into_iter().find(|&pid| {
-        crate::procs::comm_of(pid).as_deref() == Some("postgres")
-            && crate::procs::parent_of(pid)
-                .and_then(crate::procs::comm_of)
-                .as_deref()
-                != Some("postgres")
-            && {
-                let maps = mappings(pid);
-                addrs
-                    .iter()
-                    .all(|&a| maps.iter().any(|m| (m.0..m.1).contains(&a)))
-            }
+        crate::procs::comm_of(pid).as_deref() == Some("postgres") && {
+            let maps = mappings(pid);
+            addrs
+                .iter()
+                .all(|&a| maps.iter().any(|m| (m.0..m.1).contains(&a)))
+        }
     })
 }
 

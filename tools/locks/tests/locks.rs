@@ -42,8 +42,10 @@ fn a_row_lock_wait_is_timed_and_named_as_pg_locks_shows_it() {
     let mut holder = pg.session().unwrap();
     holder.run("begin").unwrap();
     holder.run(UPDATE_1).unwrap();
+    // The waiter's backend lives on until the tools have stopped (its stack is read then).
+    let mut waiting = pg.session().unwrap();
     let (waiter, xid, seen, released) = std::thread::scope(|s| {
-        let blocked = s.spawn(|| pg.psql(UPDATE_1));
+        let blocked = s.spawn(|| waiting.run(UPDATE_1));
         // The waiter as pg_locks shows it: a ShareLock on the holder's transaction id.
         let deadline = Instant::now() + Duration::from_secs(10);
         let (waiter, xid, seen) = loop {

@@ -175,7 +175,13 @@ fn left_cpu(ctx: &RawTracePointContext, task: u64, preempt: bool, prev_state: u3
     (e.statement, e.query_len, e.truncated) = read_statement(tgid, &mut e.query).fields();
     // Where it left the CPU: the kernel's path into the scheduler (the why) and the user
     // code that made the call.
-    e.user_stack = stacks::user_stack(ctx);
+    // A preempted task's user stack is wherever its code was (a CPU profile's sample, a new
+    // stack nearly every time, which would fill the map): its kernel stack says enough.
+    e.user_stack = if state == STATE_PREEMPTED {
+        stacks::NONE
+    } else {
+        stacks::user_stack(ctx)
+    };
     e.kernel_stack = stacks::kernel_stack(ctx);
 }
 
