@@ -56,6 +56,22 @@ pub struct Probes<'a> {
     pub stacks: u32,
     /// Maps sized at load (those of options not given: one entry).
     pub map_sizes: &'a [(&'static str, u32)],
+    /// Variables or functions the binary must export, with what is missing without them
+    /// ("pgWalUsage", "PostgreSQL 13 or later is needed").
+    pub required_symbols: &'a [(&'static str, &'static str)],
+}
+
+/// Hands the stack map to `report` when stacks were asked for (`mode` bits, as given to
+/// [`stacks::configure`] at load).
+pub fn hand_stacks<R: ProbeReport>(
+    report: &mut R,
+    loaded: &mut Loaded,
+    mode: u32,
+) -> anyhow::Result<()> {
+    if mode != 0 {
+        report.take_stacks(Stacks::take(loaded)?);
+    }
+    Ok(())
 }
 
 /// Slots of the COUNTERS map read for the report: all of them.
@@ -107,7 +123,15 @@ pub fn start<'a, R: ProbeReport>(
     mut report: R,
 ) -> anyhow::Result<Option<Attached<'a>>> {
     let mut target = Target::resolve(target_args, None)?;
-    let (binary, _root) = postgres::binary_for_target(&target, postgres_path)?;
+    let (binary, root) = postgres::binary_for_target(&target, postgres_path)?;
+    if !p.required_symbols.is_empty() {
+        let symbols = crate::elf::Symbols::open(&binary, &root)?;
+        for (name, needed) in p.required_symbols {
+            if symbols.address(name)?.is_none() {
+                anyhow::bail!("{} has no {name} ({needed})", binary.display());
+            }
+        }
+    }
     for &pid in &target.tgids {
         postgres::postgres_binary_of_pid(pid)?;
     }
@@ -124,9 +148,7 @@ pub fn start<'a, R: ProbeReport>(
             l.map_max_entries(map, *entries);
         }
     })?;
-    if p.stacks != 0 {
-        report.take_stacks(Stacks::take(&mut loaded)?);
-    }
+    hand_stacks(&mut report, &mut loaded, p.stacks)?;
     report.take_maps(&mut loaded)?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;

@@ -3,14 +3,8 @@
 //! BTF; records drained by `pgbpf_common::pg_probes::record_trace` into the report.
 
 use pgbpf_common::{
-    kernel_btf::KernelTypes,
-    loader,
-    output::Output,
-    pg_probes,
-    query_string::QueryAddrs,
-    runtime::Attached,
-    stacks::{self, Stacks},
-    target::Target,
+    kernel_btf::KernelTypes, loader, output::Output, pg_probes, query_string::QueryAddrs,
+    runtime::Attached, stacks, target::Target,
 };
 
 use crate::{Args, report::Reporter};
@@ -46,13 +40,10 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         QueryAddrs::set_globals(l, &fork_child_offset);
         l.override_global("TASK_PID_OFFSET", &pid_offset, true)
             .override_global("TASK_TGID_OFFSET", &tgid_offset, true);
-        let mode = stacks::mode::USER | stacks::mode::KERNEL;
-        stacks::configure(l, if args.stack { mode } else { 0 });
+        stacks::configure(l, stack_mode(args));
     })?;
     let mut report = Reporter::new(args);
-    if args.stack {
-        pg_probes::ProbeReport::take_stacks(&mut report, Stacks::take(&mut loaded)?);
-    }
+    pg_probes::hand_stacks(&mut report, &mut loaded, stack_mode(args))?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     let (query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
@@ -67,4 +58,13 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         watch: target.roots(),
         trace: pg_probes::record_trace(loaded, ring, query_addrs, report),
     }))
+}
+
+/// The stacks `--stack` takes: the kernel's path into the scheduler and the user code.
+fn stack_mode(args: &Args) -> u32 {
+    if args.stack {
+        stacks::mode::USER | stacks::mode::KERNEL
+    } else {
+        0
+    }
 }

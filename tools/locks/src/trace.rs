@@ -29,6 +29,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         what: "lock waits",
         stacks: if args.stack { stacks::mode::USER } else { 0 },
         map_sizes: &[],
+        required_symbols: &[],
     };
     // Connect first: a wrong --dsn is an error before anything is attached.
     let names = args

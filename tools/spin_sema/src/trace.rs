@@ -6,14 +6,8 @@
 use anyhow::Context as _;
 use aya::programs::uprobe::UProbeAttachLocation;
 use pgbpf_common::{
-    elf::Symbols,
-    loader,
-    output::Output,
-    pg_probes, postgres,
-    query_string::QueryAddrs,
-    runtime::Attached,
-    stacks::{self, Stacks},
-    target::Target,
+    elf::Symbols, loader, output::Output, pg_probes, postgres, query_string::QueryAddrs,
+    runtime::Attached, stacks, target::Target,
 };
 
 use crate::{Args, report::Reporter};
@@ -48,12 +42,10 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
     let mut loaded = loader::load("spin_sema", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
         QueryAddrs::set_globals(l, &fork_child_offset);
-        stacks::configure(l, if args.stack { stacks::mode::USER } else { 0 });
+        stacks::configure(l, stack_mode(args));
     })?;
     let mut report = Reporter::new(args);
-    if args.stack {
-        pg_probes::ProbeReport::take_stacks(&mut report, Stacks::take(&mut loaded)?);
-    }
+    pg_probes::hand_stacks(&mut report, &mut loaded, stack_mode(args))?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     let (query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
@@ -82,4 +74,9 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         watch: target.roots(),
         trace: pg_probes::record_trace(loaded, ring, query_addrs, report),
     }))
+}
+
+/// The stacks `--stack` takes: the waiters' user stacks.
+fn stack_mode(args: &Args) -> u32 {
+    if args.stack { stacks::mode::USER } else { 0 }
 }

@@ -3,12 +3,9 @@
 //! report.
 
 use pgbpf_common::{
-    elf::Symbols,
     output::Output,
     pg_probes::{self, Probes},
-    postgres,
     runtime::Attached,
-    target::Target,
 };
 use wal_per_query_ebpf::probe;
 
@@ -18,18 +15,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wa
 
 /// Resolves the target, finds the probe sites, loads and attaches.
 pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
-    // Before PostgreSQL 13 there is no pgWalUsage to read: say so rather than count nothing.
-    let target = Target::resolve(&args.target, None)?;
-    let (binary, root) = postgres::binary_for_target(&target, args.postgres.as_deref())?;
-    if Symbols::open(&binary, &root)?
-        .address("pgWalUsage")?
-        .is_none()
-    {
-        anyhow::bail!(
-            "{} has no pgWalUsage (PostgreSQL 13 or later is needed)",
-            binary.display()
-        );
-    }
     let probes = Probes {
         tool: "wal_per_query",
         object: OBJECT,
@@ -43,6 +28,8 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         what: "WAL written per statement",
         stacks: 0,
         map_sizes: &[],
+        // Before PostgreSQL 13 there is no pgWalUsage to read: say so rather than count nothing.
+        required_symbols: &[("pgWalUsage", "PostgreSQL 13 or later is needed")],
     };
     pg_probes::start(
         &probes,
