@@ -353,6 +353,44 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "working_set",
+        tool: "working_set",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (an index lookup per \
+                  transaction: some four buffer accesses): working_set -p POSTMASTER attaches \
+                  buffer__read__done (a trap per buffer access) and adds each access to its \
+                  block's and its relation's counts in kernel hash maps; the bpftrace script \
+                  attaches the same probe and counts per block and per relation in its maps.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
+        workload: "-S",
+        events_field: "accesses",
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/working_set.bt")),
+        extra: None,
+    },
+    Scenario {
+        name: "working_set_sample",
+        tool: "working_set",
+        description: "As working_set, with --sample 10: the program counts one access in ten \
+                  per CPU and returns at once for the others (the trap remains); the bpftrace \
+                  script counts every access.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
+        workload: "-S",
+        events_field: "accesses",
+        tool_args: |s| {
+            let mut args = postmaster_args(s)?;
+            args.extend(["--sample".into(), "10".into()]);
+            Ok(args)
+        },
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/working_set.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "locks",
         tool: "locks",
         description: "PostgreSQL on the host, pgbench scale 1, the default TPC-B-like script \

@@ -7,6 +7,7 @@
 //! - [`output`]: where data goes (stdout, buffered), sizes, durations, log2 histograms, tables, timestamps.
 //! - [`kernel_btf`]: offsets of kernel struct members, from the running kernel's BTF.
 //! - [`elf`]: symbols (also from separate debug files), file offsets, build-ids.
+//! - [`globals`]: a PostgreSQL process's global variables, read from its memory.
 //! - [`periods`]: a report's interval and whole-run figures, and their clock.
 //! - [`perf`]: uprobe perf events with semaphores and BPF links with cookies (for USDT).
 //! - [`usdt`]: USDT notes, semaphores and argument specs.
@@ -26,6 +27,7 @@
 pub mod cgroup;
 pub mod cli;
 pub mod elf;
+pub mod globals;
 pub mod kernel_btf;
 pub mod latency;
 pub mod loader;

@@ -39,6 +39,8 @@ pub trait ProbeReport: Send + 'static {
     fn take_maps(&mut self, _loaded: &mut Loaded) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Once at attach: the target's processes at that moment.
+    fn processes(&mut self, _pids: &[u32]) {}
 }
 
 /// A tool's probes: which, and with which program.
@@ -56,6 +58,8 @@ pub struct Probes<'a> {
     pub stacks: u32,
     /// Maps sized at load (those of options not given: one entry).
     pub map_sizes: &'a [(&'static str, u32)],
+    /// The tool's own globals set at load (working_set's sampling period).
+    pub globals: &'a [(&'static str, u32)],
     /// Variables or functions the binary must export, with what is missing without them
     /// ("pgWalUsage", "PostgreSQL 13 or later is needed").
     pub required_symbols: &'a [(&'static str, &'static str)],
@@ -147,13 +151,18 @@ pub fn start<'a, R: ProbeReport>(
         for (map, entries) in p.map_sizes {
             l.map_max_entries(map, *entries);
         }
+        for (name, value) in p.globals {
+            l.override_global(name, value, true);
+        }
     })?;
     hand_stacks(&mut report, &mut loaded, p.stacks)?;
     report.take_maps(&mut loaded)?;
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     // Statements are read at each event from the process's debug_query_string.
-    let (query_addrs, located) = QueryAddrs::start(&mut loaded, &target.processes_now())?;
+    let processes = target.processes_now();
+    let (query_addrs, located) = QueryAddrs::start(&mut loaded, &processes)?;
+    report.processes(&processes);
     for (site, id) in &sites {
         loaded.attach_usdt(p.program, &binary, site, *id)?;
     }

@@ -26,6 +26,7 @@ const TOOLS: &[(&str, Main)] = &[
     ("shmem", run::<shmem::Args>),
     ("spin_sema", run::<spin_sema::Args>),
     ("wal_per_query", run::<wal_per_query::Args>),
+    ("working_set", run::<working_set::Args>),
 ];
 
 fn main() -> ExitCode {

@@ -86,6 +86,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "working_set",
+            command: working_set::Args::command,
+            schema: Some(schema_of::<working_set::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "cpu_wait",
             command: cpu_wait::Args::command,
             schema: Some(schema_of::<cpu_wait::records::Record>),

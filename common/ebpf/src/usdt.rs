@@ -13,8 +13,9 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-/// Most arguments a spec describes (SystemTap allows 12; PostgreSQL uses at most 6).
-pub const USDT_MAX_ARGS: usize = 6;
+/// Most arguments a spec describes (SystemTap allows 12; PostgreSQL uses at most 8:
+/// buffer__read__done).
+pub const USDT_MAX_ARGS: usize = 8;
 /// Probe sites one object can attach with distinct specs.
 pub const USDT_MAX_SPECS: u32 = 256;
 
@@ -116,6 +117,42 @@ pub fn usdt_arg(ctx: &ProbeContext, spec: &UsdtSpec, n: usize) -> Option<i64> {
     } else {
         ((raw << shift) >> shift) as i64
     })
+}
+
+/// Arguments `first..first + N` of the site that fired, as 32-bit values (0 for one that
+/// cannot be read). Where they are consecutive 4-byte fields in memory, the members of a
+/// struct the probe passes one by one (buffer__read__done's RelFileNode), one read fetches
+/// them all instead of one read each.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub fn usdt_args_u32<const N: usize>(
+    ctx: &ProbeContext,
+    spec: &UsdtSpec,
+    first: usize,
+) -> [u32; N] {
+    if first + N <= USDT_MAX_ARGS && (first + N) as u32 <= spec.arg_count {
+        let base = &spec.args[first];
+        let mut contiguous = true;
+        for i in 0..N {
+            let a = &spec.args[first + i];
+            contiguous &= a.kind == ARG_REG_DEREF
+                && a.size == 4
+                && a.reg_off == base.reg_off
+                && a.value == base.value + 4 * i as i64;
+        }
+        if contiguous && let Some(at) = reg(ctx, base.reg_off) {
+            let addr = at.wrapping_add(base.value as u64) as *const [u32; N];
+            // SAFETY: a user-space read the kernel checks; fails cleanly on a bad address.
+            if let Ok(v) = unsafe { bpf_probe_read_user(addr) } {
+                return v;
+            }
+        }
+    }
+    let mut v = [0u32; N];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = usdt_arg(ctx, spec, first + i).unwrap_or(0) as u32;
+    }
+    v
 }
 
 /// The user stack pointer at the probe: a frame called from inside another sits below it.

@@ -92,6 +92,24 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "wal_per_query exited with {status}");
 
+    let conn = pg.conn_args();
+    let dsn = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        conn[1], conn[3]
+    );
+    say(&format!(
+        "working_set -p {postmaster} --dsn '{dsn}' -d 6 --top 6   (how much of the buffer pool \
+         the workload touches, how often, per relation)"
+    ));
+    let mut tool = Command::new("working_set")
+        .args(["-p", &postmaster, "--dsn", &dsn, "-d", "6", "--top", "6"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -S -c 2 -T 4 (an account looked up by its key per transaction)");
+    pg.pgbench(&["-S", "-c", "2", "-j", "2", "-T", "4", "-n"])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "working_set exited with {status}");
+
     say(&format!(
         "spin_sema -p {postmaster} -d 6 --top 6   (semaphore sleeps, spinlock delays and futex \
          waits, per site and statement)"
@@ -105,11 +123,6 @@ fn demo() -> anyhow::Result<()> {
     let status = tool.wait()?;
     anyhow::ensure!(status.success(), "spin_sema exited with {status}");
 
-    let conn = pg.conn_args();
-    let dsn = format!(
-        "host={} port={} user=postgres dbname=postgres",
-        conn[1], conn[3]
-    );
     say(&format!(
         "locks -p {postmaster} --each --dsn '{dsn}' -d 6   (heavyweight lock waits as they \
          end, relations by name, and a deadlock)"

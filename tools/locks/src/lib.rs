@@ -9,7 +9,6 @@
 //! - [`records`]: the NDJSON records (docs/schema/locks.json).
 
 pub mod lock;
-pub mod names;
 pub mod records;
 pub mod report;
 pub mod trace;

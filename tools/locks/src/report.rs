@@ -15,10 +15,10 @@ use pgbpf_common::{
     records::{self, Scope},
     stacks::{StackWaits, Stacks},
 };
+use pgbpf_pgclient::names::RelationNames;
 
 use crate::{
     Args, lock,
-    names::RelationNames,
     records::{Deadlock, LockWait, Record, Totals, Wait, Waiter},
 };
 
@@ -86,7 +86,7 @@ impl Reporter {
     /// the connection's database.
     fn relation_name(&mut self, e: &LockEvent) -> Option<String> {
         let (db, rel) = lock::relation(e)?;
-        self.names.as_mut()?.name(db, rel)
+        self.names.as_mut()?.name(0, db, rel)
     }
 
     /// A wait ended: counted, and printed with `--each`.
@@ -271,7 +271,7 @@ impl ProbeReport for Reporter {
                     |(db, rel)| {
                         names
                             .as_mut()
-                            .and_then(|n| n.name(db, rel))
+                            .and_then(|n| n.name(0, db, rel))
                             .unwrap_or_else(|| format!("{db}/{rel}"))
                     },
                 ),
@@ -311,7 +311,7 @@ fn json_report(
             relation: k.relation.map(|(_, rel)| rel),
             relation_name: k
                 .relation
-                .and_then(|(db, rel)| names.as_mut()?.name(db, rel)),
+                .and_then(|(db, rel)| names.as_mut()?.name(0, db, rel)),
             mode: k.mode,
             backend_type: &k.backend,
             query: &k.query,

@@ -9,9 +9,8 @@ use pgbpf_common::{
     stacks,
 };
 
-use anyhow::Context as _;
-
-use crate::{Args, names::RelationNames, report::Reporter};
+use crate::{Args, report::Reporter};
+use pgbpf_pgclient::names::{RelationId, RelationNames};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/locks"));
 
@@ -29,15 +28,10 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         what: "lock waits",
         stacks: if args.stack { stacks::mode::USER } else { 0 },
         map_sizes: &[],
+        globals: &[],
         required_symbols: &[],
     };
-    // Connect first: a wrong --dsn is an error before anything is attached.
-    let names = args
-        .dsn
-        .as_deref()
-        .map(RelationNames::open)
-        .transpose()
-        .context("--dsn")?;
+    let names = RelationNames::for_dsn(args.dsn.as_deref(), "locks", RelationId::Oid)?;
     pg_probes::start(
         &probes,
         &args.target,

@@ -44,6 +44,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         },
         stacks: if args.stack { stacks::mode::USER } else { 0 },
         map_sizes: &unused,
+        globals: &[],
         required_symbols: &[],
     };
     pg_probes::start(
