@@ -371,6 +371,26 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "write_per_type",
+        tool: "write_per_type",
+        description: "PostgreSQL on the host with fsync on, pgbench scale 10, pgbench -N (each \
+                  commit writes and fdatasyncs the WAL; the checkpointer and background writer \
+                  write relation data): write_per_type -p POSTMASTER attaches the openat, close, \
+                  write/pwrite64/writev/pwritev/pwritev2 and fsync/fdatasync tracepoints and sums \
+                  bytes and sync time per open file in a kernel hash map, an event per open; the \
+                  bpftrace script attaches the same tracepoints and sums per process and \
+                  descriptor, keeping each open's path.",
+        server: Setup::Postgres {
+            pg: fsync_on,
+            scale: 10,
+        },
+        workload: "-N",
+        events_field: "writes",
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/write_per_type.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "working_set_sample",
         tool: "working_set",
         description: "As working_set, with --sample 10: the program counts one access in ten \

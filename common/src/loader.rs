@@ -624,11 +624,15 @@ impl Loaded {
         &mut self,
         name: &str,
     ) -> anyhow::Result<aya::maps::RingBuf<aya::maps::MapData>> {
-        let map = self
-            .ebpf
+        Ok(aya::maps::RingBuf::try_from(self.take_map(name)?)?)
+    }
+
+    /// The map `name`, taken out of the object for a report that reads it itself (a hash
+    /// map summed in the kernel): `HashMap::try_from(loaded.take_map("BLOCKS")?)?`.
+    pub fn take_map(&mut self, name: &str) -> anyhow::Result<aya::maps::Map> {
+        self.ebpf
             .take_map(name)
-            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))?;
-        Ok(aya::maps::RingBuf::try_from(map)?)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
     }
 
     /// Time from the start of `load` until now (call it once everything is attached).

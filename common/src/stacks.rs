@@ -12,7 +12,7 @@ use std::{
     sync::{Arc, mpsc},
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use aya::maps::{MapData, StackTraceMap};
 use blazesym::symbolize::{
     Symbolized, Symbolizer,
@@ -104,10 +104,7 @@ pub struct Stacks {
 impl Stacks {
     /// Takes the stack map out of `loaded` (configured with [`configure`]).
     pub fn take(loaded: &mut Loaded) -> anyhow::Result<Stacks> {
-        let map = loaded
-            .ebpf
-            .take_map(pgbpf_common_ebpf::stacks::MAP)
-            .ok_or_else(|| anyhow!("the eBPF object has no stack map"))?;
+        let map = loaded.take_map(pgbpf_common_ebpf::stacks::MAP)?;
         Ok(Stacks {
             map: StackTraceMap::try_from(map).context("the stack map")?,
             symbolizer: SymbolizerThread::default(),

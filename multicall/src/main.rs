@@ -27,6 +27,7 @@ const TOOLS: &[(&str, Main)] = &[
     ("spin_sema", run::<spin_sema::Args>),
     ("wal_per_query", run::<wal_per_query::Args>),
     ("working_set", run::<working_set::Args>),
+    ("write_per_type", run::<write_per_type::Args>),
 ];
 
 fn main() -> ExitCode {

@@ -92,6 +92,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "write_per_type",
+            command: write_per_type::Args::command,
+            schema: Some(schema_of::<write_per_type::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "cpu_wait",
             command: cpu_wait::Args::command,
             schema: Some(schema_of::<cpu_wait::records::Record>),

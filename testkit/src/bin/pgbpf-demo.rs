@@ -111,6 +111,24 @@ fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "working_set exited with {status}");
 
     say(&format!(
+        "write_per_type -p {postmaster} -d 6   (bytes written per backend type and kind of file, \
+         fsyncs and their latency)"
+    ));
+    let mut tool = Command::new("write_per_type")
+        .args(["-p", &postmaster, "-d", "6"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -N -c 2 -T 3, a checkpoint, a sort spilling to temp files");
+    pg.pgbench(&["-N", "-c", "2", "-j", "2", "-T", "3", "-n"])?;
+    pg.psql("checkpoint")?;
+    pg.psql(
+        "set work_mem = '1MB'; select count(*) from (select * from pgbench_accounts \
+         order by filler desc) s",
+    )?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "write_per_type exited with {status}");
+
+    say(&format!(
         "spin_sema -p {postmaster} -d 6 --top 6   (semaphore sleeps, spinlock delays and futex \
          waits, per site and statement)"
     ));

@@ -162,15 +162,9 @@ struct SampleMaps {
 
 impl SampleMaps {
     fn take(loaded: &mut Loaded) -> anyhow::Result<SampleMaps> {
-        let mut take = |name: &str| {
-            loaded
-                .ebpf
-                .take_map(name)
-                .with_context(|| format!("the eBPF object has no map {name}"))
-        };
-        let a = HashMap::try_from(take("SAMPLES_A")?)?;
-        let b = HashMap::try_from(take("SAMPLES_B")?)?;
-        let active_switch = Array::try_from(take("ACTIVE")?)?;
+        let a = HashMap::try_from(loaded.take_map("SAMPLES_A")?)?;
+        let b = HashMap::try_from(loaded.take_map("SAMPLES_B")?)?;
+        let active_switch = Array::try_from(loaded.take_map("ACTIVE")?)?;
         Ok(SampleMaps {
             maps: [a, b],
             active_switch,

@@ -58,12 +58,8 @@ pub struct Holds {
 
 impl Holds {
     pub fn take(loaded: &mut Loaded) -> anyhow::Result<Holds> {
-        let map = loaded
-            .ebpf
-            .take_map(MAP)
-            .ok_or_else(|| anyhow::anyhow!("the eBPF object has no map {MAP}"))?;
         Ok(Holds {
-            map: BpfHashMap::try_from(map)?,
+            map: BpfHashMap::try_from(loaded.take_map(MAP)?)?,
             previous: HoldTable::new(),
         })
     }

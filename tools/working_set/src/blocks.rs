@@ -126,15 +126,9 @@ impl Tables {
     /// Takes the kernel's tables; `intervals`: whether interval reports will be asked for;
     /// `sample`: one access in this many is counted.
     pub fn take(loaded: &mut Loaded, intervals: bool, sample: u32) -> anyhow::Result<Tables> {
-        let mut take = |name: &str| {
-            loaded
-                .ebpf
-                .take_map(name)
-                .ok_or_else(|| anyhow::anyhow!("the eBPF object has no map {name}"))
-        };
         Ok(Tables {
-            blocks: BpfHashMap::try_from(take("BLOCKS")?)?,
-            relations: BpfHashMap::try_from(take("RELATIONS")?)?,
+            blocks: BpfHashMap::try_from(loaded.take_map("BLOCKS")?)?,
+            relations: BpfHashMap::try_from(loaded.take_map("RELATIONS")?)?,
             previous: intervals.then(Reading::default),
             scale: u64::from(sample.max(1)),
         })
