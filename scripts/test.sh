@@ -26,7 +26,7 @@ step setup scripts/setup.sh || true
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --all-targets --locked -- -D warnings
-step clippy-ebpf cargo +nightly-2026-08-01 clippy --locked -p pgbpf-common-ebpf -p page_reclaim-ebpf -p query_latency-ebpf -p pgbpf-capture-ebpf -p shmem-ebpf -p llcache_per_query-ebpf -p io_timeouts-ebpf -p lwlocks-ebpf -p locks-ebpf -p cpu_wait-ebpf -p spin_sema-ebpf -p wal_per_query-ebpf -p working_set-ebpf -p write_per_type-ebpf -p pgbpf-selftest-ebpf \
+step clippy-ebpf cargo +nightly-2026-08-01 clippy --locked -p pgbpf-common-ebpf -p page_reclaim-ebpf -p query_latency-ebpf -p pgbpf-capture-ebpf -p shmem-ebpf -p llcache_per_query-ebpf -p io_timeouts-ebpf -p lwlocks-ebpf -p locks-ebpf -p cpu_wait-ebpf -p spin_sema-ebpf -p wal_per_query-ebpf -p working_set-ebpf -p write_per_type-ebpf -p net_per_query-ebpf -p pgbpf-selftest-ebpf \
     --target bpfel-unknown-none -Z build-std=core --target-dir target/ebpf-clippy -- -D warnings
 step build cargo test --locked --no-run
 step static-release scripts/build-release.sh

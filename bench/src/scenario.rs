@@ -391,6 +391,26 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "net_per_query",
+        tool: "net_per_query",
+        description: "PostgreSQL on the host, pgbench scale 10, pgbench -S (a one-row SELECT \
+                  per transaction: one request and one response each): net_per_query -p \
+                  POSTMASTER attaches query__start and query__done (two traps per statement) \
+                  and the socket layer's sock_recv_length/sock_send_length (every socket call \
+                  on the machine, filtered in the kernel), counts per thread and sends an event \
+                  per statement; the bpftrace script attaches the same probes and sums bytes per \
+                  statement text in its maps.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
+        workload: "-S",
+        events_field: "events",
+        tool_args: postmaster_args,
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/net_per_query.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "working_set_sample",
         tool: "working_set",
         description: "As working_set, with --sample 10: the program counts one access in ten \

@@ -63,6 +63,9 @@ pub struct Probes<'a> {
     /// Variables or functions the binary must export, with what is missing without them
     /// ("pgWalUsage", "PostgreSQL 13 or later is needed").
     pub required_symbols: &'a [(&'static str, &'static str)],
+    /// Attaches the tool's hooks other than the USDT sites (net_per_query's socket
+    /// tracepoints), after them; says what it attached, for the attach line.
+    pub attach_more: Option<fn(&mut Loaded) -> anyhow::Result<String>>,
 }
 
 /// Hands the stack map to `report` when stacks were asked for (`mode` bits, as given to
@@ -166,6 +169,10 @@ pub fn start<'a, R: ProbeReport>(
     for (site, id) in &sites {
         loaded.attach_usdt(p.program, &binary, site, *id)?;
     }
+    let more = p
+        .attach_more
+        .map(|attach| attach(&mut loaded))
+        .transpose()?;
     let ring = loaded.take_ring_buffer("EVENTS")?;
     Ok(Some(Attached {
         what: format!(
@@ -174,10 +181,13 @@ pub fn start<'a, R: ProbeReport>(
             target.describe(),
             binary.display()
         ),
-        details: vec![
+        details: [
             format!("{} USDT sites", sites.len()),
             format!("{located} PostgreSQL processes located"),
-        ],
+        ]
+        .into_iter()
+        .chain(more)
+        .collect(),
         started: loaded.started,
         watch: target.roots(),
         trace: record_trace(loaded, ring, query_addrs, report),

@@ -18,6 +18,7 @@ const TOOLS: &[(&str, Main)] = &[
     ("llcache_per_query", run::<llcache_per_query::Args>),
     ("locks", run::<locks::Args>),
     ("lwlocks", run::<lwlocks::Args>),
+    ("net_per_query", run::<net_per_query::Args>),
     ("page_reclaim", run::<page_reclaim::Args>),
     ("pg_replay", run::<pg_replay::Args>),
     ("pgwire_trace", run::<pgwire_trace::Args>),

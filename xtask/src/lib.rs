@@ -98,6 +98,12 @@ pub fn tools() -> Vec<ToolDefinition> {
             completes: "--container",
         },
         ToolDefinition {
+            name: "net_per_query",
+            command: net_per_query::Args::command,
+            schema: Some(schema_of::<net_per_query::records::Record>),
+            completes: "--container",
+        },
+        ToolDefinition {
             name: "cpu_wait",
             command: cpu_wait::Args::command,
             schema: Some(schema_of::<cpu_wait::records::Record>),

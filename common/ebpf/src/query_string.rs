@@ -123,6 +123,24 @@ mod kernel {
         0
     }
 
+    /// Whether process `tgid` (the current task's process) is running a statement
+    /// (debug_query_string set); None when its address is not located yet (userspace is
+    /// asked to locate it) or cannot be read.
+    #[inline(always)]
+    pub fn statement_running(tgid: u32) -> Option<bool> {
+        // SAFETY: plain lookup; the value is copied out.
+        let Some(addr) = (unsafe { PGBPF_QUERY_ADDR.get(&tgid) }).map(|a| a.statement) else {
+            let _ = PGBPF_ADDR_WANTED.insert(&tgid, &1, 0);
+            return None;
+        };
+        if addr == NO_QUERY_STRING {
+            return Some(false);
+        }
+        // SAFETY: reads 8 bytes of the current process's memory; fails cleanly if unmapped.
+        let text = unsafe { bpf_probe_read_user(addr as *const u64) }.ok()?;
+        Some(text != 0)
+    }
+
     /// Copies the statement process `tgid` (the current task's process) is running into
     /// `buf` (NUL-terminated, the rest of `buf` untouched). debug_query_string is set when a
     /// message with a statement (Query; Parse, Bind, Execute) is taken up and reset to NULL

@@ -129,6 +129,21 @@ fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "write_per_type exited with {status}");
 
     say(&format!(
+        "net_per_query -p {postmaster} -d 6 --top 5   (bytes received and sent per statement, \
+         backend type and client)"
+    ));
+    let mut tool = Command::new("net_per_query")
+        .args(["-p", &postmaster, "-d", "6", "--top", "5"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("a 10 MB value, a COPY TO STDOUT, then pgbench -S -c 2 -T 3");
+    pg.psql("select repeat('x', 10000000)")?;
+    pg.psql("copy pgbench_branches to stdout")?;
+    pg.pgbench(&["-S", "-c", "2", "-j", "2", "-T", "3", "-n"])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "net_per_query exited with {status}");
+
+    say(&format!(
         "spin_sema -p {postmaster} -d 6 --top 6   (semaphore sleeps, spinlock delays and futex \
          waits, per site and statement)"
     ));

@@ -30,6 +30,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         map_sizes: &[],
         globals: &[],
         required_symbols: &[],
+        attach_more: None,
     };
     let names = RelationNames::for_dsn(args.dsn.as_deref(), "locks", RelationId::Oid)?;
     pg_probes::start(

@@ -46,6 +46,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         map_sizes: &unused,
         globals: &[],
         required_symbols: &[],
+        attach_more: None,
     };
     pg_probes::start(
         &probes,

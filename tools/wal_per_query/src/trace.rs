@@ -31,6 +31,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         globals: &[],
         // Before PostgreSQL 13 there is no pgWalUsage to read: say so rather than count nothing.
         required_symbols: &[("pgWalUsage", "PostgreSQL 13 or later is needed")],
+        attach_more: None,
     };
     pg_probes::start(
         &probes,

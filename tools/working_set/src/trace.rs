@@ -28,6 +28,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         map_sizes: &sizes,
         globals: &globals,
         required_symbols: &[],
+        attach_more: None,
     };
     pg_probes::start(
         &probes,

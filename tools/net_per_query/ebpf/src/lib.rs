@@ -1,0 +1,85 @@
+//! Types shared by net_per_query's kernel programs and its userspace (feature `user`).
+#![no_std]
+
+/// Bytes of statement text per event.
+pub const QUERY_CAP: usize = 256;
+/// The globals userspace sets from the kernel's BTF: offsets in `struct sock_common`.
+pub mod global {
+    pub const FAMILY_OFFSET: &str = "SOCK_FAMILY_OFFSET";
+    pub const DADDR_OFFSET: &str = "SOCK_DADDR_OFFSET";
+    pub const V6_DADDR_OFFSET: &str = "SOCK_V6_DADDR_OFFSET";
+}
+
+/// Threads followed at once.
+pub const MAX_THREADS: u32 = 16_384;
+
+/// What the USDT site that fired means (the probe id of its attachment).
+pub mod probe {
+    /// query__start(query): a statement's message was taken up.
+    pub const START: u32 = 1;
+}
+
+/// What an event counts.
+pub mod kind {
+    /// One statement: the request that brought it and its whole response.
+    pub const STATEMENT: u8 = 1;
+    /// A connection's traffic outside statements (startup and authentication, the
+    /// termination), sent when its process exits or at the end of the run.
+    pub const CONNECTION: u8 = 2;
+}
+
+/// One statement's traffic (or a connection's outside statements), sent when the session's
+/// next statement starts or its process exits: the response's tail (the last buffer, the
+/// CommandComplete and the ReadyForQuery) is flushed after the statement ends.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NetEvent {
+    pub start_ns: u64,
+    /// Bytes received: the request (from the previous statement's end) and whatever came
+    /// during the execution (COPY FROM STDIN's data).
+    pub recv: u64,
+    /// Bytes sent: the response, up to the next statement's start.
+    pub sent: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub kind: u8,
+    pub truncated: u8,
+    /// The client's address family (AF_INET, AF_INET6, AF_UNIX; 0: not known).
+    pub family: u16,
+    pub query_len: u32,
+    /// The client's address (the socket's peer): 4 bytes for IPv4, 16 for IPv6.
+    pub client: [u8; 16],
+    pub query: [u8; QUERY_CAP],
+}
+
+/// A thread's traffic being counted.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NetState {
+    /// The statement counted (kind STATEMENT once the first one started).
+    pub current: NetEvent,
+    pub _pad: u64,
+    /// Received since the last statement ended: the next statement's request.
+    pub pending_recv: u64,
+    /// Traffic outside statements (before the first one; the termination).
+    pub outside_recv: u64,
+    pub outside_sent: u64,
+}
+
+/// Indexes of the COUNTERS per-CPU array (0 and 1 as `pgbpf_common::pg_probes::Lost` reads
+/// them).
+pub mod counter {
+    /// A statement could not be sent (ring buffer full).
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A thread could not be followed (thread table full): its bytes are not counted.
+    pub const THREADS_FULL: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] plain data without implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::NetEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetState {}
+}

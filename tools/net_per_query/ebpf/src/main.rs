@@ -1,0 +1,260 @@
+//! net_per_query's kernel programs: the socket layer's `sock_recv_length` and
+//! `sock_send_length` tracepoints (the bytes each call moved: transferred, not requested;
+//! before Linux 6.4 the exits of recvfrom and sendto) and PostgreSQL's query__start USDT
+//! probe. Per thread: the bytes received while no statement runs (debug_query_string NULL,
+//! read at each receive: no second probe per statement) are the next one's request, those
+//! received while one runs are its own (COPY FROM STDIN); the bytes sent from a statement's
+//! start to the next one's are its response (its tail is flushed after it ends); before the
+//! first statement and after the last, the connection's own (startup, authentication,
+//! termination). A statement is one ring buffer event when the next starts or the process
+//! exits.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, raw_tracepoint, tracepoint, uprobe},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, TracePointContext},
+};
+use net_per_query_ebpf::{MAX_THREADS, NetEvent, NetState, QUERY_CAP, counter, kind, probe};
+use pgbpf_common_ebpf::{
+    counters::bump,
+    query_string::statement_running,
+    ring, syscall,
+    target::current_is_target,
+    usdt::{usdt_arg, usdt_spec},
+};
+
+// Every counter has a slot in the shared map.
+const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
+
+/// Offsets in `struct sock_common` (from the kernel's BTF; set at load).
+#[unsafe(no_mangle)]
+static SOCK_FAMILY_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+#[unsafe(no_mangle)]
+static SOCK_DADDR_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+#[unsafe(no_mangle)]
+static SOCK_V6_DADDR_OFFSET: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+
+/// BPF_F_NO_PREALLOC: memory follows the threads met.
+const NO_PREALLOC: u32 = 1;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Each traced thread's traffic being counted.
+#[map]
+static THREADS: HashMap<u32, NetState> = HashMap::with_max_entries(MAX_THREADS, NO_PREALLOC);
+
+/// A zeroed state to insert from; never written.
+#[map]
+static EMPTY: PerCpuArray<NetState> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+/// The state of thread `tid`, made (zeroed) if it has none; None when the table is full.
+#[inline(always)]
+fn state(tid: u32) -> Option<&'static mut NetState> {
+    if let Some(s) = THREADS.get_ptr_mut(&tid) {
+        // SAFETY: a map value lives as long as the program runs; only this thread writes it.
+        return Some(unsafe { &mut *s });
+    }
+    let empty = EMPTY.get_ptr(0)?;
+    // SAFETY: this CPU's zeroed slot, read by the helper.
+    if THREADS.insert(&tid, unsafe { &*empty }, 0).is_err() {
+        bump(counter::THREADS_FULL);
+        return None;
+    }
+    // SAFETY: as above.
+    THREADS.get_ptr_mut(&tid).map(|s| unsafe { &mut *s })
+}
+
+/// Sends the statement counted, if there is one.
+#[inline(always)]
+fn send(e: &NetEvent) {
+    if e.kind == 0 || (e.recv == 0 && e.sent == 0) {
+        return;
+    }
+    if !ring::send_copy::<NetEvent, NetEvent>(&EVENTS, e) {
+        bump(counter::RINGBUF_FULL);
+    }
+}
+
+#[uprobe]
+pub fn query_probe(ctx: ProbeContext) -> u32 {
+    let Some(spec) = usdt_spec(&ctx) else {
+        return 0;
+    };
+    if !current_is_target() {
+        return 0;
+    }
+    let (tgid, tid) = ids();
+    let Some(s) = state(tid) else {
+        return 0;
+    };
+    if spec.probe_id == probe::START {
+        // The previous statement's response ended where this one begins.
+        send(&s.current);
+        let e = &mut s.current;
+        e.kind = kind::STATEMENT;
+        e.tgid = tgid;
+        e.tid = tid;
+        // SAFETY: helper without arguments.
+        e.start_ns = unsafe { bpf_ktime_get_ns() };
+        e.recv = s.pending_recv;
+        e.sent = 0;
+        s.pending_recv = 0;
+        let text = usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64;
+        e.query[0] = 0;
+        // SAFETY: a user-space string read the kernel checks; fails cleanly.
+        let len = match unsafe { bpf_probe_read_user_str_bytes(text as *const u8, &mut e.query) } {
+            Ok(t) => t.len(),
+            Err(_) => 0,
+        };
+        e.query_len = len as u32;
+        e.truncated = u8::from(len + 1 >= QUERY_CAP);
+    }
+    0
+}
+
+/// The peer of socket `sk` into `e` (once per thread: a backend has one client).
+#[inline(always)]
+fn learn_client(e: &mut NetEvent, sk: u64) {
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 10;
+    if e.family != 0 || sk == 0 {
+        return;
+    }
+    let at = |off: u32| (sk + u64::from(off)) as *const u8;
+    // SAFETY: checked kernel reads at BTF offsets inside the socket; a bad one fails cleanly.
+    unsafe {
+        let Ok(family) = bpf_probe_read_kernel(at(SOCK_FAMILY_OFFSET.load()) as *const u16) else {
+            return;
+        };
+        match family {
+            AF_INET => {
+                if let Ok(a) = bpf_probe_read_kernel(at(SOCK_DADDR_OFFSET.load()) as *const [u8; 4])
+                {
+                    e.client[..4].copy_from_slice(&a);
+                }
+            }
+            AF_INET6 => {
+                if let Ok(a) =
+                    bpf_probe_read_kernel(at(SOCK_V6_DADDR_OFFSET.load()) as *const [u8; 16])
+                {
+                    e.client = a;
+                }
+            }
+            _ => {}
+        }
+        e.family = family;
+    }
+}
+
+/// Bytes moved on socket `sk` (0: not known) by a traced thread: to its statement, or to
+/// the connection.
+#[inline(always)]
+fn on_bytes(received: bool, moved: i64, sk: u64) {
+    if moved <= 0 || !current_is_target() {
+        return;
+    }
+    let (tgid, tid) = ids();
+    let Some(s) = state(tid) else {
+        return;
+    };
+    learn_client(&mut s.current, sk);
+    let n = moved as u64;
+    let counting = s.current.kind == kind::STATEMENT;
+    match (received, counting) {
+        // Not located yet: counted as the next request.
+        (true, true) if statement_running(tgid) == Some(true) => s.current.recv += n,
+        (true, _) => s.pending_recv += n,
+        (false, true) => s.current.sent += n,
+        // A response before any statement (authentication, the first ReadyForQuery): the
+        // bytes received so far were the connection's too.
+        (false, false) => {
+            s.outside_sent += n;
+            s.outside_recv += s.pending_recv;
+            s.pending_recv = 0;
+        }
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
+    let (moved, sk) = sock_moved(&ctx);
+    on_bytes(true, moved, sk);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send(ctx: RawTracePointContext) -> i32 {
+    let (moved, sk) = sock_moved(&ctx);
+    on_bytes(false, moved, sk);
+    0
+}
+
+/// Bytes a sock_{recv,send}_length moved and its socket (its arguments: the sock, the
+/// result, the flags); a peek counts as nothing (the bytes stay to be read).
+#[inline(always)]
+fn sock_moved(ctx: &RawTracePointContext) -> (i64, u64) {
+    const MSG_PEEK: i32 = 2;
+    // SAFETY: both tracepoints have three arguments, each widened to a u64.
+    let (sk, moved, flags) = unsafe {
+        let args = ctx.as_ptr().cast::<u64>();
+        (*args, *args.add(1) as i32, *args.add(2) as i32)
+    };
+    if flags & MSG_PEEK != 0 {
+        (0, sk)
+    } else {
+        (moved as i64, sk)
+    }
+}
+
+/// Before Linux 6.4 (no socket tracepoints): the exits of the calls PostgreSQL makes.
+#[tracepoint]
+pub fn exit_recvfrom(ctx: TracePointContext) -> u32 {
+    on_bytes(true, syscall::ret(&ctx), 0);
+    0
+}
+
+#[tracepoint]
+pub fn exit_sendto(ctx: TracePointContext) -> u32 {
+    on_bytes(false, syscall::ret(&ctx), 0);
+    0
+}
+
+/// sched:sched_process_exit: a thread ends; its last statement and its connection's own
+/// traffic are sent, its state forgotten.
+#[tracepoint]
+pub fn thread_exit(_ctx: TracePointContext) -> u32 {
+    let tid = ids().1;
+    let Some(s) = THREADS.get_ptr_mut(&tid) else {
+        return 0;
+    };
+    // SAFETY: this thread's entry; it is ending.
+    let s = unsafe { &mut *s };
+    send(&s.current);
+    let e = &mut s.current;
+    e.kind = kind::CONNECTION;
+    e.recv = s.outside_recv + s.pending_recv;
+    e.sent = s.outside_sent;
+    e.tgid = ids().0;
+    e.tid = tid;
+    e.query_len = 0;
+    e.query[0] = 0;
+    send(e);
+    let _ = THREADS.remove(&tid);
+    0
+}
+
+pgbpf_common_ebpf::program_support!();
