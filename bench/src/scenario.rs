@@ -431,6 +431,27 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "wal_per_query_system",
+        tool: "wal_per_query",
+        description: "As wal_per_query, with fsync on and --system: the openat, close, write \
+                  and fsync syscall tracepoints too, the writes and syncs of pg_wal descriptors \
+                  timed and summed per process in the kernel; the bpftrace script adds the same \
+                  tracepoints to wal_per_query's.",
+        server: Setup::Postgres {
+            pg: fsync_on,
+            scale: 10,
+        },
+        workload: "-N",
+        events_field: "events",
+        tool_args: |s| {
+            let mut args = postmaster_args(s)?;
+            args.push("--system".into());
+            Ok(args)
+        },
+        bpftrace: |s| postgres_script(s, include_str!("../bpftrace/wal_per_query_system.bt")),
+        extra: None,
+    },
+    Scenario {
         name: "locks",
         tool: "locks",
         description: "PostgreSQL on the host, pgbench scale 1, the default TPC-B-like script \

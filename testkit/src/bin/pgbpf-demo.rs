@@ -79,11 +79,11 @@ fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "lwlocks exited with {status}");
 
     say(&format!(
-        "wal_per_query -p {postmaster} -d 6 --top 5   (WAL written per statement, backend type \
-         and resource manager)"
+        "wal_per_query -p {postmaster} -d 6 --top 5 --system   (WAL written per statement, \
+         backend type and resource manager; who wrote it to pg_wal)"
     ));
     let mut tool = Command::new("wal_per_query")
-        .args(["-p", &postmaster, "-d", "6", "--top", "5"])
+        .args(["-p", &postmaster, "-d", "6", "--top", "5", "--system"])
         .spawn()?;
     std::thread::sleep(Duration::from_secs(1));
     pg.psql("checkpoint")?;

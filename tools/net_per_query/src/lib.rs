@@ -1,7 +1,7 @@
 //! net_per_query: the network traffic of each PostgreSQL statement: bytes received (its
 //! request, COPY data) and sent (its response) per statement, backend type and client, from
-//! the socket layer's tracepoints (transferred bytes, not requested) and the query__start USDT
-//! probe (postgres-bcc's net_per_query). Manual: docs/net_per_query.md.
+//! the socket layer's tracepoints (transferred bytes, not requested) and the
+//! query__execute__start USDT probe (postgres-bcc's net_per_query). Manual: docs/net_per_query.md.
 //!
 //! - [`trace`]: find the binary's probe sites, load, attach, drain the ring buffer.
 //! - [`report`]: the tables per period.

@@ -88,4 +88,6 @@ pub struct Lost {
     pub ringbuf_full: u64,
     /// Socket calls of threads past the thread table's size: not counted.
     pub threads_full: u64,
+    /// Bytes moved on sockets other than the clients' (postgres_fdw, dblink): not counted.
+    pub other_socket_bytes: u64,
 }

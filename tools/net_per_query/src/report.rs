@@ -181,6 +181,7 @@ impl ProbeReport for Reporter {
             lost: Lost {
                 ringbuf_full: at(counter::RINGBUF_FULL),
                 threads_full: at(counter::THREADS_FULL),
+                other_socket_bytes: at(counter::OTHER_SOCKET_BYTES),
             },
         };
         if sink.json {
@@ -247,8 +248,11 @@ impl ProbeReport for Reporter {
             });
         }
         out.push_str(&format!(
-            "lost: {} statements (ring buffer full), {} threads not followed (table full)\n\n",
-            totals.lost.ringbuf_full, totals.lost.threads_full
+            "lost: {} statements (ring buffer full), {} threads not followed (table full); not \
+             counted: {} moved on other sockets than the clients'\n\n",
+            totals.lost.ringbuf_full,
+            totals.lost.threads_full,
+            output::human_bytes(totals.lost.other_socket_bytes)
         ));
         sink.text(&out)
     }

@@ -1,4 +1,4 @@
-//! net_per_query's hooks: PostgreSQL's query__start USDT sites (by
+//! net_per_query's hooks: PostgreSQL's query__execute__start USDT sites (by
 //! `pgbpf_common::pg_probes`), the socket layer's tracepoints (or, before Linux 6.4, the
 //! exits of recvfrom and sendto) and sched_process_exit; `struct sock_common`'s offsets from
 //! the kernel's BTF for the clients' addresses.
@@ -39,7 +39,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         tool: "net_per_query",
         object: OBJECT,
         program: "query_probe",
-        probes: &[("query__start", probe::START)],
+        probes: &[("query__execute__start", probe::EXECUTE)],
         what: "network traffic per statement",
         stacks: 0,
         map_sizes: &[],

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_net_per_query");
 
-/// Forwards one connection to the server, counting (client to server, server to client).
+/// Forwards connections to the server, counting (client to server, server to client).
 struct Forwarder {
     port: u16,
     counts: Arc<[AtomicU64; 2]>,
@@ -40,19 +40,25 @@ fn pump(mut from: TcpStream, mut to: TcpStream, count: &AtomicU64) {
 }
 
 impl Forwarder {
-    fn start(server_port: u16) -> Forwarder {
+    /// Forwards the next `connections` connections.
+    fn start(server_port: u16, connections: usize) -> Forwarder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let c = counts.clone();
         let thread = std::thread::spawn(move || {
-            let (client, _) = listener.accept().unwrap();
-            let server = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
-            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let c3 = c.clone();
-            let up = std::thread::spawn(move || pump(c2, s2, &c3[0]));
-            pump(server, client, &c[1]);
-            up.join().unwrap();
+            let mut pumps = Vec::new();
+            for _ in 0..connections {
+                let (client, _) = listener.accept().unwrap();
+                let server = TcpStream::connect(("127.0.0.1", server_port)).unwrap();
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (up, down) = (c.clone(), c.clone());
+                pumps.push(std::thread::spawn(move || pump(c2, s2, &up[0])));
+                pumps.push(std::thread::spawn(move || pump(server, client, &down[1])));
+            }
+            for p in pumps {
+                p.join().unwrap();
+            }
         });
         Forwarder {
             port,
@@ -86,9 +92,10 @@ fn copy_response(n: u64) -> u64 {
 fn a_clients_bytes_equal_what_a_forwarder_carried() {
     require_root();
     let _lock = exclusive();
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::start_with_pgbench(&Default::default(), 1).unwrap();
     let pm = pg.postmaster_pid().unwrap().to_string();
-    let forwarder = Forwarder::start(pg.port);
+    // psql's session, then pgbench's two (its set-up queries, its client).
+    let forwarder = Forwarder::start(pg.port, 3);
     let tool = Traced::start(BIN, &["-p", &pm, "--json"]).unwrap();
     let data: String = (1..=20_000)
         .map(|i| format!("{i}\tsome text {i}\n"))
@@ -126,6 +133,27 @@ fn a_clients_bytes_equal_what_a_forwarder_carried() {
         .write_all(data.as_bytes())
         .unwrap();
     let out = psql.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The extended protocol: Parse, Bind, Execute, Sync a statement (no query__start).
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &forwarder.port.to_string(),
+        ])
+        .args([
+            "-M", "extended", "-S", "-n", "-c", "1", "-t", "200", "postgres",
+        ])
+        .env("PGSSLMODE", "disable")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -180,8 +208,19 @@ fn a_clients_bytes_equal_what_a_forwarder_carried() {
     assert!(n(copy_in, "recv_bytes") > data.len() as u64, "{copy_in}");
     let select_1 = row("statement", "query", "select $1");
     assert_eq!(n(select_1, "recv_bytes"), 5 + "select 1".len() as u64 + 1);
+    let lookup = row(
+        "statement",
+        "query",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    );
+    assert_eq!(
+        n(lookup, "calls"),
+        200,
+        "pgbench's extended-protocol lookups"
+    );
+    assert!(n(lookup, "recv_bytes") > 200 * 20 && n(lookup, "sent_bytes") > 200 * 20);
     let connection = row("statement", "query", "[connection]");
-    assert!(n(connection, "recv_bytes") > 0 && n(connection, "sent_bytes") > 0);
+    assert_eq!(n(connection, "calls"), 3, "{connection}");
     let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
     assert_eq!(summary["lost"]["threads_full"], 0);

@@ -7,10 +7,12 @@
 //! - [`report`]: the tables per period.
 //! - [`records`]: the NDJSON records (docs/schema/wal_per_query.json).
 //! - [`rmgr`]: PostgreSQL's resource managers by id.
+//! - [`system`]: `--system`, the WAL written to pg_wal and synced, by backend type.
 
 pub mod records;
 pub mod report;
 pub mod rmgr;
+pub mod system;
 pub mod trace;
 
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ Examples:
   wal_per_query                      # every PostgreSQL of the installed binary, a table at Ctrl-C
   wal_per_query -p 4242 10           # a postmaster and its backends, a table every 10 seconds
   wal_per_query --container 3f2a -d 30   # a containerized server for 30 seconds
+  wal_per_query --system 10          # and who wrote and synced pg_wal, how long it took
   wal_per_query --json -d 60         # NDJSON rows";
 
 /// WAL written per PostgreSQL statement (records, full-page images and bytes, as
@@ -41,6 +44,10 @@ pub struct Args {
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also the WAL written to pg_wal and synced, by backend type (walwriter, backends at
+    /// commit, checkpointer), with write and fsync latency (syscall tracepoints)
+    #[arg(long)]
+    pub system: bool,
 }
 
 pgbpf_common::tool!(Args, "wal_per_query", trace::start);

@@ -17,6 +17,8 @@ pub enum Record<'a> {
     Backend(Backend<'a>),
     /// The records of one resource manager.
     Rmgr(Rmgr<'a>),
+    /// `--system`: the WAL one backend type wrote to pg_wal and synced.
+    WalIo(WalIo<'a>),
     /// The end of an interval report.
     Interval(Totals),
     /// The end of the run.
@@ -72,6 +74,27 @@ pub struct Rmgr<'a> {
 }
 
 #[derive(Serialize, JsonSchema)]
+pub struct WalIo<'a> {
+    pub scope: Scope,
+    pub ts_ns: u64,
+    pub interval_ns: u64,
+    pub backend_type: &'a str,
+    /// write, pwrite64, writev, pwritev, pwritev2 calls on pg_wal files (segments being
+    /// filled, and new segments zeroed) that wrote something.
+    pub writes: u64,
+    /// Bytes they wrote: whole pages, a partly filled page again at each flush.
+    pub bytes: u64,
+    pub write_ns: u64,
+    /// The longest write in the period (since the process was first seen, for one whose
+    /// longest is older).
+    pub write_max_ns: u64,
+    /// fsync and fdatasync calls on pg_wal files.
+    pub fsyncs: u64,
+    pub fsync_ns: u64,
+    pub fsync_max_ns: u64,
+}
+
+#[derive(Serialize, JsonSchema)]
 pub struct Totals {
     pub ts_ns: u64,
     /// The report's period: the interval, or the whole run in the summary.
@@ -95,4 +118,9 @@ pub struct Lost {
     pub ringbuf_full: u64,
     /// Too many statements executing at once to remember their start.
     pub running_full: u64,
+    /// `--system`: pg_wal files whose open had no room in the table (their writes not
+    /// counted).
+    pub wal_fds_full: u64,
+    /// `--system`: WAL writes and syncs of processes past the table of processes.
+    pub wal_io_full: u64,
 }

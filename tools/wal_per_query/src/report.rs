@@ -15,8 +15,9 @@ use wal_per_query_ebpf::{RMGR_SLOTS, WalEvent, counter};
 
 use crate::{
     Args,
-    records::{Backend, Lost, Record, Rmgr, Statement, Totals, Wal},
+    records::{self as rec, Backend, Lost, Record, Rmgr, Statement, Totals, Wal},
     rmgr,
+    system::{SystemWal, WalIoTable},
 };
 
 impl Wal {
@@ -44,6 +45,8 @@ struct Period {
     statements: HashMap<String, Wal>,
     backends: HashMap<String, Wal>,
     rmgr_in: [u64; RMGR_SLOTS],
+    /// `--system`: pg_wal writes and syncs per backend type.
+    wal_io: WalIoTable,
 }
 
 pub struct Reporter {
@@ -54,6 +57,9 @@ pub struct Reporter {
     idle_labels: IdleLabels,
     /// The kernel's outside-statement counts at the previous interval report.
     outside_before: [u64; RMGR_SLOTS],
+    /// `--system`'s kernel tables.
+    system: Option<SystemWal>,
+    with_system: bool,
 }
 
 impl Reporter {
@@ -65,6 +71,8 @@ impl Reporter {
             backends: BackendTypes::default(),
             idle_labels: IdleLabels::default(),
             outside_before: [0; RMGR_SLOTS],
+            system: None,
+            with_system: args.system,
         }
     }
 
@@ -120,8 +128,25 @@ impl ProbeReport for Reporter {
         Ok(())
     }
 
+    fn take_maps(&mut self, loaded: &mut pgbpf_common::loader::Loaded) -> anyhow::Result<()> {
+        if self.with_system {
+            self.system = Some(SystemWal::take(loaded)?);
+        }
+        Ok(())
+    }
+
+    fn processes(&mut self, pids: &[u32]) {
+        if let Some(s) = self.system.as_mut() {
+            s.seed(pids);
+        }
+    }
+
     /// The tables of the interval that ended, or of the whole run.
     fn report(&mut self, sink: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()> {
+        if let Some(s) = self.system.as_mut() {
+            let [a, b] = self.periods.each();
+            s.read_into(&mut self.backends, [&mut a.wal_io, &mut b.wal_io]);
+        }
         let (p, period) = self.periods.end(scope);
         let outside = self.outside(scope, kernel);
         let at = |i: u32| kernel.get(i as usize).copied().unwrap_or(0);
@@ -135,6 +160,8 @@ impl ProbeReport for Reporter {
             lost: Lost {
                 ringbuf_full: at(counter::RINGBUF_FULL),
                 running_full: at(counter::RUNNING_FULL),
+                wal_fds_full: at(counter::WAL_FDS_FULL),
+                wal_io_full: at(counter::WAL_IO_FULL),
             },
         };
         if sink.json {
@@ -179,6 +206,44 @@ impl ProbeReport for Reporter {
             width,
             |(name, a, b)| vec![name.to_string(), a.to_string(), b.to_string()],
         );
+        if self.system.is_some() {
+            out.push_str("\nWritten to pg_wal and synced, by backend type:\n");
+            let mut rows: Vec<_> = p.wal_io.iter().collect();
+            rows.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(b.0)));
+            let ns = |n: u64| output::human_ns(n);
+            output::top_table(
+                &mut out,
+                &[
+                    "BACKEND",
+                    "WRITES",
+                    "BYTES",
+                    "WRITE TIME",
+                    "MEAN",
+                    "MAX",
+                    "FSYNCS",
+                    "FSYNC TIME",
+                    "MEAN",
+                    "MAX",
+                ],
+                &rows,
+                top,
+                width,
+                |(b, w)| {
+                    vec![
+                        b.to_string(),
+                        w.writes.to_string(),
+                        output::human_bytes(w.bytes),
+                        ns(w.write_ns),
+                        ns(w.write_ns / w.writes.max(1)),
+                        ns(w.write_max_ns),
+                        w.syncs.to_string(),
+                        ns(w.sync_ns),
+                        ns(w.sync_ns / w.syncs.max(1)),
+                        ns(w.sync_max_ns),
+                    ]
+                },
+            );
+        }
         out.push_str(&format!(
             "not counted: {} statements of processes not located yet, {} (ring buffer full), \
              {} (too many executing at once)\n\n",
@@ -226,6 +291,21 @@ fn json_report(
             interval_ns,
             backend_type,
             wal: w.clone(),
+        }))?;
+    }
+    for (backend_type, w) in &p.wal_io {
+        out.record(&Record::WalIo(rec::WalIo {
+            scope,
+            ts_ns,
+            interval_ns,
+            backend_type,
+            writes: w.writes,
+            bytes: w.bytes,
+            write_ns: w.write_ns,
+            write_max_ns: w.write_max_ns,
+            fsyncs: w.syncs,
+            fsync_ns: w.sync_ns,
+            fsync_max_ns: w.sync_max_ns,
         }))?;
     }
     for (rmgr, in_statements, outside_statements) in rmgr_rows(&p.rmgr_in, outside) {

@@ -31,7 +31,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         globals: &[],
         // Before PostgreSQL 13 there is no pgWalUsage to read: say so rather than count nothing.
         required_symbols: &[("pgWalUsage", "PostgreSQL 13 or later is needed")],
-        attach_more: None,
+        attach_more: args.system.then_some(crate::system::attach as _),
     };
     pg_probes::start(
         &probes,

@@ -134,3 +134,107 @@ fn pgbench_statements_wal_equals_pg_stat_statements() {
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
     assert_eq!(summary["not_located"], 0);
 }
+
+/// /proc/PID/io's wchar: bytes the process's write syscalls wrote.
+fn wchar(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// pg_stat_wal's (wal_bytes, wal_write, wal_sync).
+fn pg_stat_wal(pg: &Postgres) -> (u64, u64, u64) {
+    let row = pg
+        .psql("select wal_bytes, wal_write, wal_sync from pg_stat_wal")
+        .unwrap();
+    let f: Vec<u64> = row.trim().split('|').map(|v| v.parse().unwrap()).collect();
+    (f[0], f[1], f[2])
+}
+
+#[test]
+fn system_wal_writes_equal_the_walwriters_io_and_cover_pg_stat_wal() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with_pgbench(
+        &pgbpf_testkit::postgres::PgOptions {
+            settings: vec![("fsync".into(), "on".into())],
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let walwriter: u32 = pg
+        .psql("select pid from pg_stat_activity where backend_type = 'walwriter'")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (bytes0, writes0, syncs0) = pg_stat_wal(&pg);
+    let walwriter0 = wchar(walwriter);
+    let tool = Traced::start(BIN, &["-p", &pm, "--system", "--json"]).unwrap();
+    pg.pgbench(&["-N", "-n", "-c", "2", "-j", "2", "-t", "250"])
+        .unwrap();
+    // Asynchronous commits: the walwriter writes and syncs their WAL.
+    pg.psql("alter database postgres set synchronous_commit = off")
+        .unwrap();
+    pg.pgbench(&["-N", "-n", "-c", "2", "-j", "2", "-t", "250"])
+        .unwrap();
+    // The walwriter reports its WAL statistics every cycle (wal_writer_delay, 200 ms).
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let walwriter_written = wchar(walwriter) - walwriter0;
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let (bytes1, writes1, syncs1) = pg_stat_wal(&pg);
+    let records = out.json();
+    let kinds = schema::validate("wal_per_query", &records);
+    assert!(kinds.contains(&"wal_io".to_string()), "{kinds:?}");
+    let io = |backend: &str, f: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["type"] == "wal_io" && r["scope"] == "total")
+            .filter(|r| r["backend_type"] == backend)
+            .map(|r| r[f].as_u64().unwrap())
+            .sum()
+    };
+    let all = |f: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["type"] == "wal_io" && r["scope"] == "total")
+            .map(|r| r[f].as_u64().unwrap())
+            .sum()
+    };
+    eprintln!(
+        "wal_io: {:#?}\npg_stat_wal: bytes {}, writes {}, syncs {}; walwriter wchar {}",
+        records
+            .iter()
+            .filter(|r| r["type"] == "wal_io")
+            .collect::<Vec<_>>(),
+        bytes1 - bytes0,
+        writes1 - writes0,
+        syncs1 - syncs0,
+        walwriter_written
+    );
+    // The walwriter writes nothing but WAL.
+    assert!(walwriter_written > 0, "the asynchronous commits' WAL");
+    assert_eq!(io("walwriter", "bytes"), walwriter_written, "walwriter");
+    // Each synchronous commit flushes its WAL: the backends' syncs, 500 at most (group
+    // commits), and a few of the asynchronous ones' (a full WAL buffer page).
+    let commits = io("client backend", "fsyncs");
+    assert!((250..=550).contains(&commits), "{commits} commit syncs");
+    // pg_stat_wal counts XLogWrite's writes and syncs; the syscalls add new segments'
+    // zeroing (and its sync), and a write that wraps around the WAL buffers is two.
+    let (syncs, writes) = (all("fsyncs"), all("writes"));
+    assert!(
+        syncs >= syncs1 - syncs0 && syncs - (syncs1 - syncs0) <= io("walwriter", "fsyncs") + 5,
+        "{syncs} syncs, pg_stat_wal {}",
+        syncs1 - syncs0
+    );
+    assert!(writes >= writes1 - writes0, "{writes} writes");
+    assert!(all("bytes") >= bytes1 - bytes0, "whole pages written");
+}

@@ -107,10 +107,16 @@ impl ProbeReport for Reporter {
     /// shared_buffers of each traced server, from its processes' NBuffers (a process whose
     /// parent is traced too shares its parent's).
     fn processes(&mut self, pids: &[u32]) {
-        let traced: HashSet<u32> = pids.iter().copied().collect();
+        // Without a target the pids are the machine's: the servers are their postgres
+        // processes whose parent is not one.
+        let postgres: HashSet<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| procs::comm_of(p).as_deref() == Some("postgres"))
+            .collect();
         let mut sum = None;
-        for &pid in pids {
-            if procs::parent_of(pid).is_some_and(|p| traced.contains(&p)) {
+        for &pid in &postgres {
+            if procs::parent_of(pid).is_some_and(|p| postgres.contains(&p)) {
                 continue;
             }
             if let Ok(n) = globals::read_i32(pid, "NBuffers") {

@@ -56,8 +56,8 @@ pub struct Files {
     fds: BpfHashMap<MapData, FdKey, u64>,
     /// The kind of each open the kernel sent, while its descriptor or counts live.
     opens: HashMap<FileKey, Kind>,
-    /// Kinds of descriptors not opened under trace, from their /proc/PID/fd link.
-    inherited: HashMap<FdKey, Kind>,
+    /// Kinds of files not opened under trace, from their descriptor's /proc/PID/fd link.
+    inherited: HashMap<FileKey, Kind>,
     /// Each file's counts already added to the periods.
     counted: HashMap<FileKey, FileStats>,
     backends: BackendTypes,
@@ -90,7 +90,7 @@ impl Files {
         if let Some(k) = self.opens.get(key) {
             return *k;
         }
-        *self.inherited.entry(key.fd).or_insert_with(|| {
+        *self.inherited.entry(*key).or_insert_with(|| {
             let link = format!("/proc/{}/fd/{}", key.fd.tgid, key.fd.fd);
             match std::fs::read_link(&link) {
                 Ok(path) => classify(&path.to_string_lossy(), key.fd.fd),
@@ -107,15 +107,7 @@ impl Files {
         let [interval, total] = periods;
         let mut closed = Vec::new();
         for (key, stats) in &now {
-            let d = since(stats, self.counted.get(key));
-            if d != Stats::default() {
-                let kind = self.kind_of(key);
-                let backend = self.backends.of(key.fd.tgid);
-                for t in [&mut *interval, &mut *total] {
-                    t.entry((backend.clone(), kind)).or_default().add(&d);
-                }
-            }
-            self.counted.insert(*key, *stats);
+            self.count(key, stats, [&mut *interval, &mut *total]);
             let gone = if key.id != 0 {
                 open.get(&key.fd) != Some(&key.id)
             } else {
@@ -125,9 +117,12 @@ impl Files {
                 closed.push(*key);
             }
         }
-        // A write between the reading and this removal is lost only if the file was
-        // closed: then there is none.
+        // A file closed after its entry was read may have been written or synced in
+        // between: read it again before dropping it.
         for key in &closed {
+            if let Ok(latest) = self.files.get(key, 0) {
+                self.count(key, &latest, [&mut *interval, &mut *total]);
+            }
             let _ = self.files.remove(key);
             self.counted.remove(key);
         }
@@ -143,7 +138,21 @@ impl Files {
         self.opens.retain(|k, _| {
             live.contains(k) || (!dead.contains(&k.fd.tgid) && open.get(&k.fd) == Some(&k.id))
         });
-        self.inherited.retain(|k, _| !dead.contains(&k.tgid));
+        self.inherited
+            .retain(|k, _| !dead.contains(&k.fd.tgid) && live.contains(k));
+    }
+
+    /// Adds what file `key` did since it was last counted (its counts now `stats`).
+    fn count(&mut self, key: &FileKey, stats: &FileStats, periods: [&mut Table; 2]) {
+        let d = since(stats, self.counted.get(key));
+        if d != Stats::default() {
+            let kind = self.kind_of(key);
+            let backend = self.backends.of(key.fd.tgid);
+            for t in periods {
+                t.entry((backend.clone(), kind)).or_default().add(&d);
+            }
+        }
+        self.counted.insert(*key, *stats);
     }
 }
 

@@ -57,6 +57,13 @@ fn numeric_start(name: &str) -> bool {
     name.as_bytes().first().is_some_and(u8::is_ascii_digit)
 }
 
+/// A WAL segment's name (24 hex digits), also when pg_wal is a link to another volume and
+/// the path is the link's target.
+fn wal_segment(name: &str) -> bool {
+    let base = name.split('.').next().unwrap_or("");
+    base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The kind of the file at `path`; `fd` is the descriptor it was written through (1 and 2
 /// are the server log when they are files).
 pub fn classify(path: &str, fd: u32) -> Kind {
@@ -87,11 +94,19 @@ pub fn classify(path: &str, fd: u32) -> Kind {
                 return Kind::Relation;
             }
             "global" if below.len() == 1 && numeric_start(file) => return Kind::Relation,
-            // pg_tblspc/OID/PG_15_.../DB/FILENODE
+            // pg_tblspc/OID/PG_15_.../DB/FILENODE, or the link's target: .../PG_15_.../DB/FILENODE
             "pg_tblspc" if below.len() == 4 && numeric_start(file) => return Kind::Relation,
+            d if d.starts_with("PG_") && below.len() == 2 && numeric_start(below[0]) => {
+                if numeric_start(file) {
+                    return Kind::Relation;
+                }
+            }
             "log" | "pg_log" => return Kind::Log,
             _ => {}
         }
+    }
+    if wal_segment(file) {
+        return Kind::Wal;
     }
     if fd == 1 || fd == 2 || parts.first() == Some(&"var") && parts.get(1) == Some(&"log") {
         return Kind::Log;
@@ -139,6 +154,13 @@ mod tests {
             ("/srv/base/data/global/pg_control", Kind::Other),
             ("/srv/pg_wal/data/base/1/1259", Kind::Relation),
             ("/var/log/postgresql/postgresql-15-main.log", Kind::Log),
+            // pg_wal and a tablespace on other volumes: /proc/PID/fd gives the targets.
+            ("/waldisk/000000010000000000000003", Kind::Wal),
+            ("/mnt/ts/PG_15_202209061/16384/16390", Kind::Relation),
+            (
+                "/mnt/ts/PG_15_202209061/pgsql_tmp/pgsql_tmp77.0",
+                Kind::Temp,
+            ),
             ("socket:[123456]", Kind::NotFile),
             ("pipe:[98765]", Kind::NotFile),
             ("", Kind::Unknown),

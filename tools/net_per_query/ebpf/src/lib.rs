@@ -15,8 +15,9 @@ pub const MAX_THREADS: u32 = 16_384;
 
 /// What the USDT site that fired means (the probe id of its attachment).
 pub mod probe {
-    /// query__start(query): a statement's message was taken up.
-    pub const START: u32 = 1;
+    /// query__execute__start: PortalRun begins, in the simple protocol's statements and the
+    /// extended protocol's Execute alike (query__start fires for the simple one only).
+    pub const EXECUTE: u32 = 1;
 }
 
 /// What an event counts.
@@ -58,7 +59,12 @@ pub struct NetEvent {
 pub struct NetState {
     /// The statement counted (kind STATEMENT once the first one started).
     pub current: NetEvent,
-    pub _pad: u64,
+    /// The client's socket: the first the thread used (the startup packet's, for a backend
+    /// forked under trace); others (postgres_fdw, dblink) are not the client's traffic.
+    pub sk: u64,
+    /// 1 when a request arrived since the statement began: the next PortalRun starts a new
+    /// statement (without one, it is the same request's: a nested or a multi-statement one).
+    pub requested: u64,
     /// Received since the last statement ended: the next statement's request.
     pub pending_recv: u64,
     /// Traffic outside statements (before the first one; the termination).
@@ -73,7 +79,10 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 0;
     /// A thread could not be followed (thread table full): its bytes are not counted.
     pub const THREADS_FULL: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Bytes a traced thread moved on a socket other than its client's (postgres_fdw,
+    /// dblink, PostgreSQL 14's statistics messages): not counted.
+    pub const OTHER_SOCKET_BYTES: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 #[cfg(feature = "user")]

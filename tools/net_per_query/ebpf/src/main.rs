@@ -1,11 +1,14 @@
 //! net_per_query's kernel programs: the socket layer's `sock_recv_length` and
 //! `sock_send_length` tracepoints (the bytes each call moved: transferred, not requested;
-//! before Linux 6.4 the exits of recvfrom and sendto) and PostgreSQL's query__start USDT
-//! probe. Per thread: the bytes received while no statement runs (debug_query_string NULL,
-//! read at each receive: no second probe per statement) are the next one's request, those
-//! received while one runs are its own (COPY FROM STDIN); the bytes sent from a statement's
-//! start to the next one's are its response (its tail is flushed after it ends); before the
-//! first statement and after the last, the connection's own (startup, authentication,
+//! before Linux 6.4 the exits of recvfrom and sendto) and PostgreSQL's query__execute__start
+//! USDT probe (PortalRun: simple statements and extended Executes alike). Per thread, on the
+//! client's socket (the first it used): the bytes received while no statement runs
+//! (debug_query_string NULL, read at each receive: no second probe per statement) are the
+//! next one's request, those received while one runs are its own (COPY FROM STDIN); the first
+//! PortalRun after a request begins its statement (later ones without a new request, nested
+//! or of a multi-statement string, are part of it); the bytes sent from a statement's start
+//! to the next one's are its response (its tail is flushed after it ends); before the first
+//! statement and after the last, the connection's own (startup, authentication,
 //! termination). A statement is one ring buffer event when the next starts or the process
 //! exits.
 #![no_std]
@@ -13,21 +16,18 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str_bytes,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint, tracepoint, uprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RawTracePointContext, TracePointContext},
 };
-use net_per_query_ebpf::{MAX_THREADS, NetEvent, NetState, QUERY_CAP, counter, kind, probe};
+use net_per_query_ebpf::{MAX_THREADS, NetEvent, NetState, counter, kind, probe};
 use pgbpf_common_ebpf::{
     counters::bump,
-    query_string::statement_running,
+    query_string::{read_statement, statement_running},
     ring, syscall,
     target::current_is_target,
-    usdt::{usdt_arg, usdt_spec},
+    usdt::usdt_spec,
 };
 
 // Every counter has a slot in the shared map.
@@ -101,39 +101,31 @@ pub fn query_probe(ctx: ProbeContext) -> u32 {
     let Some(s) = state(tid) else {
         return 0;
     };
-    if spec.probe_id == probe::START {
-        // The previous statement's response ended where this one begins.
-        send(&s.current);
-        let e = &mut s.current;
-        e.kind = kind::STATEMENT;
-        e.tgid = tgid;
-        e.tid = tid;
-        // SAFETY: helper without arguments.
-        e.start_ns = unsafe { bpf_ktime_get_ns() };
-        e.recv = s.pending_recv;
-        e.sent = 0;
-        s.pending_recv = 0;
-        let text = usdt_arg(&ctx, spec, 0).unwrap_or(0) as u64;
-        e.query[0] = 0;
-        // SAFETY: a user-space string read the kernel checks; fails cleanly.
-        let len = match unsafe { bpf_probe_read_user_str_bytes(text as *const u8, &mut e.query) } {
-            Ok(t) => t.len(),
-            Err(_) => 0,
-        };
-        e.query_len = len as u32;
-        e.truncated = u8::from(len + 1 >= QUERY_CAP);
+    if spec.probe_id != probe::EXECUTE || (s.current.kind == kind::STATEMENT && s.requested == 0) {
+        return 0;
     }
+    // A new request's statement: the previous one's response ended where it begins.
+    send(&s.current);
+    s.requested = 0;
+    let e = &mut s.current;
+    e.kind = kind::STATEMENT;
+    e.tgid = tgid;
+    e.tid = tid;
+    // SAFETY: helper without arguments.
+    e.start_ns = unsafe { bpf_ktime_get_ns() };
+    e.recv = s.pending_recv;
+    e.sent = 0;
+    s.pending_recv = 0;
+    e.query[0] = 0;
+    (_, e.query_len, e.truncated) = read_statement(tgid, &mut e.query).fields();
     0
 }
 
-/// The peer of socket `sk` into `e` (once per thread: a backend has one client).
+/// The peer of the client's socket `sk` into `e`.
 #[inline(always)]
 fn learn_client(e: &mut NetEvent, sk: u64) {
     const AF_INET: u16 = 2;
     const AF_INET6: u16 = 10;
-    if e.family != 0 || sk == 0 {
-        return;
-    }
     let at = |off: u32| (sk + u64::from(off)) as *const u8;
     // SAFETY: checked kernel reads at BTF offsets inside the socket; a bad one fails cleanly.
     unsafe {
@@ -171,13 +163,24 @@ fn on_bytes(received: bool, moved: i64, sk: u64) {
     let Some(s) = state(tid) else {
         return;
     };
-    learn_client(&mut s.current, sk);
+    if sk != 0 {
+        if s.sk == 0 {
+            s.sk = sk;
+            learn_client(&mut s.current, sk);
+        } else if s.sk != sk {
+            pgbpf_common_ebpf::counters::add(counter::OTHER_SOCKET_BYTES, moved as u64);
+            return;
+        }
+    }
     let n = moved as u64;
     let counting = s.current.kind == kind::STATEMENT;
     match (received, counting) {
         // Not located yet: counted as the next request.
         (true, true) if statement_running(tgid) == Some(true) => s.current.recv += n,
-        (true, _) => s.pending_recv += n,
+        (true, _) => {
+            s.pending_recv += n;
+            s.requested = 1;
+        }
         (false, true) => s.current.sent += n,
         // A response before any statement (authentication, the first ReadyForQuery): the
         // bytes received so far were the connection's too.

@@ -48,6 +48,40 @@ pub struct WalEvent {
     pub query: [u8; QUERY_CAP],
 }
 
+/// A descriptor of a process (`--system`'s table of open WAL files).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// `--system`: one process's writes and syncs of WAL files since attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalIo {
+    /// write, pwrite64, writev, pwritev, pwritev2 calls on pg_wal files that wrote something.
+    pub writes: u64,
+    pub bytes: u64,
+    pub write_ns: u64,
+    /// The longest (kept without a lock: two CPUs may race to raise it).
+    pub write_max_ns: u64,
+    /// fsync and fdatasync calls on pg_wal files.
+    pub syncs: u64,
+    pub sync_ns: u64,
+    pub sync_max_ns: u64,
+}
+
+/// A WAL write or sync between its syscall's entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub start_ns: u64,
+    /// 1: fsync or fdatasync; 0: a write.
+    pub sync: u32,
+    pub _pad: u32,
+}
+
 /// Indexes of the COUNTERS per-CPU array (0 and 1 as `pgbpf_common::pg_probes::Lost` reads
 /// them); RMGR_OUTSIDE on: WAL records of traced processes outside any statement's execution
 /// (commit records, vacuum, checkpoints) per resource manager.
@@ -60,9 +94,19 @@ pub mod counter {
     pub const NOT_LOCATED: u32 = 2;
     /// First of [`super::RMGR_SLOTS`] slots.
     pub const RMGR_OUTSIDE: u32 = 3;
-    pub const COUNT: u32 = RMGR_OUTSIDE + super::RMGR_SLOTS as u32;
+    /// `--system`: a WAL file's open not remembered (table full): its writes not counted.
+    pub const WAL_FDS_FULL: u32 = RMGR_OUTSIDE + super::RMGR_SLOTS as u32;
+    /// `--system`: a process past the table of processes: its WAL writes not counted.
+    pub const WAL_IO_FULL: u32 = WAL_FDS_FULL + 1;
+    pub const COUNT: u32 = WAL_IO_FULL + 1;
 }
 
 #[cfg(feature = "user")]
-// SAFETY: #[repr(C)] plain data without implicit padding, every bit pattern valid.
-unsafe impl aya::Pod for WalEvent {}
+mod pod {
+    // SAFETY: #[repr(C)] plain data without implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::WalEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FdKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WalIo {}
+}

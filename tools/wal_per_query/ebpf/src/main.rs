@@ -9,23 +9,31 @@
 //! (transaction__abort), or at the next start found at or above its stack pointer (a nested
 //! execution runs below its caller's; an error caught in a subtransaction aborts no
 //! transaction).
+//!
+//! `--system` adds the syscall tracepoints: descriptors opened on `pg_wal/` paths (as
+//! PostgreSQL opens its WAL segments, relative to the data directory; those open before
+//! attach are added by userspace from /proc) are remembered, and the writes and syncs on
+//! them timed and summed per process in WAL_IO.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, uprobe},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::ProbeContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    macros::{map, tracepoint, uprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, TracePointContext},
 };
 use pgbpf_common_ebpf::{
+    atomic_add,
     counters::bump,
     query_string::{WalUsage, read_statement, read_wal_usage},
-    ring,
+    ring, syscall,
     target::current_is_target,
     usdt::{stack_pointer, usdt_arg, usdt_spec},
 };
-use wal_per_query_ebpf::{RMGR_SLOTS, WalEvent, counter, probe};
+use wal_per_query_ebpf::{FdKey, Pending, RMGR_SLOTS, WalEvent, WalIo, counter, probe};
 
 // Every counter has a slot in the shared map.
 const _: () = assert!(counter::COUNT <= pgbpf_common_ebpf::counters::SLOTS);
@@ -208,6 +216,161 @@ fn running(tid: u32) -> Option<&'static mut Running> {
     RUNNING.insert(&tid, unsafe { &*empty }, 0).ok()?;
     // SAFETY: as above.
     RUNNING.get_ptr_mut(&tid).map(|r| unsafe { &mut *r })
+}
+
+// ---- --system: WAL files written and synced, by process ----
+
+/// BPF_F_NO_PREALLOC: memory follows the entries met.
+const NO_PREALLOC: u32 = 1;
+
+/// The path argument of an openat in progress, by thread.
+#[map]
+static WAL_OPENING: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Descriptors of pg_wal files, by process.
+#[map]
+static WAL_FDS: HashMap<FdKey, u8> = HashMap::with_max_entries(16384, NO_PREALLOC);
+
+/// WAL writes and syncs in progress, by thread.
+#[map]
+static WAL_PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(4096, 0);
+
+/// Writes and syncs of WAL files per process since attach.
+#[map]
+static WAL_IO: HashMap<u32, WalIo> = HashMap::with_max_entries(4096, NO_PREALLOC);
+
+#[inline(always)]
+fn ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+/// syscalls:sys_enter_openat(dfd, filename, flags, mode).
+#[tracepoint]
+pub fn wal_enter_openat(ctx: TracePointContext) -> u32 {
+    if current_is_target() {
+        let _ = WAL_OPENING.insert(&ids().1, &syscall::arg(&ctx, 1), 0);
+    }
+    0
+}
+
+/// syscalls:sys_exit_openat: a descriptor of a file under pg_wal/ is remembered.
+#[tracepoint]
+pub fn wal_exit_openat(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = ids();
+    // SAFETY: plain lookup; the value is copied out.
+    let Some(path) = (unsafe { WAL_OPENING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = WAL_OPENING.remove(&tid);
+    let fd = syscall::ret(&ctx);
+    if fd < 0 {
+        return 0;
+    }
+    // SAFETY: a user-space read the kernel checks; a bad pointer fails cleanly.
+    let Ok(head) = (unsafe { bpf_probe_read_user(path as *const [u8; 7]) }) else {
+        return 0;
+    };
+    if &head != b"pg_wal/" {
+        return 0;
+    }
+    let key = FdKey {
+        tgid,
+        fd: fd as u32,
+    };
+    if WAL_FDS.insert(&key, &1, 0).is_err() {
+        bump(counter::WAL_FDS_FULL);
+    }
+    0
+}
+
+/// syscalls:sys_enter_close.
+#[tracepoint]
+pub fn wal_enter_close(ctx: TracePointContext) -> u32 {
+    let key = FdKey {
+        tgid: ids().0,
+        fd: syscall::arg(&ctx, 0) as u32,
+    };
+    let _ = WAL_FDS.remove(&key);
+    0
+}
+
+/// sys_enter_write, pwrite64, writev, pwritev, pwritev2 (the descriptor is the first
+/// argument).
+#[tracepoint]
+pub fn wal_enter_write(ctx: TracePointContext) -> u32 {
+    wal_enter(&ctx, 0);
+    0
+}
+
+/// sys_enter_fsync, fdatasync.
+#[tracepoint]
+pub fn wal_enter_sync(ctx: TracePointContext) -> u32 {
+    wal_enter(&ctx, 1);
+    0
+}
+
+#[inline(always)]
+fn wal_enter(ctx: &TracePointContext, sync: u32) {
+    let (tgid, tid) = ids();
+    let key = FdKey {
+        tgid,
+        fd: syscall::arg(ctx, 0) as u32,
+    };
+    // SAFETY: plain lookup.
+    if unsafe { WAL_FDS.get(&key) }.is_none() {
+        return;
+    }
+    let p = Pending {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        sync,
+        _pad: 0,
+    };
+    let _ = WAL_PENDING.insert(&tid, &p, 0);
+}
+
+/// The exits of the WAL writes and syncs `wal_enter_*` saw begin.
+#[tracepoint]
+pub fn wal_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = ids();
+    // SAFETY: plain lookup; the value is copied out.
+    let Some(p) = (unsafe { WAL_PENDING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = WAL_PENDING.remove(&tid);
+    let ret = syscall::ret(&ctx);
+    if ret < 0 || (p.sync == 0 && ret == 0) {
+        return 0;
+    }
+    // SAFETY: helper without arguments.
+    let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(p.start_ns);
+    if WAL_IO.get_ptr_mut(&tgid).is_none() {
+        // BPF_NOEXIST: another thread may have made it in between; then its entry is used.
+        let _ = WAL_IO.insert(&tgid, &WalIo::default(), 1);
+    }
+    let Some(io) = WAL_IO.get_ptr_mut(&tgid) else {
+        bump(counter::WAL_IO_FULL);
+        return 0;
+    };
+    // SAFETY: a map value; other threads of the process may add too, hence atomic adds.
+    unsafe {
+        if p.sync == 0 {
+            atomic_add(&raw mut (*io).writes, 1);
+            atomic_add(&raw mut (*io).bytes, ret as u64);
+            atomic_add(&raw mut (*io).write_ns, ns);
+            if ns > (*io).write_max_ns {
+                (*io).write_max_ns = ns;
+            }
+        } else {
+            atomic_add(&raw mut (*io).syncs, 1);
+            atomic_add(&raw mut (*io).sync_ns, ns);
+            if ns > (*io).sync_max_ns {
+                (*io).sync_max_ns = ns;
+            }
+        }
+    }
+    0
 }
 
 pgbpf_common_ebpf::program_support!();

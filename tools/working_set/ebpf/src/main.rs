@@ -82,7 +82,13 @@ pub fn buffer_probe(ctx: ProbeContext) -> u32 {
     // backend: -1 for shared buffers, the backend's number for its local ones.
     let local = backend as i32 != -1;
     let arg = |n: usize| usdt_arg(&ctx, spec, n).unwrap_or(0);
-    let (extend, found) = (arg(6) != 0, arg(7) != 0);
+    // PostgreSQL 17 dropped is_extend (extension has probes of its own since 16): seven
+    // arguments, `found` the last.
+    let (extend, found) = if spec.arg_count >= 8 {
+        (arg(6) != 0, arg(7) != 0)
+    } else {
+        (false, arg(6) != 0)
+    };
     let in_blocks = match counted(&BLOCKS, &block, &BlockAccesses::default()) {
         // SAFETY: a map value; other CPUs add to it too, hence the atomic add.
         Some(b) => unsafe {
