@@ -79,6 +79,33 @@ impl Files {
         })
     }
 
+    /// The kinds of the descriptors `pids` have open now, opened before attach: found while
+    /// they are open (a file closed before the first report could not be looked up).
+    pub fn seed(&mut self, pids: &[u32]) {
+        // Without a target the pids are the machine's: the traced ones are named postgres.
+        for &tgid in pids {
+            if pgbpf_common::procs::comm_of(tgid).as_deref() != Some("postgres") {
+                continue;
+            }
+            let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/fd")) else {
+                continue;
+            };
+            for entry in dir.flatten() {
+                let Ok(fd) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if let Ok(path) = std::fs::read_link(entry.path()) {
+                    let key = FileKey {
+                        fd: FdKey { tgid, fd },
+                        id: 0,
+                    };
+                    self.inherited
+                        .insert(key, classify(&path.to_string_lossy(), fd));
+                }
+            }
+        }
+    }
+
     /// An open the kernel sent: its path classified now, its process's type learned while
     /// it lives.
     pub fn opened(&mut self, key: FileKey, path: &str) {
@@ -138,8 +165,8 @@ impl Files {
         self.opens.retain(|k, _| {
             live.contains(k) || (!dead.contains(&k.fd.tgid) && open.get(&k.fd) == Some(&k.id))
         });
-        self.inherited
-            .retain(|k, _| !dead.contains(&k.fd.tgid) && live.contains(k));
+        // Descriptors open before attach stay known while their process lives.
+        self.inherited.retain(|k, _| !dead.contains(&k.fd.tgid));
     }
 
     /// Adds what file `key` did since it was last counted (its counts now `stats`).

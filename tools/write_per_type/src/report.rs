@@ -89,6 +89,12 @@ impl ProbeReport for Reporter {
         Ok(())
     }
 
+    fn processes(&mut self, pids: &[u32]) {
+        if let Some(files) = self.files.as_mut() {
+            files.seed(pids);
+        }
+    }
+
     fn take_maps(&mut self, loaded: &mut pgbpf_common::loader::Loaded) -> anyhow::Result<()> {
         self.files = Some(Files::take(loaded)?);
         Ok(())

@@ -48,6 +48,8 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
     target.fill_maps(&mut loaded.ebpf)?;
     target.attach_fork_tracking(&mut loaded)?;
     let (query_addrs, _) = QueryAddrs::start(&mut loaded, &[])?;
+    // Descriptors open now (the files PostgreSQL keeps open) are classified while open.
+    report.processes(&target.processes_now());
     for (program, tracepoint) in HOOKS {
         loaded.attach_tracepoint(program, "syscalls", tracepoint)?;
     }
