@@ -119,6 +119,22 @@ pub fn socket_fds(pid: u32) -> Vec<(u32, u64)> {
     .collect()
 }
 
+/// The descriptors of `pid` that name a path (files, not sockets or pipes): (fd, path as
+/// /proc/PID/fd links it). Unreadable processes have none.
+pub fn file_fds(pid: u32) -> Vec<(u32, std::path::PathBuf)> {
+    let Some(fds) = process(pid).and_then(|p| p.fd().ok()) else {
+        return vec![];
+    };
+    fds.filter_map(|fd| {
+        let fd = fd.ok()?;
+        match fd.target {
+            FDTarget::Path(path) => Some((u32::try_from(fd.fd).ok()?, path)),
+            _ => None,
+        }
+    })
+    .collect()
+}
+
 /// The memory maps of `pid` (/proc/PID/maps), or with `smaps` the same with each mapping's
 /// statistics (Rss, Pss, ...).
 pub fn memory_maps(pid: u32, smaps: bool) -> Option<procfs::process::MemoryMaps> {

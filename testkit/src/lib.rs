@@ -124,6 +124,19 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// /proc/PID/io's wchar: the bytes the process's write syscalls wrote (its reaped children's
+/// included).
+pub fn wchar(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no wchar in /proc/{pid}/io"))
+}
+
 /// Sums the named counters of /proc/vmstat.
 pub fn vmstat(names: &[&str]) -> u64 {
     let text = std::fs::read_to_string("/proc/vmstat").unwrap();

@@ -329,6 +329,24 @@ impl Postgres {
         run(self.psql_command().args(["-c", sql]))
     }
 
+    /// Waits (up to 5 s) until every client backend but the caller's has left: a backend
+    /// flushes its statistics (pg_statio, temp_bytes, pg_stat_wal) as it exits, before it
+    /// leaves pg_stat_activity.
+    pub fn wait_other_backends_gone(&self) {
+        for _ in 0..100 {
+            let others = self
+                .psql(
+                    "select count(*) from pg_stat_activity where backend_type = \
+                     'client backend' and pid <> pg_backend_pid()",
+                )
+                .unwrap_or_default();
+            if others.trim() == "0" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs pgbench with `args` against the `postgres` database.
     pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
         run(Command::new("pgbench")

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use pgbpf_common::{loader::Loaded, postgres::BackendTypes};
+use pgbpf_common::{loader::Loaded, postgres::BackendTypes, procs::alive};
 use wal_per_query_ebpf::{FdKey, WalIo};
 
 /// Writes and syncs of pg_wal files per backend type.
@@ -81,10 +81,6 @@ fn since(now: &WalIo, before: Option<&WalIo>) -> WalIo {
     }
 }
 
-fn alive(tgid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{tgid}")).exists()
-}
-
 impl SystemWal {
     pub fn take(loaded: &mut Loaded) -> anyhow::Result<SystemWal> {
         Ok(SystemWal {
@@ -97,16 +93,7 @@ impl SystemWal {
     /// Adds the pg_wal descriptors `pids` have open now (opened before attach).
     pub fn seed(&mut self, pids: &[u32]) {
         for &tgid in pids {
-            let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/fd")) else {
-                continue;
-            };
-            for entry in dir.flatten() {
-                let Ok(fd) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                let Ok(path) = std::fs::read_link(entry.path()) else {
-                    continue;
-                };
+            for (fd, path) in pgbpf_common::procs::file_fds(tgid) {
                 if path.to_string_lossy().contains("/pg_wal/") {
                     let _ = self.fds.insert(&FdKey { tgid, fd }, &1, 0);
                 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use pgbpf_testkit::{exclusive, postgres::Postgres, require_root, schema, tool::Traced};
+use pgbpf_testkit::{exclusive, postgres::Postgres, require_root, schema, tool::Traced, wchar};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wal_per_query");
@@ -133,18 +133,6 @@ fn pgbench_statements_wal_equals_pg_stat_statements() {
     assert_eq!(summary["wal_records"].as_u64(), Some(in_statements));
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
     assert_eq!(summary["not_located"], 0);
-}
-
-/// /proc/PID/io's wchar: bytes the process's write syscalls wrote.
-fn wchar(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// pg_stat_wal's (wal_bytes, wal_write, wal_sync).

@@ -20,18 +20,7 @@ type Statio = BTreeMap<String, (u64, u64)>;
 /// pg_statio's heap and index block counts of the user relations, once every other backend
 /// has left (a backend flushes its counts as it exits, before leaving pg_stat_activity).
 fn statio(pg: &Postgres) -> Statio {
-    for _ in 0..100 {
-        let others = pg
-            .psql(
-                "select count(*) from pg_stat_activity where backend_type = 'client backend' \
-                 and pid <> pg_backend_pid()",
-            )
-            .unwrap();
-        if others.trim() == "0" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    pg.wait_other_backends_gone();
     pg.psql(
         "select relname, heap_blks_hit, heap_blks_read from pg_statio_user_tables \
          union all select indexrelname, idx_blks_hit, idx_blks_read from pg_statio_user_indexes",

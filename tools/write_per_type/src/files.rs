@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use pgbpf_common::{loader::Loaded, postgres::BackendTypes};
+use pgbpf_common::{loader::Loaded, postgres::BackendTypes, procs::alive};
 use write_per_type_ebpf::{FdKey, FileKey, FileStats};
 
 use crate::kind::{Kind, classify};
@@ -63,10 +63,6 @@ pub struct Files {
     backends: BackendTypes,
 }
 
-fn alive(tgid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{tgid}")).exists()
-}
-
 impl Files {
     pub fn take(loaded: &mut Loaded) -> anyhow::Result<Files> {
         Ok(Files {
@@ -87,21 +83,13 @@ impl Files {
             if pgbpf_common::procs::comm_of(tgid).as_deref() != Some("postgres") {
                 continue;
             }
-            let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/fd")) else {
-                continue;
-            };
-            for entry in dir.flatten() {
-                let Ok(fd) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
+            for (fd, path) in pgbpf_common::procs::file_fds(tgid) {
+                let key = FileKey {
+                    fd: FdKey { tgid, fd },
+                    id: 0,
                 };
-                if let Ok(path) = std::fs::read_link(entry.path()) {
-                    let key = FileKey {
-                        fd: FdKey { tgid, fd },
-                        id: 0,
-                    };
-                    self.inherited
-                        .insert(key, classify(&path.to_string_lossy(), fd));
-                }
+                self.inherited
+                    .insert(key, classify(&path.to_string_lossy(), fd));
             }
         }
     }

@@ -14,40 +14,13 @@ use pgbpf_testkit::{
     postgres::{PgOptions, Postgres},
     require_root, schema,
     tool::Traced,
+    wchar,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_write_per_type");
 
-/// /proc/PID/io's wchar: bytes the process's write syscalls wrote.
-fn wchar(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("wchar: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn number(pg: &Postgres, sql: &str) -> u64 {
     pg.psql(sql).unwrap().trim().parse().unwrap()
-}
-
-/// Waits until every client backend but the caller's has left (a backend flushes its
-/// statistics as it exits, before leaving pg_stat_activity).
-fn others_gone(pg: &Postgres) {
-    for _ in 0..100 {
-        let n = number(
-            pg,
-            "select count(*) from pg_stat_activity where backend_type = 'client backend' \
-             and pid <> pg_backend_pid()",
-        );
-        if n == 0 {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -115,7 +88,7 @@ fn bytes_per_backend_type_and_kind_equal_postgres_and_proc_counts() {
     drop(session);
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
-    others_gone(&pg);
+    pg.wait_other_backends_gone();
     let buffers = number(&pg, "select buffers_checkpoint from pg_stat_bgwriter") - buffers_before;
     let temp = number(
         &pg,
