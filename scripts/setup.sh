@@ -19,7 +19,7 @@ quiet() { local log; log=$(mktemp); if ! "$@" >"$log" 2>&1; then tail -30 "$log"
 
 PKGS=(build-essential ca-certificates curl pkg-config llvm-22-dev
       postgresql postgresql-contrib podman runc bpftrace systemtap-sdt-dev procps util-linux psmisc
-      man-db redis-server redis-tools python3-psycopg pgreplay openssl time busybox-static
+      iproute2 man-db redis-server redis-tools python3-psycopg pgreplay openssl time busybox-static
       prometheus)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done

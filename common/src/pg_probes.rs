@@ -64,7 +64,10 @@ pub struct Probes<'a> {
     /// ("pgWalUsage", "PostgreSQL 13 or later is needed").
     pub required_symbols: &'a [(&'static str, &'static str)],
     /// Attaches the tool's hooks other than the USDT sites (net_per_query's socket
-    /// tracepoints), after them; says what it attached, for the attach line.
+    /// tracepoints), after them; says what it attached, for the attach line. Such hooks fire
+    /// in every process: with them the target is narrowed to processes named postgres (the
+    /// USDT sites fire in the binary's processes only; without a target, the socket calls of
+    /// every process of the machine were counted).
     pub attach_more: Option<fn(&mut Loaded) -> anyhow::Result<String>>,
 }
 
@@ -129,7 +132,8 @@ pub fn start<'a, R: ProbeReport>(
     verbose: bool,
     mut report: R,
 ) -> anyhow::Result<Option<Attached<'a>>> {
-    let mut target = Target::resolve(target_args, None)?;
+    let comm = p.attach_more.map(|_| "postgres");
+    let mut target = Target::resolve(target_args, comm)?;
     let (binary, root) = postgres::binary_for_target(&target, postgres_path)?;
     if !p.required_symbols.is_empty() {
         let symbols = crate::elf::Symbols::open(&binary, &root)?;

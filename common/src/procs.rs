@@ -135,6 +135,26 @@ pub fn file_fds(pid: u32) -> Vec<(u32, std::path::PathBuf)> {
     .collect()
 }
 
+/// The TCP ports `pid` listens on: its listening sockets, found in /proc/PID/net/tcp and
+/// tcp6 (its network namespace's) by their inodes. Unreadable processes have none.
+pub fn listening_tcp_ports(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<u64> =
+        socket_fds(pid).into_iter().map(|(_, i)| i).collect();
+    let Some(p) = process(pid).filter(|_| !inodes.is_empty()) else {
+        return vec![];
+    };
+    let mut ports: Vec<u16> = [p.tcp(), p.tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.state == procfs::net::TcpState::Listen && inodes.contains(&e.inode))
+        .map(|e| e.local_address.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The memory maps of `pid` (/proc/PID/maps), or with `smaps` the same with each mapping's
 /// statistics (Rss, Pss, ...).
 pub fn memory_maps(pid: u32, smaps: bool) -> Option<procfs::process::MemoryMaps> {
@@ -181,5 +201,17 @@ mod tests {
                 .iter()
                 .any(|(f, inode)| *f == fd && *inode > 0)
         );
+    }
+
+    #[test]
+    fn listening_ports_are_those_of_the_process() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A connected socket of ours is no listening port.
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let ports = listening_tcp_ports(std::process::id());
+        assert!(ports.contains(&port), "{ports:?}");
+        assert!(!ports.contains(&client.local_addr().unwrap().port()));
+        assert!(listening_tcp_ports(u32::MAX).is_empty());
     }
 }

@@ -209,7 +209,10 @@ impl Postgres {
         settings: &[(String, String)],
     ) -> anyhow::Result<()> {
         let mut settings = settings.to_vec();
-        settings.push(("listen_addresses".into(), "127.0.0.1".into()));
+        // The last -c wins: 127.0.0.1 unless the test asked for addresses of its own.
+        if !settings.iter().any(|(k, _)| k == "listen_addresses") {
+            settings.push(("listen_addresses".into(), "127.0.0.1".into()));
+        }
         let log = std::fs::File::create(self.server_log_path())?;
         nix::unistd::chown(&self.server_log_path(), Some(uid.into()), Some(gid.into()))?;
         let args = self.server_args(&self.dir.path().join("data"), &self.socket_dir, &settings);

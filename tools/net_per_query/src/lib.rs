@@ -5,8 +5,10 @@
 //!
 //! - [`trace`]: find the binary's probe sites, load, attach, drain the ring buffer.
 //! - [`report`]: the tables per period.
+//! - [`devices`]: `--dev`, the bytes per network device and direction.
 //! - [`records`]: the NDJSON records (docs/schema/net_per_query.json).
 
+pub mod devices;
 pub mod records;
 pub mod report;
 pub mod trace;
@@ -21,7 +23,8 @@ Examples:
   net_per_query                      # every PostgreSQL of the installed binary, a table at Ctrl-C
   net_per_query -p 4242 10           # a postmaster and its backends, a table every 10 seconds
   net_per_query --container 3f2a -d 30   # a containerized server for 30 seconds
-  net_per_query --json -d 60         # NDJSON rows";
+  net_per_query --json -d 60         # NDJSON rows
+  net_per_query --dev 10             # and the bytes of each network device, PostgreSQL's part";
 
 /// Bytes received and sent per PostgreSQL statement (its request and its whole response),
 /// per backend type and per client, with each connection's own traffic (startup,
@@ -39,6 +42,10 @@ pub struct Args {
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+    /// Also the packets and bytes of each network device and direction, and PostgreSQL's
+    /// part of them (TCP to and from the traced servers' listening ports)
+    #[arg(long)]
+    pub dev: bool,
 }
 
 pgbpf_common::tool!(Args, "net_per_query", trace::start);

@@ -18,6 +18,8 @@ pub enum Record<'a> {
     Backend(Backend<'a>),
     /// The traffic of one client (its address; `[local]` for a Unix socket).
     Client(Client<'a>),
+    /// `--dev`: the packets one network device moved one way, and PostgreSQL's part.
+    Device(Device<'a>),
     /// The end of an interval report.
     Interval(Totals),
     /// The end of the run.
@@ -69,6 +71,33 @@ pub struct Client<'a> {
 }
 
 #[derive(Serialize, JsonSchema)]
+pub struct Device<'a> {
+    pub scope: Scope,
+    pub ts_ns: u64,
+    pub interval_ns: u64,
+    /// The device's name.
+    pub device: &'a str,
+    /// The inode number of the device's network namespace (`ls -Li /proc/PID/ns/net`).
+    pub netns: u64,
+    /// `received` or `sent`.
+    pub direction: &'a str,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// What a network device moved one way.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Traffic {
+    /// Packets as the kernel handled them (after GRO, before segmentation offload).
+    pub packets: u64,
+    /// Bytes as /proc/net/dev counts them (link-layer headers included).
+    pub bytes: u64,
+    /// TCP packets to or from a traced server's listening port.
+    pub postgres_packets: u64,
+    pub postgres_bytes: u64,
+}
+
+#[derive(Serialize, JsonSchema)]
 pub struct Totals {
     pub ts_ns: u64,
     /// The report's period: the interval, or the whole run in the summary.
@@ -90,4 +119,6 @@ pub struct Lost {
     pub threads_full: u64,
     /// Bytes moved on sockets other than the clients' (postgres_fdw, dblink): not counted.
     pub other_socket_bytes: u64,
+    /// `--dev`: packets of devices past the device table's size: not counted.
+    pub devices_full: u64,
 }

@@ -1,5 +1,5 @@
-//! The tables per statement, backend type and client, for each interval and the whole run;
-//! or NDJSON rows.
+//! The tables per statement, backend type and client (and with `--dev` per network device),
+//! for each interval and the whole run; or NDJSON rows.
 
 use std::{
     collections::HashMap,
@@ -20,7 +20,8 @@ use pgbpf_common::{
 
 use crate::{
     Args,
-    records::{Backend, Client, Lost, Net, Record, Statement, Totals},
+    devices::{DeviceRow, Devices},
+    records::{Backend, Client, Device, Lost, Net, Record, Statement, Totals},
 };
 
 /// The label of the connections' own traffic.
@@ -58,6 +59,9 @@ pub struct Reporter {
     backends: BackendTypes,
     /// The kernel's per-thread counts: at the end, the statements still counting.
     threads: Option<BpfHashMap<MapData, u32, NetState>>,
+    /// `--dev`.
+    dev: bool,
+    devices: Option<Devices>,
 }
 
 impl Reporter {
@@ -68,6 +72,8 @@ impl Reporter {
             events: 0,
             backends: BackendTypes::default(),
             threads: None,
+            dev: args.dev,
+            devices: None,
         }
     }
 
@@ -164,7 +170,16 @@ impl ProbeReport for Reporter {
 
     fn take_maps(&mut self, loaded: &mut pgbpf_common::loader::Loaded) -> anyhow::Result<()> {
         self.threads = Some(BpfHashMap::try_from(loaded.take_map("THREADS")?)?);
+        if self.dev {
+            self.devices = Some(Devices::take(loaded)?);
+        }
         Ok(())
+    }
+
+    fn processes(&mut self, pids: &[u32]) {
+        if let Some(d) = self.devices.as_mut() {
+            d.listen_on(pids);
+        }
     }
 
     fn report(&mut self, sink: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()> {
@@ -172,6 +187,11 @@ impl ProbeReport for Reporter {
             self.add_running();
         }
         let (p, period) = self.periods.end(scope);
+        let devices: Vec<DeviceRow> = self
+            .devices
+            .as_mut()
+            .map(|d| d.rows(scope))
+            .unwrap_or_default();
         let at = |i: u32| kernel.get(i as usize).copied().unwrap_or(0);
         let totals = Totals {
             ts_ns: output::unix_ns(),
@@ -182,6 +202,7 @@ impl ProbeReport for Reporter {
                 ringbuf_full: at(counter::RINGBUF_FULL),
                 threads_full: at(counter::THREADS_FULL),
                 other_socket_bytes: at(counter::OTHER_SOCKET_BYTES),
+                devices_full: at(counter::DEVICES_FULL),
             },
         };
         if sink.json {
@@ -211,6 +232,17 @@ impl ProbeReport for Reporter {
                     interval_ns,
                     client,
                     net: net.clone(),
+                }))?;
+            }
+            for d in devices {
+                sink.record(&Record::Device(Device {
+                    scope,
+                    ts_ns,
+                    interval_ns,
+                    device: &d.name,
+                    netns: d.netns,
+                    direction: d.direction,
+                    traffic: d.traffic,
                 }))?;
             }
             return sink.record(&match scope {
@@ -247,9 +279,43 @@ impl ProbeReport for Reporter {
                 cells
             });
         }
+        if let Some(d) = self.devices.as_ref() {
+            out.push_str(&format!("\nBy network device ({}):\n", d.ports_text()));
+            let header = [
+                "DEVICE",
+                "DIRECTION",
+                "PACKETS",
+                "BYTES",
+                "POSTGRES PACKETS",
+                "POSTGRES BYTES",
+            ];
+            output::top_table(&mut out, &header, &devices, usize::MAX, width, |d| {
+                let t = &d.traffic;
+                vec![
+                    if d.elsewhere {
+                        format!("{} (netns {})", d.name, d.netns)
+                    } else {
+                        d.name.clone()
+                    },
+                    d.direction.to_string(),
+                    t.packets.to_string(),
+                    output::human_bytes(t.bytes),
+                    t.postgres_packets.to_string(),
+                    output::human_bytes(t.postgres_bytes),
+                ]
+            });
+        }
+        let devices_lost = if self.dev {
+            format!(
+                ", {} packets of devices past the table",
+                totals.lost.devices_full
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "lost: {} statements (ring buffer full), {} threads not followed (table full); not \
-             counted: {} moved on other sockets than the clients'\n\n",
+            "lost: {} statements (ring buffer full), {} threads not followed (table \
+             full){devices_lost}; not counted: {} moved on other sockets than the clients'\n\n",
             totals.lost.ringbuf_full,
             totals.lost.threads_full,
             output::human_bytes(totals.lost.other_socket_bytes)

@@ -1,7 +1,9 @@
 //! net_per_query's hooks: PostgreSQL's query__execute__start USDT sites (by
 //! `pgbpf_common::pg_probes`), the socket layer's tracepoints (or, before Linux 6.4, the
 //! exits of recvfrom and sendto) and sched_process_exit; `struct sock_common`'s offsets from
-//! the kernel's BTF for the clients' addresses.
+//! the kernel's BTF for the clients' addresses. `--dev`: the net_dev_start_xmit,
+//! net_dev_xmit and netif_receive_skb tracepoints, `struct sk_buff`'s and `struct
+//! net_device`'s offsets.
 
 use net_per_query_ebpf::{global, probe};
 use pgbpf_common::{
@@ -19,22 +21,19 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 
 /// Resolves the target, finds the probe sites, loads and attaches.
 pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
-    let k = KernelTypes::running(&[
-        ("sock_common", "skc_family"),
-        ("sock_common", "skc_daddr"),
-        ("sock_common", "skc_v6_daddr"),
-    ])?;
-    let globals = [
-        (
-            global::FAMILY_OFFSET,
-            k.offset("sock_common", "skc_family")?,
-        ),
-        (global::DADDR_OFFSET, k.offset("sock_common", "skc_daddr")?),
-        (
-            global::V6_DADDR_OFFSET,
-            k.offset("sock_common", "skc_v6_daddr")?,
-        ),
-    ];
+    let wanted: Vec<(&str, &str)> = SOCK_MEMBERS
+        .iter()
+        .chain(if args.dev { &DEV_MEMBERS[..] } else { &[] })
+        .map(|(_, s, m)| (*s, *m))
+        .collect();
+    let k = KernelTypes::running(&wanted)?;
+    let mut globals = Vec::new();
+    for (global, s, m) in SOCK_MEMBERS
+        .iter()
+        .chain(if args.dev { &DEV_MEMBERS[..] } else { &[] })
+    {
+        globals.push((*global, k.offset(s, m)?));
+    }
     let probes = Probes {
         tool: "net_per_query",
         object: OBJECT,
@@ -45,7 +44,11 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         map_sizes: &[],
         globals: &globals,
         required_symbols: &[],
-        attach_more: Some(attach_sockets),
+        attach_more: Some(if args.dev {
+            attach_sockets_and_devices
+        } else {
+            attach_sockets
+        }),
     };
     pg_probes::start(
         &probes,
@@ -54,6 +57,38 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         args.out.verbose,
         Reporter::new(args),
     )
+}
+
+/// The kernel members whose offsets the programs read: (global, struct, member).
+const SOCK_MEMBERS: [(&str, &str, &str); 3] = [
+    (global::FAMILY_OFFSET, "sock_common", "skc_family"),
+    (global::DADDR_OFFSET, "sock_common", "skc_daddr"),
+    (global::V6_DADDR_OFFSET, "sock_common", "skc_v6_daddr"),
+];
+const DEV_MEMBERS: [(&str, &str, &str); 10] = [
+    (global::SKB_LEN_OFFSET, "sk_buff", "len"),
+    (global::SKB_DATA_OFFSET, "sk_buff", "data"),
+    (global::SKB_HEAD_OFFSET, "sk_buff", "head"),
+    (global::SKB_MAC_HEADER_OFFSET, "sk_buff", "mac_header"),
+    (
+        global::SKB_NETWORK_HEADER_OFFSET,
+        "sk_buff",
+        "network_header",
+    ),
+    (global::SKB_DEV_OFFSET, "sk_buff", "dev"),
+    (global::DEV_IFINDEX_OFFSET, "net_device", "ifindex"),
+    (global::DEV_NAME_OFFSET, "net_device", "name"),
+    (global::DEV_NET_OFFSET, "net_device", "nd_net.net"),
+    (global::NET_INUM_OFFSET, "net", "ns.inum"),
+];
+
+/// `--dev`: the sockets' hooks, and the devices' packets both ways.
+fn attach_sockets_and_devices(loaded: &mut Loaded) -> anyhow::Result<String> {
+    let sockets = attach_sockets(loaded)?;
+    loaded.attach_raw_tracepoint("dev_receive", "netif_receive_skb")?;
+    loaded.attach_raw_tracepoint("dev_start_xmit", "net_dev_start_xmit")?;
+    loaded.attach_raw_tracepoint("dev_xmit", "net_dev_xmit")?;
+    Ok(format!("{sockets}, network devices"))
 }
 
 /// The bytes each socket call moved: the socket layer's tracepoints (Linux 6.4 and later),

@@ -1,7 +1,9 @@
 //! net_per_query against a real PostgreSQL and psql through a TCP forwarder of the test's
 //! own that counts the bytes each way: the client's row equals what the forwarder carried,
 //! a 10 MB result and a COPY TO STDOUT's responses equal their size in the protocol, a COPY
-//! FROM STDIN's data counts in its statement, not in the next one's request.
+//! FROM STDIN's data counts in its statement, not in the next one's request. `--dev`: a
+//! client in a network namespace of the test's own, reaching the server through a veth pair:
+//! each side's packets and bytes equal /proc/net/dev's, all of the server's side PostgreSQL's.
 
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -224,4 +226,203 @@ fn a_clients_bytes_equal_what_a_forwarder_carried() {
     let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["lost"]["ringbuf_full"], 0);
     assert_eq!(summary["lost"]["threads_full"], 0);
+}
+
+/// A veth pair between this namespace (`HOST_DEV`, `HOST_ADDR`) and a network namespace of
+/// its own (`PEER_DEV`, `PEER_ADDR`), quiet: IPv6 off on both ends (no neighbour discovery),
+/// each end's neighbour entry static (no ARP). Removed when dropped.
+struct VethPair;
+
+const NETNS: &str = "pgbpf-npq";
+const HOST_DEV: &str = "pgbpf-npq0";
+const PEER_DEV: &str = "pgbpf-npq1";
+const HOST_ADDR: &str = "10.213.7.1";
+const PEER_ADDR: &str = "10.213.7.2";
+
+fn sh(script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-ec", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl VethPair {
+    fn create() -> VethPair {
+        // Left over by an interrupted run.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", NETNS])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", HOST_DEV])
+            .status();
+        let in_ns = format!("ip netns exec {NETNS}");
+        sh(&format!(
+            "ip netns add {NETNS}
+             ip link add {HOST_DEV} type veth peer name {PEER_DEV}
+             ip link set {PEER_DEV} netns {NETNS}
+             echo 1 > /proc/sys/net/ipv6/conf/{HOST_DEV}/disable_ipv6
+             {in_ns} sh -c 'echo 1 > /proc/sys/net/ipv6/conf/{PEER_DEV}/disable_ipv6'
+             ip addr add {HOST_ADDR}/30 dev {HOST_DEV}
+             {in_ns} ip addr add {PEER_ADDR}/30 dev {PEER_DEV}
+             ip neigh replace {PEER_ADDR} dev {HOST_DEV} nud permanent \
+                lladdr $({in_ns} cat /sys/class/net/{PEER_DEV}/address)
+             {in_ns} ip neigh replace {HOST_ADDR} dev {PEER_DEV} nud permanent \
+                lladdr $(cat /sys/class/net/{HOST_DEV}/address)
+             ip link set {HOST_DEV} up
+             {in_ns} ip link set {PEER_DEV} up"
+        ));
+        VethPair
+    }
+
+    /// (rx bytes, rx packets, tx bytes, tx packets) of a device in /proc/net/dev, in this
+    /// namespace or the pair's.
+    fn proc_net_dev(in_netns: bool, dev: &str) -> [u64; 4] {
+        let text = if in_netns {
+            sh(&format!("ip netns exec {NETNS} cat /proc/net/dev"))
+        } else {
+            std::fs::read_to_string("/proc/net/dev").unwrap()
+        };
+        let line = text
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{dev}:")))
+            .unwrap_or_else(|| panic!("no {dev} in {text}"));
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        [f[0], f[1], f[8], f[9]]
+    }
+
+    /// The inode number of the pair's namespace.
+    fn netns_inode() -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(format!("/run/netns/{NETNS}"))
+            .unwrap()
+            .ino()
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", NETNS])
+            .status();
+    }
+}
+
+#[test]
+fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
+    require_root();
+    let _lock = exclusive();
+    let _pair = VethPair::create();
+    let opts = pgbpf_testkit::postgres::PgOptions {
+        settings: vec![("listen_addresses".into(), format!("127.0.0.1,{HOST_ADDR}"))],
+        ..Default::default()
+    };
+    let pg = Postgres::start_with(&opts).unwrap();
+    let hba = pg.dir.path().join("data/pg_hba.conf");
+    let mut rules = std::fs::read_to_string(&hba).unwrap();
+    rules.push_str(&format!("host all all {PEER_ADDR}/32 trust\n"));
+    std::fs::write(&hba, rules).unwrap();
+    pg.psql("select pg_reload_conf()").unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &pm, "--dev", "--json"]).unwrap();
+    let host_before = VethPair::proc_net_dev(false, HOST_DEV);
+    let peer_before = VethPair::proc_net_dev(true, PEER_DEV);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", NETNS, "psql", "-X", "-q", "-h", HOST_ADDR])
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-c", "select repeat('x', 3000000)", "-c", "select 1"])
+        .env("PGSSLMODE", "disable")
+        .env("PGGSSENCMODE", "disable")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The backend's exit and the connection's last packets (FIN, ACK).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let host_after = VethPair::proc_net_dev(false, HOST_DEV);
+    let peer_after = VethPair::proc_net_dev(true, PEER_DEV);
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("net_per_query", &records);
+    let delta = |a: [u64; 4], b: [u64; 4]| -> Vec<u64> { (0..4).map(|i| a[i] - b[i]).collect() };
+    let (host, peer) = (
+        delta(host_after, host_before),
+        delta(peer_after, peer_before),
+    );
+    eprintln!("/proc/net/dev {HOST_DEV}: {host:?}, {PEER_DEV}: {peer:?}");
+    let device = |name: &str, direction: &str| -> &Value {
+        records
+            .iter()
+            .find(|r| r["type"] == "device" && r["device"] == name && r["direction"] == direction)
+            .unwrap_or_else(|| panic!("no {name} {direction}: {records:#?}"))
+    };
+    let n = |r: &Value, f: &str| r[f].as_u64().unwrap();
+    // [rx bytes, rx packets, tx bytes, tx packets], as the tool counts them.
+    let ours = |r: &Value, s: &Value, prefix: &str| -> Vec<u64> {
+        vec![
+            n(r, &format!("{prefix}bytes")),
+            n(r, &format!("{prefix}packets")),
+            n(s, &format!("{prefix}bytes")),
+            n(s, &format!("{prefix}packets")),
+        ]
+    };
+    let (host_rx, host_tx) = (device(HOST_DEV, "received"), device(HOST_DEV, "sent"));
+    let (peer_rx, peer_tx) = (device(PEER_DEV, "received"), device(PEER_DEV, "sent"));
+    assert!(host[3] > 100, "the 3 MB response took packets: {host:?}");
+    assert_eq!(
+        ours(host_rx, host_tx, ""),
+        host,
+        "{HOST_DEV} against /proc/net/dev"
+    );
+    assert_eq!(
+        ours(peer_rx, peer_tx, ""),
+        peer,
+        "{PEER_DEV} against /proc/net/dev"
+    );
+    // Every packet on the server's side is its connection's (to or from its port); none on
+    // the client's, where no traced server listens.
+    assert_eq!(
+        ours(host_rx, host_tx, "postgres_"),
+        host,
+        "PostgreSQL's part"
+    );
+    assert_eq!(ours(peer_rx, peer_tx, "postgres_"), vec![0; 4]);
+    assert_eq!(n(peer_rx, "netns"), VethPair::netns_inode());
+    // The statements' bytes are the TCP payload of those packets: each packet adds its
+    // headers (Ethernet 14, IPv4 20, TCP 20 to 40 bytes).
+    let client = records
+        .iter()
+        .find(|r| r["type"] == "client" && r["client"] == PEER_ADDR)
+        .unwrap_or_else(|| panic!("no client {PEER_ADDR}: {records:#?}"));
+    for (payload, (bytes, packets)) in [
+        (n(client, "recv_bytes"), (host[0], host[1])),
+        (n(client, "sent_bytes"), (host[2], host[3])),
+    ] {
+        let headers = bytes - payload;
+        assert!(
+            (54 * packets..=74 * packets).contains(&headers),
+            "{bytes} bytes in {packets} packets for {payload} of payload"
+        );
+    }
+    let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["lost"]["devices_full"], 0);
 }

@@ -8,7 +8,61 @@ pub mod global {
     pub const FAMILY_OFFSET: &str = "SOCK_FAMILY_OFFSET";
     pub const DADDR_OFFSET: &str = "SOCK_DADDR_OFFSET";
     pub const V6_DADDR_OFFSET: &str = "SOCK_V6_DADDR_OFFSET";
+    /// `--dev`: offsets in `struct sk_buff`, `struct net_device` and `struct net`.
+    pub const SKB_LEN_OFFSET: &str = "SKB_LEN_OFFSET";
+    pub const SKB_DATA_OFFSET: &str = "SKB_DATA_OFFSET";
+    pub const SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
+    pub const SKB_MAC_HEADER_OFFSET: &str = "SKB_MAC_HEADER_OFFSET";
+    pub const SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
+    pub const SKB_DEV_OFFSET: &str = "SKB_DEV_OFFSET";
+    pub const DEV_IFINDEX_OFFSET: &str = "DEV_IFINDEX_OFFSET";
+    pub const DEV_NAME_OFFSET: &str = "DEV_NAME_OFFSET";
+    pub const DEV_NET_OFFSET: &str = "DEV_NET_OFFSET";
+    pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
 }
+
+/// `--dev`: which way a device moved a packet.
+pub mod direction {
+    pub const RECEIVED: u32 = 0;
+    pub const SENT: u32 = 1;
+}
+
+/// `--dev`: a network device (in its network namespace) and a direction.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Debug)]
+pub struct DeviceKey {
+    /// The inode number of the device's network namespace (as /proc/PID/ns/net shows it).
+    pub netns: u32,
+    pub ifindex: u32,
+    pub direction: u32,
+}
+
+/// `--dev`: what one device moved one way (per CPU), and PostgreSQL's part of it.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct DeviceCount {
+    pub packets: u64,
+    /// Bytes as the device counts them (/proc/net/dev): link-layer header included.
+    pub bytes: u64,
+    /// TCP packets to or from a traced server's listening port.
+    pub postgres_packets: u64,
+    pub postgres_bytes: u64,
+    /// The device's name (set on the CPU's first packet of it).
+    pub name: [u8; 16],
+}
+
+/// `--dev`: a port a traced server listens on, in its network namespace (host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PortKey {
+    pub netns: u32,
+    pub port: u32,
+}
+
+/// `--dev`: devices (times two directions) counted.
+pub const MAX_DEVICES: u32 = 1024;
+/// `--dev`: listening ports of traced servers.
+pub const MAX_PORTS: u32 = 64;
 
 /// Threads followed at once.
 pub const MAX_THREADS: u32 = 16_384;
@@ -82,7 +136,9 @@ pub mod counter {
     /// Bytes a traced thread moved on a socket other than its client's (postgres_fdw,
     /// dblink, PostgreSQL 14's statistics messages): not counted.
     pub const OTHER_SOCKET_BYTES: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// `--dev`: packets of devices past the device table's size: not counted.
+    pub const DEVICES_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 #[cfg(feature = "user")]
@@ -91,4 +147,10 @@ mod pod {
     unsafe impl aya::Pod for super::NetEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DeviceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DeviceCount {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
 }
