@@ -411,6 +411,37 @@ pub const SCENARIOS: &[Scenario] = &[
         extra: None,
     },
     Scenario {
+        name: "net_per_query_dev",
+        tool: "net_per_query",
+        description: "As net_per_query, with pgbench over TCP on the loopback device and \
+                  --dev: net_dev_start_xmit, net_dev_xmit and netif_receive_skb too (each \
+                  packet counted per device, direction and CPU, its TCP port read from its \
+                  headers and looked up among the server's listening ports); the bpftrace \
+                  script adds net_dev_xmit and netif_receive_skb to net_per_query's, summing \
+                  the tracepoints' lengths per device name.",
+        server: Setup::Postgres {
+            pg: PgOptions::default,
+            scale: 10,
+        },
+        workload: "-S -h 127.0.0.1",
+        events_field: "events",
+        tool_args: |s| {
+            let mut args = postmaster_args(s)?;
+            args.push("--dev".into());
+            Ok(args)
+        },
+        bpftrace: |s| {
+            postgres_script(
+                s,
+                concat!(
+                    include_str!("../bpftrace/net_per_query.bt"),
+                    include_str!("../bpftrace/net_per_query_dev.bt")
+                ),
+            )
+        },
+        extra: None,
+    },
+    Scenario {
         name: "working_set_sample",
         tool: "working_set",
         description: "As working_set, with --sample 10: the program counts one access in ten \

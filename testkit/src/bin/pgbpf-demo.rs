@@ -340,6 +340,30 @@ fn demo() -> anyhow::Result<()> {
         .status()?;
     anyhow::ensure!(status.success(), "pg_replay exited with {status}");
     let _ = std::fs::remove_file(&capture);
+    let second_pm = second.postmaster_pid()?.to_string();
+    say(&format!(
+        "net_per_query -p {second_pm} --dev -d 6 --top 3   (with the network devices: the \
+         second cluster over TCP on the loopback device)"
+    ));
+    let mut tool = Command::new("net_per_query")
+        .args(["-p", &second_pm, "--dev", "-d", "6", "--top", "3"])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("pgbench -h 127.0.0.1 -S -c 2 -T 3");
+    second.pgbench(&[
+        "-h",
+        "127.0.0.1",
+        "-S",
+        "-c",
+        "2",
+        "-j",
+        "2",
+        "-T",
+        "3",
+        "-n",
+    ])?;
+    let status = tool.wait()?;
+    anyhow::ensure!(status.success(), "net_per_query --dev exited with {status}");
     drop(second);
 
     say("starting a throwaway redis-server on a free port");
