@@ -14,6 +14,7 @@
 //! Everything started here is torn down on drop, also when a test fails.
 #![allow(clippy::unwrap_used)]
 
+pub mod bpf_objects;
 pub mod container;
 pub mod dsm;
 pub mod memcg;

@@ -1,0 +1,198 @@
+//! Faults every tool must survive without harm to what it traces (issue 23): `kill -9` of the
+//! tool mid-trace, a PostgreSQL under pgbench all along. Afterwards none of the programs,
+//! maps and links the tool loaded is left in the kernel (their ids, walked as bpftool does),
+//! no uprobe or kprobe definition of its is left in tracefs, the USDT semaphores of a live
+//! backend are back to 0 (they were raised while tracing), and the server never noticed:
+//! every pgbench run completed without a failed transaction, and its log has no crashed
+//! process (a breakpoint left in its text would kill a backend with SIGTRAP).
+//!
+//! The tools are run through the multicall binary, by links named after them.
+
+// Helpers of a test binary: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use nix::{sys::signal, unistd::Pid};
+use pgbpf_testkit::{
+    bpf_objects::BpfObjects,
+    exclusive,
+    postgres::{PgOptions, Postgres},
+    redis::Redis,
+    require_root,
+    tool::Traced,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgbpf");
+
+/// A link named `tool` to the multicall binary, in `dir`.
+fn tool_link(dir: &Path, tool: &str) -> PathBuf {
+    let link = dir.join(tool);
+    if !link.exists() {
+        std::os::unix::fs::symlink(BIN, &link).unwrap();
+    }
+    link
+}
+
+/// pgbench -S runs of 3 s one after another until `stop`: each run's TPS, or its error.
+fn load_until(
+    pg: &Postgres,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Result<f64, String>>> {
+    let conn = pg.conn_args();
+    std::thread::spawn(move || {
+        let mut runs = vec![];
+        while !stop.load(Ordering::Relaxed) {
+            let out = std::process::Command::new("pgbench")
+                .args(&conn)
+                .args(["-S", "-n", "-c", "2", "-j", "2", "-T", "3", "postgres"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let failed = text
+                .lines()
+                .find_map(|l| l.strip_prefix("number of failed transactions: "))
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("0");
+            let tps = text
+                .lines()
+                .find_map(|l| l.strip_prefix("tps = "))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
+            runs.push(match (out.status.success(), failed, tps) {
+                (true, "0", Some(tps)) => Ok(tps),
+                _ => Err(format!("{}{}", text, String::from_utf8_lossy(&out.stderr))),
+            });
+        }
+        runs
+    })
+}
+
+/// Every semaphore of the postgres binary as backend `pid` sees it.
+fn semaphores(pid: u32, offsets: &[u64]) -> Vec<u16> {
+    offsets
+        .iter()
+        .map(|&off| pgbpf_testkit::read_semaphore(pid, "/bin/postgres", off).unwrap())
+        .collect()
+}
+
+#[test]
+fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with_pgbench(&PgOptions::default(), 1).unwrap();
+    let redis = Redis::start().unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let redis_pid = redis.pid().to_string();
+    // A backend alive throughout: the semaphores are read in its memory.
+    let session = pg.session().unwrap();
+    let offsets: Vec<u64> = pgbpf_common::usdt::probes(&pg.bin_dir.join("postgres"))
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.semaphore_offset)
+        .collect();
+    assert!(
+        !offsets.is_empty(),
+        "the postgres binary has USDT semaphores"
+    );
+    assert!(
+        semaphores(session.backend_pid, &offsets)
+            .iter()
+            .all(|&v| v == 0)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load_until(&pg, stop.clone());
+    let tools: &[(&str, &[&str])] = &[
+        ("query_latency", &["-p", &pm]),
+        ("pgwire_trace", &["-p", &pm]),
+        ("shmem", &["-p", &pm]),
+        ("llcache_per_query", &["-p", &pm, "--event", "cpu-clock"]),
+        ("io_timeouts", &["-p", &pm]),
+        ("page_reclaim", &["-p", &pm]),
+        ("lwlocks", &["-p", &pm, "--hold"]),
+        ("locks", &["-p", &pm]),
+        ("cpu_wait", &["-p", &pm]),
+        ("spin_sema", &["-p", &pm]),
+        ("wal_per_query", &["-p", &pm, "--system"]),
+        ("working_set", &["-p", &pm]),
+        ("write_per_type", &["-p", &pm]),
+        ("net_per_query", &["-p", &pm, "--dev"]),
+        ("redis_trace", &["-p", &redis_pid]),
+    ];
+    let mut raised_by = vec![];
+    for (tool, args) in tools {
+        let before = BpfObjects::now();
+        let traced = Traced::start(tool_link(dir.path(), tool).to_str().unwrap(), args)
+            .unwrap_or_else(|e| panic!("{tool}: {e:#}"));
+        std::thread::sleep(Duration::from_millis(700));
+        let ours = BpfObjects::now().added_since(&before);
+        assert!(
+            !ours.programs.is_empty(),
+            "{tool} loaded no program: {ours:?}"
+        );
+        if semaphores(session.backend_pid, &offsets)
+            .iter()
+            .any(|&v| v > 0)
+        {
+            raised_by.push(*tool);
+        }
+        signal::kill(Pid::from_raw(traced.pid() as i32), signal::Signal::SIGKILL).unwrap();
+        let finished = traced.wait(Duration::from_secs(10)).unwrap();
+        assert!(!finished.status.success(), "{tool} was killed");
+        // The kernel releases a dead process's objects asynchronously.
+        let killed = Instant::now();
+        let left = loop {
+            let left = BpfObjects::now().still_holding(&ours);
+            if left.is_empty() || killed.elapsed() > Duration::from_secs(5) {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            left.is_empty(),
+            "{tool} left behind after kill -9: {left:?}"
+        );
+        for &off in &offsets {
+            let v = pgbpf_testkit::wait_semaphore(session.backend_pid, "/bin/postgres", off, 0)
+                .unwrap();
+            assert_eq!(v, 0, "{tool}: semaphore at {off:#x} still raised");
+        }
+        eprintln!(
+            "{tool}: {} programs, {} maps, {} links released {} ms after kill -9",
+            ours.programs.len(),
+            ours.maps.len(),
+            ours.links.len(),
+            killed.elapsed().as_millis()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs = load.join().unwrap();
+    let failures: Vec<&String> = runs.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "pgbench runs failed: {failures:#?}");
+    let tps: Vec<f64> = runs.iter().flatten().copied().collect();
+    eprintln!("pgbench -S runs of 3 s throughout: {tps:.0?}");
+    // The USDT tools raised the semaphores while attached: the check above reads them.
+    for tool in ["query_latency", "locks", "working_set"] {
+        assert!(
+            raised_by.contains(&tool),
+            "{tool} raised no semaphore: {raised_by:?}"
+        );
+    }
+    let log = pg.server_log();
+    for bad in [
+        "terminated by signal",
+        "PANIC",
+        "was terminated",
+        "server process",
+    ] {
+        assert!(!log.contains(bad), "server log has {bad:?}:\n{log}");
+    }
+    drop(session);
+}
