@@ -42,9 +42,25 @@ impl OutputArgs {
     }
 }
 
+/// Opens an input file (a capture, a log) for reading, saying so when the path is a
+/// directory (reading one fails with EISDIR only at the first read, in words about the
+/// format).
+pub fn open_input(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if file.metadata().is_ok_and(|m| m.is_dir()) {
+        anyhow::bail!("cannot read {}: it is a directory", path.display());
+    }
+    Ok(file)
+}
+
 /// Parses "10", "10s", "5m" or "1h" into a non-zero duration.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if s.starts_with('-') {
+        return Err("a duration cannot be negative".into());
+    }
     let (digits, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (s, 1),
         Some((i, _)) => (

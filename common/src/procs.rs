@@ -45,6 +45,22 @@ pub fn tgid_of(pid: u32) -> Option<u32> {
     u32::try_from(status(pid)?.tgid).ok()
 }
 
+/// What a pid is that no tool can trace: a kernel thread (no user memory, no binary) or a
+/// zombie (exited, waiting for its parent to reap it). None for a live user process (or
+/// one that cannot be read: the caller says that on its own).
+pub fn untraceable(pid: u32) -> Option<&'static str> {
+    /// include/linux/sched.h: the task is a kernel thread.
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    let s = stat(pid)?;
+    if s.flags & PF_KTHREAD != 0 {
+        Some("a kernel thread")
+    } else if s.state == 'Z' {
+        Some("a zombie (it has exited; its parent has not reaped it)")
+    } else {
+        None
+    }
+}
+
 /// The kernel's name of the task (`comm`, 15 bytes at most).
 pub fn comm_of(pid: u32) -> Option<String> {
     Some(stat(pid)?.comm)

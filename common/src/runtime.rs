@@ -118,12 +118,86 @@ const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// A tool's `main`: parse, start, trace, report; the exit code (2 for usage errors, from clap).
 pub fn main<T: Tool>() -> ExitCode {
-    let args = T::parse();
+    let args = match parse_args::<T>(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     let mut out = Output::stdout(args.output_args());
     let result = run(&args, &mut out);
     // What was gathered before an error is printed before the error.
     let flushed = out.flush();
     exit_code(T::NAME, result.and_then(|()| Ok(flushed?)))
+}
+
+/// The tool's arguments; a usage error is one line naming the option, `TOOL: error: ...`,
+/// and exit 2 (clap's own message without its usage block: a script's log gets one line);
+/// `--help` and `--version` print as clap does. Negative numbers reach the option's parser,
+/// so `--pid -1` is an invalid pid rather than an unknown option `-1`; a value that is not
+/// UTF-8 is named with its option (clap's message names neither).
+pub fn parse_args<T: Tool>(argv: Vec<std::ffi::OsString>) -> Result<T, ExitCode> {
+    use clap::error::ErrorKind;
+    let matches = T::command()
+        .allow_negative_numbers(true)
+        .try_get_matches_from(&argv)
+        .and_then(|m| T::from_arg_matches(&m));
+    let e = match matches {
+        Ok(args) => return Ok(args),
+        Err(e) => e,
+    };
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return Err(ExitCode::SUCCESS);
+        }
+        ErrorKind::InvalidUtf8 => {
+            eprintln!("{}: error: {}", T::NAME, not_utf8(&argv));
+        }
+        _ => eprintln!("{}: error: {}", T::NAME, usage_error_line(&e.to_string())),
+    }
+    Err(ExitCode::from(2))
+}
+
+/// clap's message on one line: its lines before the usage block, tips left out.
+fn usage_error_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let line = lines.join(" ");
+    format!(
+        "{} (see --help)",
+        line.strip_prefix("error: ").unwrap_or(&line)
+    )
+}
+
+/// Which argument of `argv` is not UTF-8, named by its option when it is one's value.
+fn not_utf8(argv: &[std::ffi::OsString]) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Some(i) = argv
+        .iter()
+        .skip(1)
+        .position(|a| a.to_str().is_none())
+        .map(|i| i + 1)
+    else {
+        return "an argument is not UTF-8".into();
+    };
+    let bad = argv[i].as_bytes();
+    if bad.starts_with(b"--")
+        && let Some(eq) = bad.iter().position(|&b| b == b'=')
+    {
+        let option = String::from_utf8_lossy(&bad[..eq]);
+        return format!("the value of {option} is not UTF-8");
+    }
+    match argv[i - 1].to_str() {
+        Some(option) if i > 1 && option.starts_with('-') => {
+            format!("the value of {option} is not UTF-8")
+        }
+        _ => format!("argument {i} is not UTF-8"),
+    }
 }
 
 fn run<T: Tool>(args: &T, out: &mut Output) -> anyhow::Result<()> {

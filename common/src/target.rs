@@ -238,7 +238,13 @@ pub fn tgid_of(pid: u32) -> anyhow::Result<u32> {
     if pid == 0 {
         bail!("cannot attach to PID 0: not a process");
     }
-    procs::tgid_of(pid).ok_or_else(|| anyhow!("cannot attach to PID {pid}: no such process"))
+    let tgid = procs::tgid_of(pid)
+        .ok_or_else(|| anyhow!("cannot attach to PID {pid}: no such process"))?;
+    if let Some(what) = procs::untraceable(pid) {
+        let name = procs::comm_of(pid).unwrap_or_default();
+        bail!("cannot attach to PID {pid} ({name}): it is {what}");
+    }
+    Ok(tgid)
 }
 
 #[cfg(test)]

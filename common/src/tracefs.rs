@@ -22,6 +22,8 @@ fn ensure_mounted_at(candidates: &[&str]) -> anyhow::Result<PathBuf> {
     {
         return Ok(p.to_path_buf());
     }
+    // Without privileges tracefs is there but unreadable: that is what to say.
+    crate::loader::check_privileges()?;
     let target = Path::new(candidates[0]);
     nix::mount::mount(
         Some("tracefs"),

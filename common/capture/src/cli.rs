@@ -25,6 +25,9 @@ pub struct CaptureArgs {
     /// Also write every captured record to FILE (read it back with --read)
     #[arg(long, value_name = "FILE", conflicts_with = "read")]
     pub record: Option<PathBuf>,
+    /// With --record: overwrite FILE if it exists
+    #[arg(long, requires = "record")]
+    pub force: bool,
     /// Decode a capture written by --record instead of tracing (no root needed)
     #[arg(long, value_name = "FILE")]
     pub read: Option<PathBuf>,

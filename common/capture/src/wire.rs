@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
 use pgbpf_common::{
     output::{self, Output},
     records::Scope,
@@ -228,10 +228,48 @@ pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
     match &capture.read {
         Some(path) => read(protocol, path, make, out).map(|()| None),
         None => {
+            // Made before loading: a path that cannot be written fails at once.
+            let record = capture
+                .record
+                .as_deref()
+                .map(|path| create_capture_file(path, capture.force))
+                .transpose()?;
             let live = Capture::start(protocol, target, &capture.options(verbose))?;
-            attach(live, make, capture.record.as_deref(), out).map(Some)
+            attach(live, make, record, out).map(Some)
         }
     }
+}
+
+/// The `--record` file, readable and writable by its owner only (a capture holds
+/// statements, their values and keys); an existing file is overwritten only with `--force`
+/// (and then made 0600 too).
+pub fn create_capture_file(path: &Path, force: bool) -> anyhow::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    if path.is_dir() {
+        anyhow::bail!("cannot record to {}: it is a directory", path.display());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow!(
+                "{} exists: not overwritten (--force overwrites it)",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("creating {}", path.display()))
+        }
+    })?;
+    if force {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    Ok(file)
 }
 
 /// Starts tracing: the capture is attached; the connections open now go to the decoder (and
@@ -240,20 +278,14 @@ pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
 pub fn attach<'a, W: Wire<Event: Send> + Send + 'a>(
     capture: Capture,
     make: impl FnOnce(i64) -> W,
-    record: Option<&Path>,
+    record: Option<File>,
     out: &mut Output,
 ) -> anyhow::Result<Attached<'a>> {
     let wall = output::wall_offset_ns();
     let mut wire = make(wall);
     wire.tls_probed(capture.tls_probed());
     let recorder = match record {
-        Some(path) => Some(Writer::new(
-            BufWriter::new(
-                File::create(path).with_context(|| format!("creating {}", path.display()))?,
-            ),
-            capture.protocol,
-            wall,
-        )?),
+        Some(file) => Some(Writer::new(BufWriter::new(file), capture.protocol, wall)?),
         None => None,
     };
     let mut sink = Sink {
@@ -343,7 +375,7 @@ pub fn read<W: Wire>(
     make: impl FnOnce(i64) -> W,
     out: &mut Output,
 ) -> anyhow::Result<()> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = pgbpf_common::cli::open_input(path)?;
     // Records are small: a large buffer saves a read call for every few of them.
     let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file), protocol)
         .with_context(|| format!("reading {}", path.display()))?;

@@ -301,6 +301,7 @@ fn demo() -> anyhow::Result<()> {
             "--container",
             short,
             "--summary",
+            "--force",
             "--record",
             &capture_s,
             "-d",

@@ -38,8 +38,6 @@ enum Statements {
 /// Parses the events, resolves the target, loads and attaches.
 pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
     let events = events::parse(&args.events, args.period)?;
-    // Before anything is loaded: no PMU is the common failure in VMs, and it deserves one line.
-    events::check_counters(&events)?;
     let no_target = args.target.is_empty();
     // Without a target, postgres processes only: samples of anything else have no statement.
     let comm = args.comm.as_deref().or(no_target.then_some("postgres"));
@@ -59,6 +57,9 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         None
     };
     loader::check_privileges()?;
+    // Before anything is loaded (after what the user named is found and privileges are
+    // there): no PMU is the common failure in VMs, and it deserves one line.
+    events::check_counters(&events)?;
     target.follow_descendants()?;
     let text_bytes = args.text_bytes;
     let read_query_string = u32::from(probes.is_none());

@@ -13,7 +13,6 @@
 
 use std::{
     collections::VecDeque,
-    fs::File,
     io::{BufRead, BufReader},
     path::Path,
 };
@@ -312,7 +311,7 @@ pub struct CaptureSource {
 
 impl CaptureSource {
     pub fn open(path: &Path, window: Window) -> anyhow::Result<CaptureSource> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = pgbpf_common::cli::open_input(path)?;
         let input = Box::new(BufReader::with_capacity(1 << 20, file));
         CaptureSource::from_reader(&path.display().to_string(), input, window)
     }

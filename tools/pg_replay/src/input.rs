@@ -43,8 +43,7 @@ impl Format {
 /// What the file's first bytes say it is.
 pub fn detect(path: &Path) -> anyhow::Result<Format> {
     let mut head = [0u8; 512];
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file = pgbpf_common::cli::open_input(path)?;
     let n = file
         .read(&mut head)
         .with_context(|| format!("cannot read {}", path.display()))?;
