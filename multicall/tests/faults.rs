@@ -196,3 +196,117 @@ fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
     }
     drop(session);
 }
+
+/// A 1 MiB tmpfs mounted at a temporary directory, unmounted when dropped.
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn mount() -> TinyFs {
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        TinyFs(dir)
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount(self.0.path());
+    }
+}
+
+/// The `summary` record of a `--json` run, and how many requests (or commands) it counts.
+fn summary_count(stdout: &str, field: &str) -> u64 {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in {stdout}"))[field]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn recording_onto_a_full_filesystem_keeps_tracing_and_the_file_readable() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with_pgbench(&PgOptions::default(), 1).unwrap();
+    let redis = Redis::start().unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let redis_pid = redis.pid().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let fs = TinyFs::mount();
+    type Load<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(&str, &str, &str, Load); 2] = [
+        (
+            "pgwire_trace",
+            pm.as_str(),
+            "requests",
+            Box::new(|| {
+                pg.pgbench(&["-S", "-n", "-c", "2", "-j", "2", "-T", "3"])
+                    .unwrap();
+            }),
+        ),
+        (
+            "redis_trace",
+            redis_pid.as_str(),
+            "commands",
+            Box::new(|| {
+                redis
+                    .benchmark(&["-t", "set,get", "-n", "60000", "-q"])
+                    .unwrap();
+            }),
+        ),
+    ];
+    for (tool, pid, field, load) in cases {
+        let bin = tool_link(dir.path(), tool);
+        let file = fs.0.path().join(format!("{tool}.cap"));
+        let file_s = file.to_str().unwrap();
+        let traced = Traced::start(
+            bin.to_str().unwrap(),
+            &["-p", pid, "--json", "--summary", "--record", file_s],
+        )
+        .unwrap();
+        load();
+        let out = traced.stop().unwrap();
+        // One line when the disk filled, one at the end, after the summary.
+        assert_eq!(out.status.code(), Some(1), "{tool}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("No space left on device")
+                && out.stderr.contains("recording stopped, tracing goes on")
+                && out
+                    .stderr
+                    .contains("holds the records up to its failure only"),
+            "{tool}: {}",
+            out.stderr
+        );
+        let traced_count = summary_count(&out.stdout, field);
+        // The file: every complete record decoded, the cut one named.
+        let read = std::process::Command::new(&bin)
+            .args(["--read", file_s, "--json", "--summary"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&read.stdout),
+            String::from_utf8_lossy(&read.stderr),
+        );
+        assert_eq!(read.status.code(), Some(1), "{tool} --read: {stderr}");
+        assert!(
+            stderr.contains("before the damage"),
+            "{tool} --read: {stderr}"
+        );
+        let read_count = summary_count(&stdout, field);
+        eprintln!("{tool}: {traced_count} {field} traced, {read_count} in the 1 MiB file");
+        assert!(
+            read_count > 0 && read_count < traced_count,
+            "{tool}: {read_count} read of {traced_count}"
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+}

@@ -168,6 +168,11 @@ fn report_all<W: Wire>(
 struct Sink<W: Wire> {
     wire: W,
     recorder: Option<Writer<BufWriter<File>>>,
+    /// The `--record` file's path and the tool's name, for a failure's message.
+    record_path: String,
+    tool: &'static str,
+    /// Why recording stopped (a full disk): tracing went on; the run ends with it.
+    record_failure: Option<String>,
     events: Vec<W::Event>,
     /// A record's copy with its secrets overwritten (memory reused).
     scrubbed: Record,
@@ -195,9 +200,30 @@ impl<W: Wire> Sink<W> {
                 }
                 &self.scrubbed
             };
-            w.write(r).context("writing the capture file")?;
+            if let Err(e) = w.write(r) {
+                // The file keeps the records written before (`--read` decodes them and says
+                // where it ends); what was gathered is reported as usual.
+                self.recorder = None;
+                let why = format!("{e:#}");
+                eprintln!(
+                    "{}: error: writing {}: {why}: recording stopped, tracing goes on",
+                    self.tool, self.record_path
+                );
+                self.record_failure = Some(why);
+            }
         }
         Ok(())
+    }
+
+    /// The run's end: an error when recording stopped early.
+    fn record_outcome(&mut self) -> anyhow::Result<()> {
+        match self.record_failure.take() {
+            Some(why) => Err(anyhow!(
+                "{} holds the records up to its failure only ({why})",
+                self.record_path
+            )),
+            None => Ok(()),
+        }
     }
 
     fn report_events(&mut self, out: &mut Output) -> io::Result<()> {
@@ -232,7 +258,9 @@ pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
             let record = capture
                 .record
                 .as_deref()
-                .map(|path| create_capture_file(path, capture.force))
+                .map(|path| {
+                    Ok::<_, anyhow::Error>((path, create_capture_file(path, capture.force)?))
+                })
                 .transpose()?;
             let live = Capture::start(protocol, target, &capture.options(verbose))?;
             attach(live, make, record, out).map(Some)
@@ -278,19 +306,23 @@ pub fn create_capture_file(path: &Path, force: bool) -> anyhow::Result<File> {
 pub fn attach<'a, W: Wire<Event: Send> + Send + 'a>(
     capture: Capture,
     make: impl FnOnce(i64) -> W,
-    record: Option<File>,
+    record: Option<(&Path, File)>,
     out: &mut Output,
 ) -> anyhow::Result<Attached<'a>> {
     let wall = output::wall_offset_ns();
     let mut wire = make(wall);
     wire.tls_probed(capture.tls_probed());
+    let record_path = record.as_ref().map(|(p, _)| p.display().to_string());
     let recorder = match record {
-        Some(file) => Some(Writer::new(BufWriter::new(file), capture.protocol, wall)?),
+        Some((_, file)) => Some(Writer::new(BufWriter::new(file), capture.protocol, wall)?),
         None => None,
     };
     let mut sink = Sink {
         wire,
         recorder,
+        record_path: record_path.unwrap_or_default(),
+        tool: capture.protocol.tool,
+        record_failure: None,
         events: vec![],
         scrubbed: Record::default(),
     };
@@ -348,8 +380,13 @@ impl<W: Wire> Trace for WireTrace<W> {
         let sink = &mut self.sink;
         sink.wire.finish(&mut sink.events);
         sink.report_events(out)?;
-        sink.finish_recording(&kernel)?;
-        Ok(sink.wire.report(out, Scope::Total, &kernel)?)
+        if let Err(e) = sink.finish_recording(&kernel) {
+            sink.record_failure.get_or_insert(format!("{e:#}"));
+        }
+        sink.wire.report(out, Scope::Total, &kernel)?;
+        // After the summary (printed before the error line): a recording that stopped early
+        // is the run's error.
+        sink.record_outcome()
     }
 
     /// stdout is gone: what the kernel still holds goes to the capture file, which is then
