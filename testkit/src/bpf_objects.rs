@@ -89,3 +89,59 @@ impl BpfObjects {
             && self.probe_events.is_empty()
     }
 }
+
+/// Entries in map `id` now, for hash maps (plain, per-CPU, LRU): the keys walked with
+/// BPF_MAP_GET_NEXT_KEY (aya has no key walk for a map whose types it does not know).
+/// None for other kinds of maps (arrays are full by construction) or a map gone.
+pub fn hash_map_entries(id: u32) -> Option<u64> {
+    use aya::maps::MapType;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let info = aya::maps::MapInfo::from_id(id).ok()?;
+    if !matches!(
+        info.map_type().ok()?,
+        MapType::Hash | MapType::PerCpuHash | MapType::LruHash | MapType::LruPerCpuHash
+    ) {
+        return None;
+    }
+    let fd = info.fd().ok()?;
+    let size = info.key_size() as usize;
+    /// union bpf_attr, as BPF_MAP_GET_NEXT_KEY reads it.
+    #[repr(C)]
+    struct NextKey {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let (mut key, mut next) = (vec![0u8; size], vec![0u8; size]);
+    let mut entries = 0u64;
+    let mut first = true;
+    loop {
+        let attr = NextKey {
+            map_fd: fd.as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            // A null key asks for the first one.
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: bpf(2) with an attr of the size given, whose pointers are buffers of the
+        // map's key size that live through the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr as *const NextKey,
+                std::mem::size_of::<NextKey>(),
+            )
+        };
+        if rc != 0 {
+            return Some(entries);
+        }
+        entries += 1;
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+    }
+}

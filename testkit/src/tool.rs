@@ -133,16 +133,45 @@ impl Traced {
         self.stderr.join("\n")
     }
 
-    /// Peak resident memory so far (VmHWM), in KiB.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
+    /// Resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Resident memory now without the BPF maps mapped into the process (ring buffers: their
+    /// pages become resident as far as the kernel has ever filled them, bounded by their
+    /// size), in KiB: what grows if the tool keeps state it should free.
+    pub fn rss_without_bpf_maps_kib(&self) -> Option<u64> {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid())).ok()?;
+        let mut total = 0;
+        let mut bpf_map = false;
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                // A mapping's header: address range, perms, offset, dev, inode, pathname.
+                bpf_map = line.ends_with("anon_inode:bpf-map");
+            } else if first == "Rss:" && !bpf_map {
+                total += fields.next()?.parse::<u64>().ok()?;
+            }
+        }
+        Some(total)
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .find_map(|l| l.strip_prefix(field))?
             .split_whitespace()
             .next()?
             .parse()
             .ok()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmHWM:")
     }
 
     /// Presses Ctrl-C and waits (up to 60 s) for the tool to print its summary and exit.
