@@ -1,0 +1,131 @@
+//! No secret and no literal of the workload in any statement tool's output (issue 23): a
+//! password set with CREATE ROLE, used to log in over TCP (SCRAM), and statements with
+//! distinctive literals run under every tool that shows statements, text and JSON. Each
+//! tool must show the statement (normalized: the check is not vacuous) and neither the
+//! password nor the literals. The wire tools' capture files are checked in their own tests
+//! (pgwire_trace, redis_trace: the password exchange overwritten).
+
+// Helpers of a test binary: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use pgbpf_testkit::{exclusive, postgres::Postgres, require_root, tool::Traced};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgbpf");
+const PASSWORD: &str = "pgbpf-Secret-Pw-7731";
+/// Literals of the workload: a string and a number no normalized text contains.
+const LITERALS: [&str; 2] = ["pgbpf-literal-5519", "918273645"];
+
+fn tool_link(dir: &Path, tool: &str) -> PathBuf {
+    let link = dir.join(tool);
+    if !link.exists() {
+        std::os::unix::fs::symlink(BIN, &link).unwrap();
+    }
+    link
+}
+
+/// psql as `user` over TCP with the password (SCRAM), running `sql`.
+fn psql_tcp(pg: &Postgres, user: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", user])
+        .args(["-d", "postgres", "-X", "-q", "-c", sql])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn no_password_and_no_literal_in_any_statement_tools_output() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with_pgbench(&Default::default(), 1).unwrap();
+    let hba = pg.dir.path().join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all alice 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .unwrap();
+    pg.psql("select pg_reload_conf()").unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let [text, number] = LITERALS;
+    // (tool, its arguments, the normalized statement it must show)
+    let tools: &[(&str, &[&str], &str)] = &[
+        (
+            "query_latency",
+            &["-p", &pm],
+            "insert into lit values ($1, $2)",
+        ),
+        (
+            "net_per_query",
+            &["-p", &pm],
+            "create role alice login password $1",
+        ),
+        (
+            "wal_per_query",
+            &["-p", &pm],
+            "insert into lit values ($1, $2)",
+        ),
+        (
+            "llcache_per_query",
+            &["-p", &pm, "--event", "cpu-clock"],
+            "select count(*) from generate_series($1, $2) g",
+        ),
+        (
+            "pgwire_trace",
+            &["-p", &pm, "--redact"],
+            "insert into lit values ($1, $2)",
+        ),
+    ];
+    let mut failures = vec![];
+    for (round, json) in [false, true].into_iter().enumerate() {
+        for (tool, args, shown) in tools {
+            let mut args: Vec<&str> = args.to_vec();
+            if json {
+                args.push("--json");
+            }
+            let traced = Traced::start(tool_link(dir.path(), tool).to_str().unwrap(), &args)
+                .unwrap_or_else(|e| panic!("{tool}: {e:#}"));
+            pg.psql("drop role if exists alice").unwrap();
+            pg.psql(&format!("create role alice login password '{PASSWORD}'"))
+                .unwrap();
+            psql_tcp(&pg, "alice", "select 1");
+            // One statement each: each is shown whole (normalized).
+            pg.psql("drop table if exists lit").unwrap();
+            pg.psql("create table lit (a text, b bigint)").unwrap();
+            pg.psql(&format!("insert into lit values ('{text}', {number})"))
+                .unwrap();
+            pg.psql(&format!(
+                "select count(*) from generate_series(1, 3000000) g where '{text}' <> g::text \
+                 and g <> {number}"
+            ))
+            .unwrap();
+            let out = traced.stop().unwrap();
+            assert!(out.status.success(), "{tool}: {}", out.stderr);
+            let all = format!("{}{}", out.stdout, out.stderr);
+            for secret in [PASSWORD, text, number] {
+                if all.contains(secret) {
+                    failures.push(format!("{tool} (json: {json}) printed {secret:?}"));
+                }
+            }
+            // JSON escapes nothing in these texts: the normalized statement is there as is.
+            if !all.contains(shown) {
+                failures.push(format!(
+                    "{tool} (round {round}) did not show {shown:?}: the check saw nothing:\n{all}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
