@@ -30,11 +30,16 @@ step clippy-ebpf cargo +nightly-2026-08-01 clippy --locked -p pgbpf-common-ebpf 
     --target bpfel-unknown-none -Z build-std=core --target-dir target/ebpf-clippy -- -D warnings
 step build cargo test --locked --no-run
 step static-release scripts/build-release.sh
-# Arbitrary bytes into the wire decoder for 20 s (crashes land in protocols/pgwire/fuzz/artifacts).
-step fuzz-pgwire sh -c 'cd protocols/pgwire && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
-step fuzz-resp sh -c 'cd protocols/resp && cargo +nightly-2026-08-01 fuzz run connection -- -max_total_time=20'
-# pg_replay's inputs: server logs of each format, and capture records after a valid header.
-step fuzz-replay sh -c 'cd tools/pg_replay/fuzz && cargo +nightly-2026-08-01 fuzz run logs -- -max_total_time=15 && cargo +nightly-2026-08-01 fuzz run capture -- -max_total_time=15'
+# Arbitrary bytes into each parser of outside input for a bounded time, starting from the
+# committed seeds (fuzz/seeds/TARGET); what the fuzzer finds goes to the ignored
+# fuzz/corpus/TARGET, crashes to fuzz/artifacts. fuzz DIR TARGET SECONDS:
+fuzz() { (cd "$1" && mkdir -p "fuzz/corpus/$2" && cargo +nightly-2026-08-01 fuzz run "$2" "fuzz/corpus/$2" "fuzz/seeds/$2" -- -max_total_time="$3"); }
+# The wire decoders.
+step fuzz-pgwire fuzz protocols/pgwire connection 20
+step fuzz-resp fuzz protocols/resp connection 20
+# pg_replay's inputs (server logs of each format, capture records after a valid header), a
+# whole capture file as --read opens it, a binary's ELF and USDT notes and a BTF file.
+step fuzz-replay sh -c 'for t in logs capture capture_file elf_btf; do (cd tools/pg_replay && mkdir -p fuzz/corpus/$t && cargo +nightly-2026-08-01 fuzz run $t fuzz/corpus/$t fuzz/seeds/$t -- -max_total_time=10) || exit 1; done'
 # Default members only: the eBPF crates are built by pgbpf-build (common/build), not for the host.
 # Test binaries run one after another; privileged tests also take a machine-wide lock.
 rm -f "$logs/skipped.log"

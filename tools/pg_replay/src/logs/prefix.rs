@@ -221,7 +221,11 @@ pub fn timestamp(s: &str, millis: bool) -> Option<(u64, usize)> {
     }
     let days = days_from_civil(y as i64, mo as i64, d as i64);
     let secs = days * 86_400 + (h * 3600 + mi * 60 + sec) as i64;
-    let ns = u64::try_from(secs).ok()? * 1_000_000_000 + ms * 1_000_000;
+    // Checked: a year past 2554 does not fit in u64 nanoseconds (found by fuzzing).
+    let ns = u64::try_from(secs)
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(ms * 1_000_000)?;
     // The zone: a word after one space (`UTC`, `CET`, `+01`), when there is one.
     let mut len = fixed;
     if b.get(len) == Some(&b' ') {
@@ -287,6 +291,14 @@ mod tests {
         assert!(rest.starts_with("LOG:  checkpoint"));
         assert!(p.parse("\tcontinued line").is_none());
         assert!(p.parse("2026-12-02 garbage").is_none());
+    }
+
+    #[test]
+    fn a_timestamp_past_what_nanoseconds_hold_is_no_timestamp() {
+        // Found by fuzzing: 9999-12-31 overflowed the u64 nanoseconds.
+        assert!(timestamp("9999-12-31 23:59:59.999 UTC", true).is_none());
+        assert!(timestamp("2554-07-21 23:34:33", false).is_some());
+        assert!(timestamp("2554-07-21 23:34:34", false).is_none());
     }
 
     #[test]
