@@ -158,6 +158,19 @@ impl WaitTimes {
     pub fn mean_ns(&self) -> u64 {
         self.total_ns / self.count.max(1)
     }
+
+    /// Adds every wait of `other`.
+    pub fn merge(&mut self, other: &WaitTimes) {
+        self.count += other.count;
+        self.total_ns = self.total_ns.saturating_add(other.total_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+        if self.log2_us.len() < other.log2_us.len() {
+            self.log2_us.resize(other.log2_us.len(), 0);
+        }
+        for (sum, n) in self.log2_us.iter_mut().zip(&other.log2_us) {
+            *sum += n;
+        }
+    }
 }
 
 #[cfg(test)]

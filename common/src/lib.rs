@@ -24,6 +24,7 @@
 //! - [`cli`]: shared command-line arguments and the interval clock.
 //! - [`runtime`]: the life cycle every tool shares (start, live loop, final report, exit).
 //! - [`records`]: the NDJSON vocabulary every tool's records follow.
+pub mod bounded;
 pub mod cgroup;
 pub mod cli;
 pub mod elf;

@@ -204,3 +204,128 @@ fn a_minute_of_500_clients_reconnecting_leaves_memory_and_maps_flat() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The rows of a `--json` run's total scope of `kind` (statement rows), and their calls.
+fn statement_rows(stdout: &str, kind: &str) -> Vec<(String, u64)> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["type"] == kind && r["scope"] == "total")
+        .map(|r| {
+            (
+                r["query"].as_str().unwrap_or_default().to_string(),
+                r["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ten_thousand_distinct_statements_and_a_1_mb_one_keep_tables_bounded() {
+    require_root();
+    let _lock = exclusive();
+    let pg = Postgres::start_with(&PgOptions {
+        pg_stat_statements: true,
+        settings: vec![("pg_stat_statements.max".into(), "20000".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tools = vec![];
+    for (name, args, kind) in [
+        ("query_latency", vec!["-p", &pm, "--json"], "statement"),
+        (
+            "pgwire_trace",
+            vec!["-p", &pm, "--json", "--summary"],
+            "statement",
+        ),
+        ("net_per_query", vec!["-p", &pm, "--json"], "statement"),
+    ] {
+        let traced = Traced::start(tool_link(dir.path(), name).to_str().unwrap(), &args).unwrap();
+        let rss = traced.rss_without_bpf_maps_kib().unwrap();
+        tools.push((name, traced, kind, rss));
+    }
+    let before: u64 = pg
+        .psql("select sum(calls) from pg_stat_statements")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Ten thousand statements whose normalized texts differ (an alias each), one session.
+    let script: String = (0..10_000)
+        .map(|i| format!("select {i} as c{i};\n"))
+        .collect();
+    let big = format!("select length('{}');\n", "x".repeat(1 << 20));
+    let file = dir.path().join("statements.sql");
+    std::fs::write(&file, format!("{script}{big}")).unwrap();
+    let out = std::process::Command::new("psql")
+        .args(pg.conn_args())
+        .args([
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "postgres",
+            "-f",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth: u64 = pg
+        .psql("select sum(calls) from pg_stat_statements")
+        .unwrap()
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        - before;
+    let mut failures = vec![];
+    for (name, traced, kind, rss_start) in tools {
+        let rss_end = traced.rss_without_bpf_maps_kib().unwrap();
+        let out = traced.stop().unwrap();
+        assert!(out.status.success(), "{name}: {}", out.stderr);
+        let rows = statement_rows(&out.stdout, kind);
+        let calls: u64 = rows.iter().map(|(_, c)| c).sum();
+        let other = rows
+            .iter()
+            .find(|(q, _)| q == pgbpf_common::bounded::OTHER_STATEMENTS)
+            .map_or(0, |(_, c)| *c);
+        let big_row = rows.iter().any(|(q, _)| q.starts_with("select length("));
+        eprintln!(
+            "{name}: {} rows, {calls} calls ({other} in {:?}), the 1 MB statement's row: {big_row}; \
+             RSS {rss_start} -> {rss_end} KiB (ring buffers aside)",
+            rows.len(),
+            pgbpf_common::bounded::OTHER_STATEMENTS
+        );
+        if rows.len() > pgbpf_common::bounded::MAX_ROWS + 1 {
+            failures.push(format!("{name}: {} rows", rows.len()));
+        }
+        if other == 0 || !big_row {
+            failures.push(format!("{name}: no other row or no 1 MB statement row"));
+        }
+        // Every call is in a row: the server's count holds the file's statements and the
+        // first reading of pg_stat_statements; the tools saw the second reading too (it is
+        // not in its own count); net_per_query also has a row of each of the three
+        // connections' own traffic.
+        let connections = if name == "net_per_query" { 3 } else { 0 };
+        if calls != truth + 1 + connections {
+            failures.push(format!(
+                "{name}: {calls} calls in the rows, the server {truth}"
+            ));
+        }
+        if rss_end > rss_start + 8 * 1024 {
+            failures.push(format!(
+                "{name}: RSS grew from {rss_start} to {rss_end} KiB"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

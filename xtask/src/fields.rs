@@ -189,7 +189,10 @@ pub fn vocabulary_markdown() -> String {
          - A field whose value is unknown is `null`, never left out (a few fields that exist \
          only with an option say so).\n\
          - `lost` counts, by cause, what the kernel side could not record since the tool \
-         attached; it is in every `interval` and `summary` record, zeros included.\n\n\
+         attached; it is in every `interval` and `summary` record, zeros included.\n\
+         - Tables keyed by statement hold at most 1000 rows: when one is full, its heaviest \
+         half is kept and the other rows are folded into rows whose `query` is \
+         `[other statements]`, so totals stay exact and memory bounded.\n\n\
          The names every tool uses the same way:\n\n| name | meaning |\n|---|---|\n",
     );
     for (name, meaning) in VOCABULARY {

@@ -30,6 +30,19 @@ struct Use {
     off_cpu_ns: u64,
 }
 
+impl pgbpf_common::bounded::Fold for Use {
+    fn fold(&mut self, other: &Self) {
+        self.runq.merge(&other.runq);
+        self.involuntary += other.involuntary;
+        self.migrations += other.migrations;
+        self.off_cpu_ns = self.off_cpu_ns.saturating_add(other.off_cpu_ns);
+    }
+
+    fn weight(&self) -> u64 {
+        self.runq.total_ns.saturating_add(self.off_cpu_ns)
+    }
+}
+
 impl Use {
     fn add(&mut self, e: &RunEvent) {
         self.runq.add(e.runq_ns);
@@ -143,7 +156,10 @@ impl ProbeReport for Reporter {
                 .or_insert_with(|| (types.of(e.tgid), Use::default()))
                 .1
                 .add(e);
-            p.statements.entry(query.clone()).or_default().add(e);
+            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |_| {
+                pgbpf_common::bounded::OTHER_STATEMENTS.into()
+            })
+            .add(e);
             p.cgroups.entry(e.cgroup_id).or_default().add(e);
             let w = p.reasons.entry(why).or_default();
             w.times += 1;

@@ -107,7 +107,11 @@ impl Reporter {
         for p in self.periods.each() {
             p.stacks
                 .add(key.lock_type, stack.clone(), None, ev.duration_ns);
-            p.waits.entry(key.clone()).or_default().add(ev.duration_ns);
+            pgbpf_common::bounded::row(&mut p.waits, key.clone(), |k| Key {
+                query: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+                ..k.clone()
+            })
+            .add(ev.duration_ns);
         }
         if !self.each {
             return Ok(());

@@ -102,7 +102,11 @@ impl ProbeReport for Reporter {
         for p in self.periods.each() {
             p.stacks
                 .add(&key.tranche, stack.clone(), None, ev.duration_ns);
-            p.waits.entry(key.clone()).or_default().add(ev.duration_ns);
+            pgbpf_common::bounded::row(&mut p.waits, key.clone(), |k| Key {
+                query: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+                ..k.clone()
+            })
+            .add(ev.duration_ns);
             p.tranches
                 .entry(key.tranche.clone())
                 .or_default()

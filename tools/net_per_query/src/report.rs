@@ -27,6 +27,18 @@ use crate::{
 /// The label of the connections' own traffic.
 const CONNECTION: &str = "[connection]";
 
+impl pgbpf_common::bounded::Fold for Net {
+    fn fold(&mut self, other: &Self) {
+        self.calls += other.calls;
+        self.recv_bytes += other.recv_bytes;
+        self.sent_bytes += other.sent_bytes;
+    }
+
+    fn weight(&self) -> u64 {
+        self.recv_bytes + self.sent_bytes
+    }
+}
+
 impl Net {
     fn add(&mut self, recv: u64, sent: u64) {
         self.calls += 1;
@@ -94,10 +106,10 @@ impl Reporter {
         let client = client(e);
         for p in self.periods.each() {
             p.all.add(e.recv, e.sent);
-            p.statements
-                .entry(query.clone())
-                .or_default()
-                .add(e.recv, e.sent);
+            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |_| {
+                pgbpf_common::bounded::OTHER_STATEMENTS.into()
+            })
+            .add(e.recv, e.sent);
             p.backends
                 .entry(backend.clone())
                 .or_default()

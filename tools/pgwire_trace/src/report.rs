@@ -38,6 +38,18 @@ pub struct StatementStats {
     pub rows: u64,
 }
 
+impl pgbpf_common::bounded::Fold for StatementStats {
+    fn fold(&mut self, other: &Self) {
+        self.latency.merge(&other.latency);
+        self.errors += other.errors;
+        self.rows += other.rows;
+    }
+
+    fn weight(&self) -> u64 {
+        self.latency.total_ns
+    }
+}
+
 pub struct Reporter {
     style: Style,
     lines: Lines,
@@ -101,7 +113,9 @@ impl Reporter {
                 // Look up before inserting: a statement seen before costs no key copy.
                 let s = match map.get_mut(key.as_str()) {
                     Some(s) => s,
-                    None => map.entry(key.clone()).or_default(),
+                    None => pgbpf_common::bounded::row(map, key.clone(), |_| {
+                        pgbpf_common::bounded::OTHER_STATEMENTS.into()
+                    }),
                 };
                 s.latency.add(ns);
                 s.errors += u64::from(d.sqlstate.is_some());

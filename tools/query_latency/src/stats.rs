@@ -24,7 +24,10 @@ pub struct Period {
 
 impl Period {
     pub fn add(&mut self, key: Key, ns: u64, truncated: bool) {
-        let l = self.by_key.entry(key).or_default();
+        let l = pgbpf_common::bounded::row(&mut self.by_key, key, |k| Key {
+            pid: k.pid,
+            statement: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+        });
         l.add(ns);
         l.truncated |= truncated;
         let slot = pgbpf_common::output::log2_slot(ns / 1000);

@@ -36,6 +36,17 @@ struct Waits {
     delays: u64,
 }
 
+impl pgbpf_common::bounded::Fold for Waits {
+    fn fold(&mut self, other: &Self) {
+        self.times.merge(&other.times);
+        self.delays += other.delays;
+    }
+
+    fn weight(&self) -> u64 {
+        self.times.total_ns
+    }
+}
+
 #[derive(Debug, Default)]
 struct Period {
     waits: HashMap<Key, Waits>,
@@ -133,7 +144,10 @@ impl ProbeReport for Reporter {
             .and_then(|s| s.user(e.tgid, e.user_stack));
         for p in self.periods.each() {
             p.stacks.add(key.kind, stack.clone(), None, e.duration_ns);
-            let w = p.waits.entry(key.clone()).or_default();
+            let w = pgbpf_common::bounded::row(&mut p.waits, key.clone(), |k| Key {
+                query: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+                ..k.clone()
+            });
             w.times.add(e.duration_ns);
             w.delays += delays;
             p.kinds.entry(key.kind).or_default().add(e.duration_ns);

@@ -20,6 +20,19 @@ use crate::{
     system::{SystemWal, WalIoTable},
 };
 
+impl pgbpf_common::bounded::Fold for Wal {
+    fn fold(&mut self, other: &Self) {
+        self.calls += other.calls;
+        self.wal_records += other.wal_records;
+        self.wal_fpi += other.wal_fpi;
+        self.wal_bytes += other.wal_bytes;
+    }
+
+    fn weight(&self) -> u64 {
+        self.wal_bytes
+    }
+}
+
 impl Wal {
     fn add(&mut self, e: &WalEvent) {
         self.calls += 1;
@@ -119,7 +132,10 @@ impl ProbeReport for Reporter {
         let backend = self.backends.of(e.tgid);
         for p in self.periods.each() {
             p.all.add(e);
-            p.statements.entry(query.clone()).or_default().add(e);
+            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |_| {
+                pgbpf_common::bounded::OTHER_STATEMENTS.into()
+            })
+            .add(e);
             p.backends.entry(backend.clone()).or_default().add(e);
             for (sum, n) in p.rmgr_in.iter_mut().zip(e.rmgr_records) {
                 *sum += u64::from(n);
