@@ -65,9 +65,9 @@ pub struct Probes<'a> {
     pub required_symbols: &'a [(&'static str, &'static str)],
     /// Attaches the tool's hooks other than the USDT sites (net_per_query's socket
     /// tracepoints), after them; says what it attached, for the attach line. Such hooks fire
-    /// in every process: with them the target is narrowed to processes named postgres (the
-    /// USDT sites fire in the binary's processes only; without a target, the socket calls of
-    /// every process of the machine were counted).
+    /// in every process: with them and no pid or cgroup given, the target is the processes
+    /// named after the binary (the USDT sites fire in the binary's processes only; without a
+    /// target, the socket calls of every process of the machine were counted).
     pub attach_more: Option<fn(&mut Loaded) -> anyhow::Result<String>>,
 }
 
@@ -132,9 +132,15 @@ pub fn start<'a, R: ProbeReport>(
     verbose: bool,
     mut report: R,
 ) -> anyhow::Result<Option<Attached<'a>>> {
-    let comm = p.attach_more.map(|_| "postgres");
-    let mut target = Target::resolve(target_args, comm)?;
+    let mut target = Target::resolve(target_args, None)?;
     let (binary, root) = postgres::binary_for_target(&target, postgres_path)?;
+    if p.attach_more.is_some() && target_args.is_empty() {
+        // Processes named after the binary (postgres, postmaster, ...; the kernel keeps 15
+        // bytes of it), as the target without pid or cgroup.
+        let name = binary.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name: String = name.unwrap_or_default().chars().take(15).collect();
+        target = Target::resolve(target_args, Some(&name))?;
+    }
     if !p.required_symbols.is_empty() {
         let symbols = crate::elf::Symbols::open(&binary, &root)?;
         for (name, needed) in p.required_symbols {

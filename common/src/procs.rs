@@ -54,7 +54,8 @@ pub fn untraceable(pid: u32) -> Option<&'static str> {
     let s = stat(pid)?;
     if s.flags & PF_KTHREAD != 0 {
         Some("a kernel thread")
-    } else if s.state == 'Z' {
+    } else if s.state == 'Z' && status(pid).is_none_or(|st| st.threads <= 1) {
+        // A process whose main thread exited while others run shows Z too (ps: Zl).
         Some("a zombie (it has exited; its parent has not reaped it)")
     } else {
         None

@@ -100,6 +100,13 @@ fn zombie() -> (std::process::Child, u32) {
     (child, pid)
 }
 
+/// A kernel thread's pid (kthreadd is 2 on a host, not in a PID namespace of its own).
+fn kernel_thread() -> Option<u32> {
+    pgbpf_common::procs::all_pids()
+        .into_iter()
+        .find(|&p| pgbpf_common::procs::untraceable(p) == Some("a kernel thread"))
+}
+
 /// A pid no process has (within pid_max).
 fn free_pid() -> u32 {
     let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
@@ -124,6 +131,7 @@ fn every_tool_answers_garbage_with_one_line_and_the_right_exit_code() {
     .unwrap();
     let (mut zombie_child, zombie) = zombie();
     let (zombie, free) = (zombie.to_string(), free_pid().to_string());
+    let kthread = kernel_thread().map(|p| p.to_string());
     let existing = dir.path().join("existing.cap");
     std::fs::write(&existing, b"not a capture").unwrap();
     std::fs::set_permissions(
@@ -146,9 +154,12 @@ fn every_tool_answers_garbage_with_one_line_and_the_right_exit_code() {
             for bad in ["-1", "abc", "99999999999", ""] {
                 cases.push((os(&["--pid", bad]), 2, "--pid"));
             }
-            cases.push((os(&["--pid", "2"]), 1, "kernel thread"));
-            cases.push((os(&["--pid", &zombie]), 1, "zombie"));
-            cases.push((os(&["--pid", &free]), 1, "no such process"));
+            // Runtime errors end at once; `-d 1` ends a run that would not (a failed case).
+            if let Some(kthread) = &kthread {
+                cases.push((os(&["-d", "1", "--pid", kthread]), 1, "kernel thread"));
+            }
+            cases.push((os(&["-d", "1", "--pid", &zombie]), 1, "zombie"));
+            cases.push((os(&["-d", "1", "--pid", &free]), 1, "no such process"));
             cases.push((os(&["@nobody", "-d", "1"]), 1, "permission denied"));
         }
         if has("--duration <") {
@@ -170,13 +181,17 @@ fn every_tool_answers_garbage_with_one_line_and_the_right_exit_code() {
                 "--container",
             ));
             cases.push((
-                os(&["--container", "f00dfeedbadc0ffee"]),
+                os(&["-d", "1", "--container", "f00dfeedbadc0ffee"]),
                 1,
                 "f00dfeedbadc0ffee",
             ));
         }
         if has("--cgroup <") {
-            cases.push((os(&["--cgroup", "/pgbpf-no-such-cgroup"]), 1, "no cgroup"));
+            cases.push((
+                os(&["-d", "1", "--cgroup", "/pgbpf-no-such-cgroup"]),
+                1,
+                "no cgroup",
+            ));
         }
         if has("--record <FILE>") {
             let tmp = std::env::temp_dir();
@@ -210,20 +225,55 @@ fn every_tool_answers_garbage_with_one_line_and_the_right_exit_code() {
 
 #[test]
 fn a_capture_file_is_private_and_not_overwritten() {
+    use pgbpf_capture::wire::open_capture_file;
+    use std::os::unix::fs::PermissionsExt as _;
     pgbpf_testkit::require_root();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.cap");
-    let file = pgbpf_capture::wire::create_capture_file(&path, false).unwrap();
+    let (file, made) = open_capture_file(&path, false).unwrap();
     drop(file);
-    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions();
-    use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(mode(&path).mode() & 0o777, 0o600);
+    assert!(made);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
     std::fs::write(&path, b"earlier capture").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let refused = pgbpf_capture::wire::create_capture_file(&path, false).unwrap_err();
+    let refused = open_capture_file(&path, false).unwrap_err();
     assert!(refused.to_string().contains("--force"), "{refused}");
     assert_eq!(std::fs::read(&path).unwrap(), b"earlier capture");
-    drop(pgbpf_capture::wire::create_capture_file(&path, true).unwrap());
-    assert_eq!(std::fs::read(&path).unwrap(), b"");
-    assert_eq!(mode(&path).mode() & 0o777, 0o600);
+    // --force opens it (made private) without emptying it: that waits for tracing to start.
+    let (file, made) = open_capture_file(&path, true).unwrap();
+    assert!(!made);
+    drop(file);
+    assert_eq!(std::fs::read(&path).unwrap(), b"earlier capture");
+    assert_eq!(mode(&path), 0o600);
+    // A symbolic link is never followed, --force or not.
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, b"not ours").unwrap();
+    let link = dir.path().join("link.cap");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(open_capture_file(&link, false).is_err());
+    assert!(open_capture_file(&link, true).is_err());
+    assert_eq!(std::fs::read(&target).unwrap(), b"not ours");
+}
+
+#[test]
+fn a_capture_file_of_a_run_that_never_started_is_removed() {
+    pgbpf_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("never.cap");
+    let out = run(
+        &link(dir.path(), "pgwire_trace"),
+        &os(&[
+            "--pid",
+            &free_pid().to_string(),
+            "--record",
+            file.to_str().unwrap(),
+        ]),
+        false,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !file.exists(),
+        "the file of a run that did not start is left"
+    );
 }

@@ -90,9 +90,11 @@ impl BpfObjects {
     }
 }
 
-/// Entries in map `id` now, for hash maps (plain, per-CPU, LRU): the keys walked with
-/// BPF_MAP_GET_NEXT_KEY (aya has no key walk for a map whose types it does not know).
-/// None for other kinds of maps (arrays are full by construction) or a map gone.
+/// Entries in map `id` now, for hash maps (plain, per-CPU, LRU): the distinct keys met
+/// walking with BPF_MAP_GET_NEXT_KEY (aya has no key walk for a map whose types it does not
+/// know). A key deleted under the walk restarts it from the first key: keys are counted
+/// once each and the walk stops after twice the map's size. None for other kinds of maps
+/// (arrays are full by construction) or a map gone.
 pub fn hash_map_entries(id: u32) -> Option<u64> {
     use aya::maps::MapType;
     use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -116,9 +118,9 @@ pub fn hash_map_entries(id: u32) -> Option<u64> {
     }
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     let (mut key, mut next) = (vec![0u8; size], vec![0u8; size]);
-    let mut entries = 0u64;
+    let mut seen = std::collections::HashSet::new();
     let mut first = true;
-    loop {
+    for _ in 0..2 * u64::from(info.max_entries()) + 1 {
         let attr = NextKey {
             map_fd: fd.as_fd().as_raw_fd() as u32,
             _pad: 0,
@@ -138,10 +140,11 @@ pub fn hash_map_entries(id: u32) -> Option<u64> {
             )
         };
         if rc != 0 {
-            return Some(entries);
+            break;
         }
-        entries += 1;
+        seen.insert(next.clone());
         first = false;
         std::mem::swap(&mut key, &mut next);
     }
+    Some(seen.len() as u64)
 }

@@ -350,6 +350,27 @@ impl Postgres {
         }
     }
 
+    /// Puts `rules` (pg_hba.conf lines) before the cluster's own and waits until the
+    /// postmaster has loaded them: pg_reload_conf() only signals it, and a connection made
+    /// meanwhile would meet the old rules. A new backend carries the postmaster's reload
+    /// time, which it sets while reloading, before forking anyone again.
+    pub fn add_hba_rules(&self, rules: &str) -> anyhow::Result<()> {
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        let old = std::fs::read_to_string(&hba)?;
+        std::fs::write(&hba, format!("{rules}\n{old}"))?;
+        let before = self.psql("select pg_conf_load_time()")?;
+        self.psql("select pg_reload_conf()")?;
+        let start = Instant::now();
+        while self.psql("select pg_conf_load_time()")? == before {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "the server did not reload its configuration"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Runs pgbench with `args` against the `postgres` database.
     pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
         run(Command::new("pgbench")

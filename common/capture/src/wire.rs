@@ -254,32 +254,53 @@ pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
     match &capture.read {
         Some(path) => read(protocol, path, make, out).map(|()| None),
         None => {
-            // Made before loading: a path that cannot be written fails at once.
+            // Opened before loading: a path that cannot be written fails at once. Emptied
+            // (--force) only once tracing has started; made new and tracing fails to start:
+            // removed again (a rerun with sudo is not refused for a file of no use).
             let record = capture
                 .record
                 .as_deref()
-                .map(|path| {
-                    Ok::<_, anyhow::Error>((path, create_capture_file(path, capture.force)?))
-                })
+                .map(|path| Ok::<_, anyhow::Error>((path, open_capture_file(path, capture.force)?)))
                 .transpose()?;
-            let live = Capture::start(protocol, target, &capture.options(verbose))?;
+            let live = match Capture::start(protocol, target, &capture.options(verbose)) {
+                Ok(live) => live,
+                Err(e) => {
+                    if let Some((path, (_, true))) = &record {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e);
+                }
+            };
+            let record = match record {
+                Some((path, (file, _))) => {
+                    file.set_len(0)
+                        .with_context(|| format!("emptying {}", path.display()))?;
+                    Some((path, file))
+                }
+                None => None,
+            };
             attach(live, make, record, out).map(Some)
         }
     }
 }
 
 /// The `--record` file, readable and writable by its owner only (a capture holds
-/// statements, their values and keys); an existing file is overwritten only with `--force`
-/// (and then made 0600 too).
-pub fn create_capture_file(path: &Path, force: bool) -> anyhow::Result<File> {
+/// statements, their values and keys), and whether it was made new; an existing file is
+/// opened only with `--force` (made 0600 too; not emptied: the caller does that once
+/// tracing starts), a symbolic link never (O_NOFOLLOW, O_EXCL).
+pub fn open_capture_file(path: &Path, force: bool) -> anyhow::Result<(File, bool)> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     if path.is_dir() {
         anyhow::bail!("cannot record to {}: it is a directory", path.display());
     }
+    let existed = std::fs::symlink_metadata(path).is_ok();
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).mode(0o600);
+    options
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW);
     if force {
-        options.create(true).truncate(true);
+        options.create(true);
     } else {
         options.create_new(true);
     }
@@ -293,11 +314,11 @@ pub fn create_capture_file(path: &Path, force: bool) -> anyhow::Result<File> {
             anyhow::Error::new(e).context(format!("creating {}", path.display()))
         }
     })?;
-    if force {
+    if existed {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("making {} private", path.display()))?;
     }
-    Ok(file)
+    Ok((file, !existed))
 }
 
 /// Starts tracing: the capture is attached; the connections open now go to the decoder (and
@@ -392,13 +413,16 @@ impl<W: Wire> Trace for WireTrace<W> {
     /// stdout is gone: what the kernel still holds goes to the capture file, which is then
     /// ended as at a normal finish (readable to its end, with the counters).
     fn output_gone(&mut self) -> anyhow::Result<()> {
-        if self.sink.recorder.is_none() {
-            return Ok(());
+        if self.sink.recorder.is_some() {
+            let sink = &mut self.sink;
+            self.capture.drain(|r| sink.feed(None, r))?;
+            let kernel = self.capture.counters()?;
+            if let Err(e) = self.sink.finish_recording(&kernel) {
+                self.sink.record_failure.get_or_insert(format!("{e:#}"));
+            }
         }
-        let sink = &mut self.sink;
-        self.capture.drain(|r| sink.feed(None, r))?;
-        let kernel = self.capture.counters()?;
-        self.sink.finish_recording(&kernel)
+        // A recording that stopped early is the run's error, even with stdout gone.
+        self.sink.record_outcome()
     }
 }
 

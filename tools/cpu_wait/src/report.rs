@@ -156,8 +156,8 @@ impl ProbeReport for Reporter {
                 .or_insert_with(|| (types.of(e.tgid), Use::default()))
                 .1
                 .add(e);
-            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |_| {
-                pgbpf_common::bounded::OTHER_STATEMENTS.into()
+            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |k| {
+                pgbpf_common::bounded::folded(k)
             })
             .add(e);
             p.cgroups.entry(e.cgroup_id).or_default().add(e);

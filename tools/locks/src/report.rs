@@ -108,7 +108,7 @@ impl Reporter {
             p.stacks
                 .add(key.lock_type, stack.clone(), None, ev.duration_ns);
             pgbpf_common::bounded::row(&mut p.waits, key.clone(), |k| Key {
-                query: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+                query: pgbpf_common::bounded::folded(&k.query),
                 ..k.clone()
             })
             .add(ev.duration_ns);

@@ -103,7 +103,7 @@ impl ProbeReport for Reporter {
             p.stacks
                 .add(&key.tranche, stack.clone(), None, ev.duration_ns);
             pgbpf_common::bounded::row(&mut p.waits, key.clone(), |k| Key {
-                query: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+                query: pgbpf_common::bounded::folded(&k.query),
                 ..k.clone()
             })
             .add(ev.duration_ns);

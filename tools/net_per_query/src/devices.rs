@@ -70,12 +70,14 @@ impl Devices {
         })
     }
 
-    /// The listening TCP ports of the servers among `pids` (postgres processes whose parent
-    /// is not one: the postmasters), into the kernel's table.
+    /// The listening TCP ports of the servers among the target's `pids` (processes whose
+    /// parent has another name: the postmasters, not their backends, whatever the binary is
+    /// called), into the kernel's table.
     pub fn listen_on(&mut self, pids: &[u32]) {
-        let is_postgres = |pid: u32| procs::comm_of(pid).as_deref() == Some("postgres");
         for &pid in pids {
-            if !is_postgres(pid) || procs::parent_of(pid).is_some_and(is_postgres) {
+            let name = procs::comm_of(pid);
+            let parent = procs::parent_of(pid).and_then(procs::comm_of);
+            if name.is_none() || parent == name {
                 continue;
             }
             let Some(netns) = netns_of(&pid.to_string()) else {

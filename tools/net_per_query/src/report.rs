@@ -106,8 +106,8 @@ impl Reporter {
         let client = client(e);
         for p in self.periods.each() {
             p.all.add(e.recv, e.sent);
-            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |_| {
-                pgbpf_common::bounded::OTHER_STATEMENTS.into()
+            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |k| {
+                pgbpf_common::bounded::folded(k)
             })
             .add(e.recv, e.sent);
             p.backends

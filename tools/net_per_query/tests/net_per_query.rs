@@ -326,11 +326,8 @@ fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
         ..Default::default()
     };
     let pg = Postgres::start_with(&opts).unwrap();
-    let hba = pg.dir.path().join("data/pg_hba.conf");
-    let mut rules = std::fs::read_to_string(&hba).unwrap();
-    rules.push_str(&format!("host all all {PEER_ADDR}/32 trust\n"));
-    std::fs::write(&hba, rules).unwrap();
-    pg.psql("select pg_reload_conf()").unwrap();
+    pg.add_hba_rules(&format!("host all all {PEER_ADDR}/32 trust"))
+        .unwrap();
     let pm = pg.postmaster_pid().unwrap().to_string();
     let tool = Traced::start(BIN, &["-p", &pm, "--dev", "--json"]).unwrap();
     let host_before = VethPair::proc_net_dev(false, HOST_DEV);
@@ -387,7 +384,8 @@ fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
     };
     let (host_rx, host_tx) = (device(HOST_DEV, "received"), device(HOST_DEV, "sent"));
     let (peer_rx, peer_tx) = (device(PEER_DEV, "received"), device(PEER_DEV, "sent"));
-    assert!(host[3] > 100, "the 3 MB response took packets: {host:?}");
+    // veth takes TSO packets of up to 64 KiB: the 3 MB response is 50 of them or more.
+    assert!(host[3] > 40, "the 3 MB response took packets: {host:?}");
     assert_eq!(
         ours(host_rx, host_tx, ""),
         host,

@@ -113,8 +113,8 @@ impl Reporter {
                 // Look up before inserting: a statement seen before costs no key copy.
                 let s = match map.get_mut(key.as_str()) {
                     Some(s) => s,
-                    None => pgbpf_common::bounded::row(map, key.clone(), |_| {
-                        pgbpf_common::bounded::OTHER_STATEMENTS.into()
+                    None => pgbpf_common::bounded::row(map, key.clone(), |k| {
+                        pgbpf_common::bounded::folded(k)
                     }),
                 };
                 s.latency.add(ns);

@@ -207,16 +207,10 @@ fn passwords_are_overwritten_in_the_capture_file() {
     ))
     .unwrap();
     // A password in the clear for one role, SCRAM for the other, both over TCP.
-    let hba = pg.dir.path().join("data/pg_hba.conf");
-    let rules = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!(
-            "host all sekrit 127.0.0.1/32 password\nhost all scram 127.0.0.1/32 scram-sha-256\n{rules}"
-        ),
+    pg.add_hba_rules(
+        "host all sekrit 127.0.0.1/32 password\nhost all scram 127.0.0.1/32 scram-sha-256",
     )
     .unwrap();
-    pg.psql("select pg_reload_conf()").unwrap();
     let postmaster = pg.postmaster_pid().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("auth.pgw");

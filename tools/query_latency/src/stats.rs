@@ -24,9 +24,10 @@ pub struct Period {
 
 impl Period {
     pub fn add(&mut self, key: Key, ns: u64, truncated: bool) {
+        // Folded per backend too (--per-backend) the rows would stay one per process.
         let l = pgbpf_common::bounded::row(&mut self.by_key, key, |k| Key {
-            pid: k.pid,
-            statement: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+            pid: 0,
+            statement: pgbpf_common::bounded::folded(&k.statement),
         });
         l.add(ns);
         l.truncated |= truncated;

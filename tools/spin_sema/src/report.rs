@@ -145,7 +145,7 @@ impl ProbeReport for Reporter {
         for p in self.periods.each() {
             p.stacks.add(key.kind, stack.clone(), None, e.duration_ns);
             let w = pgbpf_common::bounded::row(&mut p.waits, key.clone(), |k| Key {
-                query: pgbpf_common::bounded::OTHER_STATEMENTS.into(),
+                query: pgbpf_common::bounded::folded(&k.query),
                 ..k.clone()
             });
             w.times.add(e.duration_ns);

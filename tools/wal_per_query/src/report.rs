@@ -132,8 +132,8 @@ impl ProbeReport for Reporter {
         let backend = self.backends.of(e.tgid);
         for p in self.periods.each() {
             p.all.add(e);
-            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |_| {
-                pgbpf_common::bounded::OTHER_STATEMENTS.into()
+            pgbpf_common::bounded::row(&mut p.statements, query.clone(), |k| {
+                pgbpf_common::bounded::folded(k)
             })
             .add(e);
             p.backends.entry(backend.clone()).or_default().add(e);
