@@ -521,3 +521,51 @@ fn a_stopped_redis_trace_loses_counted_records_and_invents_nothing() {
         "the decoder resynced: {after} of the 100 PINGs after the gap; {summary}"
     );
 }
+
+#[test]
+fn a_server_shut_down_or_crashed_under_trace_ends_a_pid_target_with_its_summary() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    // pg_ctl stop's modes as the postmaster gets them: fast (SIGINT), immediate (SIGQUIT:
+    // every backend killed, as in a crash).
+    for (mode, sig) in [
+        ("fast", signal::Signal::SIGINT),
+        ("immediate", signal::Signal::SIGQUIT),
+    ] {
+        let pg = Postgres::start().unwrap();
+        let pm = pg.postmaster_pid().unwrap();
+        let pm_s = pm.to_string();
+        let mut traced = vec![];
+        for (tool, field) in [("query_latency", "calls"), ("pgwire_trace", "requests")] {
+            let args = ["-p", pm_s.as_str(), "--json", "--summary"];
+            let args = if tool == "query_latency" {
+                &args[..3]
+            } else {
+                &args[..]
+            };
+            let t = Traced::start(tool_link(dir.path(), tool).to_str().unwrap(), args).unwrap();
+            traced.push((tool, field, t));
+        }
+        // A session open through the shutdown, and 50 statements of its.
+        let mut session = pg.session().unwrap();
+        for _ in 0..50 {
+            session.run("select 1 as before_the_end").unwrap();
+        }
+        signal::kill(Pid::from_raw(pm as i32), sig).unwrap();
+        for (tool, field, t) in traced {
+            let out = t.wait(Duration::from_secs(20)).unwrap();
+            assert!(out.status.success(), "{tool} ({mode}): {}", out.stderr);
+            assert!(
+                out.stderr.contains(&format!("PID {pm} exited")),
+                "{tool} ({mode}) says the server ended: {}",
+                out.stderr
+            );
+            // Its totals: the session's first statement (its backend's pid) and its 50.
+            let n = summary_count(&out.stdout, field);
+            eprintln!("{tool} after a {mode} shutdown: summary with {n} {field}");
+            assert_eq!(n, 51, "{tool} ({mode})");
+        }
+        drop(session);
+    }
+}
