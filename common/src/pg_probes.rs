@@ -199,7 +199,7 @@ pub fn start<'a, R: ProbeReport>(
         .chain(more)
         .collect(),
         started: loaded.started,
-        watch: target.roots(),
+        watch: target.watched(),
         trace: record_trace(loaded, ring, query_addrs, report),
     }))
 }

@@ -107,8 +107,9 @@ pub struct Attached<'a> {
     pub details: Vec<String>,
     /// When loading began (the start-up time is measured from it).
     pub started: Instant,
-    /// Processes whose exit ends the trace once all of them are gone (the `--pid`s given).
-    pub watch: Vec<u32>,
+    /// What ends the trace when it is gone: the `--pid`s given, the cgroup of `--cgroup`,
+    /// `--container` or `--pod`.
+    pub watch: Watched,
 }
 
 /// How long the loop sleeps at most: short, so Ctrl-C and reports are prompt.
@@ -278,34 +279,69 @@ fn run_loop(
 }
 
 /// The processes given with `--pid`: once all have exited, nothing is left to trace.
+/// What ends a trace when it is gone: the processes given with `--pid` (all of them), or the
+/// cgroup of `--cgroup`, `--container` or `--pod` (removed, or replaced by a new one of the
+/// same path: a restarted container's is a new cgroup, which the kernel filter, keyed by the
+/// old one's id, would never match).
+#[derive(Clone, Debug, Default)]
+pub struct Watched {
+    pub pids: Vec<u32>,
+    /// The cgroup's directory, its id (the directory's inode) and how to name it.
+    pub cgroup: Option<(std::path::PathBuf, u64, String)>,
+}
+
+impl Watched {
+    /// Whether the cgroup watched is gone (or replaced).
+    fn cgroup_gone(&self) -> Option<&str> {
+        use std::os::unix::fs::MetadataExt as _;
+        let (dir, id, what) = self.cgroup.as_ref()?;
+        let same = std::fs::metadata(dir).is_ok_and(|m| m.ino() == *id);
+        (!same).then_some(what.as_str())
+    }
+}
+
 struct Watch<'t> {
     tool: &'t str,
-    pids: Vec<u32>,
+    watched: Watched,
     gone: Vec<u32>,
     last_check: Instant,
+    cgroup_gone: bool,
 }
 
 impl<'t> Watch<'t> {
-    fn new(tool: &'t str, pids: Vec<u32>) -> Watch<'t> {
+    fn new(tool: &'t str, watched: Watched) -> Watch<'t> {
         Watch {
             tool,
-            pids,
+            watched,
             gone: vec![],
             last_check: Instant::now(),
+            cgroup_gone: false,
         }
     }
 
     fn all_gone(&mut self) -> bool {
-        if self.pids.is_empty() || self.last_check.elapsed() < WATCH_EVERY {
-            return !self.pids.is_empty() && self.gone.len() == self.pids.len();
+        let pids_gone =
+            |w: &Self| !w.watched.pids.is_empty() && w.gone.len() == w.watched.pids.len();
+        if self.cgroup_gone || self.last_check.elapsed() < WATCH_EVERY {
+            return self.cgroup_gone || pids_gone(self);
         }
         self.last_check = Instant::now();
-        for &pid in &self.pids {
+        if let Some(what) = self.watched.cgroup_gone() {
+            eprintln!(
+                "{}: the {what} was removed at {}; nothing left to trace: the summary of what \
+                 was seen follows",
+                self.tool,
+                output::hms_now()
+            );
+            self.cgroup_gone = true;
+            return true;
+        }
+        for &pid in &self.watched.pids {
             if self.gone.contains(&pid) || procs::alive(pid) {
                 continue;
             }
             self.gone.push(pid);
-            let next = if self.gone.len() == self.pids.len() {
+            let next = if self.gone.len() == self.watched.pids.len() {
                 "nothing left to trace: the summary of what was seen follows"
             } else {
                 "still tracing the others"
@@ -316,7 +352,7 @@ impl<'t> Watch<'t> {
                 output::hms_now()
             );
         }
-        self.gone.len() == self.pids.len()
+        pids_gone(self)
     }
 }
 

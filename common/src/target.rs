@@ -147,6 +147,20 @@ impl Target {
         self.roots.clone()
     }
 
+    /// What ends a trace of this target when it is gone: the pids given, the cgroup.
+    pub fn watched(&self) -> crate::runtime::Watched {
+        crate::runtime::Watched {
+            pids: self.roots(),
+            cgroup: self.cgroup.as_ref().map(|c| {
+                let what = match &self.container {
+                    Some(container) => format!("container {}'s cgroup", &container.id[..12]),
+                    None => format!("cgroup {}", c.path),
+                };
+                (c.dir.clone(), c.id, what)
+            }),
+        }
+    }
+
     /// The processes the target covers now: the pids, the cgroup's processes, or those whose
     /// name is the comm filter's (every process without any filter).
     pub fn processes_now(&self) -> Vec<u32> {

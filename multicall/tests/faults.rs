@@ -569,3 +569,80 @@ fn a_server_shut_down_or_crashed_under_trace_ends_a_pid_target_with_its_summary(
         drop(session);
     }
 }
+
+#[test]
+fn a_memory_cgroup_removed_under_trace_ends_the_trace_with_its_totals() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("pgbpf-removed-{}", std::process::id());
+    let cg = pgbpf_testkit::memcg::MemoryCgroup::create(&name, 64 << 20).unwrap();
+    let traced = Traced::start(
+        tool_link(dir.path(), "page_reclaim").to_str().unwrap(),
+        &["--cgroup", &cg.path, "--json"],
+    )
+    .unwrap();
+    // 256 MB of page cache written under a 64 MB limit: the cgroup reclaims its own.
+    let file = dir.path().join("written");
+    let mut writer = cg
+        .spawn(&format!(
+            "dd if=/dev/zero of={} bs=1M count=256 status=none",
+            file.display()
+        ))
+        .unwrap();
+    assert!(writer.wait().unwrap().success());
+    // Emptied and removed (what a container's end does to its cgroup).
+    drop(cg);
+    let out = traced.wait(Duration::from_secs(10)).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("the cgroup /{name} was removed")),
+        "{}",
+        out.stderr
+    );
+    let reclaimed = summary_count(&out.stdout, "reclaimed_bytes");
+    eprintln!("page_reclaim: {reclaimed} bytes reclaimed before the cgroup was removed");
+    assert!(reclaimed > 0, "the totals are kept");
+}
+
+#[test]
+fn a_container_stopped_under_trace_ends_the_trace_with_its_totals() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start_with(&PgOptions {
+        container: Some(Default::default()),
+        ..Default::default()
+    })
+    .unwrap();
+    let id = pg.container.as_ref().unwrap().id.clone();
+    let traced = Traced::start(
+        tool_link(dir.path(), "query_latency").to_str().unwrap(),
+        &["--container", &id[..12], "--json"],
+    )
+    .unwrap();
+    for _ in 0..20 {
+        pg.psql("select 1 as before_the_stop").unwrap();
+    }
+    let out = pgbpf_testkit::container::podman()
+        .args(["stop", "-t", "5", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = traced.wait(Duration::from_secs(15)).unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("the container {}'s cgroup was removed", &id[..12])),
+        "{}",
+        out.stderr
+    );
+    let calls = summary_count(&out.stdout, "calls");
+    eprintln!("query_latency: {calls} statements before the container stopped");
+    assert!(calls >= 20, "the totals are kept: {calls}");
+}

@@ -354,7 +354,7 @@ pub fn attach<'a, W: Wire<Event: Send> + Send + 'a>(
         what: capture.what(),
         details: capture.details(),
         started: capture.started(),
-        watch: capture.target.roots(),
+        watch: capture.target.watched(),
         trace: Box::new(WireTrace { capture, sink }),
     })
 }

@@ -55,7 +55,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         what: format!("Tracing CPU waits of {}", target.describe()),
         details: vec![format!("{located} PostgreSQL processes located")],
         started: loaded.started,
-        watch: target.roots(),
+        watch: target.watched(),
         trace: pg_probes::record_trace(loaded, ring, query_addrs, report),
     }))
 }

@@ -135,7 +135,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         ),
         details: vec![format!("{} PostgreSQL processes located", t.located)],
         started: t.loaded.started,
-        watch: t.target.roots(),
+        watch: t.target.watched(),
         trace: Box::new(IoTrace {
             reporter: Reporter::new(args, t.names),
             loaded: t.loaded,

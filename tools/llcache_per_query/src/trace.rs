@@ -110,7 +110,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         what: format!("Sampling {} of {}", list.join(", "), target.describe()),
         details: vec![source],
         started: loaded.started,
-        watch: target.roots(),
+        watch: target.watched(),
         trace: Box::new(SampleTrace {
             reporter: Reporter::new(args, events),
             loaded,

@@ -67,7 +67,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         what: format!("Tracing memory reclaim of {}", target.describe()),
         details: vec![],
         started: loaded.started,
-        watch: target.roots(),
+        watch: target.watched(),
         trace: Box::new(ReclaimTrace { loaded, reporter }),
     }))
 }

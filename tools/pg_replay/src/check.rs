@@ -47,7 +47,7 @@ pub fn start(
         what: format!("Checking {}", crate::run::files_of(args)),
         details: vec![format.to_string()],
         started,
-        watch: vec![],
+        watch: Default::default(),
     }
 }
 

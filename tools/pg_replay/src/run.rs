@@ -78,7 +78,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         what,
         details,
         started,
-        watch: vec![],
+        watch: Default::default(),
     }))
 }
 

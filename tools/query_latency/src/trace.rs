@@ -108,7 +108,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         ),
         details: vec![mechanism],
         started: loaded.started,
-        watch: target.roots(),
+        watch: target.watched(),
         trace: Box::new(LatencyTrace {
             loaded,
             ring,

@@ -173,7 +173,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
             format!("{} PostgreSQL functions", programs.functions),
         ],
         started: programs.loaded.started,
-        watch: roots,
+        watch: target.watched(),
         trace: Box::new(ShmTrace {
             programs,
             reporter: Reporter::new(args.failures),

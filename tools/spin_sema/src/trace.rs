@@ -71,7 +71,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
         ),
         details: vec![format!("{located} PostgreSQL processes located")],
         started: loaded.started,
-        watch: target.roots(),
+        watch: target.watched(),
         trace: pg_probes::record_trace(loaded, ring, query_addrs, report),
     }))
 }
