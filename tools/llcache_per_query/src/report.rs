@@ -44,6 +44,20 @@ struct Row {
     truncated: bool,
 }
 
+impl pgbpf_common::bounded::Fold for Row {
+    fn fold(&mut self, other: &Self) {
+        for (sum, n) in self.samples.iter_mut().zip(other.samples) {
+            *sum += n;
+        }
+        self.statement |= other.statement;
+        self.truncated |= other.truncated;
+    }
+
+    fn weight(&self) -> u64 {
+        self.samples[0]
+    }
+}
+
 #[derive(Debug, Default)]
 struct Period {
     rows: HashMap<RowKey, Row>,
@@ -51,7 +65,13 @@ struct Period {
 
 impl Period {
     fn add(&mut self, key: &RowKey, counts: &SampleCounts, statement: bool, truncated: bool) {
-        let row = self.rows.entry(key.clone()).or_default();
+        // Folded rows lose their process and CPU too: those are what make rows many (one per
+        // backend with short connections).
+        let row = pgbpf_common::bounded::row(&mut self.rows, key.clone(), |k| RowKey {
+            pid: 0,
+            query: pgbpf_common::bounded::folded(&k.query),
+            cpu: 0,
+        });
         for (sum, n) in row.samples.iter_mut().zip(counts.samples) {
             *sum += n;
         }
