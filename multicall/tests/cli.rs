@@ -8,14 +8,16 @@
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
+use support::tool_link;
+
 use std::{
     ffi::OsString,
     os::unix::ffi::OsStringExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_pgbpf");
 
 /// The tools (every directory under tools/ but the exporter, which has its own binary).
 fn tools() -> Vec<String> {
@@ -29,14 +31,6 @@ fn tools() -> Vec<String> {
         .collect();
     tools.sort();
     tools
-}
-
-fn link(dir: &Path, tool: &str) -> PathBuf {
-    let link = dir.join(tool);
-    if !link.exists() {
-        std::os::unix::fs::symlink(BIN, &link).unwrap();
-    }
-    link
 }
 
 fn run(bin: &Path, args: &[OsString], unprivileged: bool) -> Output {
@@ -66,7 +60,7 @@ fn expect(
 ) {
     let unprivileged = args.first().is_some_and(|a| a == "@nobody");
     let args = if unprivileged { &args[1..] } else { args };
-    let out = run(&link(dir, tool), args, unprivileged);
+    let out = run(&tool_link(dir, tool), args, unprivileged);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     let ok = out.status.code() == Some(code)
@@ -144,7 +138,7 @@ fn every_tool_answers_garbage_with_one_line_and_the_right_exit_code() {
     let mut failures = vec![];
     let mut checked = 0;
     for tool in tools() {
-        let help = run(&link(dir.path(), &tool), &os(&["--help"]), true);
+        let help = run(&tool_link(dir.path(), &tool), &os(&["--help"]), true);
         assert!(help.status.success(), "{tool} --help unprivileged");
         let help = String::from_utf8_lossy(&help.stdout).into_owned();
         let has = |option: &str| help.contains(option);
@@ -262,7 +256,7 @@ fn a_capture_file_of_a_run_that_never_started_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("never.cap");
     let out = run(
-        &link(dir.path(), "pgwire_trace"),
+        &tool_link(dir.path(), "pgwire_trace"),
         &os(&[
             "--pid",
             &free_pid().to_string(),

@@ -11,8 +11,11 @@
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
+use support::{pgss_calls, records, summary_count, tool_link};
+
 use std::{
-    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -29,17 +32,6 @@ use pgbpf_testkit::{
     require_root,
     tool::Traced,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_pgbpf");
-
-/// A link named `tool` to the multicall binary, in `dir`.
-fn tool_link(dir: &Path, tool: &str) -> PathBuf {
-    let link = dir.join(tool);
-    if !link.exists() {
-        std::os::unix::fs::symlink(BIN, &link).unwrap();
-    }
-    link
-}
 
 /// pgbench -S runs of 3 s one after another until `stop`: each run's TPS, or its error.
 fn load_until(
@@ -221,17 +213,6 @@ impl Drop for TinyFs {
     }
 }
 
-/// The `summary` record of a `--json` run, and how many requests (or commands) it counts.
-fn summary_count(stdout: &str, field: &str) -> u64 {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["type"] == "summary")
-        .unwrap_or_else(|| panic!("no summary in {stdout}"))[field]
-        .as_u64()
-        .unwrap()
-}
-
 #[test]
 fn recording_onto_a_full_filesystem_keeps_tracing_and_the_file_readable() {
     require_root();
@@ -311,14 +292,6 @@ fn recording_onto_a_full_filesystem_keeps_tracing_and_the_file_readable() {
     }
 }
 
-/// The JSON records of a `--summary` run's stdout.
-fn records(stdout: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// The `calls` of the summary row whose `key` field is `value` (0 when there is none).
 fn calls_of(records: &[serde_json::Value], key: &str, value: &str) -> u64 {
     records
@@ -347,16 +320,9 @@ fn a_stopped_reader_loses_counted_records_and_invents_nothing() {
     let pg = Postgres::with_pgss_and_pgbench().unwrap();
     let pm = pg.postmaster_pid().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let calls = |pg: &Postgres| -> u64 {
-        pg.psql("select sum(calls) from pg_stat_statements")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
     // A connection open across the gap: its statements after it must all be decoded.
     let mut session = pg.session().unwrap();
-    let before = calls(&pg);
+    let before = pgss_calls(&pg);
     let bin = tool_link(dir.path(), "pgwire_trace");
     let traced = Traced::start(
         bin.to_str().unwrap(),
@@ -388,7 +354,7 @@ fn a_stopped_reader_loses_counted_records_and_invents_nothing() {
     }
     // The first reading is counted by the server, not traced; the second traced, not in its
     // own count: even.
-    let truth = calls(&pg) - before;
+    let truth = pgss_calls(&pg) - before;
     let out = traced.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     let records = records(&out.stdout);

@@ -10,10 +10,11 @@
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
-};
+mod support;
+
+use support::{pgss_calls, summary, tool_link};
+
+use std::time::{Duration, Instant};
 
 use pgbpf_testkit::{
     bpf_objects::{BpfObjects, hash_map_entries},
@@ -24,17 +25,10 @@ use pgbpf_testkit::{
     tool::Traced,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgbpf");
 /// How long the load runs; memory and maps are first read at `SETTLED`.
 const LOAD: Duration = Duration::from_secs(60);
 const SETTLED: Duration = Duration::from_secs(10);
 const CLIENTS: &str = "500";
-
-fn tool_link(dir: &Path, tool: &str) -> PathBuf {
-    let link = dir.join(tool);
-    std::os::unix::fs::symlink(BIN, &link).unwrap();
-    link
-}
 
 /// A traced tool and what it loaded into the kernel.
 struct Under {
@@ -48,14 +42,6 @@ fn occupancy(maps: &[(u32, String)]) -> Vec<(String, u64)> {
     maps.iter()
         .filter_map(|(id, name)| Some((name.clone(), hash_map_entries(*id)?)))
         .collect()
-}
-
-fn summary(stdout: &str) -> serde_json::Value {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["type"] == "summary")
-        .unwrap_or_else(|| panic!("no summary in {stdout}"))
 }
 
 #[test]
@@ -75,15 +61,8 @@ fn a_minute_of_500_clients_reconnecting_leaves_memory_and_maps_flat() {
     let pm = pg.postmaster_pid().unwrap().to_string();
     let redis_pid = redis.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let pg_calls = |pg: &Postgres| -> u64 {
-        pg.psql("select sum(calls) from pg_stat_statements")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
     let redis_calls = |r: &Redis| -> u64 { r.command_calls().unwrap().values().sum() };
-    let (pg_before, redis_before) = (pg_calls(&pg), redis_calls(&redis));
+    let (pg_before, redis_before) = (pgss_calls(&pg), redis_calls(&redis));
     let mut tools: Vec<Under> = vec![];
     for (name, args) in [
         ("query_latency", vec!["-p", &pm, "--json"]),
@@ -155,7 +134,7 @@ fn a_minute_of_500_clients_reconnecting_leaves_memory_and_maps_flat() {
     // The first reading's own statement is counted by the second, not traced; the second's
     // is traced (the tools are still attached), not counted by itself: even.
     let (pg_truth, redis_truth) = (
-        pg_calls(&pg) - pg_before,
+        pgss_calls(&pg) - pg_before,
         redis_calls(&redis) - redis_before,
     );
     let tps = String::from_utf8_lossy(&pgbench.stdout)
@@ -249,12 +228,7 @@ fn ten_thousand_distinct_statements_and_a_1_mb_one_keep_tables_bounded() {
         let rss = traced.rss_without_bpf_maps_kib().unwrap();
         tools.push((name, traced, kind, rss));
     }
-    let before: u64 = pg
-        .psql("select sum(calls) from pg_stat_statements")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let before = pgss_calls(&pg);
     // Ten thousand statements whose normalized texts differ (an alias each), one session.
     let script: String = (0..10_000)
         .map(|i| format!("select {i} as c{i};\n"))
@@ -283,13 +257,7 @@ fn ten_thousand_distinct_statements_and_a_1_mb_one_keep_tables_bounded() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let truth: u64 = pg
-        .psql("select sum(calls) from pg_stat_statements")
-        .unwrap()
-        .trim()
-        .parse::<u64>()
-        .unwrap()
-        - before;
+    let truth = pgss_calls(&pg) - before;
     let mut failures = vec![];
     for (name, traced, kind, rss_start) in tools {
         let rss_end = traced.rss_without_bpf_maps_kib().unwrap();

@@ -8,25 +8,17 @@
 // Helpers of a test binary: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod support;
+
+use support::tool_link;
+
+use std::process::Command;
 
 use pgbpf_testkit::{exclusive, postgres::Postgres, require_root, tool::Traced};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgbpf");
 const PASSWORD: &str = "pgbpf-Secret-Pw-7731";
 /// Literals of the workload: a string and a number no normalized text contains.
 const LITERALS: [&str; 2] = ["pgbpf-literal-5519", "918273645"];
-
-fn tool_link(dir: &Path, tool: &str) -> PathBuf {
-    let link = dir.join(tool);
-    if !link.exists() {
-        std::os::unix::fs::symlink(BIN, &link).unwrap();
-    }
-    link
-}
 
 /// psql as `user` over TCP with the password, running `sql`.
 fn psql_tcp(pg: &Postgres, user: &str, sql: &str) {
