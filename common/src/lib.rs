@@ -44,6 +44,7 @@ pub mod query_probes;
 pub mod query_string;
 pub mod records;
 pub mod runtime;
+pub mod server;
 pub mod sql;
 pub mod stacks;
 pub mod system;

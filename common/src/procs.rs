@@ -82,6 +82,21 @@ pub fn title_of(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// How long ago `pid` started (to the kernel's clock tick, 10 ms on most machines).
+pub fn age_of(pid: u32) -> Option<std::time::Duration> {
+    let ticks = procfs::ticks_per_second() as f64;
+    let started = stat(pid)?.starttime as f64 / ticks;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs_f64(
+        (uptime - started).max(0.0),
+    ))
+}
+
 /// True while `pid` runs; a process that exited but was not reaped yet (a zombie) is gone.
 pub fn alive(pid: u32) -> bool {
     stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X'))

@@ -5,12 +5,20 @@
 //! reach userspace.
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::{Ebpf, EbpfLoader, maps::HashMap};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData},
+};
 
 use crate::{
     cgroup::{self, Cgroup, ContainerCgroup},
     procs,
+    server::Server,
 };
+
+/// The kernel's `PGBPF_TARGET_TGIDS`, shared with the live loop's watch (which adds the
+/// processes of a server found again after a restart).
+pub type TgidMap = std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, u8>>>;
 
 /// Target selection arguments shared by every tool.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -28,6 +36,16 @@ pub struct TargetArgs {
     /// prefix
     #[arg(long, value_name = "UID", conflicts_with_all = ["pids", "container", "cgroup"])]
     pub pod: Option<String>,
+    /// Trace only the PostgreSQL server of this data directory (its postmaster and
+    /// backends), and the new postmaster when the server restarts or recovers from a crash
+    #[arg(short = 'D', long, value_name = "DIR",
+          conflicts_with_all = ["pids", "container", "cgroup", "pod"])]
+    pub pgdata: Option<std::path::PathBuf>,
+    /// Trace only the server listening on this port (PostgreSQL's TCP port or Unix socket,
+    /// Redis'), also after it restarts; the wire tools trace the port's traffic, whoever
+    /// serves it (repeatable)
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
 }
 
 impl TargetArgs {
@@ -37,6 +55,8 @@ impl TargetArgs {
             && self.container.is_none()
             && self.cgroup.is_none()
             && self.pod.is_none()
+            && self.pgdata.is_none()
+            && self.port.is_empty()
     }
 }
 
@@ -63,6 +83,10 @@ pub struct Target {
     pub pod: Option<String>,
     /// Task name filter, NUL padded as the kernel keeps it.
     pub comm: Option<[u8; 16]>,
+    /// The servers named by `--pgdata` or `--port`, with their main process now (a root).
+    servers: Vec<(u32, Server)>,
+    /// The kernel's tgid filter map once loaded, kept to add a restarted server's processes.
+    tgid_map: Option<TgidMap>,
     // Globals handed to the loader by reference, so they must live here.
     tgid_filter_on: u32,
     cgroup_id: u64,
@@ -81,6 +105,22 @@ impl Target {
             if !t.tgids.contains(&tgid) {
                 t.tgids.push(tgid);
             }
+        }
+        let servers = args
+            .pgdata
+            .iter()
+            .map(|dir| Server::DataDir(dir.clone()))
+            .chain(args.port.iter().map(|&p| Server::Port(p)));
+        for server in servers {
+            if args.container.is_some() || args.cgroup.is_some() || args.pod.is_some() {
+                bail!("--port names a server: give it or --container/--cgroup/--pod, not both");
+            }
+            let pid = server.main_process()?;
+            let tgid = tgid_of(pid)?;
+            if !t.tgids.contains(&tgid) {
+                t.tgids.push(tgid);
+            }
+            t.servers.push((tgid, server));
         }
         if let Some(query) = &args.container {
             let mount = cgroup::v2_mount()?;
@@ -130,7 +170,14 @@ impl Target {
         } else if let Some(c) = &self.cgroup {
             format!("cgroup {}", c.path)
         } else if !self.tgids.is_empty() {
-            let pids: Vec<String> = self.tgids.iter().map(u32::to_string).collect();
+            let pids: Vec<String> = self
+                .roots
+                .iter()
+                .map(|pid| match self.servers.iter().find(|(p, _)| p == pid) {
+                    Some((_, server)) => format!("{pid} (the server of {server})"),
+                    None => pid.to_string(),
+                })
+                .collect();
             format!("PID {}", pids.join(", "))
         } else {
             "all processes".to_string()
@@ -142,6 +189,11 @@ impl Target {
         s
     }
 
+    /// True when the target names servers (`--pgdata`, `--port`) to follow across restarts.
+    pub fn follows_servers(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
     /// The processes named with `--pid`: once all have exited, nothing is left to trace.
     pub fn roots(&self) -> Vec<u32> {
         self.roots.clone()
@@ -150,7 +202,14 @@ impl Target {
     /// What ends a trace of this target when it is gone: the pids given, the cgroup.
     pub fn watched(&self) -> crate::runtime::Watched {
         crate::runtime::Watched {
-            pids: self.roots(),
+            pids: self
+                .roots
+                .iter()
+                .copied()
+                .filter(|pid| !self.servers.iter().any(|(p, _)| p == pid))
+                .collect(),
+            servers: self.servers.clone(),
+            tgid_map: self.tgid_map.clone(),
             cgroup: self.cgroup.as_ref().map(|c| {
                 let what = match &self.container {
                     Some(container) => format!("container {}'s cgroup", &container.id[..12]),
@@ -230,21 +289,38 @@ impl Target {
             .override_global("PGBPF_FORK_CHILD_OFFSET", &self.fork_child_offset, true);
     }
 
-    /// Fills the tgid map after load.
-    pub fn fill_maps(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    /// Fills the tgid map after load. With a server target the map is kept (taken out of
+    /// `ebpf`: nothing else reads it from userspace) for the live loop to add a restarted
+    /// server's processes.
+    pub fn fill_maps(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
         if self.tgids.is_empty() {
             return Ok(());
         }
-        let map = ebpf
-            .map_mut("PGBPF_TARGET_TGIDS")
-            .ok_or_else(|| anyhow!("the eBPF object has no PGBPF_TARGET_TGIDS map"))?;
-        let mut map: HashMap<_, u32, u8> = HashMap::try_from(map)?;
-        for &tgid in &self.tgids {
-            map.insert(&tgid, &1, 0)
-                .with_context(|| format!("adding PID {tgid} to the filter"))?;
+        const NAME: &str = "PGBPF_TARGET_TGIDS";
+        let missing = || anyhow!("the eBPF object has no {NAME} map");
+        if self.servers.is_empty() {
+            let mut map: HashMap<_, u32, u8> =
+                HashMap::try_from(ebpf.map_mut(NAME).ok_or_else(missing)?)?;
+            return add_tgids(&mut map, &self.tgids);
         }
+        let mut map: HashMap<MapData, u32, u8> =
+            HashMap::try_from(ebpf.take_map(NAME).ok_or_else(missing)?)?;
+        add_tgids(&mut map, &self.tgids)?;
+        self.tgid_map = Some(std::sync::Arc::new(std::sync::Mutex::new(map)));
         Ok(())
     }
+}
+
+/// Adds processes to the kernel's tgid filter.
+pub fn add_tgids<T: std::borrow::BorrowMut<MapData>>(
+    map: &mut HashMap<T, u32, u8>,
+    tgids: &[u32],
+) -> anyhow::Result<()> {
+    for &tgid in tgids {
+        map.insert(&tgid, &1, 0)
+            .with_context(|| format!("adding PID {tgid} to the filter"))?;
+    }
+    Ok(())
 }
 
 /// The thread-group id of `pid` (itself for a process, its process for a thread).

@@ -135,6 +135,12 @@ fn every_tool_answers_garbage_with_one_line_and_the_right_exit_code() {
     .unwrap();
     let existing = existing.to_str().unwrap();
     let not_utf8 = OsString::from_vec(vec![b'3', 0xff, b'f']);
+    // A data directory whose server is not running, and a port nobody serves.
+    let stopped = dir.path().join("stopped-cluster");
+    std::fs::create_dir(&stopped).unwrap();
+    std::fs::write(stopped.join("PG_VERSION"), "15\n").unwrap();
+    let stopped = stopped.to_str().unwrap();
+    let unserved = pgbpf_testkit::postgres::free_port().unwrap().to_string();
     let mut failures = vec![];
     let mut checked = 0;
     for tool in tools() {
@@ -186,6 +192,28 @@ fn every_tool_answers_garbage_with_one_line_and_the_right_exit_code() {
                 1,
                 "no cgroup",
             ));
+        }
+        if has("--pgdata <DIR>") {
+            cases.push((
+                os(&["-d", "1", "--pgdata", "/etc"]),
+                1,
+                "not a PostgreSQL data",
+            ));
+            cases.push((os(&["-d", "1", "--pgdata", stopped]), 1, "not running"));
+            cases.push((os(&["--pgdata", stopped, "--pid", "1"]), 2, "--pgdata"));
+        }
+        if has("--port <PORT>") {
+            for bad in ["-1", "70000", "abc"] {
+                cases.push((os(&["--port", bad]), 2, "--port"));
+            }
+            // The wire tools trace a port's traffic, whoever serves it: no server needed.
+            if !has("--record <FILE>") {
+                cases.push((
+                    os(&["-d", "1", "--port", &unserved]),
+                    1,
+                    "no process listens",
+                ));
+            }
         }
         if has("--record <FILE>") {
             let tmp = std::env::temp_dir();

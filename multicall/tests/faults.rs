@@ -27,7 +27,7 @@ use nix::{sys::signal, unistd::Pid};
 use pgbpf_testkit::{
     bpf_objects::BpfObjects,
     exclusive,
-    postgres::{PgOptions, Postgres},
+    postgres::{PgOptions, Postgres, Shutdown},
     redis::Redis,
     require_root,
     tool::Traced,
@@ -533,6 +533,124 @@ fn a_server_shut_down_or_crashed_under_trace_ends_a_pid_target_with_its_summary(
             assert_eq!(n, 51, "{tool} ({mode})");
         }
         drop(session);
+    }
+}
+
+/// The phases of the restart test, each with a statement of its own.
+const PHASES: [&str; 3] = ["before_restart", "after_restart", "after_crash"];
+
+/// Phase `name`'s statement: as many more columns as the phase's number.
+fn phase_statement(name: &str) -> String {
+    let n = PHASES.iter().position(|&p| p == name).unwrap() + 1;
+    let more: Vec<String> = (2..=n + 1).map(|c| c.to_string()).collect();
+    format!("select 1 as {name}, {}", more.join(", "))
+}
+
+/// The same normalized, as pg_stat_statements and the tools show it.
+fn normalized(name: &str) -> String {
+    let statement = phase_statement(name);
+    let mut n = 0;
+    statement
+        .split(' ')
+        .map(|w| match w.trim_end_matches(',').parse::<u32>() {
+            Ok(_) => {
+                n += 1;
+                format!("${n}{}", if w.ends_with(',') { "," } else { "" })
+            }
+            Err(_) => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn a_server_named_by_data_directory_or_port_is_followed_across_restart_and_crash() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start_with(&PgOptions {
+        pg_stat_statements: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let data = pg.dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let port = pg.port.to_string();
+    // Named by the data directory (postmaster.pid), by the port (the Unix socket's lock
+    // file), and pgwire_trace's --port alone, which traces the port's traffic whoever serves
+    // it (nothing to follow: the control).
+    let runs: [(&str, &[&str]); 4] = [
+        ("query_latency", &["--pgdata", data, "--json"]),
+        ("query_latency", &["--port", &port, "--json"]),
+        ("pgwire_trace", &["-D", data, "--json", "--summary"]),
+        ("pgwire_trace", &["--port", &port, "--json", "--summary"]),
+    ];
+    let traced: Vec<(String, Traced)> = runs
+        .iter()
+        .map(|(tool, args)| {
+            let link = tool_link(dir.path(), tool);
+            let t = Traced::start(link.to_str().unwrap(), args).unwrap();
+            (format!("{tool} {}", args[..2].join(" ")), t)
+        })
+        .collect();
+    // 20 statements of a phase's own in one session, as pg_stat_statements counts them (read
+    // before the next restart: an immediate shutdown loses its counts). Its statement differs
+    // from the others' in more than a name: pg_stat_statements tells statements apart by
+    // their parse tree, where `select 1 as a` and `select 1 as b` are one.
+    let phase = |pg: &Postgres, name: &str| -> u64 {
+        let mut session = pg.session().unwrap();
+        for _ in 0..20 {
+            session.run(&phase_statement(name)).unwrap();
+        }
+        drop(session);
+        let calls = pg
+            .psql(&format!(
+                "select coalesce(sum(calls), 0) from pg_stat_statements where query = '{}'",
+                normalized(name)
+            ))
+            .unwrap();
+        calls.trim().parse().unwrap()
+    };
+    let mut truth = vec![(PHASES[0], phase(&pg, PHASES[0]))];
+    let first = pg.postmaster_pid().unwrap();
+    pg.restart(Shutdown::Fast).unwrap();
+    truth.push((PHASES[1], phase(&pg, PHASES[1])));
+    let second = pg.postmaster_pid().unwrap();
+    pg.restart(Shutdown::Immediate).unwrap();
+    truth.push((PHASES[2], phase(&pg, PHASES[2])));
+    let third = pg.postmaster_pid().unwrap();
+    // The tools notice within their watch period, and see the last phase's backend end.
+    std::thread::sleep(Duration::from_secs(2));
+    for (what, t) in traced {
+        let out = t.stop().unwrap();
+        assert!(out.status.success(), "{what}: {}", out.stderr);
+        let followed = !what.starts_with("pgwire_trace --port");
+        for line in out.stderr.lines().filter(|l| l.contains("is back")) {
+            eprintln!("{what}: {line}");
+        }
+        if followed {
+            for pid in [first, second] {
+                assert!(
+                    out.stderr.contains(&format!("PID {pid}, the server of")),
+                    "{what} says the server's PID {pid} exited: {}",
+                    out.stderr
+                );
+            }
+            for pid in [second, third] {
+                assert!(
+                    out.stderr
+                        .contains(&format!("following its new main process PID {pid}")),
+                    "{what} follows PID {pid}: {}",
+                    out.stderr
+                );
+            }
+        }
+        let records = records(&out.stdout);
+        for (name, calls) in &truth {
+            let ours = calls_of(&records, "query", &normalized(name));
+            eprintln!("{what}: {name}: {ours} statements, pg_stat_statements {calls}");
+            assert_eq!(ours, *calls, "{what}: {name}");
+        }
     }
 }
 

@@ -44,6 +44,18 @@ pub struct Postgres {
     pub container: Option<Container>,
     /// Started with `ssl = on` (TCP over TLS only).
     pub tls: bool,
+    /// The server's settings, for a restart.
+    settings: Vec<(String, String)>,
+}
+
+/// How the server is stopped, as `pg_ctl stop -m` says it (the signal the postmaster gets).
+#[derive(Clone, Copy, Debug)]
+pub enum Shutdown {
+    /// SIGINT: sessions ended, a checkpoint written.
+    Fast,
+    /// SIGQUIT: every process killed without a checkpoint; the next start recovers as after a
+    /// crash.
+    Immediate,
 }
 
 fn postgres_ids() -> anyhow::Result<(u32, u32)> {
@@ -166,6 +178,7 @@ impl Postgres {
             child: None,
             container: None,
             tls: opts.tls,
+            settings: settings.clone(),
         };
         match &opts.container {
             None => pg.spawn_on_host(uid, gid, &settings)?,
@@ -213,7 +226,11 @@ impl Postgres {
         if !settings.iter().any(|(k, _)| k == "listen_addresses") {
             settings.push(("listen_addresses".into(), "127.0.0.1".into()));
         }
-        let log = std::fs::File::create(self.server_log_path())?;
+        // Appended to: a restarted server's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.server_log_path())?;
         nix::unistd::chown(&self.server_log_path(), Some(uid.into()), Some(gid.into()))?;
         let args = self.server_args(&self.dir.path().join("data"), &self.socket_dir, &settings);
         let child = Command::new(self.bin_dir.join("postgres"))
@@ -418,6 +435,24 @@ impl Postgres {
         };
         s.backend_pid = s.run("select pg_backend_pid()")?.trim().parse()?;
         Ok(s)
+    }
+
+    /// Stops the server as `pg_ctl restart -m MODE` does and starts it again with the same
+    /// settings (a new postmaster, same data directory and port); on the host only.
+    pub fn restart(&mut self, mode: Shutdown) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("restart: the server runs in a container");
+        };
+        let sig = match mode {
+            Shutdown::Fast => nix::sys::signal::Signal::SIGINT,
+            Shutdown::Immediate => nix::sys::signal::Signal::SIGQUIT,
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)?;
+        child.wait()?;
+        let (uid, gid) = postgres_ids()?;
+        let settings = self.settings.clone();
+        self.spawn_on_host(uid, gid, &settings)?;
+        self.wait_ready(Duration::from_secs(60))
     }
 
     /// Host pid of the postmaster.

@@ -28,7 +28,7 @@ fn load_for_this_process(verbose: bool) -> Loaded {
         pids: vec![std::process::id()],
         ..Default::default()
     };
-    let target = Target::resolve(&args, None).unwrap();
+    let mut target = Target::resolve(&args, None).unwrap();
     let mut loaded = loader::load("selftest", OBJECT, verbose, |l| target.set_globals(l)).unwrap();
     target.fill_maps(&mut loaded.ebpf).unwrap();
     loaded

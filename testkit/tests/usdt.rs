@@ -118,7 +118,7 @@ impl Drop for Fixture {
 }
 
 fn attach(bin: &Path, pids: Vec<u32>) -> Loaded {
-    let target = Target::resolve(
+    let mut target = Target::resolve(
         &TargetArgs {
             pids,
             ..Default::default()

@@ -4,15 +4,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use pgbpf_common::target::TargetArgs;
 
 use crate::Options;
 
 #[derive(Args, Debug, Clone)]
 pub struct CaptureArgs {
-    /// Server port to trace (repeatable; default: the ports the protocol's servers listen on
-    /// here, and its usual port)
-    #[arg(long, value_name = "PORT")]
-    pub port: Vec<u16>,
     /// Bytes captured per read or write (the rest of bigger ones is skipped, framing kept
     /// where the protocol allows; readv/writev and sendmsg/recvmsg at most 8192)
     #[arg(long, value_name = "BYTES", default_value_t = 8192,
@@ -43,10 +40,12 @@ pub struct CaptureArgs {
 }
 
 impl CaptureArgs {
-    /// The capture's options (`verbose`: the loader's messages).
-    pub fn options(&self, verbose: bool) -> Options {
+    /// The capture's options: the server ports are the target's `--port`s (none: those the
+    /// protocol's servers listen on here, and its usual port); `verbose`: the loader's
+    /// messages.
+    pub fn options(&self, target: &TargetArgs, verbose: bool) -> Options {
         Options {
-            ports: self.port.clone(),
+            ports: target.port.clone(),
             capture: self.capture,
             buffer_mb: self.buffer_mb,
             syscall_hooks: self.syscall_hooks,

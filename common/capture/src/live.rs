@@ -100,15 +100,16 @@ struct Found {
 
 /// Reads every target process's sockets; `is_port` says which are server ports (a Unix
 /// socket whose path names no port, as Redis', counts whatever the ports).
+/// Connections found get ids after `next_id` (which moves on past them).
 fn find_sockets(
     protocol: &Protocol,
     procs: &[Process],
     is_port: impl Fn(u16) -> bool,
     clients: bool,
+    next_id: &mut u64,
 ) -> Found {
     let mut by_netns: StdHashMap<String, StdHashMap<u64, SocketState>> = StdHashMap::new();
     let mut found = Found::default();
-    let mut next_id = EXISTING_ID_BASE;
     let unix_port = |path: &str| (protocol.unix_port)(path).filter(|&p| p == 0 || is_port(p));
     let our_tags = sockets::tagging_cgroups("self");
     for p in procs {
@@ -183,9 +184,9 @@ fn find_sockets(
                 }
                 _ => continue,
             };
-            next_id += 1;
+            *next_id += 1;
             let info = SockInfo {
-                conn_id: next_id,
+                conn_id: *next_id,
                 role,
                 port: u32::from(port),
                 ..SockInfo::default()
@@ -211,7 +212,8 @@ fn server_ports(protocol: &Protocol, ports: &[u16]) -> HashSet<u16> {
             is_server: true,
         })
         .collect();
-    for (_, port) in find_sockets(protocol, &all, |_| true, false).listeners {
+    let mut ids = EXISTING_ID_BASE;
+    for (_, port) in find_sockets(protocol, &all, |_| true, false, &mut ids).listeners {
         if port != 0 {
             found.insert(port);
         }
@@ -278,6 +280,50 @@ pub struct Capture {
     pub tls_enabled: bool,
     last_prune: Instant,
     record: Record,
+    /// The id the next connection found in /proc gets.
+    next_existing_id: u64,
+}
+
+/// Tells the kernel about the sockets found in /proc: the listeners, and the connections
+/// (returned as EXISTING records for the decoder).
+fn tell_kernel(loaded: &mut Loaded, found: &Found) -> anyhow::Result<Vec<Record>> {
+    {
+        let mut listeners: HashMap<_, SockKey, u32> =
+            HashMap::try_from(loaded.map_mut("LISTENERS")?)?;
+        for (key, port) in &found.listeners {
+            listeners.insert(key, &u32::from(*port), 0)?;
+        }
+    }
+    {
+        let mut has: Array<_, u8> = Array::try_from(loaded.map_mut("HAS_SOCKS")?)?;
+        let holders = found.listeners.iter().map(|(k, _)| k.tgid);
+        for tgid in holders.chain(found.connections.iter().map(|(k, _, _)| k.tgid)) {
+            // A pid beyond the array (pid_max raised since) is looked up in SOCKS anyway.
+            let _ = has.set(tgid, &1, 0);
+        }
+    }
+    let mut existing = Vec::with_capacity(found.connections.len());
+    let mut socks: HashMap<_, SockKey, SockInfo> = HashMap::try_from(loaded.map_mut("SOCKS")?)?;
+    let now = output::mono_ns();
+    for (key, info, peer) in &found.connections {
+        socks.insert(key, info, 0)?;
+        existing.push(Record {
+            kind: Kind::Existing,
+            role: info.role,
+            dir: 0,
+            tgid: key.tgid,
+            tid: key.tgid,
+            fd: key.fd,
+            port: info.port,
+            conn_id: info.conn_id,
+            ts_ns: now,
+            len: 0,
+            lost: [0, 0],
+            tls: false,
+            payload: peer.clone().into_bytes(),
+        });
+    }
+    Ok(existing)
 }
 
 impl Capture {
@@ -287,7 +333,12 @@ impl Capture {
         target_args: &TargetArgs,
         opts: &Options,
     ) -> anyhow::Result<Capture> {
-        let mut target = Target::resolve(target_args, None)?;
+        // `--port` says which traffic (`opts.ports`), not whose: any process serving it.
+        let by_process = TargetArgs {
+            port: vec![],
+            ..target_args.clone()
+        };
+        let mut target = Target::resolve(&by_process, None)?;
         loader::check_privileges()?;
         // A server's children (a postmaster's backends) are covered, also those forked later.
         target.follow_descendants()?;
@@ -386,46 +437,15 @@ impl Capture {
         }
         // Attached first, then told about existing sockets: a connection accepted in between
         // is either in /proc already or seen by accept().
-        let found = find_sockets(protocol, &procs, |p| ports.contains(&p), track_clients == 1);
-        {
-            let mut listeners: HashMap<_, SockKey, u32> =
-                HashMap::try_from(loaded.map_mut("LISTENERS")?)?;
-            for (key, port) in &found.listeners {
-                listeners.insert(key, &u32::from(*port), 0)?;
-            }
-        }
-        {
-            let mut has: Array<_, u8> = Array::try_from(loaded.map_mut("HAS_SOCKS")?)?;
-            let holders = found.listeners.iter().map(|(k, _)| k.tgid);
-            for tgid in holders.chain(found.connections.iter().map(|(k, _, _)| k.tgid)) {
-                // A pid beyond the array (pid_max raised since) is looked up in SOCKS anyway.
-                let _ = has.set(tgid, &1, 0);
-            }
-        }
-        let mut existing = Vec::with_capacity(found.connections.len());
-        {
-            let mut socks: HashMap<_, SockKey, SockInfo> =
-                HashMap::try_from(loaded.map_mut("SOCKS")?)?;
-            let now = output::mono_ns();
-            for (key, info, peer) in &found.connections {
-                socks.insert(key, info, 0)?;
-                existing.push(Record {
-                    kind: Kind::Existing,
-                    role: info.role,
-                    dir: 0,
-                    tgid: key.tgid,
-                    tid: key.tgid,
-                    fd: key.fd,
-                    port: info.port,
-                    conn_id: info.conn_id,
-                    ts_ns: now,
-                    len: 0,
-                    lost: [0, 0],
-                    tls: false,
-                    payload: peer.clone().into_bytes(),
-                });
-            }
-        }
+        let mut next_existing_id = EXISTING_ID_BASE;
+        let found = find_sockets(
+            protocol,
+            &procs,
+            |p| ports.contains(&p),
+            track_clients == 1,
+            &mut next_existing_id,
+        );
+        let existing = tell_kernel(&mut loaded, &found)?;
         let mut ports: Vec<u16> = ports.into_iter().collect();
         ports.sort_unstable();
         let ring = loaded.take_ring_buffer("EVENTS")?;
@@ -437,6 +457,7 @@ impl Capture {
             ports,
             listeners: found.listeners.len(),
             existing,
+            next_existing_id,
             libssl,
             tls_enabled: opts.tls,
             last_prune: Instant::now(),
@@ -498,6 +519,30 @@ impl Capture {
             }
         }
         Ok(())
+    }
+
+    /// Processes the target gained after start (a restarted server's): their listening
+    /// sockets (bound before the kernel filter had them, so the bind hook missed them) and
+    /// their connections open now, as EXISTING records for the decoder.
+    pub fn learn(&mut self, pids: &[u32]) -> anyhow::Result<Vec<Record>> {
+        let protocol = self.protocol;
+        let procs: Vec<Process> = pids
+            .iter()
+            .map(|&pid| Process {
+                pid,
+                is_server: (protocol.is_server)(pid),
+            })
+            .collect();
+        let ports = &self.ports;
+        let found = find_sockets(
+            protocol,
+            &procs,
+            |p| ports.contains(&p),
+            false,
+            &mut self.next_existing_id,
+        );
+        self.listeners += found.listeners.len();
+        tell_kernel(&mut self.loaded, &found)
     }
 
     /// Once a second: the processes alive now and when that was sampled, for the decoder to

@@ -262,7 +262,7 @@ pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
                 .as_deref()
                 .map(|path| Ok::<_, anyhow::Error>((path, open_capture_file(path, capture.force)?)))
                 .transpose()?;
-            let live = match Capture::start(protocol, target, &capture.options(verbose)) {
+            let live = match Capture::start(protocol, target, &capture.options(target, verbose)) {
                 Ok(live) => live,
                 Err(e) => {
                     if let Some((path, (_, true))) = &record {
@@ -387,6 +387,13 @@ impl<W: Wire> Trace for WireTrace<W> {
                     .close_exited(sampled_ns, &|pid| alive.contains(&pid), &mut sink.events);
             sink.report_events(out)?;
             self.capture.forget(&gone)?;
+        }
+        Ok(())
+    }
+
+    fn followed(&mut self, out: &mut Output, pids: &[u32]) -> anyhow::Result<()> {
+        for r in self.capture.learn(pids)? {
+            self.sink.feed(Some(out), &r)?;
         }
         Ok(())
     }

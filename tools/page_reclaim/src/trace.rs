@@ -45,14 +45,21 @@ fn nr_reclaimed_offset() -> anyhow::Result<u32> {
 /// Resolves the target, loads and attaches the programs (the tool, and the exporter's reclaim
 /// collector, which reads the maps with [`read_snapshot`]).
 pub fn attach(args: &Args) -> anyhow::Result<(Loaded, Target)> {
-    let target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
+    let mut target = Target::resolve(&args.target, args.comm.comm.as_deref())?;
     loader::check_privileges()?;
+    // A server named by --pgdata or --port is its processes: the postmaster's children too.
+    if target.follows_servers() {
+        target.follow_descendants()?;
+    }
     let offset = nr_reclaimed_offset()?;
     let mut loaded = loader::load("page_reclaim", OBJECT, args.out.verbose, |l| {
         target.set_globals(l);
         l.override_global("NR_RECLAIMED_OFFSET", &offset, true);
     })?;
     target.fill_maps(&mut loaded.ebpf)?;
+    if target.follows_servers() {
+        target.attach_fork_tracking(&mut loaded)?;
+    }
     for (prog, event) in HOOKS {
         loaded.attach_tracepoint(prog, "vmscan", event)?;
     }

@@ -31,7 +31,9 @@ Examples:
 /// arguments, reply size, latency and error, pipelining, transactions (MULTI/EXEC), pub/sub
 /// and CLIENT REPLY included, on the server side or the client side.
 #[derive(Parser, Debug)]
-#[command(name = "redis_trace", version, after_help = EXAMPLES)]
+// --pgdata names a PostgreSQL server: not an option here (refused if given anyway).
+#[command(name = "redis_trace", version, after_help = EXAMPLES,
+          mut_arg("pgdata", |a| a.hide(true)))]
 pub struct Args {
     #[command(flatten)]
     pub target: TargetArgs,
@@ -68,6 +70,9 @@ pgbpf_common::tool!(Args, "redis_trace", start);
 
 /// Decodes the capture file of `--read`, or attaches.
 fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Attached<'a>>> {
+    if args.target.pgdata.is_some() {
+        anyhow::bail!("--pgdata names a PostgreSQL server; a Redis server is named by --port");
+    }
     pgbpf_capture::wire::start(
         &pgbpf_capture::REDIS,
         &args.target,

@@ -163,7 +163,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         return Ok(None);
     }
     let with_functions = !(not_postgres.len() == roots.len() && !roots.is_empty());
-    let loading = load(args, &target, with_functions, &pids, offsets);
+    let loading = load(args, &mut target, with_functions, &pids, offsets);
     show_snapshot(out)?;
     let programs = loading?.attach(&target, &pids)?;
     Ok(Some(Attached {
@@ -197,7 +197,7 @@ pub struct Programs {
 /// Loads and attaches the syscall programs for `target` (no snapshot, no function probes):
 /// pgbpf_exporter's shared-memory collector, which counts the calls of every postgres
 /// process on the node.
-pub fn attach(args: &Args, target: &Target) -> anyhow::Result<Programs> {
+pub fn attach(args: &Args, target: &mut Target) -> anyhow::Result<Programs> {
     let offsets = std::thread::spawn(kernel_offsets);
     let pids = snapshot_pids(target);
     load(args, target, false, &pids, Some(offsets))?.attach(target, &pids)
@@ -242,7 +242,7 @@ struct Loading {
 /// [`Loading::attach`]).
 fn load(
     args: &Args,
-    target: &Target,
+    target: &mut Target,
     with_functions: bool,
     pids: &[u32],
     offsets: Option<std::thread::JoinHandle<anyhow::Result<[u32; 11]>>>,

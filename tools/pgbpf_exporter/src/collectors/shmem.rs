@@ -37,9 +37,9 @@ impl SharedMemory {
         tool.out.verbose = args.verbose;
         // Every postgres process of the node, in any container; nothing else (a shared
         // mmap of another program is not PostgreSQL's shared memory).
-        let target = Target::resolve(&tool.target, Some("postgres"))?;
+        let mut target = Target::resolve(&tool.target, Some("postgres"))?;
         Ok(SharedMemory {
-            programs: shmem::trace::attach(&tool, &target)?,
+            programs: shmem::trace::attach(&tool, &mut target)?,
             placements: Placements::default(),
             calls: BTreeMap::new(),
         })

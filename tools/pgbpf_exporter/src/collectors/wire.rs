@@ -184,7 +184,7 @@ impl WireCollector {
         let live = pgbpf_capture::Capture::start(
             protocol,
             &TargetArgs::default(),
-            &capture.options(args.verbose),
+            &capture.options(&TargetArgs::default(), args.verbose),
         )?;
         let tally = Arc::new(Mutex::new(Tally::default()));
         let shared = Arc::clone(&tally);
