@@ -5,6 +5,7 @@ use std::{collections::HashMap, io, time::Duration};
 
 use io_timeouts_ebpf::{IoEvent, kind};
 use pgbpf_common::{
+    bounded::{self, Fold},
     output::{self, Output},
     periods::{Periods, period_text},
     query_string::IdleLabels,
@@ -129,11 +130,76 @@ struct Period {
     block: HashMap<u32, BlockIo>,
 }
 
+/// Where a folded row goes (see `pgbpf_common::bounded`): its statement folded, its process
+/// too (short connections make the rows many as much as statements do).
+fn folded_who(who: &Who) -> Who {
+    Who {
+        pid: 0,
+        comm: String::new(),
+        query: bounded::folded(&who.query),
+    }
+}
+
+impl Fold for Pauses {
+    fn fold(&mut self, other: &Self) {
+        self.count += other.count;
+        self.total_ms += other.total_ms;
+        self.max_ms = self.max_ms.max(other.max_ms);
+        self.period_ms += other.period_ms;
+        self.max_dirty = self.max_dirty.max(other.max_dirty);
+        self.last_limit = other.last_limit;
+        if self.bdi.is_empty() {
+            self.bdi.clone_from(&other.bdi);
+        }
+    }
+
+    fn weight(&self) -> u64 {
+        self.total_ms
+    }
+}
+
+impl Fold for Waits {
+    fn fold(&mut self, other: &Self) {
+        self.count += other.count;
+        self.total_us += other.total_us;
+        self.max_us = self.max_us.max(other.max_us);
+        self.reasons |= other.reasons;
+    }
+
+    fn weight(&self) -> u64 {
+        self.total_us
+    }
+}
+
+impl Fold for BlockIo {
+    fn fold(&mut self, other: &Self) {
+        if self.comm.is_empty() {
+            self.comm = OTHER_PROCESSES.into();
+        }
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        if self.log2_us.len() < other.log2_us.len() {
+            self.log2_us.resize(other.log2_us.len(), 0);
+        }
+        for (mine, theirs) in self.log2_us.iter_mut().zip(&other.log2_us) {
+            *mine += theirs;
+        }
+    }
+
+    fn weight(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// The block table's row of the processes folded away (pid 0).
+const OTHER_PROCESSES: &str = "[other processes]";
+
 impl Period {
     fn add(&mut self, ev: &IoEvent, who: &Who, names: &Names) {
         match ev.kind {
             kind::DIRTY_PAUSE => {
-                let p = self.dirty.entry(who.clone()).or_default();
+                let p = bounded::row(&mut self.dirty, who.clone(), folded_who);
                 p.count += 1;
                 p.total_ms += ev.a;
                 p.max_ms = p.max_ms.max(ev.a);
@@ -143,7 +209,7 @@ impl Period {
                 p.bdi = output::c_str(&ev.name);
             }
             kind::RECLAIM_THROTTLE => {
-                let w = self.reclaim.entry(who.clone()).or_default();
+                let w = bounded::row(&mut self.reclaim, who.clone(), folded_who);
                 w.count += 1;
                 w.total_us += ev.a;
                 w.max_us = w.max_us.max(ev.a);
@@ -156,8 +222,10 @@ impl Period {
                 w.pages += ev.a;
             }
             kind::BLOCK_IO => {
-                let b = self.block.entry(who.pid).or_default();
-                b.comm.clone_from(&who.comm);
+                let b = bounded::row(&mut self.block, who.pid, |_| 0);
+                if who.pid != 0 || b.comm.is_empty() {
+                    b.comm.clone_from(&who.comm);
+                }
                 b.requests += 1;
                 b.bytes += ev.b;
                 b.errors += u64::from(ev.d != 0);
@@ -463,6 +531,45 @@ mod tests {
         };
         assert_eq!(names.wb_reason(3), "periodic");
         assert_eq!(names.wb_reason(9), "reason 9");
+    }
+
+    #[test]
+    fn tables_of_many_processes_and_statements_stay_bounded_and_lose_no_event() {
+        let names = Names::from_format("");
+        let mut period = Period::default();
+        let events = 10 * bounded::MAX_ROWS as u32;
+        for i in 0..events {
+            let who = Who {
+                pid: 1000 + i,
+                comm: "postgres".into(),
+                query: format!("select {i}"),
+            };
+            for kind in [kind::DIRTY_PAUSE, kind::RECLAIM_THROTTLE, kind::BLOCK_IO] {
+                // SAFETY: plain data (aya::Pod), all zeroes a valid value.
+                let mut ev: IoEvent = unsafe { std::mem::zeroed() };
+                (ev.kind, ev.a, ev.b) = (kind, 5, 4096);
+                period.add(&ev, &who, &names);
+            }
+        }
+        for len in [period.dirty.len(), period.reclaim.len(), period.block.len()] {
+            assert!(len <= bounded::MAX_ROWS, "{len} rows");
+        }
+        let pauses: u64 = period.dirty.values().map(|p| p.count).sum();
+        let waits: u64 = period.reclaim.values().map(|w| w.count).sum();
+        let requests: u64 = period.block.values().map(|b| b.requests).sum();
+        let bytes: u64 = period.block.values().map(|b| b.bytes).sum();
+        assert_eq!(
+            (pauses, waits, requests),
+            (events.into(), events.into(), events.into())
+        );
+        assert_eq!(bytes, u64::from(events) * 4096);
+        assert_eq!(period.block[&0].comm, OTHER_PROCESSES);
+        let other = period
+            .dirty
+            .keys()
+            .find(|w| w.pid == 0)
+            .expect("a folded row");
+        assert_eq!(other.query, bounded::OTHER_STATEMENTS);
     }
 
     #[test]
