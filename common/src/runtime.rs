@@ -148,6 +148,14 @@ pub fn main<T: Tool>() -> ExitCode {
 /// so `--pid -1` is an invalid pid rather than an unknown option `-1`; a value that is not
 /// UTF-8 is named with its option (clap's message names neither).
 pub fn parse_args<T: Tool>(argv: Vec<std::ffi::OsString>) -> Result<T, ExitCode> {
+    parse_command_line(T::NAME, argv)
+}
+
+/// [`parse_args`] for a binary that is not a [`Tool`] (the exporter), named `name`.
+pub fn parse_command_line<T: clap::Parser>(
+    name: &str,
+    argv: Vec<std::ffi::OsString>,
+) -> Result<T, ExitCode> {
     use clap::error::ErrorKind;
     let matches = T::command()
         .allow_negative_numbers(true)
@@ -165,9 +173,9 @@ pub fn parse_args<T: Tool>(argv: Vec<std::ffi::OsString>) -> Result<T, ExitCode>
             return Err(ExitCode::SUCCESS);
         }
         ErrorKind::InvalidUtf8 => {
-            eprintln!("{}: error: {}", T::NAME, not_utf8(&argv));
+            eprintln!("{}: error: {}", name, not_utf8(&argv));
         }
-        _ => eprintln!("{}: error: {}", T::NAME, usage_error_line(&e.to_string())),
+        _ => eprintln!("{}: error: {}", name, usage_error_line(&e.to_string())),
     }
     Err(ExitCode::from(2))
 }

@@ -28,6 +28,7 @@ use pgbpf_testkit::{
     bpf_objects::BpfObjects,
     exclusive,
     postgres::{PgOptions, Postgres, Shutdown},
+    postgres_semaphore_offsets, postgres_semaphores,
     redis::Redis,
     require_root,
     tool::Traced,
@@ -66,14 +67,6 @@ fn load_until(
     })
 }
 
-/// Every semaphore of the postgres binary as backend `pid` sees it.
-fn semaphores(pid: u32, offsets: &[u64]) -> Vec<u16> {
-    offsets
-        .iter()
-        .map(|&off| pgbpf_testkit::read_semaphore(pid, "/bin/postgres", off).unwrap())
-        .collect()
-}
-
 #[test]
 fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
     require_root();
@@ -84,17 +77,9 @@ fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
     let redis_pid = redis.pid().to_string();
     // A backend alive throughout: the semaphores are read in its memory.
     let session = pg.session().unwrap();
-    let offsets: Vec<u64> = pgbpf_common::usdt::probes(&pg.bin_dir.join("postgres"))
-        .unwrap()
-        .iter()
-        .filter_map(|p| p.semaphore_offset)
-        .collect();
+    let offsets = postgres_semaphore_offsets(&pg.bin_dir);
     assert!(
-        !offsets.is_empty(),
-        "the postgres binary has USDT semaphores"
-    );
-    assert!(
-        semaphores(session.backend_pid, &offsets)
+        postgres_semaphores(session.backend_pid, &offsets)
             .iter()
             .all(|&v| v == 0)
     );
@@ -129,7 +114,7 @@ fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
             !ours.programs.is_empty(),
             "{tool} loaded no program: {ours:?}"
         );
-        if semaphores(session.backend_pid, &offsets)
+        if postgres_semaphores(session.backend_pid, &offsets)
             .iter()
             .any(|&v| v > 0)
         {
@@ -138,15 +123,7 @@ fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
         signal::kill(Pid::from_raw(traced.pid() as i32), signal::Signal::SIGKILL).unwrap();
         let finished = traced.wait(Duration::from_secs(10)).unwrap();
         assert!(!finished.status.success(), "{tool} was killed");
-        // The kernel releases a dead process's objects asynchronously.
-        let killed = Instant::now();
-        let left = loop {
-            let left = BpfObjects::now().still_holding(&ours);
-            if left.is_empty() || killed.elapsed() > Duration::from_secs(5) {
-                break left;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (left, released_in) = BpfObjects::wait_released(&ours);
         assert!(
             left.is_empty(),
             "{tool} left behind after kill -9: {left:?}"
@@ -161,7 +138,7 @@ fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
             ours.programs.len(),
             ours.maps.len(),
             ours.links.len(),
-            killed.elapsed().as_millis()
+            released_in.as_millis()
         );
     }
     stop.store(true, Ordering::Relaxed);

@@ -82,6 +82,19 @@ impl BpfObjects {
         }
     }
 
+    /// Waits (up to 5 s) until the kernel has released every object of `ours` (a killed
+    /// process's go asynchronously): what is left then, and how long the wait took.
+    pub fn wait_released(ours: &BpfObjects) -> (BpfObjects, std::time::Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let left = BpfObjects::now().still_holding(ours);
+            if left.is_empty() || start.elapsed() > std::time::Duration::from_secs(5) {
+                return (left, start.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.programs.is_empty()
             && self.maps.is_empty()

@@ -24,7 +24,11 @@ pub mod schema;
 pub mod stacks;
 pub mod tool;
 
-use std::{fs::File, path::PathBuf, process::Command};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -169,6 +173,28 @@ pub fn read_semaphore(pid: u32, binary_suffix: &str, file_offset: u64) -> anyhow
         }
     }
     bail!("no mapping of {binary_suffix} at file offset {file_offset:#x} in process {pid}")
+}
+
+/// The file offsets of the USDT semaphores of the postgres binary in `bin_dir`.
+pub fn postgres_semaphore_offsets(bin_dir: &Path) -> Vec<u64> {
+    let offsets: Vec<u64> = pgbpf_common::usdt::probes(&bin_dir.join("postgres"))
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.semaphore_offset)
+        .collect();
+    assert!(
+        !offsets.is_empty(),
+        "the postgres binary has USDT semaphores"
+    );
+    offsets
+}
+
+/// Every semaphore of the postgres binary at `offsets` as backend `pid` sees it.
+pub fn postgres_semaphores(pid: u32, offsets: &[u64]) -> Vec<u16> {
+    offsets
+        .iter()
+        .map(|&off| read_semaphore(pid, "/bin/postgres", off).unwrap())
+        .collect()
 }
 
 /// Waits up to 5 s for `pid`'s semaphore to read `want`. The kernel lowers semaphores when

@@ -90,6 +90,13 @@ fn lock(node: &Mutex<Node>) -> MutexGuard<'_, Node> {
 
 /// Starts the collectors and serves until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    // A binary named on the command line that is not there is the user's mistake, said at
+    // once (a collector that cannot attach on this kernel only says so: the others run).
+    for path in &args.postgres {
+        if !path.is_file() {
+            anyhow::bail!("--postgres {}: no such file", path.display());
+        }
+    }
     pgbpf_common::loader::check_privileges()?;
     let started = Instant::now();
     // Bound first: a port in use is the most common mistake, and needs no kernel work.
