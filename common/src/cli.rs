@@ -9,6 +9,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// `--redact`, for the tools that show statements.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RedactArg {
+    /// Show every statement normalized (literals as $n: the lines of single statements
+    /// too, which otherwise show them as they ran) and without comments
+    #[arg(long)]
+    pub redact: bool,
+}
+
+impl RedactArg {
+    /// How statements are shown.
+    pub fn shown(&self) -> crate::sql::Shown {
+        crate::sql::Shown::redacted_if(self.redact)
+    }
+}
+
 /// Output and timing arguments shared by every tool.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct OutputArgs {

@@ -139,9 +139,18 @@ impl QueryAddrs {
 #[derive(Default)]
 pub struct IdleLabels {
     by_pid: HashMap<u32, (String, bool)>,
+    shown: crate::sql::Shown,
 }
 
 impl IdleLabels {
+    /// Labels, and statements shown `shown` (a tool's `--redact`).
+    pub fn new(shown: crate::sql::Shown) -> IdleLabels {
+        IdleLabels {
+            by_pid: HashMap::new(),
+            shown,
+        }
+    }
+
     /// The label of `pid`'s time without a statement.
     pub fn label(&mut self, pid: u32) -> String {
         self.lookup(pid).0
@@ -153,7 +162,7 @@ impl IdleLabels {
     pub fn statement(&mut self, pid: u32, code: u8, text: &[u8], len: u32) -> String {
         use pgbpf_common_ebpf::query_string::statement;
         match code {
-            statement::RUNNING => crate::sql::normalize(&crate::query::text_of(text, len)),
+            statement::RUNNING => self.shown.text(&crate::query::text_of(text, len)),
             // Not located yet: only a PostgreSQL process has a statement to miss.
             statement::UNREADABLE if self.is_postgres(pid) => "[statement not read]".to_string(),
             _ => self.label(pid),

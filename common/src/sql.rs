@@ -1,8 +1,51 @@
 //! Statement text → its normalized form: constants become `$1`, `$2`, ... (like
 //! pg_stat_statements) and runs of white space one space, so `where aid = 5` and
-//! `where aid = 7` aggregate. Works on bytes, never panics, keeps unknown input as it is.
+//! `where aid = 7` aggregate; redacted (`--redact`), comments go too (they can hold anything:
+//! a ticket, a user's name, a token). Works on bytes, never panics, keeps unknown input as
+//! it is.
 
 use std::fmt::Write as _;
+
+/// How a tool shows statements: normalized (the default), or redacted (`--redact`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Shown {
+    #[default]
+    Normalized,
+    /// Normalized, and without comments.
+    Redacted,
+}
+
+impl Shown {
+    /// `Redacted` when `redact` (a tool's `--redact`).
+    pub fn redacted_if(redact: bool) -> Shown {
+        if redact {
+            Shown::Redacted
+        } else {
+            Shown::Normalized
+        }
+    }
+
+    /// `sql` as shown.
+    pub fn text(self, sql: &str) -> String {
+        let mut out = String::new();
+        self.text_into(sql, &mut out);
+        out
+    }
+
+    /// A statement on the line of one event (a slow statement, a failed call): as it ran, or
+    /// redacted.
+    pub fn as_ran(self, sql: &str) -> std::borrow::Cow<'_, str> {
+        match self {
+            Shown::Normalized => std::borrow::Cow::Borrowed(sql),
+            Shown::Redacted => std::borrow::Cow::Owned(self.text(sql)),
+        }
+    }
+
+    /// `sql` as shown, into `out` (cleared first).
+    pub fn text_into(self, sql: &str, out: &mut String) {
+        normalize_with(sql, out, self == Shown::Redacted);
+    }
+}
 
 /// The normalized form of `sql`. Existing `$n` parameters are kept; new numbering starts
 /// after the highest one present.
@@ -20,6 +63,11 @@ pub fn normalize(sql: &str) -> String {
 /// time, with a search back for the operand before each minus sign, was a fifth of
 /// pgwire_trace's decoding time.)
 pub fn normalize_into(sql: &str, out: &mut String) {
+    normalize_with(sql, out, false);
+}
+
+/// [`normalize_into`], comments dropped when `drop_comments`.
+fn normalize_with(sql: &str, out: &mut String, drop_comments: bool) {
     out.clear();
     out.reserve(sql.len());
     let b = sql.as_bytes();
@@ -53,8 +101,22 @@ pub fn normalize_into(sql: &str, out: &mut String) {
                 while i < b.len() && b[i].is_ascii_whitespace() {
                     i += 1;
                 }
-                // One space between tokens; none before the first or after the last.
-                if !out.is_empty() && i < b.len() {
+                // One space between tokens; none before the first or after the last (nor
+                // a second one where a comment was dropped).
+                if !out.is_empty() && i < b.len() && !out.ends_with(' ') {
+                    out.push(' ');
+                }
+                copied = i;
+                continue;
+            }
+            b'-' | b'/' if drop_comments && comment_end(b, i).is_some() => {
+                out.push_str(&sql[copied..i]);
+                i = comment_end(b, i).unwrap_or(b.len());
+                // A comment separates tokens as white space does: one space for both.
+                while i < b.len() && b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                if !out.is_empty() && i < b.len() && !out.ends_with(' ') {
                     out.push(' ');
                 }
                 copied = i;
@@ -64,7 +126,27 @@ pub fn normalize_into(sql: &str, out: &mut String) {
             b'\'' if i > copied && matches!(b[i - 1], b'E' | b'e') && !ident_before(b, i - 1) => {
                 Some((i - 1, string_end(b, i + 1, true)))
             }
+            // Bit strings B'..' and X'..', Unicode strings U&'..': the prefix is the constant's.
+            b'\''
+                if i > copied
+                    && matches!(b[i - 1], b'B' | b'b' | b'X' | b'x')
+                    && !ident_before(b, i - 1) =>
+            {
+                Some((i - 1, string_end(b, i + 1, false)))
+            }
+            b'\''
+                if i > copied + 1
+                    && b[i - 1] == b'&'
+                    && matches!(b[i - 2], b'U' | b'u')
+                    && !ident_before(b, i - 2) =>
+            {
+                Some((i - 2, string_end(b, i + 1, false)))
+            }
             b'\'' => Some((i, string_end(b, i + 1, false))),
+            // A dollar-quoted string ($$..$$, $tag$..$tag$); `$1` is a parameter, kept.
+            b'$' if !ident_before(b, i) => {
+                dollar_tag_end(b, i).map(|body| (i, dollar_string_end(b, i, body)))
+            }
             b'"' => {
                 // A quoted identifier: kept, white space and all.
                 i = b[i + 1..]
@@ -96,6 +178,12 @@ pub fn normalize_into(sql: &str, out: &mut String) {
         }
     }
     out.push_str(&sql[copied..]);
+    if drop_comments {
+        // A comment at the end leaves the space before it.
+        while out.ends_with(' ') {
+            out.pop();
+        }
+    }
     // The final semicolon is not part of the statement (pg_stat_statements leaves it out
     // too): `select 1;` over the simple protocol and `select 1` in a Parse are one.
     while out.ends_with(';') {
@@ -124,6 +212,65 @@ fn string_end(b: &[u8], mut i: usize, escapes: bool) -> usize {
         }
     }
     b.len()
+}
+
+/// Where the opening tag of a dollar-quoted string at `i` ends (`$$` or `$tag$`, a tag
+/// being an identifier without `$`), None when `$` opens no such string (a `$1`).
+fn dollar_tag_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    let first = *b.get(j)?;
+    if first != b'$' {
+        if !(first.is_ascii_alphabetic() || first == b'_' || first >= 0x80) {
+            return None;
+        }
+        while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+            j += 1;
+        }
+        if b.get(j) != Some(&b'$') {
+            return None;
+        }
+    }
+    Some(j + 1)
+}
+
+/// Where the dollar-quoted string opened by the tag at `start..body` ends: after the same
+/// tag closing it, or at the end.
+fn dollar_string_end(b: &[u8], start: usize, body: usize) -> usize {
+    let tag = &b[start..body];
+    b[body..]
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .map_or(b.len(), |p| body + p + tag.len())
+}
+
+/// Where a comment starting at `i` ends (`-- ...` before its line's end, `/* ... */` after
+/// its close, nested ones within), None when no comment starts there.
+fn comment_end(b: &[u8], i: usize) -> Option<usize> {
+    match (b[i], b.get(i + 1)) {
+        (b'-', Some(b'-')) => Some(
+            b[i..]
+                .iter()
+                .position(|&c| c == b'\n' || c == b'\r')
+                .map_or(b.len(), |p| i + p),
+        ),
+        (b'/', Some(b'*')) => {
+            let (mut depth, mut j) = (0usize, i);
+            while j + 1 < b.len() {
+                match (b[j], b[j + 1]) {
+                    (b'/', b'*') => (depth, j) = (depth + 1, j + 2),
+                    (b'*', b'/') => {
+                        (depth, j) = (depth - 1, j + 2);
+                        if depth == 0 {
+                            return Some(j);
+                        }
+                    }
+                    _ => j += 1,
+                }
+            }
+            Some(b.len())
+        }
+        _ => None,
+    }
 }
 
 /// Where a number starting at `i` ends: digits, letters (hex, exponents, a bad suffix stays
@@ -162,10 +309,10 @@ fn operand_before(b: &[u8], i: usize) -> bool {
 }
 
 /// Bytes where normalizing may change something: white space, quotes, digits, dots, minus
-/// signs. Every other byte is copied.
+/// signs, dollars, slashes (comments). Every other byte is copied.
 static MAY_CHANGE: [bool; 256] = {
     let mut t = [false; 256];
-    let special = b" \t\n\r\x0c'\"0123456789.-";
+    let special = b" \t\n\r\x0c'\"0123456789.-$/";
     let mut k = 0;
     while k < special.len() {
         t[special[k] as usize] = true;
@@ -209,7 +356,7 @@ fn highest_param(b: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::{Shown, normalize};
 
     #[test]
     fn constants_become_parameters() {
@@ -254,6 +401,46 @@ mod tests {
             normalize("select 'ü', ünïcode_1 from x"),
             "select $1, ünïcode_1 from x"
         );
+    }
+
+    #[test]
+    fn dollar_quoted_bit_and_unicode_strings_are_constants() {
+        assert_eq!(
+            normalize("select $$it's$$, $a$x $$ y$a$ as z"),
+            "select $1, $2 as z"
+        );
+        assert_eq!(normalize("select $1, $$s$$"), "select $1, $2");
+        assert_eq!(
+            normalize("select B'0101', x'ff', U&'d\\0061t'"),
+            "select $1, $2, $3"
+        );
+        // `a$b` is an identifier; `f$1`'s dollar continues it; an unclosed string runs out
+        assert_eq!(
+            normalize("select a$b, f$1 from t"),
+            "select a$b, f$1 from t"
+        );
+        assert_eq!(normalize("select $t$never closed"), "select $1");
+        assert_eq!(normalize("select xb'1'"), "select xb$1");
+    }
+
+    #[test]
+    fn redacted_statements_lose_their_comments_too() {
+        let r = |s: &str| Shown::Redacted.text(s);
+        assert_eq!(r("select 1 -- token abc\n, 2"), "select $1 , $2");
+        assert_eq!(
+            r("/* user=bob */ select /* a /* nested */ one */ x"),
+            "select x"
+        );
+        assert_eq!(r("select a/*c*/from t"), "select a from t");
+        assert_eq!(r("select 1; -- the end"), "select $1");
+        assert_eq!(r("select 1 /* unclosed"), "select $1");
+        // not comments: a minus, a division, inside strings and quoted identifiers
+        assert_eq!(
+            r("select a - -1, b / 2, '--x', \"/*y*/\""),
+            "select a - $1, b / $2, $3, \"/*y*/\""
+        );
+        // normalized text keeps them
+        assert_eq!(normalize("select 1 /* c */"), "select $1 /* c */");
     }
 
     #[test]

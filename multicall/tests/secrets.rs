@@ -1,8 +1,10 @@
-//! No secret and no literal of the workload in any statement tool's output (issue 23): a
-//! password set with CREATE ROLE, used to log in over TCP (sent in the clear), and statements with
-//! distinctive literals run under every tool that shows statements, text and JSON. Each
-//! tool must show the statement (normalized: the check is not vacuous) and neither the
-//! password nor the literals. The wire tools' capture files are checked in their own tests
+//! No secret and no literal of the workload in any statement tool's output under `--redact`
+//! (issue 23): a password set with CREATE ROLE, used to log in over TCP (sent in the clear),
+//! and statements with distinctive literals (quoted, dollar-quoted, numbers) and comments run
+//! under the tools that show statements, text and JSON, those that print single statements
+//! as they ran too (query_latency's slow statements, shmem's events). Each tool must show
+//! the statement (redacted: the check is not vacuous) and neither the password, nor a
+//! literal, nor a comment. The wire tools' capture files are checked in their own tests
 //! (pgwire_trace, redis_trace: the password exchange overwritten).
 
 // Helpers of a test binary: a panic is the failure report.
@@ -19,6 +21,8 @@ use pgbpf_testkit::{exclusive, postgres::Postgres, require_root, tool::Traced};
 const PASSWORD: &str = "pgbpf-Secret-Pw-7731";
 /// Literals of the workload: a string and a number no normalized text contains.
 const LITERALS: [&str; 2] = ["pgbpf-literal-5519", "918273645"];
+/// What the workload's comments say (no digits: normalizing would replace them, hiding a comment left in).
+const COMMENT: &str = "pgbpf-comment-xyzzy";
 
 /// psql as `user` over TCP with the password, running `sql`.
 fn psql_tcp(pg: &Postgres, user: &str, sql: &str) {
@@ -37,7 +41,7 @@ fn psql_tcp(pg: &Postgres, user: &str, sql: &str) {
 }
 
 #[test]
-fn no_password_and_no_literal_in_any_statement_tools_output() {
+fn no_password_literal_or_comment_in_any_statement_tools_redacted_output() {
     require_root();
     let _lock = exclusive();
     let pg = Postgres::start_with_pgbench(&Default::default(), 1).unwrap();
@@ -47,11 +51,11 @@ fn no_password_and_no_literal_in_any_statement_tools_output() {
     let pm = pg.postmaster_pid().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let [text, number] = LITERALS;
-    // (tool, its arguments, the normalized statement it must show)
+    // (tool, its arguments, the redacted statement it must show)
     let tools: &[(&str, &[&str], &str)] = &[
         (
             "query_latency",
-            &["-p", &pm],
+            &["-p", &pm, "--min-ms", "0"],
             "insert into lit values ($1, $2)",
         ),
         (
@@ -70,8 +74,18 @@ fn no_password_and_no_literal_in_any_statement_tools_output() {
             "select count(*) from generate_series($1, $2) g",
         ),
         (
+            "cpu_wait",
+            &["-p", &pm],
+            "select count(*) from generate_series($1, $2) g",
+        ),
+        (
+            "shmem",
+            &["-p", &pm],
+            "from pgbench_accounts where abalance <> $",
+        ),
+        (
             "pgwire_trace",
-            &["-p", &pm, "--redact"],
+            &["-p", &pm],
             "insert into lit values ($1, $2)",
         ),
     ];
@@ -79,6 +93,7 @@ fn no_password_and_no_literal_in_any_statement_tools_output() {
     for (round, json) in [false, true].into_iter().enumerate() {
         for (tool, args, shown) in tools {
             let mut args: Vec<&str> = args.to_vec();
+            args.push("--redact");
             if json {
                 args.push("--json");
             }
@@ -91,17 +106,27 @@ fn no_password_and_no_literal_in_any_statement_tools_output() {
             // One statement each: each is shown whole (normalized).
             pg.psql("drop table if exists lit").unwrap();
             pg.psql("create table lit (a text, b bigint)").unwrap();
-            pg.psql(&format!("insert into lit values ('{text}', {number})"))
-                .unwrap();
             pg.psql(&format!(
-                "select count(*) from generate_series(1, 3000000) g where '{text}' <> g::text \
-                 and g <> {number}"
+                "/* {COMMENT} */ insert into lit values ('{text}', {number}) -- {COMMENT}"
+            ))
+            .unwrap();
+            pg.psql(&format!(
+                "select count(*) from generate_series(1, 3000000) g where $q${text}$q$ <> \
+                 g::text and g <> {number}"
+            ))
+            .unwrap();
+            // A parallel scan: its workers' shared memory is what shmem shows.
+            pg.psql(&format!(
+                "set max_parallel_workers_per_gather = 2; set parallel_setup_cost = 0; \
+                 set parallel_tuple_cost = 0; set min_parallel_table_scan_size = 0; \
+                 select /* {COMMENT} */ count(*) from pgbench_accounts where abalance <> \
+                 {number} and filler <> '{text}'"
             ))
             .unwrap();
             let out = traced.stop().unwrap();
             assert!(out.status.success(), "{tool}: {}", out.stderr);
             let all = format!("{}{}", out.stdout, out.stderr);
-            for secret in [PASSWORD, text, number] {
+            for secret in [PASSWORD, text, number, COMMENT] {
                 if all.contains(secret) {
                     failures.push(format!("{tool} (json: {json}) printed {secret:?}"));
                 }

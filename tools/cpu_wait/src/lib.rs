@@ -36,6 +36,8 @@ pub struct Args {
     pub target: TargetArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub redact: pgbpf_common::cli::RedactArg,
     /// Show at most this many rows in each table
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,

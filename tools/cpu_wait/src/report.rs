@@ -117,7 +117,7 @@ impl Reporter {
             periods: Periods::new(),
             events: 0,
             backends: BackendTypes::default(),
-            idle_labels: IdleLabels::default(),
+            idle_labels: IdleLabels::new(args.redact.shown()),
             cgroup_names: CgroupNames::new(),
             stacks: None,
         }

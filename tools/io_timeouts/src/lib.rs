@@ -36,6 +36,8 @@ pub struct Args {
     pub comm: CommArg,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub redact: pgbpf_common::cli::RedactArg,
     /// Also trace block requests of the target (block_rq_issue/complete): latency histograms
     #[arg(long)]
     pub block: bool,

@@ -266,7 +266,7 @@ impl Reporter {
             page_bytes: system::page_size(),
             periods: Periods::new(),
             events: 0,
-            idle_labels: IdleLabels::default(),
+            idle_labels: IdleLabels::new(args.redact.shown()),
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Args {
     pub comm: Option<String>,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub redact: pgbpf_common::cli::RedactArg,
     /// Event to sample (repeatable; default cache-references and cache-misses): cache-references,
     /// cache-misses, dTLB-load-misses, dTLB-store-misses, cpu-migrations, context-switches,
     /// page-faults, cpu-clock. NAME:N gives the event its own sample period

@@ -12,7 +12,7 @@ use pgbpf_common::{
     query,
     query_string::IdleLabels,
     records::{self, Scope},
-    sql::normalize,
+    sql::Shown,
 };
 
 use crate::{
@@ -110,6 +110,8 @@ impl Period {
 }
 
 pub struct Reporter {
+    /// `--redact`.
+    shown: Shown,
     events: Vec<Event>,
     top: usize,
     periods: Periods<Period>,
@@ -119,10 +121,11 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(args: &Args, events: Vec<Event>) -> Reporter {
         Reporter {
+            shown: args.redact.shown(),
             events,
             top: args.top.max(1),
             periods: Periods::new(),
-            idle_labels: IdleLabels::default(),
+            idle_labels: IdleLabels::new(args.redact.shown()),
         }
     }
 
@@ -131,7 +134,7 @@ impl Reporter {
         for (k, counts) in entries {
             let statement = k.protocol != PROTOCOL_NONE && k.protocol != PROTOCOL_UNREADABLE;
             let query = if statement {
-                normalize(&query::text_of(&k.text, KEY_TEXT as u32))
+                self.shown.text(&query::text_of(&k.text, KEY_TEXT as u32))
             } else if k.protocol == PROTOCOL_UNREADABLE {
                 // Sampled before the tool had located the process's statement pointer.
                 "[statement not read]".to_string()

@@ -76,7 +76,7 @@ impl Reporter {
             events: 0,
             in_progress: HashMap::new(),
             backends: BackendTypes::default(),
-            idle_labels: IdleLabels::default(),
+            idle_labels: IdleLabels::new(args.redact.shown()),
             stacks: None,
             names,
         }

@@ -67,7 +67,7 @@ impl Reporter {
             periods: Periods::new(),
             events: 0,
             backends: BackendTypes::default(),
-            idle_labels: IdleLabels::default(),
+            idle_labels: IdleLabels::new(args.redact.shown()),
             stacks: None,
             hold: args.hold,
             holds: None,

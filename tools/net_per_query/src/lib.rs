@@ -36,6 +36,8 @@ pub struct Args {
     pub target: TargetArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub redact: pgbpf_common::cli::RedactArg,
     /// The postgres binary to probe (default: the target's, or the installed one)
     #[arg(long, value_name = "PATH")]
     pub postgres: Option<PathBuf>,

@@ -65,6 +65,8 @@ struct Period {
 }
 
 pub struct Reporter {
+    /// `--redact`.
+    shown: sql::Shown,
     top: usize,
     periods: Periods<Period>,
     events: u64,
@@ -79,6 +81,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(args: &Args) -> Reporter {
         Reporter {
+            shown: args.redact.shown(),
             top: args.top.max(1),
             periods: Periods::new(),
             events: 0,
@@ -99,7 +102,7 @@ impl Reporter {
             if text.is_empty() {
                 "[statement not read]".to_string()
             } else {
-                sql::normalize(&text)
+                self.shown.text(&text)
             }
         };
         let backend = self.backends.of(e.tgid);

@@ -39,7 +39,7 @@ pub fn start(
             filtered: 0,
             first_ns: None,
             last_ns: 0,
-            report: Report::new(args.top),
+            report: Report::new(args.top, args.redact.shown()),
             failed: None,
             ended: false,
             started,

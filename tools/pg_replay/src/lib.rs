@@ -121,6 +121,8 @@ pub struct Args {
     /// Show each session's connection errors as they happen
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub redact: pgbpf_common::cli::RedactArg,
     /// The shared output arguments, built from the ones above.
     #[arg(skip)]
     out: OnceLock<OutputArgs>,

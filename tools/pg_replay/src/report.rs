@@ -9,7 +9,7 @@ use foldhash::{HashMap, HashMapExt as _};
 use pgbpf_common::{
     latency::Latencies,
     output::{self, Output},
-    sql::normalize_into,
+    sql::Shown,
 };
 use pgbpf_pgwire::conn::Completed;
 
@@ -33,7 +33,8 @@ struct Side {
 }
 
 impl Side {
-    fn add(&mut self, c: &Completed, timed: bool) {
+    /// `redact`: an error is its SQLSTATE only (messages quote values).
+    fn add(&mut self, c: &Completed, timed: bool, redact: bool) {
         self.calls += 1;
         if timed {
             self.latency.add(c.finished_ns.saturating_sub(c.started_ns));
@@ -41,10 +42,11 @@ impl Side {
         if let Some(code) = &c.sqlstate {
             self.errors += 1;
             if self.first_error.is_none() {
-                self.first_error = Some(format!(
-                    "{code}: {}",
-                    c.error.as_deref().unwrap_or_default()
-                ));
+                self.first_error = Some(if redact {
+                    code.to_string()
+                } else {
+                    format!("{code}: {}", c.error.as_deref().unwrap_or_default())
+                });
             }
         }
     }
@@ -112,10 +114,12 @@ pub struct Report {
     pub replayed: u64,
     pub replay_errors: u64,
     pub top: usize,
+    /// `--redact`.
+    statements_shown: Shown,
 }
 
 impl Report {
-    pub fn new(top: usize) -> Report {
+    pub fn new(top: usize, shown: Shown) -> Report {
         Report {
             statements: HashMap::new(),
             key: String::new(),
@@ -129,18 +133,25 @@ impl Report {
             replayed: 0,
             replay_errors: 0,
             top,
+            statements_shown: shown,
         }
     }
 
     pub fn add(&mut self, outcome: Outcome) {
+        let redact = self.statements_shown == Shown::Redacted;
         match outcome {
             Outcome::Original {
                 completed, timed, ..
-            } => self.statement(&completed).original.add(&completed, timed),
+            } => self
+                .statement(&completed)
+                .original
+                .add(&completed, timed, redact),
             Outcome::Replayed { completed, .. } => {
                 self.replayed += 1;
                 self.replay_errors += u64::from(completed.sqlstate.is_some());
-                self.statement(&completed).replay.add(&completed, true);
+                self.statement(&completed)
+                    .replay
+                    .add(&completed, true, redact);
             }
             Outcome::SessionEnded(s) => self.session(*s),
         }
@@ -152,7 +163,7 @@ impl Report {
     }
 
     fn statement(&mut self, c: &Completed) -> &mut Statement {
-        normalize_into(&c.sql, &mut self.key);
+        self.statements_shown.text_into(&c.sql, &mut self.key);
         // Look up before inserting: a statement seen before costs no key copy.
         if !self.statements.contains_key(self.key.as_str()) {
             self.statements
@@ -578,7 +589,7 @@ mod tests {
 
     #[test]
     fn statements_group_by_normalized_text_and_sort_by_time_added() {
-        let mut r = Report::new(20);
+        let mut r = Report::new(20, Shown::Normalized);
         for i in 0..10 {
             let q = format!("select * from t where id = {i}");
             r.add(Outcome::Original {

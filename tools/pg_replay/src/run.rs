@@ -69,7 +69,7 @@ pub fn start<'a>(args: &'a Args, _out: &mut Output) -> anyhow::Result<Option<Att
             format,
             replay,
             rx,
-            report: Report::new(args.top),
+            report: Report::new(args.top, args.redact.shown()),
             started,
             live: std::io::stderr().is_terminal(),
             last_live: Instant::now(),

@@ -43,7 +43,8 @@ pub struct Args {
     /// Print a table per normalized statement (every INTERVAL and at the end) instead of lines
     #[arg(long)]
     pub summary: bool,
-    /// Hide parameters, literals (statements normalized) and error messages
+    /// Hide parameters, literals and comments (statements normalized, comments dropped) and
+    /// error messages
     #[arg(long)]
     pub redact: bool,
     /// Show at most this many statements in each summary table

@@ -11,7 +11,7 @@ use pgbpf_common::{
     output::{self, Output},
     periods::ReportClock,
     records::{self, Scope},
-    sql::{normalize, normalize_into},
+    sql::Shown,
 };
 use pgbpf_pgwire::value::render_all;
 
@@ -72,7 +72,7 @@ fn transaction_name(t: Option<u8>) -> &'static str {
 /// The statement as shown: whole (with parameters), or with --redact normalized and without.
 pub fn statement_text(r: &Request, redact: bool) -> String {
     if redact {
-        normalize(&r.done.sql)
+        Shown::Redacted.text(&r.done.sql)
     } else {
         output::one_line(&r.done.sql)
     }
@@ -102,7 +102,7 @@ impl Reporter {
         if self.style.summary {
             // Only the tables need the normalized text; the per-interval table only with
             // INTERVAL (normalizing and the lookups are most of the decoder's own cost).
-            normalize_into(&d.sql, &mut self.key);
+            Shown::redacted_if(self.style.redact).text_into(&d.sql, &mut self.key);
             let key = &self.key;
             let maps = if self.style.intervals {
                 [Some(&mut self.period), Some(&mut self.total)]

@@ -8,7 +8,7 @@ use pgbpf_common::{
     periods::{Periods, period_text},
     query,
     records::{self, Scope},
-    sql::normalize,
+    sql::Shown,
 };
 use query_latency_ebpf::{QueryEvent, counter};
 
@@ -19,6 +19,8 @@ use crate::{
 };
 
 pub struct Reporter {
+    /// `--redact`.
+    shown: Shown,
     per_backend: bool,
     min_ns: Option<u64>,
     top: usize,
@@ -28,6 +30,7 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(args: &Args) -> Reporter {
         Reporter {
+            shown: args.redact.shown(),
             per_backend: args.per_backend,
             min_ns: args.min_ms.map(|ms| (ms.max(0.0) * 1e6) as u64),
             top: args.top.max(1),
@@ -40,14 +43,14 @@ impl Reporter {
         let text = query::text_of(&ev.text, ev.text_len);
         let key = Key {
             pid: if self.per_backend { ev.pid } else { 0 },
-            statement: normalize(&text),
+            statement: self.shown.text(&text),
         };
         let truncated = ev.truncated != 0;
         for p in self.periods.each() {
             p.add(key.clone(), ev.duration_ns, truncated);
         }
         match self.min_ns {
-            Some(min) if ev.duration_ns >= min => self.slow(out, ev, &text),
+            Some(min) if ev.duration_ns >= min => self.slow(out, ev, &self.shown.as_ran(&text)),
             _ => Ok(()),
         }
     }
@@ -84,7 +87,7 @@ impl Reporter {
                     pid: a.pid,
                     elapsed_ns: records::ns(a.elapsed),
                     protocol: a.protocol,
-                    query: &a.text,
+                    query: &self.shown.as_ran(&a.text),
                     truncated: a.truncated,
                 }))?;
             }
@@ -97,7 +100,7 @@ impl Reporter {
                     a.pid.to_string(),
                     output::human_ns(records::ns(a.elapsed)),
                     a.protocol.to_string(),
-                    output::one_line(&a.text),
+                    output::one_line(&self.shown.as_ran(&a.text)),
                 ]
             })
             .collect();

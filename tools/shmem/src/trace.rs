@@ -14,6 +14,7 @@ use pgbpf_common::{
     query_string::QueryAddrs,
     records::Scope,
     runtime::{Attached, Trace},
+    sql::Shown,
     stacks::{self, Stacks},
     system,
     target::Target,
@@ -177,6 +178,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         trace: Box::new(ShmTrace {
             programs,
             reporter: Reporter::new(args.failures),
+            shown: args.redact.shown(),
         }),
     }))
 }
@@ -340,6 +342,8 @@ fn function_probes(binary: &Path) -> anyhow::Result<Vec<UprobeSite>> {
 struct ShmTrace {
     programs: Programs,
     reporter: Reporter,
+    /// `--redact`.
+    shown: Shown,
 }
 
 impl Trace for ShmTrace {
@@ -351,8 +355,12 @@ impl Trace for ShmTrace {
         let reporter = &mut self.reporter;
         let p = &mut self.programs;
         let stacks = &mut p.stacks;
+        let shown_as = self.shown;
         loader::drain_records(&mut p.ring, |raw: &ShmEvent| {
             let mut e = event::decode(raw);
+            if shown_as == Shown::Redacted {
+                e.query = shown_as.text(&e.query);
+            }
             // Symbolized when shown: with --failures, failed calls only.
             let shown = !reporter.failures_only() || e.failed();
             if let Some(stacks) = stacks.as_mut().filter(|_| shown) {

@@ -82,7 +82,7 @@ impl Reporter {
             periods: Periods::new(),
             events: 0,
             backends: BackendTypes::default(),
-            idle_labels: IdleLabels::default(),
+            idle_labels: IdleLabels::new(args.redact.shown()),
             outside_before: [0; RMGR_SLOTS],
             system: None,
             with_system: args.system,
