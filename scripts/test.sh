@@ -39,7 +39,7 @@ step fuzz-pgwire fuzz protocols/pgwire connection 20
 step fuzz-resp fuzz protocols/resp connection 20
 # pg_replay's inputs (server logs of each format, capture records after a valid header), a
 # whole capture file as --read opens it, a binary's ELF and USDT notes and a BTF file.
-step fuzz-replay sh -c 'for t in logs capture capture_file elf_btf; do (cd tools/pg_replay && mkdir -p fuzz/corpus/$t && cargo +nightly-2026-08-01 fuzz run $t fuzz/corpus/$t fuzz/seeds/$t -- -max_total_time=10) || exit 1; done'
+step fuzz-replay sh -c 'for t in logs capture capture_file elf_btf proc_files; do (cd tools/pg_replay && mkdir -p fuzz/corpus/$t && cargo +nightly-2026-08-01 fuzz run $t fuzz/corpus/$t fuzz/seeds/$t -- -max_total_time=10) || exit 1; done'
 # Default members only: the eBPF crates are built by pgbpf-build (common/build), not for the host.
 # Test binaries run one after another; privileged tests also take a machine-wide lock.
 rm -f "$logs/skipped.log"

@@ -14,6 +14,13 @@ pub struct MapMemory {
     pub bytes: u64,
 }
 
+/// A number field of a /proc/PID/fdinfo text (`key` with its colon: "memlock:").
+pub fn fdinfo_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// The distinct BPF maps process `pid` holds descriptors of, largest first; None when its
 /// descriptors cannot be read.
 pub fn maps_of(pid: u32) -> Option<Vec<MapMemory>> {
@@ -30,12 +37,10 @@ pub fn maps_of(pid: u32) -> Option<Vec<MapMemory>> {
         let Ok(text) = std::fs::read_to_string(info) else {
             continue;
         };
-        let field = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) else {
+        let (Some(id), Some(bytes)) = (
+            fdinfo_field(&text, "map_id:"),
+            fdinfo_field(&text, "memlock:"),
+        ) else {
             continue;
         };
         if !seen.insert(id) {

@@ -65,7 +65,7 @@ fn postmaster_of_data_dir(dir: &Path) -> anyhow::Result<u32> {
         }
         Err(e) => bail!("--pgdata {}: reading postmaster.pid: {e}", dir.display()),
     };
-    let pid = first_line_pid(&text)
+    let pid = lock_file_pid(&text)
         .ok_or_else(|| anyhow!("--pgdata {}: postmaster.pid holds no pid", dir.display()))?;
     if !runs_in(pid, dir) {
         bail!(
@@ -78,7 +78,7 @@ fn postmaster_of_data_dir(dir: &Path) -> anyhow::Result<u32> {
 }
 
 /// The pid on the first line of a PostgreSQL lock file (`postmaster.pid`, `.s.PGSQL.N.lock`).
-fn first_line_pid(text: &str) -> Option<u32> {
+pub fn lock_file_pid(text: &str) -> Option<u32> {
     text.lines().next()?.trim().parse().ok().filter(|&p| p > 0)
 }
 
@@ -105,7 +105,7 @@ fn postmaster_of_unix_port(port: u16) -> Option<u32> {
         .filter(|p| p.file_name().is_some_and(|n| n == name.as_str()))
         .find_map(|p| {
             let lock = std::fs::read_to_string(format!("{}.lock", p.display())).ok()?;
-            first_line_pid(&lock).filter(|&pid| procs::alive(pid))
+            lock_file_pid(&lock).filter(|&pid| procs::alive(pid))
         })
 }
 
@@ -143,14 +143,14 @@ mod tests {
     #[test]
     fn lock_files_first_line_is_the_pid() {
         assert_eq!(
-            first_line_pid("4242\n/var/lib/pg\n1700000000\n5432\n"),
+            lock_file_pid("4242\n/var/lib/pg\n1700000000\n5432\n"),
             Some(4242)
         );
-        assert_eq!(first_line_pid(" 17 \n"), Some(17));
-        assert_eq!(first_line_pid(""), None);
-        assert_eq!(first_line_pid("0\n"), None);
-        assert_eq!(first_line_pid("-3\n"), None);
-        assert_eq!(first_line_pid("garbage\n"), None);
+        assert_eq!(lock_file_pid(" 17 \n"), Some(17));
+        assert_eq!(lock_file_pid(""), None);
+        assert_eq!(lock_file_pid("0\n"), None);
+        assert_eq!(lock_file_pid("-3\n"), None);
+        assert_eq!(lock_file_pid("garbage\n"), None);
     }
 
     #[test]

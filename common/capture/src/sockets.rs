@@ -137,17 +137,20 @@ impl ProcessSockets {
 /// controllers that tc and iptables rules match on).
 pub fn tagging_cgroups(proc: &str) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(format!("/proc/{proc}/cgroup")).ok()?;
-    Some(
-        text.lines()
-            .filter(|l| {
-                let controllers = l.split(':').nth(1).unwrap_or_default();
-                controllers
-                    .split(',')
-                    .any(|c| c == "net_cls" || c == "net_prio")
-            })
-            .map(str::to_string)
-            .collect(),
-    )
+    Some(tagging_lines(&text))
+}
+
+/// The lines of a /proc/PID/cgroup text that name the net_cls or net_prio controller.
+pub fn tagging_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| {
+            let controllers = l.split(':').nth(1).unwrap_or_default();
+            controllers
+                .split(',')
+                .any(|c| c == "net_cls" || c == "net_prio")
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// Whether duplicating `pid`'s sockets leaves their tags as they were: true when neither
