@@ -203,12 +203,19 @@ fn passwords_are_overwritten_in_the_capture_file() {
     let password = "Pw-Cleartext-9876";
     pg.psql(&format!(
         "create role sekrit login password '{password}'; \
-         create role scram login password '{password}'"
+         create role scram login password '{password}'; \
+         set password_encryption = 'md5'; create role mdfive login password '{password}'"
     ))
     .unwrap();
-    // A password in the clear for one role, SCRAM for the other, both over TCP.
+    // Its stored password is md5's, so that md5 is the exchange (not SCRAM in its place).
+    let stored = pg
+        .psql("select rolpassword like 'md5%' from pg_authid where rolname = 'mdfive'")
+        .unwrap();
+    assert_eq!(stored.trim(), "t");
+    // A password in the clear for one role, SCRAM for another, md5 for the third, over TCP.
     pg.add_hba_rules(
-        "host all sekrit 127.0.0.1/32 password\nhost all scram 127.0.0.1/32 scram-sha-256",
+        "host all sekrit 127.0.0.1/32 password\nhost all scram 127.0.0.1/32 scram-sha-256\n\
+         host all mdfive 127.0.0.1/32 md5",
     )
     .unwrap();
     let postmaster = pg.postmaster_pid().unwrap().to_string();
@@ -220,6 +227,7 @@ fn passwords_are_overwritten_in_the_capture_file() {
     for (user, sql) in [
         ("sekrit", "select 'in the clear'"),
         ("scram", "select 'scram'"),
+        ("mdfive", "select 'md5'"),
     ] {
         let out = Command::new("psql")
             .args([
@@ -254,6 +262,14 @@ fn passwords_are_overwritten_in_the_capture_file() {
     // SCRAM's client-first message (its nonce) and client-final (the proof) are gone too.
     assert!(!contains(b"n,,n="), "the SCRAM exchange is in the capture");
     assert!(!contains(b",p="), "the SCRAM proof is in the capture");
+    // md5's answer: "md5" and 32 hex digits (salted, yet what a replay of the exchange needs).
+    let md5_answer = bytes.windows(35).any(|w| {
+        w.starts_with(b"md5")
+            && w[3..]
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    });
+    assert!(!md5_answer, "the md5 answer is in the capture");
     assert!(!live.stdout.contains(password) && !live.stderr.contains(password));
     // The statements after the authentication still decode from the file.
     let offline = run_tool(BIN, &["--read", &file_s, "--json"]);
@@ -263,7 +279,7 @@ fn passwords_are_overwritten_in_the_capture_file() {
         .iter()
         .filter_map(|r| r["query"].as_str())
         .collect();
-    for sql in ["select 'in the clear'", "select 'scram'"] {
+    for sql in ["select 'in the clear'", "select 'scram'", "select 'md5'"] {
         assert!(queries.contains(&sql), "{sql} not in {queries:?}");
     }
     assert_eq!(requests(&offline), requests(&live.json()));
