@@ -217,6 +217,30 @@ pub struct ContainerCgroup {
     pub cgroup: Cgroup,
 }
 
+/// How a cgroup target was named, to find its cgroup again when it is replaced (a restarted
+/// container gets a new cgroup, of the same path for docker and podman).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Named {
+    /// `--cgroup PATH`.
+    Path(String),
+    /// `--container`: the container's whole id.
+    Container(String),
+    /// `--pod`: the pod's UID.
+    Pod(String),
+}
+
+impl Named {
+    /// The cgroup it names now.
+    pub fn find(&self) -> anyhow::Result<Cgroup> {
+        let mount = v2_mount()?;
+        match self {
+            Named::Path(path) => Cgroup::open(&mount, path),
+            Named::Container(id) => Ok(find_container(&mount, id)?.cgroup),
+            Named::Pod(uid) => Ok(find_pod(&mount, uid)?.1),
+        }
+    }
+}
+
 /// Every container cgroup under `mount` (the shallowest cgroup per container id).
 pub fn list_containers(mount: &Path) -> Vec<ContainerCgroup> {
     let mut found: HashMap<String, ContainerCgroup> = HashMap::new();

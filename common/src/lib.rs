@@ -51,3 +51,4 @@ pub mod system;
 pub mod target;
 pub mod tracefs;
 pub mod usdt;
+pub mod watch;

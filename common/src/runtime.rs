@@ -15,11 +15,11 @@ use std::{
 
 use crate::{
     cli::{OutputArgs, Tick, Ticker},
-    output::{self, Output},
-    procs,
-    server::Server,
-    target::{self, TgidMap},
+    output::Output,
+    watch::Watch,
 };
+
+pub use crate::watch::Watched;
 
 /// A tool's command line, and how it starts.
 pub trait Tool: clap::Parser {
@@ -121,13 +121,6 @@ pub struct Attached<'a> {
     /// `--container` or `--pod`.
     pub watch: Watched,
 }
-
-/// How long the loop sleeps at most: short, so Ctrl-C and reports are prompt.
-const WAKE: Duration = Duration::from_millis(50);
-/// How often watched processes are checked.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
-/// How often a server that exited is looked for (`--pgdata`, `--port`).
-const AWAY_LOOK_EVERY: Duration = Duration::from_millis(10);
 
 /// A tool's `main`: parse, start, trace, report; the exit code (2 for usage errors, from clap).
 pub fn main<T: Tool>() -> ExitCode {
@@ -298,166 +291,6 @@ fn run_loop(
                 trace.finish(out)?;
                 return Ok(out.flush()?);
             }
-        }
-    }
-}
-
-/// What ends a trace when it is gone: the processes given with `--pid` (all of them), or the
-/// cgroup of `--cgroup`, `--container` or `--pod` (removed, or replaced by a new one of the
-/// same path: a restarted container's is a new cgroup, which the kernel filter, keyed by the
-/// old one's id, would never match). A server named by `--pgdata` or `--port` never ends it:
-/// when its main process exits the trace waits for the server to be back and follows it.
-#[derive(Clone, Debug, Default)]
-pub struct Watched {
-    pub pids: Vec<u32>,
-    /// The cgroup's directory, its id (the directory's inode) and how to name it.
-    pub cgroup: Option<(std::path::PathBuf, u64, String)>,
-    /// The servers followed, each with its main process now.
-    pub servers: Vec<(u32, Server)>,
-    /// The kernel's tgid filter, where a restarted server's processes are added.
-    pub tgid_map: Option<TgidMap>,
-}
-
-impl Watched {
-    /// Whether the cgroup watched is gone (or replaced).
-    fn cgroup_gone(&self) -> Option<&str> {
-        use std::os::unix::fs::MetadataExt as _;
-        let (dir, id, what) = self.cgroup.as_ref()?;
-        let same = std::fs::metadata(dir).is_ok_and(|m| m.ino() == *id);
-        (!same).then_some(what.as_str())
-    }
-}
-
-struct Watch<'t> {
-    tool: &'t str,
-    watched: Watched,
-    gone: Vec<u32>,
-    last_check: Instant,
-    cgroup_gone: bool,
-    /// Processes added to the filter since the loop last looked (a restarted server's).
-    followed: Vec<u32>,
-}
-
-impl<'t> Watch<'t> {
-    fn new(tool: &'t str, watched: Watched) -> Watch<'t> {
-        Watch {
-            tool,
-            watched,
-            gone: vec![],
-            last_check: Instant::now(),
-            cgroup_gone: false,
-            followed: vec![],
-        }
-    }
-
-    fn all_gone(&mut self) -> bool {
-        let pids_gone =
-            |w: &Self| !w.watched.pids.is_empty() && w.gone.len() == w.watched.pids.len();
-        if self.cgroup_gone || self.last_check.elapsed() < WATCH_EVERY.min(self.next_look()) {
-            return self.cgroup_gone || pids_gone(self);
-        }
-        self.last_check = Instant::now();
-        self.follow_servers();
-        if let Some(what) = self.watched.cgroup_gone() {
-            eprintln!(
-                "{}: the {what} was removed at {}; nothing left to trace: the summary of what \
-                 was seen follows",
-                self.tool,
-                output::hms_now()
-            );
-            self.cgroup_gone = true;
-            return true;
-        }
-        for &pid in &self.watched.pids {
-            if self.gone.contains(&pid) || procs::alive(pid) {
-                continue;
-            }
-            self.gone.push(pid);
-            let next = if self.gone.len() == self.watched.pids.len() {
-                "nothing left to trace: the summary of what was seen follows"
-            } else {
-                "still tracing the others"
-            };
-            eprintln!(
-                "{}: PID {pid} exited at {}; {next}",
-                self.tool,
-                output::hms_now()
-            );
-        }
-        pids_gone(self)
-    }
-}
-
-/// A followed server's main process while it is away, and after it failed to be followed.
-const SERVER_AWAY: u32 = 0;
-const SERVER_LOST: u32 = u32::MAX;
-
-impl Watch<'_> {
-    /// Says when a followed server's main process exits, and when the server is back adds
-    /// its new main process and those it forked already to the kernel's filter (the ones it
-    /// forks later are followed by the kernel's fork hook).
-    fn follow_servers(&mut self) {
-        let tool = self.tool;
-        for (pid, server) in &mut self.watched.servers {
-            if *pid != SERVER_AWAY && *pid != SERVER_LOST && !procs::alive(*pid) {
-                eprintln!(
-                    "{tool}: PID {pid}, the server of {server}, exited at {}; waiting for it \
-                     to be back (the totals so far are kept)",
-                    output::hms_now()
-                );
-                *pid = SERVER_AWAY;
-            }
-            if *pid != SERVER_AWAY {
-                continue;
-            }
-            let Ok(new) = server.main_process() else {
-                continue;
-            };
-            let mut tgids = vec![new];
-            tgids.extend(procs::descendants(&[new]));
-            let added = match &self.watched.tgid_map {
-                Some(map) => map
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("the filter's lock is poisoned"))
-                    .and_then(|mut map| target::add_tgids(&mut map, &tgids)),
-                None => Err(anyhow::anyhow!("this tool cannot add processes")),
-            };
-            match added {
-                Ok(()) => {
-                    // How long the new postmaster ran unfollowed: what it forked meanwhile
-                    // was found in /proc, unless it had ended already.
-                    let age = procs::age_of(new)
-                        .map(|a| format!(" (started {} ms before)", a.as_millis()))
-                        .unwrap_or_default();
-                    eprintln!(
-                        "{tool}: the server of {server} is back at {}: following its new main \
-                         process PID {new}{age}",
-                        output::hms_now()
-                    );
-                    *pid = new;
-                    self.followed.extend(tgids);
-                }
-                Err(e) => {
-                    eprintln!("{tool}: cannot follow the new PID {new} of {server}: {e:#}");
-                    *pid = SERVER_LOST;
-                }
-            }
-        }
-    }
-
-    /// How long the loop may wait before the next look: short while a server is away, so
-    /// that its new postmaster is followed before it accepts its first connection (a
-    /// restarted server takes 100 ms or more to get there).
-    fn next_look(&self) -> Duration {
-        if self
-            .watched
-            .servers
-            .iter()
-            .any(|(pid, _)| *pid == SERVER_AWAY)
-        {
-            AWAY_LOOK_EVERY
-        } else {
-            WAKE
         }
     }
 }

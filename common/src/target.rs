@@ -7,7 +7,7 @@
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
 };
 
 use crate::{
@@ -19,6 +19,28 @@ use crate::{
 /// The kernel's `PGBPF_TARGET_TGIDS`, shared with the live loop's watch (which adds the
 /// processes of a server found again after a restart).
 pub type TgidMap = std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, u8>>>;
+
+/// The kernel's `PGBPF_TARGET_CGROUP`, shared with the live loop's watch (which writes a
+/// restarted container's new cgroup there).
+#[derive(Clone)]
+pub struct CgroupMap(std::sync::Arc<std::sync::Mutex<Array<MapData, u64>>>);
+
+impl CgroupMap {
+    /// Makes the kernel's filter match the cgroup `id` (and those below it).
+    pub fn set(&self, id: u64) -> anyhow::Result<()> {
+        let mut map = self
+            .0
+            .lock()
+            .map_err(|_| anyhow!("the cgroup filter's lock is poisoned"))?;
+        map.set(0, &id, 0).context("setting the cgroup filter")
+    }
+}
+
+impl std::fmt::Debug for CgroupMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CgroupMap")
+    }
+}
 
 /// Target selection arguments shared by every tool.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -87,9 +109,12 @@ pub struct Target {
     servers: Vec<(u32, Server)>,
     /// The kernel's tgid filter map once loaded, kept to add a restarted server's processes.
     tgid_map: Option<TgidMap>,
+    /// How the cgroup was named, and the kernel's map of its id once loaded.
+    cgroup_named: Option<cgroup::Named>,
+    cgroup_map: Option<CgroupMap>,
     // Globals handed to the loader by reference, so they must live here.
     tgid_filter_on: u32,
-    cgroup_id: u64,
+    cgroup_on: u32,
     cgroup_level: u32,
     comm_on: u32,
     comm_bytes: [u8; 16],
@@ -126,14 +151,17 @@ impl Target {
             let mount = cgroup::v2_mount()?;
             let c = cgroup::find_container(&mount, query)?;
             t.cgroup = Some(c.cgroup.clone());
+            t.cgroup_named = Some(cgroup::Named::Container(c.id.clone()));
             t.container = Some(c);
         } else if let Some(path) = &args.cgroup {
             let mount = cgroup::v2_mount()?;
             t.cgroup = Some(Cgroup::open(&mount, path)?);
+            t.cgroup_named = Some(cgroup::Named::Path(path.clone()));
         } else if let Some(query) = &args.pod {
             let mount = cgroup::v2_mount()?;
             let (uid, cg) = cgroup::find_pod(&mount, query)?;
             t.cgroup = Some(cg);
+            t.cgroup_named = Some(cgroup::Named::Pod(uid.clone()));
             t.pod = Some(uid);
         }
         if let Some(name) = comm {
@@ -148,7 +176,7 @@ impl Target {
         }
         t.roots = t.tgids.clone();
         t.tgid_filter_on = u32::from(!t.tgids.is_empty());
-        t.cgroup_id = t.cgroup.as_ref().map_or(0, |c| c.id);
+        t.cgroup_on = u32::from(t.cgroup.is_some());
         t.cgroup_level = t.cgroup.as_ref().map_or(0, |c| c.level);
         t.comm_on = u32::from(t.comm.is_some());
         t.comm_bytes = t.comm.unwrap_or([0; 16]);
@@ -200,8 +228,8 @@ impl Target {
     }
 
     /// What ends a trace of this target when it is gone: the pids given, the cgroup.
-    pub fn watched(&self) -> crate::runtime::Watched {
-        crate::runtime::Watched {
+    pub fn watched(&self) -> crate::watch::Watched {
+        crate::watch::Watched {
             pids: self
                 .roots
                 .iter()
@@ -210,12 +238,16 @@ impl Target {
                 .collect(),
             servers: self.servers.clone(),
             tgid_map: self.tgid_map.clone(),
-            cgroup: self.cgroup.as_ref().map(|c| {
-                let what = match &self.container {
+            cgroup: self.cgroup.as_ref().map(|c| crate::watch::WatchedCgroup {
+                dir: c.dir.clone(),
+                id: c.id,
+                level: c.level,
+                what: match &self.container {
                     Some(container) => format!("container {}'s cgroup", &container.id[..12]),
                     None => format!("cgroup {}", c.path),
-                };
-                (c.dir.clone(), c.id, what)
+                },
+                named: self.cgroup_named.clone(),
+                map: self.cgroup_map.clone(),
             }),
         }
     }
@@ -281,7 +313,7 @@ impl Target {
     pub fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         loader
             .override_global("PGBPF_FILTER_TGID", &self.tgid_filter_on, true)
-            .override_global("PGBPF_FILTER_CGROUP_ID", &self.cgroup_id, true)
+            .override_global("PGBPF_FILTER_CGROUP_ON", &self.cgroup_on, true)
             .override_global("PGBPF_FILTER_CGROUP_LEVEL", &self.cgroup_level, true)
             .override_global("PGBPF_FILTER_COMM_ON", &self.comm_on, true)
             .override_global("PGBPF_FILTER_COMM", &self.comm_bytes, true)
@@ -289,10 +321,22 @@ impl Target {
             .override_global("PGBPF_FORK_CHILD_OFFSET", &self.fork_child_offset, true);
     }
 
-    /// Fills the tgid map after load. With a server target the map is kept (taken out of
-    /// `ebpf`: nothing else reads it from userspace) for the live loop to add a restarted
-    /// server's processes.
+    /// Fills the filter's maps after load: the cgroup's id, the tgids. The cgroup map is kept
+    /// (taken out of `ebpf`: nothing else reads it from userspace) for the live loop to
+    /// follow a restarted container; so is the tgid map with a server target, to add a
+    /// restarted server's processes.
     pub fn fill_maps(&mut self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        if let Some(cg) = &self.cgroup {
+            const NAME: &str = "PGBPF_TARGET_CGROUP";
+            let map = ebpf
+                .take_map(NAME)
+                .ok_or_else(|| anyhow!("the eBPF object has no {NAME} map"))?;
+            let map = CgroupMap(std::sync::Arc::new(std::sync::Mutex::new(Array::try_from(
+                map,
+            )?)));
+            map.set(cg.id)?;
+            self.cgroup_map = Some(map);
+        }
         if self.tgids.is_empty() {
             return Ok(());
         }

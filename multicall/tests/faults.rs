@@ -632,6 +632,92 @@ fn a_server_named_by_data_directory_or_port_is_followed_across_restart_and_crash
 }
 
 #[test]
+fn a_restarted_container_is_followed_into_its_new_cgroup() {
+    require_root();
+    let _lock = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start_with(&PgOptions {
+        container: Some(Default::default()),
+        pg_stat_statements: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let id = pg.container.as_ref().unwrap().id.clone();
+    let before = pg.container.as_ref().unwrap().cgroup_path().unwrap();
+    let traced: Vec<(&str, Traced)> = [("query_latency", "--json"), ("pgwire_trace", "--json")]
+        .into_iter()
+        .map(|(tool, json)| {
+            let link = tool_link(dir.path(), tool);
+            let args = ["--container", &id[..12], json, "--summary"];
+            let args = if tool == "query_latency" {
+                &args[..3]
+            } else {
+                &args[..]
+            };
+            (tool, Traced::start(link.to_str().unwrap(), args).unwrap())
+        })
+        .collect();
+    let phase = |name: &str| -> u64 {
+        let mut session = pg.session().unwrap();
+        for _ in 0..20 {
+            session.run(&phase_statement(name)).unwrap();
+        }
+        drop(session);
+        pg.psql(&format!(
+            "select coalesce(sum(calls), 0) from pg_stat_statements where query = '{}'",
+            normalized(name)
+        ))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let first = phase(PHASES[0]);
+    let out = pgbpf_testkit::container::podman()
+        .args(["restart", "-t", "5", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server in the restarted container accepts connections again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("select 1").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted server never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = pg.container.as_ref().unwrap().cgroup_path().unwrap();
+    eprintln!("cgroup before the restart {before}, after {after}");
+    let second = phase(PHASES[1]);
+    std::thread::sleep(Duration::from_secs(1));
+    for (tool, t) in traced {
+        let out = t.stop().unwrap();
+        assert!(out.status.success(), "{tool}: {}", out.stderr);
+        for said in [
+            format!("the container {}'s cgroup was removed", &id[..12]),
+            format!("the container {}'s cgroup is back", &id[..12]),
+        ] {
+            assert!(
+                out.stderr.contains(&said),
+                "{tool} says {said:?}: {}",
+                out.stderr
+            );
+        }
+        let records = records(&out.stdout);
+        for (name, truth) in [(PHASES[0], first), (PHASES[1], second)] {
+            let ours = calls_of(&records, "query", &normalized(name));
+            eprintln!("{tool}: {name}: {ours} statements, pg_stat_statements {truth}");
+            assert_eq!(ours, truth, "{tool}: {name}");
+        }
+    }
+}
+
+#[test]
 fn a_memory_cgroup_removed_under_trace_ends_the_trace_with_its_totals() {
     require_root();
     let _lock = exclusive();
@@ -654,7 +740,7 @@ fn a_memory_cgroup_removed_under_trace_ends_the_trace_with_its_totals() {
     assert!(writer.wait().unwrap().success());
     // Emptied and removed (what a container's end does to its cgroup).
     drop(cg);
-    let out = traced.wait(Duration::from_secs(10)).unwrap();
+    let out = traced.wait(Duration::from_secs(20)).unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
         out.stderr
@@ -662,6 +748,7 @@ fn a_memory_cgroup_removed_under_trace_ends_the_trace_with_its_totals() {
         "{}",
         out.stderr
     );
+    assert!(out.stderr.contains("did not come back"), "{}", out.stderr);
     let reclaimed = summary_count(&out.stdout, "reclaimed_bytes");
     eprintln!("page_reclaim: {reclaimed} bytes reclaimed before the cgroup was removed");
     assert!(reclaimed > 0, "the totals are kept");
@@ -695,7 +782,7 @@ fn a_container_stopped_under_trace_ends_the_trace_with_its_totals() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = traced.wait(Duration::from_secs(15)).unwrap();
+    let out = traced.wait(Duration::from_secs(25)).unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
         out.stderr
@@ -703,6 +790,7 @@ fn a_container_stopped_under_trace_ends_the_trace_with_its_totals() {
         "{}",
         out.stderr
     );
+    assert!(out.stderr.contains("did not come back"), "{}", out.stderr);
     let calls = summary_count(&out.stdout, "calls");
     eprintln!("query_latency: {calls} statements before the container stopped");
     assert!(calls >= 20, "the totals are kept: {calls}");

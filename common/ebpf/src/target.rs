@@ -7,16 +7,16 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::TracePointContext,
 };
 
 /// 1 when only the tgids in [`PGBPF_TARGET_TGIDS`] are traced.
 #[unsafe(no_mangle)]
 static PGBPF_FILTER_TGID: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
-/// cgroup v2 id of the target cgroup, 0 for none. Descendants match too.
+/// 1 when only the cgroup in [`PGBPF_TARGET_CGROUP`] and those below it are traced.
 #[unsafe(no_mangle)]
-static PGBPF_FILTER_CGROUP_ID: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
+static PGBPF_FILTER_CGROUP_ON: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// Depth of that cgroup below the v2 root (the root is level 0).
 #[unsafe(no_mangle)]
 static PGBPF_FILTER_CGROUP_LEVEL: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
@@ -26,6 +26,12 @@ static PGBPF_FILTER_COMM_ON: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 /// The comm to match, NUL padded to 16 bytes.
 #[unsafe(no_mangle)]
 static PGBPF_FILTER_COMM: aya_ebpf::Global<[u8; 16]> = aya_ebpf::Global::new([0; 16]);
+
+/// The target cgroup's id (cgroup v2, its directory's inode) in slot 0. A map, not a
+/// constant: a restarted container's cgroup is a new one, whose id userspace writes here to
+/// follow it.
+#[map]
+pub static PGBPF_TARGET_CGROUP: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Traced processes by tgid (value unused) when `PGBPF_FILTER_TGID` is 1.
 #[map]
@@ -41,8 +47,12 @@ pub fn current_is_target() -> bool {
             return false;
         }
     }
-    let cgroup_id = PGBPF_FILTER_CGROUP_ID.load();
-    if cgroup_id != 0 {
+    if PGBPF_FILTER_CGROUP_ON.load() != 0 {
+        // An array slot: the verifier turns the lookup into a load.
+        // 0: not written yet (every task above the level would match it).
+        let Some(&cgroup_id) = PGBPF_TARGET_CGROUP.get(0).filter(|&&id| id != 0) else {
+            return false;
+        };
         let level = PGBPF_FILTER_CGROUP_LEVEL.load() as i32;
         // SAFETY: a plain helper call; returns 0 when the task is above that level.
         if unsafe { bpf_get_current_ancestor_cgroup_id(level) } != cgroup_id {

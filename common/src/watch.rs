@@ -1,0 +1,255 @@
+//! What ends a trace, or moves it on, when what it traces goes away: the processes given with
+//! `--pid` (the trace ends when all have exited), a server named by `--pgdata` or `--port`
+//! (followed to its new postmaster after a restart or a crash), the cgroup of `--cgroup`,
+//! `--container` or `--pod` (followed to its new cgroup when a restarted container gets one;
+//! the trace ends when none comes back). Checked by the runtime's live loop.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cgroup::Named,
+    output, procs,
+    server::Server,
+    target::{self, CgroupMap, TgidMap},
+};
+
+/// How long the live loop sleeps at most: short, so Ctrl-C and reports are prompt.
+pub const WAKE: Duration = Duration::from_millis(50);
+/// How often watched processes and cgroups are checked.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How often a server that exited is looked for: before its new postmaster accepts its first
+/// connection (a restarted server takes 100 ms or more to get there).
+const SERVER_LOOK_EVERY: Duration = Duration::from_millis(10);
+/// How long a removed cgroup is waited for: a restarted container's new one comes within a
+/// second or two of the old one's removal.
+const CGROUP_BACK_WITHIN: Duration = Duration::from_secs(5);
+
+/// What a trace watches, from [`crate::target::Target::watched`].
+#[derive(Clone, Debug, Default)]
+pub struct Watched {
+    /// The processes given with `--pid`: the trace ends when all have exited.
+    pub pids: Vec<u32>,
+    pub cgroup: Option<WatchedCgroup>,
+    /// The servers followed, each with its main process now.
+    pub servers: Vec<(u32, Server)>,
+    /// The kernel's tgid filter, where a restarted server's processes are added.
+    pub tgid_map: Option<TgidMap>,
+}
+
+/// The cgroup of `--cgroup`, `--container` or `--pod`.
+#[derive(Clone, Debug)]
+pub struct WatchedCgroup {
+    /// Its directory and id (the directory's inode): removed, or replaced by a new one of the
+    /// same path, the id no longer matches.
+    pub dir: PathBuf,
+    pub id: u64,
+    /// Its depth, which the kernel filter compares at: a new cgroup must be as deep.
+    pub level: u32,
+    /// How to name it: "container 3f2a1b2c3d4e's cgroup", "cgroup /x".
+    pub what: String,
+    /// How to find it again, and the kernel's map to write its new id in (None: not followed).
+    pub named: Option<Named>,
+    pub map: Option<CgroupMap>,
+}
+
+impl WatchedCgroup {
+    fn present(&self) -> bool {
+        std::fs::metadata(&self.dir).is_ok_and(|m| m.ino() == self.id)
+    }
+}
+
+/// A followed server's main process while it is away, and after it failed to be followed.
+const SERVER_AWAY: u32 = 0;
+const SERVER_LOST: u32 = u32::MAX;
+
+/// The live loop's view of [`Watched`].
+pub(crate) struct Watch<'t> {
+    tool: &'t str,
+    watched: Watched,
+    gone: Vec<u32>,
+    last_check: Instant,
+    /// Since when the cgroup has been missing (waiting for it to be back).
+    cgroup_away: Option<Instant>,
+    cgroup_gone: bool,
+    /// Processes added to the filter since the loop last looked (a restarted server's, a
+    /// restarted container's).
+    pub followed: Vec<u32>,
+}
+
+impl<'t> Watch<'t> {
+    pub fn new(tool: &'t str, watched: Watched) -> Watch<'t> {
+        Watch {
+            tool,
+            watched,
+            gone: vec![],
+            last_check: Instant::now(),
+            cgroup_away: None,
+            cgroup_gone: false,
+            followed: vec![],
+        }
+    }
+
+    /// True once nothing is left to trace (said on stderr, with the time).
+    pub fn all_gone(&mut self) -> bool {
+        let pids_gone =
+            |w: &Self| !w.watched.pids.is_empty() && w.gone.len() == w.watched.pids.len();
+        if self.cgroup_gone || self.last_check.elapsed() < WATCH_EVERY.min(self.next_look()) {
+            return self.cgroup_gone || pids_gone(self);
+        }
+        self.last_check = Instant::now();
+        self.follow_servers();
+        if self.cgroup_ended() {
+            self.cgroup_gone = true;
+            return true;
+        }
+        for &pid in &self.watched.pids {
+            if self.gone.contains(&pid) || procs::alive(pid) {
+                continue;
+            }
+            self.gone.push(pid);
+            let next = if self.gone.len() == self.watched.pids.len() {
+                "nothing left to trace: the summary of what was seen follows"
+            } else {
+                "still tracing the others"
+            };
+            eprintln!(
+                "{}: PID {pid} exited at {}; {next}",
+                self.tool,
+                output::hms_now()
+            );
+        }
+        pids_gone(self)
+    }
+
+    /// How long the loop may wait before the next look: short while a server is away.
+    pub fn next_look(&self) -> Duration {
+        if self
+            .watched
+            .servers
+            .iter()
+            .any(|(pid, _)| *pid == SERVER_AWAY)
+        {
+            SERVER_LOOK_EVERY
+        } else {
+            WAKE
+        }
+    }
+
+    /// Whether the cgroup is gone for good: removed and not back (a new cgroup of the same
+    /// name, as deep) within [`CGROUP_BACK_WITHIN`]. A new one is followed: its id written
+    /// to the kernel's filter, its processes handed on in `followed`.
+    fn cgroup_ended(&mut self) -> bool {
+        let tool = self.tool;
+        let Some(cg) = self.watched.cgroup.as_mut() else {
+            return false;
+        };
+        if cg.present() {
+            return false;
+        }
+        let followable = cg.named.is_some() && cg.map.is_some();
+        let since = *self.cgroup_away.get_or_insert_with(|| {
+            let next = if followable {
+                format!(
+                    "waiting up to {} s for it to be back",
+                    CGROUP_BACK_WITHIN.as_secs()
+                )
+            } else {
+                "nothing left to trace: the summary of what was seen follows".into()
+            };
+            eprintln!(
+                "{tool}: the {} was removed at {}; {next}",
+                cg.what,
+                output::hms_now()
+            );
+            Instant::now()
+        });
+        let (Some(named), Some(map)) = (&cg.named, &cg.map) else {
+            return true;
+        };
+        match named.find() {
+            Ok(new) if new.id != cg.id && new.level == cg.level => {
+                if let Err(e) = map.set(new.id) {
+                    eprintln!("{tool}: cannot follow the new cgroup {}: {e:#}", new.path);
+                    return true;
+                }
+                eprintln!(
+                    "{tool}: the {} is back at {}: following its new cgroup {}",
+                    cg.what,
+                    output::hms_now(),
+                    new.path
+                );
+                cg.dir = new.dir;
+                cg.id = new.id;
+                self.cgroup_away = None;
+                self.followed.extend(crate::postgres::procs_below(&cg.dir));
+                false
+            }
+            _ if since.elapsed() < CGROUP_BACK_WITHIN => false,
+            _ => {
+                eprintln!(
+                    "{tool}: the {} did not come back within {} s; the summary of what was \
+                     seen follows",
+                    cg.what,
+                    CGROUP_BACK_WITHIN.as_secs()
+                );
+                true
+            }
+        }
+    }
+
+    /// Says when a followed server's main process exits, and when the server is back adds
+    /// its new main process and those it forked already to the kernel's filter (the ones it
+    /// forks later are followed by the kernel's fork hook).
+    fn follow_servers(&mut self) {
+        let tool = self.tool;
+        for (pid, server) in &mut self.watched.servers {
+            if *pid != SERVER_AWAY && *pid != SERVER_LOST && !procs::alive(*pid) {
+                eprintln!(
+                    "{tool}: PID {pid}, the server of {server}, exited at {}; waiting for it \
+                     to be back (the totals so far are kept)",
+                    output::hms_now()
+                );
+                *pid = SERVER_AWAY;
+            }
+            if *pid != SERVER_AWAY {
+                continue;
+            }
+            let Ok(new) = server.main_process() else {
+                continue;
+            };
+            let mut tgids = vec![new];
+            tgids.extend(procs::descendants(&[new]));
+            let added = match &self.watched.tgid_map {
+                Some(map) => map
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the filter's lock is poisoned"))
+                    .and_then(|mut map| target::add_tgids(&mut map, &tgids)),
+                None => Err(anyhow::anyhow!("this tool cannot add processes")),
+            };
+            match added {
+                Ok(()) => {
+                    // How long the new postmaster ran unfollowed: what it forked meanwhile
+                    // was found in /proc, unless it had ended already.
+                    let age = procs::age_of(new)
+                        .map(|a| format!(" (started {} ms before)", a.as_millis()))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "{tool}: the server of {server} is back at {}: following its new main \
+                         process PID {new}{age}",
+                        output::hms_now()
+                    );
+                    *pid = new;
+                    self.followed.extend(tgids);
+                }
+                Err(e) => {
+                    eprintln!("{tool}: cannot follow the new PID {new} of {server}: {e:#}");
+                    *pid = SERVER_LOST;
+                }
+            }
+        }
+    }
+}
