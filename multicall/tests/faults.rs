@@ -523,6 +523,24 @@ fn phase_statement(name: &str) -> String {
     format!("select 1 as {name}, {}", more.join(", "))
 }
 
+/// Runs phase `name`'s statement 20 times in one session: how many pg_stat_statements
+/// counted (read at once: an immediate shutdown after it would lose the count).
+fn phase(pg: &Postgres, name: &str) -> u64 {
+    let mut session = pg.session().unwrap();
+    for _ in 0..20 {
+        session.run(&phase_statement(name)).unwrap();
+    }
+    drop(session);
+    pg.psql(&format!(
+        "select coalesce(sum(calls), 0) from pg_stat_statements where query = '{}'",
+        normalized(name)
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
 /// The same normalized, as pg_stat_statements and the tools show it.
 fn normalized(name: &str) -> String {
     let statement = phase_statement(name);
@@ -574,20 +592,6 @@ fn a_server_named_by_data_directory_or_port_is_followed_across_restart_and_crash
     // before the next restart: an immediate shutdown loses its counts). Its statement differs
     // from the others' in more than a name: pg_stat_statements tells statements apart by
     // their parse tree, where `select 1 as a` and `select 1 as b` are one.
-    let phase = |pg: &Postgres, name: &str| -> u64 {
-        let mut session = pg.session().unwrap();
-        for _ in 0..20 {
-            session.run(&phase_statement(name)).unwrap();
-        }
-        drop(session);
-        let calls = pg
-            .psql(&format!(
-                "select coalesce(sum(calls), 0) from pg_stat_statements where query = '{}'",
-                normalized(name)
-            ))
-            .unwrap();
-        calls.trim().parse().unwrap()
-    };
     let mut truth = vec![(PHASES[0], phase(&pg, PHASES[0]))];
     let first = pg.postmaster_pid().unwrap();
     pg.restart(Shutdown::Fast).unwrap();
@@ -657,22 +661,7 @@ fn a_restarted_container_is_followed_into_its_new_cgroup() {
             (tool, Traced::start(link.to_str().unwrap(), args).unwrap())
         })
         .collect();
-    let phase = |name: &str| -> u64 {
-        let mut session = pg.session().unwrap();
-        for _ in 0..20 {
-            session.run(&phase_statement(name)).unwrap();
-        }
-        drop(session);
-        pg.psql(&format!(
-            "select coalesce(sum(calls), 0) from pg_stat_statements where query = '{}'",
-            normalized(name)
-        ))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-    };
-    let first = phase(PHASES[0]);
+    let first = phase(&pg, PHASES[0]);
     let out = pgbpf_testkit::container::podman()
         .args(["restart", "-t", "5", &id])
         .output()
@@ -693,7 +682,7 @@ fn a_restarted_container_is_followed_into_its_new_cgroup() {
     }
     let after = pg.container.as_ref().unwrap().cgroup_path().unwrap();
     eprintln!("cgroup before the restart {before}, after {after}");
-    let second = phase(PHASES[1]);
+    let second = phase(&pg, PHASES[1]);
     std::thread::sleep(Duration::from_secs(1));
     for (tool, t) in traced {
         let out = t.stop().unwrap();
