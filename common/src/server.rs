@@ -46,7 +46,8 @@ impl Server {
 
 /// The postmaster of a data directory: the pid in its `postmaster.pid`, if that process runs
 /// with the directory as its working directory (after a crash the file stays behind, and its
-/// pid may belong to anything by now).
+/// pid may belong to anything by now). A server in a container wrote its own namespace's
+/// pid there: it is then the process working in the directory whose parent is not.
 fn postmaster_of_data_dir(dir: &Path) -> anyhow::Result<u32> {
     let lock = dir.join("postmaster.pid");
     let text = match std::fs::read_to_string(&lock) {
@@ -67,14 +68,40 @@ fn postmaster_of_data_dir(dir: &Path) -> anyhow::Result<u32> {
     };
     let pid = lock_file_pid(&text)
         .ok_or_else(|| anyhow!("--pgdata {}: postmaster.pid holds no pid", dir.display()))?;
-    if !runs_in(pid, dir) {
-        bail!(
-            "--pgdata {}: the server is not running (postmaster.pid names PID {pid}, which is \
-             not a process working in that directory)",
-            dir.display()
-        );
+    if runs_in(pid, dir) {
+        return Ok(pid);
     }
-    Ok(pid)
+    if let Some(pid) = process_working_in(dir) {
+        return Ok(pid);
+    }
+    bail!(
+        "--pgdata {}: the server is not running (postmaster.pid names PID {pid}, and no \
+         process works in that directory)",
+        dir.display()
+    )
+}
+
+/// The topmost live postgres process whose working directory is `dir` (compared by device
+/// and inode, which hold across mount namespaces where paths do not).
+fn process_working_in(dir: &Path) -> Option<u32> {
+    let want = same_file_key(dir)?;
+    let working: Vec<u32> = procs::all_pids()
+        .into_iter()
+        .filter(|&pid| same_file_key(Path::new(&format!("/proc/{pid}/cwd"))) == Some(want))
+        .filter(|&pid| procs::alive(pid))
+        // Not a shell that happens to be there.
+        .filter(|&pid| procs::comm_of(pid).is_some_and(|c| c == "postgres" || c == "postmaster"))
+        .collect();
+    working
+        .iter()
+        .copied()
+        .find(|&pid| procs::parent_of(pid).is_none_or(|parent| !working.contains(&parent)))
+}
+
+/// A file's (device, inode), following links (/proc/PID/cwd leads to the directory itself).
+fn same_file_key(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The pid on the first line of a PostgreSQL lock file (`postmaster.pid`, `.s.PGSQL.N.lock`).
@@ -85,13 +112,8 @@ pub fn lock_file_pid(text: &str) -> Option<u32> {
 /// True when `pid` is alive with `dir` as its working directory (a postmaster's is its data
 /// directory).
 fn runs_in(pid: u32, dir: &Path) -> bool {
-    let (Ok(cwd), Ok(dir)) = (
-        std::fs::read_link(format!("/proc/{pid}/cwd")),
-        std::fs::canonicalize(dir),
-    ) else {
-        return false;
-    };
-    procs::alive(pid) && cwd == dir
+    let cwd = same_file_key(Path::new(&format!("/proc/{pid}/cwd")));
+    procs::alive(pid) && cwd.is_some() && cwd == same_file_key(dir)
 }
 
 /// The postmaster serving a PostgreSQL Unix socket of `port` in this network namespace: the
@@ -181,8 +203,7 @@ mod tests {
             .main_process()
             .unwrap_err();
         assert!(
-            e.to_string()
-                .contains("not a process working in that directory"),
+            e.to_string().contains("no process works in that directory"),
             "{e}"
         );
     }

@@ -109,9 +109,16 @@ fn normalize_with(sql: &str, out: &mut String, drop_comments: bool) {
                 copied = i;
                 continue;
             }
-            b'-' | b'/' if drop_comments && comment_end(b, i).is_some() => {
+            // A comment: no quote, dollar or digit in it is a constant's. Kept as written
+            // (copied with the run), or with `drop_comments` dropped.
+            b'-' | b'/' if comment_end(b, i).is_some() => {
+                let end = comment_end(b, i).unwrap_or(b.len());
+                if !drop_comments {
+                    i = end;
+                    continue;
+                }
                 out.push_str(&sql[copied..i]);
-                i = comment_end(b, i).unwrap_or(b.len());
+                i = end;
                 // A comment separates tokens as white space does: one space for both.
                 while i < b.len() && b[i].is_ascii_whitespace() {
                     i += 1;
@@ -439,8 +446,12 @@ mod tests {
             r("select a - -1, b / 2, '--x', \"/*y*/\""),
             "select a - $1, b / $2, $3, \"/*y*/\""
         );
-        // normalized text keeps them
+        // normalized text keeps them as written: quotes, dollars and digits in them too
         assert_eq!(normalize("select 1 /* c */"), "select $1 /* c */");
+        assert_eq!(
+            normalize("/* $$ don't 7 */ select 'a' -- it's 8\n, 2"),
+            "/* $$ don't 7 */ select $1 -- it's 8 , $2"
+        );
     }
 
     #[test]

@@ -142,6 +142,10 @@ impl Target {
             }
             let pid = server.main_process()?;
             let tgid = tgid_of(pid)?;
+            // The same server named twice (-D and --port) is followed once.
+            if t.servers.iter().any(|(p, _)| *p == tgid) {
+                continue;
+            }
             if !t.tgids.contains(&tgid) {
                 t.tgids.push(tgid);
             }

@@ -19,11 +19,16 @@ use crate::{
 
 /// How long the live loop sleeps at most: short, so Ctrl-C and reports are prompt.
 pub const WAKE: Duration = Duration::from_millis(50);
-/// How often watched processes and cgroups are checked.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How often watched processes and cgroups are checked (a read of /proc/PID/stat each, a
+/// stat of the cgroup's directory): at every wake, so that a restarted server's new
+/// postmaster is followed before it accepts its first connection.
+const WATCH_EVERY: Duration = WAKE;
 /// How often a server that exited is looked for: before its new postmaster accepts its first
 /// connection (a restarted server takes 100 ms or more to get there).
 const SERVER_LOOK_EVERY: Duration = Duration::from_millis(10);
+/// How long after a server's exit it is looked for that often (then every [`WATCH_EVERY`]):
+/// a restart is quick; a server stopped for good should not cost a /proc scan every 10 ms.
+const SERVER_LOOK_FAST_FOR: Duration = Duration::from_secs(10);
 /// How long a removed cgroup is waited for: a restarted container's new one comes within a
 /// second or two of the old one's removal.
 const CGROUP_BACK_WITHIN: Duration = Duration::from_secs(5);
@@ -74,6 +79,8 @@ pub(crate) struct Watch<'t> {
     last_check: Instant,
     /// Since when the cgroup has been missing (waiting for it to be back).
     cgroup_away: Option<Instant>,
+    /// When a server last went away.
+    servers_away: Option<Instant>,
     cgroup_gone: bool,
     /// Processes added to the filter since the loop last looked (a restarted server's, a
     /// restarted container's).
@@ -88,6 +95,7 @@ impl<'t> Watch<'t> {
             gone: vec![],
             last_check: Instant::now(),
             cgroup_away: None,
+            servers_away: None,
             cgroup_gone: false,
             followed: vec![],
         }
@@ -95,10 +103,8 @@ impl<'t> Watch<'t> {
 
     /// True once nothing is left to trace (said on stderr, with the time).
     pub fn all_gone(&mut self) -> bool {
-        let pids_gone =
-            |w: &Self| !w.watched.pids.is_empty() && w.gone.len() == w.watched.pids.len();
-        if self.cgroup_gone || self.last_check.elapsed() < WATCH_EVERY.min(self.next_look()) {
-            return self.cgroup_gone || pids_gone(self);
+        if self.cgroup_gone || self.last_check.elapsed() < self.look_every() {
+            return self.cgroup_gone || self.processes_gone();
         }
         self.last_check = Instant::now();
         self.follow_servers();
@@ -111,7 +117,7 @@ impl<'t> Watch<'t> {
                 continue;
             }
             self.gone.push(pid);
-            let next = if self.gone.len() == self.watched.pids.len() {
+            let next = if self.processes_gone() {
                 "nothing left to trace: the summary of what was seen follows"
             } else {
                 "still tracing the others"
@@ -122,20 +128,32 @@ impl<'t> Watch<'t> {
                 output::hms_now()
             );
         }
-        pids_gone(self)
+        self.processes_gone()
     }
 
-    /// How long the loop may wait before the next look: short while a server is away.
+    /// Every `--pid` exited and every server lost (one followed, away or not, keeps the
+    /// trace going), when there were any.
+    fn processes_gone(&self) -> bool {
+        let servers = &self.watched.servers;
+        (!self.watched.pids.is_empty() || !servers.is_empty())
+            && self.gone.len() == self.watched.pids.len()
+            && servers.iter().all(|(pid, _)| *pid == SERVER_LOST)
+    }
+
+    /// How long the loop may wait before the next look: short while a server went away not
+    /// long ago (a restart).
     pub fn next_look(&self) -> Duration {
+        self.look_every().min(WAKE)
+    }
+
+    fn look_every(&self) -> Duration {
         if self
-            .watched
-            .servers
-            .iter()
-            .any(|(pid, _)| *pid == SERVER_AWAY)
+            .servers_away
+            .is_some_and(|since| since.elapsed() < SERVER_LOOK_FAST_FOR)
         {
             SERVER_LOOK_EVERY
         } else {
-            WAKE
+            WATCH_EVERY
         }
     }
 
@@ -188,6 +206,14 @@ impl<'t> Watch<'t> {
                 self.followed.extend(crate::postgres::procs_below(&cg.dir));
                 false
             }
+            Ok(new) if new.id != cg.id => {
+                eprintln!(
+                    "{tool}: the {} is back at another depth ({}); the kernel filter cannot \
+                     follow it: the summary of what was seen follows",
+                    cg.what, new.path
+                );
+                true
+            }
             _ if since.elapsed() < CGROUP_BACK_WITHIN => false,
             _ => {
                 eprintln!(
@@ -214,6 +240,7 @@ impl<'t> Watch<'t> {
                     output::hms_now()
                 );
                 *pid = SERVER_AWAY;
+                self.servers_away = Some(Instant::now());
             }
             if *pid != SERVER_AWAY {
                 continue;
@@ -221,17 +248,12 @@ impl<'t> Watch<'t> {
             let Ok(new) = server.main_process() else {
                 continue;
             };
-            let mut tgids = vec![new];
-            tgids.extend(procs::descendants(&[new]));
             let added = match &self.watched.tgid_map {
-                Some(map) => map
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("the filter's lock is poisoned"))
-                    .and_then(|mut map| target::add_tgids(&mut map, &tgids)),
+                Some(map) => add_with_descendants(map, new),
                 None => Err(anyhow::anyhow!("this tool cannot add processes")),
             };
             match added {
-                Ok(()) => {
+                Ok(tgids) => {
                     // How long the new postmaster ran unfollowed: what it forked meanwhile
                     // was found in /proc, unless it had ended already.
                     let age = procs::age_of(new)
@@ -246,10 +268,36 @@ impl<'t> Watch<'t> {
                     self.followed.extend(tgids);
                 }
                 Err(e) => {
-                    eprintln!("{tool}: cannot follow the new PID {new} of {server}: {e:#}");
+                    eprintln!(
+                        "{tool}: cannot follow the new PID {new} of {server}: {e:#}; it is no \
+                         longer traced"
+                    );
                     *pid = SERVER_LOST;
                 }
             }
         }
+    }
+}
+
+/// Adds `root` to the kernel's tgid filter, then the processes it forked already: first the
+/// root, so that a child forked meanwhile is added by the kernel's fork hook; then /proc's
+/// view of its descendants, again until a pass finds none new (one forked during a pass is
+/// in the filter or in the next pass). The tgids added.
+fn add_with_descendants(map: &TgidMap, root: u32) -> anyhow::Result<Vec<u32>> {
+    let mut map = map
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the filter's lock is poisoned"))?;
+    let mut added = vec![root];
+    target::add_tgids(&mut map, &added)?;
+    loop {
+        let new: Vec<u32> = procs::descendants(&[root])
+            .into_iter()
+            .filter(|p| !added.contains(p))
+            .collect();
+        if new.is_empty() {
+            return Ok(added);
+        }
+        target::add_tgids(&mut map, &new)?;
+        added.extend(new);
     }
 }

@@ -513,6 +513,17 @@ fn a_server_shut_down_or_crashed_under_trace_ends_a_pid_target_with_its_summary(
     }
 }
 
+/// Waits (up to 10 s) until each of `traced` has said `text` on stderr.
+fn wait_said(traced: &mut [(String, Traced)], text: &str) {
+    for (what, t) in traced {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.stderr_so_far().contains(text) {
+            assert!(Instant::now() < deadline, "{what} did not say {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The phases of the restart test, each with a statement of its own.
 const PHASES: [&str; 3] = ["before_restart", "after_restart", "after_crash"];
 
@@ -580,7 +591,7 @@ fn a_server_named_by_data_directory_or_port_is_followed_across_restart_and_crash
         ("pgwire_trace", &["-D", data, "--json", "--summary"]),
         ("pgwire_trace", &["--port", &port, "--json", "--summary"]),
     ];
-    let traced: Vec<(String, Traced)> = runs
+    let mut traced: Vec<(String, Traced)> = runs
         .iter()
         .map(|(tool, args)| {
             let link = tool_link(dir.path(), tool);
@@ -595,11 +606,16 @@ fn a_server_named_by_data_directory_or_port_is_followed_across_restart_and_crash
     let mut truth = vec![(PHASES[0], phase(&pg, PHASES[0]))];
     let first = pg.postmaster_pid().unwrap();
     pg.restart(Shutdown::Fast).unwrap();
-    truth.push((PHASES[1], phase(&pg, PHASES[1])));
     let second = pg.postmaster_pid().unwrap();
+    // Each phase after the tools followed (they do within tens of milliseconds, before the
+    // server is ready, unless a loaded machine delays them: the figure is printed).
+    let following = |pid: u32| format!("following its new main process PID {pid}");
+    wait_said(&mut traced[..3], &following(second));
+    truth.push((PHASES[1], phase(&pg, PHASES[1])));
     pg.restart(Shutdown::Immediate).unwrap();
-    truth.push((PHASES[2], phase(&pg, PHASES[2])));
     let third = pg.postmaster_pid().unwrap();
+    wait_said(&mut traced[..3], &following(third));
+    truth.push((PHASES[2], phase(&pg, PHASES[2])));
     // The tools notice within their watch period, and see the last phase's backend end.
     std::thread::sleep(Duration::from_secs(2));
     for (what, t) in traced {
@@ -648,17 +664,28 @@ fn a_restarted_container_is_followed_into_its_new_cgroup() {
     .unwrap();
     let id = pg.container.as_ref().unwrap().id.clone();
     let before = pg.container.as_ref().unwrap().cgroup_path().unwrap();
-    let traced: Vec<(&str, Traced)> = [("query_latency", "--json"), ("pgwire_trace", "--json")]
-        .into_iter()
-        .map(|(tool, json)| {
+    // The container's data directory, as the host sees it: its postmaster.pid holds the
+    // container's own pid, so the postmaster is found by its working directory.
+    let data = pg.dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let runs: [(&str, &[&str]); 3] = [
+        ("query_latency", &["--container", &id[..12], "--json"]),
+        (
+            "pgwire_trace",
+            &["--container", &id[..12], "--json", "--summary"],
+        ),
+        ("query_latency", &["--pgdata", data, "--json"]),
+    ];
+    let mut traced: Vec<(&str, bool, Traced)> = runs
+        .iter()
+        .map(|(tool, args)| {
             let link = tool_link(dir.path(), tool);
-            let args = ["--container", &id[..12], json, "--summary"];
-            let args = if tool == "query_latency" {
-                &args[..3]
-            } else {
-                &args[..]
-            };
-            (tool, Traced::start(link.to_str().unwrap(), args).unwrap())
+            let by_cgroup = args[0] == "--container";
+            (
+                *tool,
+                by_cgroup,
+                Traced::start(link.to_str().unwrap(), args).unwrap(),
+            )
         })
         .collect();
     let first = phase(&pg, PHASES[0]);
@@ -680,17 +707,32 @@ fn a_restarted_container_is_followed_into_its_new_cgroup() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    for (tool, _, t) in &mut traced {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !t.stderr_so_far().contains(" is back at ") {
+            assert!(Instant::now() < deadline, "{tool} did not follow");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let after = pg.container.as_ref().unwrap().cgroup_path().unwrap();
     eprintln!("cgroup before the restart {before}, after {after}");
     let second = phase(&pg, PHASES[1]);
     std::thread::sleep(Duration::from_secs(1));
-    for (tool, t) in traced {
+    for (tool, by_cgroup, t) in traced {
         let out = t.stop().unwrap();
         assert!(out.status.success(), "{tool}: {}", out.stderr);
-        for said in [
-            format!("the container {}'s cgroup was removed", &id[..12]),
-            format!("the container {}'s cgroup is back", &id[..12]),
-        ] {
+        let says = if by_cgroup {
+            [
+                format!("the container {}'s cgroup was removed", &id[..12]),
+                format!("the container {}'s cgroup is back", &id[..12]),
+            ]
+        } else {
+            [
+                format!("the server of data directory {data}, exited"),
+                format!("the server of data directory {data} is back"),
+            ]
+        };
+        for said in says {
             assert!(
                 out.stderr.contains(&said),
                 "{tool} says {said:?}: {}",
