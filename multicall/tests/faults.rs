@@ -689,15 +689,8 @@ fn a_restarted_container_is_followed_into_its_new_cgroup() {
         })
         .collect();
     let first = phase(&pg, PHASES[0]);
-    let out = pgbpf_testkit::container::podman()
-        .args(["restart", "-t", "5", &id])
-        .output()
+    pgbpf_testkit::run(pgbpf_testkit::container::podman().args(["restart", "-t", "5", &id]))
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The server in the restarted container accepts connections again.
     let deadline = Instant::now() + Duration::from_secs(30);
     while pg.psql("select 1").is_err() {
@@ -804,15 +797,7 @@ fn a_container_stopped_under_trace_ends_the_trace_with_its_totals() {
     for _ in 0..20 {
         pg.psql("select 1 as before_the_stop").unwrap();
     }
-    let out = pgbpf_testkit::container::podman()
-        .args(["stop", "-t", "5", &id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pgbpf_testkit::run(pgbpf_testkit::container::podman().args(["stop", "-t", "5", &id])).unwrap();
     let out = traced.wait(Duration::from_secs(25)).unwrap();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(

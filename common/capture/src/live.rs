@@ -83,8 +83,13 @@ fn processes_of(protocol: &Protocol, target: &Target) -> Vec<Process> {
     } else {
         procs::all_pids()
     };
-    pids.into_iter()
-        .map(|pid| Process {
+    processes(protocol, &pids)
+}
+
+/// `pids`, each with whether it is one of the protocol's servers.
+fn processes(protocol: &Protocol, pids: &[u32]) -> Vec<Process> {
+    pids.iter()
+        .map(|&pid| Process {
             pid,
             is_server: (protocol.is_server)(pid),
         })
@@ -526,13 +531,7 @@ impl Capture {
     /// their connections open now, as EXISTING records for the decoder.
     pub fn learn(&mut self, pids: &[u32]) -> anyhow::Result<Vec<Record>> {
         let protocol = self.protocol;
-        let procs: Vec<Process> = pids
-            .iter()
-            .map(|&pid| Process {
-                pid,
-                is_server: (protocol.is_server)(pid),
-            })
-            .collect();
+        let procs = processes(protocol, pids);
         let ports = &self.ports;
         let found = find_sockets(
             protocol,
