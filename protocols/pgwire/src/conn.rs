@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::{
-    frame::{Direction, Frame, Framer, Frames},
+    frame::{Direction, Each, Frame, Framer},
     message::{Backend, Frontend},
 };
 
@@ -37,30 +37,54 @@ pub struct Completed {
     pub transaction: Option<u8>,
 }
 
-/// The parameters of one Bind.
+/// The parameters of one Bind: nothing allocated when there are none (every statement of the
+/// simple protocol), and one pointer wide in the statement, which moves through every stage
+/// of decoding (72 bytes inline made each move a third longer).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Params {
-    /// Values, None for NULL.
-    pub values: Vec<Option<Vec<u8>>>,
-    /// Format codes: none (all text), one for all, or one per value (0 text, 1 binary).
-    pub formats: Vec<i16>,
-    /// Type OIDs the Parse declared (0 or missing: left to the server).
-    pub types: Vec<u32>,
+pub struct Params(Option<Box<ParamValues>>);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ParamValues {
+    values: Vec<Option<Vec<u8>>>,
+    formats: Vec<i16>,
+    types: Vec<u32>,
 }
 
 impl Params {
+    /// Values (None for NULL), format codes (none: all text, one for all, or one per value; 0
+    /// text, 1 binary) and the types the Parse declared (0 or missing: left to the server).
+    pub fn new(values: Vec<Option<Vec<u8>>>, formats: Vec<i16>, types: Vec<u32>) -> Params {
+        if values.is_empty() && formats.is_empty() && types.is_empty() {
+            return Params(None);
+        }
+        Params(Some(Box::new(ParamValues {
+            values,
+            formats,
+            types,
+        })))
+    }
+
+    /// The values, None for NULL.
+    pub fn values(&self) -> &[Option<Vec<u8>>] {
+        self.0.as_ref().map_or(&[], |p| &p.values)
+    }
+
     /// Format code of value `i`.
     pub fn format(&self, i: usize) -> i16 {
-        match self.formats.len() {
+        let formats = self.0.as_ref().map_or(&[][..], |p| &p.formats);
+        match formats.len() {
             0 => 0,
-            1 => self.formats[0],
-            _ => self.formats.get(i).copied().unwrap_or(0),
+            1 => formats[0],
+            _ => formats.get(i).copied().unwrap_or(0),
         }
     }
 
     /// Declared type of value `i` (0 when unknown).
     pub fn type_oid(&self, i: usize) -> u32 {
-        self.types.get(i).copied().unwrap_or(0)
+        self.0
+            .as_ref()
+            .and_then(|p| p.types.get(i).copied())
+            .unwrap_or(0)
     }
 }
 
@@ -128,8 +152,6 @@ pub struct Connection {
     /// Bytes went missing and message boundaries with them: pairing is unsure until an idle
     /// point (a ReadyForQuery with nothing else asked since).
     unsure: bool,
-    /// Frames of the bytes being handled, kept between calls so framing allocates nothing.
-    frames: Frames,
     /// Between the start-up message and AuthenticationOk: the client sends credentials.
     authenticating: bool,
     /// Byte ranges of the client bytes fed last that hold credentials.
@@ -259,7 +281,6 @@ impl Connection {
             // Joined midway, a response may belong to a request never seen: pair nothing
             // until the first quiet ReadyForQuery.
             unsure: !from_start,
-            frames: Frames::default(),
         }
     }
 
@@ -298,24 +319,38 @@ impl Connection {
         self.unsure = true;
     }
 
-    /// Frames one direction's bytes and the gap of `missing` bytes after them, into the
-    /// reused frame buffer (hand it back in `self.frames`). True when the framer lost the
-    /// message boundaries here.
-    fn frame(&mut self, client: bool, data: &[u8], missing: u64) -> (Frames, bool) {
-        let mut frames = std::mem::take(&mut self.frames);
-        frames.clear();
-        let framer = if client {
+    /// Frames one direction's bytes and the gap of `missing` bytes after them, handing each
+    /// message to `each` with the connection (bodies borrowed from `data` where whole in it).
+    /// True when the framer lost the message boundaries here.
+    fn frame(
+        &mut self,
+        client: bool,
+        data: &[u8],
+        missing: u64,
+        mut each: impl FnMut(&mut Connection, Frame<'_>),
+    ) -> bool {
+        // Out of the connection while it frames, so that `each` may change the connection. In
+        // its place one at a boundary: the side being framed is in step at every message it
+        // hands over (pairing asks at ReadyForQuery).
+        let side = if client {
             &mut self.client
         } else {
             &mut self.server
         };
+        let mut framer = std::mem::replace(side, Framer::at_message_start(Direction::Backend));
         let was_synced = framer.synced();
-        framer.feed(data, &mut frames);
+        let mut sink = Each(|f: Frame<'_>| each(self, f));
+        framer.feed(data, &mut sink);
         if missing > 0 {
-            framer.feed_gap(missing, &mut frames);
+            framer.feed_gap(missing, &mut sink);
         }
         let lost = (was_synced || missing > 0) && !framer.synced();
-        (frames, lost)
+        if client {
+            self.client = framer;
+        } else {
+            self.server = framer;
+        }
+        lost
     }
 
     /// The TLS library's plaintext follows: after a negotiated TLS start the client's
@@ -342,11 +377,7 @@ impl Connection {
         if self.authenticating {
             password_ranges(data, self.client.at_boundary(), &mut self.secrets);
         }
-        let (frames, lost_step) = self.frame(true, data, missing);
-        for f in frames.iter() {
-            self.on_client(ts_ns, &f);
-        }
-        self.frames = frames;
+        let lost_step = self.frame(true, data, missing, |c, f| c.on_client(ts_ns, &f));
         if lost_step {
             self.lost_step();
         }
@@ -383,11 +414,7 @@ impl Connection {
             self.client.expect_startup();
             data = rest;
         }
-        let (frames, lost_step) = self.frame(false, data, missing);
-        for f in frames.iter() {
-            self.on_server(ts_ns, &f, done);
-        }
-        self.frames = frames;
+        let lost_step = self.frame(false, data, missing, |c, f| c.on_server(ts_ns, &f, done));
         if lost_step {
             self.lost_step();
         }
@@ -450,11 +477,7 @@ impl Connection {
                     Portal {
                         sql,
                         truncated: sql_cut || f.truncated,
-                        params: Params {
-                            values: params,
-                            formats: param_formats,
-                            types,
-                        },
+                        params: Params::new(params, param_formats, types),
                         statement: name,
                     },
                 );
@@ -698,7 +721,7 @@ mod tests {
         let done = c.server_bytes(4, &resp, 0);
         assert_eq!(done.len(), 1);
         assert!(done[0].truncated && done[0].extended);
-        assert_eq!(done[0].params.values, vec![Some(b"7".to_vec())]);
+        assert_eq!(done[0].params.values(), vec![Some(b"7".to_vec())]);
         // A later statement that fits is not marked.
         c.client_bytes(5, &msg(b'Q', &cstr("select 2")), 0);
         let done = c.server_bytes(6, &resp[resp.len() - 20..], 0);
@@ -790,9 +813,9 @@ mod tests {
         let done = c.server_bytes(5, &resp, 0);
         // The third execute was skipped by the server after the error: never reported.
         assert_eq!(done.len(), 2);
-        assert_eq!(done[0].params.values, vec![Some(b"7".to_vec())]);
+        assert_eq!(done[0].params.values(), vec![Some(b"7".to_vec())]);
         assert_eq!(done[0].statement.as_deref(), Some("s1"));
-        assert_eq!(done[1].params.values, vec![Some(b"8".to_vec())]);
+        assert_eq!(done[1].params.values(), vec![Some(b"8".to_vec())]);
         assert_eq!(done[1].sqlstate.as_deref(), Some("57014"));
         assert!(c.pending.is_empty());
     }

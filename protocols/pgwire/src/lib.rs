@@ -14,7 +14,7 @@ pub mod frame;
 pub mod message;
 pub mod value;
 
-pub use frame::{Direction, Frame, Framer, Frames};
+pub use frame::{Direction, Each, Frame, Framer, Frames, Sink};
 pub use message::{Backend, DecodeError, Frontend};
 
 /// Builders shared by the unit tests.

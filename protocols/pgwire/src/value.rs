@@ -112,14 +112,14 @@ fn binary(v: &[u8], oid: u32) -> Option<String> {
 
 /// Renders all parameters of a statement as `$1='a', $2=42`; `redact` shows only how many.
 pub fn render_all(params: &crate::conn::Params, redact: bool) -> String {
-    if params.values.is_empty() {
+    let values = params.values();
+    if values.is_empty() {
         return String::new();
     }
     if redact {
-        return format!("{} parameters redacted", params.values.len());
+        return format!("{} parameters redacted", values.len());
     }
-    params
-        .values
+    values
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -178,11 +178,7 @@ mod tests {
 
     #[test]
     fn all_parameters_and_redaction() {
-        let p = crate::conn::Params {
-            values: vec![Some(b"5".to_vec()), None],
-            formats: vec![],
-            types: vec![],
-        };
+        let p = crate::conn::Params::new(vec![Some(b"5".to_vec()), None], vec![], vec![]);
         assert_eq!(render_all(&p, false), "$1='5', $2=NULL");
         assert_eq!(render_all(&p, true), "2 parameters redacted");
     }

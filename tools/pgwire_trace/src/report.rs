@@ -135,10 +135,10 @@ impl Reporter {
         let params: Vec<String> = if self.style.redact {
             vec![]
         } else {
-            (0..d.params.values.len())
+            (0..d.params.values().len())
                 .map(|i| {
                     pgbpf_pgwire::value::render(
-                        d.params.values[i].as_deref(),
+                        d.params.values()[i].as_deref(),
                         d.params.format(i),
                         d.params.type_oid(i),
                     )
