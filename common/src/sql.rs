@@ -70,7 +70,7 @@ fn normalize_with(sql: &str, out: &mut String, drop_comments: bool) {
     out.reserve(sql.len());
     let b = sql.as_bytes();
     // Only a statement that has `$n` parameters needs the numbering to start after them.
-    let mut next_param = if b.contains(&b'$') {
+    let mut next_param = if memchr::memchr(b'$', b).is_some() {
         highest_param(b).saturating_add(1)
     } else {
         1

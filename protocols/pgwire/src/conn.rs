@@ -186,21 +186,34 @@ fn password_ranges(data: &[u8], at_boundary: bool, out: &mut Vec<(usize, usize)>
 /// semicolon except a final one, and nothing that could hide one (quotes, comments, dollar
 /// quotes), is one statement: its text is trimmed in place instead of copied, the common
 /// case of every client that sends one statement per Query.
-pub fn statements_of(mut sql: String) -> Vec<String> {
+pub fn statements_of(sql: String) -> Vec<String> {
+    let mut out = vec![];
+    each_statement(sql, |s, _| out.push(s));
+    out
+}
+
+/// [`statements_of`], each statement handed to `f` with whether it is the last, without a
+/// vector for the one statement of most queries.
+pub fn each_statement(mut sql: String, mut f: impl FnMut(String, bool)) {
     let body = sql.trim_end();
     let body = body.strip_suffix(';').unwrap_or(body);
     let b = body.as_bytes();
     if memchr::memchr3(b';', b'\'', b'"', b).is_some() || memchr::memchr2(b'-', b'$', b).is_some() {
-        return split_statements(&sql);
+        let all = split_statements(&sql);
+        let last = all.len().saturating_sub(1);
+        for (i, s) in all.into_iter().enumerate() {
+            f(s, i == last);
+        }
+        return;
     }
     let end = body.trim_end().len();
     let start = end - body[..end].trim_start().len();
     if start == end {
-        return vec![];
+        return;
     }
     sql.truncate(end);
     sql.drain(..start);
-    vec![sql]
+    f(sql, true);
 }
 
 /// Splits a simple query into its statements at top-level semicolons (outside quotes,
@@ -439,19 +452,17 @@ impl Connection {
                 self.requested_gss = true;
             }
             Frontend::Query { sql } => {
-                let statements = statements_of(sql);
-                let last = statements.len().saturating_sub(1);
-                for (i, s) in statements.into_iter().enumerate() {
+                each_statement(sql, |s, last| {
                     self.pending.push_back(Pending::Statement {
                         sql: s,
                         // Only the last statement of a cut Query lost its tail.
-                        truncated: f.truncated && i == last,
+                        truncated: f.truncated && last,
                         extended: false,
                         params: Params::default(),
                         statement: None,
                         started_ns: ts,
                     });
-                }
+                });
                 self.pending.push_back(Pending::Boundary);
             }
             Frontend::Parse {
