@@ -151,6 +151,11 @@ impl IdleLabels {
         }
     }
 
+    /// How statements are shown (the tool's `--redact`).
+    pub fn shown(&self) -> crate::sql::Shown {
+        self.shown
+    }
+
     /// The label of `pid`'s time without a statement.
     pub fn label(&mut self, pid: u32) -> String {
         self.lookup(pid).0

@@ -116,8 +116,7 @@ fn normalize_with(sql: &str, out: &mut String, drop_comments: bool) {
             }
             // A comment: no quote, dollar or digit in it is a constant's. Kept as written
             // (copied with the run), or with `drop_comments` dropped.
-            b'-' | b'/' if comment_end(b, i).is_some() => {
-                let end = comment_end(b, i).unwrap_or(b.len());
+            b'-' | b'/' if let Some(end) = comment_end(b, i) => {
                 if !drop_comments {
                     i = end;
                     continue;

@@ -25,7 +25,7 @@ use std::{
 
 use nix::{sys::signal, unistd::Pid};
 use pgbpf_testkit::{
-    bpf_objects::BpfObjects,
+    bpf_objects::{BpfObjects, kill_9_releases_everything},
     exclusive,
     postgres::{PgOptions, Postgres, Shutdown},
     postgres_semaphore_offsets, postgres_semaphores,
@@ -120,26 +120,7 @@ fn kill_9_leaves_nothing_behind_and_the_server_unharmed() {
         {
             raised_by.push(*tool);
         }
-        signal::kill(Pid::from_raw(traced.pid() as i32), signal::Signal::SIGKILL).unwrap();
-        let finished = traced.wait(Duration::from_secs(10)).unwrap();
-        assert!(!finished.status.success(), "{tool} was killed");
-        let (left, released_in) = BpfObjects::wait_released(&ours);
-        assert!(
-            left.is_empty(),
-            "{tool} left behind after kill -9: {left:?}"
-        );
-        for &off in &offsets {
-            let v = pgbpf_testkit::wait_semaphore(session.backend_pid, "/bin/postgres", off, 0)
-                .unwrap();
-            assert_eq!(v, 0, "{tool}: semaphore at {off:#x} still raised");
-        }
-        eprintln!(
-            "{tool}: {} programs, {} maps, {} links released {} ms after kill -9",
-            ours.programs.len(),
-            ours.maps.len(),
-            ours.links.len(),
-            released_in.as_millis()
-        );
+        kill_9_releases_everything(tool, traced, &ours, session.backend_pid, &offsets);
     }
     stop.store(true, Ordering::Relaxed);
     let runs = load.join().unwrap();

@@ -161,3 +161,40 @@ pub fn hash_map_entries(id: u32) -> Option<u64> {
     }
     Some(seen.len() as u64)
 }
+
+/// Kills `traced` with SIGKILL and checks that the kernel let go of everything it had loaded
+/// (`ours`: what it added, from [`BpfObjects::added_since`]) and that the USDT semaphores at
+/// `offsets` of the postgres binary, as backend `backend_pid` sees them, are back to 0 (the
+/// kernel lowers them when the last reference goes). `name` labels failures and the line
+/// printed with the counts and how long the release took.
+pub fn kill_9_releases_everything(
+    name: &str,
+    traced: crate::tool::Traced,
+    ours: &BpfObjects,
+    backend_pid: u32,
+    offsets: &[u64],
+) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(traced.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let finished = traced.wait(std::time::Duration::from_secs(10)).unwrap();
+    assert!(!finished.status.success(), "{name} was killed");
+    let (left, released_in) = BpfObjects::wait_released(ours);
+    assert!(
+        left.is_empty(),
+        "{name} left behind after kill -9: {left:?}"
+    );
+    for &off in offsets {
+        let v = crate::wait_semaphore(backend_pid, "/bin/postgres", off, 0).unwrap();
+        assert_eq!(v, 0, "{name}: semaphore at {off:#x} still raised");
+    }
+    eprintln!(
+        "{name}: {} programs, {} maps, {} links released {} ms after kill -9",
+        ours.programs.len(),
+        ours.maps.len(),
+        ours.links.len(),
+        released_in.as_millis()
+    );
+}

@@ -12,7 +12,6 @@ use pgbpf_common::{
     query,
     query_string::IdleLabels,
     records::{self, Scope},
-    sql::Shown,
 };
 
 use crate::{
@@ -110,8 +109,6 @@ impl Period {
 }
 
 pub struct Reporter {
-    /// `--redact`.
-    shown: Shown,
     events: Vec<Event>,
     top: usize,
     periods: Periods<Period>,
@@ -121,7 +118,6 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(args: &Args, events: Vec<Event>) -> Reporter {
         Reporter {
-            shown: args.redact.shown(),
             events,
             top: args.top.max(1),
             periods: Periods::new(),
@@ -134,7 +130,9 @@ impl Reporter {
         for (k, counts) in entries {
             let statement = k.protocol != PROTOCOL_NONE && k.protocol != PROTOCOL_UNREADABLE;
             let query = if statement {
-                self.shown.text(&query::text_of(&k.text, KEY_TEXT as u32))
+                self.idle_labels
+                    .shown()
+                    .text(&query::text_of(&k.text, KEY_TEXT as u32))
             } else if k.protocol == PROTOCOL_UNREADABLE {
                 // Sampled before the tool had located the process's statement pointer.
                 "[statement not read]".to_string()

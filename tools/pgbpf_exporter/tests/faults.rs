@@ -13,9 +13,8 @@ use std::{
     time::Duration,
 };
 
-use nix::{sys::signal, unistd::Pid};
 use pgbpf_testkit::{
-    bpf_objects::BpfObjects,
+    bpf_objects::{BpfObjects, kill_9_releases_everything},
     exclusive,
     postgres::{PgOptions, Postgres, free_port},
     postgres_semaphore_offsets, postgres_semaphores,
@@ -60,26 +59,12 @@ fn kill_9_of_the_exporter_leaves_nothing_behind_and_the_server_unharmed() {
         semaphores().iter().any(|&v| v > 0),
         "the statement collector raised the semaphores"
     );
-    signal::kill(
-        Pid::from_raw(exporter.pid() as i32),
-        signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let finished = exporter.wait(Duration::from_secs(10)).unwrap();
-    assert!(!finished.status.success(), "the exporter was killed");
-    let (left, released_in) = BpfObjects::wait_released(&ours);
-    assert!(left.is_empty(), "left behind after kill -9: {left:?}");
-    for &off in &offsets {
-        let v =
-            pgbpf_testkit::wait_semaphore(session.backend_pid, "/bin/postgres", off, 0).unwrap();
-        assert_eq!(v, 0, "semaphore at {off:#x} still raised");
-    }
-    eprintln!(
-        "pgbpf_exporter: {} programs, {} maps, {} links released {} ms after kill -9",
-        ours.programs.len(),
-        ours.maps.len(),
-        ours.links.len(),
-        released_in.as_millis()
+    kill_9_releases_everything(
+        "pgbpf_exporter",
+        exporter,
+        &ours,
+        session.backend_pid,
+        &offsets,
     );
     let bench = pgbench.join().unwrap();
     let text = String::from_utf8_lossy(&bench.stdout);
