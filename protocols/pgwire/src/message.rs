@@ -458,12 +458,10 @@ impl Backend {
 impl Backend {
     /// Rows affected or returned, from a CommandComplete tag ("SELECT 5", "INSERT 0 3").
     pub fn rows_from_tag(tag: &str) -> Option<u64> {
-        let last = tag.rsplit(' ').next()?;
-        if tag.contains(' ') {
-            last.parse().ok()
-        } else {
-            None
-        }
+        // The last word after a space, found from the end (a split iterator showed in
+        // `--read` profiles: this runs for every statement).
+        let space = memchr::memrchr(b' ', tag.as_bytes())?;
+        tag[space + 1..].parse().ok()
     }
 }
 
