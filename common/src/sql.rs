@@ -448,7 +448,7 @@ mod tests {
         let pieces = [
             "a", " ", "  ", "\t", "\n", "1", "'x'", "-- c\n", "/* c */", ";", "$1", "-2", "E'y'",
         ];
-        let mut statement = vec![0usize; 4];
+        let mut statement = [0usize; 4];
         let (mut fast, mut slow) = (String::new(), String::new());
         loop {
             for n in 1..=statement.len() {
