@@ -143,6 +143,57 @@ pub struct WaitTimes {
     pub log2_us: Vec<u64>,
 }
 
+/// The head of a wait report, as lwlocks and spin_sema print it: one line, `{head}: {waits},
+/// {total} {verb} {period}`, then a table of the groups (`column`: their name), by total time,
+/// most first (ties by name). Returns the groups in that order, for the tables that follow.
+pub struct WaitGroups<'a> {
+    pub head: &'a str,
+    pub verb: &'a str,
+    pub column: &'a str,
+    pub period: &'a str,
+}
+
+impl WaitGroups<'_> {
+    pub fn text<'g, K: Ord + std::fmt::Display>(
+        &self,
+        out: &mut String,
+        sink: &crate::output::Output,
+        groups: impl IntoIterator<Item = (&'g K, &'g WaitTimes)>,
+        top: usize,
+    ) -> Vec<(&'g K, &'g WaitTimes)> {
+        use crate::output::human_ns;
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        groups.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
+        let waits: u64 = groups.iter().map(|(_, w)| w.count).sum();
+        let total: u64 = groups.iter().map(|(_, w)| w.total_ns).sum();
+        out.push_str(&format!(
+            "{}{}: {waits}, {} {} {}\n",
+            sink.prefix(),
+            self.head,
+            human_ns(total),
+            self.verb,
+            self.period
+        ));
+        crate::output::top_table(
+            out,
+            &[self.column, "WAITS", "TOTAL", "MEAN", "MAX"],
+            &groups,
+            top,
+            sink.width,
+            |(name, w)| {
+                vec![
+                    name.to_string(),
+                    w.count.to_string(),
+                    human_ns(w.total_ns),
+                    human_ns(w.mean_ns()),
+                    human_ns(w.max_ns),
+                ]
+            },
+        );
+        groups
+    }
+}
+
 impl WaitTimes {
     pub fn add(&mut self, ns: u64) {
         self.count += 1;

@@ -5,7 +5,7 @@ use std::{collections::HashMap, io};
 
 use lwlocks_ebpf::WaitEvent;
 use pgbpf_common::{
-    latency::WaitTimes,
+    latency::{WaitGroups, WaitTimes},
     output::{self, Output},
     periods::{Periods, period_text},
     pg_probes::{Lost, ProbeReport},
@@ -147,32 +147,13 @@ impl ProbeReport for Reporter {
             return json_report(sink, scope, &p, holds.as_ref(), totals);
         }
         let mut out = String::new();
-        let waits: u64 = p.tranches.values().map(|w| w.count).sum();
-        let total: u64 = p.tranches.values().map(|w| w.total_ns).sum();
-        out.push_str(&format!(
-            "{}LWLock waits: {waits}, {} asleep {}\n",
-            sink.prefix(),
-            output::human_ns(total),
-            period_text(scope, period)
-        ));
-        let mut tranches: Vec<_> = p.tranches.iter().collect();
-        tranches.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
-        output::top_table(
-            &mut out,
-            &["TRANCHE", "WAITS", "TOTAL", "MEAN", "MAX"],
-            &tranches,
-            self.top,
-            sink.width,
-            |(name, w)| {
-                vec![
-                    name.to_string(),
-                    w.count.to_string(),
-                    output::human_ns(w.total_ns),
-                    output::human_ns(w.mean_ns()),
-                    output::human_ns(w.max_ns),
-                ]
-            },
-        );
+        let tranches = WaitGroups {
+            head: "LWLock waits",
+            verb: "asleep",
+            column: "TRANCHE",
+            period: &period_text(scope, period),
+        }
+        .text(&mut out, sink, &p.tranches, self.top);
         if let Some((name, w)) = tranches.first() {
             let mut rows: Vec<_> = p.waits.iter().collect();
             rows.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));

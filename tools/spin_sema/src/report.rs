@@ -4,7 +4,7 @@
 use std::{collections::HashMap, io, time::Duration};
 
 use pgbpf_common::{
-    latency::WaitTimes,
+    latency::{WaitGroups, WaitTimes},
     output::{self, Output},
     periods::{Periods, period_text},
     pg_probes::{Lost, ProbeReport},
@@ -167,32 +167,13 @@ impl ProbeReport for Reporter {
             return json_report(sink, self.events, scope, period, &p, lost);
         }
         let mut out = String::new();
-        let waits: u64 = p.kinds.values().map(|w| w.count).sum();
-        let total: u64 = p.kinds.values().map(|w| w.total_ns).sum();
-        out.push_str(&format!(
-            "{}Waits: {waits}, {} waited {}\n",
-            sink.prefix(),
-            output::human_ns(total),
-            period_text(scope, period)
-        ));
-        let mut kinds: Vec<_> = p.kinds.iter().collect();
-        kinds.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
-        output::top_table(
-            &mut out,
-            &["KIND", "WAITS", "TOTAL", "MEAN", "MAX"],
-            &kinds,
-            self.top,
-            sink.width,
-            |(name, w)| {
-                vec![
-                    name.to_string(),
-                    w.count.to_string(),
-                    output::human_ns(w.total_ns),
-                    output::human_ns(w.mean_ns()),
-                    output::human_ns(w.max_ns),
-                ]
-            },
-        );
+        let kinds = WaitGroups {
+            head: "Waits",
+            verb: "waited",
+            column: "KIND",
+            period: &period_text(scope, period),
+        }
+        .text(&mut out, sink, &p.kinds, self.top);
         if !kinds.is_empty() {
             let mut rows: Vec<_> = p.waits.iter().collect();
             rows.sort_by(|a, b| {
