@@ -59,6 +59,10 @@ pub struct Args {
     #[arg(long, value_name = "MIN", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub statement_idle: u32,
+    /// Drop comments from the statement labels (they are normalized either way: literals as
+    /// $n); a comment may carry what a label must not
+    #[arg(long)]
+    pub redact: bool,
     /// Do not have the kernel time our programs (no pgbpf_bpf_program_run_seconds; saves
     /// two clock reads per program run)
     #[arg(long)]

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use pgbpf_common::{loader::Loaded, postgres, procs, query, sql::normalize};
+use pgbpf_common::{loader::Loaded, postgres, procs, query, sql::Shown};
 use query_latency_ebpf::counter;
 
 use super::{Collector, ProgramStats, program_stats, tool_args};
@@ -55,6 +55,8 @@ pub struct Statements {
     detached_programs: ProgramStats,
     table: StatementTable,
     placements: Placements,
+    /// `--redact`: labels without comments.
+    shown: Shown,
     verbose: bool,
 }
 
@@ -70,6 +72,7 @@ impl Statements {
                 Duration::from_secs(u64::from(args.statement_idle) * 60),
             ),
             placements: Placements::default(),
+            shown: Shown::redacted_if(args.redact),
             verbose: args.verbose,
         };
         // Binaries named with --postgres must be traceable: a mistake there is said at
@@ -184,12 +187,12 @@ impl Collector for Statements {
 
     fn poll(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let (table, placements) = (&mut self.table, &mut self.placements);
+        let (table, placements, shown) = (&mut self.table, &mut self.placements, self.shown);
         for instance in &mut self.instances {
             query_latency::trace::drain(&mut instance.statements.ring, |ev| {
                 let text = query::text_of(&ev.text, ev.text_len);
                 let key = Key {
-                    statement: normalize(&text),
+                    statement: shown.text(&text),
                     placement: placements.of_cgroup(ev.cgroup_id).clone(),
                 };
                 table.record(key, ev.duration_ns, now);
