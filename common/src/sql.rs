@@ -91,6 +91,9 @@ fn normalize_using(sql: &str, out: &mut String, drop_comments: bool, table: &[bo
     // Bytes from `copied` to `i` go to `out` unchanged, in one piece, when something that
     // changes comes. All these positions are at ASCII bytes or the end: char boundaries.
     let mut copied = 0;
+    // Where the comments passed so far lie: a minus sign after one looks through it for the
+    // operand before (`a /* c */ -1` subtracts).
+    let mut comments: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     loop {
         i = unchanged_from(b, i, table);
@@ -122,6 +125,7 @@ fn normalize_using(sql: &str, out: &mut String, drop_comments: bool, table: &[bo
             // A comment: no quote, dollar or digit in it is a constant's. Kept as written
             // (copied with the run), or with `drop_comments` dropped.
             b'-' | b'/' if let Some(end) = comment_end(b, i) => {
+                comments.push((i, end));
                 if !drop_comments {
                     i = end;
                     continue;
@@ -177,7 +181,7 @@ fn normalize_using(sql: &str, out: &mut String, drop_comments: bool, table: &[bo
             }
             // A sign belongs to its number (the parser folds it, so pg_stat_statements shows
             // `+ $1` for `+ -5` too); after an operand a minus is a subtraction.
-            b'-' if starts_number(b, i + 1) && !operand_before(b, i) => {
+            b'-' if starts_number(b, i + 1) && !operand_before(b, i, &comments) => {
                 Some((i, number_end(b, i + 1)))
             }
             _ => None,
@@ -326,16 +330,24 @@ fn starts_number(b: &[u8], i: usize) -> bool {
 
 /// What precedes the minus at `i` (white space skipped) ends an operand, so the minus
 /// subtracts: an identifier, a constant, a closing bracket or quote, a parameter.
-fn operand_before(b: &[u8], i: usize) -> bool {
-    b[..i]
-        .iter()
-        .rev()
-        .find(|c| !c.is_ascii_whitespace())
-        .is_some_and(|&p| {
-            p.is_ascii_alphanumeric()
-                || matches!(p, b'_' | b')' | b'"' | b'\'' | b']' | b'$')
-                || p >= 0x80
-        })
+fn operand_before(b: &[u8], i: usize, comments: &[(usize, usize)]) -> bool {
+    let mut p = i;
+    loop {
+        while p > 0 && b[p - 1].is_ascii_whitespace() {
+            p -= 1;
+        }
+        // A comment ending here is passed over like white space.
+        match comments.iter().rev().find(|&&(_, end)| end == p) {
+            Some(&(start, _)) if start < p => p = start,
+            _ => break,
+        }
+    }
+    p > 0 && {
+        let c = b[p - 1];
+        c.is_ascii_alphanumeric()
+            || matches!(c, b'_' | b')' | b'"' | b'\'' | b']' | b'$')
+            || c >= 0x80
+    }
 }
 
 /// Bytes where normalizing may change something: white space, quotes, digits, dots, minus
@@ -417,22 +429,37 @@ fn highest_param(b: &[u8]) -> u32 {
     let mut max = 0;
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'$' && !ident_before(b, i) {
-            let start = i + 1;
-            let mut j = start;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
+        // What is quoted or commented holds no parameter: `'$5'`, `$q$ $9 $q$`, `/* $3 */`.
+        i = match b[i] {
+            b'\'' => {
+                let escapes = i > 0 && matches!(b[i - 1], b'E' | b'e') && !ident_before(b, i - 1);
+                string_end(b, i + 1, escapes)
             }
-            if let Ok(n) = std::str::from_utf8(&b[start..j])
-                .unwrap_or("")
-                .parse::<u32>()
-            {
-                max = max.max(n);
+            b'"' => b[i + 1..]
+                .iter()
+                .position(|&d| d == b'"')
+                .map_or(b.len(), |p| i + p + 2),
+            b'-' | b'/' if let Some(end) = comment_end(b, i) => end,
+            b'$' if !ident_before(b, i) => {
+                if let Some(body) = dollar_tag_end(b, i) {
+                    dollar_string_end(b, i, body)
+                } else {
+                    let start = i + 1;
+                    let mut j = start;
+                    while j < b.len() && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    if let Ok(n) = std::str::from_utf8(&b[start..j])
+                        .unwrap_or("")
+                        .parse::<u32>()
+                    {
+                        max = max.max(n);
+                    }
+                    j.max(i + 1)
+                }
             }
-            i = j.max(i + 1);
-        } else {
-            i += 1;
-        }
+            _ => i + 1,
+        };
     }
     max
 }
@@ -440,6 +467,21 @@ fn highest_param(b: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::{Shown, normalize, singly_spaced, two_spaces};
+
+    #[test]
+    fn comments_and_quotes_do_not_mislead_signs_or_numbering() {
+        // A minus after an operand subtracts, a comment between them or not.
+        assert_eq!(normalize("select a /* c */ -1"), "select a /* c */ -$1");
+        assert_eq!(normalize("select a - /* c */ 1"), "select a - /* c */ $1");
+        assert_eq!(Shown::Redacted.text("select a -- c\n -1"), "select a -$1");
+        assert_eq!(normalize("select (/* c */ -1)"), "select (/* c */ $1)");
+        // Numbering starts after the highest parameter, not after a `$n` in a string or comment.
+        assert_eq!(normalize("select '$5', $1, 2"), "select $2, $1, $3");
+        assert_eq!(normalize("select $q$ $9 $q$, 1"), "select $1, $2");
+        assert_eq!(normalize("select 1 /* $7 */"), "select $1 /* $7 */");
+        assert_eq!(normalize("select \"$4\", 1"), "select \"$4\", $1");
+        assert_eq!(normalize("select E'\\' $3', $2"), "select $3, $2");
+    }
 
     #[test]
     fn skipping_spaces_changes_nothing() {
