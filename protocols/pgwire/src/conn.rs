@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::{
-    frame::{Direction, Each, Frame, Framer},
+    frame::{Direction, Each, Frame, Framer, Frames, Sink},
     message::{Backend, Frontend},
 };
 
@@ -152,6 +152,8 @@ pub struct Connection {
     /// Bytes went missing and message boundaries with them: pairing is unsure until an idle
     /// point (a ReadyForQuery with nothing else asked since).
     unsure: bool,
+    /// Messages framed while out of step (`frame`), kept between calls for their memory.
+    frames: Frames,
     /// Between the start-up message and AuthenticationOk: the client sends credentials.
     authenticating: bool,
     /// Byte ranges of the client bytes fed last that hold credentials.
@@ -294,6 +296,7 @@ impl Connection {
             // Joined midway, a response may belong to a request never seen: pair nothing
             // until the first quiet ReadyForQuery.
             unsure: !from_start,
+            frames: Frames::default(),
         }
     }
 
@@ -333,8 +336,8 @@ impl Connection {
     }
 
     /// Frames one direction's bytes and the gap of `missing` bytes after them, handing each
-    /// message to `each` with the connection (bodies borrowed from `data` where whole in it).
-    /// True when the framer lost the message boundaries here.
+    /// message to `each` with the connection. True when the framer lost the message
+    /// boundaries here.
     fn frame(
         &mut self,
         client: bool,
@@ -342,28 +345,50 @@ impl Connection {
         missing: u64,
         mut each: impl FnMut(&mut Connection, Frame<'_>),
     ) -> bool {
-        // Out of the connection while it frames, so that `each` may change the connection. In
-        // its place one at a boundary: the side being framed is in step at every message it
-        // hands over (pairing asks at ReadyForQuery).
-        let side = if client {
+        if self.unsure {
+            // Out of step: every message of the bytes is framed before any is read, so that a
+            // ReadyForQuery finds the framers as the bytes leave them (in step again only if
+            // they frame to their end), with the framers in place.
+            let mut frames = std::mem::take(&mut self.frames);
+            frames.clear();
+            let lost = Self::feed(self.framer(client), data, missing, &mut frames);
+            for f in frames.iter() {
+                each(self, f);
+            }
+            self.frames = frames;
+            return lost;
+        }
+        // In step (the common case): each message is read as it is framed, its body borrowed
+        // from `data` where whole in it, with the framer out of the connection meanwhile (so
+        // that `each` may change the connection). Nothing read in step asks the framers.
+        let side = self.framer(client);
+        let mut framer = std::mem::replace(side, Framer::at_message_start(Direction::Backend));
+        let lost = Self::feed(
+            &mut framer,
+            data,
+            missing,
+            &mut Each(|f: Frame<'_>| each(self, f)),
+        );
+        *self.framer(client) = framer;
+        lost
+    }
+
+    fn framer(&mut self, client: bool) -> &mut Framer {
+        if client {
             &mut self.client
         } else {
             &mut self.server
-        };
-        let mut framer = std::mem::replace(side, Framer::at_message_start(Direction::Backend));
+        }
+    }
+
+    /// Feeds `data` and the gap after it to `framer`; true when it lost step there.
+    fn feed(framer: &mut Framer, data: &[u8], missing: u64, sink: &mut impl Sink) -> bool {
         let was_synced = framer.synced();
-        let mut sink = Each(|f: Frame<'_>| each(self, f));
-        framer.feed(data, &mut sink);
+        framer.feed(data, sink);
         if missing > 0 {
-            framer.feed_gap(missing, &mut sink);
+            framer.feed_gap(missing, sink);
         }
-        let lost = (was_synced || missing > 0) && !framer.synced();
-        if client {
-            self.client = framer;
-        } else {
-            self.server = framer;
-        }
-        lost
+        (was_synced || missing > 0) && !framer.synced()
     }
 
     /// The TLS library's plaintext follows: after a negotiated TLS start the client's
@@ -750,6 +775,27 @@ mod tests {
         assert!(c.server_bytes(2, &resp, 0).is_empty());
         c.client_bytes(3, &msg(b'Q', &cstr("select 3")), 0);
         assert_eq!(c.server_bytes(4, &resp, 0).len(), 1);
+    }
+
+    #[test]
+    fn a_quiet_point_counts_only_if_the_bytes_frame_to_their_end() {
+        // Joined midway; the server's bytes resynchronize, reach a quiet ReadyForQuery, then
+        // lose step again (a false resync inside a row, say): still unsure after them, so the
+        // next answer is not paired with the next request.
+        let mut c = Connection::new(false);
+        c.client_bytes(1, &msg(b'Q', &cstr("select 1")), 0);
+        let mut resp = msg(b'C', &cstr("SELECT 1"));
+        resp.extend(msg(b'Z', b"I"));
+        resp.extend([0xff; 5]);
+        assert!(c.server_bytes(2, &resp, 0).is_empty());
+        assert!(
+            c.unsure,
+            "out of step at the end of the bytes: still unsure"
+        );
+        c.client_bytes(3, &msg(b'Q', &cstr("select 2")), 0);
+        let mut next = msg(b'C', &cstr("SELECT 1"));
+        next.extend(msg(b'Z', b"I"));
+        assert!(c.server_bytes(4, &next, 0).is_empty());
     }
 
     #[test]
