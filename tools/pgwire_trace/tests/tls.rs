@@ -256,45 +256,33 @@ fn a_client_with_its_own_tls_is_reported_encrypted_and_not_decoded() {
         ..Default::default()
     })
     .unwrap();
-    // The client, started on a socket that asked for TLS, and the tool attached to it. A
-    // clean-clone run once found ssl_client gone (a zombie) by the time the tool attached:
-    // its handshake had ended it, which is not what this checks, so that start is retried
-    // (at most three times, each failure said).
-    let start = || -> Result<_, String> {
-        let mut sock = std::net::TcpStream::connect(("127.0.0.1", pg.port)).unwrap();
-        sock.write_all(&message(0, &80_877_103u32.to_be_bytes()))
-            .unwrap();
-        let mut answer = [0u8];
-        sock.read_exact(&mut answer).unwrap();
-        assert_eq!(answer[0], b'S', "the server accepts TLS");
-        let fd = sock.as_raw_fd();
-        let mut cmd = Command::new("busybox");
-        cmd.args(["ssl_client", "-s", "3", "-n", "localhost"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        // SAFETY: only dup2, async-signal-safe, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut client = cmd.spawn().expect("busybox ssl_client (busybox-static)");
-        let pid = client.id();
-        match Traced::start(BIN, &["-p", &pid.to_string(), "--json"]) {
-            Ok(tool) => Ok((sock, client, pid, tool)),
-            Err(e) => {
-                let _ = client.kill();
-                let status = client.wait();
-                Err(format!("ssl_client {status:?}; {e:#}"))
+    // The client, started on a socket that asked for TLS, and the tool attached to it.
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", pg.port)).unwrap();
+    sock.write_all(&message(0, &80_877_103u32.to_be_bytes()))
+        .unwrap();
+    let mut answer = [0u8];
+    sock.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], b'S', "the server accepts TLS");
+    let fd = sock.as_raw_fd();
+    let mut cmd = Command::new("busybox");
+    cmd.args(["ssl_client", "-s", "3", "-n", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only dup2 and fcntl, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself leaves close-on-exec set, and the socket is fd 3 whenever fd 3
+            // was free when it was opened (a clean-clone run lost ssl_client's socket so, three
+            // times): the flag is cleared either way.
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-        }
-    };
-    let (sock, mut client, pid, tool) = (0..3)
-        .find_map(|_| start().map_err(|e| eprintln!("retrying: {e}")).ok())
-        .expect("ssl_client stayed up for the tool to attach once in three starts");
+            Ok(())
+        });
+    }
+    let mut client = cmd.spawn().expect("busybox ssl_client (busybox-static)");
+    let pid = client.id();
+    let tool = Traced::start(BIN, &["-p", &pid.to_string(), "--json"]).unwrap();
     let (mut to, mut from) = (client.stdin.take().unwrap(), client.stdout.take().unwrap());
     to.write_all(&message(
         0,
