@@ -41,6 +41,11 @@ pub trait ProbeReport: Send + 'static {
     }
     /// Once at attach: the target's processes at that moment.
     fn processes(&mut self, _pids: &[u32]) {}
+    /// A restarted server among these processes is ready (see
+    /// [`Trace::server_ready`](crate::runtime::Trace::server_ready)): for a report that
+    /// learned something of the processes at attach to learn it of these too. Nothing by
+    /// default.
+    fn server_ready(&mut self, _pids: &[u32]) {}
 }
 
 /// A tool's probes: which, and with which program.
@@ -255,5 +260,10 @@ impl<R: ProbeReport> Trace for ProbeTrace<R> {
 
     fn objects(&self) -> Vec<&Loaded> {
         vec![&self.loaded]
+    }
+
+    fn server_ready(&mut self, _out: &mut Output, pids: &[u32]) -> anyhow::Result<()> {
+        self.report.server_ready(pids);
+        Ok(())
     }
 }

@@ -101,6 +101,13 @@ pub trait Trace {
         Ok(())
     }
 
+    /// A restarted server among these processes (its main process and those it runs now) is
+    /// ready: for a tool that read what a server sets up (its shared memory, the ports it
+    /// listens on) to read it of the new one. Nothing by default.
+    fn server_ready(&mut self, _out: &mut Output, _pids: &[u32]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Called instead of `finish` when stdout was closed (`tool | head`): keeps complete what
     /// does not need stdout (a capture file). Nothing by default.
     fn output_gone(&mut self) -> anyhow::Result<()> {
@@ -277,6 +284,10 @@ fn run_loop(
         let followed = std::mem::take(&mut watch.followed);
         if !followed.is_empty() {
             trace.followed(out, &followed)?;
+        }
+        let ready = std::mem::take(&mut watch.ready);
+        if !ready.is_empty() {
+            trace.server_ready(out, &ready)?;
         }
         match ticker.next(Duration::ZERO) {
             Tick::Idle => {}

@@ -104,6 +104,23 @@ fn same_file_key(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Whether server process `pid` is ready for connections: a PostgreSQL postmaster says so on
+/// the status line of its data directory's `postmaster.pid` (its working directory), written
+/// `starting` and then `ready` once its shared memory is set up and its sockets listen. A
+/// process without that file (not PostgreSQL) is taken as ready.
+pub fn ready(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/cwd/postmaster.pid")) {
+        Ok(text) => lock_file_status(&text) == Some("ready"),
+        Err(_) => true,
+    }
+}
+
+/// The status word of a `postmaster.pid` (its eighth line, PostgreSQL 10 and later):
+/// `starting`, `ready`, `stopping`; None in a file without it.
+pub fn lock_file_status(text: &str) -> Option<&str> {
+    text.lines().nth(7).map(str::trim).filter(|s| !s.is_empty())
+}
+
 /// The pid on the first line of a PostgreSQL lock file (`postmaster.pid`, `.s.PGSQL.N.lock`).
 pub fn lock_file_pid(text: &str) -> Option<u32> {
     text.lines().next()?.trim().parse().ok().filter(|&p| p > 0)
@@ -161,6 +178,24 @@ fn tcp_listener(port: u16) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_files_eighth_line_is_the_status() {
+        // As PostgreSQL 15 writes it: the status padded to eight characters.
+        let file = |status: &str| {
+            format!(
+                "4242\n/var/lib/pg\n1700000000\n5432\n/run/postgresql\n*\n  5432001    32769\n{status}\n"
+            )
+        };
+        assert_eq!(lock_file_status(&file("ready   ")), Some("ready"));
+        assert_eq!(lock_file_status(&file("starting")), Some("starting"));
+        // Written before the status line is (or by PostgreSQL 9.6 and older).
+        assert_eq!(
+            lock_file_status("4242\n/var/lib/pg\n1700000000\n5432\n"),
+            None
+        );
+        assert_eq!(lock_file_status(&file("        ")), None);
+    }
 
     #[test]
     fn lock_files_first_line_is_the_pid() {

@@ -29,6 +29,9 @@ const SERVER_LOOK_EVERY: Duration = Duration::from_millis(10);
 /// How long after a server's exit it is looked for that often (then every [`WATCH_EVERY`]):
 /// a restart is quick; a server stopped for good should not cost a /proc scan every 10 ms.
 const SERVER_LOOK_FAST_FOR: Duration = Duration::from_secs(10);
+/// How long a restarted server is waited for to say it is ready before the tools that read
+/// what it set up (shared memory, listening ports) look anyway.
+const SERVER_READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long a removed cgroup is waited for: a restarted container's new one comes within a
 /// second or two of the old one's removal.
 const CGROUP_BACK_WITHIN: Duration = Duration::from_secs(5);
@@ -85,6 +88,11 @@ pub(crate) struct Watch<'t> {
     /// Processes added to the filter since the loop last looked (a restarted server's, a
     /// restarted container's).
     pub followed: Vec<u32>,
+    /// Restarted servers' main processes followed, not ready yet, and since when.
+    starting: Vec<(u32, Instant)>,
+    /// The processes of restarted servers that became ready since the loop last looked: each
+    /// main process with its descendants then.
+    pub ready: Vec<u32>,
 }
 
 impl<'t> Watch<'t> {
@@ -98,6 +106,8 @@ impl<'t> Watch<'t> {
             servers_away: None,
             cgroup_gone: false,
             followed: vec![],
+            starting: vec![],
+            ready: vec![],
         }
     }
 
@@ -108,6 +118,7 @@ impl<'t> Watch<'t> {
         }
         self.last_check = Instant::now();
         self.follow_servers();
+        self.servers_ready();
         if self.cgroup_ended() {
             self.cgroup_gone = true;
             return true;
@@ -227,6 +238,24 @@ impl<'t> Watch<'t> {
         }
     }
 
+    /// Moves the restarted servers that are ready (or gone, or waited for long enough) from
+    /// `starting` to `ready`, with the processes they run now.
+    fn servers_ready(&mut self) {
+        let mut i = 0;
+        while let Some(&(pid, since)) = self.starting.get(i) {
+            let alive = procs::alive(pid);
+            if alive && !crate::server::ready(pid) && since.elapsed() < SERVER_READY_WITHIN {
+                i += 1;
+                continue;
+            }
+            self.starting.swap_remove(i);
+            if alive {
+                self.ready.push(pid);
+                self.ready.extend(procs::descendants(&[pid]));
+            }
+        }
+    }
+
     /// Says when a followed server's main process exits, and when the server is back adds
     /// its new main process and those it forked already to the kernel's filter (the ones it
     /// forks later are followed by the kernel's fork hook).
@@ -266,6 +295,7 @@ impl<'t> Watch<'t> {
                     );
                     *pid = new;
                     self.followed.extend(tgids);
+                    self.starting.push((new, Instant::now()));
                 }
                 Err(e) => {
                     eprintln!(

@@ -500,10 +500,8 @@ fn a_server_shut_down_or_crashed_under_trace_ends_a_pid_target_with_its_summary(
 /// Waits (up to 10 s) until each of `traced` has said `text` on stderr.
 fn wait_said(traced: &mut [(String, Traced)], text: &str) {
     for (what, t) in traced {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !t.stderr_so_far().contains(text) {
-            assert!(Instant::now() < deadline, "{what} did not say {text:?}");
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = t.wait_said(text) {
+            panic!("{what}: {e:#}");
         }
     }
 }

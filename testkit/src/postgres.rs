@@ -440,6 +440,17 @@ impl Postgres {
     /// Stops the server as `pg_ctl restart -m MODE` does and starts it again with the same
     /// settings (a new postmaster, same data directory and port); on the host only.
     pub fn restart(&mut self, mode: Shutdown) -> anyhow::Result<()> {
+        self.restart_with(mode, self.port, &[])
+    }
+
+    /// [`Postgres::restart`], the new server listening on `port` with `changed` settings (as
+    /// a changed configuration takes effect at a restart).
+    pub fn restart_with(
+        &mut self,
+        mode: Shutdown,
+        port: u16,
+        changed: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
             bail!("restart: the server runs in a container");
         };
@@ -449,6 +460,10 @@ impl Postgres {
         };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)?;
         child.wait()?;
+        self.port = port;
+        // The last -c of a setting wins.
+        self.settings
+            .extend(changed.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let (uid, gid) = postgres_ids()?;
         let settings = self.settings.clone();
         self.spawn_on_host(uid, gid, &settings)?;

@@ -133,6 +133,22 @@ impl Traced {
         self.stderr.join("\n")
     }
 
+    /// Waits up to ten seconds for the tool to say `text` on stderr; an error with what it
+    /// said when it does not.
+    pub fn wait_said(&mut self, text: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let said = self.stderr_so_far();
+            if said.contains(text) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("the tool did not say {text:?} within 10 s; it said: {said}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Resident memory now (VmRSS), in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         self.status_kib("VmRSS:")

@@ -197,6 +197,12 @@ impl ProbeReport for Reporter {
         }
     }
 
+    /// A restarted server may listen on other ports: added (the old ones stay, for a server
+    /// that comes back on them).
+    fn server_ready(&mut self, pids: &[u32]) {
+        self.processes(pids);
+    }
+
     fn report(&mut self, sink: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()> {
         if scope == Scope::Total {
             self.add_running();

@@ -316,11 +316,9 @@ impl Drop for VethPair {
     }
 }
 
-#[test]
-fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
-    require_root();
-    let _lock = exclusive();
-    let _pair = VethPair::create();
+/// A server listening on the host's end of the pair besides 127.0.0.1, trusting the client
+/// at the other end.
+fn server_on_the_pair() -> Postgres {
     let opts = pgbpf_testkit::postgres::PgOptions {
         settings: vec![("listen_addresses".into(), format!("127.0.0.1,{HOST_ADDR}"))],
         ..Default::default()
@@ -328,20 +326,18 @@ fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
     let pg = Postgres::start_with(&opts).unwrap();
     pg.add_hba_rules(&format!("host all all {PEER_ADDR}/32 trust"))
         .unwrap();
-    let pm = pg.postmaster_pid().unwrap().to_string();
-    let tool = Traced::start(BIN, &["-p", &pm, "--dev", "--json"]).unwrap();
+    pg
+}
+
+/// psql in the pair's namespace runs a 3 MB SELECT and another on `port` over the pair: what
+/// /proc/net/dev counted meanwhile, [rx bytes, rx packets, tx bytes, tx packets], on the
+/// host's end and on the client's.
+fn statements_over_the_pair(port: u16) -> (Vec<u64>, Vec<u64>) {
     let host_before = VethPair::proc_net_dev(false, HOST_DEV);
     let peer_before = VethPair::proc_net_dev(true, PEER_DEV);
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", NETNS, "psql", "-X", "-q", "-h", HOST_ADDR])
-        .args([
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
         .args(["-c", "select repeat('x', 3000000)", "-c", "select 1"])
         .env("PGSSLMODE", "disable")
         .env("PGGSSENCMODE", "disable")
@@ -356,55 +352,79 @@ fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let host_after = VethPair::proc_net_dev(false, HOST_DEV);
     let peer_after = VethPair::proc_net_dev(true, PEER_DEV);
-    let out = tool.stop().unwrap();
-    assert!(out.status.success(), "{}", out.stderr);
-    let records = out.json();
-    schema::validate("net_per_query", &records);
     let delta = |a: [u64; 4], b: [u64; 4]| -> Vec<u64> { (0..4).map(|i| a[i] - b[i]).collect() };
     let (host, peer) = (
         delta(host_after, host_before),
         delta(peer_after, peer_before),
     );
     eprintln!("/proc/net/dev {HOST_DEV}: {host:?}, {PEER_DEV}: {peer:?}");
-    let device = |name: &str, direction: &str| -> &Value {
-        records
-            .iter()
-            .find(|r| r["type"] == "device" && r["device"] == name && r["direction"] == direction)
-            .unwrap_or_else(|| panic!("no {name} {direction}: {records:#?}"))
-    };
-    let n = |r: &Value, f: &str| r[f].as_u64().unwrap();
-    // [rx bytes, rx packets, tx bytes, tx packets], as the tool counts them.
-    let ours = |r: &Value, s: &Value, prefix: &str| -> Vec<u64> {
-        vec![
-            n(r, &format!("{prefix}bytes")),
-            n(r, &format!("{prefix}packets")),
-            n(s, &format!("{prefix}bytes")),
-            n(s, &format!("{prefix}packets")),
-        ]
-    };
-    let (host_rx, host_tx) = (device(HOST_DEV, "received"), device(HOST_DEV, "sent"));
-    let (peer_rx, peer_tx) = (device(PEER_DEV, "received"), device(PEER_DEV, "sent"));
+    (host, peer)
+}
+
+/// A device's `direction` record.
+fn device<'r>(records: &'r [Value], name: &str, direction: &str) -> &'r Value {
+    records
+        .iter()
+        .find(|r| r["type"] == "device" && r["device"] == name && r["direction"] == direction)
+        .unwrap_or_else(|| panic!("no {name} {direction}: {records:#?}"))
+}
+
+fn n(r: &Value, f: &str) -> u64 {
+    r[f].as_u64().unwrap()
+}
+
+/// [rx bytes, rx packets, tx bytes, tx packets] of device `name` as the tool counts them
+/// (`prefix` "postgres_": PostgreSQL's part).
+fn counted(records: &[Value], name: &str, prefix: &str) -> Vec<u64> {
+    let (rx, tx) = (
+        device(records, name, "received"),
+        device(records, name, "sent"),
+    );
+    vec![
+        n(rx, &format!("{prefix}bytes")),
+        n(rx, &format!("{prefix}packets")),
+        n(tx, &format!("{prefix}bytes")),
+        n(tx, &format!("{prefix}packets")),
+    ]
+}
+
+#[test]
+fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
+    require_root();
+    let _lock = exclusive();
+    let _pair = VethPair::create();
+    let pg = server_on_the_pair();
+    let pm = pg.postmaster_pid().unwrap().to_string();
+    let tool = Traced::start(BIN, &["-p", &pm, "--dev", "--json"]).unwrap();
+    let (host, peer) = statements_over_the_pair(pg.port);
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("net_per_query", &records);
     // veth takes TSO packets of up to 64 KiB: the 3 MB response is 50 of them or more.
     assert!(host[3] > 40, "the 3 MB response took packets: {host:?}");
     assert_eq!(
-        ours(host_rx, host_tx, ""),
+        counted(&records, HOST_DEV, ""),
         host,
         "{HOST_DEV} against /proc/net/dev"
     );
     assert_eq!(
-        ours(peer_rx, peer_tx, ""),
+        counted(&records, PEER_DEV, ""),
         peer,
         "{PEER_DEV} against /proc/net/dev"
     );
     // Every packet on the server's side is its connection's (to or from its port); none on
     // the client's, where no traced server listens.
     assert_eq!(
-        ours(host_rx, host_tx, "postgres_"),
+        counted(&records, HOST_DEV, "postgres_"),
         host,
         "PostgreSQL's part"
     );
-    assert_eq!(ours(peer_rx, peer_tx, "postgres_"), vec![0; 4]);
-    assert_eq!(n(peer_rx, "netns"), VethPair::netns_inode());
+    assert_eq!(counted(&records, PEER_DEV, "postgres_"), vec![0; 4]);
+    assert_eq!(
+        n(device(&records, PEER_DEV, "received"), "netns"),
+        VethPair::netns_inode()
+    );
     // The statements' bytes are the TCP payload of those packets: each packet adds its
     // headers (Ethernet 14, IPv4 20, TCP 20 to 40 bytes).
     let client = records
@@ -423,4 +443,42 @@ fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
     }
     let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
     assert_eq!(summary["lost"]["devices_full"], 0);
+}
+
+/// A server named by its data directory restarts listening on another port: once it is ready
+/// the tool reads its new port, and the packets to and from it are PostgreSQL's as before
+/// (without that, none of them would be: the port read at start is no longer used).
+#[test]
+fn a_restarted_servers_new_port_is_read_once_it_is_ready() {
+    require_root();
+    let _lock = exclusive();
+    let _pair = VethPair::create();
+    let mut pg = server_on_the_pair();
+    let data = pg.dir.path().join("data");
+    let mut tool = Traced::start(BIN, &["-D", data.to_str().unwrap(), "--dev", "--json"]).unwrap();
+    let old_port = pg.port;
+    pg.restart_with(
+        pgbpf_testkit::postgres::Shutdown::Fast,
+        pgbpf_testkit::postgres::free_port().unwrap(),
+        &[],
+    )
+    .unwrap();
+    assert_ne!(pg.port, old_port);
+    let new_pid = pg.postmaster_pid().unwrap();
+    tool.wait_said(&format!("following its new main process PID {new_pid}"))
+        .unwrap();
+    // The server is ready (the restart waited for it); the tool looks every 50 ms.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (host, _) = statements_over_the_pair(pg.port);
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("net_per_query", &records);
+    assert!(host[3] > 40, "the 3 MB response took packets: {host:?}");
+    assert_eq!(
+        counted(&records, HOST_DEV, "postgres_"),
+        host,
+        "PostgreSQL's part, on its new port {}",
+        pg.port
+    );
 }

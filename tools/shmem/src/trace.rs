@@ -150,14 +150,7 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
         let snap = snapshot
             .join()
             .map_err(|_| anyhow::anyhow!("reading the shared-memory snapshot failed"))?;
-        if out.json {
-            snap.write_json(out)?;
-        } else {
-            out.text(&snap.render(out.width))?;
-        }
-        // Shown before the tracing starts: a Ctrl-C from now on keeps it.
-        out.flush()?;
-        Ok(())
+        show(out, &snap)
     };
     if args.snapshot {
         show_snapshot(out)?;
@@ -181,6 +174,17 @@ pub fn start<'a>(args: &'a Args, out: &mut Output) -> anyhow::Result<Option<Atta
             shown: args.redact.shown(),
         }),
     }))
+}
+
+/// Prints a snapshot now (flushed: a Ctrl-C from now on keeps it).
+fn show(out: &mut Output, snap: &snapshot::Snapshot) -> anyhow::Result<()> {
+    if out.json {
+        snap.write_json(out)?;
+    } else {
+        out.text(&snap.render(out.width))?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// shmem's kernel programs, attached: every call of the target's processes is a record of
@@ -382,6 +386,11 @@ impl Trace for ShmTrace {
     fn finish(&mut self, out: &mut Output) -> anyhow::Result<()> {
         let lost = self.counters()?;
         Ok(self.reporter.report(out, Scope::Total, &lost)?)
+    }
+
+    /// A restarted server has new shared memory: its snapshot, as at start.
+    fn server_ready(&mut self, out: &mut Output, pids: &[u32]) -> anyhow::Result<()> {
+        show(out, &snapshot::take(pids))
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use pgbpf_testkit::{
     dsm::{BIG_JOIN, ResizeError, parallel_hash_settings, resize_errors, server_short_of_shm},
     exclusive,
-    postgres::{PgOptions, Postgres},
+    postgres::{PgOptions, Postgres, Shutdown},
     require_root, schema, stacks,
     tool::{Traced, assert_quiet_in_head, run_tool},
 };
@@ -244,6 +244,54 @@ fn snapshot_agrees_with_show_shared_memory_size_smaps_and_df() {
     assert!(ours.abs_diff(used) <= 1 << 20, "{ours} vs df {used}");
     // The DSM control segment every instance has is listed.
     assert!(!s["dsm"].as_array().unwrap().is_empty(), "{s}");
+}
+
+/// A server named by its data directory restarts with more shared buffers: once it is
+/// ready, a snapshot of the new postmaster follows the first, its main segment as smaps
+/// shows it.
+#[test]
+fn a_restarted_server_gets_a_snapshot_of_its_own() {
+    require_root();
+    let _lock = exclusive();
+    let mut pg = Postgres::start().unwrap();
+    let first = pg.postmaster_pid().unwrap();
+    let data = pg.dir.path().join("data");
+    let mut tool = Traced::start(BIN, &["-D", data.to_str().unwrap(), "--json"]).unwrap();
+    let port = pg.port;
+    pg.restart_with(Shutdown::Fast, port, &[("shared_buffers", "64MB")])
+        .unwrap();
+    let second = pg.postmaster_pid().unwrap();
+    tool.wait_said(&format!("following its new main process PID {second}"))
+        .unwrap();
+    // The server is ready (the restart waited for it); the tool looks every 50 ms.
+    std::thread::sleep(Duration::from_millis(300));
+    let (smaps_size, _) = main_segment_from_smaps(second);
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("shmem", &records);
+    let snapshots: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "snapshot" && r["postgres"] == true)
+        .collect();
+    let pids: Vec<u64> = snapshots
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pids,
+        [u64::from(first), u64::from(second)],
+        "{snapshots:#?}"
+    );
+    let size = |s: &Value| s["main_segment"]["size_bytes"].as_u64().unwrap();
+    assert_eq!(size(snapshots[1]), smaps_size);
+    // 32 MB more of buffers, and their descriptors.
+    assert!(
+        size(snapshots[1]) > size(snapshots[0]) + (32 << 20),
+        "{} then {}",
+        size(snapshots[0]),
+        size(snapshots[1])
+    );
 }
 
 #[test]
