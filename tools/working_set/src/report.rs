@@ -1,7 +1,10 @@
 //! The working set and the relations' accesses, for each interval and the whole run; or
 //! NDJSON rows.
 
-use std::{collections::HashSet, io};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+};
 
 use pgbpf_common::{
     globals,
@@ -30,8 +33,8 @@ pub struct Reporter {
     tables: Option<Tables>,
     names: Option<RelationNames>,
     block_size: u64,
-    /// shared_buffers in blocks (NBuffers) of the traced servers, summed.
-    shared_buffers: Option<u64>,
+    /// shared_buffers in blocks (NBuffers) of each traced server, by its main process.
+    servers: HashMap<u32, u64>,
     clock: ReportClock,
 }
 
@@ -49,7 +52,7 @@ impl Reporter {
             tables: None,
             names,
             block_size,
-            shared_buffers: None,
+            servers: HashMap::new(),
             clock: ReportClock::default(),
         }
     }
@@ -114,16 +117,21 @@ impl ProbeReport for Reporter {
             .copied()
             .filter(|&p| procs::comm_of(p).as_deref() == Some("postgres"))
             .collect();
-        let mut sum = None;
         for &pid in &postgres {
             if procs::parent_of(pid).is_some_and(|p| postgres.contains(&p)) {
                 continue;
             }
             if let Ok(n) = globals::read_i32(pid, "NBuffers") {
-                *sum.get_or_insert(0) += u64::try_from(n).unwrap_or(0);
+                self.servers.insert(pid, u64::try_from(n).unwrap_or(0));
             }
         }
-        self.shared_buffers = sum;
+    }
+
+    /// A restarted server's shared_buffers replace its previous one's (whose postmaster is
+    /// gone), which a changed setting may have made different.
+    fn server_ready(&mut self, pids: &[u32]) {
+        self.servers.retain(|&pid, _| procs::alive(pid));
+        self.processes(pids);
     }
 
     fn report(&mut self, sink: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()> {
@@ -147,7 +155,8 @@ impl ProbeReport for Reporter {
             blocks,
             bytes: blocks * bs,
             block_size: bs,
-            shared_buffers_bytes: self.shared_buffers.map(|n| n * bs),
+            shared_buffers_bytes: (!self.servers.is_empty())
+                .then(|| self.servers.values().sum::<u64>() * bs),
             sample: self.sample,
             accesses: hits + reads,
             hits,

@@ -168,3 +168,40 @@ fn blocks_past_the_table_are_counted_as_lost() {
         "every access is in a bucket or lost"
     );
 }
+
+/// A server named by its data directory restarts with more shared buffers: once it is ready,
+/// the summary sets the working set against the new server's shared_buffers (pg_settings),
+/// not the one it had at attach.
+#[test]
+fn a_restarted_servers_shared_buffers_replace_the_old_ones() {
+    require_root();
+    let _lock = exclusive();
+    let mut pg = Postgres::start().unwrap();
+    let data = pg.dir.path().join("data");
+    let mut tool = Traced::start(BIN, &["-D", data.to_str().unwrap(), "--json"]).unwrap();
+    let port = pg.port;
+    pg.restart_with(
+        pgbpf_testkit::postgres::Shutdown::Fast,
+        port,
+        &[("shared_buffers", "64MB")],
+    )
+    .unwrap();
+    let second = pg.postmaster_pid().unwrap();
+    tool.wait_said(&format!("following its new main process PID {second}"))
+        .unwrap();
+    // The server is ready (the restart waited for it); the tool looks every 50 ms.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let shared_buffers: u64 = pg
+        .psql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(shared_buffers, 64 << 20);
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("working_set", &records);
+    let summary = records.iter().find(|r| r["type"] == "summary").unwrap();
+    assert_eq!(summary["shared_buffers_bytes"], shared_buffers);
+}
