@@ -45,6 +45,16 @@ pub fn tgid_of(pid: u32) -> Option<u32> {
     u32::try_from(status(pid)?.tgid).ok()
 }
 
+/// `pid` as its own PID namespace numbers it (a containerized process's pid inside its
+/// container: what it writes in its files), itself outside any.
+pub fn pid_in_own_namespace(pid: u32) -> Option<u32> {
+    let st = status(pid)?;
+    match st.nspid.as_deref().and_then(<[i32]>::last) {
+        Some(&inner) => u32::try_from(inner).ok(),
+        None => Some(pid),
+    }
+}
+
 /// What a pid is that no tool can trace: a kernel thread (no user memory, no binary) or a
 /// zombie (exited, waiting for its parent to reap it). None for a live user process (or
 /// one that cannot be read: the caller says that on its own).

@@ -285,9 +285,9 @@ fn run_loop(
         if !followed.is_empty() {
             trace.followed(out, &followed)?;
         }
-        let ready = std::mem::take(&mut watch.ready);
-        if !ready.is_empty() {
-            trace.server_ready(out, &ready)?;
+        for server in std::mem::take(&mut watch.ready) {
+            trace.server_ready(out, &server.processes)?;
+            watch.said_ready(&server);
         }
         match ticker.next(Duration::ZERO) {
             Tick::Idle => {}

@@ -106,12 +106,20 @@ fn same_file_key(path: &Path) -> Option<(u64, u64)> {
 
 /// Whether server process `pid` is ready for connections: a PostgreSQL postmaster says so on
 /// the status line of its data directory's `postmaster.pid` (its working directory), written
-/// `starting` and then `ready` once its shared memory is set up and its sockets listen. A
-/// process without that file (not PostgreSQL) is taken as ready.
+/// `starting` and then `ready` (or `standby`, a standby without hot standby) once its shared
+/// memory is set up and its sockets listen; only a file naming `pid` itself counts (a killed
+/// server's stays behind, saying `ready`, until the new one rewrites it). A process working
+/// outside a data directory (not PostgreSQL) is ready at once; one whose file cannot be read
+/// is not (the caller's wait has a limit).
 pub fn ready(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/cwd/postmaster.pid")) {
-        Ok(text) => lock_file_status(&text) == Some("ready"),
-        Err(_) => true,
+    let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
+    match std::fs::read_to_string(cwd.join("postmaster.pid")) {
+        Ok(text) => {
+            lock_file_pid(&text).is_some_and(|p| Some(p) == procs::pid_in_own_namespace(pid))
+                && matches!(lock_file_status(&text), Some("ready" | "standby"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => !cwd.join("PG_VERSION").exists(),
+        Err(_) => false,
     }
 }
 

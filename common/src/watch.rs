@@ -90,9 +90,19 @@ pub(crate) struct Watch<'t> {
     pub followed: Vec<u32>,
     /// Restarted servers' main processes followed, not ready yet, and since when.
     starting: Vec<(u32, Instant)>,
-    /// The processes of restarted servers that became ready since the loop last looked: each
-    /// main process with its descendants then.
-    pub ready: Vec<u32>,
+    /// Restarted servers that became ready since the loop last looked (or were waited for
+    /// long enough): each main process, with it and its descendants then.
+    pub ready: Vec<ServerReady>,
+}
+
+/// A restarted server to read again.
+#[derive(Debug)]
+pub struct ServerReady {
+    pub main: u32,
+    /// The main process and those it runs.
+    pub processes: Vec<u32>,
+    /// It said it is ready (false: not within [`SERVER_READY_WITHIN`]).
+    pub said: bool,
 }
 
 impl<'t> Watch<'t> {
@@ -244,15 +254,36 @@ impl<'t> Watch<'t> {
         let mut i = 0;
         while let Some(&(pid, since)) = self.starting.get(i) {
             let alive = procs::alive(pid);
-            if alive && !crate::server::ready(pid) && since.elapsed() < SERVER_READY_WITHIN {
+            let said = alive && crate::server::ready(pid);
+            if alive && !said && since.elapsed() < SERVER_READY_WITHIN {
                 i += 1;
                 continue;
             }
             self.starting.swap_remove(i);
             if alive {
-                self.ready.push(pid);
-                self.ready.extend(procs::descendants(&[pid]));
+                let mut processes = vec![pid];
+                processes.extend(procs::descendants(&[pid]));
+                self.ready.push(ServerReady {
+                    main: pid,
+                    processes,
+                    said,
+                });
             }
+        }
+    }
+
+    /// Says that a restarted server is ready and was read again (after the trace's
+    /// [`Trace::server_ready`](crate::runtime::Trace::server_ready)).
+    pub fn said_ready(&self, server: &ServerReady) {
+        let (tool, pid, now) = (self.tool, server.main, output::hms_now());
+        if server.said {
+            eprintln!("{tool}: the server's new main process PID {pid} is ready at {now}");
+        } else {
+            eprintln!(
+                "{tool}: the server's new main process PID {pid} has not said it is ready \
+                 within {} s (its postmaster.pid); read as it is at {now}",
+                SERVER_READY_WITHIN.as_secs()
+            );
         }
     }
 
@@ -295,7 +326,11 @@ impl<'t> Watch<'t> {
                     );
                     *pid = new;
                     self.followed.extend(tgids);
-                    self.starting.push((new, Instant::now()));
+                    // Two servers named that are one (its data directory and its port) are
+                    // waited for once.
+                    if !self.starting.iter().any(|&(p, _)| p == new) {
+                        self.starting.push((new, Instant::now()));
+                    }
                 }
                 Err(e) => {
                     eprintln!(

@@ -467,8 +467,11 @@ fn a_restarted_servers_new_port_is_read_once_it_is_ready() {
     let new_pid = pg.postmaster_pid().unwrap();
     tool.wait_said(&format!("following its new main process PID {new_pid}"))
         .unwrap();
-    // The server is ready (the restart waited for it); the tool looks every 50 ms.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Read again once the server said it is ready (the restart waited for that too).
+    tool.wait_said(&format!(
+        "the server's new main process PID {new_pid} is ready"
+    ))
+    .unwrap();
     let (host, _) = statements_over_the_pair(pg.port);
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);

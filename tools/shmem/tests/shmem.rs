@@ -263,8 +263,11 @@ fn a_restarted_server_gets_a_snapshot_of_its_own() {
     let second = pg.postmaster_pid().unwrap();
     tool.wait_said(&format!("following its new main process PID {second}"))
         .unwrap();
-    // The server is ready (the restart waited for it); the tool looks every 50 ms.
-    std::thread::sleep(Duration::from_millis(300));
+    // Read again once the server said it is ready (the restart waited for that too).
+    tool.wait_said(&format!(
+        "the server's new main process PID {second} is ready"
+    ))
+    .unwrap();
     let (smaps_size, _) = main_segment_from_smaps(second);
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);

@@ -130,7 +130,9 @@ impl ProbeReport for Reporter {
     /// A restarted server's shared_buffers replace its previous one's (whose postmaster is
     /// gone), which a changed setting may have made different.
     fn server_ready(&mut self, pids: &[u32]) {
-        self.servers.retain(|&pid, _| procs::alive(pid));
+        // Gone, or its pid reused by another process.
+        self.servers
+            .retain(|&pid, _| procs::comm_of(pid).as_deref() == Some("postgres"));
         self.processes(pids);
     }
 

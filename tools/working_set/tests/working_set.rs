@@ -189,8 +189,11 @@ fn a_restarted_servers_shared_buffers_replace_the_old_ones() {
     let second = pg.postmaster_pid().unwrap();
     tool.wait_said(&format!("following its new main process PID {second}"))
         .unwrap();
-    // The server is ready (the restart waited for it); the tool looks every 50 ms.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Read again once the server said it is ready (the restart waited for that too).
+    tool.wait_said(&format!(
+        "the server's new main process PID {second} is ready"
+    ))
+    .unwrap();
     let shared_buffers: u64 = pg
         .psql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'")
         .unwrap()
