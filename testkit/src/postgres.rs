@@ -470,6 +470,22 @@ impl Postgres {
         self.wait_ready(Duration::from_secs(60))
     }
 
+    /// [`Postgres::restart_with`] under `tool`, which names this server by its data directory
+    /// or port: waits for the tool to follow the new postmaster and, once the server is ready,
+    /// to say it read it again. The new postmaster's pid.
+    pub fn restart_under(
+        &mut self,
+        tool: &mut crate::tool::Traced,
+        port: u16,
+        changed: &[(&str, &str)],
+    ) -> anyhow::Result<u32> {
+        self.restart_with(Shutdown::Fast, port, changed)?;
+        let pid = self.postmaster_pid()?;
+        tool.wait_said(&format!("following its new main process PID {pid}"))?;
+        tool.wait_said(&format!("the server's new main process PID {pid} is ready"))?;
+        Ok(pid)
+    }
+
     /// Host pid of the postmaster.
     pub fn postmaster_pid(&self) -> anyhow::Result<u32> {
         let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))?;

@@ -361,6 +361,15 @@ fn statements_over_the_pair(port: u16) -> (Vec<u64>, Vec<u64>) {
     (host, peer)
 }
 
+/// What the tool printed, once stopped: its records, valid against the schema.
+fn records_of(tool: Traced) -> Vec<Value> {
+    let out = tool.stop().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = out.json();
+    schema::validate("net_per_query", &records);
+    records
+}
+
 /// A device's `direction` record.
 fn device<'r>(records: &'r [Value], name: &str, direction: &str) -> &'r Value {
     records
@@ -397,10 +406,7 @@ fn dev_counts_equal_proc_net_dev_on_a_veth_pair() {
     let pm = pg.postmaster_pid().unwrap().to_string();
     let tool = Traced::start(BIN, &["-p", &pm, "--dev", "--json"]).unwrap();
     let (host, peer) = statements_over_the_pair(pg.port);
-    let out = tool.stop().unwrap();
-    assert!(out.status.success(), "{}", out.stderr);
-    let records = out.json();
-    schema::validate("net_per_query", &records);
+    let records = records_of(tool);
     // veth takes TSO packets of up to 64 KiB: the 3 MB response is 50 of them or more.
     assert!(host[3] > 40, "the 3 MB response took packets: {host:?}");
     assert_eq!(
@@ -457,26 +463,11 @@ fn a_restarted_servers_new_port_is_read_once_it_is_ready() {
     let data = pg.dir.path().join("data");
     let mut tool = Traced::start(BIN, &["-D", data.to_str().unwrap(), "--dev", "--json"]).unwrap();
     let old_port = pg.port;
-    pg.restart_with(
-        pgbpf_testkit::postgres::Shutdown::Fast,
-        pgbpf_testkit::postgres::free_port().unwrap(),
-        &[],
-    )
-    .unwrap();
+    let new_port = pgbpf_testkit::postgres::free_port().unwrap();
+    pg.restart_under(&mut tool, new_port, &[]).unwrap();
     assert_ne!(pg.port, old_port);
-    let new_pid = pg.postmaster_pid().unwrap();
-    tool.wait_said(&format!("following its new main process PID {new_pid}"))
-        .unwrap();
-    // Read again once the server said it is ready (the restart waited for that too).
-    tool.wait_said(&format!(
-        "the server's new main process PID {new_pid} is ready"
-    ))
-    .unwrap();
     let (host, _) = statements_over_the_pair(pg.port);
-    let out = tool.stop().unwrap();
-    assert!(out.status.success(), "{}", out.stderr);
-    let records = out.json();
-    schema::validate("net_per_query", &records);
+    let records = records_of(tool);
     assert!(host[3] > 40, "the 3 MB response took packets: {host:?}");
     assert_eq!(
         counted(&records, HOST_DEV, "postgres_"),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use pgbpf_testkit::{
     dsm::{BIG_JOIN, ResizeError, parallel_hash_settings, resize_errors, server_short_of_shm},
     exclusive,
-    postgres::{PgOptions, Postgres, Shutdown},
+    postgres::{PgOptions, Postgres},
     require_root, schema, stacks,
     tool::{Traced, assert_quiet_in_head, run_tool},
 };
@@ -257,17 +257,9 @@ fn a_restarted_server_gets_a_snapshot_of_its_own() {
     let first = pg.postmaster_pid().unwrap();
     let data = pg.dir.path().join("data");
     let mut tool = Traced::start(BIN, &["-D", data.to_str().unwrap(), "--json"]).unwrap();
-    let port = pg.port;
-    pg.restart_with(Shutdown::Fast, port, &[("shared_buffers", "64MB")])
+    let second = pg
+        .restart_under(&mut tool, pg.port, &[("shared_buffers", "64MB")])
         .unwrap();
-    let second = pg.postmaster_pid().unwrap();
-    tool.wait_said(&format!("following its new main process PID {second}"))
-        .unwrap();
-    // Read again once the server said it is ready (the restart waited for that too).
-    tool.wait_said(&format!(
-        "the server's new main process PID {second} is ready"
-    ))
-    .unwrap();
     let (smaps_size, _) = main_segment_from_smaps(second);
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);

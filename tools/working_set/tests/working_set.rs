@@ -52,6 +52,15 @@ fn ours(records: &[Value]) -> BTreeMap<String, (u64, u64, u64)> {
     m
 }
 
+/// The server's shared_buffers in bytes, as pg_settings has it.
+fn shared_buffers_bytes(pg: &Postgres) -> u64 {
+    pg.psql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn accesses_equal_pg_statio_and_a_scan_touches_relpages_blocks() {
     require_root();
@@ -72,12 +81,7 @@ fn accesses_equal_pg_statio_and_a_scan_touches_relpages_blocks() {
         .trim()
         .parse()
         .unwrap();
-    let shared_buffers: u64 = pg
-        .psql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let shared_buffers = shared_buffers_bytes(&pg);
     let before = statio(&pg);
     let dsn = pg.tcp_conninfo("disable");
     let tool = Traced::start(BIN, &["-p", &pm, "--dsn", &dsn, "--json"]).unwrap();
@@ -179,27 +183,9 @@ fn a_restarted_servers_shared_buffers_replace_the_old_ones() {
     let mut pg = Postgres::start().unwrap();
     let data = pg.dir.path().join("data");
     let mut tool = Traced::start(BIN, &["-D", data.to_str().unwrap(), "--json"]).unwrap();
-    let port = pg.port;
-    pg.restart_with(
-        pgbpf_testkit::postgres::Shutdown::Fast,
-        port,
-        &[("shared_buffers", "64MB")],
-    )
-    .unwrap();
-    let second = pg.postmaster_pid().unwrap();
-    tool.wait_said(&format!("following its new main process PID {second}"))
+    pg.restart_under(&mut tool, pg.port, &[("shared_buffers", "64MB")])
         .unwrap();
-    // Read again once the server said it is ready (the restart waited for that too).
-    tool.wait_said(&format!(
-        "the server's new main process PID {second} is ready"
-    ))
-    .unwrap();
-    let shared_buffers: u64 = pg
-        .psql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let shared_buffers = shared_buffers_bytes(&pg);
     assert_eq!(shared_buffers, 64 << 20);
     let out = tool.stop().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
