@@ -400,27 +400,52 @@ pub fn decoder_throughput(
     server.load(args, scenario.workload, args.seconds)?;
     tracer.stop()?;
     let bytes = std::fs::metadata(&file)?.len();
-    let mut secs = vec![];
-    for _ in 0..3 {
-        let t = Instant::now();
-        let out = Command::new(tool_bin)
-            .args(["--summary", "--read"])
-            .arg(&file)
-            .output()?;
-        if !out.status.success() {
-            bail!("--read failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        secs.push(t.elapsed().as_secs_f64());
-    }
-    let s = report::median(&secs);
     let mb = bytes as f64 / 1e6;
-    eprintln!("decoder: {mb:.1} MB in {s:.2} s");
+    // On every core (the tool shares a summary's connections among threads), then on one
+    // (taskset): the wall-clock time of each, alternating, and the CPU time of the first.
+    let (mut every, mut one, mut cpu) = (vec![], vec![], vec![]);
+    for _ in 0..3 {
+        for single in [false, true] {
+            let mut c = if single {
+                let mut c = Command::new("taskset");
+                c.args(["-c", "0"]).arg(tool_bin);
+                c
+            } else {
+                Command::new(tool_bin)
+            };
+            let t = Instant::now();
+            let before = children_cpu_seconds();
+            let out = c.args(["--summary", "--read"]).arg(&file).output()?;
+            if !out.status.success() {
+                bail!("--read failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let s = t.elapsed().as_secs_f64();
+            if single {
+                one.push(s);
+            } else {
+                every.push(s);
+                cpu.push(children_cpu_seconds() - before);
+            }
+        }
+    }
+    let (every, one, cpu) = (
+        report::median(&every),
+        report::median(&one),
+        report::median(&cpu),
+    );
+    eprintln!("decoder: {mb:.1} MB in {every:.3} s ({one:.3} s on one core)");
     Ok(format!(
         "Decoder throughput: `{} --read --summary` of a {mb:.1} MB capture recorded under the \
-         same load takes a median of {s:.2} s over 3 runs: {:.0} MB/s (records, framing, \
-         decoding, pairing and aggregation, one core).\n\n",
+         same load (records, framing, decoding, pairing and aggregation), medians of 3 runs: \
+         {:.0} MB/s in {:.0} ms on the {} cores it was given ({:.0} ms of CPU), {:.0} MB/s in \
+         {:.0} ms on one (`taskset -c 0`).\n\n",
         scenario.tool,
-        mb / s
+        mb / every,
+        every * 1e3,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu * 1e3,
+        mb / one,
+        one * 1e3,
     ))
 }
 

@@ -158,6 +158,22 @@ fn tls_keeps<S: Stream>(conn: &mut Conn<S>, r: &Record) -> bool {
 }
 
 impl<S: Stream> Connections<S> {
+    /// Adds the totals of `other`, which held other connections of the same capture (its
+    /// connections are ended already); the kernel's counters are the same in both.
+    pub fn absorb(&mut self, other: Connections<S>) {
+        let Totals {
+            connections,
+            lost_bytes,
+            truncated_bytes,
+        } = other.totals;
+        self.totals.connections += connections;
+        self.totals.lost_bytes += lost_bytes;
+        self.totals.truncated_bytes += truncated_bytes;
+        if self.kernel_counters.is_none() {
+            self.kernel_counters = other.kernel_counters;
+        }
+    }
+
     fn open(&mut self, r: &Record, from_start: bool) -> &mut Conn<S> {
         self.conns.entry(r.conn_id).or_insert_with(|| {
             self.totals.connections += 1;

@@ -234,6 +234,38 @@ impl<R: BufRead> Reader<R> {
         Ok(true)
     }
 
+    /// [`Reader::next_into`] for one share of a capture's connections (`--read` on several
+    /// threads): records of the connections `keep` refuses are passed over, their payload not
+    /// copied, and records of no connection (the counters) are read in every share. A
+    /// damaged record is an error in every share alike, at the same record.
+    pub fn next_kept_into(
+        &mut self,
+        r: &mut Record,
+        keep: impl Fn(u64) -> bool,
+    ) -> anyhow::Result<bool> {
+        loop {
+            let buffered = self.input.fill_buf()?;
+            if let Some(len) = buffered.get(..4).map(|b| u32_at(b, 0) as usize)
+                && let Some(record) = buffered.get(4..4 + len)
+                && (FIXED..=MAX_RECORD).contains(&len)
+                && let Some(kind) = Kind::from_code(record[0])
+                && kind != Kind::Counters
+                && !keep(u64_at(record, 20))
+            {
+                self.count += 1;
+                self.input.consume(4 + len);
+                continue;
+            }
+            // Not wholly in the buffer (or damaged): read as a whole, then kept or not.
+            if !self.next_into(r)? {
+                return Ok(false);
+            }
+            if r.kind == Kind::Counters || keep(r.conn_id) {
+                return Ok(true);
+            }
+        }
+    }
+
     fn cut(&self) -> String {
         format!(
             "the capture ends inside record {} (cut short?)",

@@ -13,12 +13,14 @@
 //! - [`cli`]: the options every wire tool takes.
 //! - [`lines`]: the live line per request both tools print.
 //! - [`file`]: the capture records and the `--record` / `--read` file format.
+//! - [`mapped`]: `--read`'s file through a memory mapping.
 
 pub mod cli;
 pub mod conns;
 pub mod file;
 pub mod lines;
 pub mod live;
+pub mod mapped;
 pub mod sockets;
 pub mod tls;
 pub mod wire;

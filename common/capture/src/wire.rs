@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufReader, BufWriter},
+    io::{self, BufWriter},
     path::Path,
     time::Duration,
 };
@@ -19,7 +19,7 @@ use pgbpf_common::{
     target::TargetArgs,
 };
 
-use crate::{Capture, Protocol, Reader, Record, Writer, cli::CaptureArgs};
+use crate::{Capture, Protocol, Reader, Record, Writer, cli::CaptureArgs, mapped::Input};
 
 /// A protocol's decoder and report, as the capture drives them.
 pub trait Wire {
@@ -54,6 +54,19 @@ pub trait Wire {
     fn report(&mut self, out: &mut Output, scope: Scope, kernel: &[u64]) -> io::Result<()>;
     /// The kernel's counters a capture file carried (`--read`).
     fn kernel_counters(&self) -> Option<&[u64]>;
+    /// `--read` may share a capture's connections among threads, a wire each, folded into
+    /// one ([`Wire::absorb`]) before the report: where events print nothing as they come (a
+    /// summary table) and the wire can take another's figures.
+    fn shardable(&self, _out: &Output) -> bool {
+        false
+    }
+    /// Adds the figures of `other`, which decoded the other connections of the same capture
+    /// (called only where [`Wire::shardable`]).
+    fn absorb(&mut self, _other: Self)
+    where
+        Self: Sized,
+    {
+    }
 }
 
 /// A protocol's decoder, as [`Decoded`] drives it (pgwire_trace's and redis_trace's).
@@ -81,6 +94,10 @@ pub trait Decode {
     /// The kernel's counters a capture file carried.
     fn kernel_counters(&self) -> Option<&[u64]>;
     fn stats(&self) -> &Self::Stats;
+    /// Adds the totals of `other`, which decoded other connections of the same capture.
+    fn absorb(&mut self, other: Self)
+    where
+        Self: Sized;
 }
 
 /// What is done with a decoder's events: printed and summed (a tool's report), or counted
@@ -98,6 +115,17 @@ pub trait Report<E, S> {
         stats: &S,
         kernel: &[u64],
     ) -> io::Result<()>;
+    /// Whether events print nothing as they come (`--read` may then decode on several
+    /// threads, a report each, folded with [`Report::absorb`]).
+    fn shardable(&self, _out: &Output) -> bool {
+        false
+    }
+    /// Adds the figures of `other` (called only where [`Report::shardable`]).
+    fn absorb(&mut self, _other: Self)
+    where
+        Self: Sized,
+    {
+    }
 }
 
 /// A decoder and what is done with its events: the [`Wire`] of every decoding tool.
@@ -149,6 +177,15 @@ impl<D: Decode, R: Report<D::Event, D::Stats>> Wire for Decoded<D, R> {
 
     fn kernel_counters(&self) -> Option<&[u64]> {
         self.decoder.kernel_counters()
+    }
+
+    fn shardable(&self, out: &Output) -> bool {
+        self.report.shardable(out)
+    }
+
+    fn absorb(&mut self, other: Self) {
+        self.decoder.absorb(other.decoder);
+        self.report.absorb(other.report);
     }
 }
 
@@ -249,10 +286,10 @@ pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
     capture: &CaptureArgs,
     verbose: bool,
     out: &mut Output,
-    make: impl FnOnce(i64) -> W,
+    make: impl Fn(i64) -> W + Sync,
 ) -> anyhow::Result<Option<Attached<'a>>> {
     match &capture.read {
-        Some(path) => read(protocol, path, make, out).map(|()| None),
+        Some(path) => read(protocol, path, &make, out, verbose).map(|()| None),
         None => {
             // Opened before loading: a path that cannot be written fails at once. Emptied
             // (--force) only once tracing has started; made new and tracing fails to start:
@@ -279,7 +316,7 @@ pub fn start<'a, W: Wire<Event: Send> + Send + 'a>(
                 }
                 None => None,
             };
-            attach(live, make, record, out).map(Some)
+            attach(live, &make, record, out).map(Some)
         }
     }
 }
@@ -436,32 +473,76 @@ impl<W: Wire> Trace for WireTrace<W> {
 /// `--read FILE`: decodes a capture written by `--record` with the same decoder and report as
 /// live tracing; no root, no kernel. A cut or corrupt file is reported after everything
 /// before the damage has been decoded and printed.
-/// `make` builds the decoder from the file's wall-clock offset (to print record times).
-pub fn read<W: Wire>(
+/// `make` builds a decoder from the file's wall-clock offset (to print record times); a
+/// mapped file whose report is a summary ([`Wire::shardable`]) is decoded on a thread per
+/// core, each taking every n-th connection (connection ids are given in order of arrival).
+pub fn read<W: Wire + Send>(
     protocol: &Protocol,
     path: &Path,
-    make: impl FnOnce(i64) -> W,
+    make: &(impl Fn(i64) -> W + Sync),
     out: &mut Output,
+    verbose: bool,
 ) -> anyhow::Result<()> {
-    let file = pgbpf_common::cli::open_input(path)?;
-    // Records are small: a large buffer saves a read call for every few of them.
-    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file), protocol)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let mut wire = make(reader.wall_offset_ns);
-    let mut events = vec![];
-    let mut r = Record::default();
-    let damage = loop {
-        match reader.next_into(&mut r) {
-            Ok(true) => {
-                wire.feed(&r, &mut events);
-                report_all(&mut wire, out, &mut events)?;
-            }
-            Ok(false) => break None,
-            Err(e) => break Some(e),
+    let input = Input::new(pgbpf_common::cli::open_input(path)?);
+    let reading = || format!("reading {}", path.display());
+    let (mut wire, damage, count, shards) = match input {
+        Input::Buffered(file) => {
+            let mut reader = Reader::new(file, protocol).with_context(reading)?;
+            let mut wire = make(reader.wall_offset_ns);
+            let damage = decode_all(&mut reader, &mut wire, out, |_| true)?;
+            (wire, damage, reader.count, 1)
+        }
+        Input::Mapped(map) => {
+            let mut reader = Reader::new(map.view(), protocol).with_context(reading)?;
+            let mut wire = make(reader.wall_offset_ns);
+            let shards = if wire.shardable(out) {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SHARDS))
+            } else {
+                1
+            } as u64;
+            let (json, width) = (out.json, out.width);
+            let damage = std::thread::scope(|s| {
+                let others: Vec<_> = (1..shards)
+                    .map(|shard| {
+                        let map = &map;
+                        s.spawn(move || -> anyhow::Result<W> {
+                            let mut reader = Reader::new(map.view(), protocol)?;
+                            let mut wire = make(reader.wall_offset_ns);
+                            // Prints nothing (shardable); shaped as the real one.
+                            let mut quiet = Output::to_writer(Box::new(io::sink()), json);
+                            quiet.width = width;
+                            // The damage, if any, is the same record in every share: the
+                            // first share reports it.
+                            decode_all(&mut reader, &mut wire, &mut quiet, |conn| {
+                                conn % shards == shard
+                            })?;
+                            Ok(wire)
+                        })
+                    })
+                    .collect();
+                let damage = decode_all(&mut reader, &mut wire, out, |conn| conn % shards == 0);
+                for other in others {
+                    let other = other
+                        .join()
+                        .map_err(|_| anyhow!("a decoding thread ended abnormally"))??;
+                    wire.absorb(other);
+                }
+                anyhow::Ok(damage?)
+            })?;
+            (wire, damage, reader.count, shards)
         }
     };
-    wire.finish(&mut events);
-    report_all(&mut wire, out, &mut events)?;
+    if verbose {
+        eprintln!(
+            "{}: read {count} records on {shards} thread{}",
+            protocol.tool,
+            if shards == 1 {
+                ""
+            } else {
+                "s, each decoding every n-th connection"
+            }
+        );
+    }
     let kernel = wire.kernel_counters().unwrap_or_default().to_vec();
     wire.report(out, Scope::Total, &kernel)?;
     if damage.is_none() && wire.kernel_counters().is_none() {
@@ -475,10 +556,42 @@ pub fn read<W: Wire>(
     }
     match damage {
         None => Ok(()),
-        Some(e) => Err(e.context(format!(
-            "{}: decoded the {} records before the damage",
+        Some(e) if crate::mapped::shrank() => Err(e.context(format!(
+            "{} was shortened while being read (another process truncated or rewrote it): \
+             decoded the {count} records before",
             path.display(),
-            reader.count
+        ))),
+        Some(e) => Err(e.context(format!(
+            "{}: decoded the {count} records before the damage",
+            path.display(),
         ))),
     }
+}
+
+/// `--read` of as many threads at most (each reads every record's header).
+const MAX_SHARDS: usize = 8;
+
+/// Decodes and reports the records of `reader` whose connection `keep` takes, then ends the
+/// connections still open; the damage that ended the reading, if any.
+fn decode_all<R: io::BufRead, W: Wire>(
+    reader: &mut Reader<R>,
+    wire: &mut W,
+    out: &mut Output,
+    keep: impl Fn(u64) -> bool,
+) -> io::Result<Option<anyhow::Error>> {
+    let mut events = vec![];
+    let mut r = Record::default();
+    let damage = loop {
+        match reader.next_kept_into(&mut r, &keep) {
+            Ok(true) => {
+                wire.feed(&r, &mut events);
+                report_all(wire, out, &mut events)?;
+            }
+            Ok(false) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    wire.finish(&mut events);
+    report_all(wire, out, &mut events)?;
+    Ok(damage)
 }

@@ -251,6 +251,30 @@ impl Decoder {
         }
     }
 
+    /// Adds the totals of `other`, which decoded other connections of the same capture.
+    pub fn absorb(&mut self, other: Decoder) {
+        let DecodeStats {
+            connections,
+            encrypted,
+            requests,
+            errors,
+            malformed,
+            unmatched,
+            lost_bytes,
+            truncated_bytes,
+        } = other.stats;
+        let s = &mut self.stats;
+        s.connections += connections;
+        s.encrypted += encrypted;
+        s.requests += requests;
+        s.errors += errors;
+        s.malformed += malformed;
+        s.unmatched += unmatched;
+        s.lost_bytes += lost_bytes;
+        s.truncated_bytes += truncated_bytes;
+        self.conns.absorb(other.conns);
+    }
+
     /// The kernel's counters, when the capture carries them.
     pub fn kernel_counters(&self) -> Option<&[u64]> {
         self.conns.kernel_counters.as_deref()

@@ -7,6 +7,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use pgbpf_capture::lines::{Layout, Line, Lines};
 use pgbpf_common::{
+    bounded::Fold as _,
     latency::Latencies,
     output::{self, Output},
     periods::ReportClock,
@@ -374,6 +375,29 @@ impl pgbpf_capture::wire::Report<Event, DecodeStats> for Reporter {
                     out.text(&format!(
                         "# PID {pid} {peer}: connection encrypted, payload not visible: {reason}\n"
                     ))
+                }
+            }
+        }
+    }
+
+    /// A summary table: requests print nothing as they come (encrypted connections do, as
+    /// JSON records).
+    fn shardable(&self, out: &Output) -> bool {
+        self.style.summary && !out.json
+    }
+
+    fn absorb(&mut self, other: Reporter) {
+        for (mine, theirs) in [
+            (&mut self.period, other.period),
+            (&mut self.total, other.total),
+        ] {
+            for (statement, stats) in theirs {
+                match mine.get_mut(&statement) {
+                    Some(s) => s.fold(&stats),
+                    None => pgbpf_common::bounded::row(mine, statement, |k| {
+                        pgbpf_common::bounded::folded(k)
+                    })
+                    .fold(&stats),
                 }
             }
         }

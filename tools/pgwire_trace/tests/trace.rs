@@ -195,6 +195,72 @@ fn record_then_read_gives_the_same_report_over_tcp() {
     assert!(!requests(&cut.json()).is_empty());
 }
 
+/// `--read --summary` of a mapped capture shares its connections among threads, one per core:
+/// the table is the one a single thread gives (`taskset` to one core), with
+/// pg_stat_statements' calls; a cut capture, the same table of what came before the damage.
+#[test]
+fn a_summary_read_on_every_core_is_the_one_read_on_one() {
+    require_root();
+    let _lock = exclusive();
+    let pg = cluster();
+    let postmaster = pg.postmaster_pid().unwrap().to_string();
+    pg.psql("select pg_stat_statements_reset()").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgbench.pgw");
+    let file_s = file.display().to_string();
+    let tool = Traced::start(BIN, &["-p", &postmaster, "--summary", "--record", &file_s]).unwrap();
+    pg.pgbench(&["-t", "150", "-c", "4", "-n"]).unwrap();
+    assert!(tool.stop().unwrap().status.success());
+    let theirs = pgss_calls(&pg);
+    let read = |cores: Option<&str>| {
+        let mut c = match cores {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpu, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let out = c
+            .args(["--read", &file_s, "--summary", "-v", "--top", "100"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let threads = std::thread::available_parallelism().unwrap().get().min(8);
+    let (code, shared, said) = read(None);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!(" on {threads} thread")),
+        "{threads} cores: {said}"
+    );
+    let (_, one, said) = read(Some("0"));
+    assert!(said.contains(" on 1 thread\n"), "{said}");
+    assert_eq!(shared, one);
+    // The table's CALLS of each pgbench statement: pg_stat_statements' calls.
+    for k in ["update accounts", "select abalance", "insert history"] {
+        let row = shared
+            .lines()
+            .find(|l| kind(&l.split_whitespace().skip(7).collect::<Vec<_>>().join(" ")) == Some(k))
+            .unwrap_or_else(|| panic!("no row of {k}: {shared}"));
+        let calls: u64 = row.split_whitespace().next().unwrap().parse().unwrap();
+        assert_eq!((calls, Some(&calls)), (600, theirs.get(k)), "{k}: {row}");
+    }
+    // Cut: the records before the damage, alike on every core and on one.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, shared, said) = read(None);
+    assert_eq!(code, Some(1));
+    assert!(said.contains("cut short"), "{said}");
+    let (_, one, _) = read(Some("0"));
+    assert_eq!(shared, one);
+    assert!(shared.contains("pgbench_accounts"), "{shared}");
+}
+
 #[test]
 fn passwords_are_overwritten_in_the_capture_file() {
     require_root();

@@ -146,6 +146,36 @@ impl Decoder {
         }
     }
 
+    /// Adds the totals of `other`, which decoded other connections of the same capture.
+    pub fn absorb(&mut self, other: Decoder) {
+        let DecodeStats {
+            connections,
+            encrypted,
+            commands,
+            errors,
+            transactions,
+            pushes,
+            unmatched,
+            malformed,
+            skipped_bytes,
+            lost_bytes,
+            truncated_bytes,
+        } = other.stats;
+        let s = &mut self.stats;
+        s.connections += connections;
+        s.encrypted += encrypted;
+        s.commands += commands;
+        s.errors += errors;
+        s.transactions += transactions;
+        s.pushes += pushes;
+        s.unmatched += unmatched;
+        s.malformed += malformed;
+        s.skipped_bytes += skipped_bytes;
+        s.lost_bytes += lost_bytes;
+        s.truncated_bytes += truncated_bytes;
+        self.conns.absorb(other.conns);
+    }
+
     pub fn kernel_counters(&self) -> Option<&[u64]> {
         self.conns.kernel_counters.as_deref()
     }

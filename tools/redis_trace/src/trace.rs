@@ -65,4 +65,8 @@ impl Decode for Decoder {
     fn stats(&self) -> &DecodeStats {
         &self.stats
     }
+
+    fn absorb(&mut self, other: Decoder) {
+        Decoder::absorb(self, other);
+    }
 }
