@@ -161,14 +161,14 @@ impl<S: Stream> Connections<S> {
     /// Adds the totals of `other`, which held other connections of the same capture (its
     /// connections are ended already); the kernel's counters are the same in both.
     pub fn absorb(&mut self, other: Connections<S>) {
-        let Totals {
-            connections,
-            lost_bytes,
-            truncated_bytes,
-        } = other.totals;
-        self.totals.connections += connections;
-        self.totals.lost_bytes += lost_bytes;
-        self.totals.truncated_bytes += truncated_bytes;
+        crate::add_counts!(
+            self.totals,
+            Totals {
+                connections,
+                lost_bytes,
+                truncated_bytes
+            } = other.totals
+        );
         if self.kernel_counters.is_none() {
             self.kernel_counters = other.kernel_counters;
         }

@@ -26,6 +26,17 @@ pub mod tls;
 pub mod wire;
 
 pub use file::{Kind, Reader, Record, Writer};
+
+/// Adds each named counter of `$from` (a `$Type`, destructured whole: a counter added to the
+/// type later must be named here, or this does not compile) to the same field of `$into`.
+/// For the `absorb` of the decoders' totals, when `--read` decodes on several threads.
+#[macro_export]
+macro_rules! add_counts {
+    ($into:expr, $Type:ident { $($field:ident),* $(,)? } = $from:expr) => {{
+        let $Type { $($field),* } = $from;
+        $($into.$field += $field;)*
+    }};
+}
 pub use live::{Capture, Options};
 pub use pgbpf_capture_ebpf::{DIR_READ, DIR_WRITE, ROLE_CLIENT, ROLE_SERVER, counter};
 

@@ -253,25 +253,19 @@ impl Decoder {
 
     /// Adds the totals of `other`, which decoded other connections of the same capture.
     pub fn absorb(&mut self, other: Decoder) {
-        let DecodeStats {
-            connections,
-            encrypted,
-            requests,
-            errors,
-            malformed,
-            unmatched,
-            lost_bytes,
-            truncated_bytes,
-        } = other.stats;
-        let s = &mut self.stats;
-        s.connections += connections;
-        s.encrypted += encrypted;
-        s.requests += requests;
-        s.errors += errors;
-        s.malformed += malformed;
-        s.unmatched += unmatched;
-        s.lost_bytes += lost_bytes;
-        s.truncated_bytes += truncated_bytes;
+        pgbpf_capture::add_counts!(
+            self.stats,
+            DecodeStats {
+                connections,
+                encrypted,
+                requests,
+                errors,
+                malformed,
+                unmatched,
+                lost_bytes,
+                truncated_bytes
+            } = other.stats
+        );
         self.conns.absorb(other.conns);
     }
 

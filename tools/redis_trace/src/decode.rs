@@ -148,31 +148,22 @@ impl Decoder {
 
     /// Adds the totals of `other`, which decoded other connections of the same capture.
     pub fn absorb(&mut self, other: Decoder) {
-        let DecodeStats {
-            connections,
-            encrypted,
-            commands,
-            errors,
-            transactions,
-            pushes,
-            unmatched,
-            malformed,
-            skipped_bytes,
-            lost_bytes,
-            truncated_bytes,
-        } = other.stats;
-        let s = &mut self.stats;
-        s.connections += connections;
-        s.encrypted += encrypted;
-        s.commands += commands;
-        s.errors += errors;
-        s.transactions += transactions;
-        s.pushes += pushes;
-        s.unmatched += unmatched;
-        s.malformed += malformed;
-        s.skipped_bytes += skipped_bytes;
-        s.lost_bytes += lost_bytes;
-        s.truncated_bytes += truncated_bytes;
+        pgbpf_capture::add_counts!(
+            self.stats,
+            DecodeStats {
+                connections,
+                encrypted,
+                commands,
+                errors,
+                transactions,
+                pushes,
+                unmatched,
+                malformed,
+                skipped_bytes,
+                lost_bytes,
+                truncated_bytes
+            } = other.stats
+        );
         self.conns.absorb(other.conns);
     }
 
