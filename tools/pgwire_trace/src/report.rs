@@ -392,13 +392,8 @@ impl pgbpf_capture::wire::Report<Event, DecodeStats> for Reporter {
             (&mut self.total, other.total),
         ] {
             for (statement, stats) in theirs {
-                match mine.get_mut(&statement) {
-                    Some(s) => s.fold(&stats),
-                    None => pgbpf_common::bounded::row(mine, statement, |k| {
-                        pgbpf_common::bounded::folded(k)
-                    })
-                    .fold(&stats),
-                }
+                pgbpf_common::bounded::row(mine, statement, |k| pgbpf_common::bounded::folded(k))
+                    .fold(&stats);
             }
         }
     }
