@@ -243,14 +243,17 @@ fn a_long_statement_delays_no_other_session_and_speed_scales_the_wall_time() {
     let records = out.json();
     let s = summary(&out);
     assert_eq!(s["sessions"], 5, "{s}");
-    // Every write of the tickers went out within 20 ms of its schedule, the sleeper's too.
+    // Every write of the tickers went out on schedule, the sleeper's too: within 250 ms, far
+    // below the 2 s a ticker queued behind the sleeping statement would lag (20 ms was
+    // exceeded once on a loaded CI machine, 27 ms, with the replay's statements 3.4 times
+    // slower than the capture's).
     let worst = records
         .iter()
         .filter(|r| r["type"] == "session" && r["application_name"] == "ticker")
         .map(|r| r["lag_max_ns"].as_u64().unwrap())
         .max()
         .unwrap_or(0);
-    assert!(worst < 20_000_000, "a ticker was {worst} ns behind: {s}");
+    assert!(worst < 250_000_000, "a ticker was {worst} ns behind: {s}");
     let sleep = records
         .iter()
         .find(|r| r["type"] == "statement" && r["query"] == "select pg_sleep($1)")
